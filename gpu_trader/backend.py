@@ -1,0 +1,374 @@
+"""Backend registry, selection and array conversion.
+
+This is the only module that knows about CuPy (and, later, JAX). It never imports
+them at ``import gpu_trader`` time: CuPy is imported the first time somebody asks
+whether the ``cuda`` backend is available or passes a CuPy array, and array-type
+inference only looks at frameworks already present in ``sys.modules`` (the einops
+trick), so a NumPy user never pays for a GPU import.
+
+Resolution order for one call (DESIGN.md section 2):
+explicit ``backend=`` keyword > :func:`use_backend` context > :func:`set_backend`
+or the ``GPU_TRADER_BACKEND`` environment variable > the type of the input array
+(CuPy -> ``cuda``) > ``cpu``. A NumPy input is never moved to the GPU unless one of
+the first three names a GPU backend.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "to_numpy",
+    "resolve",
+]
+
+ENV_VAR = "GPU_TRADER_BACKEND"
+
+
+class Backend:
+    """One compute backend: its array module, its device, and its kernel modules.
+
+    Subclasses set ``name``, ``ops_package`` (the package holding one module per
+    public area, e.g. ``gpu_trader.cpu_fallback``) and ``array_module`` (the
+    top-level module name of its array type, used for type inference).
+    """
+
+    name: str = ""
+    ops_package: str = ""
+    array_module: str = ""
+
+    def __init__(self) -> None:
+        self._ops: dict[str, Any] = {}
+        self._available: bool | None = None
+
+    # -- presence ---------------------------------------------------------------
+    def is_available(self) -> bool:
+        if self._available is None:
+            self._available = self._probe()
+        return self._available
+
+    def _probe(self) -> bool:  # pragma: no cover - overridden
+        return True
+
+    # -- arrays -----------------------------------------------------------------
+    @property
+    def xp(self):
+        """The NumPy-compatible array module of this backend."""
+        return importlib.import_module(self.array_module)
+
+    def owns(self, x: Any) -> bool:
+        """True when ``x`` is this backend's array type (without importing anything)."""
+        mod = sys.modules.get(self.array_module)
+        return mod is not None and isinstance(x, mod.ndarray)
+
+    def asarray(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Block until all queued work on this backend's device has finished."""
+
+    def device_name(self) -> str:
+        raise NotImplementedError
+
+    # -- kernels ----------------------------------------------------------------
+    def ops(self, area: str):
+        """The kernel module for one public area (``"indicators"``, ...), imported once."""
+        mod = self._ops.get(area)
+        if mod is None:
+            mod = importlib.import_module(f"{self.ops_package}.{area}")
+            self._ops[area] = mod
+        return mod
+
+    def __repr__(self) -> str:
+        return f"<gpu_trader backend {self.name!r}>"
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    ops_package = "gpu_trader.cpu_fallback"
+    array_module = "numpy"
+
+    def _probe(self) -> bool:
+        return True
+
+    def owns(self, x: Any) -> bool:
+        return isinstance(x, np.ndarray)
+
+    def asarray(self, x: Any) -> np.ndarray:
+        return _host_array(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return _host_array(x)
+
+    def device_name(self) -> str:
+        import platform
+
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as fh:
+                for line in fh:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        return f"{name} ({os.cpu_count()} logical cores)"
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    ops_package = "gpu_trader.kernels"
+    array_module = "cupy"
+
+    def _probe(self) -> bool:
+        try:
+            import cupy
+
+            return cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:  # ImportError, CUDARuntimeError, missing driver ...
+            return False
+
+    def asarray(self, x: Any):
+        import cupy
+
+        if isinstance(x, cupy.ndarray):
+            return x
+        return cupy.asarray(_host_array(x))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        import cupy
+
+        if isinstance(x, cupy.ndarray):
+            return cupy.asnumpy(x)
+        return _host_array(x)
+
+    def synchronize(self) -> None:
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+    def device_name(self) -> str:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+
+# Registration order is the order of type inference. A JAX backend registers here
+# the same way (name "jax", ops_package "gpu_trader.jax_backend", array_module "jax").
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    """Add a backend to the registry (replacing one of the same name)."""
+    _REGISTRY[backend.name] = backend
+
+
+register(CpuBackend())
+register(CudaBackend())
+
+_CPU = _REGISTRY["cpu"]
+_context: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("gpu_trader_backend", default=None)
+_global: Backend | None = None
+
+
+def available_backends() -> tuple[str, ...]:
+    """Names of the backends usable now, ``"cpu"`` first."""
+    return tuple(name for name, be in _REGISTRY.items() if be.is_available())
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Return the backend object called ``name``; ``None`` gives the current default.
+
+    Raises ``ValueError`` naming the available backends when ``name`` is unknown or
+    not present on this machine.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        return _default_backend() or _CPU
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a backend name (str), got {type(name).__name__}")
+    be = _REGISTRY.get(name.lower())
+    if be is None or not be.is_available():
+        why = "unknown" if be is None else "not available on this machine"
+        raise ValueError(
+            f"backend {name!r} is {why}; available backends: {', '.join(available_backends())}"
+        )
+    return be
+
+
+def set_backend(name: str | None) -> None:
+    """Make ``name`` the process-wide default backend (``None`` restores automatic choice)."""
+    global _global
+    _global = None if name is None else get_backend(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Context manager: calls inside it run on backend ``name`` unless they pass ``backend=``."""
+    token = _context.set(get_backend(name))
+    try:
+        yield _context.get()
+    finally:
+        _context.reset(token)
+
+
+def _default_backend() -> Backend | None:
+    be = _context.get()
+    if be is not None:
+        return be
+    if _global is not None:
+        return _global
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return get_backend(env)
+    return None
+
+
+def infer_backend(x: Any) -> Backend:
+    """The backend whose array type ``x`` is, looking only at already-imported frameworks."""
+    if type(x) is np.ndarray:
+        return _CPU
+    for be in _REGISTRY.values():
+        if be is not _CPU and be.owns(x):
+            return be
+    return _CPU
+
+
+def select_backend(x: Any, backend: str | Backend | None = None) -> Backend:
+    """Apply the resolution order of the module docstring to one call."""
+    if backend is not None:
+        return get_backend(backend)
+    return _default_backend() or infer_backend(_unwrap_pandas(x)[0])
+
+
+# -- conversions --------------------------------------------------------------
+def _is_pandas(x: Any) -> bool:
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(x, (pd.Series, pd.DataFrame))
+
+
+def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
+    """Split a pandas object into (array with time last, function that rewraps a result).
+
+    A Series is one series; a DataFrame has time along its index and one column per
+    symbol, so its values are transposed to (n_symbols, T).
+    """
+    if not _is_pandas(x):
+        return x, None
+    import pandas as pd
+
+    if isinstance(x, pd.Series):
+        values = x.to_numpy()
+        index, name = x.index, x.name
+
+        def rewrap(res):
+            res = to_numpy(res)
+            if res.ndim == 1:
+                return pd.Series(res, index=index, name=name)
+            # a parameter grid: one column per parameter set
+            return pd.DataFrame(res.reshape(-1, res.shape[-1]).T, index=index)
+
+        return values, rewrap
+
+    values = x.to_numpy().T
+    index, columns = x.index, x.columns
+
+    def rewrap(res):
+        res = to_numpy(res)
+        if res.ndim == 2:
+            return pd.DataFrame(res.T, index=index, columns=columns)
+        lead = res.shape[:-2]
+        grid = pd.MultiIndex.from_product([range(n) for n in lead] + [columns])
+        return pd.DataFrame(res.reshape(-1, res.shape[-1]).T, index=index, columns=grid)
+
+    return values, rewrap
+
+
+def _host_array(x: Any) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if _is_pandas(x):
+        return x.to_numpy()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def to_numpy(x: Any) -> Any:
+    """Bring an array (NumPy, CuPy, pandas, or a tuple/dict of them) back to host NumPy."""
+    if isinstance(x, tuple):
+        return tuple(to_numpy(v) for v in x)
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    return _host_array(x)
+
+
+def as_float_array(be: Backend, x: Any, name: str):
+    """Convert ``x`` to ``be``'s array type with a float dtype.
+
+    float32/float64 are kept; bool and integer inputs are promoted to float64;
+    anything else raises ``TypeError`` naming the argument. Never mutates ``x``.
+    """
+    arr = be.asarray(x)
+    kind = arr.dtype.kind
+    if kind == "f":
+        if arr.dtype.itemsize in (4, 8):
+            return arr
+        return arr.astype(np.float64)
+    if kind in "iub":
+        return arr.astype(np.float64)
+    raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+
+
+def resolve(
+    arrays: tuple[Any, ...], names: tuple[str, ...], backend: str | Backend | None = None
+) -> tuple[Backend, list[Any], Callable[[Any], Any]]:
+    """Pick the backend for a call, convert its array inputs, and remember pandas wrapping.
+
+    Returns ``(backend, arrays converted to that backend's float arrays, restore)``
+    where ``restore(result)`` rewraps a result like the first input (pandas) or
+    returns it unchanged. All inputs must have the same shape (``ValueError``
+    naming the offending argument otherwise).
+    """
+    first, rewrap = _unwrap_pandas(arrays[0])
+    be = select_backend(first, backend)
+    out = []
+    for i, (a, name) in enumerate(zip(arrays, names)):
+        raw = first if i == 0 else _unwrap_pandas(a)[0]
+        if raw is None:
+            raise TypeError(f"{name} must be an array, got None")
+        arr = as_float_array(be, raw, name)
+        if arr.ndim == 0:
+            raise ValueError(f"{name} must have at least one dimension (time is the last axis)")
+        if i and arr.shape != out[0].shape:
+            raise ValueError(
+                f"{name} has shape {arr.shape} but {names[0]} has shape {out[0].shape}; they must match"
+            )
+        out.append(arr)
+    if len(out) > 1:
+        dtypes = {a.dtype for a in out}
+        if len(dtypes) > 1:
+            out = [a.astype(np.float64) for a in out]
+    return be, out, (rewrap or _identity)
+
+
+def _identity(x: Any) -> Any:
+    return x

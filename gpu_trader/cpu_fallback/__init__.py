@@ -1,0 +1,1 @@
+"""CPU implementations (NumPy + numba), one module per public module."""

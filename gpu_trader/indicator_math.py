@@ -1,0 +1,477 @@
+"""Per-series indicator loop bodies, written once for every backend.
+
+Each ``*_row`` function computes one indicator for one series (1-D input views,
+time along the view) and writes its outputs into ``out`` (a 2-D view of shape
+``(n_outputs, T)``). They are plain Python decorated with numba's
+``register_jitable``, so the very same source is compiled by ``numba.njit`` for the
+CPU backend (``cpu_fallback.indicators``, parallel over series) and by
+``numba.cuda.jit`` for the GPU backend (``kernels.indicators``, one thread per
+series), and it also runs as ordinary Python (numba's CUDA simulator).
+
+Semantics are TA-Lib's Python wrapper, operation for operation, in float64:
+
+* leading NaNs: per series, the computation starts at the first index where every
+  input is non-NaN (``first_valid``) exactly as TA-Lib's ``check_begidx`` does;
+  the first ``begin + lookback`` outputs are NaN;
+* interior NaNs propagate through the same running sums TA-Lib uses (so a NaN
+  inside the input poisons every later SMA/EMA/RSI value, as in TA-Lib);
+* float32 input is read as float64 and all accumulations are float64; only the
+  stored result is rounded to the output dtype.
+
+``params`` is a float64 1-D view holding the indicator's parameters in the order
+listed in :data:`SPECS`.
+"""
+from __future__ import annotations
+
+import math
+
+from numba.extending import register_jitable
+
+from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, STOCH, VWAP, WMA
+
+
+@register_jitable
+def is_zero(v):
+    """TA-Lib's TA_IS_ZERO."""
+    return -0.00000001 < v < 0.00000001
+
+
+@register_jitable
+def first_valid1(x):
+    """First index with a non-NaN value, else the last index (TA-Lib's check_begidx1)."""
+    n = x.shape[0]
+    for t in range(n):
+        if x[t] == x[t]:
+            return t
+    return n - 1
+
+
+@register_jitable
+def first_valid2(a, b):
+    n = a.shape[0]
+    for t in range(n):
+        if a[t] == a[t] and b[t] == b[t]:
+            return t
+    return n - 1
+
+
+@register_jitable
+def first_valid3(a, b, c):
+    n = a.shape[0]
+    for t in range(n):
+        if a[t] == a[t] and b[t] == b[t] and c[t] == c[t]:
+            return t
+    return n - 1
+
+
+@register_jitable
+def first_valid4(a, b, c, d):
+    n = a.shape[0]
+    for t in range(n):
+        if a[t] == a[t] and b[t] == b[t] and c[t] == c[t] and d[t] == d[t]:
+            return t
+    return n - 1
+
+
+@register_jitable
+def fill_nan(out, k, stop):
+    """out[k, :stop] = NaN, clipped to the series length."""
+    n = out.shape[1]
+    if stop > n:
+        stop = n
+    for t in range(stop):
+        out[k, t] = math.nan
+
+
+@register_jitable
+def sma_into(x, begin, period, out, k):
+    """TA_INT_SMA over x[begin:] into out[k]; first value at begin + period - 1.
+
+    ``x`` must not alias ``out[k]`` (results are stored time-aligned).
+    """
+    n = x.shape[0]
+    start = begin + period - 1
+    total = 0.0
+    i = begin
+    while i < start:
+        total += float(x[i])
+        i += 1
+    trailing = begin
+    while i < n:
+        total += float(x[i])
+        tmp = total
+        total -= float(x[trailing])
+        trailing += 1
+        out[k, i] = tmp / period
+        i += 1
+
+
+@register_jitable
+def sma_row(x, params, out):
+    period = int(params[0])
+    begin = first_valid1(x)
+    fill_nan(out, 0, begin + period - 1)
+    sma_into(x, begin, period, out, 0)
+
+
+@register_jitable
+def ema_seed(x, seed_begin, period):
+    """TA-Lib's default EMA seed: the plain mean of x[seed_begin : seed_begin + period]."""
+    total = 0.0
+    for t in range(seed_begin, seed_begin + period):
+        total += float(x[t])
+    return total / period
+
+
+@register_jitable
+def ema_row(x, params, out):
+    period = int(params[0])
+    n = x.shape[0]
+    begin = first_valid1(x)
+    start = begin + period - 1
+    fill_nan(out, 0, start)
+    if start >= n:
+        return
+    k = 2.0 / (period + 1)
+    prev = ema_seed(x, begin, period)
+    out[0, start] = prev
+    for t in range(start + 1, n):
+        prev = (float(x[t]) - prev) * k + prev
+        out[0, t] = prev
+
+
+@register_jitable
+def wma_row(x, params, out):
+    period = int(params[0])
+    n = x.shape[0]
+    begin = first_valid1(x)
+    start = begin + period - 1
+    fill_nan(out, 0, start)
+    if start >= n:
+        return
+    divider = (period * (period + 1)) >> 1
+    period_sub = 0.0
+    period_sum = 0.0
+    i = begin
+    w = 1
+    while i < start:
+        v = float(x[i])
+        period_sub += v
+        period_sum += v * w
+        w += 1
+        i += 1
+    trailing_value = 0.0
+    trailing = begin
+    while i < n:
+        v = float(x[i])
+        period_sub += v
+        period_sub -= trailing_value
+        period_sum += v * period
+        trailing_value = float(x[trailing])
+        trailing += 1
+        out[0, i] = period_sum / divider
+        period_sum -= period_sub
+        i += 1
+
+
+@register_jitable
+def rsi_ratio(gain, loss):
+    total = gain + loss
+    if is_zero(total):
+        return 0.0
+    return 100.0 * (gain / total)
+
+
+@register_jitable
+def rsi_row(x, params, out):
+    period = int(params[0])
+    n = x.shape[0]
+    begin = first_valid1(x)
+    start = begin + period
+    fill_nan(out, 0, start)
+    if start >= n:
+        return
+    prev_value = float(x[begin])
+    gain = 0.0
+    loss = 0.0
+    for t in range(begin + 1, start + 1):
+        v = float(x[t])
+        d = v - prev_value
+        prev_value = v
+        if d < 0:
+            loss -= d
+        else:
+            gain += d
+    loss /= period
+    gain /= period
+    out[0, start] = rsi_ratio(gain, loss)
+    for t in range(start + 1, n):
+        v = float(x[t])
+        d = v - prev_value
+        prev_value = v
+        loss *= period - 1
+        gain *= period - 1
+        if d < 0:
+            loss -= d
+        else:
+            gain += d
+        loss /= period
+        gain /= period
+        out[0, t] = rsi_ratio(gain, loss)
+
+
+@register_jitable
+def macd_row(x, params, out):
+    """TA_MACD: both EMAs start at the slow EMA's first output (TA-Lib's quirk)."""
+    fast = int(params[0])
+    slow = int(params[1])
+    signal = int(params[2])
+    if slow < fast:
+        fast, slow = slow, fast
+    n = x.shape[0]
+    begin = first_valid1(x)
+    first_macd = begin + slow - 1
+    start = first_macd + signal - 1
+    for k in range(3):
+        fill_nan(out, k, start)
+    if start >= n:
+        return
+    k_slow = 2.0 / (slow + 1)
+    k_fast = 2.0 / (fast + 1)
+    k_sig = 2.0 / (signal + 1)
+    ema_slow = ema_seed(x, begin, slow)
+    ema_fast = ema_seed(x, begin + slow - fast, fast)
+    sig_total = 0.0
+    sig = 0.0
+    for t in range(first_macd, n):
+        if t > first_macd:
+            v = float(x[t])
+            ema_fast = (v - ema_fast) * k_fast + ema_fast
+            ema_slow = (v - ema_slow) * k_slow + ema_slow
+        line = ema_fast - ema_slow
+        if t < start:
+            sig_total += line
+            continue
+        if t == start:
+            sig_total += line
+            sig = sig_total / signal
+        else:
+            sig = (line - sig) * k_sig + sig
+        out[0, t] = line
+        out[1, t] = sig
+        out[2, t] = line - sig
+
+
+@register_jitable
+def bbands_row(x, params, out):
+    """TA_BBANDS with an SMA middle band and TA_INT_stddev_using_precalc_ma's variance."""
+    period = int(params[0])
+    nstd = params[1]
+    n = x.shape[0]
+    begin = first_valid1(x)
+    start = begin + period - 1
+    for k in range(3):
+        fill_nan(out, k, start)
+    if start >= n:
+        return
+    total = 0.0
+    total2 = 0.0
+    for t in range(begin, start):
+        v = float(x[t])
+        total += v
+        total2 += v * v
+    trailing = begin
+    for t in range(start, n):
+        v = float(x[t])
+        total += v
+        total2 += v * v
+        mean = total / period
+        mean2 = total2 / period
+        old = float(x[trailing])
+        trailing += 1
+        total -= old
+        total2 -= old * old
+        var = mean2 - mean * mean
+        std = math.sqrt(var) if not var < 0.00000001 else 0.0
+        band = std * nstd
+        out[0, t] = mean + band
+        out[1, t] = mean
+        out[2, t] = mean - band
+
+
+@register_jitable
+def true_range(high, low, close, t):
+    """TA-Lib's TRANGE at t >= 1 (comparisons, so a NaN term is skipped, as in TA-Lib)."""
+    h = float(high[t])
+    lo = float(low[t])
+    prev_close = float(close[t - 1])
+    greatest = h - lo
+    v2 = math.fabs(prev_close - h)
+    if v2 > greatest:
+        greatest = v2
+    v3 = math.fabs(prev_close - lo)
+    if v3 > greatest:
+        greatest = v3
+    return greatest
+
+
+@register_jitable
+def atr_row(high, low, close, params, out):
+    period = int(params[0])
+    n = high.shape[0]
+    begin = first_valid3(high, low, close)
+    start = begin + period
+    fill_nan(out, 0, start)
+    if start >= n:
+        return
+    if period == 1:
+        for t in range(start, n):
+            out[0, t] = true_range(high, low, close, t)
+        return
+    total = 0.0
+    for t in range(begin + 1, start + 1):
+        total += true_range(high, low, close, t)
+    prev = total / period
+    out[0, start] = prev
+    for t in range(start + 1, n):
+        prev *= period - 1
+        prev += true_range(high, low, close, t)
+        prev /= period
+        out[0, t] = prev
+
+
+@register_jitable
+def stoch_row(high, low, close, params, out):
+    """TA_STOCH with SMA smoothing for slow %K and %D.
+
+    Raw %K is staged in ``out[1]``, slow %K = SMA(raw %K) goes to ``out[0]``, then
+    %D = SMA(slow %K) overwrites ``out[1]`` (an SMA of period 1 is an exact copy,
+    like TA-Lib's TA_MA shortcut).
+    """
+    fastk = int(params[0])
+    slowk = int(params[1])
+    slowd = int(params[2])
+    n = high.shape[0]
+    begin = first_valid3(high, low, close)
+    first_k = begin + fastk - 1
+    start = first_k + slowk - 1 + slowd - 1
+    if start >= n:
+        fill_nan(out, 0, n)
+        fill_nan(out, 1, n)
+        return
+    lowest_idx = -1
+    highest_idx = -1
+    lowest = 0.0
+    highest = 0.0
+    diff = 0.0
+    trailing = begin
+    for today in range(first_k, n):
+        tmp = float(low[today])
+        if lowest_idx < trailing:
+            lowest_idx = trailing
+            lowest = float(low[lowest_idx])
+            for i in range(lowest_idx + 1, today + 1):
+                tmp = float(low[i])
+                if tmp < lowest:
+                    lowest_idx = i
+                    lowest = tmp
+            diff = (highest - lowest) / 100.0
+        elif tmp <= lowest:
+            lowest_idx = today
+            lowest = tmp
+            diff = (highest - lowest) / 100.0
+        tmp = float(high[today])
+        if highest_idx < trailing:
+            highest_idx = trailing
+            highest = float(high[highest_idx])
+            for i in range(highest_idx + 1, today + 1):
+                tmp = float(high[i])
+                if tmp > highest:
+                    highest_idx = i
+                    highest = tmp
+            diff = (highest - lowest) / 100.0
+        elif tmp >= highest:
+            highest_idx = today
+            highest = tmp
+            diff = (highest - lowest) / 100.0
+        if diff != 0.0:
+            out[1, today] = (float(close[today]) - lowest) / diff
+        else:
+            out[1, today] = 0.0
+        trailing += 1
+    sma_into(out[1], first_k, slowk, out, 0)
+    sma_into(out[0], first_k + slowk - 1, slowd, out, 1)
+    fill_nan(out, 0, start)
+    fill_nan(out, 1, start)
+
+
+@register_jitable
+def obv_row(close, volume, params, out):
+    n = close.shape[0]
+    begin = first_valid2(close, volume)
+    fill_nan(out, 0, begin)
+    obv = float(volume[begin])
+    prev = float(close[begin])
+    for t in range(begin, n):
+        c = float(close[t])
+        if c > prev:
+            obv += float(volume[t])
+        elif c < prev:
+            obv -= float(volume[t])
+        out[0, t] = obv
+        prev = c
+
+
+@register_jitable
+def vwap_row(high, low, close, volume, params, out):
+    """Rolling VWAP of the typical price (H+L+C)/3 over ``window`` bars.
+
+    Not a TA-Lib function; it follows the same conventions (leading NaNs skipped
+    per series, running sums, so an interior NaN poisons later values). A window
+    with zero total volume gives NaN.
+    """
+    period = int(params[0])
+    n = high.shape[0]
+    begin = first_valid4(high, low, close, volume)
+    start = begin + period - 1
+    fill_nan(out, 0, start)
+    if start >= n:
+        return
+    pv = 0.0
+    vol = 0.0
+    trailing = begin
+    for t in range(begin, n):
+        v = float(volume[t])
+        pv += (float(high[t]) + float(low[t]) + float(close[t])) / 3.0 * v
+        vol += v
+        if t >= start:
+            out[0, t] = pv / vol if vol != 0.0 else math.nan
+            v0 = float(volume[trailing])
+            pv -= (float(high[trailing]) + float(low[trailing]) + float(close[trailing])) / 3.0 * v0
+            vol -= v0
+            trailing += 1
+
+
+@register_jitable
+def dispatch(code, a, b, c, d, params, out):
+    """Run indicator ``code`` on one series. Unused inputs (b, c, d) are ignored."""
+    if code == SMA:
+        sma_row(a, params, out)
+    elif code == EMA:
+        ema_row(a, params, out)
+    elif code == WMA:
+        wma_row(a, params, out)
+    elif code == RSI:
+        rsi_row(a, params, out)
+    elif code == MACD:
+        macd_row(a, params, out)
+    elif code == BBANDS:
+        bbands_row(a, params, out)
+    elif code == ATR:
+        atr_row(a, b, c, params, out)
+    elif code == STOCH:
+        stoch_row(a, b, c, params, out)
+    elif code == OBV:
+        obv_row(a, b, params, out)
+    elif code == VWAP:
+        vwap_row(a, b, c, d, params, out)

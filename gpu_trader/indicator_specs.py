@@ -1,0 +1,38 @@
+"""What each indicator is: its code, inputs, outputs, parameters and lookback.
+
+Pure Python (no numba import), so the public modules can use it at import time.
+"""
+from __future__ import annotations
+
+# Indicator codes (compile-time constants inside the dispatchers).
+SMA, EMA, WMA, RSI, MACD, BBANDS, ATR, STOCH, OBV, VWAP = range(10)
+
+# name -> (code, number of array inputs, number of outputs, parameter names)
+SPECS = {
+    "sma": (SMA, 1, 1, ("window",)),
+    "ema": (EMA, 1, 1, ("window",)),
+    "wma": (WMA, 1, 1, ("window",)),
+    "rsi": (RSI, 1, 1, ("window",)),
+    "macd": (MACD, 1, 3, ("fast", "slow", "signal")),
+    "bollinger": (BBANDS, 1, 3, ("window", "nstd")),
+    "atr": (ATR, 3, 1, ("window",)),
+    "stoch": (STOCH, 3, 2, ("fastk", "slowk", "slowd")),
+    "obv": (OBV, 2, 1, ()),
+    "vwap": (VWAP, 4, 1, ("window",)),
+}
+
+
+def lookback(name: str, params) -> int:
+    """Number of leading NaN outputs after the first valid input (TA-Lib's ``*_Lookback``)."""
+    if name in ("sma", "wma", "bollinger", "vwap"):
+        return int(params[0]) - 1
+    if name == "ema":
+        return int(params[0]) - 1
+    if name in ("rsi", "atr"):
+        return int(params[0])
+    if name == "macd":
+        fast, slow, signal = (int(p) for p in params)
+        return max(fast, slow) - 1 + signal - 1
+    if name == "stoch":
+        return int(params[0]) - 1 + int(params[1]) - 1 + int(params[2]) - 1
+    return 0

@@ -1,0 +1,279 @@
+"""Technical indicators, batched, TA-Lib-exact in float64.
+
+Conventions shared by every function here (DESIGN.md section 3):
+
+* time is the **last** axis; leading axes are batch axes (symbols, ...); 1-D input
+  is one series;
+* a parameter given as a sequence adds a **leading** output axis of that length
+  (several sequences: one axis each, in signature order, as an outer product);
+* outputs have the input's length; the first ``lookback`` values after the
+  series' first valid bar are NaN, exactly as TA-Lib's; leading NaNs are skipped
+  per series (ragged listing dates in one batch are fine); an interior NaN
+  propagates as in TA-Lib (through running sums, so later values become NaN);
+* float32 in gives float32 out (accumulated in float64); integers become float64;
+* pandas in gives pandas out (a DataFrame has time along its index, one column
+  per symbol);
+* ``backend=`` picks the backend for this call (see :mod:`gpu_trader.backend`).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import indicator_specs as _im
+from .backend import resolve
+from .validation import check_floats, check_windows
+
+__all__ = [
+    "sma", "ema", "wma", "rsi", "macd", "bollinger", "atr", "stoch", "obv", "vwap",
+    "features", "DEFAULT_FEATURES", "OUTPUT_NAMES",
+]
+
+# Names of the outputs of multi-output indicators (used by ``features`` keys).
+OUTPUT_NAMES = {
+    "macd": ("line", "signal", "hist"),
+    "bollinger": ("upper", "middle", "lower"),
+    "stoch": ("k", "d"),
+}
+
+
+def _param_grid(values: list[tuple[tuple[float, ...], bool]]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Outer product of parameter values -> ((P, k) float64, shape of the grid axes)."""
+    if len(values) == 1 and not values[0][1]:  # the common scalar case, kept cheap
+        return np.array([values[0][0]], dtype=np.float64), ()
+    grid_shape = tuple(len(v) for v, is_grid in values if is_grid)
+    combos = list(itertools.product(*(v for v, _ in values)))
+    return np.array(combos, dtype=np.float64).reshape(len(combos), len(values)), grid_shape
+
+
+def _run(name: str, be, arrays: list[Any], params: list[tuple[tuple[float, ...], bool]]):
+    """Compute ``name`` on already-resolved backend arrays.
+
+    Returns a tuple of outputs, each ``(*grid, *batch, T)`` on ``be``.
+    """
+    _, _, n_out, _ = _im.SPECS[name]
+    x0 = arrays[0]
+    batch, T = x0.shape[:-1], x0.shape[-1]
+    grid_params, grid_shape = _param_grid(params)
+    xp = be.xp
+    flat = [xp.ascontiguousarray(a.reshape(-1, T)) for a in arrays]
+    if T == 0 or flat[0].shape[0] == 0:
+        out = xp.empty((n_out, grid_params.shape[0], flat[0].shape[0], T), dtype=x0.dtype)
+    else:
+        out = be.ops("indicators").compute(name, flat, grid_params, n_out)
+    out = out.reshape((n_out,) + grid_shape + batch + (T,))
+    return tuple(out[k] for k in range(n_out))
+
+
+def _indicator(name, arrays, arg_names, params, backend):
+    be, arrs, restore = resolve(tuple(arrays), arg_names, backend)
+    outs = tuple(restore(o) for o in _run(name, be, arrs, params))
+    return outs[0] if len(outs) == 1 else outs
+
+
+def sma(x, window, *, backend=None):
+    """Simple moving average (TA-Lib SMA). x: (..., T) float; returns (..., T); lookback window-1."""
+    return _indicator("sma", (x,), ("x",), [check_windows(window, "window")], backend)
+
+
+def ema(x, window, *, backend=None):
+    """Exponential moving average, k = 2/(window+1), seeded with the SMA of the first
+    ``window`` values (TA-Lib EMA). x: (..., T); returns (..., T); lookback window-1."""
+    return _indicator("ema", (x,), ("x",), [check_windows(window, "window")], backend)
+
+
+def wma(x, window, *, backend=None):
+    """Linearly weighted moving average (TA-Lib WMA). x: (..., T); lookback window-1."""
+    return _indicator("wma", (x,), ("x",), [check_windows(window, "window")], backend)
+
+
+def rsi(x, window=14, *, backend=None):
+    """Wilder's relative strength index in [0, 100] (TA-Lib RSI). window >= 2; lookback window."""
+    return _indicator("rsi", (x,), ("x",), [check_windows(window, "window", 2)], backend)
+
+
+def macd(x, fast=12, slow=26, signal=9, *, backend=None):
+    """MACD line, signal line and histogram (TA-Lib MACD, including its seeding of the fast
+    EMA at the slow EMA's start). fast, slow >= 2 (swapped if slow < fast), signal >= 1;
+    lookback max(fast, slow) - 1 + signal - 1. Returns ``(macd, signal, hist)``."""
+    params = [check_windows(fast, "fast", 2), check_windows(slow, "slow", 2), check_windows(signal, "signal", 1)]
+    return _indicator("macd", (x,), ("x",), params, backend)
+
+
+def bollinger(x, window=20, nstd=2.0, *, backend=None):
+    """Bollinger bands around an SMA, ``nstd`` population standard deviations wide
+    (TA-Lib BBANDS with equal up/down deviations). window >= 2; lookback window-1.
+    Returns ``(upper, middle, lower)``."""
+    params = [check_windows(window, "window", 2), check_floats(nstd, "nstd")]
+    return _indicator("bollinger", (x,), ("x",), params, backend)
+
+
+def atr(high, low, close, window=14, *, backend=None):
+    """Average true range with Wilder smoothing (TA-Lib ATR; window 1 is the true range).
+    high, low, close: same shape (..., T); lookback window."""
+    return _indicator(
+        "atr", (high, low, close), ("high", "low", "close"), [check_windows(window, "window")], backend
+    )
+
+
+def stoch(high, low, close, fastk=5, slowk=3, slowd=3, *, backend=None):
+    """Slow stochastic oscillator with SMA smoothing (TA-Lib STOCH, matype 0), in percent.
+    Lookback fastk-1 + slowk-1 + slowd-1. Returns ``(k, d)``."""
+    params = [check_windows(fastk, "fastk"), check_windows(slowk, "slowk"), check_windows(slowd, "slowd")]
+    return _indicator("stoch", (high, low, close), ("high", "low", "close"), params, backend)
+
+
+def obv(close, volume, *, backend=None):
+    """On-balance volume (TA-Lib OBV), starting from the first bar's volume; lookback 0."""
+    return _indicator("obv", (close, volume), ("close", "volume"), [], backend)
+
+
+def vwap(high, low, close, volume, window, *, backend=None):
+    """Rolling volume-weighted average of the typical price (H+L+C)/3 over ``window`` bars.
+
+    Not in TA-Lib; follows its conventions (lookback window-1, leading NaNs skipped,
+    running sums). A window whose total volume is zero gives NaN.
+    """
+    return _indicator(
+        "vwap",
+        (high, low, close, volume),
+        ("high", "low", "close", "volume"),
+        [check_windows(window, "window")],
+        backend,
+    )
+
+
+# -- the whole pipeline -------------------------------------------------------------
+# key -> (indicator, parameters). Multi-output indicators give "<key>_<output>" keys.
+DEFAULT_FEATURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "sma_20": ("sma", {"window": 20}),
+    "ema_20": ("ema", {"window": 20}),
+    "rsi_14": ("rsi", {"window": 14}),
+    "macd": ("macd", {"fast": 12, "slow": 26, "signal": 9}),
+    "bb": ("bollinger", {"window": 20, "nstd": 2.0}),
+    "atr_14": ("atr", {"window": 14}),
+    "stoch": ("stoch", {"fastk": 5, "slowk": 3, "slowd": 3}),
+    "obv": ("obv", {}),
+    "vwap_20": ("vwap", {"window": 20}),
+}
+
+_INPUTS = {
+    "sma": ("close",), "ema": ("close",), "wma": ("close",), "rsi": ("close",),
+    "macd": ("close",), "bollinger": ("close",),
+    "atr": ("high", "low", "close"), "stoch": ("high", "low", "close"),
+    "obv": ("close", "volume"), "vwap": ("high", "low", "close", "volume"),
+}
+_FUNCS = {
+    "sma": sma, "ema": ema, "wma": wma, "rsi": rsi, "macd": macd, "bollinger": bollinger,
+    "atr": atr, "stoch": stoch, "obv": obv, "vwap": vwap,
+}
+_FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def _validated_params(fn_name: str, params: Mapping[str, Any]) -> list[tuple[tuple[float, ...], bool]]:
+    """Check one spec entry's parameters exactly as the public function would."""
+    import inspect
+
+    sig = inspect.signature(_FUNCS[fn_name])
+    names = _im.SPECS[fn_name][3]
+    unknown = set(params) - set(names)
+    if unknown:
+        raise ValueError(f"spec: unknown parameter(s) {sorted(unknown)} for {fn_name}; expected {list(names)}")
+    minimum = {"rsi": 2, "bollinger": 2, "macd": 2}.get(fn_name, 1)
+    out = []
+    for pname in names:
+        value = params.get(pname, sig.parameters[pname].default)
+        if value is inspect.Parameter.empty:
+            raise ValueError(f"spec: {fn_name} needs parameter {pname!r}")
+        if pname == "nstd":
+            out.append(check_floats(value, pname))
+        else:
+            out.append(check_windows(value, pname, 1 if pname == "signal" else minimum))
+    return out
+
+
+def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Validate a feature spec: ``{key: (indicator_name, {param: value})}``."""
+    if spec is None:
+        return dict(DEFAULT_FEATURES)
+    if not isinstance(spec, Mapping) or not spec:
+        raise TypeError("spec must be a non-empty mapping {key: (indicator, {params})}")
+    out = {}
+    for key, entry in spec.items():
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not isinstance(entry[1], Mapping):
+            raise TypeError(f"spec[{key!r}] must be (indicator_name, {{params}}), got {entry!r}")
+        fn_name, params = entry
+        if fn_name not in _FUNCS:
+            raise ValueError(f"spec[{key!r}]: unknown indicator {fn_name!r}; known: {sorted(_FUNCS)}")
+        _validated_params(fn_name, params)
+        out[str(key)] = (fn_name, dict(params))
+    return out
+
+
+def feature_keys(spec: Mapping[str, Any] | None = None) -> list[str]:
+    """The output keys ``features(..., spec)`` returns, in order."""
+    keys = []
+    for key, (fn_name, _) in normalize_spec(spec).items():
+        names = OUTPUT_NAMES.get(fn_name)
+        keys.extend([f"{key}_{o}" for o in names] if names else [key])
+    return keys
+
+
+def _ohlcv_fields(ohlcv) -> dict[str, Any]:
+    """Accept a mapping/DataFrame with high/low/close/volume, or an array with a leading axis of 5 (OHLCV)."""
+    if hasattr(ohlcv, "keys") and not isinstance(ohlcv, np.ndarray):
+        cols = {str(k).lower(): k for k in ohlcv.keys()}
+        missing = [f for f in ("high", "low", "close", "volume") if f not in cols]
+        if missing:
+            raise ValueError(f"ohlcv is missing field(s) {missing}")
+        return {f: ohlcv[cols[f]] for f in _FIELDS if f in cols}
+    shape = getattr(ohlcv, "shape", None)
+    if shape is None or len(shape) < 2 or shape[0] != 5:
+        raise ValueError(
+            "ohlcv must be a mapping with high/low/close/volume or an array of shape (5, ..., T) in OHLCV order"
+        )
+    return {f: ohlcv[i] for i, f in enumerate(_FIELDS)}
+
+
+def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
+    """Compute a whole set of indicators in one call.
+
+    ohlcv: mapping (dict, DataFrame of one symbol) with ``high``, ``low``, ``close``,
+    ``volume`` arrays of shape (..., T), or one array of shape (5, ..., T) in OHLCV
+    order. spec: ``{key: (indicator_name, {param: value})}``, default
+    :data:`DEFAULT_FEATURES`. Returns ``{key: array}`` (multi-output indicators give
+    ``key_<output>``, see :data:`OUTPUT_NAMES`). Inputs are validated and converted
+    once; an SMA whose window equals a Bollinger window is taken from the band's
+    middle instead of being computed twice.
+    """
+    spec = normalize_spec(spec)
+    fields = _ohlcv_fields(ohlcv)
+    names = ("high", "low", "close", "volume")
+    be, arrs, restore = resolve(tuple(fields[n] for n in names), names, backend)
+    inputs = dict(zip(names, arrs))
+    result: dict[str, Any] = {}
+    bb_middle: dict[tuple, tuple[Any, ...]] = {}
+    plans = [(key, fn, _validated_params(fn, params)) for key, (fn, params) in spec.items()]
+    for key, fn, params in plans:
+        if fn == "bollinger":
+            outs = _run(fn, be, [inputs[n] for n in _INPUTS[fn]], params)
+            if not params[1][1]:  # a scalar nstd: the middle band has exactly the SMA's shape
+                bb_middle[params[0]] = outs
+            result.update({f"{key}_{o}": restore(v) for o, v in zip(OUTPUT_NAMES[fn], outs)})
+    for key, fn, params in plans:
+        if fn == "bollinger":
+            continue
+        shared = bb_middle.get(params[0]) if fn == "sma" else None
+        if shared is not None:
+            outs = (shared[1],)
+        else:
+            outs = _run(fn, be, [inputs[n] for n in _INPUTS[fn]], params)
+        names_out = OUTPUT_NAMES.get(fn)
+        if names_out:
+            result.update({f"{key}_{o}": restore(v) for o, v in zip(names_out, outs)})
+        else:
+            result[key] = restore(outs[0])
+    return {k: result[k] for k in feature_keys(spec)}
+

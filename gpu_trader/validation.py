@@ -1,0 +1,56 @@
+"""Argument validators shared by every public function.
+
+Each raises ``TypeError`` for a value of the wrong kind and ``ValueError`` for a
+value out of range, and names the argument in the message.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple, range)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
+def check_windows(value: Any, name: str, minimum: int = 1) -> tuple[tuple[int, ...], bool]:
+    """Validate an integer parameter given as one value or a sequence (a parameter grid).
+
+    Returns ``(values, is_grid)``; ``is_grid`` is True when a sequence was given, in
+    which case the result gains a leading axis of ``len(values)``.
+    """
+    grid = _is_sequence(value)
+    items = list(value) if grid else [value]
+    if grid and not items:
+        raise ValueError(f"{name} must not be an empty sequence")
+    out = []
+    for v in items:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an integer (or a sequence of integers), got {v!r}")
+        v = int(v)
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {v}")
+        out.append(v)
+    return tuple(out), grid
+
+
+def check_floats(value: Any, name: str, minimum: float | None = None) -> tuple[tuple[float, ...], bool]:
+    """Validate a finite real parameter given as one value or a sequence (a parameter grid)."""
+    grid = _is_sequence(value)
+    items = list(value) if grid else [value]
+    if grid and not items:
+        raise ValueError(f"{name} must not be an empty sequence")
+    out = []
+    for v in items:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number (or a sequence of them), got {v!r}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+        if minimum is not None and v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {v}")
+        out.append(v)
+    return tuple(out), grid
