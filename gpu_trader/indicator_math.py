@@ -31,12 +31,6 @@ from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, STOCH, VWAP,
 
 
 @register_jitable
-def is_zero(v):
-    """TA-Lib's TA_IS_ZERO."""
-    return -0.00000001 < v < 0.00000001
-
-
-@register_jitable
 def first_valid1(x):
     """First index with a non-NaN value, else the last index (TA-Lib's check_begidx1)."""
     n = x.shape[0]
@@ -141,7 +135,20 @@ def ema_row(x, params, out):
 
 
 @register_jitable
+def wma_sums(x, first, period):
+    """WMA's (sum, weighted sum) over x[first : first+period], oldest first, weights 1..period."""
+    total = 0.0
+    weighted = 0.0
+    for w in range(1, period + 1):
+        v = float(x[first + w - 1])
+        total += v
+        weighted += v * w
+    return total, weighted
+
+
+@register_jitable
 def wma_row(x, params, out):
+    """TA_WMA (TA-Lib >= 0.8): running sums re-anchored from the window every 8 * window bars."""
     period = int(params[0])
     n = x.shape[0]
     begin = first_valid1(x)
@@ -149,41 +156,42 @@ def wma_row(x, params, out):
     fill_nan(out, 0, start)
     if start >= n:
         return
-    divider = (period * (period + 1)) >> 1
-    period_sub = 0.0
-    period_sum = 0.0
-    i = begin
-    w = 1
-    while i < start:
-        v = float(x[i])
-        period_sub += v
-        period_sum += v * w
-        w += 1
-        i += 1
+    if period == 1:
+        for t in range(start, n):
+            out[0, t] = x[t]
+        return
+    divider = float(period) * (period + 1) / 2.0
+    period_sub, period_sum = wma_sums(x, begin, period - 1)
+    countdown = 8 * period
     trailing_value = 0.0
     trailing = begin
-    while i < n:
-        v = float(x[i])
+    for t in range(start, n):
+        v = float(x[t])
         period_sub += v
         period_sub -= trailing_value
         period_sum += v * period
+        countdown -= 1
+        if countdown <= 0:
+            countdown = 8 * period
+            period_sub, period_sum = wma_sums(x, t - period + 1, period)
         trailing_value = float(x[trailing])
         trailing += 1
-        out[0, i] = period_sum / divider
+        out[0, t] = period_sum / divider
         period_sum -= period_sub
-        i += 1
 
 
 @register_jitable
 def rsi_ratio(gain, loss):
+    """100 * gain / (gain + loss); 0 when the total is not positive (TA-Lib 0.8's exact test)."""
     total = gain + loss
-    if is_zero(total):
-        return 0.0
-    return 100.0 * (gain / total)
+    if total > 0.0:
+        return 100.0 * (gain / total)
+    return 0.0
 
 
 @register_jitable
 def rsi_row(x, params, out):
+    """TA_RSI (TA-Lib >= 0.8): branch-free gain/loss split, Wilder step scaled by 1/period."""
     period = int(params[0])
     n = x.shape[0]
     begin = first_valid1(x)
@@ -191,6 +199,7 @@ def rsi_row(x, params, out):
     fill_nan(out, 0, start)
     if start >= n:
         return
+    inv_period = 1.0 / period
     prev_value = float(x[begin])
     gain = 0.0
     loss = 0.0
@@ -198,12 +207,11 @@ def rsi_row(x, params, out):
         v = float(x[t])
         d = v - prev_value
         prev_value = v
-        if d < 0:
-            loss -= d
-        else:
-            gain += d
-    loss /= period
-    gain /= period
+        up = d if d > 0.0 else 0.0
+        gain += up
+        loss += up - d
+    loss *= inv_period
+    gain *= inv_period
     out[0, start] = rsi_ratio(gain, loss)
     for t in range(start + 1, n):
         v = float(x[t])
@@ -211,12 +219,11 @@ def rsi_row(x, params, out):
         prev_value = v
         loss *= period - 1
         gain *= period - 1
-        if d < 0:
-            loss -= d
-        else:
-            gain += d
-        loss /= period
-        gain /= period
+        up = d if d > 0.0 else 0.0
+        gain += up
+        loss += up - d
+        loss *= inv_period
+        gain *= inv_period
         out[0, t] = rsi_ratio(gain, loss)
 
 
@@ -263,8 +270,27 @@ def macd_row(x, params, out):
 
 
 @register_jitable
+def shifted_moments(x, first, last, shift):
+    """Sums of (x - shift) and (x - shift)**2 over x[first..last] inclusive."""
+    s1 = 0.0
+    s2 = 0.0
+    for t in range(first, last + 1):
+        d = float(x[t]) - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@register_jitable
 def bbands_row(x, params, out):
-    """TA_BBANDS with an SMA middle band and TA_INT_stddev_using_precalc_ma's variance."""
+    """TA_BBANDS (SMA middle band, equal up/down deviations), TA-Lib >= 0.8.
+
+    The middle band is TA-Lib's SMA running sum; the deviation is TA-Lib's
+    cancellation-free variance: running sums of the data shifted by a reference
+    value, re-seeded from the window mean (with a relative floor) whenever the
+    shifted variance loses precision, a large value leaves the window, or every
+    32 * window bars.
+    """
     period = int(params[0])
     nstd = params[1]
     n = x.shape[0]
@@ -274,25 +300,47 @@ def bbands_row(x, params, out):
         fill_nan(out, k, start)
     if start >= n:
         return
-    total = 0.0
-    total2 = 0.0
+    inv_period = 1.0 / period
+    shift = float(x[begin])
+    ma_total = 0.0
     for t in range(begin, start):
-        v = float(x[t])
-        total += v
-        total2 += v * v
+        ma_total += float(x[t])
+    var1, var2 = shifted_moments(x, begin, start - 1, shift)
     trailing = begin
+    countdown = 32 * period
     for t in range(start, n):
         v = float(x[t])
-        total += v
-        total2 += v * v
-        mean = total / period
-        mean2 = total2 / period
+        ma_total += v
+        d = v - shift
+        var1 += d
+        var2 += d * d
+        mean1 = var1 * inv_period
+        variance = var2 * inv_period - mean1 * mean1
+        mean = ma_total / period
         old = float(x[trailing])
+        ma_total -= old
+        d = old - shift
+        var1 -= d
+        d2 = d * d
+        var2 -= d2
         trailing += 1
-        total -= old
-        total2 -= old * old
-        var = mean2 - mean * mean
-        std = math.sqrt(var) if not var < 0.00000001 else 0.0
+        countdown -= 1
+        if variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2 or countdown <= 0:
+            countdown = 32 * period
+            window_start = t - period + 1
+            total = 0.0
+            for j in range(window_start, t + 1):
+                total += float(x[j])
+            shift = total * inv_period
+            var1, var2 = shifted_moments(x, window_start, t, shift)
+            mean1 = var1 * inv_period
+            variance = var2 * inv_period - mean1 * mean1
+            if variance < 0.000000000001 * (var2 * inv_period):
+                variance = 0.0
+            d = float(x[window_start]) - shift
+            var1 -= d
+            var2 -= d * d
+        std = math.sqrt(variance) if variance != 0.0 else 0.0
         band = std * nstd
         out[0, t] = mean + band
         out[1, t] = mean
@@ -328,15 +376,16 @@ def atr_row(high, low, close, params, out):
         for t in range(start, n):
             out[0, t] = true_range(high, low, close, t)
         return
+    # TA-Lib >= 0.8's two-coefficient Wilder step: alpha derived from beta so they sum to 1.
+    beta = float(period - 1) / float(period)
+    alpha = 1.0 - beta
     total = 0.0
     for t in range(begin + 1, start + 1):
         total += true_range(high, low, close, t)
     prev = total / period
     out[0, start] = prev
     for t in range(start + 1, n):
-        prev *= period - 1
-        prev += true_range(high, low, close, t)
-        prev /= period
+        prev = alpha * true_range(high, low, close, t) + beta * prev
         out[0, t] = prev
 
 

@@ -3,22 +3,23 @@
 The per-series math lives in :mod:`gpu_trader.indicator_math` and is shared with
 the GPU kernels; this module only maps it over a batch, in parallel across series
 with ``prange`` (a serial driver serves tiny batches, where waking the thread pool
-costs more than the work). Compiled code is cached on disk (``cache=True``), so
-only the very first call on a machine pays for compilation.
+costs more than the work). Compiled code is cached on disk (:mod:`gpu_trader.jit`), so only the first
+call after installing or changing the package pays for compilation.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import indicator_math as im
+from ..jit import njit_cached
 from ..indicator_specs import SPECS
 
 # Batches with fewer elements than this run on the calling thread.
 SERIAL_MAX_ELEMENTS = 20_000
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit_cached(parallel=True, nogil=True)
 def _rows_parallel(code, ins, params, out):
     n = ins[0].shape[0]
     for j in prange(params.shape[0] * n):
@@ -27,7 +28,7 @@ def _rows_parallel(code, ins, params, out):
         im.dispatch(code, ins[0][i], ins[1][i], ins[2][i], ins[3][i], params[p], out[:, p, i])
 
 
-@njit(cache=True, nogil=True)
+@njit_cached(nogil=True)
 def _rows_serial(code, ins, params, out):
     n = ins[0].shape[0]
     for j in range(params.shape[0] * n):
