@@ -101,6 +101,16 @@ def sma_into(x, begin, period, out, k):
 
 
 @register_jitable
+def ma_into(x, begin, period, out, k):
+    """TA_MA with SMA type: an exact copy at period 1 (so a NaN does not stick), else TA_INT_SMA."""
+    if period == 1:
+        for t in range(begin, x.shape[0]):
+            out[k, t] = x[t]
+    else:
+        sma_into(x, begin, period, out, k)
+
+
+@register_jitable
 def sma_row(x, params, out):
     period = int(params[0])
     begin = first_valid1(x)
@@ -125,6 +135,10 @@ def ema_row(x, params, out):
     start = begin + period - 1
     fill_nan(out, 0, start)
     if start >= n:
+        return
+    if period == 1:  # TA-Lib >= 0.8: no smoothing, an exact copy
+        for t in range(start, n):
+            out[0, t] = x[t]
         return
     k = 2.0 / (period + 1)
     prev = ema_seed(x, begin, period)
@@ -263,7 +277,7 @@ def macd_row(x, params, out):
             sig_total += line
             sig = sig_total / signal
         else:
-            sig = (line - sig) * k_sig + sig
+            sig = line if signal == 1 else (line - sig) * k_sig + sig
         out[0, t] = line
         out[1, t] = sig
         out[2, t] = line - sig
@@ -394,8 +408,7 @@ def stoch_row(high, low, close, params, out):
     """TA_STOCH with SMA smoothing for slow %K and %D.
 
     Raw %K is staged in ``out[1]``, slow %K = SMA(raw %K) goes to ``out[0]``, then
-    %D = SMA(slow %K) overwrites ``out[1]`` (an SMA of period 1 is an exact copy,
-    like TA-Lib's TA_MA shortcut).
+    %D = SMA(slow %K) overwrites ``out[1]`` (through TA_MA, so period 1 copies).
     """
     fastk = int(params[0])
     slowk = int(params[1])
@@ -448,8 +461,8 @@ def stoch_row(high, low, close, params, out):
         else:
             out[1, today] = 0.0
         trailing += 1
-    sma_into(out[1], first_k, slowk, out, 0)
-    sma_into(out[0], first_k + slowk - 1, slowd, out, 1)
+    ma_into(out[1], first_k, slowk, out, 0)
+    ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
     fill_nan(out, 0, start)
     fill_nan(out, 1, start)
 
@@ -472,12 +485,20 @@ def obv_row(close, volume, params, out):
 
 
 @register_jitable
+def typical_value(high, low, close, volume, t):
+    """(H+L+C)/3 * V at bar t, and V."""
+    v = float(volume[t])
+    return (float(high[t]) + float(low[t]) + float(close[t])) / 3.0 * v, v
+
+
+@register_jitable
 def vwap_row(high, low, close, volume, params, out):
     """Rolling VWAP of the typical price (H+L+C)/3 over ``window`` bars.
 
-    Not a TA-Lib function; it follows the same conventions (leading NaNs skipped
-    per series, running sums, so an interior NaN poisons later values). A window
-    with zero total volume gives NaN.
+    Not a TA-Lib function; it follows the same conventions for leading NaNs
+    (skipped per series, lookback window-1). An interior NaN makes every window
+    that contains it NaN and no other (the running sums skip non-finite bars and
+    count them). A window whose total volume is zero gives NaN.
     """
     period = int(params[0])
     n = high.shape[0]
@@ -488,16 +509,23 @@ def vwap_row(high, low, close, volume, params, out):
         return
     pv = 0.0
     vol = 0.0
+    n_bad = 0
     trailing = begin
     for t in range(begin, n):
-        v = float(volume[t])
-        pv += (float(high[t]) + float(low[t]) + float(close[t])) / 3.0 * v
-        vol += v
+        tpv, v = typical_value(high, low, close, volume, t)
+        if math.isfinite(tpv) and math.isfinite(v):
+            pv += tpv
+            vol += v
+        else:
+            n_bad += 1
         if t >= start:
-            out[0, t] = pv / vol if vol != 0.0 else math.nan
-            v0 = float(volume[trailing])
-            pv -= (float(high[trailing]) + float(low[trailing]) + float(close[trailing])) / 3.0 * v0
-            vol -= v0
+            out[0, t] = pv / vol if n_bad == 0 and vol != 0.0 else math.nan
+            tpv, v = typical_value(high, low, close, volume, trailing)
+            if math.isfinite(tpv) and math.isfinite(v):
+                pv -= tpv
+                vol -= v
+            else:
+                n_bad -= 1
             trailing += 1
 
 

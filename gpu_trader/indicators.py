@@ -9,7 +9,7 @@ Conventions shared by every function here (DESIGN.md section 3):
 * outputs have the input's length; the first ``lookback`` values after the
   series' first valid bar are NaN, exactly as TA-Lib's; leading NaNs are skipped
   per series (ragged listing dates in one batch are fine); an interior NaN
-  propagates as in TA-Lib (through running sums, so later values become NaN);
+  propagates exactly as in TA-Lib 0.8 (see README "Conventions");
 * float32 in gives float32 out (accumulated in float64); integers become float64;
 * pandas in gives pandas out (a DataFrame has time along its index, one column
   per symbol);
@@ -18,12 +18,13 @@ Conventions shared by every function here (DESIGN.md section 3):
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Mapping
 
 import numpy as np
 
 from . import indicator_specs as _im
-from .backend import resolve
+from .backend import _identity, resolve
 from .validation import check_floats, check_windows
 
 __all__ = [
@@ -39,13 +40,27 @@ OUTPUT_NAMES = {
 }
 
 
+_GRID_CACHE: dict = {}
+
+
 def _param_grid(values: list[tuple[tuple[float, ...], bool]]) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Outer product of parameter values -> ((P, k) float64, shape of the grid axes)."""
-    if len(values) == 1 and not values[0][1]:  # the common scalar case, kept cheap
-        return np.array([values[0][0]], dtype=np.float64), ()
+    """Outer product of parameter values -> ((P, k) float64, shape of the grid axes).
+
+    Results are memoized (they are small and read-only), which keeps the
+    one-series latency path free of array construction.
+    """
+    key = tuple(values)
+    hit = _GRID_CACHE.get(key)
+    if hit is not None:
+        return hit
     grid_shape = tuple(len(v) for v, is_grid in values if is_grid)
     combos = list(itertools.product(*(v for v, _ in values)))
-    return np.array(combos, dtype=np.float64).reshape(len(combos), len(values)), grid_shape
+    grid = np.array(combos, dtype=np.float64).reshape(len(combos), len(values))
+    grid.setflags(write=False)
+    if len(_GRID_CACHE) > 4096:
+        _GRID_CACHE.clear()
+    _GRID_CACHE[key] = (grid, grid_shape)
+    return grid, grid_shape
 
 
 def _run(name: str, be, arrays: list[Any], params: list[tuple[tuple[float, ...], bool]]):
@@ -53,23 +68,28 @@ def _run(name: str, be, arrays: list[Any], params: list[tuple[tuple[float, ...],
 
     Returns a tuple of outputs, each ``(*grid, *batch, T)`` on ``be``.
     """
-    _, _, n_out, _ = _im.SPECS[name]
-    x0 = arrays[0]
-    batch, T = x0.shape[:-1], x0.shape[-1]
+    n_out = _im.SPECS[name][2]
+    shape = arrays[0].shape
+    batch, T = shape[:-1], shape[-1]
+    n = math.prod(batch)
     grid_params, grid_shape = _param_grid(params)
-    xp = be.xp
-    flat = [xp.ascontiguousarray(a.reshape(-1, T)) for a in arrays]
-    if T == 0 or flat[0].shape[0] == 0:
-        out = xp.empty((n_out, grid_params.shape[0], flat[0].shape[0], T), dtype=x0.dtype)
+    flat = []
+    for a in arrays:
+        a = a.reshape(n, T)
+        flat.append(a if a.flags.c_contiguous else be.xp.ascontiguousarray(a))
+    if T == 0 or n == 0:
+        out = be.xp.empty((n_out, grid_params.shape[0], n, T), dtype=arrays[0].dtype)
     else:
         out = be.ops("indicators").compute(name, flat, grid_params, n_out)
     out = out.reshape((n_out,) + grid_shape + batch + (T,))
-    return tuple(out[k] for k in range(n_out))
+    return tuple([out[k] for k in range(n_out)])
 
 
 def _indicator(name, arrays, arg_names, params, backend):
-    be, arrs, restore = resolve(tuple(arrays), arg_names, backend)
-    outs = tuple(restore(o) for o in _run(name, be, arrs, params))
+    be, arrs, restore = resolve(arrays, arg_names, backend)
+    outs = _run(name, be, arrs, params)
+    if restore is not _identity:
+        outs = tuple([restore(o) for o in outs])
     return outs[0] if len(outs) == 1 else outs
 
 
@@ -133,8 +153,9 @@ def obv(close, volume, *, backend=None):
 def vwap(high, low, close, volume, window, *, backend=None):
     """Rolling volume-weighted average of the typical price (H+L+C)/3 over ``window`` bars.
 
-    Not in TA-Lib; follows its conventions (lookback window-1, leading NaNs skipped,
-    running sums). A window whose total volume is zero gives NaN.
+    Not in TA-Lib; follows its conventions for the lookback (window-1) and leading
+    NaNs (skipped per series). A window that contains an interior NaN, or whose
+    total volume is zero, gives NaN; the next clean window is computed normally.
     """
     return _indicator(
         "vwap",

@@ -22,6 +22,8 @@ def check_windows(value: Any, name: str, minimum: int = 1) -> tuple[tuple[int, .
     Returns ``(values, is_grid)``; ``is_grid`` is True when a sequence was given, in
     which case the result gains a leading axis of ``len(values)``.
     """
+    if type(value) is int and value >= minimum:  # the common case, kept cheap
+        return (value,), False
     grid = _is_sequence(value)
     items = list(value) if grid else [value]
     if grid and not items:

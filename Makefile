@@ -1,0 +1,30 @@
+# Everything a newcomer needs, from a machine with only Python 3.10+:
+#   make bench   -> creates .venv, installs gpu-trader with its dev extras, runs the benchmark
+#   make test    -> same install, runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+BENCH_ARGS ?=
+
+.PHONY: install bench bench-quick test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/gpu-trader bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/gpu-trader bench --quick $(BENCH_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

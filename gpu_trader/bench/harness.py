@@ -1,0 +1,291 @@
+"""Timing harness: workloads, warm-up, repeated timing, percentiles, yardsticks.
+
+A suite declares :class:`Workload` s; :func:`run_workload` times one of them on one
+backend together with its yardsticks, all in the same run and one after the other
+(never concurrently): the references (other libraries, on the host) and a copy of
+the workload's inputs on the same device (the bandwidth roofline).
+
+Units: times in seconds (``*_s``) or nanoseconds (``*_ns``), sizes in bytes,
+throughput in workload items (``Workload.unit``) per second.
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..backend import Backend
+from .targets import NO_TARGET, TARGETS, Verdict, evaluate
+
+__all__ = [
+    "TimingPolicy", "FULL", "QUICK", "Stats", "percentile", "measure",
+    "Reference", "Workload", "SkipCase", "CaseResult", "run_workload",
+]
+
+# Pause between timing phases so a spinning thread pool (OpenMP) has gone idle
+# before the next phase starts; seconds.
+QUIESCE_S = 0.01
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long to time one callable.
+
+    Warm-up: ``warmup_calls`` untimed calls (the first absorbs JIT compilation and is
+    never counted), continued until ``warmup_s`` seconds passed after the first.
+    Timing: one sample per call until ``min_samples`` are taken and ``budget_s``
+    seconds of wall time have passed, or ``max_samples`` are taken.
+    """
+
+    warmup_calls: int = 3
+    warmup_s: float = 0.1
+    min_samples: int = 20
+    max_samples: int = 100_000
+    budget_s: float = 1.0
+
+
+FULL = TimingPolicy()
+QUICK = TimingPolicy(warmup_calls=2, warmup_s=0.01, min_samples=5, max_samples=20_000, budget_s=0.05)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0 <= q <= 100) of ascending values, linearly interpolated
+    between closest ranks (NumPy's default ``method="linear"``)."""
+    n = len(sorted_values)
+    if n == 0:
+        raise ValueError("sorted_values must not be empty")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    h = (n - 1) * q / 100.0
+    lo = math.floor(h)
+    hi = min(lo + 1, n - 1)
+    return float(sorted_values[lo] + (h - lo) * (sorted_values[hi] - sorted_values[lo]))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Latency distribution of one timed callable; seconds."""
+
+    n: int
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    mean_s: float
+    min_s: float
+    max_s: float
+
+    @classmethod
+    def from_ns(cls, samples_ns: Sequence[int]) -> "Stats":
+        s = np.sort(np.asarray(samples_ns, dtype=np.float64)) * 1e-9
+        return cls(
+            n=len(s), p50_s=percentile(s, 50), p95_s=percentile(s, 95), p99_s=percentile(s, 99),
+            mean_s=float(s.mean()), min_s=float(s[0]), max_s=float(s[-1]),
+        )
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _no_sync() -> None:
+    pass
+
+
+def measure(fn: Callable[[], Any], policy: TimingPolicy, sync: Callable[[], None] = _no_sync) -> Stats:
+    """Warm up and time ``fn()`` with ``time.perf_counter_ns``.
+
+    ``sync`` blocks until the device is idle; it is called before and after every
+    call (warm-up included), so asynchronous GPU work is timed in full. The garbage
+    collector is paused while sampling.
+    """
+    sync()
+    fn()
+    sync()
+    warm_until = time.perf_counter() + policy.warmup_s
+    calls = 1
+    while calls < policy.warmup_calls or time.perf_counter() < warm_until:
+        fn()
+        sync()
+        calls += 1
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        deadline = clock() + int(policy.budget_s * 1e9)
+        while True:
+            sync()
+            t0 = clock()
+            fn()
+            sync()
+            t1 = clock()
+            samples.append(t1 - t0)
+            n = len(samples)
+            if n >= policy.max_samples or (n >= policy.min_samples and t1 >= deadline):
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Stats.from_ns(samples)
+
+
+class SkipCase(Exception):
+    """Raised by a workload's ``setup`` when the case cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Another library's way to compute the same result, timed on the host in the same run.
+
+    ``name`` is a short key (``ratio:<name>`` in the metrics); ``setup()`` builds the
+    host state (not timed), ``run(state)`` is one timed call; ``requires`` names a
+    module that must import, otherwise the ratio is reported as n/a.
+    """
+
+    name: str
+    setup: Callable[[], Any]
+    run: Callable[[Any], Any]
+    requires: str | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark case, declared by a suite.
+
+    ``setup(backend)`` builds the state (inputs on the backend's device; not timed)
+    and may raise :class:`SkipCase`; ``run(state)`` is one timed call. ``items`` is
+    the number of ``unit`` s one call processes (throughput = items / p50).
+    ``copy_inputs(state)``, when given, returns the device arrays whose copy is the
+    bandwidth yardstick; ``bytes_moved`` is the bytes one call must read plus write.
+    ``target`` is a key of :data:`gpu_trader.bench.targets.TARGETS`.
+    """
+
+    name: str
+    sizes: Mapping[str, int]
+    setup: Callable[[Backend], Any]
+    run: Callable[[Any], Any]
+    items: int
+    unit: str = "bar"
+    dtype: str = "float64"
+    target: str | None = None
+    references: tuple[Reference, ...] = ()
+    copy_inputs: Callable[[Any], Sequence[Any]] | None = None
+    bytes_moved: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is not None and self.target not in TARGETS:
+            raise ValueError(f"workload {self.name!r}: unknown target {self.target!r}")
+        if (self.copy_inputs is None) != (self.bytes_moved is None):
+            raise ValueError(f"workload {self.name!r}: give both copy_inputs and bytes_moved, or neither")
+
+
+@dataclass
+class RefResult:
+    """A reference's timing: p50 in seconds and ratio reference / ours (None when n/a)."""
+
+    p50_s: float | None
+    ratio: float | None
+    note: str = ""
+
+
+@dataclass
+class CaseResult:
+    """Everything recorded for one workload on one backend (``status``: ok, skipped or error)."""
+
+    suite: str
+    name: str
+    backend: str
+    device: str
+    sizes: dict[str, int]
+    dtype: str
+    unit: str
+    target: str | None
+    status: str = "ok"
+    note: str = ""
+    stats: Stats | None = None
+    throughput_per_s: float | None = None
+    references: dict[str, RefResult] = field(default_factory=dict)
+    copy_p50_s: float | None = None
+    copy_bytes: int | None = None
+    bytes_moved: int | None = None
+    x_copy: float | None = None
+    bw_fraction: float | None = None
+    plan: Verdict = NO_TARGET
+    ours: Verdict = NO_TARGET
+
+    def metrics(self) -> dict[str, float | None]:
+        """The named figures targets are checked against (see :mod:`.targets`)."""
+        out = {
+            "p50_s": self.stats.p50_s if self.stats else None,
+            "x_copy": self.x_copy,
+            "bw_fraction": self.bw_fraction,
+        }
+        out.update({f"ratio:{k}": r.ratio for k, r in self.references.items()})
+        return out
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("stats", "references", "plan", "ours")}
+        d["stats"] = self.stats.to_dict() if self.stats else None
+        d["references"] = {k: dict(r.__dict__) for k, r in self.references.items()}
+        d["plan"] = self.plan.to_dict()
+        d["ours"] = self.ours.to_dict()
+        return d
+
+
+def _time_reference(ref: Reference, policy: TimingPolicy, ours_s: float) -> RefResult:
+    if ref.requires:
+        try:
+            importlib.import_module(ref.requires)
+        except ImportError:
+            return RefResult(None, None, f"{ref.requires} is not installed")
+    state = ref.setup()
+    p50 = measure(lambda: ref.run(state), policy).p50_s
+    return RefResult(p50, p50 / ours_s)
+
+
+def run_workload(suite: str, wl: Workload, be: Backend, policy: TimingPolicy) -> CaseResult:
+    """Time ``wl`` on ``be``, then its references, then the copy yardstick; evaluate targets.
+
+    A :class:`SkipCase` from setup gives status ``skipped``; any other exception from
+    the workload gives status ``error`` with the message (the run goes on).
+    """
+    res = CaseResult(suite, wl.name, be.name, be.device_name(), dict(wl.sizes), wl.dtype, wl.unit, wl.target)
+    try:
+        _time_case(wl, be, policy, res)
+    except SkipCase as exc:
+        res.status, res.note = "skipped", str(exc)
+        return res
+    except Exception as exc:  # a broken case is reported, not fatal to the run
+        res.status, res.note = "error", f"{type(exc).__name__}: {exc}"
+        return res
+    if wl.target is not None:
+        target = TARGETS[wl.target]
+        metrics = res.metrics()
+        res.plan = evaluate(target.plan, metrics, be.name)
+        res.ours = evaluate(target.ours, metrics, be.name)
+    return res
+
+
+def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult) -> None:
+    """Fill ``res`` with the timings of ``wl``, its references and its copy yardstick."""
+    state = wl.setup(be)
+    res.stats = measure(lambda: wl.run(state), policy, be.synchronize)
+    ours = res.stats.p50_s
+    res.throughput_per_s = wl.items / ours
+    for ref in wl.references:
+        time.sleep(QUIESCE_S)
+        res.references[ref.name] = _time_reference(ref, policy, ours)
+    if wl.copy_inputs is not None:
+        time.sleep(QUIESCE_S)
+        arrays = tuple(wl.copy_inputs(state))
+        xp = be.xp
+        res.copy_p50_s = measure(lambda: [xp.copy(a) for a in arrays], policy, be.synchronize).p50_s
+        res.copy_bytes = 2 * sum(int(a.nbytes) for a in arrays)
+        res.bytes_moved = wl.bytes_moved
+        res.x_copy = ours / res.copy_p50_s
+        res.bw_fraction = (wl.bytes_moved / ours) / (res.copy_bytes / res.copy_p50_s)

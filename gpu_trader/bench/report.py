@@ -1,0 +1,189 @@
+"""Bench output: the results table, the JSON file, the run's environment, baseline comparison.
+
+JSON layout (``schema`` 1): ``{"schema", "timestamp" (ISO 8601 UTC), "quick",
+"environment": {...versions, cpu count, thread settings...}, "devices": {backend:
+name}, "results": [CaseResult.to_dict(), ...]}``; times in seconds.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+from typing import Any, Iterable, TextIO
+
+from .harness import CaseResult
+from .targets import TARGETS
+
+__all__ = ["fmt_time", "print_table", "environment", "write_json", "load_baseline", "print_baseline"]
+
+SCHEMA = 1
+_THREAD_ENV = (
+    "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+    "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+)
+
+
+def fmt_time(seconds: float | None) -> str:
+    """``1.23us``-style rendering of a duration in seconds; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g}{unit}"
+    return f"{seconds * 1e9:.3g}ns"
+
+
+def _fmt_rate(per_s: float | None, unit: str) -> str:
+    if per_s is None:
+        return "-"
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_s >= scale:
+            return f"{per_s / scale:.3g}{prefix} {unit}/s"
+    return f"{per_s:.3g} {unit}/s"
+
+
+def _fmt_refs(res: CaseResult) -> str:
+    parts = []
+    for name, ref in res.references.items():
+        parts.append(f"{name} {ref.ratio:.2f}x" if ref.ratio is not None else f"{name} n/a")
+    return " ".join(parts) or "-"
+
+
+def _row(res: CaseResult) -> list[str]:
+    if res.status != "ok":
+        return [res.name, res.status.upper(), "", "", "", "", "", "", "", ""]
+    s = res.stats
+    return [
+        res.name, fmt_time(s.p50_s), fmt_time(s.p95_s), fmt_time(s.p99_s),
+        _fmt_rate(res.throughput_per_s, res.unit), _fmt_refs(res),
+        "-" if res.x_copy is None else f"{res.x_copy:.2f}x",
+        "-" if res.bw_fraction is None else f"{res.bw_fraction:.0%}",
+        res.plan.status, res.ours.status,
+    ]
+
+
+_HEADER = ["case", "p50", "p95", "p99", "throughput", "vs reference (ref/ours)", "x copy", "copy bw", "plan", "ours"]
+
+
+def print_table(results: list[CaseResult], out: TextIO = sys.stdout) -> None:
+    """One table per (suite, backend), then the targets used and every failure or skip note."""
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for r in results:
+        groups.setdefault((r.suite, r.backend), []).append(r)
+    for (suite, backend), rows in groups.items():
+        print(f"\n== suite {suite} | backend {backend} | {rows[0].device}", file=out)
+        table = [_HEADER] + [_row(r) for r in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(_HEADER))]
+        for i, line in enumerate(table):
+            cells = [c.ljust(w) if j in (0, 5) else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
+            print("  ".join(cells).rstrip(), file=out)
+            if i == 0:
+                print("  ".join("-" * w for w in widths), file=out)
+    _print_notes(results, out)
+
+
+def _print_notes(results: list[CaseResult], out: TextIO) -> None:
+    keys = list(dict.fromkeys(r.target for r in results if r.target))
+    if keys:
+        print("\nTargets (TARGETS.md): key: case | plan | ours", file=out)
+        for k in keys:
+            t = TARGETS[k]
+            print(f"  {k}: {t.case} | {t.plan_text} | {t.ours_text}", file=out)
+    notes = []
+    for r in results:
+        where = f"{r.name} [{r.backend}]"
+        if r.note:
+            notes.append(f"  {where} {r.status}: {r.note}")
+        for side, verdict in (("plan", r.plan), ("ours", r.ours)):
+            notes.extend(f"  {where} {side} FAIL: {f}" for f in verdict.failures)
+            if verdict.missing:
+                notes.append(f"  {where} {side} n/a: missing {', '.join(verdict.missing)}")
+        notes.extend(f"  {where} {name}: {ref.note}" for name, ref in r.references.items() if ref.note)
+    if notes:
+        print("\nNotes:", file=out)
+        print("\n".join(notes), file=out)
+
+
+def _module_version(name: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(name), "__version__", "unknown")
+    except ImportError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions, CPU count and thread settings of this process (call after the run,
+    when numba's threading layer has been chosen)."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        layer = None
+    versions = {name: _module_version(name) for name in ("numpy", "numba", "llvmlite", "talib", "bottleneck")}
+    versions["python"] = platform.python_version()
+    versions["gpu_trader"] = _module_version("gpu_trader")
+    if "cupy" in sys.modules:
+        cupy = sys.modules["cupy"]
+        versions["cupy"] = cupy.__version__
+        versions["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        versions["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+    return {
+        "versions": versions,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": {
+            "numba_num_threads": numba.get_num_threads(),
+            "numba_threading_layer": layer,
+            "env": {k: os.environ.get(k) for k in _THREAD_ENV},
+        },
+    }
+
+
+def write_json(path: str, results: list[CaseResult], quick: bool) -> None:
+    """Write the run (results, devices, environment, timestamp) to ``path``."""
+    doc = {
+        "schema": SCHEMA,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "environment": environment(),
+        "devices": {r.backend: r.device for r in results},
+        "results": [r.to_dict() for r in results],
+    }
+    with open(path, "w") as fh:
+        json.dump(doc, fh, indent=2)
+        fh.write("\n")
+
+
+def load_baseline(path: str) -> dict[tuple[str, str, str], float]:
+    """Read an earlier ``--json`` file: ``{(suite, case, backend): p50 seconds}``.
+
+    Raises ``ValueError`` naming ``path`` when it is missing or not a bench JSON file.
+    """
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+        return {
+            (r["suite"], r["name"], r["backend"]): r["stats"]["p50_s"]
+            for r in doc["results"]
+            if r.get("stats")
+        }
+    except OSError as exc:
+        raise ValueError(f"baseline {path!r}: cannot read ({exc.strerror})") from exc
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"baseline {path!r} is not a gpu-trader bench JSON file ({exc!r})") from exc
+
+
+def print_baseline(results: Iterable[CaseResult], baseline: dict[tuple[str, str, str], float],
+                   out: TextIO = sys.stdout) -> None:
+    """Per case: new p50, old p50 and new/old (< 1: faster than the baseline)."""
+    print("\nAgainst baseline (p50 new/old, < 1 is faster):", file=out)
+    for r in results:
+        old = baseline.get((r.suite, r.name, r.backend))
+        new = r.stats.p50_s if r.stats else None
+        ratio = f"{new / old:.2f}" if new is not None and old else "-"
+        print(f"  {r.suite:10} {r.backend:5} {r.name:34} {fmt_time(new):>9} {fmt_time(old):>9}  {ratio}", file=out)

@@ -1,0 +1,860 @@
+"""Streaming indicators: one bar at a time, for every symbol at once.
+
+:class:`FeatureStream` keeps O(1)-per-bar state (running sums, Wilder/EMA state,
+ring buffers one window long; STOCH rescans its window when the extreme leaves
+it, as TA-Lib does) for every indicator of a feature spec, and advances all
+symbols by one bar per :meth:`FeatureStream.update` call.
+
+Exactness contract
+------------------
+The outputs are the batch functions' last values, bit for bit: after the bars
+``H[..., :t+1]`` have been fed (by :meth:`~FeatureStream.warmup` and/or
+:meth:`~FeatureStream.update`, in any split), the values returned for bar ``t``
+equal ``features(H[..., :t+1], spec)[key][..., -1]`` (``np.array_equal`` with
+``equal_nan=True``), computed in float64. Each update kernel below replays the
+float64 operations of :mod:`gpu_trader.indicator_math` in the same order (keep
+them in step: ``tests/test_streaming.py`` compares every bar with the batch).
+
+Consequences worth knowing:
+
+* Leading NaNs are per symbol *and per indicator*, as in the batch: an indicator
+  starts at the symbol's first bar where all of *its own* inputs are non-NaN
+  (close for SMA/EMA/WMA/RSI/MACD/Bollinger; high, low, close for ATR/STOCH;
+  close, volume for OBV; all four for VWAP). An interior NaN after that start
+  propagates exactly as in the batch (it poisons running sums).
+* Because the batch is causal once a series has started, this also means the
+  value for bar ``t`` equals ``features(H)[key][..., t]`` for any longer history
+  ``H``, with one documented exception inherited from TA-Lib's ``check_begidx``:
+  on a bar before the indicator's first all-valid bar the stream returns what the
+  batch returns for a history that has *no* valid bar yet, which is NaN except for
+  OBV (the bar's volume, when only the close is missing) and STOCH(1, 1, 1)
+  (0 when high == low and only the close is missing). With NaN in every field
+  before a listing date (the usual case) both readings agree.
+* dtype: state and outputs are float64 whatever the input dtype (float32,
+  integers and bools are converted exactly). The outputs equal the batch run on
+  the input cast to float64; rounded to float32 they equal the batch's float32
+  outputs (whose accumulations are float64 too), except STOCH, whose batch stages
+  raw %K in the float32 output buffer before smoothing it.
+
+Rows
+----
+``update`` takes one bar for all symbols, either
+
+* a close-only array of shape ``(n_symbols,)`` (a scalar when ``n_symbols == 1``),
+  allowed only when every indicator of the spec reads close alone, or
+* an OHLCV row: a mapping with ``high``, ``low``, ``close``, ``volume`` (keys
+  case-insensitive; the fields the spec does not read may be left out), each of
+  shape ``(n_symbols,)``, or an array of shape ``(5, n_symbols)`` in OHLCV order
+  (``(5,)`` when ``n_symbols == 1``). ``open`` is accepted and ignored.
+
+It returns ``{key: float64 array (n_symbols,)}`` with the keys of
+:func:`gpu_trader.indicators.feature_keys` (a fresh dict of fresh arrays each
+call; the caller may keep or modify them).
+
+numba is imported (and the kernels compiled, or loaded from the on-disk cache)
+when the first stream is constructed, never at ``import gpu_trader``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Any, Mapping
+
+import numpy as np
+
+from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, SPECS, STOCH, VWAP, WMA
+from .indicators import _INPUTS, _validated_params, feature_keys, normalize_spec
+
+__all__ = ["FeatureStream"]
+
+_FIELDS = ("high", "low", "close", "volume")  # rows of the (4, n_symbols) input buffer
+# Input groups: an indicator's first valid bar is computed over its own inputs.
+_GROUPS = {
+    ("close",): 0,
+    ("high", "low", "close"): 1,
+    ("close", "volume"): 2,
+    ("high", "low", "close", "volume"): 3,
+}
+_N_GROUPS = 4
+# Columns of one program row (one row per indicator of the spec).
+_P_CODE, _P_GROUP, _P_A, _P_B, _P_C, _P_FOFF, _P_IOFF, _P_OUT, _P_NOUT = range(9)
+_P_WIDTH = 9
+
+
+def _state_size(code: int, a: int, b: int, c: int) -> tuple[int, int]:
+    """(float64 slots, int64 slots) of one indicator's per-symbol state."""
+    if code == SMA:
+        return 1 + a, 0  # total, ring[a]
+    if code == EMA:
+        return 2, 0  # seed total, prev
+    if code == WMA:
+        return 3 + a, 1  # sub, sum, trailing value, ring[a]; countdown
+    if code == RSI:
+        return 3, 0  # prev value, gain, loss
+    if code == MACD:
+        return 6, 0  # slow total, fast total, ema slow, ema fast, signal total, signal
+    if code == BBANDS:
+        return 4 + a, 1  # ma total, shift, var1, var2, ring[a]; countdown
+    if code == ATR:
+        return 2, 0  # previous close, total / prev
+    if code == STOCH:
+        # lowest, highest, diff, %K total, %D total, highs[a], lows[a], raw %K[b], slow %K[c]
+        return 5 + 2 * a + b + c, 2  # lowest idx, highest idx
+    if code == OBV:
+        return 2, 0  # obv, prev close
+    if code == VWAP:
+        return 2 + 2 * a, 1  # pv, vol, ring tpv[a], ring v[a]; bad count
+    raise AssertionError(code)
+
+
+# ---------------------------------------------------------------------------------
+# Update kernels. Plain Python here; made numba-callable (register_jitable) and
+# compiled (njit, cached on disk) by _kernels() on first use, so importing this
+# module does not import numba. Each mirrors the *_row function of
+# gpu_trader.indicator_math of the same name, bar by bar: ``j`` is the bar's index
+# counted from the indicator's first valid bar (``t - begin`` in the row
+# functions), ``f``/``ii`` are the symbol's float/int state rows, ``o``/``io`` the
+# indicator's offsets into them. Ring buffers hold the last ``period`` inputs at
+# index ``j % period``; the value leaving the window (``x[trailing]`` with
+# ``trailing = t - period + 1``) sits at ``(j + 1) % period`` once bar j is stored.
+# ---------------------------------------------------------------------------------
+
+
+def _sma_step(f, o, p, j, x):
+    """sma_into: total += x; tmp = total; total -= x[trailing]; out = tmp / period."""
+    if j == 0:
+        f[o] = 0.0
+    f[o] += x
+    f[o + 1 + j % p] = x
+    if j < p - 1:
+        return math.nan
+    tmp = f[o]
+    f[o] -= f[o + 1 + (j + 1) % p]
+    return tmp / p
+
+
+def _ema_step(f, o, p, j, x):
+    """ema_row: seed = mean of the first p values; then prev = (x - prev) * k + prev."""
+    if p == 1:
+        return x
+    if j < p:
+        if j == 0:
+            f[o] = 0.0
+        f[o] += x
+        if j < p - 1:
+            return math.nan
+        prev = f[o] / p
+    else:
+        prev = f[o + 1]
+        prev = (x - prev) * (2.0 / (p + 1)) + prev
+    f[o + 1] = prev
+    return prev
+
+
+def _wma_step(f, ii, o, io, p, j, x):
+    """wma_row (TA-Lib 0.8): running sums, re-anchored from the window every 8 * p bars."""
+    if p == 1:
+        return x
+    ring = o + 3
+    f[ring + j % p] = x
+    if j == 0:
+        f[o] = 0.0
+        f[o + 1] = 0.0
+        f[o + 2] = 0.0  # trailing_value
+        ii[io] = 8 * p  # countdown
+    if j < p - 1:  # wma_sums(x, begin, p - 1)
+        f[o] += x
+        f[o + 1] += x * (j + 1)
+        return math.nan
+    period_sub = f[o]
+    period_sum = f[o + 1]
+    period_sub += x
+    period_sub -= f[o + 2]
+    period_sum += x * p
+    ii[io] -= 1
+    if ii[io] <= 0:
+        ii[io] = 8 * p
+        period_sub = 0.0  # wma_sums(x, t - p + 1, p)
+        period_sum = 0.0
+        for w in range(1, p + 1):
+            v = f[ring + (j - p + w) % p]
+            period_sub += v
+            period_sum += v * w
+    f[o + 2] = f[ring + (j + 1) % p]
+    res = period_sum / (float(p) * (p + 1) / 2.0)
+    period_sum -= period_sub
+    f[o] = period_sub
+    f[o + 1] = period_sum
+    return res
+
+
+def _rsi_step(f, o, p, j, x):
+    """rsi_row (TA-Lib 0.8): branch-free gain/loss split, Wilder step scaled by 1/p."""
+    if j == 0:
+        f[o] = x
+        f[o + 1] = 0.0
+        f[o + 2] = 0.0
+        return math.nan
+    inv_period = 1.0 / p
+    d = x - f[o]
+    f[o] = x
+    gain = f[o + 1]
+    loss = f[o + 2]
+    if j > p:
+        loss *= p - 1
+        gain *= p - 1
+    up = d if d > 0.0 else 0.0
+    gain += up
+    loss += up - d
+    if j < p:
+        f[o + 1] = gain
+        f[o + 2] = loss
+        return math.nan
+    loss *= inv_period
+    gain *= inv_period
+    f[o + 1] = gain
+    f[o + 2] = loss
+    total = gain + loss  # rsi_ratio
+    if total > 0.0:
+        return 100.0 * (gain / total)
+    return 0.0
+
+
+def _macd_step(f, o, fast, slow, signal, j, x, out, r, s):
+    """macd_row: both EMAs seeded at the slow EMA's start; signal seeded by its SMA."""
+    if j == 0:
+        for q in range(6):
+            f[o + q] = 0.0
+    if j < slow:
+        f[o] += x  # ema_seed(x, begin, slow)
+        if j >= slow - fast:
+            f[o + 1] += x  # ema_seed(x, begin + slow - fast, fast)
+        if j < slow - 1:
+            out[r, s] = math.nan
+            out[r + 1, s] = math.nan
+            out[r + 2, s] = math.nan
+            return
+        ema_slow = f[o] / slow
+        ema_fast = f[o + 1] / fast
+    else:
+        ema_fast = f[o + 3]
+        ema_slow = f[o + 2]
+        ema_fast = (x - ema_fast) * (2.0 / (fast + 1)) + ema_fast
+        ema_slow = (x - ema_slow) * (2.0 / (slow + 1)) + ema_slow
+    f[o + 2] = ema_slow
+    f[o + 3] = ema_fast
+    line = ema_fast - ema_slow
+    m = j - (slow - 1)
+    if m < signal - 1:
+        f[o + 4] += line
+        out[r, s] = math.nan
+        out[r + 1, s] = math.nan
+        out[r + 2, s] = math.nan
+        return
+    if m == signal - 1:
+        f[o + 4] += line
+        sig = f[o + 4] / signal
+    else:
+        sig = f[o + 5]
+        sig = line if signal == 1 else (line - sig) * (2.0 / (signal + 1)) + sig
+    f[o + 5] = sig
+    out[r, s] = line
+    out[r + 1, s] = sig
+    out[r + 2, s] = line - sig
+
+
+def _bbands_step(f, ii, o, io, p, nstd, j, x, out, r, s):
+    """bbands_row (TA-Lib 0.8): SMA middle band, shifted running moments, re-seeded."""
+    ring = o + 4
+    f[ring + j % p] = x
+    inv_period = 1.0 / p
+    if j == 0:
+        f[o] = 0.0  # ma_total
+        f[o + 1] = x  # shift = x[begin]
+        f[o + 2] = 0.0  # var1
+        f[o + 3] = 0.0  # var2
+        ii[io] = 32 * p  # countdown
+    if j < p - 1:
+        f[o] += x
+        d = x - f[o + 1]
+        f[o + 2] += d
+        f[o + 3] += d * d
+        out[r, s] = math.nan
+        out[r + 1, s] = math.nan
+        out[r + 2, s] = math.nan
+        return
+    ma_total = f[o]
+    shift = f[o + 1]
+    var1 = f[o + 2]
+    var2 = f[o + 3]
+    ma_total += x
+    d = x - shift
+    var1 += d
+    var2 += d * d
+    mean1 = var1 * inv_period
+    variance = var2 * inv_period - mean1 * mean1
+    mean = ma_total / p
+    old = f[ring + (j + 1) % p]
+    ma_total -= old
+    d = old - shift
+    var1 -= d
+    d2 = d * d
+    var2 -= d2
+    ii[io] -= 1
+    if variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2 or ii[io] <= 0:
+        ii[io] = 32 * p
+        total = 0.0
+        for q in range(j - p + 1, j + 1):
+            total += f[ring + q % p]
+        shift = total * inv_period
+        var1 = 0.0  # shifted_moments over the window
+        var2 = 0.0
+        for q in range(j - p + 1, j + 1):
+            d = f[ring + q % p] - shift
+            var1 += d
+            var2 += d * d
+        mean1 = var1 * inv_period
+        variance = var2 * inv_period - mean1 * mean1
+        if variance < 0.000000000001 * (var2 * inv_period):
+            variance = 0.0
+        d = f[ring + (j + 1) % p] - shift
+        var1 -= d
+        var2 -= d * d
+    f[o] = ma_total
+    f[o + 1] = shift
+    f[o + 2] = var1
+    f[o + 3] = var2
+    std = math.sqrt(variance) if variance != 0.0 else 0.0
+    band = std * nstd
+    out[r, s] = mean + band
+    out[r + 1, s] = mean
+    out[r + 2, s] = mean - band
+
+
+def _atr_step(f, o, p, j, h, lo, c):
+    """atr_row (TA-Lib 0.8): mean of the first p true ranges, then alpha * tr + beta * prev."""
+    if j == 0:
+        f[o] = c
+        f[o + 1] = 0.0
+        return math.nan
+    prev_close = f[o]  # true_range
+    f[o] = c
+    greatest = h - lo
+    v2 = math.fabs(prev_close - h)
+    if v2 > greatest:
+        greatest = v2
+    v3 = math.fabs(prev_close - lo)
+    if v3 > greatest:
+        greatest = v3
+    if p == 1:
+        return greatest
+    if j <= p:
+        total = f[o + 1] + greatest
+        f[o + 1] = total
+        if j < p:
+            return math.nan
+        prev = total / p
+    else:
+        beta = float(p - 1) / float(p)
+        alpha = 1.0 - beta
+        prev = alpha * greatest + beta * f[o + 1]
+    f[o + 1] = prev
+    return prev
+
+
+def _stoch_step(f, ii, o, io, fastk, slowk, slowd, j, h, lo, c, out, r, s):
+    """stoch_row: raw %K with TA-Lib's highest/lowest tracking, then two TA_MA(SMA)s."""
+    highs = o + 5
+    lows = highs + fastk
+    raws = lows + fastk
+    slows = raws + slowk
+    f[highs + j % fastk] = h
+    f[lows + j % fastk] = lo
+    if j == 0:
+        for q in range(5):
+            f[o + q] = 0.0  # lowest, highest, diff, %K total, %D total
+        ii[io] = -1  # lowest_idx
+        ii[io + 1] = -1  # highest_idx
+    if j < fastk - 1:
+        out[r, s] = math.nan
+        out[r + 1, s] = math.nan
+        return
+    today = j
+    trailing = j - fastk + 1
+    lowest = f[o]
+    highest = f[o + 1]
+    diff = f[o + 2]
+    tmp = lo
+    if ii[io] < trailing:
+        ii[io] = trailing
+        lowest = f[lows + trailing % fastk]
+        for i in range(trailing + 1, today + 1):
+            tmp = f[lows + i % fastk]
+            if tmp < lowest:
+                ii[io] = i
+                lowest = tmp
+        diff = (highest - lowest) / 100.0
+    elif tmp <= lowest:
+        ii[io] = today
+        lowest = tmp
+        diff = (highest - lowest) / 100.0
+    tmp = h
+    if ii[io + 1] < trailing:
+        ii[io + 1] = trailing
+        highest = f[highs + trailing % fastk]
+        for i in range(trailing + 1, today + 1):
+            tmp = f[highs + i % fastk]
+            if tmp > highest:
+                ii[io + 1] = i
+                highest = tmp
+        diff = (highest - lowest) / 100.0
+    elif tmp >= highest:
+        ii[io + 1] = today
+        highest = tmp
+        diff = (highest - lowest) / 100.0
+    f[o] = lowest
+    f[o + 1] = highest
+    f[o + 2] = diff
+    if diff != 0.0:
+        raw = (c - lowest) / diff
+    else:
+        raw = 0.0
+    # slow %K = ma_into(raw %K, first_k, slowk)
+    jk = j - (fastk - 1)
+    if slowk == 1:
+        slow_k = raw
+    else:
+        f[raws + jk % slowk] = raw
+        f[o + 3] += raw
+        if jk < slowk - 1:
+            out[r, s] = math.nan
+            out[r + 1, s] = math.nan
+            return
+        tmp = f[o + 3]
+        f[o + 3] -= f[raws + (jk + 1) % slowk]
+        slow_k = tmp / slowk
+    # %D = ma_into(slow %K, first_k + slowk - 1, slowd)
+    jd = jk - (slowk - 1)
+    if slowd == 1:
+        d = slow_k
+    else:
+        f[slows + jd % slowd] = slow_k
+        f[o + 4] += slow_k
+        if jd < slowd - 1:
+            out[r, s] = math.nan
+            out[r + 1, s] = math.nan
+            return
+        tmp = f[o + 4]
+        f[o + 4] -= f[slows + (jd + 1) % slowd]
+        d = tmp / slowd
+    out[r, s] = slow_k
+    out[r + 1, s] = d
+
+
+def _obv_step(f, o, j, c, v):
+    """obv_row: starts from the first valid bar's volume."""
+    if j == 0:
+        f[o] = v
+        f[o + 1] = c
+    obv = f[o]
+    prev = f[o + 1]
+    if c > prev:
+        obv += v
+    elif c < prev:
+        obv -= v
+    f[o] = obv
+    f[o + 1] = c
+    return obv
+
+
+def _vwap_step(f, ii, o, io, p, j, h, lo, c, v):
+    """vwap_row: running sums over finite bars; a window holding a non-finite bar is NaN."""
+    tpvs = o + 2
+    vols = tpvs + p
+    if j == 0:
+        f[o] = 0.0
+        f[o + 1] = 0.0
+        ii[io] = 0
+    tpv = (h + lo + c) / 3.0 * v  # typical_value
+    f[tpvs + j % p] = tpv
+    f[vols + j % p] = v
+    if math.isfinite(tpv) and math.isfinite(v):
+        f[o] += tpv
+        f[o + 1] += v
+    else:
+        ii[io] += 1
+    if j < p - 1:
+        return math.nan
+    pv = f[o]
+    vol = f[o + 1]
+    res = pv / vol if ii[io] == 0 and vol != 0.0 else math.nan
+    q = (j + 1) % p
+    tpv = f[tpvs + q]
+    v = f[vols + q]
+    if math.isfinite(tpv) and math.isfinite(v):
+        f[o] = pv - tpv
+        f[o + 1] = vol - v
+    else:
+        ii[io] -= 1
+    return res
+
+
+def _not_started(code, a, b, c, n_out, h, lo, cl, v, out, r, s):
+    """A bar before the indicator's first valid bar: the batch's value for a series
+    with no valid bar yet (TA-Lib starts such a series at its last bar)."""
+    if code == OBV:
+        out[r, s] = v  # obv_row with begin = t: obv = volume[t], and close[t] == prev (or NaN)
+    elif code == STOCH and a == 1 and b == 1 and c == 1:
+        # stoch_row with begin = t and every period 1: raw %K of bar t, copied twice
+        diff = (h - lo) / 100.0
+        raw = (cl - lo) / diff if diff != 0.0 else 0.0
+        out[r, s] = raw
+        out[r + 1, s] = raw
+    else:
+        for q in range(n_out):
+            out[r + q, s] = math.nan
+
+
+def _advance(inp, prog, fprog, fs, ist, out):
+    """Feed one bar (inp: (4, n_symbols) high/low/close/volume) through every indicator."""
+    n = inp.shape[1]
+    m = prog.shape[0]
+    for s in range(n):
+        h = inp[0, s]
+        lo = inp[1, s]
+        c = inp[2, s]
+        v = inp[3, s]
+        f = fs[s]
+        ii = ist[s]
+        # per input group: bar index since its first all-valid bar, -1 before
+        c_ok = c == c
+        hlc_ok = c_ok and h == h and lo == lo
+        v_ok = v == v
+        if ii[0] >= 0:
+            ii[0] += 1
+        elif c_ok:
+            ii[0] = 0
+        if ii[1] >= 0:
+            ii[1] += 1
+        elif hlc_ok:
+            ii[1] = 0
+        if ii[2] >= 0:
+            ii[2] += 1
+        elif c_ok and v_ok:
+            ii[2] = 0
+        if ii[3] >= 0:
+            ii[3] += 1
+        elif hlc_ok and v_ok:
+            ii[3] = 0
+        for k in range(m):
+            code = prog[k, 0]
+            j = ii[prog[k, 1]]
+            a = prog[k, 2]
+            b = prog[k, 3]
+            cc = prog[k, 4]
+            o = prog[k, 5]
+            io = prog[k, 6]
+            r = prog[k, 7]
+            if j < 0:
+                _not_started(code, a, b, cc, prog[k, 8], h, lo, c, v, out, r, s)
+            elif code == SMA:
+                out[r, s] = _sma_step(f, o, a, j, c)
+            elif code == EMA:
+                out[r, s] = _ema_step(f, o, a, j, c)
+            elif code == WMA:
+                out[r, s] = _wma_step(f, ii, o, io, a, j, c)
+            elif code == RSI:
+                out[r, s] = _rsi_step(f, o, a, j, c)
+            elif code == MACD:
+                _macd_step(f, o, a, b, cc, j, c, out, r, s)
+            elif code == BBANDS:
+                _bbands_step(f, ii, o, io, a, fprog[k], j, c, out, r, s)
+            elif code == ATR:
+                out[r, s] = _atr_step(f, o, a, j, h, lo, c)
+            elif code == STOCH:
+                _stoch_step(f, ii, o, io, a, b, cc, j, h, lo, c, out, r, s)
+            elif code == OBV:
+                out[r, s] = _obv_step(f, o, j, c, v)
+            elif code == VWAP:
+                out[r, s] = _vwap_step(f, ii, o, io, a, j, h, lo, c, v)
+
+
+def _update_kernel(inp, prog, fprog, fs, ist, out):
+    _advance(inp, prog, fprog, fs, ist, out)
+
+
+def _warmup_kernel(hist, prog, fprog, fs, ist, out):
+    """hist: (T, 4, n_symbols); leaves ``out`` holding the last bar's values."""
+    for t in range(hist.shape[0]):
+        _advance(hist[t], prog, fprog, fs, ist, out)
+
+
+_JITABLE = (
+    _sma_step, _ema_step, _wma_step, _rsi_step, _macd_step, _bbands_step, _atr_step,
+    _stoch_step, _obv_step, _vwap_step, _not_started, _advance,
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """Compile (or load from the on-disk cache) the update and warm-up kernels."""
+    from numba.extending import register_jitable
+
+    from .jit import njit_cached
+
+    for fn in _JITABLE:
+        register_jitable(fn)  # makes the plain function callable from jitted code
+    return njit_cached(nogil=True)(_update_kernel), njit_cached(nogil=True)(_warmup_kernel)
+
+
+# ---------------------------------------------------------------------------------
+# The public class
+# ---------------------------------------------------------------------------------
+
+
+def _check_n_symbols(n_symbols: Any) -> int:
+    if isinstance(n_symbols, (bool, np.bool_)) or not isinstance(n_symbols, numbers.Integral):
+        raise TypeError(f"n_symbols must be an integer, got {n_symbols!r}")
+    n = int(n_symbols)
+    if n < 1:
+        raise ValueError(f"n_symbols must be >= 1, got {n}")
+    return n
+
+
+def _float_dtype_ok(arr: np.ndarray, name: str) -> None:
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+
+
+class FeatureStream:
+    """Incremental feature pipeline: the :func:`gpu_trader.features` spec, one bar at a time.
+
+    ``FeatureStream(n_symbols, spec=None)``: ``spec`` has the format of
+    :func:`gpu_trader.features` (default :data:`gpu_trader.indicators.DEFAULT_FEATURES`)
+    with one value per parameter (parameter grids are batch-only).
+
+    * :meth:`update` ``(row) -> {key: (n_symbols,) float64}`` advances every symbol by
+      one bar (see the module docstring for the row formats);
+    * :meth:`warmup` ``(history)`` feeds many bars at once, leaving the state exactly
+      as if each had been passed to :meth:`update`;
+    * :meth:`reset` forgets every bar seen.
+
+    Values equal the batch functions' last values exactly (see the module docstring).
+    Each update costs O(number of indicators) per symbol (a window rescan for STOCH's
+    extremes and periodic re-anchoring for WMA/Bollinger, amortized O(1)).
+    """
+
+    def __init__(self, n_symbols: int, spec: Mapping[str, Any] | None = None) -> None:
+        n = _check_n_symbols(n_symbols)
+        spec = normalize_spec(spec)
+        self.n_symbols = n
+        self.spec = spec
+        self.keys: tuple[str, ...] = tuple(feature_keys(spec))
+
+        rows, fparams = [], []
+        needed: set[str] = set()
+        f_size, i_size, out_row = 0, _N_GROUPS, 0
+        for key, (fn_name, params) in spec.items():
+            values = _validated_params(fn_name, params)
+            for pname, (vals, is_grid) in zip(SPECS[fn_name][3], values):
+                if is_grid:
+                    raise ValueError(
+                        f"spec[{key!r}]: parameter {pname!r} of {fn_name} is a sequence {list(vals)}; "
+                        "FeatureStream takes one value per parameter (parameter grids are batch-only)"
+                    )
+            scalars = [v[0][0] for v in values]
+            code, _, n_out, pnames = SPECS[fn_name]
+            ints = [int(v) for v, pn in zip(scalars, pnames) if pn != "nstd"] + [0, 0, 0]
+            a, b, c = ints[:3]
+            if code == MACD and b < a:  # macd_row swaps them
+                a, b = b, a
+            nf, ni = _state_size(code, a, b, c)
+            inputs = _INPUTS[fn_name]
+            needed.update(inputs)
+            rows.append([code, _GROUPS[tuple(inputs)], a, b, c, f_size, i_size, out_row, n_out])
+            fparams.append(float(scalars[1]) if code == BBANDS else 0.0)
+            f_size += nf
+            i_size += ni
+            out_row += n_out
+        self._prog = np.array(rows, dtype=np.int64).reshape(-1, _P_WIDTH)
+        self._fprog = np.array(fparams, dtype=np.float64)
+        self._f_size, self._i_size = f_size, i_size
+        self._needed = tuple(i for i, name in enumerate(_FIELDS) if name in needed)
+        self._close_only = needed == {"close"}
+        self._out = np.empty((out_row, n), dtype=np.float64)
+        self._row = np.empty((4, n), dtype=np.float64)
+        self._shape1 = (n,)
+        self._shape5 = (5, n)
+        self._update_kernel, self._warmup_kernel = _kernels()
+        self.reset()
+
+    # -- state ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every bar seen: the next bar is the first of every symbol's history."""
+        self._fs = np.zeros((self.n_symbols, max(self._f_size, 1)), dtype=np.float64)
+        self._is = np.zeros((self.n_symbols, self._i_size), dtype=np.int64)
+        self._is[:, :_N_GROUPS] = -1
+        self._out.fill(np.nan)
+        self._row.fill(np.nan)
+        self.n_bars = 0
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The values of the latest bar (all NaN before the first), as fresh arrays."""
+        return dict(zip(self.keys, self._out.copy()))
+
+    @property
+    def needs_ohlcv(self) -> bool:
+        """True when some indicator reads more than the close (so rows must be OHLCV)."""
+        return not self._close_only
+
+    def __repr__(self) -> str:
+        return f"FeatureStream(n_symbols={self.n_symbols}, keys={list(self.keys)}, n_bars={self.n_bars})"
+
+    # -- one bar ----------------------------------------------------------------------
+    def update(self, row) -> dict[str, np.ndarray]:
+        """Advance every symbol by one bar; returns ``{key: float64 array (n_symbols,)}``."""
+        buf = self._row
+        if type(row) is not np.ndarray:
+            if isinstance(row, Mapping) or (hasattr(row, "keys") and hasattr(row, "__getitem__")):
+                self._fill_from_mapping(row)
+                return self._step(buf)
+            row = np.asarray(row)
+        if row.dtype.kind not in "fiub":
+            raise TypeError(f"row must hold real numbers, got dtype {row.dtype}")
+        shape = row.shape
+        if shape == self._shape5:
+            buf[...] = row[1:]
+        elif shape == self._shape1 or (self.n_symbols == 1 and shape == ()):
+            if not self._close_only:
+                raise ValueError(self._close_only_error())
+            buf[2] = row
+        elif self.n_symbols == 1 and shape == (5,):
+            buf[:, 0] = row[1:]
+        else:
+            raise ValueError(
+                f"row must have shape ({self.n_symbols},) (close only) or (5, {self.n_symbols}) "
+                f"(OHLCV), or be a mapping of ({self.n_symbols},) arrays; got shape {shape}"
+            )
+        return self._step(buf)
+
+    def _step(self, buf: np.ndarray) -> dict[str, np.ndarray]:
+        self._update_kernel(buf, self._prog, self._fprog, self._fs, self._is, self._out)
+        self.n_bars += 1
+        return dict(zip(self.keys, self._out.copy()))
+
+    def _close_only_error(self) -> str:
+        others = sorted(
+            {fn for fn, _ in self.spec.values() if _INPUTS[fn] != ("close",)}
+        )
+        return (
+            f"row: a close-only row needs a spec of close-only indicators; {others} also read "
+            "high/low/volume, so pass an OHLCV row (a mapping or a (5, n_symbols) array)"
+        )
+
+    def _fill_from_mapping(self, row) -> None:
+        buf = self._row
+        n = self.n_symbols
+        for i in self._needed:
+            name = _FIELDS[i]
+            try:
+                value = row[name]
+            except (KeyError, IndexError, TypeError):
+                value = self._lookup_ci(row, name)
+            arr = value if type(value) is np.ndarray else np.asarray(value)
+            if arr.shape != self._shape1 and not (n == 1 and arr.shape == ()):
+                raise ValueError(f"row[{name!r}] must have shape ({n},), got {arr.shape}")
+            if arr.dtype.kind not in "fiub":
+                raise TypeError(f"row[{name!r}] must hold real numbers, got dtype {arr.dtype}")
+            buf[i] = arr
+
+    @staticmethod
+    def _lookup_ci(row, name: str):
+        for k in row.keys():
+            if str(k).lower() == name:
+                return row[k]
+        raise ValueError(f"row is missing field {name!r} (needs {[f for f in _FIELDS]})")
+
+    # -- many bars ---------------------------------------------------------------------
+    def warmup(self, history) -> dict[str, np.ndarray]:
+        """Feed a history of bars, as if each had been passed to :meth:`update` in order.
+
+        history: the format of :func:`gpu_trader.features`: a mapping with ``high``,
+        ``low``, ``close``, ``volume`` arrays of shape ``(n_symbols, T)`` (``(T,)`` when
+        ``n_symbols == 1``; pandas DataFrames with time along the index and one column
+        per symbol are accepted), or an array of shape ``(5, n_symbols, T)`` in OHLCV
+        order; or, for a close-only spec, a close array of shape ``(n_symbols, T)``.
+        ``T`` may be 0. The stream continues from its current state (call :meth:`reset`
+        first to start over). Returns the values of the last bar (as :meth:`values`).
+        """
+        hist = self._history_array(history)
+        if hist.shape[0]:
+            self._warmup_kernel(hist, self._prog, self._fprog, self._fs, self._is, self._out)
+            self.n_bars += hist.shape[0]
+        return self.values()
+
+    def _history_array(self, history) -> np.ndarray:
+        """-> (T, 4, n_symbols) C-contiguous float64 (fields the spec does not read are NaN)."""
+        n = self.n_symbols
+        fields: dict[int, np.ndarray] = {}
+        if hasattr(history, "keys") and not isinstance(history, np.ndarray):
+            cols = {str(k).lower(): k for k in history.keys()}
+            missing = [_FIELDS[i] for i in self._needed if _FIELDS[i] not in cols]
+            if missing:
+                raise ValueError(f"history is missing field(s) {missing}")
+            for i in self._needed:
+                name = _FIELDS[i]
+                fields[i] = self._history_field(history[cols[name]], f"history[{name!r}]")
+        else:
+            arr = _to_host(history)
+            _float_dtype_ok(arr, "history")
+            if arr.ndim == 3 and arr.shape[:2] == (5, n):
+                fields = {i: arr[i + 1] for i in range(4)}
+            elif n == 1 and arr.ndim == 2 and arr.shape[0] == 5:
+                fields = {i: arr[i + 1][None] for i in range(4)}
+            elif (arr.ndim == 2 and arr.shape[0] == n) or (n == 1 and arr.ndim == 1):
+                if not self._close_only:
+                    raise ValueError(
+                        self._close_only_error().replace("row:", "history:").replace("row", "history")
+                    )
+                fields = {2: arr.reshape(n, -1)}
+            else:
+                raise ValueError(
+                    f"history must be a mapping of (n_symbols={n}, T) arrays or an array of shape "
+                    f"(5, {n}, T) in OHLCV order (or ({n}, T) close only); got shape {arr.shape}"
+                )
+        lengths = {a.shape[-1] for a in fields.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"history fields differ in length: {sorted(lengths)}")
+        T = lengths.pop()
+        hist = np.full((T, 4, n), np.nan, dtype=np.float64)
+        for i, a in fields.items():
+            hist[:, i, :] = a.T
+        return hist
+
+    def _history_field(self, value, name: str) -> np.ndarray:
+        n = self.n_symbols
+        arr = _to_host(value)
+        _float_dtype_ok(arr, name)
+        if arr.ndim == 1 and n == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise ValueError(f"{name} must have shape (n_symbols={n}, T), got {arr.shape}")
+        return arr
+
+
+def _to_host(x) -> np.ndarray:
+    """NumPy view/copy of an array-like; a pandas DataFrame (time x symbols) is transposed."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "columns") and hasattr(x, "to_numpy"):  # pandas / cuDF DataFrame
+        return np.asarray(_backend_to_numpy(x)).T
+    return np.asarray(_backend_to_numpy(x))
+
+
+def _backend_to_numpy(x):
+    from .backend import to_numpy
+
+    if hasattr(x, "to_numpy") and not hasattr(x, "__cuda_array_interface__"):
+        return x.to_numpy()
+    return to_numpy(x)

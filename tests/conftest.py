@@ -1,0 +1,35 @@
+"""Shared fixtures: every backend present runs the same tests; absent ones skip cleanly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpu_trader as gt
+
+ALL_BACKENDS = ("cpu", "cuda")
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request) -> str:
+    """Name of one backend; the test is skipped where that backend is not present."""
+    if request.param not in gt.available_backends():
+        pytest.skip(f"backend {request.param!r} is not available on this machine")
+    return request.param
+
+
+def on_backend(backend: str, *arrays):
+    """Move NumPy arrays to ``backend``'s array type."""
+    be = gt.get_backend(backend)
+    out = tuple(be.asarray(a) for a in arrays)
+    return out if len(out) > 1 else out[0]
+
+
+def random_ohlcv(n_series: int, n_bars: int, seed: int = 0, dtype=np.float64):
+    """Geometric random-walk OHLCV bars, shape (n_series, n_bars) each, strictly positive prices."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, (n_series, n_bars)), axis=-1))
+    spread = rng.uniform(0.0, 0.01, (2, n_series, n_bars))
+    high = close * (1.0 + spread[0])
+    low = close * (1.0 - spread[1])
+    volume = rng.integers(1, 10_000, (n_series, n_bars)).astype(np.float64)
+    return tuple(a.astype(dtype) for a in (high, low, close, volume))
