@@ -4,7 +4,7 @@
 """
 from .backend import available_backends, get_backend, set_backend, to_numpy, use_backend
 from .indicators import atr, bollinger, ema, features, macd, obv, rsi, sma, stoch, vwap, wma
-# streaming: see below
+from .streaming import FeatureStream
 
 __version__ = "0.1.0"
 

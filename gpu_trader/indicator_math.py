@@ -15,8 +15,10 @@ Semantics are TA-Lib's Python wrapper, operation for operation, in float64:
   the first ``begin + lookback`` outputs are NaN;
 * interior NaNs propagate through the same running sums TA-Lib uses (so a NaN
   inside the input poisons every later SMA/EMA/RSI value, as in TA-Lib);
-* float32 input is read as float64 and all accumulations are float64; only the
-  stored result is rounded to the output dtype.
+* float32 input is read as float64 (``f64(x[t])``: numba's ``float()`` would keep
+  float32) and all arithmetic is float64; only the stored result is rounded to
+  the output dtype (STOCH stages raw %K in its output row, so for float32 input
+  that intermediate is rounded too).
 
 ``params`` is a float64 1-D view holding the indicator's parameters in the order
 listed in :data:`SPECS`.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+from numba import float64 as f64
 from numba.extending import register_jitable
 
 from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, STOCH, VWAP, WMA
@@ -88,13 +91,13 @@ def sma_into(x, begin, period, out, k):
     total = 0.0
     i = begin
     while i < start:
-        total += float(x[i])
+        total += f64(x[i])
         i += 1
     trailing = begin
     while i < n:
-        total += float(x[i])
+        total += f64(x[i])
         tmp = total
-        total -= float(x[trailing])
+        total -= f64(x[trailing])
         trailing += 1
         out[k, i] = tmp / period
         i += 1
@@ -123,7 +126,7 @@ def ema_seed(x, seed_begin, period):
     """TA-Lib's default EMA seed: the plain mean of x[seed_begin : seed_begin + period]."""
     total = 0.0
     for t in range(seed_begin, seed_begin + period):
-        total += float(x[t])
+        total += f64(x[t])
     return total / period
 
 
@@ -144,7 +147,7 @@ def ema_row(x, params, out):
     prev = ema_seed(x, begin, period)
     out[0, start] = prev
     for t in range(start + 1, n):
-        prev = (float(x[t]) - prev) * k + prev
+        prev = (f64(x[t]) - prev) * k + prev
         out[0, t] = prev
 
 
@@ -154,7 +157,7 @@ def wma_sums(x, first, period):
     total = 0.0
     weighted = 0.0
     for w in range(1, period + 1):
-        v = float(x[first + w - 1])
+        v = f64(x[first + w - 1])
         total += v
         weighted += v * w
     return total, weighted
@@ -174,13 +177,13 @@ def wma_row(x, params, out):
         for t in range(start, n):
             out[0, t] = x[t]
         return
-    divider = float(period) * (period + 1) / 2.0
+    divider = f64(period) * (period + 1) / 2.0
     period_sub, period_sum = wma_sums(x, begin, period - 1)
     countdown = 8 * period
     trailing_value = 0.0
     trailing = begin
     for t in range(start, n):
-        v = float(x[t])
+        v = f64(x[t])
         period_sub += v
         period_sub -= trailing_value
         period_sum += v * period
@@ -188,7 +191,7 @@ def wma_row(x, params, out):
         if countdown <= 0:
             countdown = 8 * period
             period_sub, period_sum = wma_sums(x, t - period + 1, period)
-        trailing_value = float(x[trailing])
+        trailing_value = f64(x[trailing])
         trailing += 1
         out[0, t] = period_sum / divider
         period_sum -= period_sub
@@ -214,11 +217,11 @@ def rsi_row(x, params, out):
     if start >= n:
         return
     inv_period = 1.0 / period
-    prev_value = float(x[begin])
+    prev_value = f64(x[begin])
     gain = 0.0
     loss = 0.0
     for t in range(begin + 1, start + 1):
-        v = float(x[t])
+        v = f64(x[t])
         d = v - prev_value
         prev_value = v
         up = d if d > 0.0 else 0.0
@@ -228,7 +231,7 @@ def rsi_row(x, params, out):
     gain *= inv_period
     out[0, start] = rsi_ratio(gain, loss)
     for t in range(start + 1, n):
-        v = float(x[t])
+        v = f64(x[t])
         d = v - prev_value
         prev_value = v
         loss *= period - 1
@@ -266,7 +269,7 @@ def macd_row(x, params, out):
     sig = 0.0
     for t in range(first_macd, n):
         if t > first_macd:
-            v = float(x[t])
+            v = f64(x[t])
             ema_fast = (v - ema_fast) * k_fast + ema_fast
             ema_slow = (v - ema_slow) * k_slow + ema_slow
         line = ema_fast - ema_slow
@@ -289,7 +292,7 @@ def shifted_moments(x, first, last, shift):
     s1 = 0.0
     s2 = 0.0
     for t in range(first, last + 1):
-        d = float(x[t]) - shift
+        d = f64(x[t]) - shift
         s1 += d
         s2 += d * d
     return s1, s2
@@ -315,15 +318,15 @@ def bbands_row(x, params, out):
     if start >= n:
         return
     inv_period = 1.0 / period
-    shift = float(x[begin])
+    shift = f64(x[begin])
     ma_total = 0.0
     for t in range(begin, start):
-        ma_total += float(x[t])
+        ma_total += f64(x[t])
     var1, var2 = shifted_moments(x, begin, start - 1, shift)
     trailing = begin
     countdown = 32 * period
     for t in range(start, n):
-        v = float(x[t])
+        v = f64(x[t])
         ma_total += v
         d = v - shift
         var1 += d
@@ -331,7 +334,7 @@ def bbands_row(x, params, out):
         mean1 = var1 * inv_period
         variance = var2 * inv_period - mean1 * mean1
         mean = ma_total / period
-        old = float(x[trailing])
+        old = f64(x[trailing])
         ma_total -= old
         d = old - shift
         var1 -= d
@@ -344,14 +347,14 @@ def bbands_row(x, params, out):
             window_start = t - period + 1
             total = 0.0
             for j in range(window_start, t + 1):
-                total += float(x[j])
+                total += f64(x[j])
             shift = total * inv_period
             var1, var2 = shifted_moments(x, window_start, t, shift)
             mean1 = var1 * inv_period
             variance = var2 * inv_period - mean1 * mean1
             if variance < 0.000000000001 * (var2 * inv_period):
                 variance = 0.0
-            d = float(x[window_start]) - shift
+            d = f64(x[window_start]) - shift
             var1 -= d
             var2 -= d * d
         std = math.sqrt(variance) if variance != 0.0 else 0.0
@@ -364,9 +367,9 @@ def bbands_row(x, params, out):
 @register_jitable
 def true_range(high, low, close, t):
     """TA-Lib's TRANGE at t >= 1 (comparisons, so a NaN term is skipped, as in TA-Lib)."""
-    h = float(high[t])
-    lo = float(low[t])
-    prev_close = float(close[t - 1])
+    h = f64(high[t])
+    lo = f64(low[t])
+    prev_close = f64(close[t - 1])
     greatest = h - lo
     v2 = math.fabs(prev_close - h)
     if v2 > greatest:
@@ -391,7 +394,7 @@ def atr_row(high, low, close, params, out):
             out[0, t] = true_range(high, low, close, t)
         return
     # TA-Lib >= 0.8's two-coefficient Wilder step: alpha derived from beta so they sum to 1.
-    beta = float(period - 1) / float(period)
+    beta = f64(period - 1) / f64(period)
     alpha = 1.0 - beta
     total = 0.0
     for t in range(begin + 1, start + 1):
@@ -428,12 +431,12 @@ def stoch_row(high, low, close, params, out):
     diff = 0.0
     trailing = begin
     for today in range(first_k, n):
-        tmp = float(low[today])
+        tmp = f64(low[today])
         if lowest_idx < trailing:
             lowest_idx = trailing
-            lowest = float(low[lowest_idx])
+            lowest = f64(low[lowest_idx])
             for i in range(lowest_idx + 1, today + 1):
-                tmp = float(low[i])
+                tmp = f64(low[i])
                 if tmp < lowest:
                     lowest_idx = i
                     lowest = tmp
@@ -442,12 +445,12 @@ def stoch_row(high, low, close, params, out):
             lowest_idx = today
             lowest = tmp
             diff = (highest - lowest) / 100.0
-        tmp = float(high[today])
+        tmp = f64(high[today])
         if highest_idx < trailing:
             highest_idx = trailing
-            highest = float(high[highest_idx])
+            highest = f64(high[highest_idx])
             for i in range(highest_idx + 1, today + 1):
-                tmp = float(high[i])
+                tmp = f64(high[i])
                 if tmp > highest:
                     highest_idx = i
                     highest = tmp
@@ -457,7 +460,7 @@ def stoch_row(high, low, close, params, out):
             highest = tmp
             diff = (highest - lowest) / 100.0
         if diff != 0.0:
-            out[1, today] = (float(close[today]) - lowest) / diff
+            out[1, today] = (f64(close[today]) - lowest) / diff
         else:
             out[1, today] = 0.0
         trailing += 1
@@ -472,14 +475,14 @@ def obv_row(close, volume, params, out):
     n = close.shape[0]
     begin = first_valid2(close, volume)
     fill_nan(out, 0, begin)
-    obv = float(volume[begin])
-    prev = float(close[begin])
+    obv = f64(volume[begin])
+    prev = f64(close[begin])
     for t in range(begin, n):
-        c = float(close[t])
+        c = f64(close[t])
         if c > prev:
-            obv += float(volume[t])
+            obv += f64(volume[t])
         elif c < prev:
-            obv -= float(volume[t])
+            obv -= f64(volume[t])
         out[0, t] = obv
         prev = c
 
@@ -487,8 +490,8 @@ def obv_row(close, volume, params, out):
 @register_jitable
 def typical_value(high, low, close, volume, t):
     """(H+L+C)/3 * V at bar t, and V."""
-    v = float(volume[t])
-    return (float(high[t]) + float(low[t]) + float(close[t])) / 3.0 * v, v
+    v = f64(volume[t])
+    return (f64(high[t]) + f64(low[t]) + f64(close[t])) / 3.0 * v, v
 
 
 @register_jitable

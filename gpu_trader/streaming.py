@@ -31,10 +31,10 @@ Consequences worth knowing:
   (0 when high == low and only the close is missing). With NaN in every field
   before a listing date (the usual case) both readings agree.
 * dtype: state and outputs are float64 whatever the input dtype (float32,
-  integers and bools are converted exactly). The outputs equal the batch run on
-  the input cast to float64; rounded to float32 they equal the batch's float32
-  outputs (whose accumulations are float64 too), except STOCH, whose batch stages
-  raw %K in the float32 output buffer before smoothing it.
+  integers and bools are converted exactly on the way in). The outputs equal the
+  batch run on the input cast to float64 exactly; against the batch's float32
+  outputs they agree to float32 precision only (the batch rounds its results, and
+  some of its intermediates, to float32).
 
 Rows
 ----
@@ -77,9 +77,11 @@ _GROUPS = {
     ("high", "low", "close", "volume"): 3,
 }
 _N_GROUPS = 4
-# Columns of one program row (one row per indicator of the spec).
-_P_CODE, _P_GROUP, _P_A, _P_B, _P_C, _P_FOFF, _P_IOFF, _P_OUT, _P_NOUT = range(9)
+# One program row per indicator of the spec: code, input group, up to three integer
+# parameters (a, b, c), float-state offset, int-state offset, first output row, n outputs.
 _P_WIDTH = 9
+# warmup converts the history to float64 in chunks of at most this many values
+_WARMUP_CHUNK_ELEMENTS = 1 << 20
 
 
 def _state_size(code: int, a: int, b: int, c: int) -> tuple[int, int]:
@@ -116,9 +118,15 @@ def _state_size(code: int, a: int, b: int, c: int) -> tuple[int, int]:
 # counted from the indicator's first valid bar (``t - begin`` in the row
 # functions), ``f``/``ii`` are the symbol's float/int state rows, ``o``/``io`` the
 # indicator's offsets into them. Ring buffers hold the last ``period`` inputs at
-# index ``j % period``; the value leaving the window (``x[trailing]`` with
-# ``trailing = t - period + 1``) sits at ``(j + 1) % period`` once bar j is stored.
+# index ``pos = j % period``; the value leaving the window (``x[trailing]`` with
+# ``trailing = t - period + 1``) sits at ``_nxt(pos, period)`` once bar j is stored.
 # ---------------------------------------------------------------------------------
+
+
+def _nxt(pos, p):
+    """(pos + 1) % p for 0 <= pos < p, without an integer division."""
+    pos += 1
+    return pos if pos < p else 0
 
 
 def _sma_step(f, o, p, j, x):
@@ -126,11 +134,12 @@ def _sma_step(f, o, p, j, x):
     if j == 0:
         f[o] = 0.0
     f[o] += x
-    f[o + 1 + j % p] = x
+    pos = j % p
+    f[o + 1 + pos] = x
     if j < p - 1:
         return math.nan
     tmp = f[o]
-    f[o] -= f[o + 1 + (j + 1) % p]
+    f[o] -= f[o + 1 + _nxt(pos, p)]
     return tmp / p
 
 
@@ -157,7 +166,8 @@ def _wma_step(f, ii, o, io, p, j, x):
     if p == 1:
         return x
     ring = o + 3
-    f[ring + j % p] = x
+    pos = j % p
+    f[ring + pos] = x
     if j == 0:
         f[o] = 0.0
         f[o + 1] = 0.0
@@ -177,11 +187,13 @@ def _wma_step(f, ii, o, io, p, j, x):
         ii[io] = 8 * p
         period_sub = 0.0  # wma_sums(x, t - p + 1, p)
         period_sum = 0.0
+        q = pos
         for w in range(1, p + 1):
-            v = f[ring + (j - p + w) % p]
+            q = _nxt(q, p)  # (j - p + w) % p
+            v = f[ring + q]
             period_sub += v
             period_sum += v * w
-    f[o + 2] = f[ring + (j + 1) % p]
+    f[o + 2] = f[ring + _nxt(pos, p)]
     res = period_sum / (float(p) * (p + 1) / 2.0)
     period_sum -= period_sub
     f[o] = period_sub
@@ -267,7 +279,9 @@ def _macd_step(f, o, fast, slow, signal, j, x, out, r, s):
 def _bbands_step(f, ii, o, io, p, nstd, j, x, out, r, s):
     """bbands_row (TA-Lib 0.8): SMA middle band, shifted running moments, re-seeded."""
     ring = o + 4
-    f[ring + j % p] = x
+    pos = j % p
+    oldest = _nxt(pos, p)
+    f[ring + pos] = x
     inv_period = 1.0 / p
     if j == 0:
         f[o] = 0.0  # ma_total
@@ -295,7 +309,7 @@ def _bbands_step(f, ii, o, io, p, nstd, j, x, out, r, s):
     mean1 = var1 * inv_period
     variance = var2 * inv_period - mean1 * mean1
     mean = ma_total / p
-    old = f[ring + (j + 1) % p]
+    old = f[ring + oldest]
     ma_total -= old
     d = old - shift
     var1 -= d
@@ -305,20 +319,23 @@ def _bbands_step(f, ii, o, io, p, nstd, j, x, out, r, s):
     if variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2 or ii[io] <= 0:
         ii[io] = 32 * p
         total = 0.0
-        for q in range(j - p + 1, j + 1):
-            total += f[ring + q % p]
+        q = oldest
+        for _ in range(p):  # the window, oldest first
+            total += f[ring + q]
+            q = _nxt(q, p)
         shift = total * inv_period
         var1 = 0.0  # shifted_moments over the window
         var2 = 0.0
-        for q in range(j - p + 1, j + 1):
-            d = f[ring + q % p] - shift
+        for _ in range(p):  # q is back at the oldest
+            d = f[ring + q] - shift
             var1 += d
             var2 += d * d
+            q = _nxt(q, p)
         mean1 = var1 * inv_period
         variance = var2 * inv_period - mean1 * mean1
         if variance < 0.000000000001 * (var2 * inv_period):
             variance = 0.0
-        d = f[ring + (j + 1) % p] - shift
+        d = f[ring + oldest] - shift
         var1 -= d
         var2 -= d * d
     f[o] = ma_total
@@ -369,8 +386,10 @@ def _stoch_step(f, ii, o, io, fastk, slowk, slowd, j, h, lo, c, out, r, s):
     lows = highs + fastk
     raws = lows + fastk
     slows = raws + slowk
-    f[highs + j % fastk] = h
-    f[lows + j % fastk] = lo
+    pos = j % fastk
+    tpos = _nxt(pos, fastk)  # trailing % fastk
+    f[highs + pos] = h
+    f[lows + pos] = lo
     if j == 0:
         for q in range(5):
             f[o + q] = 0.0  # lowest, highest, diff, %K total, %D total
@@ -388,9 +407,11 @@ def _stoch_step(f, ii, o, io, fastk, slowk, slowd, j, h, lo, c, out, r, s):
     tmp = lo
     if ii[io] < trailing:
         ii[io] = trailing
-        lowest = f[lows + trailing % fastk]
+        lowest = f[lows + tpos]
+        q = tpos
         for i in range(trailing + 1, today + 1):
-            tmp = f[lows + i % fastk]
+            q = _nxt(q, fastk)
+            tmp = f[lows + q]
             if tmp < lowest:
                 ii[io] = i
                 lowest = tmp
@@ -402,9 +423,11 @@ def _stoch_step(f, ii, o, io, fastk, slowk, slowd, j, h, lo, c, out, r, s):
     tmp = h
     if ii[io + 1] < trailing:
         ii[io + 1] = trailing
-        highest = f[highs + trailing % fastk]
+        highest = f[highs + tpos]
+        q = tpos
         for i in range(trailing + 1, today + 1):
-            tmp = f[highs + i % fastk]
+            q = _nxt(q, fastk)
+            tmp = f[highs + q]
             if tmp > highest:
                 ii[io + 1] = i
                 highest = tmp
@@ -425,28 +448,30 @@ def _stoch_step(f, ii, o, io, fastk, slowk, slowd, j, h, lo, c, out, r, s):
     if slowk == 1:
         slow_k = raw
     else:
-        f[raws + jk % slowk] = raw
+        pos = jk % slowk
+        f[raws + pos] = raw
         f[o + 3] += raw
         if jk < slowk - 1:
             out[r, s] = math.nan
             out[r + 1, s] = math.nan
             return
         tmp = f[o + 3]
-        f[o + 3] -= f[raws + (jk + 1) % slowk]
+        f[o + 3] -= f[raws + _nxt(pos, slowk)]
         slow_k = tmp / slowk
     # %D = ma_into(slow %K, first_k + slowk - 1, slowd)
     jd = jk - (slowk - 1)
     if slowd == 1:
         d = slow_k
     else:
-        f[slows + jd % slowd] = slow_k
+        pos = jd % slowd
+        f[slows + pos] = slow_k
         f[o + 4] += slow_k
         if jd < slowd - 1:
             out[r, s] = math.nan
             out[r + 1, s] = math.nan
             return
         tmp = f[o + 4]
-        f[o + 4] -= f[slows + (jd + 1) % slowd]
+        f[o + 4] -= f[slows + _nxt(pos, slowd)]
         d = tmp / slowd
     out[r, s] = slow_k
     out[r + 1, s] = d
@@ -477,8 +502,9 @@ def _vwap_step(f, ii, o, io, p, j, h, lo, c, v):
         f[o + 1] = 0.0
         ii[io] = 0
     tpv = (h + lo + c) / 3.0 * v  # typical_value
-    f[tpvs + j % p] = tpv
-    f[vols + j % p] = v
+    pos = j % p
+    f[tpvs + pos] = tpv
+    f[vols + pos] = v
     if math.isfinite(tpv) and math.isfinite(v):
         f[o] += tpv
         f[o + 1] += v
@@ -489,7 +515,7 @@ def _vwap_step(f, ii, o, io, p, j, h, lo, c, v):
     pv = f[o]
     vol = f[o + 1]
     res = pv / vol if ii[io] == 0 and vol != 0.0 else math.nan
-    q = (j + 1) % p
+    q = _nxt(pos, p)
     tpv = f[tpvs + q]
     v = f[vols + q]
     if math.isfinite(tpv) and math.isfinite(v):
@@ -591,7 +617,7 @@ def _warmup_kernel(hist, prog, fprog, fs, ist, out):
 
 
 _JITABLE = (
-    _sma_step, _ema_step, _wma_step, _rsi_step, _macd_step, _bbands_step, _atr_step,
+    _nxt, _sma_step, _ema_step, _wma_step, _rsi_step, _macd_step, _bbands_step, _atr_step,
     _stoch_step, _obv_step, _vwap_step, _not_started, _advance,
 )
 
@@ -727,7 +753,7 @@ class FeatureStream:
             buf[...] = row[1:]
         elif shape == self._shape1 or (self.n_symbols == 1 and shape == ()):
             if not self._close_only:
-                raise ValueError(self._close_only_error())
+                raise ValueError(self._close_only_error("row", "(5, n_symbols)"))
             buf[2] = row
         elif self.n_symbols == 1 and shape == (5,):
             buf[:, 0] = row[1:]
@@ -743,13 +769,11 @@ class FeatureStream:
         self.n_bars += 1
         return dict(zip(self.keys, self._out.copy()))
 
-    def _close_only_error(self) -> str:
-        others = sorted(
-            {fn for fn, _ in self.spec.values() if _INPUTS[fn] != ("close",)}
-        )
+    def _close_only_error(self, arg: str, shape: str) -> str:
+        others = sorted({fn for fn, _ in self.spec.values() if _INPUTS[fn] != ("close",)})
         return (
-            f"row: a close-only row needs a spec of close-only indicators; {others} also read "
-            "high/low/volume, so pass an OHLCV row (a mapping or a (5, n_symbols) array)"
+            f"{arg}: a close-only {arg} needs a spec of close-only indicators; {others} also read "
+            f"high/low/volume, so pass an OHLCV {arg} (a mapping or a {shape} array)"
         )
 
     def _fill_from_mapping(self, row) -> None:
@@ -787,14 +811,21 @@ class FeatureStream:
         ``T`` may be 0. The stream continues from its current state (call :meth:`reset`
         first to start over). Returns the values of the last bar (as :meth:`values`).
         """
-        hist = self._history_array(history)
-        if hist.shape[0]:
-            self._warmup_kernel(hist, self._prog, self._fprog, self._fs, self._is, self._out)
-            self.n_bars += hist.shape[0]
+        fields, T = self._history_fields(history)
+        n = self.n_symbols
+        chunk = max(1, min(T, _WARMUP_CHUNK_ELEMENTS // (4 * n)))
+        hist = np.full((chunk, 4, n), np.nan, dtype=np.float64)  # fields not read stay NaN
+        for a in range(0, T, chunk):
+            b = min(T, a + chunk)
+            part = hist[: b - a]
+            for i, arr in fields.items():
+                part[:, i, :] = arr[:, a:b].T
+            self._warmup_kernel(part, self._prog, self._fprog, self._fs, self._is, self._out)
+            self.n_bars += b - a
         return self.values()
 
-    def _history_array(self, history) -> np.ndarray:
-        """-> (T, 4, n_symbols) C-contiguous float64 (fields the spec does not read are NaN)."""
+    def _history_fields(self, history) -> tuple[dict[int, np.ndarray], int]:
+        """-> ({row of the input buffer: (n_symbols, T) array}, T), validated."""
         n = self.n_symbols
         fields: dict[int, np.ndarray] = {}
         if hasattr(history, "keys") and not isinstance(history, np.ndarray):
@@ -814,9 +845,7 @@ class FeatureStream:
                 fields = {i: arr[i + 1][None] for i in range(4)}
             elif (arr.ndim == 2 and arr.shape[0] == n) or (n == 1 and arr.ndim == 1):
                 if not self._close_only:
-                    raise ValueError(
-                        self._close_only_error().replace("row:", "history:").replace("row", "history")
-                    )
+                    raise ValueError(self._close_only_error("history", "(5, n_symbols, T)"))
                 fields = {2: arr.reshape(n, -1)}
             else:
                 raise ValueError(
@@ -826,11 +855,7 @@ class FeatureStream:
         lengths = {a.shape[-1] for a in fields.values()}
         if len(lengths) != 1:
             raise ValueError(f"history fields differ in length: {sorted(lengths)}")
-        T = lengths.pop()
-        hist = np.full((T, 4, n), np.nan, dtype=np.float64)
-        for i, a in fields.items():
-            hist[:, i, :] = a.T
-        return hist
+        return fields, lengths.pop()
 
     def _history_field(self, value, name: str) -> np.ndarray:
         n = self.n_symbols
