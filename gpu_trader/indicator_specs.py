@@ -22,6 +22,37 @@ SPECS = {
 }
 
 
+# name -> ((parameter, default or None when required, minimum or None for reals), ...)
+# Minimums follow TA-Lib's accepted ranges.
+PARAMETERS = {
+    "sma": (("window", None, 1),),
+    "ema": (("window", None, 1),),
+    "wma": (("window", None, 1),),
+    "rsi": (("window", 14, 2),),
+    "macd": (("fast", 12, 2), ("slow", 26, 2), ("signal", 9, 1)),
+    "bollinger": (("window", 20, 2), ("nstd", 2.0, None)),
+    "atr": (("window", 14, 1),),
+    "stoch": (("fastk", 5, 1), ("slowk", 3, 1), ("slowd", 3, 1)),
+    "obv": (),
+    "vwap": (("window", None, 1),),
+}
+
+# Names of the outputs of multi-output indicators (used by ``features`` keys).
+OUTPUT_NAMES = {
+    "macd": ("line", "signal", "hist"),
+    "bollinger": ("upper", "middle", "lower"),
+    "stoch": ("k", "d"),
+}
+
+# Which OHLCV fields each indicator reads, in argument order.
+INPUT_FIELDS = {
+    "sma": ("close",), "ema": ("close",), "wma": ("close",), "rsi": ("close",),
+    "macd": ("close",), "bollinger": ("close",),
+    "atr": ("high", "low", "close"), "stoch": ("high", "low", "close"),
+    "obv": ("close", "volume"), "vwap": ("high", "low", "close", "volume"),
+}
+
+
 def lookback(name: str, params) -> int:
     """Number of leading NaN outputs after the first valid input (TA-Lib's ``*_Lookback``)."""
     if name in ("sma", "wma", "bollinger", "vwap"):

@@ -32,12 +32,8 @@ __all__ = [
     "features", "DEFAULT_FEATURES", "OUTPUT_NAMES",
 ]
 
-# Names of the outputs of multi-output indicators (used by ``features`` keys).
-OUTPUT_NAMES = {
-    "macd": ("line", "signal", "hist"),
-    "bollinger": ("upper", "middle", "lower"),
-    "stoch": ("k", "d"),
-}
+OUTPUT_NAMES = _im.OUTPUT_NAMES
+_INPUTS = _im.INPUT_FIELDS
 
 
 _GRID_CACHE: dict = {}
@@ -85,6 +81,17 @@ def _run(name: str, be, arrays: list[Any], params: list[tuple[tuple[float, ...],
     return tuple([out[k] for k in range(n_out)])
 
 
+def _params(name: str, *values) -> list[tuple[tuple[float, ...], bool]]:
+    """Validate an indicator's parameter values (given in signature order) against the table."""
+    out = []
+    for (pname, _, minimum), value in zip(_im.PARAMETERS[name], values):
+        if minimum is None:
+            out.append(check_floats(value, pname))
+        else:
+            out.append(check_windows(value, pname, minimum))
+    return out
+
+
 def _indicator(name, arrays, arg_names, params, backend):
     be, arrs, restore = resolve(arrays, arg_names, backend)
     outs = _run(name, be, arrs, params)
@@ -95,53 +102,51 @@ def _indicator(name, arrays, arg_names, params, backend):
 
 def sma(x, window, *, backend=None):
     """Simple moving average (TA-Lib SMA). x: (..., T) float; returns (..., T); lookback window-1."""
-    return _indicator("sma", (x,), ("x",), [check_windows(window, "window")], backend)
+    return _indicator("sma", (x,), ("x",), _params("sma", window), backend)
 
 
 def ema(x, window, *, backend=None):
     """Exponential moving average, k = 2/(window+1), seeded with the SMA of the first
     ``window`` values (TA-Lib EMA). x: (..., T); returns (..., T); lookback window-1."""
-    return _indicator("ema", (x,), ("x",), [check_windows(window, "window")], backend)
+    return _indicator("ema", (x,), ("x",), _params("ema", window), backend)
 
 
 def wma(x, window, *, backend=None):
     """Linearly weighted moving average (TA-Lib WMA). x: (..., T); lookback window-1."""
-    return _indicator("wma", (x,), ("x",), [check_windows(window, "window")], backend)
+    return _indicator("wma", (x,), ("x",), _params("wma", window), backend)
 
 
 def rsi(x, window=14, *, backend=None):
     """Wilder's relative strength index in [0, 100] (TA-Lib RSI). window >= 2; lookback window."""
-    return _indicator("rsi", (x,), ("x",), [check_windows(window, "window", 2)], backend)
+    return _indicator("rsi", (x,), ("x",), _params("rsi", window), backend)
 
 
 def macd(x, fast=12, slow=26, signal=9, *, backend=None):
     """MACD line, signal line and histogram (TA-Lib MACD, including its seeding of the fast
     EMA at the slow EMA's start). fast, slow >= 2 (swapped if slow < fast), signal >= 1;
     lookback max(fast, slow) - 1 + signal - 1. Returns ``(macd, signal, hist)``."""
-    params = [check_windows(fast, "fast", 2), check_windows(slow, "slow", 2), check_windows(signal, "signal", 1)]
-    return _indicator("macd", (x,), ("x",), params, backend)
+    return _indicator("macd", (x,), ("x",), _params("macd", fast, slow, signal), backend)
 
 
 def bollinger(x, window=20, nstd=2.0, *, backend=None):
     """Bollinger bands around an SMA, ``nstd`` population standard deviations wide
     (TA-Lib BBANDS with equal up/down deviations). window >= 2; lookback window-1.
     Returns ``(upper, middle, lower)``."""
-    params = [check_windows(window, "window", 2), check_floats(nstd, "nstd")]
-    return _indicator("bollinger", (x,), ("x",), params, backend)
+    return _indicator("bollinger", (x,), ("x",), _params("bollinger", window, nstd), backend)
 
 
 def atr(high, low, close, window=14, *, backend=None):
     """Average true range with Wilder smoothing (TA-Lib ATR; window 1 is the true range).
     high, low, close: same shape (..., T); lookback window."""
     return _indicator(
-        "atr", (high, low, close), ("high", "low", "close"), [check_windows(window, "window")], backend
+        "atr", (high, low, close), ("high", "low", "close"), _params("atr", window), backend
     )
 
 
 def stoch(high, low, close, fastk=5, slowk=3, slowd=3, *, backend=None):
     """Slow stochastic oscillator with SMA smoothing (TA-Lib STOCH, matype 0), in percent.
     Lookback fastk-1 + slowk-1 + slowd-1. Returns ``(k, d)``."""
-    params = [check_windows(fastk, "fastk"), check_windows(slowk, "slowk"), check_windows(slowd, "slowd")]
+    params = _params("stoch", fastk, slowk, slowd)
     return _indicator("stoch", (high, low, close), ("high", "low", "close"), params, backend)
 
 
@@ -161,7 +166,7 @@ def vwap(high, low, close, volume, window, *, backend=None):
         "vwap",
         (high, low, close, volume),
         ("high", "low", "close", "volume"),
-        [check_windows(window, "window")],
+        _params("vwap", window),
         backend,
     )
 
@@ -186,33 +191,23 @@ _INPUTS = {
     "atr": ("high", "low", "close"), "stoch": ("high", "low", "close"),
     "obv": ("close", "volume"), "vwap": ("high", "low", "close", "volume"),
 }
-_FUNCS = {
-    "sma": sma, "ema": ema, "wma": wma, "rsi": rsi, "macd": macd, "bollinger": bollinger,
-    "atr": atr, "stoch": stoch, "obv": obv, "vwap": vwap,
-}
 _FIELDS = ("open", "high", "low", "close", "volume")
 
 
 def _validated_params(fn_name: str, params: Mapping[str, Any]) -> list[tuple[tuple[float, ...], bool]]:
     """Check one spec entry's parameters exactly as the public function would."""
-    import inspect
-
-    sig = inspect.signature(_FUNCS[fn_name])
-    names = _im.SPECS[fn_name][3]
+    table = _im.PARAMETERS[fn_name]
+    names = [p[0] for p in table]
     unknown = set(params) - set(names)
     if unknown:
-        raise ValueError(f"spec: unknown parameter(s) {sorted(unknown)} for {fn_name}; expected {list(names)}")
-    minimum = {"rsi": 2, "bollinger": 2, "macd": 2}.get(fn_name, 1)
-    out = []
-    for pname in names:
-        value = params.get(pname, sig.parameters[pname].default)
-        if value is inspect.Parameter.empty:
+        raise ValueError(f"spec: unknown parameter(s) {sorted(unknown)} for {fn_name}; expected {names}")
+    values = []
+    for pname, default, _ in table:
+        value = params.get(pname, default)
+        if value is None:
             raise ValueError(f"spec: {fn_name} needs parameter {pname!r}")
-        if pname == "nstd":
-            out.append(check_floats(value, pname))
-        else:
-            out.append(check_windows(value, pname, 1 if pname == "signal" else minimum))
-    return out
+        values.append(value)
+    return _params(fn_name, *values)
 
 
 def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -226,20 +221,44 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, tuple[str, dict[
         if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not isinstance(entry[1], Mapping):
             raise TypeError(f"spec[{key!r}] must be (indicator_name, {{params}}), got {entry!r}")
         fn_name, params = entry
-        if fn_name not in _FUNCS:
-            raise ValueError(f"spec[{key!r}]: unknown indicator {fn_name!r}; known: {sorted(_FUNCS)}")
+        if fn_name not in _im.SPECS:
+            raise ValueError(f"spec[{key!r}]: unknown indicator {fn_name!r}; known: {sorted(_im.SPECS)}")
         _validated_params(fn_name, params)
         out[str(key)] = (fn_name, dict(params))
     return out
 
 
+def _output_keys(key: str, fn_name: str) -> tuple[str, ...]:
+    names = OUTPUT_NAMES.get(fn_name)
+    return tuple(f"{key}_{o}" for o in names) if names else (key,)
+
+
 def feature_keys(spec: Mapping[str, Any] | None = None) -> list[str]:
     """The output keys ``features(..., spec)`` returns, in order."""
-    keys = []
-    for key, (fn_name, _) in normalize_spec(spec).items():
-        names = OUTPUT_NAMES.get(fn_name)
-        keys.extend([f"{key}_{o}" for o in names] if names else [key])
-    return keys
+    return [k for key, (fn, _) in normalize_spec(spec).items() for k in _output_keys(key, fn)]
+
+
+def _plan(spec: Mapping[str, Any] | None):
+    """Validated work list ``[(output keys, indicator, params, index of the Bollinger entry
+    whose middle band is this SMA or -1)]``; the default spec's plan is built once."""
+    if spec is None and _DEFAULT_PLAN:
+        return _DEFAULT_PLAN
+    entries = [(key, fn, _validated_params(fn, params)) for key, (fn, params) in normalize_spec(spec).items()]
+    plan = []
+    for key, fn, params in entries:
+        shared = -1
+        if fn == "sma":
+            for j, (_, other_fn, other) in enumerate(entries):
+                # a scalar nstd: the middle band has exactly the SMA's shape
+                if other_fn == "bollinger" and other[0] == params[0] and not other[1][1]:
+                    shared = j
+                    break
+        plan.append((_output_keys(key, fn), fn, params, shared))
+    return plan
+
+
+_DEFAULT_PLAN: list = []
+_DEFAULT_PLAN.extend(_plan(None))
 
 
 def _ohlcv_fields(ohlcv) -> dict[str, Any]:
@@ -269,32 +288,31 @@ def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
     once; an SMA whose window equals a Bollinger window is taken from the band's
     middle instead of being computed twice.
     """
-    spec = normalize_spec(spec)
+    plan = _plan(spec)
     fields = _ohlcv_fields(ohlcv)
     names = ("high", "low", "close", "volume")
     be, arrs, restore = resolve(tuple(fields[n] for n in names), names, backend)
-    inputs = dict(zip(names, arrs))
+    shape = arrs[0].shape
+    batch, T = shape[:-1], shape[-1]
+    n = math.prod(batch)
+    flat = {}
+    for name, a in zip(names, arrs):
+        a = a.reshape(n, T)
+        flat[name] = a if a.flags.c_contiguous else be.xp.ascontiguousarray(a)
+    todo = [i for i, entry in enumerate(plan) if entry[3] < 0]  # shared SMAs are not computed
+    fns = [plan[i][1] for i in todo]
+    grids = [_param_grid(plan[i][2]) for i in todo]
+    if T == 0 or n == 0:
+        dtype = arrs[0].dtype
+        outs = [be.xp.empty((_im.SPECS[fn][2], g.shape[0], n, T), dtype=dtype) for fn, (g, _) in zip(fns, grids)]
+    else:
+        outs = be.ops("indicators").compute_many(fns, [g for g, _ in grids], flat)
+    computed = {
+        i: out.reshape(out.shape[:1] + grid_shape + batch + (T,)) for i, out, (_, grid_shape) in zip(todo, outs, grids)
+    }
     result: dict[str, Any] = {}
-    bb_middle: dict[tuple, tuple[Any, ...]] = {}
-    plans = [(key, fn, _validated_params(fn, params)) for key, (fn, params) in spec.items()]
-    for key, fn, params in plans:
-        if fn == "bollinger":
-            outs = _run(fn, be, [inputs[n] for n in _INPUTS[fn]], params)
-            if not params[1][1]:  # a scalar nstd: the middle band has exactly the SMA's shape
-                bb_middle[params[0]] = outs
-            result.update({f"{key}_{o}": restore(v) for o, v in zip(OUTPUT_NAMES[fn], outs)})
-    for key, fn, params in plans:
-        if fn == "bollinger":
-            continue
-        shared = bb_middle.get(params[0]) if fn == "sma" else None
-        if shared is not None:
-            outs = (shared[1],)
-        else:
-            outs = _run(fn, be, [inputs[n] for n in _INPUTS[fn]], params)
-        names_out = OUTPUT_NAMES.get(fn)
-        if names_out:
-            result.update({f"{key}_{o}": restore(v) for o, v in zip(names_out, outs)})
-        else:
-            result[key] = restore(outs[0])
-    return {k: result[k] for k in feature_keys(spec)}
-
+    for i, (keys, _, _, shared) in enumerate(plan):
+        values = computed[shared][1:2] if shared >= 0 else computed[i]  # [1] of a Bollinger is its middle band
+        for key, value in zip(keys, values):
+            result[key] = value if restore is _identity else restore(value)
+    return result
