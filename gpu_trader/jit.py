@@ -3,8 +3,9 @@
 numba's own cache is keyed by the source file of the jitted function only, so a
 driver compiled against an older version of :mod:`gpu_trader.indicator_math`
 would keep being loaded after that module changed. :func:`njit_cached` compiles
-with ``cache=True`` into a directory named after a hash of every module of the
-package, so any source change (an upgrade, a local edit) starts a fresh cache.
+with ``cache=True`` into a directory named after a hash of the package's compute
+modules (all but the benchmark harness and the CLI, which hold no jitted code),
+so any change to them (an upgrade, a local edit) starts a fresh cache.
 
 The directory is ``$GPU_TRADER_CACHE_DIR`` if set, else
 ``~/.cache/gpu-trader/numba/<hash>``. The user's own numba cache settings are
