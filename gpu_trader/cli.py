@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 __all__ = ["main", "build_parser"]
+
+# Load average per CPU before a run above which the timings are flagged as suspect.
+BUSY_LOAD_PER_CPU = 0.25
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes and short timing (CI)")
     bench.add_argument("--json", metavar="PATH", help="also write all results and the environment to PATH")
     bench.add_argument("--baseline", metavar="PATH", help="earlier --json file: print new/old p50 per case")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=lambda args: _bench(args, bench))
     return parser
 
 
@@ -55,15 +59,27 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except ValueError as exc:
             parser.error(f"--baseline: {exc}")
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    last = time.perf_counter()
+
     def progress(res: bench.CaseResult) -> None:
-        print(f"  {res.suite}/{res.backend}: {res.name} ... {res.status}", file=sys.stderr, flush=True)
+        nonlocal last
+        now = time.perf_counter()
+        print(f"  {res.suite}/{res.backend}: {res.name} ... {res.status} ({now - last:.1f} s)",
+              file=sys.stderr, flush=True)
+        last = now
 
     results = bench.run(suites, backends, quick=args.quick, on_result=progress)
     report.print_table(results)
+    if args.quick:
+        print("\n--quick: smaller batches and short timing, for CI; the targets are set for the full sizes.")
+    if load_before > BUSY_LOAD_PER_CPU * (os.cpu_count() or 1):
+        print(f"\nwarning: the 1-minute load average was {load_before:.2f} on {os.cpu_count()} CPUs before the "
+              "run: other processes competed for the CPUs, so these timings are suspect.")
     if baseline is not None:
         report.print_baseline(results, baseline)
     if args.json:
-        report.write_json(args.json, results, args.quick)
+        report.write_json(args.json, results, args.quick, load_before)
         print(f"\nwrote {args.json}")
     return 1 if any(r.status == "error" for r in results) else 0
 
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args, parser)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 A suite declares :class:`Workload` s; :func:`run_workload` times one of them on one
 backend together with its yardsticks, all in the same run and one after the other
-(never concurrently): the references (other libraries, on the host) and a copy of
-the workload's inputs on the same device (the bandwidth roofline).
+(never concurrently): the references (other libraries, on the host) and copies of
+the workload's inputs on the same device. Two copies are timed: ``xp.copy`` (a
+fresh array, as a user would copy; ``x_copy`` = ours / its time) and
+``xp.copyto`` into buffers allocated beforehand (no page faults: the device's copy
+bandwidth; ``bw_fraction`` = our bytes moved per second / that bandwidth).
 
 Units: times in seconds (``*_s``) or nanoseconds (``*_ns``), sizes in bytes,
 throughput in workload items (``Workload.unit``) per second.
@@ -212,6 +215,7 @@ class CaseResult:
     references: dict[str, RefResult] = field(default_factory=dict)
     copy_p50_s: float | None = None
     copy_bytes: int | None = None
+    copy_bandwidth_Bps: float | None = None
     bytes_moved: int | None = None
     x_copy: float | None = None
     bw_fraction: float | None = None
@@ -283,9 +287,12 @@ def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult)
     if wl.copy_inputs is not None:
         time.sleep(QUIESCE_S)
         arrays = tuple(wl.copy_inputs(state))
-        xp = be.xp
-        res.copy_p50_s = measure(lambda: [xp.copy(a) for a in arrays], policy, be.synchronize).p50_s
+        xp, sync = be.xp, be.synchronize
         res.copy_bytes = 2 * sum(int(a.nbytes) for a in arrays)
         res.bytes_moved = wl.bytes_moved
+        res.copy_p50_s = measure(lambda: [xp.copy(a) for a in arrays], policy, sync).p50_s
         res.x_copy = ours / res.copy_p50_s
-        res.bw_fraction = (wl.bytes_moved / ours) / (res.copy_bytes / res.copy_p50_s)
+        dsts = [xp.empty_like(a) for a in arrays]
+        copyto_s = measure(lambda: [xp.copyto(d, a) for d, a in zip(dsts, arrays)], policy, sync).p50_s
+        res.copy_bandwidth_Bps = res.copy_bytes / copyto_s
+        res.bw_fraction = wl.bytes_moved / ours / res.copy_bandwidth_Bps

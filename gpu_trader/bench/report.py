@@ -65,11 +65,13 @@ def _row(res: CaseResult) -> list[str]:
     ]
 
 
-_HEADER = ["case", "p50", "p95", "p99", "throughput", "vs reference (ref/ours)", "x copy", "copy bw", "plan", "ours"]
+_HEADER = ["case", "p50", "p95", "p99", "throughput", "vs reference (ref/ours)", "x copy", "% copy bw", "plan", "ours"]
 
 
-def print_table(results: list[CaseResult], out: TextIO = sys.stdout) -> None:
-    """One table per (suite, backend), then the targets used and every failure or skip note."""
+def print_table(results: list[CaseResult], out: TextIO | None = None) -> None:
+    """One table per (suite, backend), then the targets used and every failure or skip note
+    (to ``out``, default standard output)."""
+    out = out or sys.stdout
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for r in results:
         groups.setdefault((r.suite, r.backend), []).append(r)
@@ -115,8 +117,8 @@ def _module_version(name: str) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Versions, CPU count and thread settings of this process (call after the run,
-    when numba's threading layer has been chosen)."""
+    """Versions, CPU count, load average and thread settings of this process (call
+    after the run, when numba's threading layer has been chosen)."""
     import numba
 
     try:
@@ -136,6 +138,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "loadavg_after_run": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "threads": {
             "numba_num_threads": numba.get_num_threads(),
             "numba_threading_layer": layer,
@@ -144,13 +147,16 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_json(path: str, results: list[CaseResult], quick: bool) -> None:
-    """Write the run (results, devices, environment, timestamp) to ``path``."""
+def write_json(path: str, results: list[CaseResult], quick: bool, load_before: float | None = None) -> None:
+    """Write the run (results, devices, environment, timestamp) to ``path``;
+    ``load_before`` is the 1-minute load average seen before the run started."""
+    env = environment()
+    env["loadavg_before_run"] = load_before
     doc = {
         "schema": SCHEMA,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": quick,
-        "environment": environment(),
+        "environment": env,
         "devices": {r.backend: r.device for r in results},
         "results": [r.to_dict() for r in results],
     }
@@ -179,8 +185,9 @@ def load_baseline(path: str) -> dict[tuple[str, str, str], float]:
 
 
 def print_baseline(results: Iterable[CaseResult], baseline: dict[tuple[str, str, str], float],
-                   out: TextIO = sys.stdout) -> None:
+                   out: TextIO | None = None) -> None:
     """Per case: new p50, old p50 and new/old (< 1: faster than the baseline)."""
+    out = out or sys.stdout
     print("\nAgainst baseline (p50 new/old, < 1 is faster):", file=out)
     for r in results:
         old = baseline.get((r.suite, r.name, r.backend))

@@ -6,8 +6,10 @@ Metric names (all floats; see :meth:`gpu_trader.bench.harness.CaseResult.metrics
 
 * ``p50_s``       median latency of one call, seconds;
 * ``ratio:NAME``  reference NAME's p50 / our p50 (> 1: we are faster);
-* ``x_copy``      our p50 / p50 of copying the case's inputs on the same device;
-* ``bw_fraction`` our effective bandwidth / measured copy bandwidth (0..1+).
+* ``x_copy``      our p50 / p50 of copying the case's inputs (to fresh arrays) on the
+  same device;
+* ``bw_fraction`` our bytes moved (inputs read + outputs written) per second /
+  the device's copy bandwidth measured in the same run (1.0 = at the roofline).
 """
 from __future__ import annotations
 

@@ -1,0 +1,258 @@
+"""The benchmark harness and ``gpu-trader bench``: timing math, targets, a quick run, the CLI."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpu_trader import cli
+from gpu_trader.backend import get_backend
+from gpu_trader.bench import SUITES, Reference, SkipCase, Workload, workloads
+from gpu_trader.bench.harness import Stats, TimingPolicy, measure, percentile, run_workload
+from gpu_trader.bench.report import print_table
+from gpu_trader.bench.targets import TARGETS, Check, evaluate
+
+TINY = TimingPolicy(warmup_calls=2, warmup_s=0.0, min_samples=5, max_samples=50, budget_s=0.0)
+
+
+# -- percentiles and timing ---------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 1000])
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 95, 99, 99.9, 100])
+def test_percentile_matches_numpy(n, q):
+    values = np.sort(np.random.default_rng(n).lognormal(size=n))
+    assert percentile(values, q) == pytest.approx(np.percentile(values, q), rel=1e-12, abs=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**12), min_size=1, max_size=300), st.floats(0, 100))
+def test_percentile_matches_numpy_property(values, q):
+    s = np.sort(np.asarray(values, dtype=np.float64))
+    assert percentile(s, q) == pytest.approx(np.percentile(s, q), rel=1e-12, abs=1e-9)
+
+
+def test_percentile_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="sorted_values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="q must be"):
+        percentile([1.0], 101)
+
+
+def test_stats_from_ns_are_seconds_at_numpy_percentiles():
+    ns = np.random.default_rng(0).integers(1_000, 1_000_000, 997)
+    s = Stats.from_ns(ns.tolist())
+    secs = ns * 1e-9
+    assert s.n == 997
+    for q, got in ((50, s.p50_s), (95, s.p95_s), (99, s.p99_s)):
+        assert got == pytest.approx(np.percentile(secs, q), rel=1e-12)
+    assert s.min_s == pytest.approx(secs.min()) and s.max_s == pytest.approx(secs.max())
+    assert s.mean_s == pytest.approx(secs.mean())
+
+
+def test_measure_excludes_warmup_and_synchronizes_every_call():
+    calls, syncs = [], []
+
+    def fn():
+        if not calls:
+            time.sleep(0.05)  # a "JIT compilation" on the first call
+        calls.append(1)
+
+    stats = measure(fn, TINY, sync=lambda: syncs.append(1))
+    assert stats.n == TINY.min_samples
+    assert len(calls) == TINY.warmup_calls + stats.n
+    # one sync before the first call, one after each warm-up call, two around each timed call
+    assert len(syncs) == 1 + TINY.warmup_calls + 2 * stats.n
+    assert stats.max_s < 0.05
+
+
+def test_measure_respects_max_samples():
+    policy = TimingPolicy(warmup_calls=1, warmup_s=0.0, min_samples=1, max_samples=7, budget_s=10.0)
+    assert measure(lambda: None, policy).n == 7
+
+
+# -- one workload through the harness ---------------------------------------------------
+def _raise(exc):
+    raise exc
+
+
+def test_run_workload_references_copy_yardstick_and_targets(capsys):
+    x = np.ones((64, 1000))
+    wl = Workload(
+        "double", {"symbols": 64, "bars": 1000}, setup=lambda be: be.asarray(x), run=lambda a: a * 2.0,
+        items=x.size, target="features.batched",
+        references=(
+            Reference("absent", lambda: None, lambda s: None, requires="no_such_module_xyz"),
+            Reference("numpy", lambda: x, lambda a: a + 1.0),
+        ),
+        copy_inputs=lambda a: (a,), bytes_moved=2 * x.nbytes,
+    )
+    res = run_workload("t", wl, get_backend("cpu"), TINY)
+    assert res.status == "ok" and res.stats.n == TINY.min_samples
+    assert res.throughput_per_s == pytest.approx(x.size / res.stats.p50_s)
+    assert res.references["absent"].ratio is None and "not installed" in res.references["absent"].note
+    numpy_ref = res.references["numpy"]
+    assert numpy_ref.ratio == pytest.approx(numpy_ref.p50_s / res.stats.p50_s)
+    assert res.copy_bytes == 2 * x.nbytes
+    assert res.x_copy == pytest.approx(res.stats.p50_s / res.copy_p50_s)
+    assert res.bw_fraction == pytest.approx(2 * x.nbytes / res.stats.p50_s / res.copy_bandwidth_Bps)
+    assert res.ours.missing == ("ratio:talib",)  # the batched target checks TA-Lib, absent here
+    assert res.plan.status == "-"
+    print_table([res])
+    assert "absent n/a" in capsys.readouterr().out
+
+
+def test_run_workload_reports_skips_and_errors(capsys):
+    cpu = get_backend("cpu")
+    skipped = run_workload("t", Workload("s", {}, lambda be: _raise(SkipCase("not here")), _raise, items=1), cpu, TINY)
+    assert skipped.status == "skipped" and skipped.note == "not here"
+    broken = Workload("e", {}, lambda be: None, lambda s: _raise(RuntimeError("boom")), items=1)
+    failed = run_workload("t", broken, cpu, TINY)
+    assert failed.status == "error" and failed.note == "RuntimeError: boom"
+    print_table([skipped, failed])
+    out = capsys.readouterr().out
+    assert "SKIPPED" in out and "ERROR" in out and "boom" in out
+
+
+# -- targets ------------------------------------------------------------------------
+def test_evaluate_pass_fail_missing_and_not_applicable():
+    checks = (Check("p50_s", "<", 1e-3), Check("ratio:talib", ">=", 1.0, ("cpu",)))
+    assert evaluate(checks, {"p50_s": 5e-4, "ratio:talib": 2.0}, "cpu").status == "PASS"
+    failed = evaluate(checks, {"p50_s": 2e-3, "ratio:talib": 2.0}, "cpu")
+    assert failed.status == "FAIL" and "p50_s" in failed.failures[0]
+    missing = evaluate(checks, {"p50_s": 5e-4, "ratio:talib": None}, "cpu")
+    assert missing.status == "n/a" and missing.missing == ("ratio:talib",)
+    assert evaluate(checks, {"p50_s": 5e-4}, "cuda").status == "PASS"  # the ratio check is CPU-only
+    assert evaluate((), {"p50_s": 1.0}, "cpu").status == "-"
+
+
+def test_check_and_workload_reject_bad_declarations():
+    with pytest.raises(ValueError, match="op"):
+        Check("p50_s", "!=", 1.0)
+    with pytest.raises(ValueError, match="unknown target"):
+        Workload("w", {}, lambda be: None, lambda s: None, items=1, target="nope")
+    with pytest.raises(ValueError, match="copy_inputs"):
+        Workload("w", {}, lambda be: None, lambda s: None, items=1, bytes_moved=8)
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_suite_declarations(suite):
+    for quick in (True, False):
+        wls = workloads(suite, quick)
+        names = [w.name for w in wls]
+        assert len(names) == len(set(names)), "workload names must be unique within a suite"
+        assert all(w.target is None or w.target in TARGETS for w in wls)
+
+
+def test_unknown_suite_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown suite 'nope'; known suites: features"):
+        workloads("nope", True)
+
+
+# -- a quick run of the features suite through the CLI ----------------------------------
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``gpu-trader bench --quick --backend cpu --suite features`` with --json and --baseline."""
+    tmp = tmp_path_factory.mktemp("bench")
+    baseline = tmp / "old.json"
+    baseline.write_text(json.dumps({"results": [
+        {"suite": "features", "name": "sma(20) 100 bars", "backend": "cpu", "stats": {"p50_s": 1.0}},
+    ]}))
+    path = tmp / "new.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["bench", "--quick", "--backend", "cpu", "--suite", "features",
+                         "--json", str(path), "--baseline", str(baseline)])
+    return code, out.getvalue(), json.loads(path.read_text())
+
+
+def test_cli_quick_run_exits_zero(quick_run):
+    code, _, _ = quick_run
+    assert code == 0
+
+
+def test_quick_run_has_every_case_with_finite_numbers(quick_run):
+    _, _, doc = quick_run
+    results = doc["results"]
+    assert [r["name"] for r in results] == [w.name for w in workloads("features", quick=True)]
+    for r in results:
+        assert r["backend"] == "cpu" and r["device"] and r["dtype"] == "float64" and r["sizes"]
+        if r["status"] == "skipped":  # only the streaming case may be skipped (FeatureStream not there yet)
+            assert r["name"].startswith("FeatureStream") and r["note"]
+            continue
+        assert r["status"] == "ok", r
+        s = r["stats"]
+        assert all(math.isfinite(s[k]) and s[k] > 0 for k in ("p50_s", "p95_s", "p99_s"))
+        assert s["min_s"] <= s["p50_s"] <= s["p95_s"] <= s["p99_s"] <= s["max_s"]
+        assert math.isfinite(r["throughput_per_s"]) and r["throughput_per_s"] > 0
+        assert r["plan"]["status"] in ("PASS", "FAIL", "n/a", "-")
+        assert r["ours"]["status"] in ("PASS", "FAIL", "n/a")
+        for ref in r["references"].values():
+            assert ref["ratio"] is None or (math.isfinite(ref["ratio"]) and ref["ratio"] > 0)
+        if "symbols" in r["sizes"] and r["sizes"]["symbols"] > 1:  # batched: the copy yardstick
+            assert math.isfinite(r["x_copy"]) and r["x_copy"] > 0
+            assert math.isfinite(r["bw_fraction"]) and r["bw_fraction"] > 0
+
+
+def test_quick_run_json_records_device_and_versions(quick_run):
+    _, _, doc = quick_run
+    assert doc["schema"] == 1 and doc["quick"] is True and doc["timestamp"]
+    assert doc["devices"]["cpu"]
+    env = doc["environment"]
+    for name in ("python", "numpy", "numba", "talib", "gpu_trader"):
+        assert name in env["versions"]
+    assert env["versions"]["numpy"] == np.__version__
+    assert env["cpu_count"] >= 1
+    assert "loadavg_before_run" in env and "loadavg_after_run" in env
+    assert env["threads"]["numba_num_threads"] >= 1
+
+
+def test_quick_run_prints_table_with_targets_and_baseline(quick_run):
+    _, text, _ = quick_run
+    assert "p50" in text and "plan" in text and "ours" in text
+    assert "sma(20) 100 bars" in text
+    assert "PASS" in text or "FAIL" in text
+    assert "features.sma" in text  # the targets legend
+    assert "Against baseline" in text
+
+
+# -- CLI errors -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--suite", "nope"], "unknown suite(s) nope; known suites: features"),
+        (["bench", "--backend", "nope"], "backend 'nope' is unknown; available backends: cpu"),
+        (["bench", "--baseline", "/nonexistent/old.json"], "--baseline: baseline '/nonexistent/old.json'"),
+        (["bench", "--json", "/nonexistent/dir/out.json"], "--json: directory"),
+    ],
+)
+def test_cli_bad_arguments_exit_nonzero_with_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_baseline_content(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--baseline", str(bad)])
+    assert exc.value.code == 2
+    assert "is not a gpu-trader bench JSON file" in capsys.readouterr().err
+
+
+def test_cli_module_entry_point_exit_status():
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpu_trader.cli", "bench", "--suite", "nope"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "unknown suite" in proc.stderr
+    assert subprocess.run([sys.executable, "-m", "gpu_trader.cli"], capture_output=True).returncode == 2
