@@ -118,6 +118,8 @@ def sma_row(x, params, out):
     period = int(params[0])
     begin = first_valid1(x)
     fill_nan(out, 0, begin + period - 1)
+    if begin + period - 1 >= x.shape[0]:
+        return
     sma_into(x, begin, period, out, 0)
 
 

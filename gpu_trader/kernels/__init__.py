@@ -1,0 +1,1 @@
+"""GPU implementations (CuPy arrays, numba.cuda kernels), one module per public module."""

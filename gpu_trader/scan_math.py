@@ -1,0 +1,1114 @@
+"""Chunked parallel-in-time scans for the indicator recurrences (the GPU's long-series path).
+
+The batch kernels run one thread per (parameter set, series) and walk the series in
+time order. That leaves a GPU idle when there are few series and many bars (one
+10M-bar series is one thread). This module splits each series into chunks of
+``L`` bars and gives every (row, chunk) its own thread.
+
+* **Affine recurrences** -- EMA ``y = (x - y)*k + y`` (``y_t = (1-k) y_{t-1} + k x_t``),
+  Wilder smoothing (RSI's gain/loss ``g = (g*(p-1) + up) * (1/p)``, ATR's
+  ``a = alpha*tr + beta*a``), OBV's running sum, and MACD (fast and slow EMAs, then
+  the signal EMA over their difference, as a second pass) -- use a 3-phase scan:
+
+  1. each chunk runs the row body's recurrence from state 0 over its bars and,
+     beside it, the homogeneous recurrence from state 1: that is the chunk's affine
+     map ``y_out = A*y_in + B``. The chunk holding the series' ``start`` bar also
+     computes the TA-Lib seed (the mean of the first window), exactly like the row
+     body;
+  2. an exclusive scan composes the chunk maps (:func:`exclusive_affine_scan`: a
+     recursive blocked scan -- blocks of ``pair_block`` maps are composed by one
+     thread each, the block maps are scanned the same way, then expanded), giving
+     every chunk its carry-in ``A_in * seed + B_in``;
+  3. each chunk re-runs the exact row-body recurrence (same operations, same order)
+     from its carry-in and writes its outputs. Only the carry-ins differ from the
+     sequential states, by rounding (~1e-16 relative: these recurrences contract).
+
+* **Windowed indicators** need no carry: the chunk holding ``start`` runs the row
+  body from the series' beginning; a later chunk rebuilds the state from the bars
+  before its first output (overlapping the previous chunk):
+
+  - SMA and the Bollinger middle band: the sum of the ``window - 1`` preceding bars.
+    TA-Lib's running sum stays NaN for good once a non-finite bar has left the
+    window; ``ff`` (the series' first non-finite index, computed up front) says
+    whether that has happened before the chunk;
+  - Bollinger's variance: sums shifted by the window mean, as if re-seeded at the
+    bar before the chunk (the row body re-seeds on a data-dependent schedule, so
+    this agrees with it to rounding);
+  - WMA: bit-exact. TA-Lib re-anchors its running sums every ``8 * window`` bars
+    after ``start`` (a fixed schedule), so the chunk rebuilds the sums at the last
+    re-anchor before it (or at ``begin``) and replays to its first output;
+  - VWAP: window sums of the finite bars and a count of the non-finite ones.
+
+* STOCH has no scan path (its rolling min/max feed two SMAs); it always takes the
+  batch path.
+
+Leading NaNs are skipped per series exactly like the row bodies do
+(``first_valid*``: the first index where every input is non-NaN, else the last
+index), so ragged batches give the same NaN prefixes; float32 input is read as
+float64 (``f64``) and the result rounded once, like the row bodies.
+
+Layout: a series of ``T`` bars is padded to ``nc * L`` and stored chunk-major
+transposed, ``xc[u, i*nc + c] = x[i, c*L + u]`` (shape ``(L, n_series*nc)``), so at
+each step the threads of a warp (consecutive chunks) touch consecutive addresses.
+Outputs use the same layout per row ``r = p*n_series + i``: ``(n_out, L, rows*nc)``.
+
+Every loop body here is a plain function decorated with ``register_jitable``, so
+the same steps compile for CUDA (``gpu_trader.kernels.indicators``), for the CPU
+(:func:`twin_compute`, the "twin" that tests the scan without a GPU) and run as
+plain Python (numba's CUDA simulator). The array glue is written against an ``xp``
+module (CuPy or NumPy) and an executor that launches a body over ``nthreads``
+thread indices. These bodies mirror :mod:`gpu_trader.indicator_math` operation for
+operation: a change to a row body's arithmetic must be mirrored here (the tests
+compare both paths with the CPU backend).
+
+Not mirrored: sums that overflow to inf from finite inputs (only non-finite input
+bars count as poison for SMA/Bollinger), and a rolling VWAP volume that is exactly
+0.0 in one summation order but a rounding residue in the other.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import float64 as f64
+from numba.extending import register_jitable
+
+from . import indicator_math as im
+from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, SPECS, VWAP, WMA
+
+__all__ = [
+    "MACD_SIGNAL", "SCAN_NAMES", "SCAN_MAX_ROWS", "SCAN_MIN_T", "TARGET_THREADS", "MIN_CHUNK",
+    "PAIR_BLOCK", "use_scan", "choose_chunk", "scan_compute", "twin_compute", "CpuScanExecutor",
+]
+
+# Internal code of MACD's second pass (the signal EMA over the MACD line).
+MACD_SIGNAL = 100
+
+# Indicators with a scan path. STOCH has none (its rolling min/max + two SMAs run
+# on the batch path whatever the shape).
+SCAN_NAMES = frozenset({"ema", "rsi", "atr", "obv", "macd", "sma", "wma", "bollinger", "vwap"})
+WINDOWED_NAMES = frozenset({"sma", "wma", "bollinger", "vwap"})
+# Number of affine states carried per row by each affine pass.
+N_STATES = {EMA: 1, RSI: 2, ATR: 1, OBV: 1, MACD: 2, MACD_SIGNAL: 1}
+
+# --- automatic path choice -----------------------------------------------------------
+# The batch path has rows = P * n_series threads; below SCAN_MAX_ROWS an H100
+# (132 SMs x 2048 resident threads) is mostly idle, so when the series are also
+# long (T >= SCAN_MIN_T) the chunked scan is used. The chunk length is chosen so
+# that rows * n_chunks ~ TARGET_THREADS (~1 thread per resident slot on an H100),
+# never below MIN_CHUNK bars (the per-chunk overhead -- carry math, seed, the
+# overlapping window of windowed indicators -- must stay small next to L) and, for
+# windowed indicators, never below 2 windows (so re-reading the preceding window
+# costs at most half the chunk).
+SCAN_MAX_ROWS = 4096
+SCAN_MIN_T = 4096
+TARGET_THREADS = 1 << 17
+MIN_CHUNK = 64
+# Maps composed per thread in each level of the carry scan.
+PAIR_BLOCK = 32
+
+# Smallest positive normal float64: chunk maps' A are clamped to it so that an
+# underflowed product never turns inf * 0 into NaN (TA-Lib keeps an inf Wilder
+# average inf forever). Where A would be exactly 0 the clamp changes nothing
+# visible: TINY * y is far below B's rounding.
+TINY = 2.2250738585072014e-308
+
+
+def use_scan(name: str, n_rows: int, T: int) -> bool:
+    """True when ``name`` over ``n_rows`` rows of ``T`` bars should take the scan path."""
+    return name in SCAN_NAMES and n_rows < SCAN_MAX_ROWS and T >= SCAN_MIN_T
+
+
+def choose_chunk(name: str, params: np.ndarray, n_rows: int, T: int) -> int:
+    """Chunk length for the scan path (see the constants above)."""
+    L = max(MIN_CHUNK, -(-(n_rows * T) // TARGET_THREADS))
+    if name in WINDOWED_NAMES and params.size:
+        # WMA replays up to 8 windows from its last re-anchor; the others re-read one window
+        L = max(L, (8 if name == "wma" else 2) * int(np.max(params[:, 0])))
+    return int(max(1, min(L, T)))
+
+
+# =====================================================================================
+# Loop bodies (register_jitable: CPU njit, CUDA device code, plain Python)
+# =====================================================================================
+@register_jitable
+def at(x, col0, t):
+    """Bar ``t`` (read as float64, like im.f64) of the series stored in chunk columns ``col0, col0+1, ...`` of x."""
+    L = x.shape[0]
+    q = t // L
+    return f64(x[t - q * L, col0 + q])
+
+
+@register_jitable
+def clamp_a(a):
+    if a < TINY:
+        return TINY
+    return a
+
+
+@register_jitable
+def true_range_v(h, lo, prev_close):
+    """im.true_range on values (same operations, same order)."""
+    greatest = h - lo
+    v2 = math.fabs(prev_close - h)
+    if v2 > greatest:
+        greatest = v2
+    v3 = math.fabs(prev_close - lo)
+    if v3 > greatest:
+        greatest = v3
+    return greatest
+
+
+@register_jitable
+def nan_prefix(out, k, lo, hi, start, oc):
+    """out[k] = NaN for the bars of chunk [lo, hi) before ``start``."""
+    e = hi
+    if start < e:
+        e = start
+    for t in range(lo, e):
+        out[k, t - lo, oc] = math.nan
+
+
+# ---- EMA (also MACD's three EMAs) ----------------------------------------------------
+@register_jitable
+def ema_p1(x, col0, cc, lo, hi, seed_begin, period, A, B, seed, s, r):
+    """Phase 1 of an EMA of ``period`` seeded at ``start = seed_begin + period - 1`` with
+    the mean of x[seed_begin : seed_begin + period] (im.ema_seed)."""
+    start = seed_begin + period - 1
+    if lo <= start < hi:
+        total = 0.0
+        for t in range(seed_begin, seed_begin + period):
+            total += at(x, col0, t)
+        seed[s, r] = total / period
+    k = 2.0 / (period + 1)
+    aa = 1.0
+    bb = 0.0
+    col = col0 + cc
+    t0 = start + 1
+    if t0 < lo:
+        t0 = lo
+    for t in range(t0, hi):
+        bb = (f64(x[t - lo, col]) - bb) * k + bb
+        aa = clamp_a((0.0 - aa) * k + aa)
+    A[s, r, cc] = aa
+    B[s, r, cc] = bb
+
+
+@register_jitable
+def carry_in(Ain, Bin, seed, s, r, cc):
+    return Ain[s, r, cc] * seed[s, r] + Bin[s, r, cc]
+
+
+@register_jitable
+def ema_p3(x, col0, cc, lo, hi, seed_begin, period, Ain, Bin, seed, r, out, oc):
+    start = seed_begin + period - 1
+    nan_prefix(out, 0, lo, hi, start, oc)
+    if start >= hi:
+        return
+    col = col0 + cc
+    if period == 1:  # TA-Lib >= 0.8: an exact copy
+        t0 = start
+        if t0 < lo:
+            t0 = lo
+        for t in range(t0, hi):
+            out[0, t - lo, oc] = x[t - lo, col]
+        return
+    k = 2.0 / (period + 1)
+    if lo <= start:
+        y = seed[0, r]
+        out[0, start - lo, oc] = y
+        t0 = start + 1
+    else:
+        y = carry_in(Ain, Bin, seed, 0, r, cc)
+        t0 = lo
+    for t in range(t0, hi):
+        y = (f64(x[t - lo, col]) - y) * k + y
+        out[0, t - lo, oc] = y
+
+
+# ---- RSI (Wilder gain/loss, TA-Lib >= 0.8 branch-free split) -------------------------------
+@register_jitable
+def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
+    start = begin + period
+    inv_period = 1.0 / period
+    if lo <= start < hi:
+        prev = at(x, col0, begin)
+        gain = 0.0
+        loss = 0.0
+        for t in range(begin + 1, start + 1):
+            v = at(x, col0, t)
+            d = v - prev
+            prev = v
+            up = d if d > 0.0 else 0.0
+            gain += up
+            loss += up - d
+        loss *= inv_period
+        gain *= inv_period
+        seed[0, r] = gain
+        seed[1, r] = loss
+    gg = 0.0
+    ll = 0.0
+    aa = 1.0
+    t0 = start + 1
+    if t0 < lo:
+        t0 = lo
+    if t0 < hi:
+        col = col0 + cc
+        prev = at(x, col0, t0 - 1)
+        for t in range(t0, hi):
+            v = f64(x[t - lo, col])
+            d = v - prev
+            prev = v
+            ll *= period - 1
+            gg *= period - 1
+            up = d if d > 0.0 else 0.0
+            gg += up
+            ll += up - d
+            ll *= inv_period
+            gg *= inv_period
+            aa *= period - 1
+            aa *= inv_period
+            aa = clamp_a(aa)
+    A[0, r, cc] = aa
+    A[1, r, cc] = aa
+    B[0, r, cc] = gg
+    B[1, r, cc] = ll
+
+
+@register_jitable
+def rsi_p3(x, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc):
+    start = begin + period
+    nan_prefix(out, 0, lo, hi, start, oc)
+    if start >= hi:
+        return
+    inv_period = 1.0 / period
+    if lo <= start:
+        gain = seed[0, r]
+        loss = seed[1, r]
+        out[0, start - lo, oc] = im.rsi_ratio(gain, loss)
+        t0 = start + 1
+    else:
+        gain = carry_in(Ain, Bin, seed, 0, r, cc)
+        loss = carry_in(Ain, Bin, seed, 1, r, cc)
+        t0 = lo
+    if t0 < hi:
+        col = col0 + cc
+        prev = at(x, col0, t0 - 1)
+        for t in range(t0, hi):
+            v = f64(x[t - lo, col])
+            d = v - prev
+            prev = v
+            loss *= period - 1
+            gain *= period - 1
+            up = d if d > 0.0 else 0.0
+            gain += up
+            loss += up - d
+            loss *= inv_period
+            gain *= inv_period
+            out[0, t - lo, oc] = im.rsi_ratio(gain, loss)
+
+
+# ---- ATR (TA-Lib >= 0.8 Wilder step: prev = alpha*tr + beta*prev) -------------------------
+@register_jitable
+def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
+    start = begin + period
+    aa = 1.0
+    bb = 0.0
+    if period > 1:
+        beta = f64(period - 1) / f64(period)
+        alpha = 1.0 - beta
+        if lo <= start < hi:
+            total = 0.0
+            for t in range(begin + 1, start + 1):
+                total += true_range_v(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
+            seed[0, r] = total / period
+        t0 = start + 1
+        if t0 < lo:
+            t0 = lo
+        if t0 < hi:
+            col = col0 + cc
+            pc = at(c, col0, t0 - 1)
+            for t in range(t0, hi):
+                u = t - lo
+                tr = true_range_v(f64(h[u, col]), f64(lw[u, col]), pc)
+                pc = f64(c[u, col])
+                bb = alpha * tr + beta * bb
+                aa = clamp_a(beta * aa)
+    A[0, r, cc] = aa
+    B[0, r, cc] = bb
+
+
+@register_jitable
+def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc):
+    start = begin + period
+    nan_prefix(out, 0, lo, hi, start, oc)
+    if start >= hi:
+        return
+    col = col0 + cc
+    if period == 1:
+        t0 = start
+        if t0 < lo:
+            t0 = lo
+        pc = at(c, col0, t0 - 1)
+        for t in range(t0, hi):
+            u = t - lo
+            out[0, u, oc] = true_range_v(f64(h[u, col]), f64(lw[u, col]), pc)
+            pc = f64(c[u, col])
+        return
+    beta = f64(period - 1) / f64(period)
+    alpha = 1.0 - beta
+    if lo <= start:
+        prev = seed[0, r]
+        out[0, start - lo, oc] = prev
+        t0 = start + 1
+    else:
+        prev = carry_in(Ain, Bin, seed, 0, r, cc)
+        t0 = lo
+    if t0 < hi:
+        pc = at(c, col0, t0 - 1)
+        for t in range(t0, hi):
+            u = t - lo
+            tr = true_range_v(f64(h[u, col]), f64(lw[u, col]), pc)
+            pc = f64(c[u, col])
+            prev = alpha * tr + beta * prev
+            out[0, u, oc] = prev
+
+
+# ---- OBV (running signed volume; A = 1) ---------------------------------------------------
+@register_jitable
+def obv_p1(cl, vo, col0, cc, lo, hi, begin, A, B, seed, r):
+    if lo <= begin < hi:
+        seed[0, r] = at(vo, col0, begin)
+    bb = 0.0
+    t0 = begin + 1
+    if t0 < lo:
+        t0 = lo
+    if t0 < hi:
+        col = col0 + cc
+        prev = at(cl, col0, t0 - 1)
+        for t in range(t0, hi):
+            u = t - lo
+            cv = f64(cl[u, col])
+            if cv > prev:
+                bb += f64(vo[u, col])
+            elif cv < prev:
+                bb -= f64(vo[u, col])
+            prev = cv
+    A[0, r, cc] = 1.0
+    B[0, r, cc] = bb
+
+
+@register_jitable
+def obv_p3(cl, vo, col0, cc, lo, hi, begin, Ain, Bin, seed, r, out, oc):
+    nan_prefix(out, 0, lo, hi, begin, oc)
+    if begin >= hi:
+        return
+    col = col0 + cc
+    if lo <= begin:
+        obv = seed[0, r]
+        out[0, begin - lo, oc] = obv
+        t0 = begin + 1
+    else:
+        obv = carry_in(Ain, Bin, seed, 0, r, cc)
+        t0 = lo
+    if t0 < hi:
+        prev = at(cl, col0, t0 - 1)
+        for t in range(t0, hi):
+            u = t - lo
+            cv = f64(cl[u, col])
+            if cv > prev:
+                obv += f64(vo[u, col])
+            elif cv < prev:
+                obv -= f64(vo[u, col])
+            out[0, u, oc] = obv
+            prev = cv
+
+
+# ---- MACD: pass 1 (fast and slow EMAs -> line), pass 2 (signal EMA of the line) ---------
+@register_jitable
+def macd_periods(params, p):
+    fast = int(params[p, 0])
+    slow = int(params[p, 1])
+    signal = int(params[p, 2])
+    if slow < fast:
+        fast, slow = slow, fast
+    return fast, slow, signal
+
+
+@register_jitable
+def macd_line_p3(x, col0, cc, lo, hi, begin, fast, slow, Ain, Bin, seed, r, out, oc):
+    """Writes the MACD line (float64 buffer) for t >= first_macd, NaN before."""
+    first = begin + slow - 1
+    nan_prefix(out, 0, lo, hi, first, oc)
+    if first >= hi:
+        return
+    k_fast = 2.0 / (fast + 1)
+    k_slow = 2.0 / (slow + 1)
+    col = col0 + cc
+    if lo <= first:
+        ema_fast = seed[0, r]
+        ema_slow = seed[1, r]
+        out[0, first - lo, oc] = ema_fast - ema_slow
+        t0 = first + 1
+    else:
+        ema_fast = carry_in(Ain, Bin, seed, 0, r, cc)
+        ema_slow = carry_in(Ain, Bin, seed, 1, r, cc)
+        t0 = lo
+    for t in range(t0, hi):
+        v = f64(x[t - lo, col])
+        ema_fast = (v - ema_fast) * k_fast + ema_fast
+        ema_slow = (v - ema_slow) * k_slow + ema_slow
+        out[0, t - lo, oc] = ema_fast - ema_slow
+
+
+@register_jitable
+def macd_signal_p3(line, col0, cc, lo, hi, first, signal, Ain, Bin, seed, r, out, oc):
+    start = first + signal - 1
+    for k in range(3):
+        nan_prefix(out, k, lo, hi, start, oc)
+    if start >= hi:
+        return
+    k_sig = 2.0 / (signal + 1)
+    col = col0 + cc
+    if lo <= start:
+        sig = seed[0, r]  # = line[start] exactly when signal == 1
+        v = f64(line[start - lo, col])
+        u = start - lo
+        out[0, u, oc] = v
+        out[1, u, oc] = sig
+        out[2, u, oc] = v - sig
+        t0 = start + 1
+    else:
+        sig = carry_in(Ain, Bin, seed, 0, r, cc)
+        t0 = lo
+    for t in range(t0, hi):
+        u = t - lo
+        v = f64(line[u, col])
+        sig = v if signal == 1 else (v - sig) * k_sig + sig
+        out[0, u, oc] = v
+        out[1, u, oc] = sig
+        out[2, u, oc] = v - sig
+
+
+# ---- windowed: SMA, WMA, Bollinger, VWAP ---------------------------------------------------
+@register_jitable
+def sma_p3(x, col0, cc, lo, hi, begin, ff, period, out, oc):
+    start = begin + period - 1
+    nan_prefix(out, 0, lo, hi, start, oc)
+    t0 = start
+    if t0 < lo:
+        t0 = lo
+    if t0 >= hi:
+        return
+    bp = t0 - period + 1
+    total = 0.0
+    for t in range(bp, t0):
+        total += at(x, col0, t)
+    if ff <= t0 - period:
+        total = math.nan
+    L = x.shape[0]
+    tq = bp // L
+    tu = bp - tq * L
+    col = col0 + cc
+    for t in range(t0, hi):
+        total += f64(x[t - lo, col])
+        tmp = total
+        total -= f64(x[tu, col0 + tq])
+        tu += 1
+        if tu == L:
+            tu = 0
+            tq += 1
+        out[0, t - lo, oc] = tmp / period
+
+
+@register_jitable
+def wma_sums_c(x, col0, first, period):
+    """im.wma_sums on the chunked layout."""
+    total = 0.0
+    weighted = 0.0
+    for w in range(1, period + 1):
+        v = at(x, col0, first + w - 1)
+        total += v
+        weighted += v * w
+    return total, weighted
+
+
+@register_jitable
+def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
+    """TA_WMA (im.wma_row), bit-exact: the running sums are re-anchored on a fixed schedule
+    (every 8 * period bars after ``start``), so the chunk rebuilds the exact sequential state
+    from the last re-anchor before its first output (or from ``begin``) and replays to it."""
+    start = begin + period - 1
+    nan_prefix(out, 0, lo, hi, start, oc)
+    t0 = start
+    if t0 < lo:
+        t0 = lo
+    if t0 >= hi:
+        return
+    col = col0 + cc
+    if period == 1:
+        for t in range(t0, hi):
+            out[0, t - lo, oc] = x[t - lo, col]
+        return
+    divider = f64(period) * (period + 1) / 2.0
+    every = 8 * period
+    m = (t0 - start) // every
+    if m == 0:
+        period_sub, period_sum = wma_sums_c(x, col0, begin, period - 1)
+        trailing_value = 0.0
+        trailing = begin
+        t1 = start
+    else:
+        anchor = start + m * every - 1  # state right after processing bar ``anchor``
+        period_sub, period_sum = wma_sums_c(x, col0, anchor - period + 1, period)
+        trailing_value = at(x, col0, anchor - period + 1)
+        trailing = anchor - period + 2
+        period_sum -= period_sub
+        t1 = anchor + 1
+    countdown = every - (t1 - start) % every
+    L = x.shape[0]
+    tq = trailing // L
+    tu = trailing - tq * L
+    for t in range(t1, hi):
+        if t < lo:
+            v = at(x, col0, t)
+        else:
+            v = f64(x[t - lo, col])
+        period_sub += v
+        period_sub -= trailing_value
+        period_sum += v * period
+        countdown -= 1
+        if countdown <= 0:
+            countdown = every
+            period_sub, period_sum = wma_sums_c(x, col0, t - period + 1, period)
+        trailing_value = f64(x[tu, col0 + tq])
+        tu += 1
+        if tu == L:
+            tu = 0
+            tq += 1
+        if t >= t0:
+            out[0, t - lo, oc] = period_sum / divider
+        period_sum -= period_sub
+
+
+@register_jitable
+def shifted_moments_c(x, col0, first, last, shift):
+    """im.shifted_moments on the chunked layout."""
+    s1 = 0.0
+    s2 = 0.0
+    for t in range(first, last + 1):
+        d = at(x, col0, t) - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@register_jitable
+def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
+    """im.bbands_row from the chunk's first output. The chunk holding ``start`` starts exactly
+    like the row body; a later chunk starts as if the variance sums had just been re-seeded at
+    the bar before it (TA-Lib re-seeds on a data-dependent schedule, so the variance agrees with
+    the sequential one to rounding), and its SMA sum is poisoned like TA-Lib's when a
+    non-finite value already passed through the window (``ff``)."""
+    start = begin + period - 1
+    for k in range(3):
+        nan_prefix(out, k, lo, hi, start, oc)
+    t0 = start
+    if t0 < lo:
+        t0 = lo
+    if t0 >= hi:
+        return
+    inv_period = 1.0 / period
+    if t0 == start:
+        shift = at(x, col0, begin)
+        ma_total = 0.0
+        for t in range(begin, start):
+            ma_total += at(x, col0, t)
+        var1, var2 = shifted_moments_c(x, col0, begin, start - 1, shift)
+    else:
+        ws = t0 - period
+        total = 0.0
+        for t in range(ws, t0):
+            total += at(x, col0, t)
+        shift = total * inv_period
+        var1, var2 = shifted_moments_c(x, col0, ws, t0 - 1, shift)
+        d = at(x, col0, ws) - shift
+        var1 -= d
+        var2 -= d * d
+        ma_total = 0.0
+        for t in range(ws + 1, t0):
+            ma_total += at(x, col0, t)
+        if ff <= t0 - period:
+            ma_total = math.nan
+    countdown = 32 * period
+    trailing = t0 - period + 1
+    L = x.shape[0]
+    tq = trailing // L
+    tu = trailing - tq * L
+    col = col0 + cc
+    for t in range(t0, hi):
+        v = f64(x[t - lo, col])
+        ma_total += v
+        d = v - shift
+        var1 += d
+        var2 += d * d
+        mean1 = var1 * inv_period
+        variance = var2 * inv_period - mean1 * mean1
+        mean = ma_total / period
+        old = f64(x[tu, col0 + tq])
+        tu += 1
+        if tu == L:
+            tu = 0
+            tq += 1
+        ma_total -= old
+        d = old - shift
+        var1 -= d
+        d2 = d * d
+        var2 -= d2
+        countdown -= 1
+        if variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2 or countdown <= 0:
+            countdown = 32 * period
+            window_start = t - period + 1
+            total = 0.0
+            for j in range(window_start, t + 1):
+                total += at(x, col0, j)
+            shift = total * inv_period
+            var1, var2 = shifted_moments_c(x, col0, window_start, t, shift)
+            mean1 = var1 * inv_period
+            variance = var2 * inv_period - mean1 * mean1
+            if variance < 0.000000000001 * (var2 * inv_period):
+                variance = 0.0
+            d = at(x, col0, window_start) - shift
+            var1 -= d
+            var2 -= d * d
+        std = math.sqrt(variance) if variance != 0.0 else 0.0
+        band = std * nstd
+        u = t - lo
+        out[0, u, oc] = mean + band
+        out[1, u, oc] = mean
+        out[2, u, oc] = mean - band
+
+
+@register_jitable
+def typical_v(h, lw, c, v):
+    """im.typical_value on values: (H+L+C)/3 * V."""
+    return (h + lw + c) / 3.0 * v
+
+
+@register_jitable
+def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
+    """im.vwap_row from the chunk's first output: window sums of the finite bars and a count
+    of the non-finite ones, rebuilt over the bars before it."""
+    start = begin + period - 1
+    nan_prefix(out, 0, lo, hi, start, oc)
+    t0 = start
+    if t0 < lo:
+        t0 = lo
+    if t0 >= hi:
+        return
+    bp = t0 - period + 1
+    pv = 0.0
+    vol = 0.0
+    n_bad = 0
+    for t in range(bp, t0):
+        v = at(vo, col0, t)
+        tpv = typical_v(at(h, col0, t), at(lw, col0, t), at(c, col0, t), v)
+        if math.isfinite(tpv) and math.isfinite(v):
+            pv += tpv
+            vol += v
+        else:
+            n_bad += 1
+    L = h.shape[0]
+    tq = bp // L
+    tu = bp - tq * L
+    col = col0 + cc
+    for t in range(t0, hi):
+        u = t - lo
+        v = f64(vo[u, col])
+        tpv = typical_v(f64(h[u, col]), f64(lw[u, col]), f64(c[u, col]), v)
+        if math.isfinite(tpv) and math.isfinite(v):
+            pv += tpv
+            vol += v
+        else:
+            n_bad += 1
+        out[0, u, oc] = pv / vol if n_bad == 0 and vol != 0.0 else math.nan
+        tc = col0 + tq
+        v = f64(vo[tu, tc])
+        tpv = typical_v(f64(h[tu, tc]), f64(lw[tu, tc]), f64(c[tu, tc]), v)
+        if math.isfinite(tpv) and math.isfinite(v):
+            pv -= tpv
+            vol -= v
+        else:
+            n_bad -= 1
+        tu += 1
+        if tu == L:
+            tu = 0
+            tq += 1
+
+
+# ---- per-thread entry points, one per (phase, indicator) --------------------------------
+# Uniform signatures, so a driver (CUDA kernel or CPU loop) is made by closing over one
+# of them: phase1(j, nc, T, a, b, c, d, params, info, A, B, seed) and
+# phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out). Thread j is
+# (row r = p*n + i, chunk cc) with j = r*nc + cc.
+@register_jitable
+def decode(j, nc, n, L, T):
+    r = j // nc
+    cc = j - r * nc
+    p = r // n
+    i = r - p * n
+    lo = cc * L
+    hi = lo + L
+    if hi > T:
+        hi = T
+    return r, cc, p, i, lo, hi
+
+
+@register_jitable
+def ema_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    ema_p1(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, 0, r)
+
+
+@register_jitable
+def rsi_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    rsi_p1(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, r)
+
+
+@register_jitable
+def atr_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    atr_p1(a, b, c, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, r)
+
+
+@register_jitable
+def obv_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    obv_p1(a, b, i * nc, cc, lo, hi, info[i, 0], A, B, seed, r)
+
+
+@register_jitable
+def macd_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    fast, slow, signal = macd_periods(params, p)
+    begin = info[i, 0]
+    ema_p1(a, i * nc, cc, lo, hi, begin + slow - fast, fast, A, B, seed, 0, r)
+    ema_p1(a, i * nc, cc, lo, hi, begin, slow, A, B, seed, 1, r)
+
+
+@register_jitable
+def macd_signal_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    # ``a`` is the float64 MACD line, one block of nc columns per row
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    fast, slow, signal = macd_periods(params, p)
+    ema_p1(a, r * nc, cc, lo, hi, info[i, 0] + slow - 1, signal, A, B, seed, 0, r)
+
+
+@register_jitable
+def ema_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    ema_p3(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out, r * nc + cc)
+
+
+@register_jitable
+def rsi_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    rsi_p3(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out, r * nc + cc)
+
+
+@register_jitable
+def atr_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    atr_p3(a, b, c, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out,
+           r * nc + cc)
+
+
+@register_jitable
+def obv_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    obv_p3(a, b, i * nc, cc, lo, hi, info[i, 0], Ain, Bin, seed, r, out, r * nc + cc)
+
+
+@register_jitable
+def macd_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    fast, slow, signal = macd_periods(params, p)
+    macd_line_p3(a, i * nc, cc, lo, hi, info[i, 0], fast, slow, Ain, Bin, seed, r, out, r * nc + cc)
+
+
+@register_jitable
+def macd_signal_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    fast, slow, signal = macd_periods(params, p)
+    macd_signal_p3(a, r * nc, cc, lo, hi, info[i, 0] + slow - 1, signal, Ain, Bin, seed, r, out,
+                   r * nc + cc)
+
+
+@register_jitable
+def sma_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    sma_p3(a, i * nc, cc, lo, hi, info[i, 0], info[i, 1], int(params[p, 0]), out, r * nc + cc)
+
+
+@register_jitable
+def wma_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    wma_p3(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), out, r * nc + cc)
+
+
+@register_jitable
+def bbands_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    bbands_p3(a, i * nc, cc, lo, hi, info[i, 0], info[i, 1], int(params[p, 0]), params[p, 1], out,
+              r * nc + cc)
+
+
+@register_jitable
+def vwap_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    vwap_p3(a, b, c, d, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), out, r * nc + cc)
+
+
+PHASE1 = {
+    EMA: ema_phase1, RSI: rsi_phase1, ATR: atr_phase1, OBV: obv_phase1,
+    MACD: macd_phase1, MACD_SIGNAL: macd_signal_phase1,
+}
+PHASE3 = {
+    EMA: ema_phase3, RSI: rsi_phase3, ATR: atr_phase3, OBV: obv_phase3,
+    MACD: macd_phase3, MACD_SIGNAL: macd_signal_phase3,
+    SMA: sma_phase3, WMA: wma_phase3, BBANDS: bbands_phase3, VWAP: vwap_phase3,
+}
+
+
+# ---- carry scan over chunk maps: y -> A*y + B, composed left to right -------------------
+@register_jitable
+def pairs_reduce(j, m, blk, A, B, A2, B2):
+    """Thread (q, block): compose the maps of chunks [block*blk, ...) of row q."""
+    mb = A2.shape[1]
+    q = j // mb
+    bi = j - q * mb
+    c0 = bi * blk
+    c1 = c0 + blk
+    if c1 > m:
+        c1 = m
+    aa = 1.0
+    bb = 0.0
+    for ci in range(c0, c1):
+        ac = A[q, ci]
+        bb = ac * bb + B[q, ci]
+        aa = clamp_a(ac * aa)
+    A2[q, bi] = aa
+    B2[q, bi] = bb
+
+
+@register_jitable
+def pairs_expand(j, m, blk, A, B, A2in, B2in, Ain, Bin):
+    """Thread (q, block): exclusive prefix maps of its chunks from the block's carry-in."""
+    mb = A2in.shape[1]
+    q = j // mb
+    bi = j - q * mb
+    c0 = bi * blk
+    c1 = c0 + blk
+    if c1 > m:
+        c1 = m
+    aa = A2in[q, bi]
+    bb = B2in[q, bi]
+    for ci in range(c0, c1):
+        Ain[q, ci] = aa
+        Bin[q, ci] = bb
+        ac = A[q, ci]
+        bb = ac * bb + B[q, ci]
+        aa = clamp_a(ac * aa)
+
+
+@register_jitable
+def pairs_serial(j, m, A, B, Ain, Bin):
+    """Thread q: exclusive prefix maps of all m chunks of row q, sequentially."""
+    aa = 1.0
+    bb = 0.0
+    for ci in range(m):
+        Ain[j, ci] = aa
+        Bin[j, ci] = bb
+        ac = A[j, ci]
+        bb = ac * bb + B[j, ci]
+        aa = clamp_a(ac * aa)
+
+
+# =====================================================================================
+# Array glue (xp = numpy or cupy) and the CPU twin executor
+# =====================================================================================
+def to_chunked(x, L: int, nc: int, xp):
+    """(n, T) -> (L, n*nc) chunk-major transposed copy, padded with NaN to nc*L bars."""
+    n, T = x.shape
+    Tp = nc * L
+    if Tp != T:
+        xpad = xp.empty((n, Tp), dtype=x.dtype)
+        xpad[:, :T] = x
+        xpad[:, T:] = np.nan
+        x = xpad
+    return xp.ascontiguousarray(x.reshape(n, nc, L).transpose(2, 0, 1)).reshape(L, n * nc)
+
+
+def from_chunked(oc, P: int, n: int, nc: int, T: int, xp):
+    """(n_out, L, P*n*nc) -> (n_out, P, n, T) C-contiguous."""
+    n_out, L = oc.shape[0], oc.shape[1]
+    o = xp.ascontiguousarray(oc.reshape(n_out, L, P, n, nc).transpose(0, 2, 3, 4, 1))
+    o = o.reshape(n_out, P, n, nc * L)
+    if nc * L != T:
+        o = xp.ascontiguousarray(o[..., :T])
+    return o
+
+
+def series_info(name: str, inputs, xp):
+    """(n, 2) int64 per series: [begin (im.first_valid* semantics), ff].
+
+    ``ff`` (SMA and Bollinger only, else 0) is the first index >= begin holding a
+    non-finite value, T when none: TA-Lib's SMA running sum stays NaN from the bar
+    where such a value leaves the window.
+    """
+    x0 = inputs[0]
+    n, T = x0.shape
+    valid = x0 == x0
+    for x in inputs[1:]:
+        valid = valid & (x == x)
+    begin = xp.where(valid.any(axis=1), xp.argmax(valid, axis=1), T - 1).astype(np.int64)
+    info = xp.zeros((n, 2), dtype=np.int64)
+    info[:, 0] = begin
+    if name in ("sma", "bollinger"):
+        idx = xp.arange(T, dtype=np.int64)
+        bad = ~xp.isfinite(x0) & (idx[None, :] >= begin[:, None])
+        info[:, 1] = xp.where(bad.any(axis=1), xp.argmax(bad, axis=1), T)
+    return info
+
+
+def exclusive_affine_scan(A, B, xp, exe, blk: int = PAIR_BLOCK):
+    """Exclusive left-to-right composition of the maps y -> A*y + B along axis 1.
+
+    A, B: (Q, m) float64. Returns (Ain, Bin): the map of chunks [0, c) for each c.
+    """
+    Q, m = A.shape
+    Ain = xp.empty_like(A)
+    Bin = xp.empty_like(B)
+    if m <= blk:
+        exe.pairs_serial(Q, m, A, B, Ain, Bin)
+        return Ain, Bin
+    mb = -(-m // blk)
+    A2 = xp.empty((Q, mb), dtype=np.float64)
+    B2 = xp.empty((Q, mb), dtype=np.float64)
+    exe.pairs_reduce(Q * mb, m, blk, A, B, A2, B2)
+    A2in, B2in = exclusive_affine_scan(A2, B2, xp, exe, blk)
+    exe.pairs_expand(Q * mb, m, blk, A, B, A2in, B2in, Ain, Bin)
+    return Ain, Bin
+
+
+def _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, blk):
+    S = N_STATES[code]
+    A = xp.empty((S, R, nc), dtype=np.float64)
+    B = xp.empty((S, R, nc), dtype=np.float64)
+    seed = xp.zeros((S, R), dtype=np.float64)
+    exe.phase1(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info, A, B, seed)
+    Ain, Bin = exclusive_affine_scan(A.reshape(S * R, nc), B.reshape(S * R, nc), xp, exe, blk)
+    exe.phase3(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info,
+               Ain.reshape(S, R, nc), Bin.reshape(S, R, nc), seed, out)
+
+
+def scan_compute(name: str, inputs, params, n_out: int, xp, exe, chunk: int | None = None,
+                 pair_block: int = PAIR_BLOCK):
+    """Scan path of ``compute``: inputs (n, T) arrays of ``xp``, params (P, k) float64 ``xp`` array.
+
+    Returns (n_out, P, n, T) in the inputs' dtype.
+    """
+    if name not in SCAN_NAMES:
+        raise ValueError(f"{name!r} has no scan path")
+    code = SPECS[name][0]
+    x0 = inputs[0]
+    n, T = x0.shape
+    P = params.shape[0]
+    R = P * n
+    if chunk is None:
+        host_params = params if isinstance(params, np.ndarray) else xp.asnumpy(params)
+        chunk = choose_chunk(name, host_params, R, T)
+    L = int(max(1, min(int(chunk), T)))
+    nc = -(-T // L)
+    info = series_info(name, inputs, xp)
+    xs = [to_chunked(x, L, nc, xp) for x in inputs]
+    xs = xs + [xs[0]] * (4 - len(xs))
+    out = xp.empty((n_out, L, R * nc), dtype=x0.dtype)
+    if name in WINDOWED_NAMES:
+        dummy3 = xp.zeros((1, 1, 1), dtype=np.float64)
+        dummy2 = xp.zeros((1, 1), dtype=np.float64)
+        exe.phase3(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info,
+                   dummy3, dummy3, dummy2, out)
+    elif code == MACD:
+        line = xp.empty((1, L, R * nc), dtype=np.float64)
+        _affine_pass(MACD, nc, T, xs, params, info, line, R, xp, exe, pair_block)
+        lx = line[0]
+        _affine_pass(MACD_SIGNAL, nc, T, [lx, lx, lx, lx], params, info, out, R, xp, exe, pair_block)
+    else:
+        _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, pair_block)
+    return from_chunked(out, P, n, nc, T, xp)
+
+
+# ---- CPU twin: the same bodies, driven by serial numba loops -------------------------------
+# One driver per (entry point, indicator code), closing over that indicator's body, so
+# each compiled driver holds one indicator only (as the CUDA kernels do).
+@functools.lru_cache(maxsize=None)
+def _cpu_driver(kind: str, code: int):
+    from .jit import njit_cached
+
+    if kind == "phase1":
+        body = PHASE1[code]
+
+        def drive(nthreads, nc, T, a, b, c, d, params, info, A, B, seed):
+            for j in range(nthreads):
+                body(j, nc, T, a, b, c, d, params, info, A, B, seed)
+    elif kind == "phase3":
+        body = PHASE3[code]
+
+        def drive(nthreads, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
+            for j in range(nthreads):
+                body(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out)
+    elif kind == "pairs_reduce":
+        def drive(nthreads, m, blk, A, B, A2, B2):
+            for j in range(nthreads):
+                pairs_reduce(j, m, blk, A, B, A2, B2)
+    elif kind == "pairs_expand":
+        def drive(nthreads, m, blk, A, B, A2in, B2in, Ain, Bin):
+            for j in range(nthreads):
+                pairs_expand(j, m, blk, A, B, A2in, B2in, Ain, Bin)
+    else:
+        def drive(nthreads, m, A, B, Ain, Bin):
+            for j in range(nthreads):
+                pairs_serial(j, m, A, B, Ain, Bin)
+    return njit_cached(nogil=True)(drive)
+
+
+class CpuScanExecutor:
+    """Runs the scan bodies on the CPU, one loop iteration per GPU thread index."""
+
+    xp = np
+
+    def phase1(self, code, nthreads, *args):
+        _cpu_driver("phase1", code)(nthreads, *args)
+
+    def phase3(self, code, nthreads, *args):
+        _cpu_driver("phase3", code)(nthreads, *args)
+
+    def pairs_reduce(self, nthreads, *args):
+        _cpu_driver("pairs_reduce", 0)(nthreads, *args)
+
+    def pairs_expand(self, nthreads, *args):
+        _cpu_driver("pairs_expand", 0)(nthreads, *args)
+
+    def pairs_serial(self, nthreads, *args):
+        _cpu_driver("pairs_serial", 0)(nthreads, *args)
+
+
+def twin_compute(name: str, inputs, params: np.ndarray, n_out: int, chunk: int | None = None,
+                 pair_block: int = PAIR_BLOCK) -> np.ndarray:
+    """The scan path on NumPy arrays with CPU-compiled bodies (same signature as ``compute``)."""
+    params = np.ascontiguousarray(params, dtype=np.float64)
+    return scan_compute(name, [np.ascontiguousarray(x) for x in inputs], params, n_out, np,
+                        CpuScanExecutor(), chunk, pair_block)

@@ -1,0 +1,431 @@
+"""GPU indicator kernels (``gpu_trader.kernels.indicators``) against the CPU backend.
+
+The same cases run three ways, each compared with ``cpu_fallback.indicators.compute``
+(rel 1e-12 in float64, 2 ulp in float32, scaled by each output's magnitude; NaN and
+inf positions identical):
+
+* **twin** (in process): the scan path's bodies compiled for the CPU by numba
+  (``scan_math.twin_compute``);
+* **simulator** (a subprocess, because ``NUMBA_ENABLE_CUDASIM`` must be set before
+  numba is first imported): the real launcher -- kernels, time-major transposes,
+  chunked layout, carry scan -- on NumPy arrays in numba's CUDA simulator;
+* **device**: with a GPU and CuPy (``'cuda' in gt.available_backends()``), the same
+  cases through ``kernels.indicators.compute`` on CuPy arrays, plus long series.
+
+``test_kernels_compile_to_ptx`` compiles every kernel for sm_90 (H100) with the
+argument types a real launch uses; it needs NVVM (a CUDA toolkit) and skips without.
+
+Run as a script (``python tests/test_cuda_kernels.py --simulate DIR`` or ``--ptx``)
+this module is the subprocess's entry point.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from conftest import random_ohlcv  # noqa: E402
+from gpu_trader.indicator_specs import SPECS  # noqa: E402
+
+# name -> (inputs picked from h, l, c, v; parameter grid used by the cases)
+INDICATORS = {
+    "sma": ("c", [(1,), (5,), (20,)]),
+    "ema": ("c", [(1,), (3,), (10,)]),
+    "wma": ("c", [(1,), (4,), (15,)]),
+    "rsi": ("c", [(2,), (14,)]),
+    "macd": ("c", [(12, 26, 9), (5, 3, 1), (3, 7, 4)]),
+    "bollinger": ("c", [(20, 2.0), (6, 1.5)]),
+    "atr": ("hlc", [(1,), (14,)]),
+    "stoch": ("hlc", [(5, 3, 3), (4, 1, 2)]),
+    "obv": ("cv", [()]),
+    "vwap": ("hlcv", [(1,), (10,)]),
+}
+SCAN = [name for name in INDICATORS if name != "stoch"]
+N_OUT = {"macd": 3, "bollinger": 3, "stoch": 2}
+
+
+def ragged(n_series, n_bars, seed, dtype):
+    """Random-walk OHLCV with ragged leading NaNs, interior NaNs and an inf."""
+    h, l, c, v = (a.copy() for a in random_ohlcv(n_series, n_bars, seed))
+    lead = [0, 7, 1, 30, n_bars - 1, n_bars][:n_series]
+    for i, k in enumerate(lead):
+        for a in (h, l, c, v):
+            a[i, :k] = np.nan
+    if n_series > 2:
+        h[2, :3] = np.nan  # a late listing in one input only
+        c[2, n_bars // 2] = np.nan
+        v[2, (2 * n_bars) // 3] = np.nan
+    if n_series > 3 and n_bars > 9:
+        c[3, n_bars - 9] = np.inf
+    if n_series == 1:
+        c[0, n_bars // 3] = np.nan
+    return tuple(np.ascontiguousarray(a.astype(dtype)) for a in (h, l, c, v))
+
+
+def build_cases():
+    """Deterministic cases: id -> dict(name, inputs, params, n_out, path, chunk, pair_block, tpb)."""
+    cases = {}
+    for dtype in (np.float64, np.float32):
+        dt = np.dtype(dtype).name
+        batch = ragged(6, 90, 11, dtype)
+        long1 = ragged(1, 2000, 12, dtype)
+        long2 = ragged(2, 1200, 13, dtype)
+        auto1 = ragged(1, 4096, 14, dtype)
+        for name, (pick, grid) in INDICATORS.items():
+            params = np.array(grid, dtype=np.float64).reshape(len(grid), -1)
+
+            def inputs(data, pick=pick):
+                return [data["hlcv".index(k)] for k in pick]
+
+            base = dict(name=name, params=params, n_out=N_OUT.get(name, 1), chunk=None, pair_block=None)
+            # the batch path, several blocks (tpb 8) with a partial last one
+            cases[f"{name}-{dt}-rows"] = dict(base, inputs=inputs(batch), path="rows", tpb=8)
+            if name in SCAN:
+                # one long series, many chunks, a 3-level carry scan
+                cases[f"{name}-{dt}-scan1"] = dict(base, inputs=inputs(long1), params=params[-1:],
+                                                   path="scan", chunk=32, pair_block=8, tpb=64)
+                # ragged batch x parameter grid, chunks shorter than some windows
+                cases[f"{name}-{dt}-scan6"] = dict(base, inputs=inputs(batch), path="scan", chunk=7,
+                                                   pair_block=4, tpb=32)
+                if dtype is np.float64 and name == "rsi":
+                    # automatic choice: one series of SCAN_MIN_T bars takes the scan, default chunking
+                    cases[f"{name}-{dt}-auto"] = dict(base, inputs=inputs(auto1), params=params[-1:],
+                                                      path=None, tpb=128)
+                if dtype is np.float64:
+                    cases[f"{name}-{dt}-scan2"] = dict(base, inputs=inputs(long2), path="scan", chunk=50,
+                                                       pair_block=32, tpb=128)
+    return cases
+
+
+def run_case(case, xp, compute_xp, executor):
+    exe = executor(xp, case["tpb"])
+    kwargs = {}
+    if case["pair_block"] is not None:
+        kwargs["pair_block"] = case["pair_block"]
+    return compute_xp(case["name"], [xp.asarray(a) for a in case["inputs"]], case["params"], case["n_out"],
+                      xp=xp, exe=exe, path=case["path"], chunk=case["chunk"], **kwargs)
+
+
+# -- comparison -----------------------------------------------------------------------
+def assert_close_to_cpu(got, ref):
+    assert got.dtype == ref.dtype, (got.dtype, ref.dtype)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg="NaN positions differ")
+    inf = np.isinf(ref)
+    np.testing.assert_array_equal(got[inf], ref[inf], err_msg="inf values differ")
+    np.testing.assert_array_equal(np.isinf(got), inf, err_msg="inf positions differ")
+    rtol = 1e-12 if ref.dtype == np.float64 else 2.4e-7
+    for k in range(ref.shape[0]):  # per output: scale by its magnitude (MACD crosses zero)
+        g, r = got[k].astype(np.float64), ref[k].astype(np.float64)
+        fin = np.isfinite(r)
+        if fin.any():
+            scale = np.max(np.abs(r[fin]))
+            np.testing.assert_allclose(g[fin], r[fin], rtol=rtol, atol=rtol * scale, err_msg=f"output {k}")
+
+
+def cpu_reference(case):
+    from gpu_trader.cpu_fallback.indicators import compute
+
+    with np.errstate(all="ignore"):
+        return compute(case["name"], case["inputs"], case["params"], case["n_out"])
+
+
+CASES = build_cases()
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_rows_never_read_past_the_series_end(name):
+    """On a GPU an out-of-bounds read is silent corruption or a dead context; here NumPy raises.
+
+    Runs the shared row bodies as plain Python on short, all-NaN and partly-NaN
+    series with windows longer than the series.
+    """
+    from gpu_trader import indicator_math as im
+
+    code, _, n_out, pnames = SPECS[name]
+    for T in range(1, 7):
+        for fill in (np.nan, 1.0):
+            x = np.full(T, fill)
+            x[: T // 2] = np.nan
+            for window in (1, 2, T, T + 1, T + 5):
+                params = np.array([max(window, 2)] * len(pnames) + [0.0] * (3 - len(pnames)), dtype=np.float64)
+                if name == "bollinger":
+                    params[1] = 2.0
+                im.dispatch(code, x, x, x, x, params, np.empty((n_out, T)))
+
+
+# -- twin: the scan bodies compiled for the CPU -------------------------------------------
+@pytest.mark.parametrize("case_id", [k for k in CASES if "-scan" in k])
+def test_twin_scan_matches_cpu(case_id):
+    from gpu_trader import scan_math as sm
+
+    case = CASES[case_id]
+    with np.errstate(all="ignore"):
+        got = sm.twin_compute(case["name"], case["inputs"], case["params"], case["n_out"],
+                              chunk=case["chunk"], pair_block=case["pair_block"] or sm.PAIR_BLOCK)
+    assert_close_to_cpu(got, cpu_reference(case))
+
+
+@pytest.mark.parametrize("name", SCAN)
+@pytest.mark.parametrize("n_bars", [1, 2, 9])
+def test_twin_scan_short_series(name, n_bars):
+    """Series shorter than the windows, single bars, chunk length 1 and 3."""
+    from gpu_trader import scan_math as sm
+
+    pick, grid = INDICATORS[name]
+    data = ragged(4, n_bars, 5, np.float64)
+    inputs = [data["hlcv".index(k)] for k in pick]
+    params = np.array(grid, dtype=np.float64).reshape(len(grid), -1)
+    case = dict(name=name, inputs=inputs, params=params, n_out=N_OUT.get(name, 1))
+    for chunk in (1, 3):
+        with np.errstate(all="ignore"):
+            got = sm.twin_compute(name, inputs, params, case["n_out"], chunk=chunk, pair_block=2)
+        assert_close_to_cpu(got, cpu_reference(case))
+
+
+@pytest.mark.parametrize("name", SCAN)
+def test_twin_long_series_default_chunks(name):
+    """300k bars, the whole parameter grid, the automatic chunk length (thousands of chunks)."""
+    from gpu_trader import scan_math as sm
+
+    pick, grid = INDICATORS[name]
+    data = random_ohlcv(1, 300_000, 8)
+    inputs = [data["hlcv".index(k)] for k in pick]
+    params = np.array(grid, dtype=np.float64).reshape(len(grid), -1)
+    chunk = sm.choose_chunk(name, params, params.shape[0], 300_000)
+    got = sm.twin_compute(name, inputs, params, N_OUT.get(name, 1), chunk=chunk)
+    assert_close_to_cpu(got, cpu_reference(dict(name=name, inputs=inputs, params=params, n_out=N_OUT.get(name, 1))))
+
+
+def test_exclusive_affine_scan_matches_sequential():
+    from gpu_trader import scan_math as sm
+
+    rng = np.random.default_rng(3)
+    Q, m = 3, 1000
+    A = rng.uniform(0.5, 1.0, (Q, m))
+    B = rng.normal(size=(Q, m))
+    Ain, Bin = sm.exclusive_affine_scan(A, B, np, sm.CpuScanExecutor(), blk=4)
+    y0 = rng.normal(size=Q)
+    y = y0.copy()
+    for c in range(m):
+        np.testing.assert_allclose(Ain[:, c] * y0 + Bin[:, c], y, rtol=1e-12, atol=1e-12)
+        y = A[:, c] * y + B[:, c]
+
+
+def test_path_choice_and_chunk_length():
+    from gpu_trader import scan_math as sm
+
+    assert sm.use_scan("ema", 1, sm.SCAN_MIN_T)
+    assert not sm.use_scan("ema", 1, sm.SCAN_MIN_T - 1)
+    assert not sm.use_scan("ema", sm.SCAN_MAX_ROWS, 10**7)
+    assert not sm.use_scan("stoch", 1, 10**7)
+    p = np.array([[20.0]])
+    # one 10M-bar series: ~TARGET_THREADS chunks
+    L = sm.choose_chunk("ema", p, 1, 10_000_000)
+    assert sm.MIN_CHUNK <= L and abs(-(-10_000_000 // L) - sm.TARGET_THREADS) < sm.TARGET_THREADS // 8
+    assert sm.choose_chunk("ema", p, 1, 5000) == sm.MIN_CHUNK
+    assert sm.choose_chunk("sma", np.array([[200.0]]), 1, 10**6) == 400
+    assert sm.choose_chunk("wma", np.array([[200.0]]), 1, 10**6) == 1600
+    assert sm.choose_chunk("ema", p, 1, 10) == 10
+
+
+# -- simulator: the CUDA launcher on NumPy arrays, in a subprocess ----------------------------
+class _Child:
+    """This module run as a script in a subprocess, started early (see ``_children``) so that
+    it works while the in-process tests run; ``result()`` waits for it."""
+
+    def __init__(self, args, env, workdir: Path):
+        self.workdir = workdir
+        full_env = {**os.environ, **env}
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+        self._out = open(workdir / "stdout.txt", "w+")
+        self._err = open(workdir / "stderr.txt", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-W", "ignore::RuntimeWarning", str(Path(__file__)), *args],
+            env=full_env, stdout=self._out, stderr=self._err, text=True)
+
+    def result(self, timeout=600):
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self._out.seek(0)
+        self._err.seek(0)
+        return rc, self._out.read(), self._err.read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+        self._err.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _children(request, tmp_path_factory):
+    """Start the simulator and PTX subprocesses at the module's first test, if selected."""
+    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    children = {}
+    if "test_simulator_matches_cpu" in selected:
+        work = tmp_path_factory.mktemp("cudasim")
+        children["sim"] = _Child(["--simulate", str(work)], {"NUMBA_ENABLE_CUDASIM": "1"}, work)
+    if "test_kernels_compile_to_ptx" in selected:
+        work = tmp_path_factory.mktemp("ptx")
+        children["ptx"] = _Child(["--ptx"], {"NUMBA_ENABLE_CUDASIM": "0"}, work)
+    yield children
+    for child in children.values():
+        child.close()
+
+
+@pytest.fixture(scope="module")
+def simulated(_children):
+    child = _children["sim"]
+    rc, out, err = child.result()
+    assert rc == 0, out[-3000:] + err[-3000:]
+    with np.load(child.workdir / "results.npz") as f:
+        results = {k: f[k] for k in f.files}
+    errors = json.loads((child.workdir / "errors.json").read_text())
+    return results, errors
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_simulator_matches_cpu(simulated, case_id):
+    results, errors = simulated
+    assert case_id not in errors, errors.get(case_id)
+    assert_close_to_cpu(results[case_id], cpu_reference(CASES[case_id]))
+
+
+def _simulate_main(out_dir):
+    import traceback
+
+    from numba import config
+
+    assert config.ENABLE_CUDASIM, "run with NUMBA_ENABLE_CUDASIM=1"
+    from gpu_trader.kernels import indicators as ki
+
+    results, errors = {}, {}
+    for case_id, case in CASES.items():
+        try:
+            results[case_id] = run_case(case, np, ki.compute_xp, ki.CudaExecutor)
+        except Exception:  # reported per case by the parent
+            errors[case_id] = traceback.format_exc()[-4000:]
+    np.savez(Path(out_dir) / "results.npz", **results)
+    (Path(out_dir) / "errors.json").write_text(json.dumps(errors))
+
+
+# -- PTX for a real GPU -----------------------------------------------------------------------
+def test_kernels_compile_to_ptx(_children):
+    rc, out, err = _children["ptx"].result()
+    if rc == 3:
+        pytest.skip("NVVM (CUDA toolkit) not available: " + out.strip()[-300:])
+    assert rc == 0, out[-3000:] + err[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    # 20 batch kernels (10 indicators x 2 dtypes) + 16 scan phases + 3 carry-scan steps + 4 float32 MACD phases
+    assert report["kernels"] >= 40 and not report["failed"], report
+
+
+def _ptx_main():
+    from numba.cuda.cudadrv import nvvm
+
+    try:
+        nvvm.NVVM()
+    except Exception as exc:  # no libnvvm: the parent skips
+        print(f"{type(exc).__name__}: {exc}")
+        sys.exit(3)
+    from gpu_trader.kernels import indicators as ki
+
+    failed = []
+    exe = ki.PtxExecutor(cc=(9, 0))
+    # every kernel with the float64 argument types, the batch kernels and MACD's scan with float32 too
+    for case_id, case in CASES.items():
+        if not (case_id.endswith("float64-rows") or case_id.endswith("float64-scan1")
+                or case_id.endswith("float32-rows") or case_id == "macd-float32-scan1"):
+            continue
+        try:
+            ki.compute_xp(case["name"], case["inputs"], case["params"], case["n_out"], xp=np, exe=exe,
+                          path=case["path"], chunk=case["chunk"], pair_block=case["pair_block"] or 32)
+        except Exception as exc:
+            failed.append(f"{case_id}: {type(exc).__name__}: {str(exc)[:500]}")
+    for key, ptx in exe.ptx.items():
+        if ".target sm_90" not in ptx or ".entry" not in ptx:
+            failed.append(f"{key}: malformed PTX")
+    print(json.dumps({"kernels": len(exe.ptx), "failed": failed}))
+
+
+# -- device: a real GPU with CuPy ---------------------------------------------------------------
+def _cuda_or_skip():
+    import gpu_trader as gt
+
+    if "cuda" not in gt.available_backends():
+        pytest.skip("no CUDA device / CuPy on this machine")
+    import cupy
+
+    from gpu_trader.kernels import indicators as ki
+
+    return cupy, ki
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_device_matches_cpu(case_id):
+    cupy, ki = _cuda_or_skip()
+    got = run_case(CASES[case_id], cupy, ki.compute_xp, ki.CudaExecutor)
+    assert_close_to_cpu(cupy.asnumpy(got), cpu_reference(CASES[case_id]))
+
+
+@pytest.mark.parametrize("name", SCAN)
+def test_device_long_single_series_auto_scan(name):
+    """200k bars of one series (x 2 parameter sets): the automatic choice is the scan."""
+    cupy, ki = _cuda_or_skip()
+    pick, grid = INDICATORS[name]
+    data = ragged(1, 200_000, 21, np.float64)
+    inputs = [data["hlcv".index(k)] for k in pick]
+    params = np.array(grid[-2:], dtype=np.float64).reshape(len(grid[-2:]), -1)
+    assert ki.choose_path(name, params.shape[0], 200_000) == "scan"
+    got = ki.compute(name, [cupy.asarray(a) for a in inputs], params, N_OUT.get(name, 1))
+    case = dict(name=name, inputs=inputs, params=params, n_out=N_OUT.get(name, 1))
+    assert_close_to_cpu(cupy.asnumpy(got), cpu_reference(case))
+
+
+def test_device_compute_many():
+    cupy, ki = _cuda_or_skip()
+    from gpu_trader.cpu_fallback import indicators as cpu
+
+    h, l, c, v = random_ohlcv(4, 3000, 6)
+    names = ["ema", "macd", "atr", "vwap", "stoch"]
+    params = [np.array(INDICATORS[n][1], dtype=np.float64).reshape(len(INDICATORS[n][1]), -1) for n in names]
+    fields = {"high": h, "low": l, "close": c, "volume": v}
+    got = ki.compute_many(names, params, {k: cupy.asarray(a) for k, a in fields.items()})
+    for g, r in zip(got, cpu.compute_many(names, params, fields)):
+        assert_close_to_cpu(cupy.asnumpy(g), np.ascontiguousarray(r))
+
+
+def test_device_float32_and_public_api():
+    cupy, ki = _cuda_or_skip()
+    import gpu_trader as gt
+
+    h, l, c, v = random_ohlcv(3, 5000, 4, np.float32)
+    out = gt.ema(cupy.asarray(c), [5, 20])
+    assert isinstance(out, cupy.ndarray) and out.dtype == np.float32 and out.shape == (2, 3, 5000)
+    ref = gt.ema(c, [5, 20], backend="cpu")
+    assert_close_to_cpu(cupy.asnumpy(out)[None], ref[None])
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--simulate":
+        _simulate_main(sys.argv[2])
+    elif sys.argv[1] == "--ptx":
+        _ptx_main()
+    else:
+        raise SystemExit(f"unknown mode {sys.argv[1]!r}")
