@@ -385,3 +385,14 @@ def test_scalar_input_rejected():
 def test_unknown_backend_lists_available():
     with pytest.raises(ValueError, match="cpu"):
         gt.sma(np.arange(10.0), 3, backend="tpu")
+
+
+def test_features_from_a_one_symbol_dataframe():
+    pd = pytest.importorskip("pandas")
+    h, l, c, v = random_ohlcv(1, 150, seed=12)
+    index = pd.date_range("2025-01-01", periods=150, freq="min")
+    frame = pd.DataFrame({"Open": c[0], "High": h[0], "Low": l[0], "Close": c[0], "Volume": v[0]}, index=index)
+    feats = gt.features(frame)
+    assert all(isinstance(s, pd.Series) and s.index.equals(index) for s in feats.values())
+    assert_matches(feats["atr_14"].to_numpy(), talib.ATR(h[0], l[0], c[0], 14))
+    assert_matches(feats["stoch_d"].to_numpy(), talib.STOCH(h[0], l[0], c[0])[1])
