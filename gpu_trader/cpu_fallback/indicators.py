@@ -52,11 +52,15 @@ _PLANS: dict = {}
 
 
 def _prepare(names, params_list):
-    """The plan's row arrays and per-name output blocks (memoized: plans repeat)."""
-    key = tuple([(name, p.tobytes()) for name, p in zip(names, params_list)])
+    """The plan's row arrays and per-name output blocks (memoized: plans repeat).
+
+    Read-only parameter arrays (the public layer's memoized grids) are keyed by
+    identity, which the entry pins by keeping them alive; writeable ones by content.
+    """
+    key = (tuple(names), tuple([p.tobytes() if p.flags.writeable else id(p) for p in params_list]))
     plan = _PLANS.get(key)
     if plan is not None:
-        return plan
+        return plan[0]
     rows, padded, blocks = [], [], []
     offset = 0
     for name, params in zip(names, params_list):
@@ -71,7 +75,8 @@ def _prepare(names, params_list):
     arrays = (np.array(rows, dtype=np.int64), np.array(padded, dtype=np.float64))
     if len(_PLANS) > 1024:
         _PLANS.clear()
-    plan = _PLANS[key] = (arrays, blocks, offset)
+    plan = (arrays, blocks, offset)
+    _PLANS[key] = (plan, tuple(params_list))
     return plan
 
 
