@@ -22,6 +22,13 @@ Semantics are TA-Lib's Python wrapper, operation for operation, in float64:
 
 ``params`` is a float64 1-D view holding the indicator's parameters in the order
 listed in :data:`SPECS`.
+
+The arithmetic of each recurrence step (``sma_step``, ``ema_step``, ``rsi_step``,
+``atr_step``, ``bbands_step``, ``true_range``, ...) is a small primitive of its own,
+defined once here and called by the row bodies, by the chunked scans of
+:mod:`gpu_trader.scan_math` and by the streaming updates of
+:mod:`gpu_trader.streaming`, which is what keeps the three bit-identical (a change
+to a step's operations changes all three).
 """
 from __future__ import annotations
 
@@ -80,6 +87,220 @@ def fill_nan(out, k, stop):
         out[k, t] = math.nan
 
 
+# ---------------------------------------------------------------------------------
+# One-step primitives: the arithmetic of each recurrence, written once. The row
+# bodies below, the chunked scans (gpu_trader.scan_math) and the streaming updates
+# (gpu_trader.streaming) all call these, so the float64 operation sequence of each
+# step exists in one place (each mirrors TA-Lib 0.8's C code, operation for
+# operation; only where the values come from differs between the three).
+# ---------------------------------------------------------------------------------
+@register_jitable
+def sma_step(total, v, old, period):
+    """TA_INT_SMA's step: total += v; the output is total / period, then ``old`` leaves.
+
+    Returns (total, output).
+    """
+    total += v
+    tmp = total
+    total -= old
+    return total, tmp / period
+
+
+@register_jitable
+def ema_step(prev, v, k):
+    """TA_EMA's step: (v - prev) * k + prev."""
+    return (v - prev) * k + prev
+
+
+@register_jitable
+def wma_divider(period):
+    """TA_WMA's divider, period * (period + 1) / 2."""
+    return f64(period) * (period + 1) / 2.0
+
+
+@register_jitable
+def wma_add(total, weighted, v, w):
+    """One bar of TA_WMA's window sums: total += v; weighted += v * w."""
+    return total + v, weighted + v * w
+
+
+@register_jitable
+def wma_push(period_sub, period_sum, v, trailing_value, period):
+    """TA_WMA's running-sum step: bar v enters, the previous trailing value leaves the plain sum."""
+    period_sub += v
+    period_sub -= trailing_value
+    period_sum += v * period
+    return period_sub, period_sum
+
+
+@register_jitable
+def rsi_add(gain, loss, d):
+    """TA_RSI (TA-Lib >= 0.8) branch-free split of a change d: gain += max(d, 0); loss += that - d."""
+    up = d if d > 0.0 else 0.0
+    gain += up
+    loss += up - d
+    return gain, loss
+
+
+@register_jitable
+def rsi_step(gain, loss, d, period, inv_period):
+    """TA_RSI's Wilder step: scale by period - 1, add the change d, scale by 1/period."""
+    loss *= period - 1
+    gain *= period - 1
+    gain, loss = rsi_add(gain, loss, d)
+    loss *= inv_period
+    gain *= inv_period
+    return gain, loss
+
+
+@register_jitable
+def rsi_ratio(gain, loss):
+    """100 * gain / (gain + loss); 0 when the total is not positive (TA-Lib 0.8's exact test)."""
+    total = gain + loss
+    if total > 0.0:
+        return 100.0 * (gain / total)
+    return 0.0
+
+
+@register_jitable
+def shifted_add(s1, s2, v, shift):
+    """Add v - shift to the shifted moments: s1 += d; s2 += d * d."""
+    d = v - shift
+    return s1 + d, s2 + d * d
+
+
+@register_jitable
+def shifted_variance(var1, var2, inv_period):
+    """Variance from the shifted moments: var2 / period - (var1 / period) ** 2."""
+    mean1 = var1 * inv_period
+    return var2 * inv_period - mean1 * mean1
+
+
+@register_jitable
+def bbands_step(ma_total, shift, var1, var2, v, old, period, inv_period):
+    """TA_BBANDS (TA-Lib >= 0.8) step: bar v enters the SMA sum and the shifted moments,
+    the mean and variance are taken, then ``old`` (the oldest bar of the window) leaves.
+
+    Returns (ma_total, var1, var2, mean, variance, drifted); ``drifted`` is TA-Lib's
+    precision test (the variance lost precision or a large value left the window),
+    one of the conditions for a re-seed.
+    """
+    ma_total += v
+    var1, var2 = shifted_add(var1, var2, v, shift)
+    variance = shifted_variance(var1, var2, inv_period)
+    mean = ma_total / period
+    ma_total -= old
+    d = old - shift
+    var1 -= d
+    d2 = d * d
+    var2 -= d2
+    drifted = variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2
+    return ma_total, var1, var2, mean, variance, drifted
+
+
+@register_jitable
+def bbands_reseeded(var1, var2, oldest, shift, inv_period):
+    """The end of TA_BBANDS's re-seed: var1, var2 are the window's moments shifted by its
+    mean ``shift``; the variance (floored to 0 below a relative 1e-12) is taken, then the
+    oldest bar leaves. Returns (var1, var2, variance)."""
+    variance = shifted_variance(var1, var2, inv_period)
+    if variance < 0.000000000001 * (var2 * inv_period):
+        variance = 0.0
+    d = oldest - shift
+    var1 -= d
+    var2 -= d * d
+    return var1, var2, variance
+
+
+@register_jitable
+def bbands_bands(mean, variance, nstd):
+    """TA_BBANDS's outputs (upper, middle, lower) from the mean and the variance."""
+    std = math.sqrt(variance) if variance != 0.0 else 0.0
+    band = std * nstd
+    return mean + band, mean, mean - band
+
+
+@register_jitable
+def true_range(h, lo, prev_close):
+    """TA-Lib's TRANGE of a bar (comparisons, so a NaN term is skipped, as in TA-Lib)."""
+    greatest = h - lo
+    v2 = math.fabs(prev_close - h)
+    if v2 > greatest:
+        greatest = v2
+    v3 = math.fabs(prev_close - lo)
+    if v3 > greatest:
+        greatest = v3
+    return greatest
+
+
+@register_jitable
+def true_range_at(high, low, close, t):
+    """true_range of bar t >= 1 of the arrays."""
+    return true_range(f64(high[t]), f64(low[t]), f64(close[t - 1]))
+
+
+@register_jitable
+def atr_coefficients(period):
+    """TA_ATR's (TA-Lib >= 0.8) Wilder coefficients: beta = (period-1)/period, alpha = 1 - beta."""
+    beta = f64(period - 1) / f64(period)
+    return 1.0 - beta, beta
+
+
+@register_jitable
+def atr_step(prev, tr, alpha, beta):
+    """TA_ATR's (TA-Lib >= 0.8) two-coefficient Wilder step: alpha * tr + beta * prev."""
+    return alpha * tr + beta * prev
+
+
+@register_jitable
+def stoch_k(close, lowest, diff):
+    """TA_STOCH's raw %K, (close - lowest) / diff with diff = (highest - lowest) / 100; 0 when flat."""
+    if diff != 0.0:
+        return (close - lowest) / diff
+    return 0.0
+
+
+@register_jitable
+def obv_step(obv, prev_close, close, volume):
+    """TA_OBV's step: add the volume on an up close, subtract it on a down close."""
+    if close > prev_close:
+        obv += volume
+    elif close < prev_close:
+        obv -= volume
+    return obv
+
+
+@register_jitable
+def typical_pv(high, low, close, volume):
+    """VWAP's typical price times volume: (H+L+C)/3 * V."""
+    return (high + low + close) / 3.0 * volume
+
+
+@register_jitable
+def vwap_add(pv, vol, n_bad, tpv, v):
+    """A bar enters the VWAP window: finite bars go into the sums, others are counted."""
+    if math.isfinite(tpv) and math.isfinite(v):
+        return pv + tpv, vol + v, n_bad
+    return pv, vol, n_bad + 1
+
+
+@register_jitable
+def vwap_remove(pv, vol, n_bad, tpv, v):
+    """A bar leaves the VWAP window (the inverse of vwap_add)."""
+    if math.isfinite(tpv) and math.isfinite(v):
+        return pv - tpv, vol - v, n_bad
+    return pv, vol, n_bad - 1
+
+
+@register_jitable
+def vwap_value(pv, vol, n_bad):
+    """pv / vol; NaN when the window holds a non-finite bar or no volume."""
+    return pv / vol if n_bad == 0 and vol != 0.0 else math.nan
+
+
+# ---------------------------------------------------------------------------------
+# Row bodies
+# ---------------------------------------------------------------------------------
 @register_jitable
 def sma_into(x, begin, period, out, k):
     """TA_INT_SMA over x[begin:] into out[k]; first value at begin + period - 1.
@@ -95,11 +316,8 @@ def sma_into(x, begin, period, out, k):
         i += 1
     trailing = begin
     while i < n:
-        total += f64(x[i])
-        tmp = total
-        total -= f64(x[trailing])
+        total, out[k, i] = sma_step(total, f64(x[i]), f64(x[trailing]), period)
         trailing += 1
-        out[k, i] = tmp / period
         i += 1
 
 
@@ -149,7 +367,7 @@ def ema_row(x, params, out):
     prev = ema_seed(x, begin, period)
     out[0, start] = prev
     for t in range(start + 1, n):
-        prev = (f64(x[t]) - prev) * k + prev
+        prev = ema_step(prev, f64(x[t]), k)
         out[0, t] = prev
 
 
@@ -159,9 +377,7 @@ def wma_sums(x, first, period):
     total = 0.0
     weighted = 0.0
     for w in range(1, period + 1):
-        v = f64(x[first + w - 1])
-        total += v
-        weighted += v * w
+        total, weighted = wma_add(total, weighted, f64(x[first + w - 1]), w)
     return total, weighted
 
 
@@ -179,16 +395,13 @@ def wma_row(x, params, out):
         for t in range(start, n):
             out[0, t] = x[t]
         return
-    divider = f64(period) * (period + 1) / 2.0
+    divider = wma_divider(period)
     period_sub, period_sum = wma_sums(x, begin, period - 1)
     countdown = 8 * period
     trailing_value = 0.0
     trailing = begin
     for t in range(start, n):
-        v = f64(x[t])
-        period_sub += v
-        period_sub -= trailing_value
-        period_sum += v * period
+        period_sub, period_sum = wma_push(period_sub, period_sum, f64(x[t]), trailing_value, period)
         countdown -= 1
         if countdown <= 0:
             countdown = 8 * period
@@ -197,15 +410,6 @@ def wma_row(x, params, out):
         trailing += 1
         out[0, t] = period_sum / divider
         period_sum -= period_sub
-
-
-@register_jitable
-def rsi_ratio(gain, loss):
-    """100 * gain / (gain + loss); 0 when the total is not positive (TA-Lib 0.8's exact test)."""
-    total = gain + loss
-    if total > 0.0:
-        return 100.0 * (gain / total)
-    return 0.0
 
 
 @register_jitable
@@ -224,25 +428,15 @@ def rsi_row(x, params, out):
     loss = 0.0
     for t in range(begin + 1, start + 1):
         v = f64(x[t])
-        d = v - prev_value
+        gain, loss = rsi_add(gain, loss, v - prev_value)
         prev_value = v
-        up = d if d > 0.0 else 0.0
-        gain += up
-        loss += up - d
     loss *= inv_period
     gain *= inv_period
     out[0, start] = rsi_ratio(gain, loss)
     for t in range(start + 1, n):
         v = f64(x[t])
-        d = v - prev_value
+        gain, loss = rsi_step(gain, loss, v - prev_value, period, inv_period)
         prev_value = v
-        loss *= period - 1
-        gain *= period - 1
-        up = d if d > 0.0 else 0.0
-        gain += up
-        loss += up - d
-        loss *= inv_period
-        gain *= inv_period
         out[0, t] = rsi_ratio(gain, loss)
 
 
@@ -272,8 +466,8 @@ def macd_row(x, params, out):
     for t in range(first_macd, n):
         if t > first_macd:
             v = f64(x[t])
-            ema_fast = (v - ema_fast) * k_fast + ema_fast
-            ema_slow = (v - ema_slow) * k_slow + ema_slow
+            ema_fast = ema_step(ema_fast, v, k_fast)
+            ema_slow = ema_step(ema_slow, v, k_slow)
         line = ema_fast - ema_slow
         if t < start:
             sig_total += line
@@ -282,7 +476,7 @@ def macd_row(x, params, out):
             sig_total += line
             sig = sig_total / signal
         else:
-            sig = line if signal == 1 else (line - sig) * k_sig + sig
+            sig = line if signal == 1 else ema_step(sig, line, k_sig)  # TA-Lib >= 0.8: period 1 copies
         out[0, t] = line
         out[1, t] = sig
         out[2, t] = line - sig
@@ -294,10 +488,24 @@ def shifted_moments(x, first, last, shift):
     s1 = 0.0
     s2 = 0.0
     for t in range(first, last + 1):
-        d = f64(x[t]) - shift
-        s1 += d
-        s2 += d * d
+        s1, s2 = shifted_add(s1, s2, f64(x[t]), shift)
     return s1, s2
+
+
+@register_jitable
+def bbands_reseed(x, first, last, inv_period):
+    """TA_BBANDS's re-seed over the window x[first..last]: the shift becomes the window's
+    mean, the moments are recomputed around it, then x[first] leaves (bbands_reseeded).
+
+    Returns (shift, var1, var2, variance).
+    """
+    total = 0.0
+    for t in range(first, last + 1):
+        total += f64(x[t])
+    shift = total * inv_period
+    var1, var2 = shifted_moments(x, first, last, shift)
+    var1, var2, variance = bbands_reseeded(var1, var2, f64(x[first]), shift, inv_period)
+    return shift, var1, var2, variance
 
 
 @register_jitable
@@ -328,58 +536,14 @@ def bbands_row(x, params, out):
     trailing = begin
     countdown = 32 * period
     for t in range(start, n):
-        v = f64(x[t])
-        ma_total += v
-        d = v - shift
-        var1 += d
-        var2 += d * d
-        mean1 = var1 * inv_period
-        variance = var2 * inv_period - mean1 * mean1
-        mean = ma_total / period
-        old = f64(x[trailing])
-        ma_total -= old
-        d = old - shift
-        var1 -= d
-        d2 = d * d
-        var2 -= d2
+        ma_total, var1, var2, mean, variance, drifted = bbands_step(
+            ma_total, shift, var1, var2, f64(x[t]), f64(x[trailing]), period, inv_period)
         trailing += 1
         countdown -= 1
-        if variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2 or countdown <= 0:
+        if drifted or countdown <= 0:
             countdown = 32 * period
-            window_start = t - period + 1
-            total = 0.0
-            for j in range(window_start, t + 1):
-                total += f64(x[j])
-            shift = total * inv_period
-            var1, var2 = shifted_moments(x, window_start, t, shift)
-            mean1 = var1 * inv_period
-            variance = var2 * inv_period - mean1 * mean1
-            if variance < 0.000000000001 * (var2 * inv_period):
-                variance = 0.0
-            d = f64(x[window_start]) - shift
-            var1 -= d
-            var2 -= d * d
-        std = math.sqrt(variance) if variance != 0.0 else 0.0
-        band = std * nstd
-        out[0, t] = mean + band
-        out[1, t] = mean
-        out[2, t] = mean - band
-
-
-@register_jitable
-def true_range(high, low, close, t):
-    """TA-Lib's TRANGE at t >= 1 (comparisons, so a NaN term is skipped, as in TA-Lib)."""
-    h = f64(high[t])
-    lo = f64(low[t])
-    prev_close = f64(close[t - 1])
-    greatest = h - lo
-    v2 = math.fabs(prev_close - h)
-    if v2 > greatest:
-        greatest = v2
-    v3 = math.fabs(prev_close - lo)
-    if v3 > greatest:
-        greatest = v3
-    return greatest
+            shift, var1, var2, variance = bbands_reseed(x, t - period + 1, t, inv_period)
+        out[0, t], out[1, t], out[2, t] = bbands_bands(mean, variance, nstd)
 
 
 @register_jitable
@@ -393,18 +557,16 @@ def atr_row(high, low, close, params, out):
         return
     if period == 1:
         for t in range(start, n):
-            out[0, t] = true_range(high, low, close, t)
+            out[0, t] = true_range_at(high, low, close, t)
         return
-    # TA-Lib >= 0.8's two-coefficient Wilder step: alpha derived from beta so they sum to 1.
-    beta = f64(period - 1) / f64(period)
-    alpha = 1.0 - beta
+    alpha, beta = atr_coefficients(period)
     total = 0.0
     for t in range(begin + 1, start + 1):
-        total += true_range(high, low, close, t)
+        total += true_range_at(high, low, close, t)
     prev = total / period
     out[0, start] = prev
     for t in range(start + 1, n):
-        prev = alpha * true_range(high, low, close, t) + beta * prev
+        prev = atr_step(prev, true_range_at(high, low, close, t), alpha, beta)
         out[0, t] = prev
 
 
@@ -461,10 +623,7 @@ def stoch_row(high, low, close, params, out):
             highest_idx = today
             highest = tmp
             diff = (highest - lowest) / 100.0
-        if diff != 0.0:
-            out[1, today] = (f64(close[today]) - lowest) / diff
-        else:
-            out[1, today] = 0.0
+        out[1, today] = stoch_k(f64(close[today]), lowest, diff)
         trailing += 1
     ma_into(out[1], first_k, slowk, out, 0)
     ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
@@ -481,19 +640,16 @@ def obv_row(close, volume, params, out):
     prev = f64(close[begin])
     for t in range(begin, n):
         c = f64(close[t])
-        if c > prev:
-            obv += f64(volume[t])
-        elif c < prev:
-            obv -= f64(volume[t])
+        obv = obv_step(obv, prev, c, f64(volume[t]))
         out[0, t] = obv
         prev = c
 
 
 @register_jitable
-def typical_value(high, low, close, volume, t):
-    """(H+L+C)/3 * V at bar t, and V."""
+def typical_pv_at(high, low, close, volume, t):
+    """typical_pv of bar t of the arrays, and its volume."""
     v = f64(volume[t])
-    return (f64(high[t]) + f64(low[t]) + f64(close[t])) / 3.0 * v, v
+    return typical_pv(f64(high[t]), f64(low[t]), f64(close[t]), v), v
 
 
 @register_jitable
@@ -517,20 +673,12 @@ def vwap_row(high, low, close, volume, params, out):
     n_bad = 0
     trailing = begin
     for t in range(begin, n):
-        tpv, v = typical_value(high, low, close, volume, t)
-        if math.isfinite(tpv) and math.isfinite(v):
-            pv += tpv
-            vol += v
-        else:
-            n_bad += 1
+        tpv, v = typical_pv_at(high, low, close, volume, t)
+        pv, vol, n_bad = vwap_add(pv, vol, n_bad, tpv, v)
         if t >= start:
-            out[0, t] = pv / vol if n_bad == 0 and vol != 0.0 else math.nan
-            tpv, v = typical_value(high, low, close, volume, trailing)
-            if math.isfinite(tpv) and math.isfinite(v):
-                pv -= tpv
-                vol -= v
-            else:
-                n_bad -= 1
+            out[0, t] = vwap_value(pv, vol, n_bad)
+            tpv, v = typical_pv_at(high, low, close, volume, trailing)
+            pv, vol, n_bad = vwap_remove(pv, vol, n_bad, tpv, v)
             trailing += 1
 
 

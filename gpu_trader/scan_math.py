@@ -57,9 +57,12 @@ the same steps compile for CUDA (``gpu_trader.kernels.indicators``), for the CPU
 (:func:`twin_compute`, the "twin" that tests the scan without a GPU) and run as
 plain Python (numba's CUDA simulator). The array glue is written against an ``xp``
 module (CuPy or NumPy) and an executor that launches a body over ``nthreads``
-thread indices. These bodies mirror :mod:`gpu_trader.indicator_math` operation for
-operation: a change to a row body's arithmetic must be mirrored here (the tests
-compare both paths with the CPU backend).
+thread indices. These bodies do their arithmetic with the one-step primitives of
+:mod:`gpu_trader.indicator_math` (``im.ema_step``, ``im.rsi_step``, ``im.bbands_step``,
+...), the very functions the row bodies call, so a step is computed exactly as in the
+row body; only the bookkeeping (chunk bounds, carries, the chunked layout: ``at``,
+``*_c`` window sums) is written here (the tests compare both paths with the CPU
+backend).
 
 Not mirrored: sums that overflow to inf from finite inputs (only non-finite input
 bars count as poison for SMA/Bollinger), and a rolling VWAP volume that is exactly
@@ -148,19 +151,6 @@ def clamp_a(a):
 
 
 @register_jitable
-def true_range_v(h, lo, prev_close):
-    """im.true_range on values (same operations, same order)."""
-    greatest = h - lo
-    v2 = math.fabs(prev_close - h)
-    if v2 > greatest:
-        greatest = v2
-    v3 = math.fabs(prev_close - lo)
-    if v3 > greatest:
-        greatest = v3
-    return greatest
-
-
-@register_jitable
 def nan_prefix(out, k, lo, hi, start, oc):
     """out[k] = NaN for the bars of chunk [lo, hi) before ``start``."""
     e = hi
@@ -189,8 +179,8 @@ def ema_p1(x, col0, cc, lo, hi, seed_begin, period, A, B, seed, s, r):
     if t0 < lo:
         t0 = lo
     for t in range(t0, hi):
-        bb = (f64(x[t - lo, col]) - bb) * k + bb
-        aa = clamp_a((0.0 - aa) * k + aa)
+        bb = im.ema_step(bb, f64(x[t - lo, col]), k)
+        aa = clamp_a(im.ema_step(aa, 0.0, k))
     A[s, r, cc] = aa
     B[s, r, cc] = bb
 
@@ -223,7 +213,7 @@ def ema_p3(x, col0, cc, lo, hi, seed_begin, period, Ain, Bin, seed, r, out, oc):
         y = carry_in(Ain, Bin, seed, 0, r, cc)
         t0 = lo
     for t in range(t0, hi):
-        y = (f64(x[t - lo, col]) - y) * k + y
+        y = im.ema_step(y, f64(x[t - lo, col]), k)
         out[0, t - lo, oc] = y
 
 
@@ -238,11 +228,8 @@ def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
         loss = 0.0
         for t in range(begin + 1, start + 1):
             v = at(x, col0, t)
-            d = v - prev
+            gain, loss = im.rsi_add(gain, loss, v - prev)
             prev = v
-            up = d if d > 0.0 else 0.0
-            gain += up
-            loss += up - d
         loss *= inv_period
         gain *= inv_period
         seed[0, r] = gain
@@ -258,15 +245,8 @@ def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
         prev = at(x, col0, t0 - 1)
         for t in range(t0, hi):
             v = f64(x[t - lo, col])
-            d = v - prev
+            gg, ll = im.rsi_step(gg, ll, v - prev, period, inv_period)
             prev = v
-            ll *= period - 1
-            gg *= period - 1
-            up = d if d > 0.0 else 0.0
-            gg += up
-            ll += up - d
-            ll *= inv_period
-            gg *= inv_period
             aa *= period - 1
             aa *= inv_period
             aa = clamp_a(aa)
@@ -297,15 +277,8 @@ def rsi_p3(x, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc):
         prev = at(x, col0, t0 - 1)
         for t in range(t0, hi):
             v = f64(x[t - lo, col])
-            d = v - prev
+            gain, loss = im.rsi_step(gain, loss, v - prev, period, inv_period)
             prev = v
-            loss *= period - 1
-            gain *= period - 1
-            up = d if d > 0.0 else 0.0
-            gain += up
-            loss += up - d
-            loss *= inv_period
-            gain *= inv_period
             out[0, t - lo, oc] = im.rsi_ratio(gain, loss)
 
 
@@ -316,12 +289,11 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
     aa = 1.0
     bb = 0.0
     if period > 1:
-        beta = f64(period - 1) / f64(period)
-        alpha = 1.0 - beta
+        alpha, beta = im.atr_coefficients(period)
         if lo <= start < hi:
             total = 0.0
             for t in range(begin + 1, start + 1):
-                total += true_range_v(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
+                total += im.true_range(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
             seed[0, r] = total / period
         t0 = start + 1
         if t0 < lo:
@@ -331,9 +303,9 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
             pc = at(c, col0, t0 - 1)
             for t in range(t0, hi):
                 u = t - lo
-                tr = true_range_v(f64(h[u, col]), f64(lw[u, col]), pc)
+                tr = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
                 pc = f64(c[u, col])
-                bb = alpha * tr + beta * bb
+                bb = im.atr_step(bb, tr, alpha, beta)
                 aa = clamp_a(beta * aa)
     A[0, r, cc] = aa
     B[0, r, cc] = bb
@@ -353,11 +325,10 @@ def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc
         pc = at(c, col0, t0 - 1)
         for t in range(t0, hi):
             u = t - lo
-            out[0, u, oc] = true_range_v(f64(h[u, col]), f64(lw[u, col]), pc)
+            out[0, u, oc] = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
             pc = f64(c[u, col])
         return
-    beta = f64(period - 1) / f64(period)
-    alpha = 1.0 - beta
+    alpha, beta = im.atr_coefficients(period)
     if lo <= start:
         prev = seed[0, r]
         out[0, start - lo, oc] = prev
@@ -369,9 +340,9 @@ def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc
         pc = at(c, col0, t0 - 1)
         for t in range(t0, hi):
             u = t - lo
-            tr = true_range_v(f64(h[u, col]), f64(lw[u, col]), pc)
+            tr = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
             pc = f64(c[u, col])
-            prev = alpha * tr + beta * prev
+            prev = im.atr_step(prev, tr, alpha, beta)
             out[0, u, oc] = prev
 
 
@@ -390,10 +361,7 @@ def obv_p1(cl, vo, col0, cc, lo, hi, begin, A, B, seed, r):
         for t in range(t0, hi):
             u = t - lo
             cv = f64(cl[u, col])
-            if cv > prev:
-                bb += f64(vo[u, col])
-            elif cv < prev:
-                bb -= f64(vo[u, col])
+            bb = im.obv_step(bb, prev, cv, f64(vo[u, col]))
             prev = cv
     A[0, r, cc] = 1.0
     B[0, r, cc] = bb
@@ -417,10 +385,7 @@ def obv_p3(cl, vo, col0, cc, lo, hi, begin, Ain, Bin, seed, r, out, oc):
         for t in range(t0, hi):
             u = t - lo
             cv = f64(cl[u, col])
-            if cv > prev:
-                obv += f64(vo[u, col])
-            elif cv < prev:
-                obv -= f64(vo[u, col])
+            obv = im.obv_step(obv, prev, cv, f64(vo[u, col]))
             out[0, u, oc] = obv
             prev = cv
 
@@ -457,8 +422,8 @@ def macd_line_p3(x, col0, cc, lo, hi, begin, fast, slow, Ain, Bin, seed, r, out,
         t0 = lo
     for t in range(t0, hi):
         v = f64(x[t - lo, col])
-        ema_fast = (v - ema_fast) * k_fast + ema_fast
-        ema_slow = (v - ema_slow) * k_slow + ema_slow
+        ema_fast = im.ema_step(ema_fast, v, k_fast)
+        ema_slow = im.ema_step(ema_slow, v, k_slow)
         out[0, t - lo, oc] = ema_fast - ema_slow
 
 
@@ -485,7 +450,7 @@ def macd_signal_p3(line, col0, cc, lo, hi, first, signal, Ain, Bin, seed, r, out
     for t in range(t0, hi):
         u = t - lo
         v = f64(line[u, col])
-        sig = v if signal == 1 else (v - sig) * k_sig + sig
+        sig = v if signal == 1 else im.ema_step(sig, v, k_sig)
         out[0, u, oc] = v
         out[1, u, oc] = sig
         out[2, u, oc] = v - sig
@@ -512,14 +477,11 @@ def sma_p3(x, col0, cc, lo, hi, begin, ff, period, out, oc):
     tu = bp - tq * L
     col = col0 + cc
     for t in range(t0, hi):
-        total += f64(x[t - lo, col])
-        tmp = total
-        total -= f64(x[tu, col0 + tq])
+        total, out[0, t - lo, oc] = im.sma_step(total, f64(x[t - lo, col]), f64(x[tu, col0 + tq]), period)
         tu += 1
         if tu == L:
             tu = 0
             tq += 1
-        out[0, t - lo, oc] = tmp / period
 
 
 @register_jitable
@@ -528,9 +490,7 @@ def wma_sums_c(x, col0, first, period):
     total = 0.0
     weighted = 0.0
     for w in range(1, period + 1):
-        v = at(x, col0, first + w - 1)
-        total += v
-        weighted += v * w
+        total, weighted = im.wma_add(total, weighted, at(x, col0, first + w - 1), w)
     return total, weighted
 
 
@@ -551,7 +511,7 @@ def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
         for t in range(t0, hi):
             out[0, t - lo, oc] = x[t - lo, col]
         return
-    divider = f64(period) * (period + 1) / 2.0
+    divider = im.wma_divider(period)
     every = 8 * period
     m = (t0 - start) // every
     if m == 0:
@@ -575,9 +535,7 @@ def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
             v = at(x, col0, t)
         else:
             v = f64(x[t - lo, col])
-        period_sub += v
-        period_sub -= trailing_value
-        period_sum += v * period
+        period_sub, period_sum = im.wma_push(period_sub, period_sum, v, trailing_value, period)
         countdown -= 1
         if countdown <= 0:
             countdown = every
@@ -598,10 +556,20 @@ def shifted_moments_c(x, col0, first, last, shift):
     s1 = 0.0
     s2 = 0.0
     for t in range(first, last + 1):
-        d = at(x, col0, t) - shift
-        s1 += d
-        s2 += d * d
+        s1, s2 = im.shifted_add(s1, s2, at(x, col0, t), shift)
     return s1, s2
+
+
+@register_jitable
+def bbands_reseed_c(x, col0, first, last, inv_period):
+    """im.bbands_reseed on the chunked layout."""
+    total = 0.0
+    for t in range(first, last + 1):
+        total += at(x, col0, t)
+    shift = total * inv_period
+    var1, var2 = shifted_moments_c(x, col0, first, last, shift)
+    var1, var2, variance = im.bbands_reseeded(var1, var2, at(x, col0, first), shift, inv_period)
+    return shift, var1, var2, variance
 
 
 @register_jitable
@@ -628,14 +596,7 @@ def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
         var1, var2 = shifted_moments_c(x, col0, begin, start - 1, shift)
     else:
         ws = t0 - period
-        total = 0.0
-        for t in range(ws, t0):
-            total += at(x, col0, t)
-        shift = total * inv_period
-        var1, var2 = shifted_moments_c(x, col0, ws, t0 - 1, shift)
-        d = at(x, col0, ws) - shift
-        var1 -= d
-        var2 -= d * d
+        shift, var1, var2, _ = bbands_reseed_c(x, col0, ws, t0 - 1, inv_period)
         ma_total = 0.0
         for t in range(ws + 1, t0):
             ma_total += at(x, col0, t)
@@ -648,52 +609,18 @@ def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
     tu = trailing - tq * L
     col = col0 + cc
     for t in range(t0, hi):
-        v = f64(x[t - lo, col])
-        ma_total += v
-        d = v - shift
-        var1 += d
-        var2 += d * d
-        mean1 = var1 * inv_period
-        variance = var2 * inv_period - mean1 * mean1
-        mean = ma_total / period
-        old = f64(x[tu, col0 + tq])
+        ma_total, var1, var2, mean, variance, drifted = im.bbands_step(
+            ma_total, shift, var1, var2, f64(x[t - lo, col]), f64(x[tu, col0 + tq]), period, inv_period)
         tu += 1
         if tu == L:
             tu = 0
             tq += 1
-        ma_total -= old
-        d = old - shift
-        var1 -= d
-        d2 = d * d
-        var2 -= d2
         countdown -= 1
-        if variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2 or countdown <= 0:
+        if drifted or countdown <= 0:
             countdown = 32 * period
-            window_start = t - period + 1
-            total = 0.0
-            for j in range(window_start, t + 1):
-                total += at(x, col0, j)
-            shift = total * inv_period
-            var1, var2 = shifted_moments_c(x, col0, window_start, t, shift)
-            mean1 = var1 * inv_period
-            variance = var2 * inv_period - mean1 * mean1
-            if variance < 0.000000000001 * (var2 * inv_period):
-                variance = 0.0
-            d = at(x, col0, window_start) - shift
-            var1 -= d
-            var2 -= d * d
-        std = math.sqrt(variance) if variance != 0.0 else 0.0
-        band = std * nstd
+            shift, var1, var2, variance = bbands_reseed_c(x, col0, t - period + 1, t, inv_period)
         u = t - lo
-        out[0, u, oc] = mean + band
-        out[1, u, oc] = mean
-        out[2, u, oc] = mean - band
-
-
-@register_jitable
-def typical_v(h, lw, c, v):
-    """im.typical_value on values: (H+L+C)/3 * V."""
-    return (h + lw + c) / 3.0 * v
+        out[0, u, oc], out[1, u, oc], out[2, u, oc] = im.bbands_bands(mean, variance, nstd)
 
 
 @register_jitable
@@ -713,12 +640,8 @@ def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
     n_bad = 0
     for t in range(bp, t0):
         v = at(vo, col0, t)
-        tpv = typical_v(at(h, col0, t), at(lw, col0, t), at(c, col0, t), v)
-        if math.isfinite(tpv) and math.isfinite(v):
-            pv += tpv
-            vol += v
-        else:
-            n_bad += 1
+        tpv = im.typical_pv(at(h, col0, t), at(lw, col0, t), at(c, col0, t), v)
+        pv, vol, n_bad = im.vwap_add(pv, vol, n_bad, tpv, v)
     L = h.shape[0]
     tq = bp // L
     tu = bp - tq * L
@@ -726,21 +649,13 @@ def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
     for t in range(t0, hi):
         u = t - lo
         v = f64(vo[u, col])
-        tpv = typical_v(f64(h[u, col]), f64(lw[u, col]), f64(c[u, col]), v)
-        if math.isfinite(tpv) and math.isfinite(v):
-            pv += tpv
-            vol += v
-        else:
-            n_bad += 1
-        out[0, u, oc] = pv / vol if n_bad == 0 and vol != 0.0 else math.nan
+        tpv = im.typical_pv(f64(h[u, col]), f64(lw[u, col]), f64(c[u, col]), v)
+        pv, vol, n_bad = im.vwap_add(pv, vol, n_bad, tpv, v)
+        out[0, u, oc] = im.vwap_value(pv, vol, n_bad)
         tc = col0 + tq
         v = f64(vo[tu, tc])
-        tpv = typical_v(f64(h[tu, tc]), f64(lw[tu, tc]), f64(c[tu, tc]), v)
-        if math.isfinite(tpv) and math.isfinite(v):
-            pv -= tpv
-            vol -= v
-        else:
-            n_bad -= 1
+        tpv = im.typical_pv(f64(h[tu, tc]), f64(lw[tu, tc]), f64(c[tu, tc]), v)
+        pv, vol, n_bad = im.vwap_remove(pv, vol, n_bad, tpv, v)
         tu += 1
         if tu == L:
             tu = 0

@@ -12,8 +12,10 @@ The outputs are the batch functions' last values, bit for bit: after the bars
 :meth:`~FeatureStream.update`, in any split), the values returned for bar ``t``
 equal ``features(H[..., :t+1], spec)[key][..., -1]`` (``np.array_equal`` with
 ``equal_nan=True``), computed in float64. Each update kernel below replays the
-float64 operations of :mod:`gpu_trader.indicator_math` in the same order (keep
-them in step: ``tests/test_streaming.py`` compares every bar with the batch).
+float64 operations of :mod:`gpu_trader.indicator_math` in the same order: it calls
+the same one-step primitives as the batch row bodies (``im.ema_step``,
+``im.rsi_step``, ``im.bbands_step``, ...) and keeps only the per-bar state and ring
+buffers itself (``tests/test_streaming.py`` compares every bar with the batch).
 
 Consequences worth knowing:
 
@@ -114,7 +116,9 @@ def _state_size(code: int, a: int, b: int, c: int) -> tuple[int, int]:
 # Update kernels. Plain Python here; made numba-callable (register_jitable) and
 # compiled (njit, cached on disk) by _kernels() on first use, so importing this
 # module does not import numba. Each mirrors the *_row function of
-# gpu_trader.indicator_math of the same name, bar by bar: ``j`` is the bar's index
+# gpu_trader.indicator_math of the same name, bar by bar, and does its arithmetic
+# with the same one-step primitives (``im.*_step`` and friends), so only the
+# bookkeeping (state slots, ring buffers, warm-up) is written here: ``j`` is the bar's index
 # counted from the indicator's first valid bar (``t - begin`` in the row
 # functions), ``f``/``ii`` are the symbol's float/int state rows, ``o``/``io`` the
 # indicator's offsets into them. Ring buffers hold the last ``period`` inputs at
@@ -123,24 +127,36 @@ def _state_size(code: int, a: int, b: int, c: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------
 
 
+# gpu_trader.indicator_math, bound by _kernels(): importing it imports numba, which
+# importing this module must not do. The kernels below only run once it is bound.
+im = None
+
+
 def _nxt(pos, p):
     """(pos + 1) % p for 0 <= pos < p, without an integer division."""
     pos += 1
     return pos if pos < p else 0
 
 
-def _sma_step(f, o, p, j, x):
-    """sma_into: total += x; tmp = total; total -= x[trailing]; out = tmp / period."""
+def _sma_step(f, o, ring, p, j, x):
+    """sma_into (im.sma_step): the running total in f[o], the window in the ring
+    f[ring : ring + p]; NaN until the window is full."""
     if j == 0:
         f[o] = 0.0
-    f[o] += x
     pos = j % p
-    f[o + 1 + pos] = x
+    f[ring + pos] = x
     if j < p - 1:
+        f[o] += x
         return math.nan
-    tmp = f[o]
-    f[o] -= f[o + 1 + _nxt(pos, p)]
-    return tmp / p
+    f[o], res = im.sma_step(f[o], x, f[ring + _nxt(pos, p)], p)
+    return res
+
+
+def _ma_step(f, o, ring, p, j, x):
+    """ma_into: TA_MA(SMA), an exact copy at period 1, else _sma_step."""
+    if p == 1:
+        return x
+    return _sma_step(f, o, ring, p, j, x)
 
 
 def _ema_step(f, o, p, j, x):
@@ -155,8 +171,7 @@ def _ema_step(f, o, p, j, x):
             return math.nan
         prev = f[o] / p
     else:
-        prev = f[o + 1]
-        prev = (x - prev) * (2.0 / (p + 1)) + prev
+        prev = im.ema_step(f[o + 1], x, 2.0 / (p + 1))
     f[o + 1] = prev
     return prev
 
@@ -174,14 +189,9 @@ def _wma_step(f, ii, o, io, p, j, x):
         f[o + 2] = 0.0  # trailing_value
         ii[io] = 8 * p  # countdown
     if j < p - 1:  # wma_sums(x, begin, p - 1)
-        f[o] += x
-        f[o + 1] += x * (j + 1)
+        f[o], f[o + 1] = im.wma_add(f[o], f[o + 1], x, j + 1)
         return math.nan
-    period_sub = f[o]
-    period_sum = f[o + 1]
-    period_sub += x
-    period_sub -= f[o + 2]
-    period_sum += x * p
+    period_sub, period_sum = im.wma_push(f[o], f[o + 1], x, f[o + 2], p)
     ii[io] -= 1
     if ii[io] <= 0:
         ii[io] = 8 * p
@@ -190,11 +200,9 @@ def _wma_step(f, ii, o, io, p, j, x):
         q = pos
         for w in range(1, p + 1):
             q = _nxt(q, p)  # (j - p + w) % p
-            v = f[ring + q]
-            period_sub += v
-            period_sum += v * w
+            period_sub, period_sum = im.wma_add(period_sub, period_sum, f[ring + q], w)
     f[o + 2] = f[ring + _nxt(pos, p)]
-    res = period_sum / (float(p) * (p + 1) / 2.0)
+    res = period_sum / im.wma_divider(p)
     period_sum -= period_sub
     f[o] = period_sub
     f[o + 1] = period_sum
@@ -213,24 +221,19 @@ def _rsi_step(f, o, p, j, x):
     f[o] = x
     gain = f[o + 1]
     loss = f[o + 2]
-    if j > p:
-        loss *= p - 1
-        gain *= p - 1
-    up = d if d > 0.0 else 0.0
-    gain += up
-    loss += up - d
-    if j < p:
-        f[o + 1] = gain
-        f[o + 2] = loss
-        return math.nan
-    loss *= inv_period
-    gain *= inv_period
+    if j <= p:  # the seed: the mean gain and loss of the first p changes
+        gain, loss = im.rsi_add(gain, loss, d)
+        if j < p:
+            f[o + 1] = gain
+            f[o + 2] = loss
+            return math.nan
+        loss *= inv_period
+        gain *= inv_period
+    else:
+        gain, loss = im.rsi_step(gain, loss, d, p, inv_period)
     f[o + 1] = gain
     f[o + 2] = loss
-    total = gain + loss  # rsi_ratio
-    if total > 0.0:
-        return 100.0 * (gain / total)
-    return 0.0
+    return im.rsi_ratio(gain, loss)
 
 
 def _macd_step(f, o, fast, slow, signal, j, x, out, r, s):
@@ -250,10 +253,8 @@ def _macd_step(f, o, fast, slow, signal, j, x, out, r, s):
         ema_slow = f[o] / slow
         ema_fast = f[o + 1] / fast
     else:
-        ema_fast = f[o + 3]
-        ema_slow = f[o + 2]
-        ema_fast = (x - ema_fast) * (2.0 / (fast + 1)) + ema_fast
-        ema_slow = (x - ema_slow) * (2.0 / (slow + 1)) + ema_slow
+        ema_fast = im.ema_step(f[o + 3], x, 2.0 / (fast + 1))
+        ema_slow = im.ema_step(f[o + 2], x, 2.0 / (slow + 1))
     f[o + 2] = ema_slow
     f[o + 3] = ema_fast
     line = ema_fast - ema_slow
@@ -269,7 +270,7 @@ def _macd_step(f, o, fast, slow, signal, j, x, out, r, s):
         sig = f[o + 4] / signal
     else:
         sig = f[o + 5]
-        sig = line if signal == 1 else (line - sig) * (2.0 / (signal + 1)) + sig
+        sig = line if signal == 1 else im.ema_step(sig, line, 2.0 / (signal + 1))
     f[o + 5] = sig
     out[r, s] = line
     out[r + 1, s] = sig
@@ -291,32 +292,16 @@ def _bbands_step(f, ii, o, io, p, nstd, j, x, out, r, s):
         ii[io] = 32 * p  # countdown
     if j < p - 1:
         f[o] += x
-        d = x - f[o + 1]
-        f[o + 2] += d
-        f[o + 3] += d * d
+        f[o + 2], f[o + 3] = im.shifted_add(f[o + 2], f[o + 3], x, f[o + 1])
         out[r, s] = math.nan
         out[r + 1, s] = math.nan
         out[r + 2, s] = math.nan
         return
-    ma_total = f[o]
     shift = f[o + 1]
-    var1 = f[o + 2]
-    var2 = f[o + 3]
-    ma_total += x
-    d = x - shift
-    var1 += d
-    var2 += d * d
-    mean1 = var1 * inv_period
-    variance = var2 * inv_period - mean1 * mean1
-    mean = ma_total / p
-    old = f[ring + oldest]
-    ma_total -= old
-    d = old - shift
-    var1 -= d
-    d2 = d * d
-    var2 -= d2
+    ma_total, var1, var2, mean, variance, drifted = im.bbands_step(
+        f[o], shift, f[o + 2], f[o + 3], x, f[ring + oldest], p, inv_period)
     ii[io] -= 1
-    if variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2 or ii[io] <= 0:
+    if drifted or ii[io] <= 0:
         ii[io] = 32 * p
         total = 0.0
         q = oldest
@@ -327,26 +312,14 @@ def _bbands_step(f, ii, o, io, p, nstd, j, x, out, r, s):
         var1 = 0.0  # shifted_moments over the window
         var2 = 0.0
         for _ in range(p):  # q is back at the oldest
-            d = f[ring + q] - shift
-            var1 += d
-            var2 += d * d
+            var1, var2 = im.shifted_add(var1, var2, f[ring + q], shift)
             q = _nxt(q, p)
-        mean1 = var1 * inv_period
-        variance = var2 * inv_period - mean1 * mean1
-        if variance < 0.000000000001 * (var2 * inv_period):
-            variance = 0.0
-        d = f[ring + oldest] - shift
-        var1 -= d
-        var2 -= d * d
+        var1, var2, variance = im.bbands_reseeded(var1, var2, f[ring + oldest], shift, inv_period)
     f[o] = ma_total
     f[o + 1] = shift
     f[o + 2] = var1
     f[o + 3] = var2
-    std = math.sqrt(variance) if variance != 0.0 else 0.0
-    band = std * nstd
-    out[r, s] = mean + band
-    out[r + 1, s] = mean
-    out[r + 2, s] = mean - band
+    out[r, s], out[r + 1, s], out[r + 2, s] = im.bbands_bands(mean, variance, nstd)
 
 
 def _atr_step(f, o, p, j, h, lo, c):
@@ -355,27 +328,19 @@ def _atr_step(f, o, p, j, h, lo, c):
         f[o] = c
         f[o + 1] = 0.0
         return math.nan
-    prev_close = f[o]  # true_range
+    tr = im.true_range(h, lo, f[o])
     f[o] = c
-    greatest = h - lo
-    v2 = math.fabs(prev_close - h)
-    if v2 > greatest:
-        greatest = v2
-    v3 = math.fabs(prev_close - lo)
-    if v3 > greatest:
-        greatest = v3
     if p == 1:
-        return greatest
+        return tr
     if j <= p:
-        total = f[o + 1] + greatest
+        total = f[o + 1] + tr
         f[o + 1] = total
         if j < p:
             return math.nan
         prev = total / p
     else:
-        beta = float(p - 1) / float(p)
-        alpha = 1.0 - beta
-        prev = alpha * greatest + beta * f[o + 1]
+        alpha, beta = im.atr_coefficients(p)
+        prev = im.atr_step(f[o + 1], tr, alpha, beta)
     f[o + 1] = prev
     return prev
 
@@ -439,40 +404,18 @@ def _stoch_step(f, ii, o, io, fastk, slowk, slowd, j, h, lo, c, out, r, s):
     f[o] = lowest
     f[o + 1] = highest
     f[o + 2] = diff
-    if diff != 0.0:
-        raw = (c - lowest) / diff
-    else:
-        raw = 0.0
-    # slow %K = ma_into(raw %K, first_k, slowk)
+    raw = im.stoch_k(c, lowest, diff)
     jk = j - (fastk - 1)
-    if slowk == 1:
-        slow_k = raw
-    else:
-        pos = jk % slowk
-        f[raws + pos] = raw
-        f[o + 3] += raw
-        if jk < slowk - 1:
-            out[r, s] = math.nan
-            out[r + 1, s] = math.nan
-            return
-        tmp = f[o + 3]
-        f[o + 3] -= f[raws + _nxt(pos, slowk)]
-        slow_k = tmp / slowk
-    # %D = ma_into(slow %K, first_k + slowk - 1, slowd)
+    slow_k = _ma_step(f, o + 3, raws, slowk, jk, raw)  # ma_into(raw %K, first_k, slowk)
     jd = jk - (slowk - 1)
-    if slowd == 1:
-        d = slow_k
+    if jd >= 0:
+        d = _ma_step(f, o + 4, slows, slowd, jd, slow_k)  # ma_into(slow %K, first_k + slowk - 1, slowd)
     else:
-        pos = jd % slowd
-        f[slows + pos] = slow_k
-        f[o + 4] += slow_k
-        if jd < slowd - 1:
-            out[r, s] = math.nan
-            out[r + 1, s] = math.nan
-            return
-        tmp = f[o + 4]
-        f[o + 4] -= f[slows + _nxt(pos, slowd)]
-        d = tmp / slowd
+        d = math.nan
+    if jd < slowd - 1:
+        out[r, s] = math.nan
+        out[r + 1, s] = math.nan
+        return
     out[r, s] = slow_k
     out[r + 1, s] = d
 
@@ -482,12 +425,7 @@ def _obv_step(f, o, j, c, v):
     if j == 0:
         f[o] = v
         f[o + 1] = c
-    obv = f[o]
-    prev = f[o + 1]
-    if c > prev:
-        obv += v
-    elif c < prev:
-        obv -= v
+    obv = im.obv_step(f[o], f[o + 1], c, v)
     f[o] = obv
     f[o + 1] = c
     return obv
@@ -501,28 +439,16 @@ def _vwap_step(f, ii, o, io, p, j, h, lo, c, v):
         f[o] = 0.0
         f[o + 1] = 0.0
         ii[io] = 0
-    tpv = (h + lo + c) / 3.0 * v  # typical_value
+    tpv = im.typical_pv(h, lo, c, v)
     pos = j % p
     f[tpvs + pos] = tpv
     f[vols + pos] = v
-    if math.isfinite(tpv) and math.isfinite(v):
-        f[o] += tpv
-        f[o + 1] += v
-    else:
-        ii[io] += 1
+    f[o], f[o + 1], ii[io] = im.vwap_add(f[o], f[o + 1], ii[io], tpv, v)
     if j < p - 1:
         return math.nan
-    pv = f[o]
-    vol = f[o + 1]
-    res = pv / vol if ii[io] == 0 and vol != 0.0 else math.nan
+    res = im.vwap_value(f[o], f[o + 1], ii[io])
     q = _nxt(pos, p)
-    tpv = f[tpvs + q]
-    v = f[vols + q]
-    if math.isfinite(tpv) and math.isfinite(v):
-        f[o] = pv - tpv
-        f[o + 1] = vol - v
-    else:
-        ii[io] -= 1
+    f[o], f[o + 1], ii[io] = im.vwap_remove(f[o], f[o + 1], ii[io], f[tpvs + q], f[vols + q])
     return res
 
 
@@ -533,8 +459,7 @@ def _not_started(code, a, b, c, n_out, h, lo, cl, v, out, r, s):
         out[r, s] = v  # obv_row with begin = t: obv = volume[t], and close[t] == prev (or NaN)
     elif code == STOCH and a == 1 and b == 1 and c == 1:
         # stoch_row with begin = t and every period 1: raw %K of bar t, copied twice
-        diff = (h - lo) / 100.0
-        raw = (cl - lo) / diff if diff != 0.0 else 0.0
+        raw = im.stoch_k(cl, lo, (h - lo) / 100.0)
         out[r, s] = raw
         out[r + 1, s] = raw
     else:
@@ -585,7 +510,7 @@ def _advance(inp, prog, fprog, fs, ist, out):
             if j < 0:
                 _not_started(code, a, b, cc, prog[k, 8], h, lo, c, v, out, r, s)
             elif code == SMA:
-                out[r, s] = _sma_step(f, o, a, j, c)
+                out[r, s] = _sma_step(f, o, o + 1, a, j, c)
             elif code == EMA:
                 out[r, s] = _ema_step(f, o, a, j, c)
             elif code == WMA:
@@ -617,7 +542,7 @@ def _warmup_kernel(hist, prog, fprog, fs, ist, out):
 
 
 _JITABLE = (
-    _nxt, _sma_step, _ema_step, _wma_step, _rsi_step, _macd_step, _bbands_step, _atr_step,
+    _nxt, _sma_step, _ma_step, _ema_step, _wma_step, _rsi_step, _macd_step, _bbands_step, _atr_step,
     _stoch_step, _obv_step, _vwap_step, _not_started, _advance,
 )
 
@@ -625,12 +550,17 @@ _JITABLE = (
 @functools.lru_cache(maxsize=1)
 def _kernels():
     """Compile (or load from the on-disk cache) the update and warm-up kernels."""
+    global im
     from numba.extending import register_jitable
 
+    from . import indicator_math as im
     from .jit import njit_cached
 
     for fn in _JITABLE:
-        register_jitable(fn)  # makes the plain function callable from jitted code
+        # numba-callable from jitted code. The kernels never allocate, so they are compiled
+        # without reference counting (_nrt=False): no atomic incref/decref of the state arrays
+        # per call, which also keeps the small steps within LLVM's inlining threshold.
+        register_jitable(_nrt=False)(fn)
     return njit_cached(nogil=True)(_update_kernel), njit_cached(nogil=True)(_warmup_kernel)
 
 
