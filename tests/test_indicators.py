@@ -396,3 +396,16 @@ def test_features_from_a_one_symbol_dataframe():
     assert all(isinstance(s, pd.Series) and s.index.equals(index) for s in feats.values())
     assert_matches(feats["atr_14"].to_numpy(), talib.ATR(h[0], l[0], c[0], 14))
     assert_matches(feats["stoch_d"].to_numpy(), talib.STOCH(h[0], l[0], c[0])[1])
+
+
+def test_concurrent_calls_from_threads_agree(backend):
+    """Trading loops call from several threads; the kernels release the GIL and share no state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, c, _ = random_ohlcv(64, 1500, seed=13)
+    xb = on_backend(backend, c)
+    expected = gt.to_numpy(gt.rsi(xb, 14))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: gt.to_numpy(gt.rsi(xb, 14)), range(16)))
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
