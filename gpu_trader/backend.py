@@ -8,7 +8,8 @@ trick), so a NumPy user never pays for a GPU import.
 
 Resolution order for one call (DESIGN.md section 2):
 explicit ``backend=`` keyword > :func:`use_backend` context > :func:`set_backend`
-or the ``GPU_TRADER_BACKEND`` environment variable > the type of the input array
+or the ``GPU_TRADER_BACKEND`` environment variable (read on import and again by
+``set_backend(None)``) > the type of the input array
 (CuPy -> ``cuda``) > ``cpu``. A NumPy input is never moved to the GPU unless one of
 the first three names a GPU backend.
 """
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 ENV_VAR = "GPU_TRADER_BACKEND"
+_ENV = [os.environ.get(ENV_VAR) or None]  # read on import and by set_backend(None)
 
 
 class Backend:
@@ -214,9 +216,17 @@ def get_backend(name: str | Backend | None = None) -> Backend:
 
 
 def set_backend(name: str | None) -> None:
-    """Make ``name`` the process-wide default backend (``None`` restores automatic choice)."""
+    """Make ``name`` the process-wide default backend.
+
+    ``None`` restores the automatic choice and re-reads ``GPU_TRADER_BACKEND``
+    (which is otherwise read once, on import, to keep it off the per-call path).
+    """
     global _global
-    _global = None if name is None else get_backend(name)
+    if name is None:
+        _global = None
+        _ENV[0] = os.environ.get(ENV_VAR) or None
+    else:
+        _global = get_backend(name)
 
 
 @contextlib.contextmanager
@@ -235,9 +245,8 @@ def _default_backend() -> Backend | None:
         return be
     if _global is not None:
         return _global
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return get_backend(env)
+    if _ENV[0] is not None:
+        return get_backend(_ENV[0])
     return None
 
 

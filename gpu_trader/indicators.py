@@ -59,16 +59,16 @@ def _param_grid(values: list[tuple[tuple[float, ...], bool]]) -> tuple[np.ndarra
     return grid, grid_shape
 
 
-def _run(name: str, be, arrays: list[Any], params: list[tuple[tuple[float, ...], bool]]):
-    """Compute ``name`` on already-resolved backend arrays.
+def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ...]]):
+    """Compute ``name`` on already-resolved backend arrays for a parameter grid.
 
     Returns a tuple of outputs, each ``(*grid, *batch, T)`` on ``be``.
     """
+    grid_params, grid_shape = grid
     n_out = _im.SPECS[name][2]
     shape = arrays[0].shape
     batch, T = shape[:-1], shape[-1]
     n = math.prod(batch)
-    grid_params, grid_shape = _param_grid(params)
     flat = []
     for a in arrays:
         a = a.reshape(n, T)
@@ -77,6 +77,8 @@ def _run(name: str, be, arrays: list[Any], params: list[tuple[tuple[float, ...],
         out = be.xp.empty((n_out, grid_params.shape[0], n, T), dtype=arrays[0].dtype)
     else:
         out = be.ops("indicators").compute(name, flat, grid_params, n_out)
+    if n_out == 1 and not grid_shape:
+        return (out.reshape(shape),)
     out = out.reshape((n_out,) + grid_shape + batch + (T,))
     return tuple([out[k] for k in range(n_out)])
 
@@ -92,9 +94,31 @@ def _params(name: str, *values) -> list[tuple[tuple[float, ...], bool]]:
     return out
 
 
-def _indicator(name, arrays, arg_names, params, backend):
+_PREPARED: dict = {}
+
+
+def _prepared(name: str, *values) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Validated parameter grid for an indicator call, memoized by the values and their types
+    (so ``20.0`` never reuses the entry of ``20``); unhashable values are validated every time."""
+    key = (name, values, *[type(v) for v in values])
+    try:
+        return _PREPARED[key]
+    except (KeyError, TypeError):
+        pass
+    grid = _param_grid(_params(name, *values))
+    try:
+        if len(_PREPARED) > 4096:
+            _PREPARED.clear()
+        _PREPARED[key] = grid
+    except TypeError:
+        pass
+    return grid
+
+
+def _indicator(name, arrays, arg_names, values, backend):
+    grid = _prepared(name, *values)
     be, arrs, restore = resolve(arrays, arg_names, backend)
-    outs = _run(name, be, arrs, params)
+    outs = _run(name, be, arrs, grid)
     if restore is not _identity:
         outs = tuple([restore(o) for o in outs])
     return outs[0] if len(outs) == 1 else outs
@@ -102,57 +126,56 @@ def _indicator(name, arrays, arg_names, params, backend):
 
 def sma(x, window, *, backend=None):
     """Simple moving average (TA-Lib SMA). x: (..., T) float; returns (..., T); lookback window-1."""
-    return _indicator("sma", (x,), ("x",), _params("sma", window), backend)
+    return _indicator("sma", (x,), ("x",), (window,), backend)
 
 
 def ema(x, window, *, backend=None):
     """Exponential moving average, k = 2/(window+1), seeded with the SMA of the first
     ``window`` values (TA-Lib EMA). x: (..., T); returns (..., T); lookback window-1."""
-    return _indicator("ema", (x,), ("x",), _params("ema", window), backend)
+    return _indicator("ema", (x,), ("x",), (window,), backend)
 
 
 def wma(x, window, *, backend=None):
     """Linearly weighted moving average (TA-Lib WMA). x: (..., T); lookback window-1."""
-    return _indicator("wma", (x,), ("x",), _params("wma", window), backend)
+    return _indicator("wma", (x,), ("x",), (window,), backend)
 
 
 def rsi(x, window=14, *, backend=None):
     """Wilder's relative strength index in [0, 100] (TA-Lib RSI). window >= 2; lookback window."""
-    return _indicator("rsi", (x,), ("x",), _params("rsi", window), backend)
+    return _indicator("rsi", (x,), ("x",), (window,), backend)
 
 
 def macd(x, fast=12, slow=26, signal=9, *, backend=None):
     """MACD line, signal line and histogram (TA-Lib MACD, including its seeding of the fast
     EMA at the slow EMA's start). fast, slow >= 2 (swapped if slow < fast), signal >= 1;
     lookback max(fast, slow) - 1 + signal - 1. Returns ``(macd, signal, hist)``."""
-    return _indicator("macd", (x,), ("x",), _params("macd", fast, slow, signal), backend)
+    return _indicator("macd", (x,), ("x",), (fast, slow, signal), backend)
 
 
 def bollinger(x, window=20, nstd=2.0, *, backend=None):
     """Bollinger bands around an SMA, ``nstd`` population standard deviations wide
     (TA-Lib BBANDS with equal up/down deviations). window >= 2; lookback window-1.
     Returns ``(upper, middle, lower)``."""
-    return _indicator("bollinger", (x,), ("x",), _params("bollinger", window, nstd), backend)
+    return _indicator("bollinger", (x,), ("x",), (window, nstd), backend)
 
 
 def atr(high, low, close, window=14, *, backend=None):
     """Average true range with Wilder smoothing (TA-Lib ATR; window 1 is the true range).
     high, low, close: same shape (..., T); lookback window."""
     return _indicator(
-        "atr", (high, low, close), ("high", "low", "close"), _params("atr", window), backend
+        "atr", (high, low, close), ("high", "low", "close"), (window,), backend
     )
 
 
 def stoch(high, low, close, fastk=5, slowk=3, slowd=3, *, backend=None):
     """Slow stochastic oscillator with SMA smoothing (TA-Lib STOCH, matype 0), in percent.
     Lookback fastk-1 + slowk-1 + slowd-1. Returns ``(k, d)``."""
-    params = _params("stoch", fastk, slowk, slowd)
-    return _indicator("stoch", (high, low, close), ("high", "low", "close"), params, backend)
+    return _indicator("stoch", (high, low, close), ("high", "low", "close"), (fastk, slowk, slowd), backend)
 
 
 def obv(close, volume, *, backend=None):
     """On-balance volume (TA-Lib OBV), starting from the first bar's volume; lookback 0."""
-    return _indicator("obv", (close, volume), ("close", "volume"), [], backend)
+    return _indicator("obv", (close, volume), ("close", "volume"), (), backend)
 
 
 def vwap(high, low, close, volume, window, *, backend=None):
@@ -166,7 +189,7 @@ def vwap(high, low, close, volume, window, *, backend=None):
         "vwap",
         (high, low, close, volume),
         ("high", "low", "close", "volume"),
-        _params("vwap", window),
+        (window,),
         backend,
     )
 

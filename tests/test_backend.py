@@ -1,6 +1,7 @@
 """Backend registry, resolution order and conversions (DESIGN.md section 2)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,10 +53,12 @@ def test_resolution_order(recording, monkeypatch):
     gt.sma(x, 3)
     assert last_backend() == "cpu"
     monkeypatch.setenv(bk.ENV_VAR, "recording")
+    gt.set_backend(None)  # re-reads the environment
     RecordingBackend.calls = []
     gt.sma(x, 3)
     assert last_backend() == "recording"  # env beats type inference
     monkeypatch.delenv(bk.ENV_VAR)
+    gt.set_backend(None)
     gt.set_backend("recording")
     RecordingBackend.calls = []
     gt.sma(x, 3)
@@ -88,8 +91,11 @@ def test_unknown_backend_errors_list_available(monkeypatch):
         with gt.use_backend("nope"):
             pass
     monkeypatch.setenv(bk.ENV_VAR, "nope")
+    gt.set_backend(None)
     with pytest.raises(ValueError, match="nope"):
         gt.sma(np.arange(10.0), 2)
+    monkeypatch.delenv(bk.ENV_VAR)
+    gt.set_backend(None)
     with pytest.raises(TypeError, match="backend"):
         gt.get_backend(3)
 
@@ -123,4 +129,14 @@ def test_device_name_reports_cpu():
 
 def test_env_backend_cpu(monkeypatch):
     monkeypatch.setenv(bk.ENV_VAR, "cpu")
+    gt.set_backend(None)
     assert gt.get_backend().name == "cpu"
+    monkeypatch.delenv(bk.ENV_VAR)
+    gt.set_backend(None)
+
+
+def test_env_read_at_import():
+    code = "import gpu_trader as gt; print(gt.get_backend().name)"
+    env = {**os.environ, bk.ENV_VAR: "nope"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "nope" in out.stderr

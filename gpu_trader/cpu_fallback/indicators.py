@@ -89,17 +89,24 @@ def compute_many(names, params_list, fields):
     Returns one ``(n_out, P, n_series, T)`` array per name, views of one buffer.
     """
     some = next(iter(fields.values()))
-    return _execute(names, params_list, tuple([fields.get(f, some) for f in _FIELD_INDEX]))
+    out, blocks = _execute(_prepare(names, params_list), tuple([fields.get(f, some) for f in _FIELD_INDEX]))
+    return _split(out, blocks)
 
 
-def _execute(names, params_list, ins):
-    arrays, blocks, n_rows_out = _prepare(names, params_list)
+def _execute(plan, ins):
+    (rows, params), blocks, n_rows_out = plan
     n, T = ins[0].shape
     out = np.empty((n_rows_out, n, T), dtype=ins[0].dtype)
     if n_rows_out * n * T < SERIAL_MAX_ELEMENTS:
-        _run_plan_serial(*arrays, ins, out)
+        _run_plan_serial(rows, params, ins, out)
     else:
-        _run_plan_parallel(*arrays, ins, out)
+        _run_plan_parallel(rows, params, ins, out)
+    return out, blocks
+
+
+def _split(out, blocks):
+    """The ``(n_out, P, n, T)`` view of each name's block of the plan's output buffer."""
+    _, n, T = out.shape
     return [
         out[start : start + n_out].reshape(n_out, 1, n, T)
         if P == 1
@@ -115,6 +122,13 @@ def compute(name: str, inputs, params: np.ndarray, n_out: int) -> np.ndarray:
     in the indicator's argument order. params: ``(n_param_sets, n_params)`` float64.
     Returns ``(n_out, n_param_sets, n_series, T)`` in the inputs' dtype.
     """
-    if len(inputs) == 1:  # indicators of the close alone: skip the field mapping
-        return _execute((name,), (params,), (inputs[0],) * 4)[0]
-    return compute_many((name,), (params,), dict(zip(INPUT_FIELDS[name], inputs)))[0]
+    plan = _prepare((name,), (params,))
+    if len(inputs) == 1:  # indicators of the close alone: every field slot is the input
+        ins = (inputs[0],) * 4
+    else:
+        fields = dict(zip(INPUT_FIELDS[name], inputs))
+        ins = tuple([fields.get(f, inputs[0]) for f in _FIELD_INDEX])
+    out, _ = _execute(plan, ins)
+    if params.shape[0] == 1:
+        return out.reshape(n_out, 1, out.shape[1], out.shape[2])
+    return out.reshape(params.shape[0], n_out, out.shape[1], out.shape[2]).transpose(1, 0, 2, 3)
