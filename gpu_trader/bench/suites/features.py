@@ -74,9 +74,10 @@ def _call(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
-def _looped(fn: Callable[..., Any], ta: Any, rows: list[tuple[np.ndarray, ...]]) -> None:
-    for row in rows:
-        fn(ta, *row)
+def _looped(fn: Callable[..., Any], ta: Any, rows: list[tuple[np.ndarray, ...]]) -> list[Any]:
+    """TA-Lib over the symbols, keeping every result as a user would (discarding them would
+    let malloc hand the same cache-hot buffer back on every row, which our batch cannot do)."""
+    return [fn(ta, *row) for row in rows]
 
 
 def _gt_setup(ind: _Indicator, shape: tuple[int, ...]) -> Callable[[Any], Any]:
