@@ -151,6 +151,17 @@ def clamp_a(a):
 
 
 @register_jitable
+def resume(lo, start, Ain, Bin, seed, r, cc, out, oc):
+    """Where phase 3 of a one-state scan starts in chunk [lo, ...): at the seed, written
+    out at ``start``, when the chunk holds it; else at ``lo`` from the carry-in."""
+    if lo <= start:
+        y = seed[0, r]
+        out[0, start - lo, oc] = y
+        return y, start + 1
+    return carry_in(Ain, Bin, seed, 0, r, cc), lo
+
+
+@register_jitable
 def nan_prefix(out, k, lo, hi, start, oc):
     """out[k] = NaN for the bars of chunk [lo, hi) before ``start``."""
     e = hi
@@ -205,13 +216,7 @@ def ema_p3(x, col0, cc, lo, hi, seed_begin, period, Ain, Bin, seed, r, out, oc):
             out[0, t - lo, oc] = x[t - lo, col]
         return
     k = 2.0 / (period + 1)
-    if lo <= start:
-        y = seed[0, r]
-        out[0, start - lo, oc] = y
-        t0 = start + 1
-    else:
-        y = carry_in(Ain, Bin, seed, 0, r, cc)
-        t0 = lo
+    y, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out, oc)
     for t in range(t0, hi):
         y = im.ema_step(y, f64(x[t - lo, col]), k)
         out[0, t - lo, oc] = y
@@ -329,13 +334,7 @@ def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc
             pc = f64(c[u, col])
         return
     alpha, beta = im.atr_coefficients(period)
-    if lo <= start:
-        prev = seed[0, r]
-        out[0, start - lo, oc] = prev
-        t0 = start + 1
-    else:
-        prev = carry_in(Ain, Bin, seed, 0, r, cc)
-        t0 = lo
+    prev, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out, oc)
     if t0 < hi:
         pc = at(c, col0, t0 - 1)
         for t in range(t0, hi):
@@ -373,13 +372,7 @@ def obv_p3(cl, vo, col0, cc, lo, hi, begin, Ain, Bin, seed, r, out, oc):
     if begin >= hi:
         return
     col = col0 + cc
-    if lo <= begin:
-        obv = seed[0, r]
-        out[0, begin - lo, oc] = obv
-        t0 = begin + 1
-    else:
-        obv = carry_in(Ain, Bin, seed, 0, r, cc)
-        t0 = lo
+    obv, t0 = resume(lo, begin, Ain, Bin, seed, r, cc, out, oc)
     if t0 < hi:
         prev = at(cl, col0, t0 - 1)
         for t in range(t0, hi):
