@@ -151,6 +151,15 @@ def clamp_a(a):
 
 
 @register_jitable
+def first_output(out, n_out, lo, hi, start, oc):
+    """NaN the bars of chunk [lo, hi) before ``start`` in each of the ``n_out`` outputs and
+    return the chunk's first output bar (>= hi when the chunk has none)."""
+    for k in range(n_out):
+        nan_prefix(out, k, lo, hi, start, oc)
+    return start if start > lo else lo
+
+
+@register_jitable
 def resume(lo, start, Ain, Bin, seed, r, cc, out, oc):
     """Where phase 3 of a one-state scan starts in chunk [lo, ...): at the seed, written
     out at ``start``, when the chunk holds it; else at ``lo`` from the carry-in."""
@@ -453,10 +462,7 @@ def macd_signal_p3(line, col0, cc, lo, hi, first, signal, Ain, Bin, seed, r, out
 @register_jitable
 def sma_p3(x, col0, cc, lo, hi, begin, ff, period, out, oc):
     start = begin + period - 1
-    nan_prefix(out, 0, lo, hi, start, oc)
-    t0 = start
-    if t0 < lo:
-        t0 = lo
+    t0 = first_output(out, 1, lo, hi, start, oc)
     if t0 >= hi:
         return
     bp = t0 - period + 1
@@ -493,10 +499,7 @@ def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
     (every 8 * period bars after ``start``), so the chunk rebuilds the exact sequential state
     from the last re-anchor before its first output (or from ``begin``) and replays to it."""
     start = begin + period - 1
-    nan_prefix(out, 0, lo, hi, start, oc)
-    t0 = start
-    if t0 < lo:
-        t0 = lo
+    t0 = first_output(out, 1, lo, hi, start, oc)
     if t0 >= hi:
         return
     col = col0 + cc
@@ -573,11 +576,7 @@ def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
     the sequential one to rounding), and its SMA sum is poisoned like TA-Lib's when a
     non-finite value already passed through the window (``ff``)."""
     start = begin + period - 1
-    for k in range(3):
-        nan_prefix(out, k, lo, hi, start, oc)
-    t0 = start
-    if t0 < lo:
-        t0 = lo
+    t0 = first_output(out, 3, lo, hi, start, oc)
     if t0 >= hi:
         return
     inv_period = 1.0 / period
@@ -621,10 +620,7 @@ def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
     """im.vwap_row from the chunk's first output: window sums of the finite bars and a count
     of the non-finite ones, rebuilt over the bars before it."""
     start = begin + period - 1
-    nan_prefix(out, 0, lo, hi, start, oc)
-    t0 = start
-    if t0 < lo:
-        t0 = lo
+    t0 = first_output(out, 1, lo, hi, start, oc)
     if t0 >= hi:
         return
     bp = t0 - period + 1
