@@ -570,31 +570,46 @@ def atr_row(high, low, close, params, out):
         out[0, t] = prev
 
 
-@register_jitable
-def stoch_row(high, low, close, params, out):
-    """TA_STOCH with SMA smoothing for slow %K and %D.
+# Windows up to this length take stoch_raw_direct's branch-free min/max when the highs and
+# lows hold no NaN (same values as TA-Lib's tracking, far fewer unpredictable branches).
+STOCH_DIRECT_MAX = 16
 
-    Raw %K is staged in ``out[1]``, slow %K = SMA(raw %K) goes to ``out[0]``, then
-    %D = SMA(slow %K) overwrites ``out[1]`` (through TA_MA, so period 1 copies).
-    """
-    fastk = int(params[0])
-    slowk = int(params[1])
-    slowd = int(params[2])
-    n = high.shape[0]
-    begin = first_valid3(high, low, close)
-    first_k = begin + fastk - 1
-    start = first_k + slowk - 1 + slowd - 1
-    if start >= n:
-        fill_nan(out, 0, n)
-        fill_nan(out, 1, n)
-        return
+
+@register_jitable
+def has_nan2(a, b, begin):
+    """Whether a[begin:] or b[begin:] holds a NaN (a full pass, no early exit: it vectorizes)."""
+    bad = False
+    for t in range(begin, a.shape[0]):
+        bad |= (a[t] != a[t]) | (b[t] != b[t])
+    return bad
+
+
+@register_jitable
+def stoch_raw_direct(high, low, close, first_k, fastk, out):
+    """Raw %K into out[1] from each window's min and max taken directly. Without NaNs the
+    window extremes TA-Lib tracks are exactly these values, so every bit of the result agrees."""
+    for today in range(first_k, high.shape[0]):
+        lowest = f64(low[today])
+        highest = f64(high[today])
+        for i in range(today - fastk + 1, today):
+            v = f64(low[i])
+            lowest = v if v < lowest else lowest
+            v = f64(high[i])
+            highest = v if v > highest else highest
+        out[1, today] = stoch_k(f64(close[today]), lowest, (highest - lowest) / 100.0)
+
+
+@register_jitable
+def stoch_raw_tracked(high, low, close, begin, first_k, out):
+    """Raw %K into out[1] with TA_STOCH's own tracking of the window's extremes (rescanning
+    when one leaves the window), which also fixes how NaNs in highs and lows propagate."""
     lowest_idx = -1
     highest_idx = -1
     lowest = 0.0
     highest = 0.0
     diff = 0.0
     trailing = begin
-    for today in range(first_k, n):
+    for today in range(first_k, high.shape[0]):
         tmp = f64(low[today])
         if lowest_idx < trailing:
             lowest_idx = trailing
@@ -625,6 +640,30 @@ def stoch_row(high, low, close, params, out):
             diff = (highest - lowest) / 100.0
         out[1, today] = stoch_k(f64(close[today]), lowest, diff)
         trailing += 1
+
+
+@register_jitable
+def stoch_row(high, low, close, params, out):
+    """TA_STOCH with SMA smoothing for slow %K and %D.
+
+    Raw %K is staged in ``out[1]``, slow %K = SMA(raw %K) goes to ``out[0]``, then
+    %D = SMA(slow %K) overwrites ``out[1]`` (through TA_MA, so period 1 copies).
+    """
+    fastk = int(params[0])
+    slowk = int(params[1])
+    slowd = int(params[2])
+    n = high.shape[0]
+    begin = first_valid3(high, low, close)
+    first_k = begin + fastk - 1
+    start = first_k + slowk - 1 + slowd - 1
+    if start >= n:
+        fill_nan(out, 0, n)
+        fill_nan(out, 1, n)
+        return
+    if fastk <= STOCH_DIRECT_MAX and not has_nan2(high, low, begin):
+        stoch_raw_direct(high, low, close, first_k, fastk, out)
+    else:
+        stoch_raw_tracked(high, low, close, begin, first_k, out)
     ma_into(out[1], first_k, slowk, out, 0)
     ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
     fill_nan(out, 0, start)

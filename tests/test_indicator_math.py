@@ -95,3 +95,21 @@ def test_edge_semantics():
     # the drift test fires when a large value leaves the window
     *_, drifted = im.bbands_step(0.0, 0.0, 0.0, 1.0, 0.0, 1e9, 2, 0.5)
     assert drifted
+
+
+@pytest.mark.parametrize("fastk", [1, 2, 5, 16])
+def test_stoch_direct_extremes_equal_tracked_bit_for_bit(fastk):
+    """The branch-free window min/max must give TA_STOCH's tracked extremes exactly,
+    ties (prices on a tick grid) and infinities included."""
+    rng = np.random.default_rng(fastk)
+    close = np.round(100 + np.cumsum(rng.normal(0, 0.3, 400)), 1)
+    high = close + np.round(rng.uniform(0, 0.5, 400), 1)
+    low = close - np.round(rng.uniform(0, 0.5, 400), 1)
+    high[50:55] = high[50]  # a flat stretch: ties everywhere
+    low[50:55] = low[50]
+    high[200] = np.inf
+    direct = np.full((2, 400), -1.0)
+    tracked = np.full((2, 400), -1.0)
+    im.stoch_raw_direct(high, low, close, fastk - 1, fastk, direct)
+    im.stoch_raw_tracked(high, low, close, 0, fastk - 1, tracked)
+    np.testing.assert_array_equal(direct.view(np.int64), tracked.view(np.int64))
