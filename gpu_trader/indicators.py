@@ -59,6 +59,15 @@ def _param_grid(values: list[tuple[tuple[float, ...], bool]]) -> tuple[np.ndarra
     return grid, grid_shape
 
 
+def _flatten(be, arrays, n: int, T: int) -> list[Any]:
+    """Each ``(..., T)`` array as a C-contiguous ``(n, T)`` one (a view when it already is)."""
+    flat = []
+    for a in arrays:
+        a = a.reshape(n, T)
+        flat.append(a if a.flags.c_contiguous else be.xp.ascontiguousarray(a))
+    return flat
+
+
 def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ...]]):
     """Compute ``name`` on already-resolved backend arrays for a parameter grid.
 
@@ -69,10 +78,7 @@ def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ..
     shape = arrays[0].shape
     batch, T = shape[:-1], shape[-1]
     n = math.prod(batch)
-    flat = []
-    for a in arrays:
-        a = a.reshape(n, T)
-        flat.append(a if a.flags.c_contiguous else be.xp.ascontiguousarray(a))
+    flat = _flatten(be, arrays, n, T)
     if T == 0 or n == 0:
         out = be.xp.empty((n_out, grid_params.shape[0], n, T), dtype=arrays[0].dtype)
     else:
@@ -208,12 +214,6 @@ DEFAULT_FEATURES: dict[str, tuple[str, dict[str, Any]]] = {
     "vwap_20": ("vwap", {"window": 20}),
 }
 
-_INPUTS = {
-    "sma": ("close",), "ema": ("close",), "wma": ("close",), "rsi": ("close",),
-    "macd": ("close",), "bollinger": ("close",),
-    "atr": ("high", "low", "close"), "stoch": ("high", "low", "close"),
-    "obv": ("close", "volume"), "vwap": ("high", "low", "close", "volume"),
-}
 _FIELDS = ("open", "high", "low", "close", "volume")
 
 
@@ -284,14 +284,15 @@ _DEFAULT_PLAN: list = []
 _DEFAULT_PLAN.extend(_plan(None))
 
 
-def _ohlcv_fields(ohlcv) -> dict[str, Any]:
-    """Accept a mapping/DataFrame with high/low/close/volume, or an array with a leading axis of 5 (OHLCV)."""
+def _ohlcv_fields(ohlcv, needed: tuple[str, ...]) -> dict[str, Any]:
+    """The ``needed`` fields of a mapping/DataFrame (keys case-insensitive), or of an array
+    with a leading axis of 5 in OHLCV order."""
     if hasattr(ohlcv, "keys") and not isinstance(ohlcv, np.ndarray):
         cols = {str(k).lower(): k for k in ohlcv.keys()}
-        missing = [f for f in ("high", "low", "close", "volume") if f not in cols]
+        missing = [f for f in needed if f not in cols]
         if missing:
-            raise ValueError(f"ohlcv is missing field(s) {missing}")
-        return {f: ohlcv[cols[f]] for f in _FIELDS if f in cols}
+            raise ValueError(f"ohlcv is missing field(s) {missing} that the spec's indicators read")
+        return {f: ohlcv[cols[f]] for f in needed}
     shape = getattr(ohlcv, "shape", None)
     if shape is None or len(shape) < 2 or shape[0] != 5:
         raise ValueError(
@@ -303,25 +304,22 @@ def _ohlcv_fields(ohlcv) -> dict[str, Any]:
 def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
     """Compute a whole set of indicators in one call.
 
-    ohlcv: mapping (dict, DataFrame of one symbol) with ``high``, ``low``, ``close``,
-    ``volume`` arrays of shape (..., T), or one array of shape (5, ..., T) in OHLCV
-    order. spec: ``{key: (indicator_name, {param: value})}``, default
+    ohlcv: mapping (dict, DataFrame of one symbol) with the ``high``, ``low``,
+    ``close``, ``volume`` arrays of shape (..., T) that the spec's indicators read
+    (keys case-insensitive), or one array of shape (5, ..., T) in OHLCV order. spec: ``{key: (indicator_name, {param: value})}``, default
     :data:`DEFAULT_FEATURES`. Returns ``{key: array}`` (multi-output indicators give
     ``key_<output>``, see :data:`OUTPUT_NAMES`). Inputs are validated and converted
     once; an SMA whose window equals a Bollinger window is taken from the band's
     middle instead of being computed twice.
     """
     plan = _plan(spec)
-    fields = _ohlcv_fields(ohlcv)
-    names = ("high", "low", "close", "volume")
+    names = tuple(f for f in _FIELDS if any(f in _INPUTS[fn] for _, fn, _, _ in plan))
+    fields = _ohlcv_fields(ohlcv, names)
     be, arrs, restore = resolve(tuple(fields[n] for n in names), names, backend)
     shape = arrs[0].shape
     batch, T = shape[:-1], shape[-1]
     n = math.prod(batch)
-    flat = {}
-    for name, a in zip(names, arrs):
-        a = a.reshape(n, T)
-        flat[name] = a if a.flags.c_contiguous else be.xp.ascontiguousarray(a)
+    flat = dict(zip(names, _flatten(be, arrs, n, T)))
     todo = [i for i, entry in enumerate(plan) if entry[3] < 0]  # shared SMAs are not computed
     fns = [plan[i][1] for i in todo]
     grids = [_param_grid(plan[i][2]) for i in todo]

@@ -409,3 +409,12 @@ def test_concurrent_calls_from_threads_agree(backend):
         results = list(pool.map(lambda _: gt.to_numpy(gt.rsi(xb, 14)), range(16)))
     for r in results:
         np.testing.assert_array_equal(r, expected)
+
+
+def test_features_needs_only_the_fields_its_spec_reads(backend):
+    _, _, c, _ = random_ohlcv(3, 120, seed=14)
+    feats = gt.features({"Close": on_backend(backend, c)}, {"r": ("rsi", {"window": 9}), "m": ("macd", {})})
+    assert_matches(feats["r"], reference("rsi", [c], (9,))[0])
+    assert_matches(feats["m_hist"], reference("macd", [c], (12, 26, 9))[2])
+    with pytest.raises(ValueError, match="volume"):
+        gt.features({"close": c}, {"o": ("obv", {})})
