@@ -1,10 +1,19 @@
 """Shared fixtures: every backend present runs the same tests; absent ones skip cleanly."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import gpu_trader as gt
+
+# CI replays the same examples every run (a failure there is reproducible, never a fluke of
+# the draw); locally hypothesis explores new ones each time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ALL_BACKENDS = ("cpu", "cuda")
 
