@@ -13,8 +13,10 @@ Semantics are TA-Lib's Python wrapper, operation for operation, in float64:
 * leading NaNs: per series, the computation starts at the first index where every
   input is non-NaN (``first_valid``) exactly as TA-Lib's ``check_begidx`` does;
   the first ``begin + lookback`` outputs are NaN;
-* interior NaNs propagate through the same running sums TA-Lib uses (so a NaN
-  inside the input poisons every later SMA/EMA/RSI value, as in TA-Lib);
+* interior NaNs propagate exactly as through TA-Lib 0.8's own arithmetic: a NaN
+  poisons every later SMA/EMA/MACD value (running sums and recurrences), WMA
+  recovers at its next re-anchor, RSI gives 0 from there on (its ``total > 0``
+  test fails), and VWAP (not in TA-Lib) is NaN only for windows holding the NaN;
 * float32 input is read as float64 (``f64(x[t])``: numba's ``float()`` would keep
   float32) and all arithmetic is float64; only the stored result is rounded to
   the output dtype (STOCH stages raw %K in its output row, so for float32 input

@@ -151,12 +151,18 @@ def clamp_a(a):
 
 
 @register_jitable
+def at_least(t, lo):
+    """max(t, lo) on bar indices (spelled out: it compiles the same on every target)."""
+    return t if t > lo else lo
+
+
+@register_jitable
 def first_output(out, n_out, lo, hi, start, oc):
     """NaN the bars of chunk [lo, hi) before ``start`` in each of the ``n_out`` outputs and
     return the chunk's first output bar (>= hi when the chunk has none)."""
     for k in range(n_out):
         nan_prefix(out, k, lo, hi, start, oc)
-    return start if start > lo else lo
+    return at_least(start, lo)
 
 
 @register_jitable
@@ -195,9 +201,7 @@ def ema_p1(x, col0, cc, lo, hi, seed_begin, period, A, B, seed, s, r):
     aa = 1.0
     bb = 0.0
     col = col0 + cc
-    t0 = start + 1
-    if t0 < lo:
-        t0 = lo
+    t0 = at_least(start + 1, lo)
     for t in range(t0, hi):
         bb = im.ema_step(bb, f64(x[t - lo, col]), k)
         aa = clamp_a(im.ema_step(aa, 0.0, k))
@@ -218,9 +222,7 @@ def ema_p3(x, col0, cc, lo, hi, seed_begin, period, Ain, Bin, seed, r, out, oc):
         return
     col = col0 + cc
     if period == 1:  # TA-Lib >= 0.8: an exact copy
-        t0 = start
-        if t0 < lo:
-            t0 = lo
+        t0 = at_least(start, lo)
         for t in range(t0, hi):
             out[0, t - lo, oc] = x[t - lo, col]
         return
@@ -251,9 +253,7 @@ def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
     gg = 0.0
     ll = 0.0
     aa = 1.0
-    t0 = start + 1
-    if t0 < lo:
-        t0 = lo
+    t0 = at_least(start + 1, lo)
     if t0 < hi:
         col = col0 + cc
         prev = at(x, col0, t0 - 1)
@@ -309,9 +309,7 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
             for t in range(begin + 1, start + 1):
                 total += im.true_range(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
             seed[0, r] = total / period
-        t0 = start + 1
-        if t0 < lo:
-            t0 = lo
+        t0 = at_least(start + 1, lo)
         if t0 < hi:
             col = col0 + cc
             pc = at(c, col0, t0 - 1)
@@ -333,9 +331,7 @@ def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc
         return
     col = col0 + cc
     if period == 1:
-        t0 = start
-        if t0 < lo:
-            t0 = lo
+        t0 = at_least(start, lo)
         pc = at(c, col0, t0 - 1)
         for t in range(t0, hi):
             u = t - lo
@@ -360,9 +356,7 @@ def obv_p1(cl, vo, col0, cc, lo, hi, begin, A, B, seed, r):
     if lo <= begin < hi:
         seed[0, r] = at(vo, col0, begin)
     bb = 0.0
-    t0 = begin + 1
-    if t0 < lo:
-        t0 = lo
+    t0 = at_least(begin + 1, lo)
     if t0 < hi:
         col = col0 + cc
         prev = at(cl, col0, t0 - 1)
