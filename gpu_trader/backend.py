@@ -310,6 +310,43 @@ def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     return values, rewrap
 
 
+def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None]:
+    """Split a pandas object whose columns are series (time along the index) into
+    (array with time last, function rewrapping a result that has *lost* the time axis).
+
+    ``rewrap(res, kind)``: ``kind="reduced"`` for one value per series (a Series input
+    gives a scalar, a DataFrame input a Series indexed by its columns; a leading
+    parameter-grid axis becomes the rows of a DataFrame); ``kind="matrix"`` for a
+    series-by-series matrix (a DataFrame indexed and labelled by the columns);
+    ``kind="matrix_path"`` for a matrix at every time step, ``(n, n, T)``, which becomes
+    pandas' own rolling-pairwise layout: rows ``(time, column)``, one column per column.
+    """
+    if not _is_pandas(x):
+        return x, None
+    import pandas as pd
+
+    if isinstance(x, pd.Series):
+        values, columns, index = x.to_numpy(), None, x.index
+    else:
+        values, columns, index = x.to_numpy().T, x.columns, x.index
+
+    def rewrap(res: Any, kind: str) -> Any:
+        res = to_numpy(res)
+        if kind == "reduced":
+            if columns is None:
+                return res[()] if res.ndim == 0 else pd.Series(res)
+            return pd.Series(res, index=columns) if res.ndim == 1 else pd.DataFrame(
+                res.reshape(-1, res.shape[-1]), columns=columns)
+        if kind == "matrix":
+            return pd.DataFrame(res, index=columns, columns=columns)
+        if kind == "matrix_path":
+            rows = pd.MultiIndex.from_product([index, columns])
+            return pd.DataFrame(res.transpose(2, 0, 1).reshape(-1, res.shape[1]), index=rows, columns=columns)
+        raise ValueError(f"unknown result kind {kind!r}")
+
+    return values, rewrap
+
+
 def _host_array(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x

@@ -56,3 +56,21 @@ def check_floats(value: Any, name: str, minimum: float | None = None) -> tuple[t
             raise ValueError(f"{name} must be >= {minimum}, got {v}")
         out.append(v)
     return tuple(out), grid
+
+
+def check_float(value: Any, name: str, *, positive: bool = False) -> float:
+    """Validate one finite real number (not a sequence); ``positive``: it must be > 0."""
+    if _is_sequence(value):
+        raise TypeError(f"{name} must be one real number, got a sequence")
+    (v,), _ = check_floats(value, name)
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return v
+
+
+def check_count(value: Any, name: str, minimum: int) -> int:
+    """Validate one integer >= ``minimum`` (not a sequence, not a bool)."""
+    if _is_sequence(value):
+        raise TypeError(f"{name} must be one integer, got a sequence")
+    (v,), _ = check_windows(value, name, minimum)
+    return v

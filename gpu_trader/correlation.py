@@ -1,0 +1,120 @@
+"""Covariance and correlation matrices of many series, GEMM-based on every backend.
+
+Input ``r``: shape ``(..., n, T)`` — ``n`` series (assets) with time on the last
+axis, any leading batch axes (e.g. many universes) — or a pandas ``DataFrame``
+with time along the index and one column per series (the result is then a
+``DataFrame`` labelled by the columns, as pandas' own ``df.corr()``).
+
+NaN policy, as pandas: each pair of series uses the periods where both are valid
+(pairwise-complete), and a pair with fewer than ``min_periods`` common periods
+gives NaN. float32 in gives float32 out; the arithmetic is float64. Oracles in the
+tests: ``numpy.cov``/``corrcoef``, pandas ``DataFrame.cov``/``corr``/``rolling().corr``/
+``ewm``, scikit-learn's ``LedoitWolf``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import resolve, unwrap_pandas_columns
+from .validation import check_count, check_float
+
+__all__ = ["cov", "corr", "rolling_corr", "ewma_cov", "ledoit_wolf"]
+
+
+class _Call:
+    """One call: the backend's kernels, the float64 (..., n, T) input and how to wrap results."""
+
+    __slots__ = ("kernels", "x", "dtype", "rewrap")
+
+    def __init__(self, r: Any, backend: Any) -> None:
+        values, self.rewrap = unwrap_pandas_columns(r)
+        be, (arr,), _ = resolve((values,), ("r",), backend)
+        if arr.ndim < 2:
+            raise ValueError(f"r must have shape (..., n_series, T) (time last), got shape {arr.shape}")
+        if arr.shape[-1] == 0 or arr.shape[-2] == 0:
+            raise ValueError(f"r must have at least one series and one period, got shape {arr.shape}")
+        self.kernels = be.ops("correlation").kernels
+        self.dtype = arr.dtype
+        self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)
+
+    def out(self, res: Any, kind: str = "matrix") -> Any:
+        if self.dtype != np.float64:
+            res = res.astype(self.dtype)
+        return self.rewrap(res, kind) if self.rewrap is not None else res
+
+
+def cov(r: Any, *, min_periods: int = 1, ddof: int = 1, backend: Any = None) -> Any:
+    """Sample covariance matrix ``(..., n, n)`` (``ddof=1``: ``numpy.cov``/``DataFrame.cov``).
+
+    A pair needs ``max(min_periods, ddof + 1)`` common valid periods, else NaN.
+    """
+    min_periods = check_count(min_periods, "min_periods", 1)
+    ddof = check_count(ddof, "ddof", 0)
+    c = _Call(r, backend)
+    return c.out(c.kernels.cov(c.x, min_periods, ddof))
+
+
+def corr(r: Any, *, min_periods: int = 1, backend: Any = None) -> Any:
+    """Pearson correlation matrix ``(..., n, n)``, values clipped to [-1, 1].
+
+    Each pair uses its common valid periods for the means and both standard
+    deviations (pandas' ``DataFrame.corr``); needs ``max(min_periods, 2)`` of them.
+    A constant series has NaN correlations.
+    """
+    min_periods = check_count(min_periods, "min_periods", 1)
+    c = _Call(r, backend)
+    return c.out(c.kernels.corr(c.x, min_periods))
+
+
+def rolling_corr(r: Any, window: int, *, min_periods: int | None = None, backend: Any = None) -> Any:
+    """Correlation of every pair over a trailing window, at every time step, in one pass.
+
+    Returns ``(..., n, n, T)`` (time last): entry ``[i, j, t]`` correlates series ``i``
+    and ``j`` over periods ``t - window + 1 .. t``, using the periods where both are
+    valid, NaN when fewer than ``min_periods`` (default ``window``, as pandas) — so
+    the first ``window - 1`` steps are NaN by default. Equal to pandas'
+    ``df.rolling(window, min_periods).corr()``; a DataFrame input returns that layout
+    (rows ``(time, column)``). Cost O(n^2 T) time and memory: window sums are taken
+    from cumulative sums, independent of ``window``.
+    """
+    window = check_count(window, "window", 2)
+    min_periods = window if min_periods is None else check_count(min_periods, "min_periods", 1)
+    if min_periods > window:
+        raise ValueError(f"min_periods ({min_periods}) must be <= window ({window})")
+    c = _Call(r, backend)
+    return c.out(c.kernels.rolling_corr(c.x, window, min_periods), "matrix_path")
+
+
+def ewma_cov(r: Any, halflife: float, *, backend: Any = None) -> Any:
+    """RiskMetrics exponentially weighted covariance ``(..., n, n)`` at the last period.
+
+    Zero-mean (returns are assumed to average zero over the horizon, as in
+    RiskMetrics): ``sum_t w_t r_i r_j / sum_t w_t`` with ``w_t = 0.5 ** ((T - 1 - t) / halflife)``
+    — the weight halves every ``halflife`` periods back (``halflife`` = ln 2 / -ln(lambda);
+    RiskMetrics' daily lambda = 0.94 is ``halflife ~ 11.2``). This is pandas'
+    ``(r_i * r_j).ewm(halflife=halflife).mean()`` at the last row; pairwise-complete
+    over NaNs.
+    """
+    h = check_float(halflife, "halflife", positive=True)
+    c = _Call(r, backend)
+    return c.out(c.kernels.ewma_cov(c.x, 0.5 ** (1.0 / h)))
+
+
+def ledoit_wolf(r: Any, *, backend: Any = None) -> tuple[Any, Any]:
+    """Ledoit-Wolf shrunk covariance: ``(covariance (..., n, n), shrinkage (...))``.
+
+    ``(1 - s) * S + s * mu * I`` with ``S`` the 1/T-normalized sample covariance,
+    ``mu`` its mean eigenvalue and ``s`` the Ledoit-Wolf optimal intensity, exactly
+    scikit-learn's ``LedoitWolf().fit(r.T)``. Needs complete data: NaNs raise
+    ``ValueError`` (drop or fill them first; shrinkage has no pairwise form).
+    """
+    c = _Call(r, backend)
+    xp = c.kernels.xp
+    if bool(xp.isnan(c.x).any()):
+        raise ValueError("r must not contain NaN for ledoit_wolf (drop or fill missing periods first)")
+    cov_, shrink = c.kernels.ledoit_wolf(c.x)
+    if c.dtype != np.float64:
+        shrink = shrink.astype(c.dtype)
+    return c.out(cov_), (shrink[()] if shrink.ndim == 0 else shrink)

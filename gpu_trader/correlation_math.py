@@ -1,0 +1,180 @@
+"""Covariance and correlation matrices, written once against an array namespace ``xp``.
+
+Every estimator is a handful of batched matrix products (BLAS on the CPU, cuBLAS on
+the GPU). Shapes: ``x`` is ``(..., n, T)`` (n series, time last); matrices are
+``(..., n, n)``; a path of matrices over time is ``(..., n, n, T)``. All float64.
+
+NaN handling is *pairwise-complete*, like pandas: the entry for series ``i`` and
+``j`` uses the periods where both are valid. With the validity mask ``M`` (1 where
+valid) and the zero-filled, shifted data ``X`` the sums a pair needs are all GEMMs:
+``N = M M^T`` (common count), ``S = X M^T`` (sum of ``x_i`` over the common periods),
+``Q = X^2 M^T`` (sum of squares) and ``P = X X^T`` (cross products). Each series is
+first shifted by its own mean, which leaves covariances unchanged and keeps the
+one-pass sums free of cancellation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CorrelationKernels"]
+
+
+def _quiet():
+    """0/0 for a pair without enough common periods is NaN by design; NumPy would warn."""
+    return np.errstate(invalid="ignore", divide="ignore")
+
+
+@dataclass
+class _PairSums:
+    n: Any   # common count N
+    s: Any   # S[i, j]: sum of x_i over periods where i and j are valid
+    q: Any   # Q[i, j]: sum of x_i^2 over the same periods
+    p: Any   # P[i, j]: sum of x_i x_j
+
+
+class CorrelationKernels:
+    """The covariance estimators for one array namespace ``xp``."""
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+
+    def _t(self, a):
+        return self.xp.swapaxes(a, -1, -2)
+
+    def _centered(self, x):
+        """(zero-filled data shifted by each series' mean, validity mask as float, has NaN)."""
+        xp = self.xp
+        valid = ~xp.isnan(x)
+        has_nan = bool(xp.any(~valid))
+        if not has_nan:
+            return x - x.mean(axis=-1, keepdims=True), None
+        m = valid.astype(x.dtype)
+        with _quiet():
+            mean = xp.where(valid, x, 0.0).sum(axis=-1, keepdims=True) / m.sum(axis=-1, keepdims=True)
+        return xp.where(valid, x - xp.nan_to_num(mean), 0.0), m
+
+    def _pair_sums(self, x0, m) -> _PairSums:
+        xp = self.xp
+        mt = self._t(m)
+        return _PairSums(n=m @ mt, s=x0 @ mt, q=(x0 * x0) @ mt, p=x0 @ self._t(x0))
+
+    def _cov_from_sums(self, ps: _PairSums, ddof: int):
+        with _quiet():
+            return (ps.p - ps.s * self._t(ps.s) / ps.n) / (ps.n - ddof)
+
+    def _corr_from_sums(self, ps: _PairSums):
+        xp = self.xp
+        with _quiet():
+            cxy = ps.p - ps.s * self._t(ps.s) / ps.n
+            vx = ps.q - ps.s * ps.s / ps.n      # var of x_i over the common periods (times N)
+            return self._clip(cxy / xp.sqrt(vx * self._t(vx)))
+
+    def _clip(self, c):
+        """Correlations into [-1, 1] with an exact 1 on a defined diagonal (rounding aside)."""
+        xp = self.xp
+        c = xp.clip(c, -1.0, 1.0)
+        n = c.shape[-1]
+        diag = xp.diagonal(c, axis1=-2, axis2=-1)
+        eye = xp.eye(n, dtype=bool)
+        return xp.where(eye & ~xp.isnan(diag)[..., None], 1.0, c)
+
+    @staticmethod
+    def _min_count(min_periods: int, ddof: int) -> int:
+        return max(min_periods, ddof + 1)
+
+    # -- full-sample ------------------------------------------------------------
+    def cov(self, x, min_periods: int, ddof: int):
+        xp = self.xp
+        x0, m = self._centered(x)
+        if m is None:
+            t = x.shape[-1]
+            c = (x0 @ self._t(x0)) / (t - ddof)
+            return c if t >= self._min_count(min_periods, ddof) else xp.full_like(c, xp.nan)
+        ps = self._pair_sums(x0, m)
+        c = self._cov_from_sums(ps, ddof)
+        return xp.where(ps.n >= self._min_count(min_periods, ddof), c, xp.nan)
+
+    def corr(self, x, min_periods: int):
+        xp = self.xp
+        x0, m = self._centered(x)
+        if m is None:
+            t = x.shape[-1]
+            c = x0 @ self._t(x0)
+            d = xp.sqrt(xp.diagonal(c, axis1=-2, axis2=-1))
+            with _quiet():
+                c = self._clip(c / (d[..., :, None] * d[..., None, :]))
+            return c if t >= max(min_periods, 2) else xp.full_like(c, xp.nan)
+        ps = self._pair_sums(x0, m)
+        return xp.where(ps.n >= max(min_periods, 2), self._corr_from_sums(ps), xp.nan)
+
+    # -- rolling ----------------------------------------------------------------
+    def _window_sums(self, a, window: int):
+        """Sum over the trailing ``window`` periods at every time step (last axis), by a
+        cumulative sum and one subtraction; entries before the first full window sum
+        what is there."""
+        xp = self.xp
+        c = xp.cumsum(a, axis=-1)
+        out = c.copy()
+        out[..., window:] = c[..., window:] - c[..., :-window]
+        return out
+
+    def rolling_corr(self, x, window: int, min_periods: int):
+        """Correlation of every pair over a trailing window at every step: ``(..., n, n, T)``."""
+        xp = self.xp
+        valid = ~xp.isnan(x)
+        m = valid.astype(x.dtype)
+        with _quiet():
+            mean = xp.where(valid, x, 0.0).sum(axis=-1, keepdims=True) / m.sum(axis=-1, keepdims=True)
+        x0 = xp.where(valid, x - xp.nan_to_num(mean), 0.0)
+        xi, xj = x0[..., :, None, :], x0[..., None, :, :]
+        mi, mj = m[..., :, None, :], m[..., None, :, :]
+        n = self._window_sums(mi * mj, window)
+        s = self._window_sums(xi * mj, window)        # sum of x_i where both valid
+        q = self._window_sums(xi * xi * mj, window)
+        p = self._window_sums(xi * xj, window)
+        st = xp.swapaxes(s, -2, -3)
+        qt = xp.swapaxes(q, -2, -3)
+        with _quiet():
+            cxy = p - s * st / n
+            vx = q - s * s / n
+            vy = qt - st * st / n
+            c = xp.clip(cxy / xp.sqrt(vx * vy), -1.0, 1.0)
+        return xp.where(n >= max(min_periods, 2), c, xp.nan)
+
+    # -- weighted and shrunk ------------------------------------------------------
+    def ewma_cov(self, x, decay: float):
+        """Zero-mean exponentially weighted covariance at the last step (RiskMetrics):
+        ``sum_t w_t x_i x_j / sum_t w_t`` with ``w_t = decay ** (T - 1 - t)`` over the
+        periods where both series are valid."""
+        xp = self.xp
+        t = x.shape[-1]
+        w = decay ** xp.arange(t - 1, -1, -1, dtype=x.dtype)
+        valid = ~xp.isnan(x)
+        x0 = xp.where(valid, x, 0.0)
+        m = valid.astype(x.dtype)
+        with _quiet():
+            return ((x0 * w) @ self._t(x0)) / ((m * w) @ self._t(m))
+
+    def ledoit_wolf(self, x):
+        """Ledoit-Wolf shrinkage towards ``mu * I`` (scikit-learn's ``LedoitWolf``, centered data,
+        1/T normalization). Returns ``(covariance (..., n, n), shrinkage (...))``."""
+        xp = self.xp
+        n, t = x.shape[-2], x.shape[-1]
+        x0 = x - x.mean(axis=-1, keepdims=True)
+        s = (x0 @ self._t(x0)) / t
+        trace = xp.trace(s, axis1=-2, axis2=-1)
+        mu = trace / n
+        x2 = x0 * x0
+        beta_ = (x2 @ self._t(x2)).sum(axis=(-2, -1))
+        delta_ = (s * s).sum(axis=(-2, -1))
+        beta = (beta_ / t - delta_) / (n * t)
+        delta = (delta_ - 2.0 * mu * trace + n * mu * mu) / n
+        beta = xp.minimum(beta, delta)
+        with _quiet():
+            shrink = xp.where(beta == 0, 0.0, beta / delta)
+        eye = xp.eye(n, dtype=x.dtype)
+        cov = (1.0 - shrink)[..., None, None] * s + (shrink * mu)[..., None, None] * eye
+        return cov, shrink

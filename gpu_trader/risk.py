@@ -1,0 +1,210 @@
+"""Risk and performance metrics over batches of return series.
+
+Conventions (DESIGN.md sections 3-4):
+
+* ``r`` holds **simple returns as fractions** (0.01 = +1 %), shape ``(..., T)`` with
+  time on the last axis; every metric reduces that axis, so the result has shape
+  ``(...)`` (a scalar for one series). A pandas ``Series`` gives a scalar, a
+  ``DataFrame`` (time along the index, one column per series) a ``Series`` indexed
+  by its columns.
+* **VaR and CVaR are positive losses** (a 1-day 99 % VaR of 0.023 means a loss of
+  2.3 % is exceeded on 1 % of days). empyrical and quantstats return the same
+  numbers with a negative sign; :func:`max_drawdown` is likewise positive here
+  (empyrical: negative).
+* **NaN policy**: NaNs are dropped per series, like pandas; the metric of a series
+  equals the metric of the same series without its NaNs (so for compounding
+  metrics a NaN counts as a day with no return). A series with no valid value
+  (or fewer than two, for anything using a standard deviation) gives NaN.
+* ``level`` (confidence, in (0, 1)) may be a sequence: it adds a leading axis.
+* float32 in gives float32 out; all arithmetic is float64. Inputs are never modified.
+* Every function runs on every backend (``backend=`` or the input's array type).
+
+Oracles the tests compare against: empyrical-reloaded (historical VaR, CVaR,
+drawdown, Sharpe, Sortino, Calmar), scipy.stats (parametric and Cornish-Fisher
+VaR), and independent NumPy/pandas code (Kelly).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import resolve, unwrap_pandas_columns
+from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
+from .validation import check_float, check_floats
+
+__all__ = [
+    "var_historical", "var_parametric", "cvar", "max_drawdown", "sharpe", "sortino", "calmar",
+    "kelly_fraction", "risk_report", "REPORT_FIELDS",
+    # correlation and covariance live in gpu_trader.correlation; re-exported here (DESIGN.md section 4)
+    "corr", "cov", "rolling_corr", "ewma_cov", "ledoit_wolf",
+]
+
+REPORT_FIELDS = (
+    "n", "mean", "volatility", "var_historical", "var_parametric", "var_cornish_fisher", "cvar",
+    "max_drawdown", "sharpe", "sortino", "calmar", "kelly_fraction",
+)
+
+_PARAMETRIC_METHODS = ("gaussian", "cornish-fisher")
+
+
+def _tail_probabilities(level: Any) -> tuple[tuple[float, ...], bool]:
+    """Validate ``level`` (one confidence or a sequence) -> tail probabilities ``1 - level``."""
+    levels, grid = check_floats(level, "level")
+    for v in levels:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"level must be strictly between 0 and 1 (e.g. 0.99), got {v}")
+    # 1 - 0.9 is 0.09999999999999998 in binary; rounding gives the tail a user means
+    # (the same cutoff empyrical is called with), which matters where n * q is whole
+    return tuple(round(1.0 - v, 15) for v in levels), grid
+
+
+class _Call:
+    """One metric call: the backend's kernels, the float64 input and how to wrap a result."""
+
+    __slots__ = ("kernels", "x", "dtype", "rewrap")
+
+    def __init__(self, r: Any, backend: Any) -> None:
+        values, self.rewrap = unwrap_pandas_columns(r)
+        be, (arr,), _ = resolve((values,), ("r",), backend)
+        if arr.shape[-1] == 0:
+            raise ValueError("r must have at least one observation along its last (time) axis")
+        self.kernels = be.ops("risk").kernels
+        self.dtype = arr.dtype
+        self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)
+
+    def out(self, res: Any, grid: bool = True) -> Any:
+        """Wrap a result; ``grid=False`` drops the leading level axis of a one-level call."""
+        if not grid:
+            res = res[0]
+        if self.dtype != np.float64 and res.dtype.kind == "f":
+            res = res.astype(self.dtype)
+        if self.rewrap is not None:
+            return self.rewrap(res, "reduced")
+        return res[()] if res.ndim == 0 else res
+
+
+def var_historical(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
+    """Historical VaR: minus the ``1 - level`` quantile of each series' returns.
+
+    The quantile interpolates linearly between order statistics (NumPy's default,
+    as in ``empyrical.value_at_risk(r, cutoff=1 - level)``, sign flipped).
+    Returns shape ``(...)``, or ``(len(level), ...)`` for a sequence of levels.
+    """
+    q, grid = _tail_probabilities(level)
+    c = _Call(r, backend)
+    return c.out(c.kernels.var_historical(c.x, q), grid)
+
+
+def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
+    """Conditional VaR (expected shortfall): minus the mean of the worst returns.
+
+    The tail is the ``floor((n - 1) * (1 - level)) + 1`` smallest of the ``n`` valid
+    returns, exactly ``empyrical.conditional_value_at_risk`` (sign flipped); so
+    ``cvar >= var_historical`` up to interpolation. Shape as :func:`var_historical`.
+    """
+    q, grid = _tail_probabilities(level)
+    c = _Call(r, backend)
+    return c.out(c.kernels.cvar(c.x, q), grid)
+
+
+def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backend: Any = None) -> Any:
+    """Parametric VaR from the series' mean and sample standard deviation (ddof=1).
+
+    ``method="gaussian"``: ``-(mean + z * std)`` with ``z`` the standard normal
+    ``1 - level`` quantile, i.e. ``-scipy.stats.norm.ppf(1 - level, mean, std)``
+    (quantstats' ``value_at_risk``). ``method="cornish-fisher"`` replaces ``z`` by its
+    Cornish-Fisher expansion with the sample skewness and excess kurtosis (biased
+    moment estimators, scipy.stats' defaults), which widens the VaR of fat-tailed
+    series. Shape as :func:`var_historical`.
+    """
+    if method not in _PARAMETRIC_METHODS:
+        raise ValueError(f"method must be one of {_PARAMETRIC_METHODS}, got {method!r}")
+    q, grid = _tail_probabilities(level)
+    c = _Call(r, backend)
+    return c.out(c.kernels.var_parametric(c.x, q, method == "cornish-fisher"), grid)
+
+
+def max_drawdown(r: Any, *, backend: Any = None) -> Any:
+    """Largest peak-to-trough fall of the compounded wealth path, as a positive fraction.
+
+    Wealth starts at 1 (the start counts as a peak, so a first-day loss is a
+    drawdown) and compounds ``1 + r``; equal to ``-empyrical.max_drawdown(r)``. 0 for
+    a path that never falls.
+    """
+    c = _Call(r, backend)
+    return c.out(c.kernels.max_drawdown(c.x)[None], False)
+
+
+def sharpe(r: Any, periods_per_year: float = 252, risk_free: float = 0.0, *, backend: Any = None) -> Any:
+    """Annualized Sharpe ratio: ``mean(r - risk_free) / std(r, ddof=1) * sqrt(periods_per_year)``.
+
+    ``risk_free`` is a per-period rate (as in ``empyrical.sharpe_ratio``).
+    """
+    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    rf = check_float(risk_free, "risk_free")
+    c = _Call(r, backend)
+    return c.out(c.kernels.sharpe(c.x, ppy, rf)[None], False)
+
+
+def sortino(r: Any, periods_per_year: float = 252, required_return: float = 0.0, *, backend: Any = None) -> Any:
+    """Annualized Sortino ratio, as ``empyrical.sortino_ratio``.
+
+    ``mean(r - required_return) * ppy / (sqrt(mean(min(r - required_return, 0)^2)) * sqrt(ppy))``:
+    the downside deviation averages over *all* periods (ddof 0), not only the losing ones.
+    ``required_return`` is a per-period rate.
+    """
+    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    mar = check_float(required_return, "required_return")
+    c = _Call(r, backend)
+    return c.out(c.kernels.sortino(c.x, ppy, mar)[None], False)
+
+
+def calmar(r: Any, periods_per_year: float = 252, *, backend: Any = None) -> Any:
+    """Calmar ratio: compound annual growth rate / :func:`max_drawdown` (``empyrical.calmar_ratio``).
+
+    The growth rate is ``wealth_T ** (periods_per_year / n) - 1`` over the ``n`` valid
+    periods. NaN when the series never draws down.
+    """
+    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    c = _Call(r, backend)
+    return c.out(c.kernels.calmar(c.x, ppy)[None], False)
+
+
+def kelly_fraction(r: Any, *, backend: Any = None) -> Any:
+    """Kelly fraction of a win/loss bet: ``p - (1 - p) / b`` (quantstats' ``kelly_criterion``).
+
+    ``p`` = share of winning periods among non-zero ones, ``b`` = mean win / |mean loss|.
+    NaN when a series has no win or no loss. May be negative (the bet loses).
+    """
+    c = _Call(r, backend)
+    return c.out(c.kernels.kelly_fraction(c.x)[None], False)
+
+
+def risk_report(
+    r: Any,
+    level: float = 0.99,
+    periods_per_year: float = 252,
+    risk_free: float = 0.0,
+    *,
+    backend: Any = None,
+) -> dict[str, Any]:
+    """Every metric of this module for a batch, in one pass over the data.
+
+    Returns ``{field: array of shape (...)}`` for :data:`REPORT_FIELDS`: ``n`` (valid
+    observations), ``mean`` (per period), ``volatility`` (annualized std),
+    ``var_historical``, ``var_parametric`` (Gaussian), ``var_cornish_fisher``, ``cvar``
+    (all at ``level``), ``max_drawdown``, ``sharpe`` (``risk_free``), ``sortino``
+    (``risk_free`` as the required return), ``calmar``, ``kelly_fraction``; each equal
+    to the function of the same name. The sort, the moments and the wealth path are
+    computed once. ``level`` is one number here.
+    """
+    qs, grid = _tail_probabilities(level)
+    if grid:
+        raise TypeError("level must be one number for risk_report, got a sequence")
+    q = qs[0]
+    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    rf = check_float(risk_free, "risk_free")
+    c = _Call(r, backend)
+    report = c.kernels.risk_report(c.x, q, ppy, rf)
+    return {k: c.out(v[None], False) for k, v in report.items()}

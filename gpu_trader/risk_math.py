@@ -1,0 +1,248 @@
+"""Risk metrics over return series, written once against an array namespace ``xp``.
+
+The same code runs on NumPy (``cpu``) and CuPy (``cuda``): each backend module
+instantiates :class:`RiskKernels` with its namespace and a running-maximum
+primitive (NumPy has ``maximum.accumulate``; on CuPy a log-depth doubling scan,
+:func:`doubling_running_max`, is used). Nothing here validates input; the public
+module :mod:`gpu_trader.risk` does.
+
+Shapes: ``r`` is ``(..., T)`` with time last; every metric reduces the last axis.
+A level grid ``q`` (tail probabilities ``1 - level``, a 1-D tuple) adds a leading
+axis. All arithmetic is float64; NaNs are dropped per series (the metric of a
+series equals the metric of that series without its NaNs). A series with too few
+valid values for a metric (none; one for a standard deviation) gives NaN.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["RiskKernels", "doubling_running_max", "normal_quantile", "cornish_fisher_z"]
+
+
+def _quiet():
+    """NumPy warns on 0/0 for an empty series (the result is NaN by design); CuPy never warns."""
+    return np.errstate(invalid="ignore", divide="ignore")
+
+
+def normal_quantile(p: float) -> float:
+    """Standard normal quantile (Wichura's AS241 through :class:`statistics.NormalDist`)."""
+    return NormalDist().inv_cdf(p)
+
+
+def cornish_fisher_z(z, skew, excess_kurtosis):
+    """Cornish-Fisher expansion of the quantile ``z`` for given skewness and excess kurtosis."""
+    return (
+        z
+        + (z * z - 1.0) * skew / 6.0
+        + (z ** 3 - 3.0 * z) * excess_kurtosis / 24.0
+        - (2.0 * z ** 3 - 5.0 * z) * skew * skew / 36.0
+    )
+
+
+def doubling_running_max(xp: Any, x):
+    """Running maximum along the last axis by log2(T) shifted ``maximum`` passes (Hillis-Steele).
+
+    Pure element-wise array operations, so it runs on any ``xp``; O(T log T) work but
+    log-depth, which suits a GPU. Equal to ``numpy.maximum.accumulate(x, axis=-1)``.
+    """
+    out = x.copy()
+    shift = 1
+    n = x.shape[-1]
+    while shift < n:
+        out[..., shift:] = xp.maximum(out[..., shift:], out[..., :-shift].copy())
+        shift *= 2
+    return out
+
+
+@dataclass
+class _Sorted:
+    """Each series sorted ascending with NaNs last, and its count of valid values."""
+
+    values: Any  # (..., T)
+    n: Any       # (...,) int64
+
+
+@dataclass
+class _Moments:
+    n: Any
+    mean: Any
+    std: Any       # ddof = 1
+    skew: Any      # biased (scipy.stats.skew default)
+    kurt: Any      # biased excess kurtosis (scipy.stats.kurtosis default)
+
+
+class RiskKernels:
+    """The risk metrics for one array namespace.
+
+    ``xp``: NumPy-compatible module; ``running_max(x)``: running maximum along the
+    last axis. Every method takes float64 arrays (the public layer converts).
+    """
+
+    def __init__(self, xp: Any, running_max: Callable[[Any], Any]) -> None:
+        self.xp = xp
+        self.running_max = running_max
+
+    # -- shared pieces ---------------------------------------------------------
+    def sort_valid(self, r) -> _Sorted:
+        xp = self.xp
+        return _Sorted(xp.sort(r, axis=-1), xp.sum(~xp.isnan(r), axis=-1))
+
+    def moments(self, r) -> _Moments:
+        """Count, mean, sample std (ddof 1), biased skewness and excess kurtosis; two-pass."""
+        xp = self.xp
+        valid = ~xp.isnan(r)
+        n = xp.sum(valid, axis=-1)
+        with _quiet():
+            mean = xp.where(valid, r, 0.0).sum(axis=-1) / n
+            d = xp.where(valid, r - mean[..., None], 0.0)
+            d2 = d * d
+            m2 = d2.sum(axis=-1)
+            m3 = (d2 * d).sum(axis=-1) / n
+            m4 = (d2 * d2).sum(axis=-1) / n
+            var_pop = m2 / n
+            std = xp.sqrt(m2 / (n - 1))
+            std = xp.where(n > 1, std, xp.nan)
+            skew = m3 / var_pop ** 1.5
+            kurt = m4 / (var_pop * var_pop) - 3.0
+        return _Moments(n, mean, std, skew, kurt)
+
+    def _grid(self, q: tuple[float, ...], like):
+        """Tail probabilities as an array broadcastable against ``like`` with a leading axis."""
+        xp = self.xp
+        return xp.asarray(q, dtype=xp.float64).reshape((len(q),) + (1,) * like.ndim)
+
+    # -- quantile-based --------------------------------------------------------
+    def quantile_sorted(self, s: _Sorted, q: tuple[float, ...]):
+        """Quantiles of each series at probabilities ``q``: NumPy's ``linear`` method
+        (``numpy.nanpercentile``), bit for bit including its two-sided lerp."""
+        xp = self.xp
+        n = s.n
+        qa = self._grid(q, n)
+        last = xp.maximum(n - 1, 0)
+        pos = qa * last
+        lo = xp.floor(pos)
+        t = pos - lo
+        lo = lo.astype(xp.int64)
+        hi = xp.minimum(lo + 1, last)
+        vals = xp.broadcast_to(s.values, (len(q),) + s.values.shape)
+        a = xp.take_along_axis(vals, lo[..., None], axis=-1)[..., 0]
+        b = xp.take_along_axis(vals, hi[..., None], axis=-1)[..., 0]
+        diff = b - a
+        out = xp.where(t >= 0.5, b - diff * (1.0 - t), a + diff * t)
+        return xp.where(n > 0, out, xp.nan)
+
+    def var_historical(self, r, q):
+        return -self.quantile_sorted(self.sort_valid(r), q)
+
+    def cvar_sorted(self, s: _Sorted, q: tuple[float, ...]):
+        """Mean of the ``floor((n - 1) q) + 1`` smallest values, negated (empyrical's definition)."""
+        xp = self.xp
+        n = s.n
+        k = xp.floor(self._grid(q, n) * xp.maximum(n - 1, 0)).astype(xp.int64)
+        csum = xp.cumsum(xp.where(xp.isnan(s.values), 0.0, s.values), axis=-1)
+        csum = xp.broadcast_to(csum, (len(q),) + csum.shape)
+        tail = xp.take_along_axis(csum, k[..., None], axis=-1)[..., 0]
+        return xp.where(n > 0, -tail / (k + 1), xp.nan)
+
+    def cvar(self, r, q):
+        return self.cvar_sorted(self.sort_valid(r), q)
+
+    # -- moment-based ----------------------------------------------------------
+    def var_parametric_moments(self, m: _Moments, q: tuple[float, ...], cornish_fisher: bool):
+        xp = self.xp
+        z = self._grid(tuple(normal_quantile(p) for p in q), m.n)
+        if cornish_fisher:
+            z = cornish_fisher_z(z, m.skew, m.kurt)
+        return -(m.mean + z * m.std)
+
+    def var_parametric(self, r, q, cornish_fisher: bool):
+        return self.var_parametric_moments(self.moments(r), q, cornish_fisher)
+
+    def sharpe_moments(self, m: _Moments, periods_per_year: float, risk_free: float):
+        with _quiet():
+            return (m.mean - risk_free) / m.std * math.sqrt(periods_per_year)
+
+    def sharpe(self, r, periods_per_year: float, risk_free: float):
+        return self.sharpe_moments(self.moments(r), periods_per_year, risk_free)
+
+    def sortino(self, r, periods_per_year: float, required_return: float):
+        """Annualized mean excess return over annualized downside deviation (empyrical's)."""
+        xp = self.xp
+        valid = ~xp.isnan(r)
+        n = valid.sum(axis=-1)
+        adj = xp.where(valid, r - required_return, 0.0)
+        with _quiet():
+            mean = adj.sum(axis=-1) / n
+            down = xp.minimum(adj, 0.0)
+            downside = xp.sqrt((down * down).sum(axis=-1) / n)
+            return mean * periods_per_year / (downside * math.sqrt(periods_per_year))
+
+    # -- path-based ------------------------------------------------------------
+    def wealth(self, r):
+        """Compounded wealth path from 1 (NaN returns count as 0), shape (..., T)."""
+        xp = self.xp
+        return xp.cumprod(1.0 + xp.where(xp.isnan(r), 0.0, r), axis=-1)
+
+    def max_drawdown_wealth(self, w, n):
+        """Largest peak-to-trough loss of the wealth path, the start (1.0) counting as a peak."""
+        xp = self.xp
+        peak = self.running_max(xp.maximum(w, 1.0))
+        dd = (1.0 - w / peak).max(axis=-1)
+        return xp.where(n > 0, dd, xp.nan)
+
+    def max_drawdown(self, r):
+        return self.max_drawdown_wealth(self.wealth(r), (~self.xp.isnan(r)).sum(axis=-1))
+
+    def calmar_wealth(self, w, n, periods_per_year: float):
+        """Compound annual growth rate / max drawdown; NaN without a drawdown."""
+        xp = self.xp
+        mdd = self.max_drawdown_wealth(w, n)
+        with _quiet():
+            annual = w[..., -1] ** (periods_per_year / n) - 1.0
+            return xp.where(mdd > 0, annual / mdd, xp.nan)
+
+    def calmar(self, r, periods_per_year: float):
+        return self.calmar_wealth(self.wealth(r), (~self.xp.isnan(r)).sum(axis=-1), periods_per_year)
+
+    def kelly_fraction(self, r):
+        """Discrete Kelly fraction ``p - (1 - p) / b``: p = wins / (wins + losses),
+        b = mean win / |mean loss| (zero returns ignored); NaN without wins or losses."""
+        xp = self.xp
+        win = r > 0
+        loss = r < 0
+        n_win = win.sum(axis=-1)
+        n_loss = loss.sum(axis=-1)
+        with _quiet():
+            avg_win = xp.where(win, r, 0.0).sum(axis=-1) / n_win
+            avg_loss = -xp.where(loss, r, 0.0).sum(axis=-1) / n_loss
+            p = n_win / (n_win + n_loss)
+            kelly = p - (1.0 - p) * avg_loss / avg_win
+        return xp.where((n_win > 0) & (n_loss > 0), kelly, xp.nan)
+
+    # -- everything at once ----------------------------------------------------
+    def risk_report(self, r, q: float, periods_per_year: float, risk_free: float) -> dict[str, Any]:
+        """All metrics of one series batch, sharing the sort, the moments and the wealth path."""
+        xp = self.xp
+        s = self.sort_valid(r)
+        m = self.moments(r)
+        w = self.wealth(r)
+        with _quiet():
+            return {
+                "n": m.n,
+                "mean": m.mean,
+                "volatility": m.std * math.sqrt(periods_per_year),
+                "var_historical": -self.quantile_sorted(s, (q,))[0],
+                "var_parametric": self.var_parametric_moments(m, (q,), False)[0],
+                "var_cornish_fisher": self.var_parametric_moments(m, (q,), True)[0],
+                "cvar": self.cvar_sorted(s, (q,))[0],
+                "max_drawdown": self.max_drawdown_wealth(w, m.n),
+                "sharpe": self.sharpe_moments(m, periods_per_year, risk_free),
+                "sortino": self.sortino(r, periods_per_year, risk_free),
+                "calmar": self.calmar_wealth(w, m.n, periods_per_year),
+                "kelly_fraction": self.kelly_fraction(r),
+            }

@@ -1,0 +1,166 @@
+"""Covariance/correlation against NumPy, pandas and scikit-learn, on every backend."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+from sklearn.covariance import LedoitWolf
+
+import gpu_trader as gt
+from gpu_trader import correlation as corrmod
+
+from conftest import on_backend
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def returns(n: int, t: int, seed: int = 0, nan_frac: float = 0.0) -> np.ndarray:
+    """Correlated returns: a common factor plus noise, ~1 % scale, optional NaN holes."""
+    rng = np.random.default_rng(seed)
+    factor = rng.normal(0.0005, 0.01, t)
+    r = 0.6 * factor + rng.normal(0.0002, 0.01, (n, t)) * rng.uniform(0.5, 2.0, (n, 1))
+    if nan_frac:
+        r[rng.random(r.shape) < nan_frac] = np.nan
+    return r
+
+
+def close(actual, expected, **tol):
+    np.testing.assert_allclose(gt.to_numpy(actual), expected, equal_nan=True, **(tol or TOL))
+
+
+@pytest.mark.parametrize("nan_frac", [0.0, 0.1])
+@pytest.mark.parametrize("min_periods", [1, 200])
+def test_cov_corr_match_pandas(backend, nan_frac, min_periods):
+    r = returns(8, 252, seed=1, nan_frac=nan_frac)
+    df = pd.DataFrame(r.T)
+    rb = on_backend(backend, r)
+    close(corrmod.cov(rb, min_periods=min_periods, backend=backend), df.cov(min_periods=min_periods).to_numpy())
+    close(corrmod.corr(rb, min_periods=min_periods, backend=backend), df.corr(min_periods=min_periods).to_numpy())
+
+
+def test_complete_data_matches_numpy(backend):
+    r = returns(6, 100, seed=2)
+    rb = on_backend(backend, r)
+    close(corrmod.cov(rb, backend=backend), np.cov(r))
+    close(corrmod.cov(rb, ddof=0, backend=backend), np.cov(r, ddof=0))
+    close(corrmod.corr(rb, backend=backend), np.corrcoef(r))
+
+
+@pytest.mark.filterwarnings("ignore:Degrees of freedom")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=hs.integers(1, 6), t=hs.integers(1, 40), seed=hs.integers(0, 2**32 - 1),
+       nan_frac=hs.sampled_from([0.0, 0.3]), min_periods=hs.integers(1, 5))
+def test_random_shapes_and_holes(backend, n, t, seed, nan_frac, min_periods):
+    r = returns(n, t, seed=seed, nan_frac=nan_frac)
+    df = pd.DataFrame(r.T)
+    rb = on_backend(backend, r)
+    with np.errstate(all="ignore"):
+        close(corrmod.cov(rb, min_periods=min_periods, backend=backend),
+              df.cov(min_periods=min_periods).to_numpy(), rtol=1e-9, atol=1e-12)
+        close(corrmod.corr(rb, min_periods=min_periods, backend=backend),
+              df.corr(min_periods=min_periods).to_numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_batch_axes_float32_noncontiguous(backend):
+    r = returns(2 * 3 * 5, 120, seed=3, nan_frac=0.05).reshape(2, 3, 5, 120)
+    got = gt.to_numpy(corrmod.corr(on_backend(backend, r), backend=backend))
+    assert got.shape == (2, 3, 5, 5)
+    for i in range(2):
+        for j in range(3):
+            close(got[i, j], pd.DataFrame(r[i, j].T).corr().to_numpy())
+    got32 = corrmod.cov(on_backend(backend, r.astype(np.float32)), backend=backend)
+    assert got32.dtype == np.float32
+    close(got32[1, 2], pd.DataFrame(r[1, 2].T.astype(np.float32).astype(np.float64)).cov().to_numpy(),
+          rtol=1e-5, atol=1e-9)
+    strided = np.asfortranarray(returns(4, 300, seed=4))[:, ::3]
+    close(corrmod.corr(on_backend(backend, strided), backend=backend), np.corrcoef(strided))
+
+
+@pytest.mark.parametrize("nan_frac, min_periods", [(0.0, None), (0.08, None), (0.08, 5)])
+def test_rolling_corr_matches_pandas(backend, nan_frac, min_periods):
+    r = returns(5, 260, seed=5, nan_frac=nan_frac)
+    window = 21
+    ref = pd.DataFrame(r.T).rolling(window, min_periods=min_periods).corr().to_numpy()
+    ref = ref.reshape(260, 5, 5).transpose(1, 2, 0)
+    got = gt.to_numpy(corrmod.rolling_corr(on_backend(backend, r), window, min_periods=min_periods, backend=backend))
+    assert got.shape == (5, 5, 260)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    close(got, ref, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("halflife", [1.0, 11.2, 60.0])
+def test_ewma_cov_matches_pandas_ewm(backend, halflife):
+    r = returns(4, 300, seed=6, nan_frac=0.05)
+    df = pd.DataFrame(r.T)
+    ref = np.array([[(df[i] * df[j]).ewm(halflife=halflife).mean().iloc[-1] for j in range(4)] for i in range(4)])
+    close(corrmod.ewma_cov(on_backend(backend, r), halflife, backend=backend), ref)
+
+
+def test_ewma_cov_is_the_riskmetrics_recursion(backend):
+    """Complete data: equals S_t = lam S_{t-1} + (1 - lam) r_t r_t^T, normalized by the weight sum."""
+    r = returns(3, 200, seed=7)
+    lam = 0.94
+    s = np.zeros((3, 3))
+    for t in range(200):
+        s = lam * s + (1 - lam) * np.outer(r[:, t], r[:, t])
+    s /= 1 - lam**200
+    halflife = np.log(0.5) / np.log(lam)
+    close(corrmod.ewma_cov(on_backend(backend, r), halflife, backend=backend), s)
+
+
+@pytest.mark.parametrize("n, t", [(1, 50), (5, 300), (40, 30)])
+def test_ledoit_wolf_matches_sklearn(backend, n, t):
+    r = returns(n, t, seed=n)
+    lw = LedoitWolf().fit(r.T)
+    cov_, shrink = corrmod.ledoit_wolf(on_backend(backend, r), backend=backend)
+    close(cov_, lw.covariance_)
+    assert float(gt.to_numpy(shrink)) == pytest.approx(lw.shrinkage_, rel=1e-9, abs=1e-14)
+
+
+def test_ledoit_wolf_batched(backend):
+    r = returns(12, 80, seed=9).reshape(3, 4, 80)
+    cov_, shrink = corrmod.ledoit_wolf(on_backend(backend, r), backend=backend)
+    assert cov_.shape == (3, 4, 4) and shrink.shape == (3,)
+    for i in range(3):
+        lw = LedoitWolf().fit(r[i].T)
+        close(cov_[i], lw.covariance_)
+
+
+def test_pandas_in_pandas_out():
+    r = returns(3, 100, seed=10, nan_frac=0.05)
+    df = pd.DataFrame(r.T, index=pd.bdate_range("2024-01-01", periods=100), columns=["A", "B", "C"])
+    c = corrmod.corr(df)
+    assert isinstance(c, pd.DataFrame)
+    pd.testing.assert_frame_equal(c, df.corr(), rtol=1e-10, atol=1e-12)
+    rc = corrmod.rolling_corr(df, 10)
+    pd.testing.assert_frame_equal(rc, df.rolling(10).corr(), rtol=1e-8, atol=1e-9)
+
+
+def test_inputs_not_modified(backend):
+    r = returns(4, 60, seed=11, nan_frac=0.1)
+    rb = on_backend(backend, r)
+    for fn in (corrmod.cov, corrmod.corr, lambda x, backend: corrmod.rolling_corr(x, 5, backend=backend),
+               lambda x, backend: corrmod.ewma_cov(x, 10, backend=backend)):
+        fn(rb, backend=backend)
+    np.testing.assert_array_equal(gt.to_numpy(rb), r)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda r: corrmod.corr(r[0]), ValueError, r"shape \(\.\.\., n_series, T\)"),
+        (lambda r: corrmod.cov(r, min_periods=0), ValueError, "min_periods"),
+        (lambda r: corrmod.cov(r, ddof=1.5), TypeError, "ddof"),
+        (lambda r: corrmod.rolling_corr(r, 1), ValueError, "window"),
+        (lambda r: corrmod.rolling_corr(r, 5, min_periods=6), ValueError, "min_periods"),
+        (lambda r: corrmod.ewma_cov(r, 0), ValueError, "halflife"),
+        (lambda r: corrmod.ewma_cov(r, [5, 10]), TypeError, "halflife"),
+        (lambda r: corrmod.ledoit_wolf(np.where(r > 0.02, np.nan, r)), ValueError, "NaN"),
+        (lambda r: corrmod.corr(r[:, :0]), ValueError, "at least one"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(returns(3, 40, seed=12))
