@@ -123,6 +123,19 @@ _ALL = (
            (), _BATCH_TALIB + _BATCH_COPY + (Check("ratio:bottleneck", ">=", 1 / 1.5, ("cpu",)),)),
     Target("features.batched_vwap", "batched 2000 x 2520, VWAP (not in TA-Lib)", "(none)",
            "CPU <= 2.5x copy time; GPU >= 50% copy bandwidth", (), _BATCH_COPY),
+    # -- section 5: risk ----------------------------------------------------------------
+    Target("risk.var_historical", "historical VaR, 252 days", "< 2 ms", "< 20 us",
+           _p50_below(2000 * _US), _p50_below(20 * _US)),
+    Target("risk.var_parametric", "parametric VaR, 252 days", "< 1 ms", "< 20 us",
+           _p50_below(1000 * _US), _p50_below(20 * _US)),
+    Target("risk.cvar", "CVaR, 252 days", "< 3 ms", "< 20 us",
+           _p50_below(3000 * _US), _p50_below(20 * _US)),
+    Target("risk.sharpe", "Sharpe, 252 days", "< 1 ms", "< 10 us",
+           _p50_below(1000 * _US), _p50_below(10 * _US)),
+    Target("risk.corr", "correlation matrix, 5..50 assets x 252 days", "20 assets < 20 ms", "50 assets < 100 us",
+           _p50_below(20_000 * _US), _p50_below(100 * _US)),
+    Target("risk.full", "full risk metrics, 50-position portfolio", "< 10 ms", "< 200 us",
+           _p50_below(10_000 * _US), _p50_below(200 * _US)),
 )
 
 TARGETS: dict[str, Target] = {t.key: t for t in _ALL}

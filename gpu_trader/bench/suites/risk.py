@@ -1,0 +1,223 @@
+"""The ``risk`` suite (TARGETS.md section 5).
+
+Cases: historical, parametric and conditional VaR and Sharpe of one 252-day
+series (empyrical / scipy timed on the same data); correlation matrices of 5..50
+assets x 252 days (``numpy.corrcoef`` and pandas); the full ``risk_report`` of a
+50-position book (empyrical looped over the positions, one call per metric);
+batched cases without a published target that show what a batch costs:
+``risk_report`` of 2000 portfolios x 2520 days (vs the obvious NumPy, and against
+the copy bandwidth), ``rolling_corr`` (pandas), ``ledoit_wolf`` (scikit-learn).
+The Monte Carlo VaR cases come from :mod:`.risk_montecarlo` when present.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from typing import Any, Callable
+
+import numpy as np
+
+from ..harness import Reference, Workload
+
+__all__ = ["workloads"]
+
+DAYS = 252
+CORR_ASSETS = (5, 10, 20, 50)
+BOOK_POSITIONS = 50
+BATCH_SHAPE = (2000, 2520)
+QUICK_BATCH_SHAPE = (200, 2520)
+ROLLING_SHAPE = (20, 1260)
+QUICK_ROLLING_SHAPE = (10, 252)
+ROLLING_WINDOW = 63
+SHRINK_SHAPE = (500, 1000)
+QUICK_SHRINK_SHAPE = (100, 250)
+ITEMSIZE = 8
+
+
+def _returns(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Fat-tailed daily returns (Student-t with 4 degrees of freedom, ~1 % scale)."""
+    return np.random.default_rng(seed).standard_t(4, size=shape) * 0.01 + 0.0003
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def _ours(fn_name: str, shape: tuple[int, ...], **kwargs) -> Callable[[Any], Any]:
+    """Setup of a gpu_trader.risk call on the backend's copy of the returns."""
+
+    def setup(be):
+        from gpu_trader import risk
+
+        r = be.asarray(_returns(shape))
+        return functools.partial(getattr(risk, fn_name), r, backend=be.name, **kwargs)
+
+    return setup
+
+
+def _reference(name: str, module: str, make: Callable[[Any, np.ndarray], Callable[[], Any]],
+               shape: tuple[int, ...]) -> Reference:
+    """Another library on the same returns: ``make(module, r)`` returns the zero-argument call."""
+
+    def setup():
+        return make(importlib.import_module(module), _returns(shape))
+
+    return Reference(name, setup, _call, requires=module)
+
+
+def _single(label: str, fn_name: str, target: str, refs: tuple[Reference, ...], **kwargs) -> Workload:
+    shape = (DAYS,)
+    return Workload(
+        name=f"{label} {DAYS} days", sizes={"days": DAYS}, setup=_ours(fn_name, shape, **kwargs), run=_call,
+        items=DAYS, unit="day", target=target, references=refs,
+    )
+
+
+def _singles() -> list[Workload]:
+    shape = (DAYS,)
+    return [
+        _single("var_historical(0.99)", "var_historical", "risk.var_historical", (
+            _reference("empyrical", "empyrical", lambda ep, r: functools.partial(ep.value_at_risk, r, 0.01), shape),
+            _reference("numpy", "numpy", lambda np_, r: functools.partial(np_.percentile, r, 1.0), shape),
+        )),
+        _single("var_parametric(0.99)", "var_parametric", "risk.var_parametric", (
+            _reference("scipy", "scipy.stats",
+                       lambda st, r: lambda: st.norm.ppf(0.01, r.mean(), r.std(ddof=1)), shape),
+        )),
+        _single("cvar(0.99)", "cvar", "risk.cvar", (
+            _reference("empyrical", "empyrical",
+                       lambda ep, r: functools.partial(ep.conditional_value_at_risk, r, 0.01), shape),
+        )),
+        _single("sharpe", "sharpe", "risk.sharpe", (
+            _reference("empyrical", "empyrical", lambda ep, r: functools.partial(ep.sharpe_ratio, r), shape),
+        )),
+    ]
+
+
+def _corr(n_assets: int) -> Workload:
+    shape = (n_assets, DAYS)
+
+    def pandas_corr(pd, r):
+        return pd.DataFrame(r.T).corr
+
+    def setup(be):
+        from gpu_trader import correlation
+
+        return functools.partial(correlation.corr, be.asarray(_returns(shape)), backend=be.name)
+
+    return Workload(
+        name=f"corr {n_assets} assets x {DAYS} days", sizes={"assets": n_assets, "days": DAYS},
+        setup=setup, run=_call, items=n_assets * n_assets, unit="pair", target="risk.corr",
+        references=(
+            _reference("numpy", "numpy", lambda np_, r: functools.partial(np_.corrcoef, r), shape),
+            _reference("pandas", "pandas", pandas_corr, shape),
+        ),
+    )
+
+
+def _empyrical_book(ep, r: np.ndarray) -> Callable[[], Any]:
+    """The report's metrics per position with empyrical (and the Gaussian VaR with NumPy)."""
+
+    def run():
+        for row in r:
+            ep.value_at_risk(row, 0.01)
+            ep.conditional_value_at_risk(row, 0.01)
+            ep.max_drawdown(row)
+            ep.sharpe_ratio(row)
+            ep.sortino_ratio(row)
+            ep.calmar_ratio(row)
+            ep.annual_volatility(row)
+            row.mean() + 2.326 * row.std(ddof=1)
+
+    return run
+
+
+def _full_report() -> Workload:
+    shape = (BOOK_POSITIONS, DAYS)
+    return Workload(
+        name=f"risk_report {BOOK_POSITIONS} positions x {DAYS} days",
+        sizes={"positions": BOOK_POSITIONS, "days": DAYS}, setup=_ours("risk_report", shape), run=_call,
+        items=BOOK_POSITIONS, unit="position", target="risk.full",
+        references=(_reference("empyrical", "empyrical", _empyrical_book, shape),),
+    )
+
+
+def _numpy_report(np_, r: np.ndarray) -> Callable[[], Any]:
+    """The obvious vectorized NumPy for the report's core metrics on complete data."""
+
+    def run():
+        s = np_.sort(r, axis=-1)
+        var = -np_.percentile(r, 1.0, axis=-1)
+        k = int((r.shape[-1] - 1) * 0.01)
+        cvar = -s[:, :k + 1].mean(axis=-1)
+        mean, std = r.mean(axis=-1), r.std(axis=-1, ddof=1)
+        wealth = np_.cumprod(1 + r, axis=-1)
+        mdd = (1 - wealth / np_.maximum.accumulate(np_.maximum(wealth, 1), axis=-1)).max(axis=-1)
+        return var, cvar, mean / std * np_.sqrt(252), mdd
+
+    return run
+
+
+def _batched_report(shape: tuple[int, int]) -> Workload:
+    n, days = shape
+    return Workload(
+        name=f"risk_report {n} portfolios x {days} days", sizes={"portfolios": n, "days": days},
+        setup=_ours("risk_report", shape), run=_call, items=n * days, unit="day",
+        references=(_reference("numpy", "numpy", _numpy_report, shape),),
+        copy_inputs=lambda state: state.args, bytes_moved=n * days * ITEMSIZE,
+    )
+
+
+def _rolling(shape: tuple[int, int]) -> Workload:
+    n, days = shape
+
+    def setup(be):
+        from gpu_trader import correlation
+
+        return functools.partial(correlation.rolling_corr, be.asarray(_returns(shape)), ROLLING_WINDOW,
+                                 backend=be.name)
+
+    return Workload(
+        name=f"rolling_corr({ROLLING_WINDOW}) {n} assets x {days} days", sizes={"assets": n, "days": days},
+        setup=setup, run=_call, items=n * n * days, unit="pair-day",
+        references=(_reference("pandas", "pandas",
+                               lambda pd, r: pd.DataFrame(r.T).rolling(ROLLING_WINDOW).corr, shape),),
+    )
+
+
+def _ledoit_wolf(shape: tuple[int, int]) -> Workload:
+    n, days = shape
+
+    def setup(be):
+        from gpu_trader import correlation
+
+        return functools.partial(correlation.ledoit_wolf, be.asarray(_returns(shape)), backend=be.name)
+
+    def sklearn_fit(cov, r):
+        return functools.partial(cov.LedoitWolf().fit, np.ascontiguousarray(r.T))
+
+    return Workload(
+        name=f"ledoit_wolf {n} assets x {days} days", sizes={"assets": n, "days": days},
+        setup=setup, run=_call, items=n * n, unit="pair",
+        references=(_reference("sklearn", "sklearn.covariance", sklearn_fit, shape),),
+    )
+
+
+def _monte_carlo(quick: bool) -> list[Workload]:
+    name = "gpu_trader.bench.suites.risk_montecarlo"
+    if importlib.util.find_spec(name) is None:
+        return []
+    return importlib.import_module(name).workloads(quick)
+
+
+def workloads(quick: bool) -> list[Workload]:
+    """All cases; ``quick`` shrinks the batched ones (never the TARGETS.md sizes)."""
+    out = _singles()
+    out.extend(_corr(n) for n in CORR_ASSETS)
+    out.append(_full_report())
+    out.append(_batched_report(QUICK_BATCH_SHAPE if quick else BATCH_SHAPE))
+    out.append(_rolling(QUICK_ROLLING_SHAPE if quick else ROLLING_SHAPE))
+    out.append(_ledoit_wolf(QUICK_SHRINK_SHAPE if quick else SHRINK_SHAPE))
+    out.extend(_monte_carlo(quick))
+    return out
