@@ -314,9 +314,10 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
     """Split a pandas object whose columns are series (time along the index) into
     (array with time last, function rewrapping a result that has *lost* the time axis).
 
-    ``rewrap(res, kind)``: ``kind="reduced"`` for one value per series (a Series input
-    gives a scalar, a DataFrame input a Series indexed by its columns; a leading
-    parameter-grid axis becomes the rows of a DataFrame); ``kind="matrix"`` for a
+    ``rewrap(res, kind, grid=None)``: ``kind="reduced"`` for one value per series (a
+    Series input gives a scalar, a DataFrame input a Series indexed by its columns; a
+    leading parameter-grid axis, labelled by the values ``grid``, becomes the index of
+    a Series or the rows of a DataFrame); ``kind="matrix"`` for a
     series-by-series matrix (a DataFrame indexed and labelled by the columns);
     ``kind="matrix_path"`` for a matrix at every time step, ``(n, n, T)``, which becomes
     pandas' own rolling-pairwise layout: rows ``(time, column)``, one column per column.
@@ -330,13 +331,14 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
     else:
         values, columns, index = x.to_numpy().T, x.columns, x.index
 
-    def rewrap(res: Any, kind: str) -> Any:
+    def rewrap(res: Any, kind: str, grid: Any = None) -> Any:
         res = to_numpy(res)
         if kind == "reduced":
+            rows = None if grid is None else pd.Index(grid, name="level")
             if columns is None:
-                return res[()] if res.ndim == 0 else pd.Series(res)
+                return res[()] if res.ndim == 0 else pd.Series(res, index=rows, name=x.name)
             return pd.Series(res, index=columns) if res.ndim == 1 else pd.DataFrame(
-                res.reshape(-1, res.shape[-1]), columns=columns)
+                res.reshape(-1, res.shape[-1]), index=rows, columns=columns)
         if kind == "matrix":
             return pd.DataFrame(res, index=columns, columns=columns)
         if kind == "matrix_path":

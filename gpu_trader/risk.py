@@ -73,14 +73,15 @@ class _Call:
         self.dtype = arr.dtype
         self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)
 
-    def out(self, res: Any, grid: bool = True) -> Any:
-        """Wrap a result; ``grid=False`` drops the leading level axis of a one-level call."""
+    def out(self, res: Any, grid: bool = True, levels: Any = None) -> Any:
+        """Wrap a result; ``grid=False`` drops the leading level axis of a one-level call,
+        ``levels`` labels that axis for pandas."""
         if not grid:
             res = res[0]
         if self.dtype != np.float64 and res.dtype.kind == "f":
             res = res.astype(self.dtype)
         if self.rewrap is not None:
-            return self.rewrap(res, "reduced")
+            return self.rewrap(res, "reduced", list(levels) if grid and levels is not None else None)
         return res[()] if res.ndim == 0 else res
 
 
@@ -93,7 +94,7 @@ def var_historical(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     """
     q, grid = _tail_probabilities(level)
     c = _Call(r, backend)
-    return c.out(c.kernels.var_historical(c.x, q), grid)
+    return c.out(c.kernels.var_historical(c.x, q), grid, level)
 
 
 def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
@@ -105,7 +106,7 @@ def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     """
     q, grid = _tail_probabilities(level)
     c = _Call(r, backend)
-    return c.out(c.kernels.cvar(c.x, q), grid)
+    return c.out(c.kernels.cvar(c.x, q), grid, level)
 
 
 def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backend: Any = None) -> Any:
@@ -122,7 +123,7 @@ def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backe
         raise ValueError(f"method must be one of {_PARAMETRIC_METHODS}, got {method!r}")
     q, grid = _tail_probabilities(level)
     c = _Call(r, backend)
-    return c.out(c.kernels.var_parametric(c.x, q, method == "cornish-fisher"), grid)
+    return c.out(c.kernels.var_parametric(c.x, q, method == "cornish-fisher"), grid, level)
 
 
 def max_drawdown(r: Any, *, backend: Any = None) -> Any:

@@ -179,7 +179,10 @@ def test_pandas_in_pandas_out():
     assert isinstance(out, pd.Series) and list(out.index) == ["AAA", "BBB", "CCC"]
     assert_close(out.to_numpy(), per_series(lambda x: -ep.value_at_risk(x, 0.01), r))
     grid = risk.cvar(df, [0.95, 0.99])
-    assert isinstance(grid, pd.DataFrame) and grid.shape == (2, 3)
+    assert isinstance(grid, pd.DataFrame) and grid.shape == (2, 3) and list(grid.index) == [0.95, 0.99]
+    per_level = risk.var_parametric(df["AAA"], [0.95, 0.99])
+    assert isinstance(per_level, pd.Series) and list(per_level.index) == [0.95, 0.99]
+    assert per_level[0.99] == pytest.approx(risk.var_parametric(df["AAA"], 0.99), rel=1e-15)
     one = risk.sharpe(df["BBB"])
     assert np.ndim(one) == 0 and one == pytest.approx(ep.sharpe_ratio(df["BBB"].dropna()), rel=RTOL)
 
