@@ -49,25 +49,21 @@ def _summarize_row(x, sorted_x, qs, mar, buf, out):
         v = x[i]
         if v != v:
             continue
+        # branch-free: the signs of returns are a coin flip for the branch predictor
         buf[n] = v
         n += 1
         total += v
         wealth *= 1.0 + v
-        if wealth > peak:
-            peak = wealth
-        dd = 1.0 - wealth / peak
-        if dd > mdd:
-            mdd = dd
+        peak = max(peak, wealth)
+        mdd = max(mdd, 1.0 - wealth / peak)
         a = v - mar
         excess += a
-        if a < 0.0:
-            down += a * a
-        if v > 0.0:
-            n_win += 1
-            win += v
-        elif v < 0.0:
-            n_loss += 1
-            loss -= v
+        a_down = min(a, 0.0)
+        down += a_down * a_down
+        n_win += v > 0.0
+        n_loss += v < 0.0
+        win += max(v, 0.0)
+        loss -= min(v, 0.0)
     nq = qs.shape[0]
     if n == 0:
         out[:] = np.nan
