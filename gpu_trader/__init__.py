@@ -32,6 +32,7 @@ def __getattr__(name):
     globals()[name] = value
     return value
 
+
 __all__ = [
     "available_backends", "get_backend", "set_backend", "use_backend", "to_numpy",
     "sma", "ema", "wma", "rsi", "macd", "bollinger", "atr", "stoch", "obv", "vwap", "features",

@@ -100,6 +100,34 @@ _BATCH_COPY = (
 _BATCH_TALIB = (Check("ratio:talib", ">=", 1.0, ("cpu",)),)
 _BATCH_TEXT = "CPU >= TA-Lib looped (aim 3x), <= 2.5x copy time; GPU >= 50% copy bandwidth"
 
+def _overhead_within(latency_s: float, budget_s: float) -> tuple[Check, ...]:
+    """``ours <= sleep + budget`` as a ratio check: ``sleep / ours >= L / (L + budget)``
+    with the nominal latency L (the measured sleep is slightly longer, so this allows a
+    few percent more than ``budget``)."""
+    return (Check("ratio:sleep", ">=", latency_s / (latency_s + budget_s)),)
+
+
+def orders_targets() -> tuple[Target, ...]:
+    """TARGETS.md section 4."""
+    out = [
+        Target("orders.create", "order creation (market, limit, stop)", "< 1 ms", "< 5 us",
+               _p50_below(1000 * _US), _p50_below(5 * _US)),
+        Target("orders.validate", "validation (request + portfolio checks)", "< 2 ms", "< 20 us",
+               _p50_below(2000 * _US), _p50_below(20 * _US)),
+    ]
+    for ms in (5, 10, 50):
+        out.append(Target(f"orders.place_{ms}ms", f"placement, {ms} ms simulated latency",
+                          "< 10 ms internal overhead", "< 200 us overhead beyond the latency",
+                          _overhead_within(ms * 1e-3, 10e-3), _overhead_within(ms * 1e-3, 200 * _US)))
+    out += [
+        Target("orders.batch", "batch placement (concurrent), 10 ms latency", "10 in < 100 ms",
+               "20 in ~ one latency + < 1 ms", _p50_below(100e-3), _overhead_within(10e-3, 1e-3)),
+        Target("orders.manage", "cancellation, routing, manager submit/track", "(none)", "< 20 us",
+               (), _p50_below(20 * _US)),
+    ]
+    return tuple(out)
+
+
 _ALL = (
     # -- section 2: features ----------------------------------------------------------
     Target("features.sma", "SMA (10, 20, 50), 20..1000 bars", "SMA(20) < 200 us", "< 10 us at 1000 bars",
@@ -123,6 +151,29 @@ _ALL = (
            (), _BATCH_TALIB + _BATCH_COPY + (Check("ratio:bottleneck", ">=", 1 / 1.5, ("cpu",)),)),
     Target("features.batched_vwap", "batched 2000 x 2520, VWAP (not in TA-Lib)", "(none)",
            "CPU <= 2.5x copy time; GPU >= 50% copy bandwidth", (), _BATCH_COPY),
+    # -- section 4: orders (placement: overhead beyond the latency, via ratio:sleep; see orders_targets) --
+    *orders_targets(),
+    # -- section 6: portfolio (+ section 5's position limit check) --------------------
+    Target("portfolio.position", "position update", "< 100 us", "< 5 us",
+           _p50_below(100 * _US), _p50_below(5 * _US)),
+    Target("portfolio.position_pair", "position add + remove (2 ops)", "< 100 us each", "< 5 us each",
+           _p50_below(200 * _US), _p50_below(10 * _US)),
+    Target("portfolio.unrealized", "unrealized P&L, one position", "< 50 us", "< 2 us",
+           _p50_below(50 * _US), _p50_below(2 * _US)),
+    Target("portfolio.total_pnl", "total P&L, 50 positions", "< 1 ms", "< 20 us",
+           _p50_below(1000 * _US), _p50_below(20 * _US)),
+    Target("portfolio.trade", "trade processing, single", "< 200 us", "< 5 us (100 in < 500 us)",
+           _p50_below(200 * _US), _p50_below(5 * _US)),
+    Target("portfolio.trade_batch", "trade processing, batch 10..100", "100 in < 10 ms", "100 in < 500 us",
+           _p50_below(10_000 * _US), _p50_below(500 * _US)),
+    Target("portfolio.snapshot", "snapshot, 10..100 positions", "50 in < 500 us", "< 50 us",
+           _p50_below(500 * _US), _p50_below(50 * _US)),
+    Target("portfolio.concurrent", "concurrent access, 2..8 threads", "8 threads < 5 ms", "no lost update, < 5 ms",
+           _p50_below(5000 * _US), _p50_below(5000 * _US)),
+    Target("portfolio.commission", "commission model (fixed, percentage, tiered)", "(none)", "< 5 us",
+           (), _p50_below(5 * _US)),
+    Target("portfolio.limit_check", "position limit check, 100 positions", "< 500 us", "< 10 us",
+           _p50_below(500 * _US), _p50_below(10 * _US)),
 )
 
 TARGETS: dict[str, Target] = {t.key: t for t in _ALL}
