@@ -6,7 +6,8 @@ Guarantees:
 * **No exception escapes** :meth:`OrderManager.submit`, :meth:`~OrderManager.submit_many`
   or :meth:`~OrderManager.cancel`: every outcome is an :class:`~gpu_trader.orders.OrderReport`
   (a bug inside is reported as REJECTED with code ``internal``). Only the caller's own
-  task cancellation (``asyncio.CancelledError``) propagates, as asyncio requires.
+  task cancellation (``asyncio.CancelledError``) propagates, as asyncio requires, and
+  ``submit_many`` checks its arguments' lengths (``ValueError``) before sending anything.
 * **A rejected order never changes a position**: the portfolio is touched only when a
   broker reports a fill.
 * **Idempotency**: the client order id is the key. Submitting an order whose id is in
@@ -149,8 +150,12 @@ class OrderManager:
     async def submit_many(self, orders: Iterable[Order], *, prices: Sequence[float | None] | None = None
                           ) -> list[OrderReport]:
         """Submit orders concurrently (one task each); reports in the same order. With
-        broker latency L, n orders take about L, not n * L."""
+        broker latency L, n orders take about L, not n * L. ``prices``: one reference
+        price (or ``None``) per order; a length mismatch raises ``ValueError`` before
+        anything is sent (the only exception this method raises)."""
         orders = list(orders)
+        if prices is not None and len(prices) != len(orders):
+            raise ValueError(f"prices must have one entry per order ({len(orders)}), got {len(prices)}")
         if prices is None:
             return list(await asyncio.gather(*[self.submit(o) for o in orders]))
         return list(await asyncio.gather(*[self.submit(o, price=p) for o, p in zip(orders, prices)]))
@@ -249,6 +254,9 @@ class OrderManager:
         """Turn a broker's ack into the stored report, booking a fill once."""
         cid = order.client_order_id
         status = ack.status
+        current = self._reports.get(cid)
+        if current is not None and current.status in _FINAL and status not in _FINAL:
+            return current  # a stale OPEN ack arriving after a later fill or cancel
         if status == FILLED:
             self._book(order, ack)
             report = OrderReport(cid, FILLED, ack.filled_quantity, ack.fill_price, name)

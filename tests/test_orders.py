@@ -467,3 +467,22 @@ def test_manager_and_broker_parameter_errors():
     with pytest.raises(TypeError, match="limits"):
         OrderManager(SimulatedBroker(), limits={"max": 1})
     assert isinstance(BrokerAck("x", FILLED), BrokerAck)
+
+
+def test_late_open_ack_does_not_undo_an_earlier_fill():
+    """A resting order fills (price callback) while its OPEN ack is still on the wire."""
+    async def go():
+        b = SimulatedBroker("a", latency_s=0.01, prices={"X": 10.0})
+        pf = Portfolio(1e6)
+        m = OrderManager(b, portfolio=pf)
+        o = limit_order("X", "buy", 2, 9.0)
+        task = asyncio.ensure_future(m.submit(o))
+        await asyncio.sleep(0)  # the broker has the order; the ack is travelling
+        b.set_price("X", 8.0)
+        report = await task
+        assert report.status == FILLED and m.report(o.client_order_id).status == FILLED
+        assert pf.quantity("X") == 2 and b.fill_counts[o.client_order_id] == 1
+        with pytest.raises(ValueError, match="prices"):
+            await m.submit_many([market_order("X", "buy", 1)], prices=[1.0, 2.0])
+
+    run(go())

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 import gpu_trader as gt
 from gpu_trader.commissions import FixedCommission, PercentageCommission, TieredCommission
+from gpu_trader import portfolio as portfolio_module
 from gpu_trader.portfolio import Portfolio, batch_apply_fills, batch_pnl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,13 +223,20 @@ def test_position_limit_check_matches_a_loop(qs, max_q, max_n):
     assert pf.check_position_limits(max_q, max_n) == expected
 
 
-def test_concurrent_updates_lose_nothing():
+def test_concurrent_updates_lose_nothing(monkeypatch):
     """Many threads hammer one book; integer quantities and prices keep the float sums
-    exact, so any lost update shows up as an exact mismatch."""
+    exact, so any lost update shows up as an exact mismatch. A ``time.sleep(0)`` injected
+    into the accounting step (between reading and writing a position) hands the GIL to
+    another thread there, so an unguarded read-modify-write would lose updates every run."""
+    real_step = portfolio_module.fill_step
+
+    def yielding_step(*args):
+        time.sleep(0)
+        return real_step(*args)
+
+    monkeypatch.setattr(portfolio_module, "fill_step", yielding_step)
     pf = Portfolio(1_000_000.0, commission=FixedCommission(1.0))
-    n_threads, per_thread = 8, 1500
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
+    n_threads, per_thread = 8, 400
     start = threading.Barrier(n_threads)
 
     def worker(k):
@@ -240,13 +249,10 @@ def test_concurrent_updates_lose_nothing():
                 pf.check_position_limits(1e9)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     qty = {s: 0.0 for s in SYMBOLS}
     cash = 1_000_000.0
     for k in range(n_threads):
