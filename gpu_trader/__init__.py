@@ -19,6 +19,8 @@ _LAZY = {
     **dict.fromkeys(("Tick", "Quote", "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor",
                      "quote_metrics", "aggregate_bars", "Bars", "Bar", "BarAggregator", "MarketDataError"),
                     "marketdata"),
+    **dict.fromkeys(("Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
+                     "StrategyStream"), "strategies"),
 }
 
 

@@ -1,0 +1,300 @@
+"""Trading strategies on the indicators: long/short/flat signals and a simple backtest.
+
+Strategies (rules in :mod:`gpu_trader.strategy_math`; a NaN input, e.g. during an
+indicator's lookback, gives 0 = flat):
+
+* :class:`Momentum` ``(fast, slow)``: long when EMA(fast) > EMA(slow), short when below.
+* :class:`MeanReversion` ``(window, nstd)``: long when close < SMA - nstd*SD, short when
+  close > SMA + nstd*SD (SD: population standard deviation over ``window``, the
+  Bollinger band's, computed as ``upper - middle`` of ``bollinger(window, nstd=1)``).
+
+Batch, parameter grids (``cpu`` and ``cuda``): :func:`momentum` and
+:func:`mean_reversion` take ``close`` of shape ``(..., T)`` (time last) and scalar or
+sequence parameters; sequences form an outer-product grid of leading axes (DESIGN.md
+section 3), so ``momentum(close, fast=range(5, 25), slow=range(30, 130, 2))`` runs
+1000 parameter sets over every symbol in one call: the distinct EMA windows are
+computed once (one batched indicator call) and one kernel derives every set's
+signals and P&L. They return :class:`StrategyResult` ``(signals, pnl)``: signals int8
+``(*grid, *batch, T)`` in {-1, 0, 1}, pnl float64 ``(*grid, *batch)``.
+
+P&L convention (per unit notional, simple returns summed, no compounding): the
+signal of bar t (known at its close) is held over t -> t+1 and earns
+``signal[t] * (close[t+1]/close[t] - 1)``; each position change pays
+``cost_bps / 1e4 * |signal[t] - signal[t-1]|`` (starting flat). Non-finite bar
+returns earn 0. Average over symbols for a per-parameter-set figure:
+``result.pnl.mean(axis=-1)``.
+
+Several strategies at once: :class:`StrategyRunner` computes the union of their
+features in one :func:`gpu_trader.features` call (an EMA shared by two strategies is
+computed once) and all signals in one kernel call.
+
+One-bar streaming (CPU): ``Momentum(10, 30).stream(n_symbols)`` or
+``StrategyRunner([...]).stream(n_symbols)`` give a :class:`StrategyStream` whose
+``update(close_row)`` returns the new signals (int8) in a few microseconds; its
+outputs equal the batch signals bar by bar (float64 input), because it runs the
+same rule on :class:`gpu_trader.FeatureStream` values, which equal the batch
+indicators exactly.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from . import strategy_math as _sm
+from .backend import _identity, resolve
+from .indicators import bollinger, ema, features
+from .validation import check_floats, check_windows
+
+__all__ = ["Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
+           "StrategyStream"]
+
+
+class StrategyResult(NamedTuple):
+    """``signals``: int8 ``(*grid, *batch, T)`` in {-1, 0, 1}; ``pnl``: float64 ``(*grid, *batch)``
+    (see the module docstring for the P&L convention)."""
+
+    signals: Any
+    pnl: Any
+
+
+def _check_cost(cost_bps) -> float:
+    (cost,), _ = check_floats(cost_bps, "cost_bps", 0.0)
+    return cost / 1e4
+
+
+@dataclass(frozen=True)
+class Momentum:
+    """EMA crossover: +1 when EMA(fast) > EMA(slow), -1 when below, 0 when equal or NaN."""
+
+    fast: int = 10
+    slow: int = 30
+
+    def __post_init__(self) -> None:
+        check_windows(self.fast, "fast")
+        check_windows(self.slow, "slow")
+
+    @property
+    def name(self) -> str:
+        return f"momentum({self.fast},{self.slow})"
+
+    def _features(self):
+        """(spec entries, key read as a, key read as b, k) of this rule."""
+        fa, fb = f"ema_{self.fast}", f"ema_{self.slow}"
+        spec = {fa: ("ema", {"window": self.fast}), fb: ("ema", {"window": self.slow})}
+        return spec, fa, fb, 0.0
+
+    kind = _sm.MOMENTUM
+
+    def stream(self, n_symbols: int) -> "StrategyStream":
+        """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
+        return StrategyStream([self], n_symbols, squeeze=True)
+
+
+@dataclass(frozen=True)
+class MeanReversion:
+    """Bollinger mean reversion: +1 below SMA - nstd*SD, -1 above SMA + nstd*SD, else 0."""
+
+    window: int = 20
+    nstd: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_windows(self.window, "window", 2)
+        check_floats(self.nstd, "nstd", 0.0)
+
+    @property
+    def name(self) -> str:
+        return f"mean_reversion({self.window},{self.nstd:g})"
+
+    def _features(self):
+        key = f"bb1_{self.window}"
+        return {key: ("bollinger", {"window": self.window, "nstd": 1.0})}, f"{key}_middle", f"{key}_sd", self.nstd
+
+    kind = _sm.MEAN_REVERSION
+
+    def stream(self, n_symbols: int) -> "StrategyStream":
+        """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
+        return StrategyStream([self], n_symbols, squeeze=True)
+
+
+def _sd(values: dict[str, Any]) -> dict[str, Any]:
+    """Add ``<key>_sd = upper - middle`` for every ``bb1_*`` Bollinger (nstd=1) entry."""
+    for key in [k for k in values if k.startswith("bb1_") and k.endswith("_upper")]:
+        base = key[: -len("_upper")]
+        values[f"{base}_sd"] = values[key] - values[f"{base}_middle"]
+    return values
+
+
+def _run_rules(be, close, feats, rules, cost, batch, grid_shape):
+    """Run rules ``[(kind, a row, b row, k)]`` over close (..., T) and stacked feats (R, ..., T)."""
+    T = close.shape[-1]
+    n = math.prod(batch)
+    kinds, a_idx, b_idx, ks = (np.array(v, dtype=dt) for v, dt in zip(zip(*rules), (np.int64,) * 3 + (np.float64,)))
+    P = len(rules)
+    if n == 0 or T == 0:
+        sig = be.xp.zeros((P, n, T), dtype=np.int8)
+        pnl = be.xp.zeros((P, n), dtype=np.float64)
+    else:
+        c = close.reshape(n, T)
+        c = c if c.flags.c_contiguous else be.xp.ascontiguousarray(c)
+        f = feats.reshape(feats.shape[0], n, T)
+        f = f if f.flags.c_contiguous else be.xp.ascontiguousarray(f)
+        sig, pnl = be.ops("strategies").backtest(c, f, kinds, a_idx, b_idx, ks, cost)
+    return StrategyResult(sig.reshape(grid_shape + batch + (T,)), pnl.reshape(grid_shape + batch))
+
+
+def _restore(restore, result: StrategyResult) -> StrategyResult:
+    if restore is _identity:
+        return result
+    return StrategyResult(restore(result.signals), result.pnl)
+
+
+def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> StrategyResult:
+    """EMA-crossover signals and backtest P&L over a parameter grid (see module docstring).
+
+    close: (..., T) float (pandas in: signals as pandas); fast, slow: int >= 1 or
+    sequences (outer-product grid axes ``(len(fast), len(slow))``, leading);
+    cost_bps >= 0. Returns :class:`StrategyResult`.
+    """
+    fasts, fast_grid = check_windows(fast, "fast")
+    slows, slow_grid = check_windows(slow, "slow")
+    cost = _check_cost(cost_bps)
+    be, (c,), restore = resolve((close,), ("close",), backend)
+    windows = sorted(set(fasts) | set(slows))
+    row = {w: i for i, w in enumerate(windows)}
+    feats = ema(c, windows, backend=be.name)
+    rules = [(_sm.MOMENTUM, row[f], row[s], 0.0) for f, s in itertools.product(fasts, slows)]
+    grid = tuple(len(v) for v, g in ((fasts, fast_grid), (slows, slow_grid)) if g)
+    return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
+
+
+def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) -> StrategyResult:
+    """Bollinger mean-reversion signals and backtest P&L over a parameter grid.
+
+    close: (..., T) float; window: int >= 2 or a sequence; nstd: float >= 0 or a
+    sequence (grid axes ``(len(window), len(nstd))``). One Bollinger(window, 1) per
+    distinct window serves every nstd. Returns :class:`StrategyResult`.
+    """
+    windows, window_grid = check_windows(window, "window", 2)
+    nstds, nstd_grid = check_floats(nstd, "nstd", 0.0)
+    cost = _check_cost(cost_bps)
+    be, (c,), restore = resolve((close,), ("close",), backend)
+    uniq = sorted(set(windows))
+    upper, middle, _ = bollinger(c, uniq, 1.0, backend=be.name)
+    feats = be.xp.concatenate([middle, upper - middle])
+    W = len(uniq)
+    rules = [(_sm.MEAN_REVERSION, uniq.index(w), W + uniq.index(w), k) for w, k in itertools.product(windows, nstds)]
+    grid = tuple(len(v) for v, g in ((windows, window_grid), (nstds, nstd_grid)) if g)
+    return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
+
+
+def _check_strategies(strategies) -> tuple:
+    items = tuple(strategies) if isinstance(strategies, (list, tuple)) else None
+    if not items or not all(isinstance(s, (Momentum, MeanReversion)) for s in items):
+        raise TypeError("strategies must be a non-empty list of Momentum / MeanReversion instances")
+    return items
+
+
+class StrategyRunner:
+    """Several strategies over the same data, sharing their feature computation.
+
+    ``StrategyRunner([Momentum(10, 30), Momentum(10, 50), MeanReversion(20, 2)])``:
+    the union of the strategies' indicators (``ema_10`` once for both momentum rules)
+    is computed by one :func:`gpu_trader.features` call and all signals by one kernel.
+
+    * ``run(close, cost_bps=0.0, backend=None) -> {strategy.name: StrategyResult}``
+      (close ``(..., T)``; each result as from :func:`momentum` with scalar parameters);
+    * ``stream(n_symbols) -> StrategyStream`` whose ``update(close_row)`` returns int8
+      ``(n_strategies, n_symbols)`` in the runner's order.
+    """
+
+    def __init__(self, strategies: Sequence[Momentum | MeanReversion]) -> None:
+        self.strategies = _check_strategies(strategies)
+        spec: dict = {}
+        refs = []
+        for s in self.strategies:
+            entries, a, b, k = s._features()
+            spec.update(entries)
+            refs.append((s.kind, a, b, k))
+        self.spec = spec
+        self._refs = refs
+        self.names = tuple(s.name for s in self.strategies)
+
+    def _keys(self) -> list[str]:
+        return sorted({r[1] for r in self._refs} | {r[2] for r in self._refs})
+
+    def _rules(self, keys):
+        row = {k: i for i, k in enumerate(keys)}
+        return [(kind, row[a], row[b], k) for kind, a, b, k in self._refs]
+
+    def run(self, close, *, cost_bps=0.0, backend=None) -> dict[str, StrategyResult]:
+        cost = _check_cost(cost_bps)
+        be, (c,), restore = resolve((close,), ("close",), backend)
+        values = _sd(features({"close": c}, self.spec, backend=be.name))
+        keys = self._keys()
+        feats = be.xp.stack([values[k] for k in keys])
+        res = _run_rules(be, c, feats, self._rules(keys), cost, c.shape[:-1], (len(self._refs),))
+        return {name: _restore(restore, StrategyResult(res.signals[i], res.pnl[i]))
+                for i, name in enumerate(self.names)}
+
+    def stream(self, n_symbols: int) -> "StrategyStream":
+        return StrategyStream(self.strategies, n_symbols)
+
+
+class StrategyStream:
+    """One-bar-at-a-time signals for ``n_symbols`` symbols (CPU; the pipeline's hot path).
+
+    ``update(close_row) -> int8 array``: ``close_row`` is the new bar's closes, shape
+    ``(n_symbols,)`` (a float when ``n_symbols == 1``); returns the signals of that
+    bar, ``(n_symbols,)`` for a single strategy (``Strategy.stream``) or
+    ``(n_strategies, n_symbols)`` for a runner, a fresh array each call. It keeps
+    :class:`gpu_trader.FeatureStream` state (O(window) floats per symbol) and equals the
+    batch signals at every bar. ``warmup(history)`` feeds ``(n_symbols, T)`` closes at
+    once (returns the last bar's signals); ``reset()`` forgets everything.
+    """
+
+    def __init__(self, strategies, n_symbols: int, *, squeeze: bool = False) -> None:
+        from .cpu_fallback.strategies import signals_now
+        from .streaming import FeatureStream
+
+        runner = strategies if isinstance(strategies, StrategyRunner) else StrategyRunner(strategies)
+        self._features = FeatureStream(n_symbols, runner.spec)
+        self.n_symbols = self._features.n_symbols
+        self.names = runner.names
+        keys = runner._keys()
+        self._keys = keys
+        kinds, a_idx, b_idx, ks = zip(*runner._rules(keys))
+        self._rules = (np.array(kinds, np.int64), np.array(a_idx, np.int64), np.array(b_idx, np.int64),
+                       np.array(ks, np.float64))
+        self._feats = np.empty((len(keys), self.n_symbols), dtype=np.float64)
+        self._close = np.empty(self.n_symbols, dtype=np.float64)
+        self._squeeze = squeeze
+        self._signals_now = signals_now
+
+    def reset(self) -> None:
+        self._features.reset()
+
+    def _signals(self, values) -> np.ndarray:
+        feats = self._feats
+        for i, k in enumerate(self._keys):
+            feats[i] = values[k] if k in values else values[k[:-3] + "_upper"] - values[k[:-3] + "_middle"]
+        out = np.empty((len(self.names), self.n_symbols), dtype=np.int8)
+        self._signals_now(*self._rules, self._close, feats, out)
+        return out[0] if self._squeeze else out
+
+    def update(self, close_row) -> np.ndarray:
+        row = np.asarray(close_row, dtype=np.float64)
+        values = self._features.update(row)
+        self._close[:] = row
+        return self._signals(values)
+
+    def warmup(self, history) -> np.ndarray:
+        hist = np.asarray(history, dtype=np.float64)
+        if hist.ndim == 1:
+            hist = hist.reshape(1, -1)
+        values = self._features.warmup({"close": hist})
+        self._close[:] = hist[:, -1]
+        return self._signals(values)
