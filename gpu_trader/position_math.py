@@ -78,10 +78,10 @@ def mark_to_market(xp, qty, avg_cost, prices):
     (one mark) or ``(n_assets, T)`` (a price path, time last). Returns
     ``(market_value, unrealized)``, each ``(n_portfolios,)`` or ``(n_portfolios, T)``:
     ``market_value = qty @ prices`` and ``unrealized = market_value - sum(qty * avg_cost)``.
-    One GEMM (GEMV) plus one row sum; the result has the inputs' float dtype.
+    One GEMM (GEMV) plus row-wise dot products; the result has the inputs' float dtype.
     """
     market_value = qty @ prices
-    basis = (qty * avg_cost).sum(axis=-1)
+    basis = xp.einsum("ij,ij->i", qty, avg_cost)  # row dot products, no (P, A) temporary
     if market_value.ndim == 2:
         basis = basis[:, None]
     return market_value, market_value - basis
