@@ -230,7 +230,8 @@ def validate_order(order: Order, portfolio: "Portfolio | None" = None, limits: R
             return Rejection(cid, "no_price", f"no valid reference price for {symbol!r} (got {px!r})")
         qty = order.quantity
         if qty > limits.max_order_quantity:
-            return Rejection(cid, "order_size", f"quantity {qty:g} exceeds max_order_quantity {limits.max_order_quantity:g}")
+            return Rejection(cid, "order_size",
+                             f"quantity {qty:g} exceeds max_order_quantity {limits.max_order_quantity:g}")
         if qty * px > limits.max_order_notional:
             return Rejection(cid, "order_size",
                              f"notional {qty * px:.2f} exceeds max_order_notional {limits.max_order_notional:g}")

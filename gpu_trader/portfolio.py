@@ -274,7 +274,8 @@ class Portfolio:
                 _frozen(self._q[:n]), _frozen(self._avg[:n]), _frozen(self._last[:n]), _frozen(self._real[:n]),
             )
 
-    def check_position_limits(self, max_quantity: float | None = None, max_notional: float | None = None) -> tuple[str, ...]:
+    def check_position_limits(self, max_quantity: float | None = None,
+                              max_notional: float | None = None) -> tuple[str, ...]:
         """Symbols whose ``|quantity|`` exceeds ``max_quantity`` or whose ``|quantity| *
         last_price`` exceeds ``max_notional`` (either may be ``None``: not checked);
         ``()`` when all are within limits. One vectorized pass over the book."""

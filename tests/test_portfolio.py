@@ -400,7 +400,8 @@ def test_cuda_kernel_under_simulator(tmp_path):
         "from gpu_trader.kernels import portfolio as kp\n"
         f"d = np.load({str(tmp_path / 'in.npz')!r})\n"
         "q, a = d['q'].reshape(-1), d['a'].reshape(-1)\n"
-        "out = kp.apply_fills_xp(np, q, a, np.zeros_like(q), d['fq'].reshape(len(q), -1), d['fp'].reshape(len(q), -1))\n"
+        "fq, fp = d['fq'].reshape(len(q), -1), d['fp'].reshape(len(q), -1)\n"
+        "out = kp.apply_fills_xp(np, q, a, np.zeros_like(q), fq, fp)\n"
         "print(json.dumps([o.tolist() for o in out]))\n"
     )
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
