@@ -124,6 +124,8 @@ def orders_targets() -> tuple[Target, ...]:
                "20 in ~ one latency + < 1 ms", _p50_below(100e-3), _overhead_within(10e-3, 1e-3)),
         Target("orders.manage", "cancellation, routing, manager submit/track", "(none)", "< 20 us",
                (), _p50_below(20 * _US)),
+        Target("orders.submit_sequence", "manager submit/track, 10 in sequence in one loop run", "(none)",
+               "< 20 us each", (), _p50_below(200 * _US)),
     ]
     return tuple(out)
 
