@@ -174,9 +174,9 @@ class Portfolio:
                 new = np.zeros(2 * i)
                 new[:i] = old
                 setattr(self, name, new)
-        self._slot[symbol] = i
-        self._symbols.append(symbol)
         self._q[i] = self._avg[i] = self._last[i] = self._real[i] = 0.0
+        self._symbols.append(symbol)
+        self._slot[symbol] = i  # published last: lock-free readers never see a stale slot
         return i
 
     def _position(self, i: int) -> Position:
@@ -209,8 +209,9 @@ class Portfolio:
         return len(self._symbols)
 
     def quantity(self, symbol: str) -> float:
-        """Signed quantity held in ``symbol`` (0.0 when there is no position). Lock-free
-        read of one slot: the fast lookup of pre-trade checks."""
+        """Signed quantity held in ``symbol`` (0.0 when there is no position). A lock-free
+        read of one slot (writers fill a slot before publishing it), the fast lookup of
+        pre-trade checks; it may miss a fill booked by another thread at the same moment."""
         i = self._slot.get(symbol)
         return 0.0 if i is None else self._q.item(i)
 
@@ -341,10 +342,10 @@ class Portfolio:
             last = len(self._symbols) - 1
             if i != last:  # keep the arrays dense: move the last slot into the hole
                 moved = self._symbols[last]
-                self._symbols[i] = moved
-                self._slot[moved] = i
                 for a in (self._q, self._avg, self._last, self._real):
                     a[i] = a[last]
+                self._symbols[i] = moved
+                self._slot[moved] = i  # after the copy: lock-free readers see whole slots
             self._symbols.pop()
             return removed
 

@@ -237,7 +237,7 @@ def test_concurrent_updates_lose_nothing(monkeypatch):
     monkeypatch.setattr(portfolio_module, "fill_step", yielding_step)
     pf = Portfolio(1_000_000.0, commission=FixedCommission(1.0))
     n_threads, per_thread = 8, 400
-    start = threading.Barrier(n_threads)
+    start = threading.Barrier(n_threads + 1)
 
     def worker(k):
         start.wait()
@@ -248,7 +248,15 @@ def test_concurrent_updates_lose_nothing(monkeypatch):
                 pf.snapshot()
                 pf.check_position_limits(1e9)
 
+    def churn():  # adds and removes other positions, moving slots while fills land
+        start.wait()
+        for j in range(300):
+            pf.set_position(f"T{j % 7}", j + 1, 5.0)
+            if j % 2:
+                pf.remove_position(f"T{(j * 3) % 7}")
+
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+    threads.append(threading.Thread(target=churn))
     for t in threads:
         t.start()
     for t in threads:
