@@ -21,6 +21,7 @@ P&L and cash in currency.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -422,6 +423,15 @@ class Portfolio:
 
 
 # -- many portfolios at once (backend) --------------------------------------------------
+def _values(*arrays):
+    """pandas objects as their plain values: here rows are portfolios, not time, so the
+    time-along-the-index convention of :func:`gpu_trader.backend.resolve` does not apply."""
+    pd = sys.modules.get("pandas")
+    if pd is None:
+        return arrays
+    return tuple(a.to_numpy() if isinstance(a, (pd.Series, pd.DataFrame)) else a for a in arrays)
+
+
 def batch_apply_fills(quantities, avg_costs, fill_quantities, fill_prices, *, realized=None, backend=None):
     """Apply K fills to each of many positions at once (e.g. portfolios x assets).
 
@@ -434,7 +444,9 @@ def batch_apply_fills(quantities, avg_costs, fill_quantities, fill_prices, *, re
     Returns ``(quantities, avg_costs, realized)`` of shape ``S`` on the backend, float64;
     the inputs are not modified. Same rules per position as :meth:`Portfolio.apply_fill`.
     """
-    be, (q, a), restore = resolve((quantities, avg_costs), ("quantities", "avg_costs"), backend)
+    quantities, avg_costs, fill_quantities, fill_prices, realized = _values(
+        quantities, avg_costs, fill_quantities, fill_prices, realized)
+    be, (q, a), _ = resolve((quantities, avg_costs), ("quantities", "avg_costs"), backend)
     _, (fq, fp), _ = resolve((fill_quantities, fill_prices), ("fill_quantities", "fill_prices"), be)
     xp = be.xp
     if fq.shape[:-1] != q.shape:
@@ -465,7 +477,9 @@ def batch_pnl(quantities, avg_costs, prices, *, backend=None):
     unrealized)`` each ``(n_portfolios,)`` or ``(n_portfolios, T)`` on the backend, in the
     inputs' float dtype (float32 stays float32; mixed dtypes compute in float64). NaN
     prices propagate to the portfolios holding (or with zero quantity in) that asset.
+    pandas inputs are read as their values (rows: portfolios); results are arrays.
     """
+    quantities, avg_costs, prices = _values(quantities, avg_costs, prices)
     be, (q, a), _ = resolve((quantities, avg_costs), ("quantities", "avg_costs"), backend)
     _, (p,), _ = resolve((prices,), ("prices",), be)
     if q.ndim != 2:

@@ -449,3 +449,15 @@ def test_cuda_kernel_compiles_to_ptx():
     if res.returncode == 3:
         pytest.skip("NVVM (CUDA toolkit) not available: " + res.stdout.strip()[-300:])
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_batch_functions_read_pandas_rows_as_portfolios():
+    pd = pytest.importorskip("pandas")
+    q = np.array([[1.0, 2.0], [3.0, -4.0]])
+    a = np.array([[10.0, 20.0], [30.0, 40.0]])
+    p = np.array([11.0, 19.0])
+    mv, upnl = batch_pnl(pd.DataFrame(q), pd.DataFrame(a), pd.Series(p))
+    np.testing.assert_allclose(mv, [1 * 11 + 2 * 19, 3 * 11 - 4 * 19])
+    np.testing.assert_allclose(upnl, [1 * 1 + 2 * -1, 3 * -19 - 4 * -21])
+    nq, _, _ = batch_apply_fills(pd.DataFrame(q), pd.DataFrame(a), np.ones((2, 2, 1)), np.full((2, 2, 1), 5.0))
+    np.testing.assert_array_equal(nq, q + 1)
