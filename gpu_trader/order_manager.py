@@ -18,8 +18,9 @@ Guarantees:
 * **Routing and failover**: the router gives brokers in preference order. A broker
   whose circuit breaker is open is skipped; a :class:`~gpu_trader.brokers.BrokerError`
   (request not received) is retried ``max_retries`` times, then the next broker is
-  tried. A timeout is ambiguous (the order may be live), so the order then stays with
-  that broker: it is retried there with the same id and never failed over.
+  tried. A timeout, an unexpected exception or an unreadable answer is ambiguous (the
+  order may be live), so the order then stays with that broker: it is retried there
+  with the same id and never failed over, and reported UNKNOWN until the broker answers.
 """
 from __future__ import annotations
 
@@ -191,13 +192,16 @@ class OrderManager:
         report = None
         try:
             report = await self._place(order)
-            return report
+        except Exception as exc:  # a bug below (a broken portfolio, ...): report it, keep the loop alive
+            report = self._store(_report(cid, UNKNOWN if cid in self._venue else REJECTED, "internal",
+                                         f"internal error: {exc!r}", self._venue.get(cid, "")))
         finally:
             del self._inflight[cid]
-            if report is None:  # cancelled, or a bug below: settle the waiters anyway
+            if report is None:  # the caller's task was cancelled: settle the waiters anyway
                 status = UNKNOWN if cid in self._venue else REJECTED
-                report = self._store(_report(cid, status, "internal", "submission was interrupted"))
+                report = self._store(_report(cid, status, "internal", "submission was cancelled"))
             fut.set_result(report)
+        return report
 
     async def _place(self, order: Order) -> OrderReport:
         cid = order.client_order_id
@@ -242,9 +246,17 @@ class OrderManager:
             except asyncio.CancelledError:
                 breaker.release()
                 raise
-            except Exception as exc:  # a broken broker counts as a failure
+            except Exception as exc:  # a broken broker: a failure, and it may hold the order
                 breaker.record_failure()
+                if sticky_id is not None:
+                    self._venue.setdefault(sticky_id, name)
                 code, reason = "broker_error", f"broker {name!r} raised {exc!r}"
+                continue
+            if not isinstance(ack, BrokerAck):  # an answer we cannot read: as ambiguous as a timeout
+                breaker.record_failure()
+                if sticky_id is not None:
+                    self._venue.setdefault(sticky_id, name)
+                code, reason = "broker_error", f"broker {name!r} answered {type(ack).__name__}, not a BrokerAck"
                 continue
             breaker.record_success()
             return ack
@@ -270,10 +282,10 @@ class OrderManager:
         cid = order.client_order_id
         if cid in self._booked:
             return
-        self._booked.add(cid)
         if self.portfolio is not None:
             qty = ack.filled_quantity if order.side == BUY else -ack.filled_quantity
             self.portfolio.apply_fill(order.symbol, qty, ack.fill_price)
+        self._booked.add(cid)  # only once booked: a failed booking is retried on resubmission
 
     def _store(self, report: OrderReport) -> OrderReport:
         self._reports[report.client_order_id] = report
