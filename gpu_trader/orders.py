@@ -144,10 +144,8 @@ def stop_limit_order(symbol: str, side: str, quantity: float, stop_price: float,
 
 
 class Rejection(msgspec.Struct, frozen=True):
-    """Why an order was refused. ``code``: ``invalid``, ``unknown_symbol``, ``no_price``,
-    ``order_size``, ``position_limit``, ``buying_power``, ``duplicate_id``,
-    ``circuit_open``, ``broker_error``, ``broker_rejected``, ``not_found``,
-    ``not_cancellable``, ``internal``."""
+    """Why a pre-trade check refused an order. ``code``: ``invalid``, ``unknown_symbol``,
+    ``no_price``, ``order_size``, ``position_limit`` or ``buying_power``."""
 
     client_order_id: str
     code: str
@@ -158,7 +156,9 @@ class OrderReport(msgspec.Struct, frozen=True):
     """The manager's answer for one order: ``status`` is one of FILLED, OPEN, CANCELLED,
     REJECTED, UNKNOWN; ``filled_quantity`` (unsigned) at ``fill_price`` (NaN when not
     filled); ``broker`` the venue's name (``""`` when none was reached); ``code`` and
-    ``reason`` explain a rejection, a timeout or a refused cancel."""
+    ``reason`` explain a rejection, a timeout or a refused cancel: a :class:`Rejection`
+    code, or one of the manager's: ``duplicate_id``, ``circuit_open``, ``broker_error``,
+    ``broker_rejected``, ``timeout``, ``not_found``, ``not_cancellable``, ``internal``."""
 
     client_order_id: str
     status: str
