@@ -128,11 +128,25 @@ def _sd(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+_RULES: dict = {}
+
+
+def _rule_arrays(rules: tuple) -> tuple[np.ndarray, ...]:
+    """``(kinds, a_idx, b_idx, ks)`` arrays of a rule list (memoized: rule lists repeat)."""
+    hit = _RULES.get(rules)
+    if hit is None:
+        if len(_RULES) > 1024:
+            _RULES.clear()
+        cols = zip(*rules)
+        hit = _RULES[rules] = tuple(np.array(v, dtype=dt) for v, dt in zip(cols, (np.int64,) * 3 + (np.float64,)))
+    return hit
+
+
 def _run_rules(be, close, feats, rules, cost, batch, grid_shape):
     """Run rules ``[(kind, a row, b row, k)]`` over close (..., T) and stacked feats (R, ..., T)."""
     T = close.shape[-1]
     n = math.prod(batch)
-    kinds, a_idx, b_idx, ks = (np.array(v, dtype=dt) for v, dt in zip(zip(*rules), (np.int64,) * 3 + (np.float64,)))
+    kinds, a_idx, b_idx, ks = _rule_arrays(tuple(rules))
     P = len(rules)
     if n == 0 or T == 0:
         sig = be.xp.zeros((P, n, T), dtype=np.int8)
@@ -163,7 +177,7 @@ def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> Strategy
     slows, slow_grid = check_windows(slow, "slow")
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
-    windows = sorted(set(fasts) | set(slows))
+    windows = tuple(sorted(set(fasts) | set(slows)))
     row = {w: i for i, w in enumerate(windows)}
     feats = ema(c, windows, backend=be.name)
     rules = [(_sm.MOMENTUM, row[f], row[s], 0.0) for f, s in itertools.product(fasts, slows)]
@@ -182,7 +196,7 @@ def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) ->
     nstds, nstd_grid = check_floats(nstd, "nstd", 0.0)
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
-    uniq = sorted(set(windows))
+    uniq = tuple(sorted(set(windows)))
     upper, middle, _ = bollinger(c, uniq, 1.0, backend=be.name)
     feats = be.xp.concatenate([middle, upper - middle])
     W = len(uniq)
@@ -266,9 +280,7 @@ class StrategyStream:
         self.names = runner.names
         keys = runner._keys()
         self._keys = keys
-        kinds, a_idx, b_idx, ks = zip(*runner._rules(keys))
-        self._rules = (np.array(kinds, np.int64), np.array(a_idx, np.int64), np.array(b_idx, np.int64),
-                       np.array(ks, np.float64))
+        self._rules = _rule_arrays(tuple(runner._rules(keys)))
         self._feats = np.empty((len(keys), self.n_symbols), dtype=np.float64)
         self._close = np.empty(self.n_symbols, dtype=np.float64)
         self._squeeze = squeeze

@@ -21,8 +21,6 @@ not finite (a NaN close) earns 0.
 """
 from __future__ import annotations
 
-import math
-
 from numba import float64 as f64
 from numba.extending import register_jitable
 
@@ -47,23 +45,28 @@ def bar_signal(kind, close, a, b, k):
 
 
 @register_jitable
-def backtest_row(kind, close, a, b, k, cost, sig):
+def backtest_row(kind, close, ret, a, b, k, cost, sig):
     """Signals of one series into ``sig`` (int8 view, length T) and its total P&L.
 
-    close, a, b: 1-D views of length T (any float dtype, read as float64); k, cost:
-    floats (cost as a fraction of notional per unit of position change).
+    close, a, b: 1-D views of length T (any float dtype, read as float64); ret: the
+    series' bar returns from :func:`bar_returns` (float64, length T); k, cost: floats
+    (cost as a fraction of notional per unit of position change).
     """
     prev = 0
     pnl = 0.0
-    c_prev = math.nan
     for t in range(close.shape[0]):
-        c = f64(close[t])
-        s = bar_signal(kind, c, f64(a[t]), f64(b[t]), k)
+        s = bar_signal(kind, f64(close[t]), f64(a[t]), f64(b[t]), k)
         sig[t] = s
-        r = c / c_prev - 1.0
-        if math.isfinite(r):
-            pnl += prev * r
-        pnl -= cost * abs(s - prev)
+        pnl += prev * ret[t] - cost * abs(s - prev)
         prev = s
-        c_prev = c
     return pnl
+
+
+def bar_returns(xp, close):
+    """``ret[..., t] = close[..., t] / close[..., t-1] - 1`` in float64, 0 where not finite
+    and at t = 0 (the return bar t earns for the position of bar t-1)."""
+    c = close.astype(xp.float64, copy=False)
+    ret = xp.zeros(c.shape, dtype=xp.float64)
+    ret[..., 1:] = c[..., 1:] / c[..., :-1] - 1.0
+    ret[~xp.isfinite(ret)] = 0.0
+    return ret

@@ -130,6 +130,49 @@ def orders_targets() -> tuple[Target, ...]:
     return tuple(out)
 
 
+def market_data_targets() -> tuple[Target, ...]:
+    """TARGETS.md section 1 (memory per connection is checked by the tests, not timed)."""
+    out = [
+        Target(f"market_data.ingest_{n}", f"tick ingestion (parse + validate + append), {n} ticks",
+               "< 100 us / tick", "< 2 us / tick", _p50_below(n * 100 * _US), _p50_below(n * 2 * _US))
+        for n in (100, 1_000, 10_000)
+    ]
+    out += [
+        Target("market_data.single_parse", "single tick JSON parse", "< 50 us", "< 5 us",
+               _p50_below(50 * _US), _p50_below(5 * _US)),
+        Target("market_data.batch_parse", "batch JSON parse, 10..1000 messages", "< 5 ms", "1000 msgs < 1 ms",
+               _p50_below(5e-3), _p50_below(1e-3)),
+        Target("market_data.quote_one", "quote processing, one quote", "< 50 us each", "(batched row)",
+               _p50_below(50 * _US), ()),
+    ]
+    out += [
+        Target(f"market_data.quotes_{n}", f"quote processing batched, {n} quotes", "> 10,000 quotes/s",
+               "> 1,000,000 quotes/s batched", _p50_below(n / 1e4), _p50_below(n / 1e6))
+        for n in (100_000, 1_000_000)
+    ]
+    out += [
+        Target(f"market_data.bars_{b}", f"bar aggregation ticks -> OHLCV, {b} bars", f"< {ms} ms",
+               "1440 bars < 0.5 ms", _p50_below(ms * 1e-3), _p50_below(0.5e-3))
+        for b, ms in ((60, 0.5), (300, 2), (1440, 5))
+    ]
+    return tuple(out)
+
+
+def strategies_targets() -> tuple[Target, ...]:
+    """TARGETS.md section 3."""
+    return (
+        Target("strategies.signal", "momentum / mean-reversion, 100 bars", "< 5 ms (signal)", "< 100 us",
+               _p50_below(5e-3), _p50_below(100 * _US)),
+        Target("strategies.multi", "multi-strategy, 2..10 strategies, 100 bars", "10 in < 50 ms", "10 in < 1 ms",
+               _p50_below(50e-3), _p50_below(1e-3)),
+        Target("strategies.update", "state update (one bar)", "< 500 us", "< 20 us",
+               _p50_below(500 * _US), _p50_below(20 * _US)),
+        Target("strategies.init", "initialization", "< 1 ms", "< 100 us", _p50_below(1e-3), _p50_below(100 * _US)),
+        Target("strategies.sweep", "batched sweep, parameter sets x symbols x bars", "(none)", "GPU >= 20x CPU",
+               (), (Check("ratio:cpu", ">=", 20.0, ("cuda",)),)),
+    )
+
+
 _ALL = (
     # -- section 2: features ----------------------------------------------------------
     Target("features.sma", "SMA (10, 20, 50), 20..1000 bars", "SMA(20) < 200 us", "< 10 us at 1000 bars",
@@ -153,6 +196,9 @@ _ALL = (
            (), _BATCH_TALIB + _BATCH_COPY + (Check("ratio:bottleneck", ">=", 1 / 1.5, ("cpu",)),)),
     Target("features.batched_vwap", "batched 2000 x 2520, VWAP (not in TA-Lib)", "(none)",
            "CPU <= 2.5x copy time; GPU >= 50% copy bandwidth", (), _BATCH_COPY),
+    # -- sections 1 and 3: market data, strategies ----------------------------------
+    *market_data_targets(),
+    *strategies_targets(),
     # -- section 4: orders (placement: overhead beyond the latency, via ratio:sleep; see orders_targets) --
     *orders_targets(),
     # -- section 6: portfolio (+ section 5's position limit check) --------------------

@@ -1,5 +1,10 @@
 """CPU twin of the strategy kernels: :func:`gpu_trader.strategy_math.backtest_row` mapped
-over (parameter set, series) rows with numba (``prange``; serial for tiny batches)."""
+over (parameter set, series) rows with numba (``prange``; serial for tiny batches).
+
+Work items are series-major (item ``j = i * P + p``), so one thread runs every
+parameter set of a symbol back to back while its close, returns and indicator rows
+are in cache; memory traffic is then mostly the int8 signals written.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -13,23 +18,23 @@ SERIAL_MAX_ELEMENTS = 50_000
 
 
 @njit_cached(parallel=True, nogil=True)
-def _rows_parallel(close, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
-    n = close.shape[0]
-    for j in prange(kinds.shape[0] * n):
-        p = j // n
-        i = j - p * n
-        pnl[p, i] = sm.backtest_row(kinds[p], close[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p], cost,
-                                    sig[p, i])
+def _rows_parallel(close, ret, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
+    P = kinds.shape[0]
+    for j in prange(P * close.shape[0]):
+        i = j // P
+        p = j - i * P
+        pnl[p, i] = sm.backtest_row(kinds[p], close[i], ret[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p],
+                                    cost, sig[p, i])
 
 
 @njit_cached(nogil=True)
-def _rows_serial(close, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
-    n = close.shape[0]
-    for j in range(kinds.shape[0] * n):
-        p = j // n
-        i = j - p * n
-        pnl[p, i] = sm.backtest_row(kinds[p], close[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p], cost,
-                                    sig[p, i])
+def _rows_serial(close, ret, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
+    P = kinds.shape[0]
+    for j in range(P * close.shape[0]):
+        i = j // P
+        p = j - i * P
+        pnl[p, i] = sm.backtest_row(kinds[p], close[i], ret[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p],
+                                    cost, sig[p, i])
 
 
 @njit_cached(nogil=True)
@@ -53,5 +58,5 @@ def backtest(close, feats, kinds, a_idx, b_idx, ks, cost):
     sig = np.empty((P, n, T), dtype=np.int8)
     pnl = np.empty((P, n), dtype=np.float64)
     run = _rows_serial if P * n * T < SERIAL_MAX_ELEMENTS else _rows_parallel
-    run(close, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl)
+    run(close, sm.bar_returns(np, close), feats, kinds, a_idx, b_idx, ks, cost, sig, pnl)
     return sig, pnl

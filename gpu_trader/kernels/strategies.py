@@ -2,7 +2,7 @@
 
 Same contract as :func:`gpu_trader.cpu_fallback.strategies.backtest`, CuPy arrays in
 and out. One thread per (parameter set, series) row, ``THREADS_PER_BLOCK`` threads a
-block. The inputs are transposed to a time-major layout (close ``(T, n)``, features
+block. The inputs are transposed to a time-major layout (close and bar returns ``(T, n)``, features
 ``(R, T, n)``) and signals are written to ``(P, T, n)``, so at each bar the threads of
 a warp (consecutive series) read and write consecutive addresses; the signals are
 transposed back to ``(P, n, T)`` at the end.
@@ -25,14 +25,14 @@ THREADS_PER_BLOCK = 128
 @functools.lru_cache(maxsize=None)
 def _rows_kernel():
     @cuda.jit
-    def rows(nthreads, close, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
+    def rows(nthreads, close, ret, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
         j = cuda.grid(1)
         if j < nthreads:
             n = close.shape[1]
             p = j // n
             i = j - p * n
-            pnl[p, i] = sm.backtest_row(kinds[p], close[:, i], feats[a_idx[p], :, i], feats[b_idx[p], :, i],
-                                        ks[p], cost, sig[p, :, i])
+            pnl[p, i] = sm.backtest_row(kinds[p], close[:, i], ret[:, i], feats[a_idx[p], :, i],
+                                        feats[b_idx[p], :, i], ks[p], cost, sig[p, :, i])
 
     return rows
 
@@ -42,10 +42,11 @@ def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp):
     n, T = close.shape
     P = int(kinds.shape[0])
     close_tm = xp.ascontiguousarray(close.T)
+    ret_tm = xp.ascontiguousarray(sm.bar_returns(xp, close).T)
     feats_tm = xp.ascontiguousarray(feats.transpose(0, 2, 1))
     sig = xp.empty((P, T, n), dtype=xp.int8)
     pnl = xp.empty((P, n), dtype=xp.float64)
-    args = (close_tm, feats_tm, xp.asarray(kinds), xp.asarray(a_idx), xp.asarray(b_idx), xp.asarray(ks),
+    args = (close_tm, ret_tm, feats_tm, xp.asarray(kinds), xp.asarray(a_idx), xp.asarray(b_idx), xp.asarray(ks),
             float(cost), sig, pnl)
     CudaExecutor(xp, THREADS_PER_BLOCK)._launch(_rows_kernel(), P * n, args)
     return xp.ascontiguousarray(sig.transpose(0, 2, 1)), pnl

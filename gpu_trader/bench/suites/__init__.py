@@ -15,6 +15,8 @@ __all__ = ["SUITES", "workloads"]
 # suite name -> module defining ``workloads(quick)``
 SUITES: dict[str, str] = {
     "features": "gpu_trader.bench.suites.features",
+    "market_data": "gpu_trader.bench.suites.market_data",
+    "strategies": "gpu_trader.bench.suites.strategies",
     "orders": "gpu_trader.bench.suites.orders",
     "portfolio": "gpu_trader.bench.suites.portfolio",
 }
