@@ -7,10 +7,11 @@ kernels with ``xp = cupy``. Nothing here validates input (the public module does
   per quote (elementwise).
 * :func:`bars_by_sort` -- tick -> OHLCV bar aggregation by segmented reductions:
   sort the ticks by (bar cell, timestamp, arrival), find the segment of each
-  non-empty cell, take open/close from the segment ends and scatter-reduce
-  high/low/volume/price*volume into the cells. This is the GPU algorithm; the CPU
-  runs a one-pass numba loop instead (``cpu_fallback.marketdata``) and the tests
-  check both, and this function on NumPy, against pandas.
+  non-empty cell, and reduce each segment (``kernels.marketdata.reduce_segment``,
+  compiled for CUDA there and for the CPU in the tests). This is
+  the GPU algorithm; the CPU runs a one-pass numba loop instead
+  (``cpu_fallback.marketdata``) and the tests check both, and this function on
+  NumPy, against pandas.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def quote_metrics(xp, bid, ask, bid_size, ask_size, ts, now, max_age):
         valid &= _nonnegative_finite(xp, bid_size)
     if ask_size is not None:
         valid &= _nonnegative_finite(xp, ask_size)
-    status = xp.where(valid, QUOTE_OK, QUOTE_INVALID).astype(xp.int8)
+    status = (~valid).astype(xp.int8) * QUOTE_INVALID  # QUOTE_OK where valid
     status[valid & (bid > ask)] = QUOTE_CROSSED
     if ts is not None and now is not None and max_age is not None:
         status[(status == QUOTE_OK) & (now - ts > max_age)] = QUOTE_STALE
@@ -61,19 +62,19 @@ def bar_cells(xp, ts, symbol, timeframe, first_bar, n_bars):
     return symbol.astype(xp.int64) * n_bars + (ts // timeframe - first_bar)
 
 
-def bars_by_sort(xp, scatter_add, scatter_max, scatter_min, ts, price, size, symbol, timeframe,
-                 first_bar, n_bars, n_symbols):
+def bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols):
     """OHLCV bars of ticks by segmented reductions (the GPU algorithm).
 
-    ts: int64 ns (n,); price, size: float64 (n,); symbol: integer ids (n,) in
-    ``[0, n_symbols)``; bars are ``[first_bar + k) * timeframe`` for k < n_bars.
-    ``scatter_add/max/min(target, indices, values)`` reduce values into
-    ``target[indices]`` in place (``cupyx.scatter_*`` on the GPU, ``numpy.<ufunc>.at``
-    on the host). Returns ``(open, high, low, close, volume, vwap, count)``, each of
-    shape ``(n_symbols, n_bars)``: float64 (NaN prices and VWAP where count == 0 or
-    volume == 0 for VWAP) and int64 counts. Open/close are the prices of the tick with
-    the smallest/largest timestamp of the bar, ties going to the earliest/latest in
-    input order.
+    ts: int64 ns (n,), n >= 1; price, size: float64 (n,); symbol: integer ids (n,) in
+    ``[0, n_symbols)``; bars are ``[first_bar + k) * timeframe`` for k < n_bars. The
+    ticks are sorted by (cell, ts, arrival) with ``xp.lexsort``; each run of one cell is
+    a segment, and ``reduce_segments(n_segments, *args)`` applies ``reduce_segment``
+    to every segment (a CUDA kernel, one thread per segment, on the GPU; a numba loop in
+    the tests). No atomics, so results are deterministic. Returns ``(open, high, low,
+    close, volume, vwap, count)``, each ``(n_symbols, n_bars)``: float64 (NaN prices
+    where count == 0, NaN VWAP where volume == 0) and int64 counts. Open/close are the
+    prices of the tick with the smallest/largest ts of the bar, ties going to the
+    earliest/latest in input order.
     """
     n = ts.shape[0]
     n_cells = n_symbols * n_bars
@@ -86,27 +87,12 @@ def bars_by_sort(xp, scatter_add, scatter_max, scatter_min, ts, price, size, sym
     ends = xp.empty_like(starts)
     ends[:-1] = starts[1:] - 1
     ends[-1] = n - 1
-    cells = cell_sorted[starts]
-
-    def empty_prices():
-        return xp.full(n_cells, xp.nan, dtype=xp.float64)
-
-    open_, close = empty_prices(), empty_prices()
-    open_[cells] = price[order[starts]]
-    close[cells] = price[order[ends]]
-    high = xp.full(n_cells, -xp.inf, dtype=xp.float64)
-    low = xp.full(n_cells, xp.inf, dtype=xp.float64)
-    scatter_max(high, cell, price)
-    scatter_min(low, cell, price)
-    volume = xp.zeros(n_cells, dtype=xp.float64)
+    o, h, lo, c = (xp.full(n_cells, xp.nan, dtype=xp.float64) for _ in range(4))
+    v = xp.zeros(n_cells, dtype=xp.float64)
     pv = xp.zeros(n_cells, dtype=xp.float64)
-    scatter_add(volume, cell, size)
-    scatter_add(pv, cell, price * size)
     count = xp.zeros(n_cells, dtype=xp.int64)
-    count[cells] = ends - starts + 1
-    empty = count == 0
-    high[empty] = xp.nan
-    low[empty] = xp.nan
-    vwap = xp.where(volume > 0, pv / xp.where(volume > 0, volume, 1.0), xp.nan)
+    reduce_segments(int(starts.shape[0]), price[order], size[order], starts, ends, cell_sorted[starts],
+                    o, h, lo, c, v, pv, count)
+    vwap = xp.where(v > 0, pv / xp.where(v > 0, v, 1.0), xp.nan)
     shape = (n_symbols, n_bars)
-    return tuple(a.reshape(shape) for a in (open_, high, low, close, volume, vwap, count))
+    return tuple(a.reshape(shape) for a in (o, h, lo, c, v, vwap, count))

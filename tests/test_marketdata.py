@@ -7,8 +7,12 @@ NumPy, and the streaming :class:`BarAggregator`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -265,14 +269,53 @@ def test_aggregate_bars_against_pandas(backend, tf, shuffle):
     assert bars.count.dtype == np.int64 and bars.open.shape == (6, len(bars.start))
 
 
+@functools.lru_cache(maxsize=1)
+def _segments_on_cpu():
+    """The GPU's per-segment body, compiled for the CPU and looped over the segments."""
+    import numba
+
+    from gpu_trader.kernels.marketdata import reduce_segment
+
+    @numba.njit
+    def run(n_segments, *args):
+        for j in range(n_segments):
+            reduce_segment(j, *args)
+
+    return run
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_segmented_reduction_algorithm_on_numpy(shuffle):
-    """The GPU algorithm (sort + segments + scatter) run with NumPy's scatter ufuncs."""
+    """The GPU algorithm (sort + segments + per-segment reduction) on NumPy arrays."""
     ts, price, size, sym = random_ticks(2000, 4, 3 * 3600 * NS, 2, shuffle)
     tf = 60 * NS
     first, n_bars = ts.min() // tf, ts.max() // tf - ts.min() // tf + 1
-    out = mm.bars_by_sort(np, np.add.at, np.maximum.at, np.minimum.at, ts, price, size, sym, tf, first, n_bars, 4)
+    out = mm.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, 4)
     check_bars((np.arange(n_bars) + first) * tf, dict(zip(FIELDS, out)), ts, price, size, sym, 4, tf)
+
+
+_SIM_SCRIPT = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import test_marketdata as t
+from gpu_trader.kernels.marketdata import aggregate_bars_xp
+ts, price, size, sym = t.random_ticks(300, 3, 3600 * t.NS, 5, True)
+tf = 300 * t.NS
+first, n_bars = ts.min() // tf, ts.max() // tf - ts.min() // tf + 1
+out = aggregate_bars_xp(ts, price, size, sym, tf, first, n_bars, 3, xp=np)
+t.check_bars((np.arange(n_bars) + first) * tf, dict(zip(t.FIELDS, out)), ts, price, size, sym, 3, tf)
+print("ok")
+"""
+
+
+def test_bars_kernel_in_cuda_simulator():
+    """The real launcher and CUDA kernel in numba's simulator (a subprocess: the flag must be
+    set before numba is imported)."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", _SIM_SCRIPT, os.path.dirname(__file__)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 @settings(max_examples=40, deadline=None)
