@@ -17,8 +17,8 @@ _LAZY = {
     **dict.fromkeys(("Portfolio", "PortfolioSnapshot", "Position", "batch_apply_fills", "batch_pnl"), "portfolio"),
     **dict.fromkeys(("FixedCommission", "PercentageCommission", "TieredCommission"), "commissions"),
     **dict.fromkeys(("Tick", "Quote", "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor",
-                     "quote_metrics", "aggregate_bars", "Bars", "Bar", "BarAggregator", "MarketDataError"),
-                    "marketdata"),
+                     "QuoteIngestor", "quote_metrics", "aggregate_bars", "Bars", "Bar", "BarAggregator",
+                     "MarketDataError"), "marketdata"),
     **dict.fromkeys(("Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
                      "StrategyStream"), "strategies"),
 }

@@ -51,6 +51,7 @@ from __future__ import annotations
 import datetime
 import math
 import numbers
+import operator
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterable, NamedTuple, Sequence
@@ -63,7 +64,7 @@ from .backend import select_backend
 
 __all__ = [
     "MarketDataError", "Rejection", "Tick", "Quote", "TickBatch", "QuoteBatch",
-    "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor",
+    "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor", "QuoteIngestor",
     "QuoteMetrics", "quote_metrics", "QUOTE_OK", "QUOTE_INVALID", "QUOTE_CROSSED", "QUOTE_STALE",
     "Bars", "aggregate_bars", "parse_timeframe", "Bar", "BarAggregator",
 ]
@@ -177,7 +178,8 @@ def parse_quote(data: bytes | str, symbols: Sequence[str] | None = None) -> Quot
 class TickBatch:
     """Accepted ticks as columns (NumPy, length n) plus the batch's rejections.
 
-    ``symbols[symbol[i]]`` is tick i's name; ``ts`` int64 ns; ``price``, ``size`` float64.
+    ``symbols[symbol[i]]`` is tick i's name (``symbol``: int32 ids); ``ts`` int64 ns;
+    ``price``, ``size`` float64.
     """
 
     symbols: tuple[str, ...]
@@ -617,7 +619,12 @@ class BarAggregator:
 
     def _sid(self, symbol) -> int:
         sid = self._ids.get(symbol, symbol) if self._ids else symbol
-        if type(sid) is not int or not 0 <= sid < len(self._bucket):
+        if type(sid) is not int:
+            try:
+                sid = operator.index(sid)  # NumPy integers (e.g. TickBatch.symbol ids)
+            except TypeError:
+                sid = -1
+        if not 0 <= sid < len(self._bucket):
             raise MarketDataError("unknown_symbol", f"symbol {symbol!r} is not one of this aggregator's symbols")
         return sid
 

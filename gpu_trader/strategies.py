@@ -25,8 +25,9 @@ returns earn 0. Average over symbols for a per-parameter-set figure:
 ``result.pnl.mean(axis=-1)``.
 
 Several strategies at once: :class:`StrategyRunner` computes the union of their
-features in one :func:`gpu_trader.features` call (an EMA shared by two strategies is
-computed once) and all signals in one kernel call.
+features once (an EMA shared by two strategies is computed once; all EMA windows in
+one batched indicator call, all Bollinger windows in another) and all signals in one
+kernel call.
 
 One-bar streaming (CPU): ``Momentum(10, 30).stream(n_symbols)`` or
 ``StrategyRunner([...]).stream(n_symbols)`` give a :class:`StrategyStream` whose
@@ -46,7 +47,7 @@ import numpy as np
 
 from . import strategy_math as _sm
 from .backend import _identity, resolve
-from .indicators import bollinger, ema, features
+from .indicators import bollinger, ema
 from .validation import check_floats, check_windows
 
 __all__ = ["Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
@@ -81,13 +82,9 @@ class Momentum:
     def name(self) -> str:
         return f"momentum({self.fast},{self.slow})"
 
-    def _features(self):
-        """(spec entries, key read as a, key read as b, k) of this rule."""
-        fa, fb = f"ema_{self.fast}", f"ema_{self.slow}"
-        spec = {fa: ("ema", {"window": self.fast}), fb: ("ema", {"window": self.slow})}
-        return spec, fa, fb, 0.0
-
-    kind = _sm.MOMENTUM
+    def _rule(self, rows) -> tuple:
+        """(kind, row of a, row of b, k) given the feature-row lookup of :func:`_feature_rows`."""
+        return _sm.MOMENTUM, rows["ema", self.fast], rows["ema", self.slow], 0.0
 
     def stream(self, n_symbols: int) -> "StrategyStream":
         """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
@@ -109,23 +106,49 @@ class MeanReversion:
     def name(self) -> str:
         return f"mean_reversion({self.window},{self.nstd:g})"
 
-    def _features(self):
-        key = f"bb1_{self.window}"
-        return {key: ("bollinger", {"window": self.window, "nstd": 1.0})}, f"{key}_middle", f"{key}_sd", self.nstd
-
-    kind = _sm.MEAN_REVERSION
+    def _rule(self, rows) -> tuple:
+        return _sm.MEAN_REVERSION, rows["mid", self.window], rows["sd", self.window], float(self.nstd)
 
     def stream(self, n_symbols: int) -> "StrategyStream":
         """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
         return StrategyStream([self], n_symbols, squeeze=True)
 
 
-def _sd(values: dict[str, Any]) -> dict[str, Any]:
-    """Add ``<key>_sd = upper - middle`` for every ``bb1_*`` Bollinger (nstd=1) entry."""
-    for key in [k for k in values if k.startswith("bb1_") and k.endswith("_upper")]:
-        base = key[: -len("_upper")]
-        values[f"{base}_sd"] = values[key] - values[f"{base}_middle"]
-    return values
+def _feature_rows(ema_windows: tuple, bb_windows: tuple) -> dict[tuple[str, int], int]:
+    """Row of each feature in the stacked feature array: ``("ema", w)`` for each EMA window,
+    then ``("mid", w)`` (SMA) and ``("sd", w)`` (population SD) for each Bollinger window."""
+    keys = [("ema", w) for w in ema_windows] + [("mid", w) for w in bb_windows] + [("sd", w) for w in bb_windows]
+    return {k: i for i, k in enumerate(keys)}
+
+
+def _batch_features(be, close, ema_windows: tuple, bb_windows: tuple):
+    """The stacked ``(R, ..., T)`` features of :func:`_feature_rows`: one batched EMA call over
+    every EMA window and one Bollinger(window, nstd=1) call over every Bollinger window
+    (SD = upper - middle)."""
+    parts = []
+    if ema_windows:
+        parts.append(ema(close, ema_windows, backend=be.name).reshape((len(ema_windows),) + close.shape))
+    if bb_windows:
+        upper, middle, _ = bollinger(close, bb_windows, 1.0, backend=be.name)
+        shape = (len(bb_windows),) + close.shape
+        parts += [middle.reshape(shape), (upper - middle).reshape(shape)]
+    return parts[0] if len(parts) == 1 else be.xp.concatenate(parts)
+
+
+def _stream_spec(ema_windows: tuple, bb_windows: tuple) -> dict:
+    """The :class:`gpu_trader.FeatureStream` spec computing the same features."""
+    spec = {f"ema_{w}": ("ema", {"window": w}) for w in ema_windows}
+    spec.update({f"bb1_{w}": ("bollinger", {"window": w, "nstd": 1.0}) for w in bb_windows})
+    return spec
+
+
+def _stream_feature(values: dict, key: tuple[str, int]):
+    """One feature row of :func:`_feature_rows` from a :class:`FeatureStream` update."""
+    kind, w = key
+    if kind == "ema":
+        return values[f"ema_{w}"]
+    middle = values[f"bb1_{w}_middle"]
+    return middle if kind == "mid" else values[f"bb1_{w}_upper"] - middle
 
 
 _RULES: dict = {}
@@ -178,9 +201,9 @@ def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> Strategy
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
     windows = tuple(sorted(set(fasts) | set(slows)))
-    row = {w: i for i, w in enumerate(windows)}
-    feats = ema(c, windows, backend=be.name)
-    rules = [(_sm.MOMENTUM, row[f], row[s], 0.0) for f, s in itertools.product(fasts, slows)]
+    rows = _feature_rows(windows, ())
+    feats = _batch_features(be, c, windows, ())
+    rules = [(_sm.MOMENTUM, rows["ema", f], rows["ema", s], 0.0) for f, s in itertools.product(fasts, slows)]
     grid = tuple(len(v) for v, g in ((fasts, fast_grid), (slows, slow_grid)) if g)
     return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
 
@@ -197,10 +220,9 @@ def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) ->
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
     uniq = tuple(sorted(set(windows)))
-    upper, middle, _ = bollinger(c, uniq, 1.0, backend=be.name)
-    feats = be.xp.concatenate([middle, upper - middle])
-    W = len(uniq)
-    rules = [(_sm.MEAN_REVERSION, uniq.index(w), W + uniq.index(w), k) for w, k in itertools.product(windows, nstds)]
+    rows = _feature_rows((), uniq)
+    feats = _batch_features(be, c, (), uniq)
+    rules = [(_sm.MEAN_REVERSION, rows["mid", w], rows["sd", w], k) for w, k in itertools.product(windows, nstds)]
     grid = tuple(len(v) for v, g in ((windows, window_grid), (nstds, nstd_grid)) if g)
     return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
 
@@ -216,8 +238,9 @@ class StrategyRunner:
     """Several strategies over the same data, sharing their feature computation.
 
     ``StrategyRunner([Momentum(10, 30), Momentum(10, 50), MeanReversion(20, 2)])``:
-    the union of the strategies' indicators (``ema_10`` once for both momentum rules)
-    is computed by one :func:`gpu_trader.features` call and all signals by one kernel.
+    the union of the strategies' indicators is computed once (one batched EMA call over
+    every distinct EMA window -- EMA(10) once for both momentum rules -- and one
+    Bollinger call over every distinct window) and all signals by one kernel call.
 
     * ``run(close, cost_bps=0.0, backend=None) -> {strategy.name: StrategyResult}``
       (close ``(..., T)``; each result as from :func:`momentum` with scalar parameters);
@@ -227,30 +250,18 @@ class StrategyRunner:
 
     def __init__(self, strategies: Sequence[Momentum | MeanReversion]) -> None:
         self.strategies = _check_strategies(strategies)
-        spec: dict = {}
-        refs = []
-        for s in self.strategies:
-            entries, a, b, k = s._features()
-            spec.update(entries)
-            refs.append((s.kind, a, b, k))
-        self.spec = spec
-        self._refs = refs
         self.names = tuple(s.name for s in self.strategies)
-
-    def _keys(self) -> list[str]:
-        return sorted({r[1] for r in self._refs} | {r[2] for r in self._refs})
-
-    def _rules(self, keys):
-        row = {k: i for i, k in enumerate(keys)}
-        return [(kind, row[a], row[b], k) for kind, a, b, k in self._refs]
+        moms = [s for s in self.strategies if isinstance(s, Momentum)]
+        self._ema = tuple(sorted({w for s in moms for w in (s.fast, s.slow)}))
+        self._bb = tuple(sorted({s.window for s in self.strategies if isinstance(s, MeanReversion)}))
+        self._rows = _feature_rows(self._ema, self._bb)
+        self._rules = tuple(s._rule(self._rows) for s in self.strategies)
 
     def run(self, close, *, cost_bps=0.0, backend=None) -> dict[str, StrategyResult]:
         cost = _check_cost(cost_bps)
         be, (c,), restore = resolve((close,), ("close",), backend)
-        values = _sd(features({"close": c}, self.spec, backend=be.name))
-        keys = self._keys()
-        feats = be.xp.stack([values[k] for k in keys])
-        res = _run_rules(be, c, feats, self._rules(keys), cost, c.shape[:-1], (len(self._refs),))
+        feats = _batch_features(be, c, self._ema, self._bb)
+        res = _run_rules(be, c, feats, self._rules, cost, c.shape[:-1], (len(self._rules),))
         return {name: _restore(restore, StrategyResult(res.signals[i], res.pnl[i]))
                 for i, name in enumerate(self.names)}
 
@@ -275,13 +286,12 @@ class StrategyStream:
         from .streaming import FeatureStream
 
         runner = strategies if isinstance(strategies, StrategyRunner) else StrategyRunner(strategies)
-        self._features = FeatureStream(n_symbols, runner.spec)
+        self._features = FeatureStream(n_symbols, _stream_spec(runner._ema, runner._bb))
         self.n_symbols = self._features.n_symbols
         self.names = runner.names
-        keys = runner._keys()
-        self._keys = keys
-        self._rules = _rule_arrays(tuple(runner._rules(keys)))
-        self._feats = np.empty((len(keys), self.n_symbols), dtype=np.float64)
+        self._keys = tuple(runner._rows)
+        self._rules = _rule_arrays(runner._rules)
+        self._feats = np.empty((len(self._keys), self.n_symbols), dtype=np.float64)
         self._close = np.empty(self.n_symbols, dtype=np.float64)
         self._squeeze = squeeze
         self._signals_now = signals_now
@@ -291,8 +301,8 @@ class StrategyStream:
 
     def _signals(self, values) -> np.ndarray:
         feats = self._feats
-        for i, k in enumerate(self._keys):
-            feats[i] = values[k] if k in values else values[k[:-3] + "_upper"] - values[k[:-3] + "_middle"]
+        for i, key in enumerate(self._keys):
+            feats[i] = _stream_feature(values, key)
         out = np.empty((len(self.names), self.n_symbols), dtype=np.int8)
         self._signals_now(*self._rules, self._close, feats, out)
         return out[0] if self._squeeze else out

@@ -373,7 +373,7 @@ def test_bar_aggregator_equals_batch(tf):
     agg = md.BarAggregator(tf, ["A", "B", "C"])
     emitted = []
     for t, p, z, s in zip(ts.tolist(), price.tolist(), size.tolist(), sym.tolist()):
-        bar = agg.update("ABC"[s] if s % 2 else s, t, p, z)  # names and ids both accepted
+        bar = agg.update("ABC"[s] if s % 2 else np.int32(s), t, p, z)  # names and (NumPy) ids both accepted
         if bar is not None:
             emitted.append(bar)
     emitted += agg.flush()

@@ -122,11 +122,21 @@ RUNNER = [S.Momentum(5, 20), S.Momentum(5, 40), S.MeanReversion(20, 2.0), S.Mean
           S.MeanReversion(7, 0.5)]
 
 
-def test_runner_matches_oracle_and_shares_features(backend):
+def test_runner_matches_oracle_and_shares_features(backend, monkeypatch):
     close = prices(3, 300, 4)
     runner = S.StrategyRunner(RUNNER)
-    assert sorted(runner.spec) == ["bb1_20", "bb1_7", "ema_20", "ema_40", "ema_5"]
+    calls = []
+
+    def spy(fn):
+        def wrapped(x, windows, *args, **kwargs):
+            calls.append((fn.__name__, tuple(windows)))
+            return fn(x, windows, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(S, "ema", spy(S.ema))
+    monkeypatch.setattr(S, "bollinger", spy(S.bollinger))
     out = runner.run(gt.get_backend(backend).asarray(close), cost_bps=3.0, backend=backend)
+    assert calls == [("ema", (5, 20, 40)), ("bollinger", (7, 20))]  # each distinct feature once
     assert list(out) == [s.name for s in RUNNER]
     for s in RUNNER:
         if isinstance(s, S.Momentum):

@@ -10,7 +10,7 @@ Cases and references (timed in the same run, on the host):
 * one bar of a :class:`StrategyStream` (momentum(10, 30), one symbol) and building one
   (``initialization``);
 * the batched sweep: momentum over 20 fast x 50 slow = 1000 parameter sets x 500
-  symbols x 2520 bars, signals and P&L in one call (quick: 20 x 5 sets x 50 symbols);
+  symbols x 2520 bars, signals and P&L in one call (quick: 10 x 5 sets x 20 symbols);
   reference ``cpu``, the same call on the cpu backend (only timed where CuPy
   imports, i.e. on GPU machines, for the ``GPU >= 20x CPU`` target).
 
@@ -33,7 +33,7 @@ __all__ = ["workloads"]
 
 BARS = 100
 SWEEP = (list(range(5, 25)), list(range(30, 130, 2)), 500, 2520)  # fast, slow, symbols, bars
-QUICK_SWEEP = (list(range(5, 25)), list(range(30, 130, 20)), 50, 2520)
+QUICK_SWEEP = (list(range(5, 25, 2)), list(range(30, 130, 20)), 20, 2520)
 MULTI = (S.Momentum(10, 30), S.MeanReversion(20, 2.0), S.Momentum(5, 20), S.MeanReversion(10, 1.5),
          S.Momentum(20, 50), S.Momentum(10, 50), S.MeanReversion(20, 1.0), S.MeanReversion(30, 2.0),
          S.Momentum(5, 30), S.MeanReversion(15, 2.5))
@@ -156,7 +156,7 @@ def _sweep(fast, slow, n_symbols: int, bars: int) -> Workload:
 
 
 def workloads(quick: bool) -> list[Workload]:
-    """All cases; ``quick`` shrinks the sweep to 100 parameter sets x 50 symbols."""
+    """All cases; ``quick`` shrinks the sweep to 50 parameter sets x 20 symbols."""
     out = [_signal(s, kind) for s in (S.Momentum(10, 30), S.MeanReversion(20, 2.0))
            for kind in ("trend", "range", "sideways")]
     out += [_multi(n) for n in (2, 5, 10)]
