@@ -65,12 +65,13 @@ from .backend import select_backend
 __all__ = [
     "MarketDataError", "Rejection", "Tick", "Quote", "TickBatch", "QuoteBatch",
     "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor", "QuoteIngestor",
-    "QuoteMetrics", "quote_metrics", "QUOTE_OK", "QUOTE_INVALID", "QUOTE_CROSSED", "QUOTE_STALE",
+    "QuoteMetrics", "quote_metrics", "QUOTE_REASONS", "QUOTE_OK", "QUOTE_INVALID", "QUOTE_CROSSED", "QUOTE_STALE",
     "Bars", "aggregate_bars", "parse_timeframe", "Bar", "BarAggregator",
 ]
 
 QUOTE_OK, QUOTE_INVALID, QUOTE_CROSSED, QUOTE_STALE = (
     _mm.QUOTE_OK, _mm.QUOTE_INVALID, _mm.QUOTE_CROSSED, _mm.QUOTE_STALE)
+QUOTE_REASONS = _mm.QUOTE_REASONS  # status code -> name: ("ok", "invalid", "crossed", "stale")
 
 _Price = Annotated[float, msgspec.Meta(gt=0.0)]
 _Size = Annotated[float, msgspec.Meta(ge=0.0)]

@@ -327,6 +327,21 @@ def test_aggregate_bars_property(n, n_symbols, seed, shuffle, tf_s):
     check_bars(bars.start, {k: getattr(bars, k) for k in FIELDS}, ts, price, size, sym, n_symbols, tf_s * NS)
 
 
+def test_aggregate_bars_float32_strided_and_int_inputs_not_mutated():
+    ts, price, size, sym = random_ticks(800, 3, 3600 * NS, 9)
+    wide = np.zeros((2, 800), np.float32)
+    wide[0] = price
+    p32 = wide[0, ::2]  # float32, non-contiguous
+    args = (ts[::2], p32, size[::2].astype(np.int64), sym[::2].astype(np.int32))
+    before = [a.copy() for a in args]
+    bars = md.aggregate_bars(*args, timeframe="5min", n_symbols=3)
+    for a, b in zip(args, before):
+        np.testing.assert_array_equal(a, b)
+    check_bars(bars.start, {k: getattr(bars, k) for k in FIELDS}, ts[::2], p32.astype(np.float64),
+               size[::2], sym[::2], 3, 300 * NS)
+    assert md.QUOTE_REASONS[md.QUOTE_CROSSED] == "crossed"
+
+
 def test_aggregate_bars_one_symbol_datetime_and_zero_volume():
     ts = (T0 + np.array([0, 10, 70, 200]) * NS).astype("datetime64[ns]")
     bars = md.aggregate_bars(ts, [1.0, 3.0, 2.0, 4.0], [0.0, 0.0, 5.0, 1.0], timeframe="1min")
