@@ -35,8 +35,10 @@ def reduce_segment(j, price, size, starts, ends, cells, o, h, lo, c, v, pv, coun
     for i in range(first, last + 1):
         p = price[i]
         q = size[i]
-        high = max(high, p)
-        low = min(low, p)
+        if p > high:
+            high = p
+        if p < low:
+            low = p
         vol += q
         pvs += p * q
     o[k] = price[first]
@@ -66,9 +68,11 @@ def quote_metrics(bid, ask, bid_size, ask_size, ts, now, max_age):
     return mm.quote_metrics(cupy, bid, ask, bid_size, ask_size, ts, now, max_age)
 
 
-def aggregate_bars_xp(ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols, *, xp):
-    """:func:`aggregate_bars` on arrays of module ``xp`` (``cupy``, or ``numpy`` in the simulator)."""
-    exe = CudaExecutor(xp, THREADS_PER_BLOCK)
+def aggregate_bars_xp(ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols, *, xp, exe=None):
+    """:func:`aggregate_bars` on arrays of module ``xp`` (``cupy``, or ``numpy`` in the simulator);
+    ``exe`` launches the kernel (default a :class:`CudaExecutor`; the tests pass a
+    ``PtxExecutor`` to compile it for sm_90 without a GPU)."""
+    exe = exe or CudaExecutor(xp, THREADS_PER_BLOCK)
 
     def reduce_segments(n_segments, *args):
         exe._launch(_segments_kernel(), n_segments, args)

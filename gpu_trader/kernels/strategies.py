@@ -37,8 +37,10 @@ def _rows_kernel():
     return rows
 
 
-def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp):
-    """:func:`backtest` on arrays of module ``xp`` (``cupy``, or ``numpy`` in the simulator)."""
+def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp, exe=None):
+    """:func:`backtest` on arrays of module ``xp`` (``cupy``, or ``numpy`` in the simulator);
+    ``exe`` launches the kernel (default a :class:`CudaExecutor`; the tests pass a
+    ``PtxExecutor`` to compile it for sm_90 without a GPU)."""
     n, T = close.shape
     P = int(kinds.shape[0])
     close_tm = xp.ascontiguousarray(close.T)
@@ -48,7 +50,7 @@ def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp):
     pnl = xp.empty((P, n), dtype=xp.float64)
     args = (close_tm, ret_tm, feats_tm, xp.asarray(kinds), xp.asarray(a_idx), xp.asarray(b_idx), xp.asarray(ks),
             float(cost), sig, pnl)
-    CudaExecutor(xp, THREADS_PER_BLOCK)._launch(_rows_kernel(), P * n, args)
+    (exe or CudaExecutor(xp, THREADS_PER_BLOCK))._launch(_rows_kernel(), P * n, args)
     return xp.ascontiguousarray(sig.transpose(0, 2, 1)), pnl
 
 
