@@ -150,6 +150,23 @@ def test_ingestor_keeps_order_across_calls_and_grows():
     assert ing.nbytes < 10 * 2**20
 
 
+def test_memory_per_connection_under_10mb():
+    """An ingestor holding 10K ticks (TARGETS.md: memory per connection < 10 MB)."""
+    import tracemalloc
+
+    msgs = [tick_json("S%d" % (i % 50), T0 + i, 100.0 + i % 7, 10.0) for i in range(10_000)]
+    tracemalloc.start()
+    try:
+        ing = md.TickIngestor()
+        for start in range(0, len(msgs), 500):
+            assert ing.extend(msgs[start:start + 500]) == ()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(ing) == 10_000 and ing.nbytes < 1_000_000
+    assert peak < 10 * 2**20
+
+
 def test_parse_quotes_columns():
     msgs = [json.dumps({"symbol": "Q", "ts": i, "bid": 10.0 + i, "ask": 10.5 + i, "bid_size": 1, "ask_size": 2})
             .encode() for i in range(3)] + [b"{}"]

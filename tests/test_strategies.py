@@ -90,6 +90,14 @@ def test_momentum_property_short_series_and_nans(T, fast, slow, seed, cost):
     check_result(res, close, [((), (fast, slow))], oracle_momentum, cost)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 60), st.integers(2, 15), st.floats(0, 3), st.integers(0, 999), st.floats(0, 50))
+def test_mean_reversion_property_short_series(T, window, nstd, seed, cost):
+    close = prices(2, T, seed)
+    res = S.mean_reversion(close, window, nstd, cost_bps=cost)
+    check_result(res, close, [((), (window, nstd))], oracle_reversion, cost)
+
+
 def test_scalar_params_pandas_and_noncontiguous():
     close = prices(3, 200, 3)
     df = pd.DataFrame(close.T, index=pd.date_range("2024-01-01", periods=200))
