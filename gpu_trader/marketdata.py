@@ -5,7 +5,8 @@ Messages
 A tick is the JSON object ``{"symbol": str, "ts": int, "price": float, "size": float}``
 and a quote ``{"symbol": str, "ts": int, "bid": float, "ask": float, "bid_size": float,
 "ask_size": float}``; ``ts`` is integer nanoseconds since the Unix epoch (UTC). Extra
-fields are ignored. Field rules: prices finite and > 0, sizes finite and >= 0.
+fields are ignored. Field rules: prices finite and > 0, sizes finite and >= 0, ``ts`` an
+integer in ``[0, 2**63)``.
 :class:`Tick` and :class:`Quote` are immutable ``msgspec.Struct`` records.
 
 Parser choice (measured, not assumed): msgspec decoding straight into a typed,
@@ -23,7 +24,7 @@ Validation and rejection
 Single-message functions (:func:`parse_tick`, :func:`parse_quote`) raise
 :class:`MarketDataError` (a ``ValueError``) whose ``reason`` is one of
 ``"malformed_json"``, ``"missing_field"``, ``"invalid_field"`` (wrong type, negative,
-zero or out-of-range price, negative size), ``"unknown_symbol"``. Batch functions
+zero or out-of-range price, negative size, ts outside int64 or negative), ``"unknown_symbol"``. Batch functions
 (:func:`parse_ticks`, :func:`parse_quotes`, :class:`TickIngestor`) never raise for a bad
 message: they drop it and report a :class:`Rejection` ``(index, reason, message)``.
 
@@ -75,6 +76,7 @@ QUOTE_REASONS = _mm.QUOTE_REASONS  # status code -> name: ("ok", "invalid", "cro
 
 _Price = Annotated[float, msgspec.Meta(gt=0.0)]
 _Size = Annotated[float, msgspec.Meta(ge=0.0)]
+_Ts = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # fits the int64 ts column
 _INF = math.inf
 
 
@@ -98,7 +100,7 @@ class Tick(msgspec.Struct, frozen=True, gc=False):
     """One trade: ``symbol``, ``ts`` (int ns since epoch, UTC), ``price`` (> 0), ``size`` (>= 0)."""
 
     symbol: str
-    ts: int
+    ts: _Ts
     price: _Price
     size: _Size
 
@@ -107,7 +109,7 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
     """Top of book: ``symbol``, ``ts`` (int ns), ``bid``/``ask`` (> 0), ``bid_size``/``ask_size`` (>= 0)."""
 
     symbol: str
-    ts: int
+    ts: _Ts
     bid: _Price
     ask: _Price
     bid_size: _Size

@@ -54,6 +54,8 @@ def test_parse_tick_roundtrip_and_extra_fields():
         (b'{"symbol":"A","ts":1,"price":1e999,"size":1}', "invalid_field"),
         (b'{"symbol":"A","ts":1,"price":"1.0","size":1}', "invalid_field"),
         (b'{"symbol":"A","ts":1.5,"price":1.0,"size":1}', "invalid_field"),
+        (tick_json(ts=-1), "invalid_field"),
+        (tick_json(ts=2**64 - 1), "invalid_field"),
         (b"[1, 2]", "invalid_field"),
     ],
 )
@@ -96,7 +98,7 @@ def _oracle_parse(messages, universe):
             continue
         s, ts, p, z = (d[k] for k in keys)
         num = (int, float)
-        if (not isinstance(s, str) or type(ts) is not int or type(p) not in num or type(z) not in num
+        if (not isinstance(s, str) or type(ts) is not int or not 0 <= ts < 2**63 or type(p) not in num or type(z) not in num
                 or not (math.isfinite(p) and p > 0) or not (math.isfinite(z) and z >= 0)):
             rejected.append((i, "invalid_field"))
             continue
@@ -116,7 +118,7 @@ def _oracle_parse(messages, universe):
 _message = st.one_of(
     st.builds(
         lambda s, dt, p, z: tick_json(s, T0 + dt, p, z),
-        st.sampled_from(["A", "B", "C", "ZZ"]), st.integers(-5, 50),
+        st.sampled_from(["A", "B", "C", "ZZ"]), st.one_of(st.integers(-5, 50), st.just(2**63 - T0)),
         st.one_of(st.floats(0.01, 1e6), st.sampled_from([0.0, -1.0])),
         st.one_of(st.floats(0, 1e6), st.just(-2.0)),
     ),
