@@ -31,7 +31,8 @@ message: they drop it and report a :class:`Rejection` ``(index, reason, message)
 Out-of-order policy: **reject**. Within a batch, and across the calls of one
 :class:`TickIngestor`/:class:`BarAggregator`, a message whose ``ts`` is smaller than the
 latest accepted ``ts`` of the same symbol is rejected with reason ``"out_of_order"``
-(equal timestamps are accepted in arrival order). Nothing is reordered.
+(equal timestamps are accepted in arrival order). Nothing is reordered. The batch
+:func:`aggregate_bars` takes arrays in any order: bars are defined by the timestamps.
 
 Batched compute (``cpu`` and ``cuda``)
 --------------------------------------

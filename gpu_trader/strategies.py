@@ -279,6 +279,11 @@ class StrategyStream:
     :class:`gpu_trader.FeatureStream` state (O(window) floats per symbol) and equals the
     batch signals at every bar. ``warmup(history)`` feeds ``(n_symbols, T)`` closes at
     once (returns the last bar's signals); ``reset()`` forgets everything.
+
+    Every update advances all symbols by one bar. When bars complete per symbol at
+    different times (a :class:`gpu_trader.marketdata.BarAggregator` emits them one by
+    one), keep one stream per symbol (``n_symbols=1``) and call
+    ``stream.update(bar.close)`` with each completed bar.
     """
 
     def __init__(self, strategies, n_symbols: int, *, squeeze: bool = False) -> None:
