@@ -9,9 +9,37 @@ from . import correlation, risk
 
 __version__ = "0.1.0"
 
+# Trading-loop names, imported on first use (``gpu_trader.Portfolio`` loads only that module).
+_LAZY = {
+    **dict.fromkeys(("Order", "OrderReport", "Rejection", "RiskLimits", "market_order", "limit_order", "stop_order",
+                     "stop_limit_order", "validate_order", "order_for_signal"), "orders"),
+    **dict.fromkeys(("SimulatedBroker", "CircuitBreaker", "BrokerError", "BrokerTimeout"), "brokers"),
+    **dict.fromkeys(("OrderManager", "SymbolRouter"), "order_manager"),
+    **dict.fromkeys(("Portfolio", "PortfolioSnapshot", "Position", "batch_apply_fills", "batch_pnl"), "portfolio"),
+    **dict.fromkeys(("FixedCommission", "PercentageCommission", "TieredCommission"), "commissions"),
+    **dict.fromkeys(("Tick", "Quote", "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor",
+                     "QuoteIngestor", "quote_metrics", "aggregate_bars", "Bars", "Bar", "BarAggregator",
+                     "MarketDataError"), "marketdata"),
+    **dict.fromkeys(("Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
+                     "StrategyStream"), "strategies"),
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gpu_trader' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "available_backends", "get_backend", "set_backend", "use_backend", "to_numpy",
     "sma", "ema", "wma", "rsi", "macd", "bollinger", "atr", "stoch", "obv", "vwap", "features",
     "FeatureStream",
     "risk", "correlation",
+    *_LAZY,
 ]

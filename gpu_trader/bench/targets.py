@@ -100,6 +100,79 @@ _BATCH_COPY = (
 _BATCH_TALIB = (Check("ratio:talib", ">=", 1.0, ("cpu",)),)
 _BATCH_TEXT = "CPU >= TA-Lib looped (aim 3x), <= 2.5x copy time; GPU >= 50% copy bandwidth"
 
+def _overhead_within(latency_s: float, budget_s: float) -> tuple[Check, ...]:
+    """``ours <= sleep + budget`` as a ratio check: ``sleep / ours >= L / (L + budget)``
+    with the nominal latency L (the measured sleep is slightly longer, so this allows a
+    few percent more than ``budget``)."""
+    return (Check("ratio:sleep", ">=", latency_s / (latency_s + budget_s)),)
+
+
+def orders_targets() -> tuple[Target, ...]:
+    """TARGETS.md section 4."""
+    out = [
+        Target("orders.create", "order creation (market, limit, stop)", "< 1 ms", "< 5 us",
+               _p50_below(1000 * _US), _p50_below(5 * _US)),
+        Target("orders.validate", "validation (request + portfolio checks)", "< 2 ms", "< 20 us",
+               _p50_below(2000 * _US), _p50_below(20 * _US)),
+    ]
+    for ms in (5, 10, 50):
+        out.append(Target(f"orders.place_{ms}ms", f"placement, {ms} ms simulated latency",
+                          "< 10 ms internal overhead", "< 200 us overhead beyond the latency",
+                          _overhead_within(ms * 1e-3, 10e-3), _overhead_within(ms * 1e-3, 200 * _US)))
+    out += [
+        Target("orders.batch", "batch placement (concurrent), 10 ms latency", "10 in < 100 ms",
+               "20 in ~ one latency + < 1 ms", _p50_below(100e-3), _overhead_within(10e-3, 1e-3)),
+        Target("orders.manage", "cancellation, routing, manager submit/track", "(none)", "< 20 us",
+               (), _p50_below(20 * _US)),
+        Target("orders.submit_sequence", "manager submit/track, 10 in sequence in one loop run", "(none)",
+               "< 20 us each", (), _p50_below(200 * _US)),
+    ]
+    return tuple(out)
+
+
+def market_data_targets() -> tuple[Target, ...]:
+    """TARGETS.md section 1 (memory per connection is checked by the tests, not timed)."""
+    out = [
+        Target(f"market_data.ingest_{n}", f"tick ingestion (parse + validate + append), {n} ticks",
+               "< 100 us / tick", "< 2 us / tick", _p50_below(n * 100 * _US), _p50_below(n * 2 * _US))
+        for n in (100, 1_000, 10_000)
+    ]
+    out += [
+        Target("market_data.single_parse", "single tick JSON parse", "< 50 us", "< 5 us",
+               _p50_below(50 * _US), _p50_below(5 * _US)),
+        Target("market_data.batch_parse", "batch JSON parse, 10..1000 messages", "< 5 ms", "1000 msgs < 1 ms",
+               _p50_below(5e-3), _p50_below(1e-3)),
+        Target("market_data.quote_one", "quote processing, one quote", "< 50 us each", "(batched row)",
+               _p50_below(50 * _US), ()),
+    ]
+    out += [
+        Target(f"market_data.quotes_{n}", f"quote processing batched, {n} quotes", "> 10,000 quotes/s",
+               "> 1,000,000 quotes/s batched", _p50_below(n / 1e4), _p50_below(n / 1e6))
+        for n in (100_000, 1_000_000)
+    ]
+    out += [
+        Target(f"market_data.bars_{b}", f"bar aggregation ticks -> OHLCV, {b} bars", f"< {ms} ms",
+               "1440 bars < 0.5 ms", _p50_below(ms * 1e-3), _p50_below(0.5e-3))
+        for b, ms in ((60, 0.5), (300, 2), (1440, 5))
+    ]
+    return tuple(out)
+
+
+def strategies_targets() -> tuple[Target, ...]:
+    """TARGETS.md section 3."""
+    return (
+        Target("strategies.signal", "momentum / mean-reversion, 100 bars", "< 5 ms (signal)", "< 100 us",
+               _p50_below(5e-3), _p50_below(100 * _US)),
+        Target("strategies.multi", "multi-strategy, 2..10 strategies, 100 bars", "10 in < 50 ms", "10 in < 1 ms",
+               _p50_below(50e-3), _p50_below(1e-3)),
+        Target("strategies.update", "state update (one bar)", "< 500 us", "< 20 us",
+               _p50_below(500 * _US), _p50_below(20 * _US)),
+        Target("strategies.init", "initialization", "< 1 ms", "< 100 us", _p50_below(1e-3), _p50_below(100 * _US)),
+        Target("strategies.sweep", "batched sweep, parameter sets x symbols x bars", "(none)", "GPU >= 20x CPU",
+               (), (Check("ratio:cpu", ">=", 20.0, ("cuda",)),)),
+    )
+
+
 _ALL = (
     # -- section 2: features ----------------------------------------------------------
     Target("features.sma", "SMA (10, 20, 50), 20..1000 bars", "SMA(20) < 200 us", "< 10 us at 1000 bars",
@@ -136,6 +209,32 @@ _ALL = (
            _p50_below(20_000 * _US), _p50_below(100 * _US)),
     Target("risk.full", "full risk metrics, 50-position portfolio", "< 10 ms", "< 200 us",
            _p50_below(10_000 * _US), _p50_below(200 * _US)),
+    # -- sections 1 and 3: market data, strategies ----------------------------------
+    *market_data_targets(),
+    *strategies_targets(),
+    # -- section 4: orders (placement: overhead beyond the latency, via ratio:sleep; see orders_targets) --
+    *orders_targets(),
+    # -- section 6: portfolio (+ section 5's position limit check) --------------------
+    Target("portfolio.position", "position update", "< 100 us", "< 5 us",
+           _p50_below(100 * _US), _p50_below(5 * _US)),
+    Target("portfolio.position_pair", "position add + remove (2 ops)", "< 100 us each", "< 5 us each",
+           _p50_below(200 * _US), _p50_below(10 * _US)),
+    Target("portfolio.unrealized", "unrealized P&L, one position", "< 50 us", "< 2 us",
+           _p50_below(50 * _US), _p50_below(2 * _US)),
+    Target("portfolio.total_pnl", "total P&L, 50 positions", "< 1 ms", "< 20 us",
+           _p50_below(1000 * _US), _p50_below(20 * _US)),
+    Target("portfolio.trade", "trade processing, single", "< 200 us", "< 5 us (100 in < 500 us)",
+           _p50_below(200 * _US), _p50_below(5 * _US)),
+    Target("portfolio.trade_batch", "trade processing, batch 10..100", "100 in < 10 ms", "100 in < 500 us",
+           _p50_below(10_000 * _US), _p50_below(500 * _US)),
+    Target("portfolio.snapshot", "snapshot, 10..100 positions", "50 in < 500 us", "< 50 us",
+           _p50_below(500 * _US), _p50_below(50 * _US)),
+    Target("portfolio.concurrent", "concurrent access, 2..8 threads", "8 threads < 5 ms", "no lost update, < 5 ms",
+           _p50_below(5000 * _US), _p50_below(5000 * _US)),
+    Target("portfolio.commission", "commission model (fixed, percentage, tiered)", "(none)", "< 5 us",
+           (), _p50_below(5 * _US)),
+    Target("portfolio.limit_check", "position limit check, 100 positions", "< 500 us", "< 10 us",
+           _p50_below(500 * _US), _p50_below(10 * _US)),
 )
 
 TARGETS: dict[str, Target] = {t.key: t for t in _ALL}

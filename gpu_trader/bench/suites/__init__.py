@@ -16,6 +16,10 @@ __all__ = ["SUITES", "workloads"]
 SUITES: dict[str, str] = {
     "features": "gpu_trader.bench.suites.features",
     "risk": "gpu_trader.bench.suites.risk",
+    "market_data": "gpu_trader.bench.suites.market_data",
+    "strategies": "gpu_trader.bench.suites.strategies",
+    "orders": "gpu_trader.bench.suites.orders",
+    "portfolio": "gpu_trader.bench.suites.portfolio",
 }
 
 

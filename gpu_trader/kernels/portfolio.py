@@ -1,0 +1,59 @@
+"""GPU twin of :mod:`gpu_trader.cpu_fallback.portfolio` on CuPy arrays.
+
+``apply_fills``: one numba.cuda thread per row (position) runs the very same loop body
+as the CPU backend (:func:`gpu_trader.position_math.fill_row`, compiled as device
+code), applying that row's K fills in order; float64 throughout; 1-D grid of
+:data:`THREADS_PER_BLOCK` threads. ``mark_to_market``: one cuBLAS GEMM/GEMV plus a row
+sum via :func:`gpu_trader.position_math.mark_to_market` on CuPy.
+
+:func:`apply_fills_xp` takes the array module, so the tests run the real launcher on
+NumPy arrays under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
+"""
+from __future__ import annotations
+
+import functools
+
+from numba import cuda
+
+from .. import position_math as pm
+
+__all__ = ["apply_fills", "apply_fills_xp", "mark_to_market", "THREADS_PER_BLOCK"]
+
+THREADS_PER_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel():
+    fill_row = pm.jitable()
+
+    @cuda.jit
+    def rows(qty, avg, realized, fill_qty, fill_price):
+        r = cuda.grid(1)
+        if r < qty.shape[0]:
+            fill_row(r, qty, avg, realized, fill_qty, fill_price)
+
+    return rows
+
+
+def apply_fills_xp(xp, qty, avg, realized, fill_qty, fill_price):
+    """The launcher, on any array module (CuPy on a GPU, NumPy under the simulator)."""
+    out = [xp.array(a, dtype=xp.float64, order="C") for a in (qty, avg, realized)]
+    fq = xp.ascontiguousarray(fill_qty, dtype=xp.float64)
+    fp = xp.ascontiguousarray(fill_price, dtype=xp.float64)
+    n = out[0].shape[0]
+    if n:
+        blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+        _kernel()[blocks, THREADS_PER_BLOCK](out[0], out[1], out[2], fq, fp)
+    return tuple(out)
+
+
+def apply_fills(qty, avg, realized, fill_qty, fill_price):
+    import cupy
+
+    return apply_fills_xp(cupy, qty, avg, realized, fill_qty, fill_price)
+
+
+def mark_to_market(qty, avg, prices):
+    import cupy
+
+    return pm.mark_to_market(cupy, qty, avg, prices)

@@ -1,0 +1,327 @@
+"""Trading strategies on the indicators: long/short/flat signals and a simple backtest.
+
+Strategies (rules in :mod:`gpu_trader.strategy_math`; a NaN input, e.g. during an
+indicator's lookback, gives 0 = flat):
+
+* :class:`Momentum` ``(fast, slow)``: long when EMA(fast) > EMA(slow), short when below.
+* :class:`MeanReversion` ``(window, nstd)``: long when close < SMA - nstd*SD, short when
+  close > SMA + nstd*SD (SD: population standard deviation over ``window``, the
+  Bollinger band's, computed as ``upper - middle`` of ``bollinger(window, nstd=1)``).
+
+Batch, parameter grids (``cpu`` and ``cuda``): :func:`momentum` and
+:func:`mean_reversion` take ``close`` of shape ``(..., T)`` (time last) and scalar or
+sequence parameters; sequences form an outer-product grid of leading axes (DESIGN.md
+section 3), so ``momentum(close, fast=range(5, 25), slow=range(30, 130, 2))`` runs
+1000 parameter sets over every symbol in one call: the distinct EMA windows are
+computed once (one batched indicator call) and one kernel derives every set's
+signals and P&L. They return :class:`StrategyResult` ``(signals, pnl)``: signals int8
+``(*grid, *batch, T)`` in {-1, 0, 1}, pnl float64 ``(*grid, *batch)``.
+
+P&L convention (per unit notional, simple returns summed, no compounding): the
+signal of bar t (known at its close) is held over t -> t+1 and earns
+``signal[t] * (close[t+1]/close[t] - 1)``; each position change pays
+``cost_bps / 1e4 * |signal[t] - signal[t-1]|`` (starting flat). Non-finite bar
+returns earn 0. Average over symbols for a per-parameter-set figure:
+``result.pnl.mean(axis=-1)``.
+
+Several strategies at once: :class:`StrategyRunner` computes the union of their
+features once (an EMA shared by two strategies is computed once; all EMA windows in
+one batched indicator call, all Bollinger windows in another) and all signals in one
+kernel call.
+
+One-bar streaming (CPU): ``Momentum(10, 30).stream(n_symbols)`` or
+``StrategyRunner([...]).stream(n_symbols)`` give a :class:`StrategyStream` whose
+``update(close_row)`` returns the new signals (int8) in a few microseconds; its
+outputs equal the batch signals bar by bar (float64 input), because it runs the
+same rule on :class:`gpu_trader.FeatureStream` values, which equal the batch
+indicators exactly.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from . import strategy_math as _sm
+from .backend import _identity, resolve
+from .indicators import bollinger, ema
+from .validation import check_floats, check_windows
+
+__all__ = ["Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
+           "StrategyStream"]
+
+
+class StrategyResult(NamedTuple):
+    """``signals``: int8 ``(*grid, *batch, T)`` in {-1, 0, 1}; ``pnl``: float64 ``(*grid, *batch)``
+    (see the module docstring for the P&L convention)."""
+
+    signals: Any
+    pnl: Any
+
+
+def _check_cost(cost_bps) -> float:
+    (cost,), _ = check_floats(cost_bps, "cost_bps", 0.0)
+    return cost / 1e4
+
+
+@dataclass(frozen=True)
+class Momentum:
+    """EMA crossover: +1 when EMA(fast) > EMA(slow), -1 when below, 0 when equal or NaN."""
+
+    fast: int = 10
+    slow: int = 30
+
+    def __post_init__(self) -> None:
+        check_windows(self.fast, "fast")
+        check_windows(self.slow, "slow")
+
+    @property
+    def name(self) -> str:
+        return f"momentum({self.fast},{self.slow})"
+
+    def _rule(self, rows) -> tuple:
+        """(kind, row of a, row of b, k) given the feature-row lookup of :func:`_feature_rows`."""
+        return _sm.MOMENTUM, rows["ema", self.fast], rows["ema", self.slow], 0.0
+
+    def stream(self, n_symbols: int) -> "StrategyStream":
+        """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
+        return StrategyStream([self], n_symbols, squeeze=True)
+
+
+@dataclass(frozen=True)
+class MeanReversion:
+    """Bollinger mean reversion: +1 below SMA - nstd*SD, -1 above SMA + nstd*SD, else 0."""
+
+    window: int = 20
+    nstd: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_windows(self.window, "window", 2)
+        check_floats(self.nstd, "nstd", 0.0)
+
+    @property
+    def name(self) -> str:
+        return f"mean_reversion({self.window},{self.nstd:g})"
+
+    def _rule(self, rows) -> tuple:
+        return _sm.MEAN_REVERSION, rows["mid", self.window], rows["sd", self.window], float(self.nstd)
+
+    def stream(self, n_symbols: int) -> "StrategyStream":
+        """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
+        return StrategyStream([self], n_symbols, squeeze=True)
+
+
+def _feature_rows(ema_windows: tuple, bb_windows: tuple) -> dict[tuple[str, int], int]:
+    """Row of each feature in the stacked feature array: ``("ema", w)`` for each EMA window,
+    then ``("mid", w)`` (SMA) and ``("sd", w)`` (population SD) for each Bollinger window."""
+    keys = [("ema", w) for w in ema_windows] + [("mid", w) for w in bb_windows] + [("sd", w) for w in bb_windows]
+    return {k: i for i, k in enumerate(keys)}
+
+
+def _batch_features(be, close, ema_windows: tuple, bb_windows: tuple):
+    """The stacked ``(R, ..., T)`` features of :func:`_feature_rows`: one batched EMA call over
+    every EMA window and one Bollinger(window, nstd=1) call over every Bollinger window
+    (SD = upper - middle)."""
+    parts = []
+    if ema_windows:
+        parts.append(ema(close, ema_windows, backend=be.name).reshape((len(ema_windows),) + close.shape))
+    if bb_windows:
+        upper, middle, _ = bollinger(close, bb_windows, 1.0, backend=be.name)
+        shape = (len(bb_windows),) + close.shape
+        parts += [middle.reshape(shape), (upper - middle).reshape(shape)]
+    return parts[0] if len(parts) == 1 else be.xp.concatenate(parts)
+
+
+def _stream_spec(ema_windows: tuple, bb_windows: tuple) -> dict:
+    """The :class:`gpu_trader.FeatureStream` spec computing the same features."""
+    spec = {f"ema_{w}": ("ema", {"window": w}) for w in ema_windows}
+    spec.update({f"bb1_{w}": ("bollinger", {"window": w, "nstd": 1.0}) for w in bb_windows})
+    return spec
+
+
+def _stream_feature(values: dict, key: tuple[str, int]):
+    """One feature row of :func:`_feature_rows` from a :class:`FeatureStream` update."""
+    kind, w = key
+    if kind == "ema":
+        return values[f"ema_{w}"]
+    middle = values[f"bb1_{w}_middle"]
+    return middle if kind == "mid" else values[f"bb1_{w}_upper"] - middle
+
+
+_RULES: dict = {}
+
+
+def _rule_arrays(rules: tuple) -> tuple[np.ndarray, ...]:
+    """``(kinds, a_idx, b_idx, ks)`` arrays of a rule list (memoized: rule lists repeat)."""
+    hit = _RULES.get(rules)
+    if hit is None:
+        if len(_RULES) > 1024:
+            _RULES.clear()
+        cols = zip(*rules)
+        hit = _RULES[rules] = tuple(np.array(v, dtype=dt) for v, dt in zip(cols, (np.int64,) * 3 + (np.float64,)))
+    return hit
+
+
+def _run_rules(be, close, feats, rules, cost, batch, grid_shape):
+    """Run rules ``[(kind, a row, b row, k)]`` over close (..., T) and stacked feats (R, ..., T)."""
+    T = close.shape[-1]
+    n = math.prod(batch)
+    kinds, a_idx, b_idx, ks = _rule_arrays(tuple(rules))
+    P = len(rules)
+    if n == 0 or T == 0:
+        sig = be.xp.zeros((P, n, T), dtype=np.int8)
+        pnl = be.xp.zeros((P, n), dtype=np.float64)
+    else:
+        c = close.reshape(n, T)
+        c = c if c.flags.c_contiguous else be.xp.ascontiguousarray(c)
+        f = feats.reshape(feats.shape[0], n, T)
+        f = f if f.flags.c_contiguous else be.xp.ascontiguousarray(f)
+        sig, pnl = be.ops("strategies").backtest(c, f, kinds, a_idx, b_idx, ks, cost)
+    return StrategyResult(sig.reshape(grid_shape + batch + (T,)), pnl.reshape(grid_shape + batch))
+
+
+def _restore(restore, result: StrategyResult) -> StrategyResult:
+    if restore is _identity:
+        return result
+    return StrategyResult(restore(result.signals), result.pnl)
+
+
+def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> StrategyResult:
+    """EMA-crossover signals and backtest P&L over a parameter grid (see module docstring).
+
+    close: (..., T) float (pandas in: signals as pandas); fast, slow: int >= 1 or
+    sequences (outer-product grid axes ``(len(fast), len(slow))``, leading);
+    cost_bps >= 0. Returns :class:`StrategyResult`.
+    """
+    fasts, fast_grid = check_windows(fast, "fast")
+    slows, slow_grid = check_windows(slow, "slow")
+    cost = _check_cost(cost_bps)
+    be, (c,), restore = resolve((close,), ("close",), backend)
+    windows = tuple(sorted(set(fasts) | set(slows)))
+    rows = _feature_rows(windows, ())
+    feats = _batch_features(be, c, windows, ())
+    rules = [(_sm.MOMENTUM, rows["ema", f], rows["ema", s], 0.0) for f, s in itertools.product(fasts, slows)]
+    grid = tuple(len(v) for v, g in ((fasts, fast_grid), (slows, slow_grid)) if g)
+    return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
+
+
+def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) -> StrategyResult:
+    """Bollinger mean-reversion signals and backtest P&L over a parameter grid.
+
+    close: (..., T) float; window: int >= 2 or a sequence; nstd: float >= 0 or a
+    sequence (grid axes ``(len(window), len(nstd))``). One Bollinger(window, 1) per
+    distinct window serves every nstd. Returns :class:`StrategyResult`.
+    """
+    windows, window_grid = check_windows(window, "window", 2)
+    nstds, nstd_grid = check_floats(nstd, "nstd", 0.0)
+    cost = _check_cost(cost_bps)
+    be, (c,), restore = resolve((close,), ("close",), backend)
+    uniq = tuple(sorted(set(windows)))
+    rows = _feature_rows((), uniq)
+    feats = _batch_features(be, c, (), uniq)
+    rules = [(_sm.MEAN_REVERSION, rows["mid", w], rows["sd", w], k) for w, k in itertools.product(windows, nstds)]
+    grid = tuple(len(v) for v, g in ((windows, window_grid), (nstds, nstd_grid)) if g)
+    return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
+
+
+def _check_strategies(strategies) -> tuple:
+    items = tuple(strategies) if isinstance(strategies, (list, tuple)) else None
+    if not items or not all(isinstance(s, (Momentum, MeanReversion)) for s in items):
+        raise TypeError("strategies must be a non-empty list of Momentum / MeanReversion instances")
+    return items
+
+
+class StrategyRunner:
+    """Several strategies over the same data, sharing their feature computation.
+
+    ``StrategyRunner([Momentum(10, 30), Momentum(10, 50), MeanReversion(20, 2)])``:
+    the union of the strategies' indicators is computed once (one batched EMA call over
+    every distinct EMA window -- EMA(10) once for both momentum rules -- and one
+    Bollinger call over every distinct window) and all signals by one kernel call.
+
+    * ``run(close, cost_bps=0.0, backend=None) -> {strategy.name: StrategyResult}``
+      (close ``(..., T)``; each result as from :func:`momentum` with scalar parameters);
+    * ``stream(n_symbols) -> StrategyStream`` whose ``update(close_row)`` returns int8
+      ``(n_strategies, n_symbols)`` in the runner's order.
+    """
+
+    def __init__(self, strategies: Sequence[Momentum | MeanReversion]) -> None:
+        self.strategies = _check_strategies(strategies)
+        self.names = tuple(s.name for s in self.strategies)
+        moms = [s for s in self.strategies if isinstance(s, Momentum)]
+        self._ema = tuple(sorted({w for s in moms for w in (s.fast, s.slow)}))
+        self._bb = tuple(sorted({s.window for s in self.strategies if isinstance(s, MeanReversion)}))
+        self._rows = _feature_rows(self._ema, self._bb)
+        self._rules = tuple(s._rule(self._rows) for s in self.strategies)
+
+    def run(self, close, *, cost_bps=0.0, backend=None) -> dict[str, StrategyResult]:
+        cost = _check_cost(cost_bps)
+        be, (c,), restore = resolve((close,), ("close",), backend)
+        feats = _batch_features(be, c, self._ema, self._bb)
+        res = _run_rules(be, c, feats, self._rules, cost, c.shape[:-1], (len(self._rules),))
+        return {name: _restore(restore, StrategyResult(res.signals[i], res.pnl[i]))
+                for i, name in enumerate(self.names)}
+
+    def stream(self, n_symbols: int) -> "StrategyStream":
+        return StrategyStream(self.strategies, n_symbols)
+
+
+class StrategyStream:
+    """One-bar-at-a-time signals for ``n_symbols`` symbols (CPU; the pipeline's hot path).
+
+    ``update(close_row) -> int8 array``: ``close_row`` is the new bar's closes, shape
+    ``(n_symbols,)`` (a float when ``n_symbols == 1``); returns the signals of that
+    bar, ``(n_symbols,)`` for a single strategy (``Strategy.stream``) or
+    ``(n_strategies, n_symbols)`` for a runner, a fresh array each call. It keeps
+    :class:`gpu_trader.FeatureStream` state (O(window) floats per symbol) and equals the
+    batch signals at every bar. ``warmup(history)`` feeds ``(n_symbols, T)`` closes at
+    once (returns the last bar's signals); ``reset()`` forgets everything.
+
+    Every update advances all symbols by one bar. When bars complete per symbol at
+    different times (a :class:`gpu_trader.marketdata.BarAggregator` emits them one by
+    one), keep one stream per symbol (``n_symbols=1``) and call
+    ``stream.update(bar.close)`` with each completed bar.
+    """
+
+    def __init__(self, strategies, n_symbols: int, *, squeeze: bool = False) -> None:
+        from .cpu_fallback.strategies import signals_now
+        from .streaming import FeatureStream
+
+        runner = strategies if isinstance(strategies, StrategyRunner) else StrategyRunner(strategies)
+        self._features = FeatureStream(n_symbols, _stream_spec(runner._ema, runner._bb))
+        self.n_symbols = self._features.n_symbols
+        self.names = runner.names
+        self._keys = tuple(runner._rows)
+        self._rules = _rule_arrays(runner._rules)
+        self._feats = np.empty((len(self._keys), self.n_symbols), dtype=np.float64)
+        self._close = np.empty(self.n_symbols, dtype=np.float64)
+        self._squeeze = squeeze
+        self._signals_now = signals_now
+
+    def reset(self) -> None:
+        self._features.reset()
+
+    def _signals(self, values) -> np.ndarray:
+        feats = self._feats
+        for i, key in enumerate(self._keys):
+            feats[i] = _stream_feature(values, key)
+        out = np.empty((len(self.names), self.n_symbols), dtype=np.int8)
+        self._signals_now(*self._rules, self._close, feats, out)
+        return out[0] if self._squeeze else out
+
+    def update(self, close_row) -> np.ndarray:
+        row = np.asarray(close_row, dtype=np.float64)
+        values = self._features.update(row)
+        self._close[:] = row
+        return self._signals(values)
+
+    def warmup(self, history) -> np.ndarray:
+        hist = np.asarray(history, dtype=np.float64)
+        if hist.ndim == 1:
+            hist = hist.reshape(1, -1)
+        values = self._features.warmup({"close": hist})
+        self._close[:] = hist[:, -1]
+        return self._signals(values)

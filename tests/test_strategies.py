@@ -1,0 +1,232 @@
+"""gpu_trader.strategies against an independent NumPy float64 reimplementation.
+
+Indicator inputs of the oracle come from TA-Lib (EMA, SMA, STDDEV); the signal rules
+and the P&L convention (signal of bar t earns the return t -> t+1, costs per unit
+of position change, NaN returns earn 0) are re-derived here with NumPy. The GPU
+kernel runs in numba's CUDA simulator (subprocess) and, with a GPU, on the device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import talib
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpu_trader as gt
+from gpu_trader import strategies as S
+
+
+def prices(n_series, T, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return (100 * np.exp(rng.normal(0, 0.01, (n_series, T)).cumsum(-1))).astype(dtype)
+
+
+def oracle_pnl(close, sig, cost_bps):
+    close = close.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = close[1:] / close[:-1] - 1.0
+    r = np.where(np.isfinite(r), r, 0.0)
+    prev = np.concatenate(([0.0], sig[:-1].astype(np.float64)))
+    return float(np.sum(sig[:-1] * r) - cost_bps / 1e4 * np.sum(np.abs(sig - prev)))
+
+
+def oracle_momentum(close, fast, slow):
+    c = close.astype(np.float64)
+    a, b = talib.EMA(c, fast), talib.EMA(c, slow)
+    return np.where(a > b, 1, np.where(a < b, -1, 0)).astype(np.int8)
+
+
+def oracle_reversion(close, window, nstd):
+    c = close.astype(np.float64)
+    ma, sd = talib.SMA(c, window), talib.STDDEV(c, window, 1.0)
+    return np.where(c < ma - nstd * sd, 1, np.where(c > ma + nstd * sd, -1, 0)).astype(np.int8)
+
+
+def check_result(res, close, grid, oracle, cost_bps):
+    sig, pnl = gt.to_numpy(res.signals), gt.to_numpy(res.pnl)
+    assert sig.dtype == np.int8 and pnl.dtype == np.float64
+    for gi, params in grid:
+        for i in range(close.shape[0]):
+            want = oracle(close[i], *params)
+            np.testing.assert_array_equal(sig[gi + (i,)], want, err_msg=f"{params} series {i}")
+            np.testing.assert_allclose(pnl[gi + (i,)], oracle_pnl(close[i], want, cost_bps), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_momentum_grid(backend, dtype):
+    close = prices(4, 400, 1, dtype)
+    close[2, :30] = np.nan  # a late listing
+    fasts, slows = [3, 10, 12], [12, 26]
+    res = S.momentum(gt.get_backend(backend).asarray(close), fasts, slows, cost_bps=2.0, backend=backend)
+    assert res.signals.shape == (3, 2, 4, 400) and res.pnl.shape == (3, 2, 4)
+    grid = [((a, b), (f, s)) for a, f in enumerate(fasts) for b, s in enumerate(slows)]
+    check_result(res, close, grid, oracle_momentum, 2.0)
+
+
+def test_mean_reversion_grid(backend):
+    close = prices(3, 500, 2)
+    windows, nstds = [5, 20], [0.0, 1.0, 2.5]
+    res = S.mean_reversion(gt.get_backend(backend).asarray(close), windows, nstds, cost_bps=1.0, backend=backend)
+    assert res.signals.shape == (2, 3, 3, 500)
+    grid = [((a, b), (w, k)) for a, w in enumerate(windows) for b, k in enumerate(nstds)]
+    check_result(res, close, grid, oracle_reversion, 1.0)
+    assert set(np.unique(gt.to_numpy(res.signals))) == {-1, 0, 1}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 15), st.integers(1, 15), st.integers(0, 999), st.floats(0, 50))
+def test_momentum_property_short_series_and_nans(T, fast, slow, seed, cost):
+    close = prices(2, T, seed)
+    rng = np.random.default_rng(seed)
+    close[rng.random(close.shape) < 0.05] = np.nan  # interior NaNs
+    res = S.momentum(close, fast, slow, cost_bps=cost)
+    check_result(res, close, [((), (fast, slow))], oracle_momentum, cost)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 60), st.integers(2, 15), st.floats(0, 3), st.integers(0, 999), st.floats(0, 50))
+def test_mean_reversion_property_short_series(T, window, nstd, seed, cost):
+    close = prices(2, T, seed)
+    res = S.mean_reversion(close, window, nstd, cost_bps=cost)
+    check_result(res, close, [((), (window, nstd))], oracle_reversion, cost)
+
+
+def test_scalar_params_pandas_and_noncontiguous():
+    close = prices(3, 200, 3)
+    df = pd.DataFrame(close.T, index=pd.date_range("2024-01-01", periods=200))
+    res = S.momentum(df, 5, 20)
+    assert isinstance(res.signals, pd.DataFrame) and res.signals.shape == (200, 3)
+    np.testing.assert_array_equal(res.signals.to_numpy().T, np.stack([oracle_momentum(x, 5, 20) for x in close]))
+    strided = np.asfortranarray(close)[:, ::2]
+    res = S.mean_reversion(strided, 10, 1.5)
+    np.testing.assert_array_equal(res.signals, np.stack([oracle_reversion(x, 10, 1.5) for x in strided]))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="fast"):
+        S.momentum(prices(1, 50), 0, 10)
+    with pytest.raises(TypeError, match="slow"):
+        S.momentum(prices(1, 50), 5, 2.5)
+    with pytest.raises(ValueError, match="cost_bps"):
+        S.momentum(prices(1, 50), cost_bps=-1)
+    with pytest.raises(ValueError, match="window"):
+        S.MeanReversion(1, 2.0)
+    with pytest.raises(TypeError, match="strategies"):
+        S.StrategyRunner([])
+    close = prices(1, 50)
+    before = close.copy()
+    S.mean_reversion(close, 10)
+    np.testing.assert_array_equal(close, before)
+
+
+RUNNER = [S.Momentum(5, 20), S.Momentum(5, 40), S.MeanReversion(20, 2.0), S.MeanReversion(20, 1.0),
+          S.MeanReversion(7, 0.5)]
+
+
+def test_runner_matches_oracle_and_shares_features(backend, monkeypatch):
+    close = prices(3, 300, 4)
+    runner = S.StrategyRunner(RUNNER)
+    calls = []
+
+    def spy(fn):
+        def wrapped(x, windows, *args, **kwargs):
+            calls.append((fn.__name__, tuple(windows)))
+            return fn(x, windows, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(S, "ema", spy(S.ema))
+    monkeypatch.setattr(S, "bollinger", spy(S.bollinger))
+    out = runner.run(gt.get_backend(backend).asarray(close), cost_bps=3.0, backend=backend)
+    assert calls == [("ema", (5, 20, 40)), ("bollinger", (7, 20))]  # each distinct feature once
+    assert list(out) == [s.name for s in RUNNER]
+    for s in RUNNER:
+        if isinstance(s, S.Momentum):
+            check_result(out[s.name], close, [((), (s.fast, s.slow))], oracle_momentum, 3.0)
+        else:
+            check_result(out[s.name], close, [((), (s.window, s.nstd))], oracle_reversion, 3.0)
+
+
+@pytest.mark.parametrize("warm", [0, 1, 57])
+def test_stream_equals_batch_bar_by_bar(warm):
+    close = prices(4, 250, 5)
+    close[1, :40] = np.nan
+    runner = S.StrategyRunner(RUNNER)
+    batch = runner.run(close)
+    stream = runner.stream(4)
+    start = warm
+    if warm:
+        got = stream.warmup(close[:, :warm])
+        for i, name in enumerate(runner.names):
+            np.testing.assert_array_equal(got[i], batch[name].signals[:, warm - 1])
+    for t in range(start, 250):
+        got = stream.update(close[:, t])
+        for i, name in enumerate(runner.names):
+            np.testing.assert_array_equal(got[i], batch[name].signals[:, t], err_msg=f"{name} bar {t}")
+    single = S.Momentum(5, 20).stream(1)
+    sigs = [int(single.update(float(x))[0]) for x in close[0]]
+    np.testing.assert_array_equal(sigs, oracle_momentum(close[0], 5, 20))
+    single.reset()
+    assert single.update(float(close[0, 0])).shape == (1,)
+
+
+_SIM_SCRIPT = """
+import json, sys
+import numpy as np
+from gpu_trader.kernels.strategies import backtest_xp
+from gpu_trader.cpu_fallback.strategies import backtest
+args = [np.asarray(a) for a in json.loads(sys.stdin.read())]
+close, feats = args[0], args[1]
+kinds, a, b = (x.astype(np.int64) for x in args[2:5])
+got = backtest_xp(close, feats, kinds, a, b, args[5], 0.0005, xp=np)
+want = backtest(close, feats, kinds, a, b, args[5], 0.0005)
+assert np.array_equal(got[0], want[0]), "signals differ"
+assert np.allclose(got[1], want[1], rtol=1e-12, atol=1e-15), "pnl differs"
+print("ok")
+"""
+
+
+def test_cuda_kernel_in_simulator():
+    close = prices(3, 40, 6)
+    ema = np.stack([talib.EMA(c, w) for w in (3, 9) for c in close]).reshape(2, 3, 40)
+    payload = json.dumps([close.tolist(), np.nan_to_num(ema, nan=-1.0).tolist(), [0, 1, 0], [0, 0, 1], [1, 1, 0],
+                          [0.0, 0.5, 0.0]])
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", _SIM_SCRIPT], input=payload, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+_PTX_SCRIPT = """
+import sys
+import numpy as np
+from numba.cuda.cudadrv import nvvm
+try:
+    nvvm.NVVM()
+except Exception as exc:
+    print(exc)
+    sys.exit(3)
+from gpu_trader.kernels.indicators import PtxExecutor
+from gpu_trader.kernels.strategies import backtest_xp
+exe = PtxExecutor(cc=(9, 0))
+i = np.zeros(2, np.int64)
+for dtype in (np.float64, np.float32):
+    backtest_xp(np.ones((3, 8), dtype), np.ones((2, 3, 8), dtype), i, i, i, np.zeros(2), 0.0, xp=np, exe=exe)
+assert len(exe.ptx) == 2 and all(".entry" in p for p in exe.ptx.values())
+print("ok")
+"""
+
+
+def test_cuda_kernel_compiles_to_ptx():
+    """The real kernel compiled for sm_90 (H100) with float64 and float32 inputs; needs NVVM."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode == 3:
+        pytest.skip("NVVM (CUDA toolkit) not available: " + proc.stdout.strip()[-200:])
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
