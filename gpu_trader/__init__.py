@@ -5,6 +5,8 @@
 from .backend import available_backends, get_backend, set_backend, to_numpy, use_backend
 from .indicators import atr, bollinger, ema, features, macd, obv, rsi, sma, stoch, vwap, wma
 from .streaming import FeatureStream
+from .patterns import PatternMemory
+from .vectors import VectorIndex, VectorIndexFileError
 
 __version__ = "0.1.0"
 
@@ -12,4 +14,5 @@ __all__ = [
     "available_backends", "get_backend", "set_backend", "use_backend", "to_numpy",
     "sma", "ema", "wma", "rsi", "macd", "bollinger", "atr", "stoch", "obv", "vwap", "features",
     "FeatureStream",
+    "VectorIndex", "VectorIndexFileError", "PatternMemory",
 ]

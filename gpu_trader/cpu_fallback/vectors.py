@@ -1,0 +1,88 @@
+"""CPU twin of :mod:`gpu_trader.kernels.vectors`: NumPy/BLAS GEMMs plus ``argpartition``.
+
+The tiled search and k-means are :mod:`gpu_trader.vector_math` instantiated with NumPy; the
+top-k of each score tile is ``numpy.argpartition`` (introselect, O(n) per row). Normalizing
+rows and the cosine of vector pairs are numba loops (accumulating in float64), which are
+several times faster than NumPy's calls on one 384-vector. Thread use: BLAS's pool (set it
+with threadpoolctl) and numba's (``NUMBA_NUM_THREADS``); the loops here are serial.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from .. import vector_math as vm
+from ..jit import njit_cached
+
+# Bytes of scores plus dequantized rows per database tile (fits a server's L3 share).
+TILE_BYTES = 32 << 20
+
+__all__ = ["search", "select_topk", "normalize_rows", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
+
+
+def select_topk(s: np.ndarray, k: int) -> np.ndarray:
+    """Column indices (any order) of the ``k`` largest entries of each row of ``s`` (nq, n)."""
+    n = s.shape[1]
+    if k >= n:
+        return np.broadcast_to(np.arange(n), s.shape).copy()
+    return np.argpartition(s, n - k, axis=1)[:, n - k:]
+
+
+def search(db, scales, norms, queries, k, l2, rows=None):
+    """See :func:`gpu_trader.vector_math.search`."""
+    return vm.search(np, select_topk, db, scales, norms, queries, k, l2, TILE_BYTES, rows)
+
+
+@njit_cached(nogil=True)
+def _normalize_rows(x, out, norms):
+    for i in range(x.shape[0]):
+        acc = 0.0
+        for j in range(x.shape[1]):
+            acc += float(x[i, j]) * float(x[i, j])
+        nrm = math.sqrt(acc)
+        norms[i] = nrm
+        inv = 1.0 / nrm if nrm > 0.0 else 0.0
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] * inv
+
+
+@njit_cached(nogil=True)
+def _cosine_rows(a, b, out):
+    for i in range(a.shape[0]):
+        ab = 0.0
+        aa = 0.0
+        bb = 0.0
+        for j in range(a.shape[1]):
+            x = float(a[i, j])
+            y = float(b[i, j])
+            ab += x * y
+            aa += x * x
+            bb += y * y
+        den = math.sqrt(aa * bb)
+        out[i] = ab / den if den > 0.0 else np.nan
+
+
+def normalize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``x`` (n, dim) scaled to unit L2 norm (zero rows stay zero) and the norms (n,) float64."""
+    out = np.empty_like(x)
+    norms = np.empty(x.shape[0], np.float64)
+    _normalize_rows(x, out, norms)
+    return out, norms
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair of ``a`` and ``b`` (n, dim), float64 (n,); NaN for a zero row."""
+    out = np.empty(a.shape[0], np.float64)
+    _cosine_rows(a, b, out)
+    return out
+
+
+quantize_int8 = functools.partial(vm.quantize_int8, np)
+row_sq_norms = functools.partial(vm.row_sq_norms, np)
+
+
+def kmeans(x, n_clusters, n_iter, seed, tol):
+    """See :func:`gpu_trader.vector_math.kmeans`."""
+    return vm.kmeans(np, x, n_clusters, n_iter, seed, tol, np.asarray)
