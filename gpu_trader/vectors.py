@@ -67,29 +67,36 @@ def _rows_2d(be: Backend, x, name: str):
 
 
 def normalize(x, *, backend=None):
-    """``x`` ``(..., dim)`` scaled to unit L2 norm along the last axis, same dtype.
-
-    Rows of all zeros stay zero. NaN propagates. Returns the backend's array type.
-    """
+    """``x`` ``(dim,)`` or ``(n, dim)`` scaled to unit L2 norm along the last axis, same float
+    dtype (integers become float64). Zero vectors stay zero; NaN propagates. Returns the
+    backend's array type."""
     be = select_backend(x, backend)
-    rows, _ = _rows_2d(be, x, "x")
-    out, _ = be.ops("vectors").normalize_rows(be.xp.ascontiguousarray(rows))
-    return out.reshape(be.asarray(x).shape)
+    arr = be.asarray(x)
+    ops = be.ops("vectors")
+    if arr.ndim == 1 and arr.dtype.kind == "f":  # the one-vector latency path
+        return ops.normalize_vector(arr)
+    rows, _ = _rows_2d(be, arr, "x")
+    out, _ = ops.normalize_rows(be.xp.ascontiguousarray(rows))
+    return out.reshape(arr.shape)
 
 
 def cosine(a, b, *, backend=None):
     """Cosine similarity of ``a`` and ``b`` along the last axis (shapes ``(dim,)`` or ``(n, dim)``,
-    equal). Returns a float for 1-D inputs, else an ``(n,)`` float64 array (float32 on cuda
-    for float32 input); NaN where a vector is all zero."""
+    equal). Returns a float for 1-D inputs, else an ``(n,)`` array (float64 on the cpu; the
+    input's float dtype on cuda); NaN where a vector is all zero. Accumulates in float64 on the cpu."""
     be = select_backend(a, backend)
-    ra, single = _rows_2d(be, a, "a")
-    rb, _ = _rows_2d(be, b, "b")
+    xa, xb = be.asarray(a), be.asarray(b)
+    ops = be.ops("vectors")
+    if xa.ndim == 1 and xa.shape == xb.shape and xa.dtype == xb.dtype and xa.dtype.kind == "f":
+        return ops.cosine_pair(xa, xb)  # the one-pair latency path
+    ra, single = _rows_2d(be, xa, "a")
+    rb, _ = _rows_2d(be, xb, "b")
     if ra.shape != rb.shape:
         raise ValueError(f"a has shape {ra.shape} but b has shape {rb.shape}; they must match")
     if ra.dtype != rb.dtype:
         ra, rb = ra.astype(np.float64), rb.astype(np.float64)
     xp = be.xp
-    out = be.ops("vectors").cosine_rows(xp.ascontiguousarray(ra), xp.ascontiguousarray(rb))
+    out = ops.cosine_rows(xp.ascontiguousarray(ra), xp.ascontiguousarray(rb))
     return float(out[0]) if single else out
 
 

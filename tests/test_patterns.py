@@ -9,14 +9,16 @@ import gpu_trader as gt
 from gpu_trader import vector_math as vm
 from gpu_trader.patterns import PatternMemory, window_patterns
 
-from conftest import random_ohlcv
-
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
 
 def ohlcv(n_bars, seed=0):
-    high, low, close, volume = (a[0] for a in random_ohlcv(1, n_bars, seed=seed))
-    return {"open": close, "high": high, "low": low, "close": close, "volume": volume}
+    """Random-walk bars of one symbol (writable copies)."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, n_bars)))
+    spread = rng.uniform(0.0, 0.01, (2, n_bars))
+    return {"open": close.copy(), "high": close * (1 + spread[0]), "low": close * (1 - spread[1]),
+            "close": close, "volume": rng.integers(1, 10_000, n_bars).astype(np.float64)}
 
 
 SPEC = {"rsi": ("rsi", {"window": 14}), "sma": ("sma", {"window": 10}), "obv": ("obv", {})}

@@ -19,7 +19,7 @@ from ..jit import njit_cached
 # Bytes of scores plus dequantized rows per database tile (fits a server's L3 share).
 TILE_BYTES = 32 << 20
 
-__all__ = ["search", "select_topk", "normalize_rows", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
+__all__ = ["search", "select_topk", "normalize_vector", "normalize_rows", "cosine_pair", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
 
 
 def select_topk(s: np.ndarray, k: int) -> np.ndarray:
@@ -36,32 +36,51 @@ def search(db, scales, norms, queries, k, l2, rows=None):
 
 
 @njit_cached(nogil=True)
+def _normalize_vector(x, out):
+    """``out = x / |x|`` (zeros for a zero ``x``), accumulating in float64; returns ``|x|``."""
+    acc = 0.0
+    for j in range(x.shape[0]):
+        acc += float(x[j]) * float(x[j])
+    nrm = math.sqrt(acc)
+    inv = 1.0 / nrm if nrm > 0.0 else 0.0
+    for j in range(x.shape[0]):
+        out[j] = x[j] * inv
+    return nrm
+
+
+@njit_cached(nogil=True)
 def _normalize_rows(x, out, norms):
     for i in range(x.shape[0]):
-        acc = 0.0
-        for j in range(x.shape[1]):
-            acc += float(x[i, j]) * float(x[i, j])
-        nrm = math.sqrt(acc)
-        norms[i] = nrm
-        inv = 1.0 / nrm if nrm > 0.0 else 0.0
-        for j in range(x.shape[1]):
-            out[i, j] = x[i, j] * inv
+        norms[i] = _normalize_vector(x[i], out[i])
+
+
+@njit_cached(nogil=True)
+def cosine_pair(a, b):
+    """Cosine similarity of two 1-D vectors of one dtype, float64 accumulation; NaN if one is zero."""
+    ab = 0.0
+    aa = 0.0
+    bb = 0.0
+    for j in range(a.shape[0]):
+        x = float(a[j])
+        y = float(b[j])
+        ab += x * y
+        aa += x * x
+        bb += y * y
+    den = math.sqrt(aa * bb)
+    return ab / den if den > 0.0 else np.nan
 
 
 @njit_cached(nogil=True)
 def _cosine_rows(a, b, out):
     for i in range(a.shape[0]):
-        ab = 0.0
-        aa = 0.0
-        bb = 0.0
-        for j in range(a.shape[1]):
-            x = float(a[i, j])
-            y = float(b[i, j])
-            ab += x * y
-            aa += x * x
-            bb += y * y
-        den = math.sqrt(aa * bb)
-        out[i] = ab / den if den > 0.0 else np.nan
+        out[i] = cosine_pair(a[i], b[i])
+
+
+def normalize_vector(x: np.ndarray) -> np.ndarray:
+    """``x`` (dim,) scaled to unit L2 norm (a zero vector stays zero), same dtype."""
+    out = np.empty_like(x)
+    _normalize_vector(x, out)
+    return out
 
 
 def normalize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

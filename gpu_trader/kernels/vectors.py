@@ -19,7 +19,7 @@ from .. import vector_math as vm
 # Bytes of scores plus dequantized rows per database tile.
 TILE_BYTES = 1 << 30
 
-__all__ = ["search", "select_topk", "normalize_rows", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
+__all__ = ["search", "select_topk", "normalize_vector", "normalize_rows", "cosine_pair", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
 
 select_topk = functools.partial(vm.select_by_group_max, cp)
 
@@ -39,6 +39,16 @@ def cosine_rows(a, b):
     """Cosine similarity of each row pair of ``a`` and ``b`` (n, dim); NaN for a zero row."""
     den = cp.sqrt(cp.einsum("ij,ij->i", a, a) * cp.einsum("ij,ij->i", b, b))
     return cp.einsum("ij,ij->i", a, b) / cp.where(den > 0, den, cp.nan)
+
+
+def normalize_vector(x):
+    """``x`` (dim,) scaled to unit L2 norm (a zero vector stays zero)."""
+    return normalize_rows(x[None])[0][0]
+
+
+def cosine_pair(a, b) -> float:
+    """Cosine similarity of two 1-D vectors; NaN if one is zero."""
+    return float(cosine_rows(a[None], b[None])[0])
 
 
 quantize_int8 = functools.partial(vm.quantize_int8, cp)

@@ -15,6 +15,7 @@ __all__ = ["SUITES", "workloads"]
 # suite name -> module defining ``workloads(quick)``
 SUITES: dict[str, str] = {
     "features": "gpu_trader.bench.suites.features",
+    "vectors": "gpu_trader.bench.suites.vectors",
 }
 
 
