@@ -1,6 +1,7 @@
 """Measure FAISS HNSW vs usearch vs hnswlib at 100K x 384 (cosine); writes a Markdown table.
 
-Run: ``.venv/bin/python benches/ann_comparison.py [n] [dim]``. Data: unit vectors drawn
+Run: ``.venv/bin/python benches/ann_comparison.py [hnsw|int8] [n] [dim]`` (``int8``: the recall
+cost of ``VectorIndex(dtype="int8")`` exact search instead). Data: unit vectors drawn
 around 1000 random centres (Gaussian mixtures, like clustered market patterns; two noise
 levels) plus uniform-on-sphere data as the structureless worst case; recall@10 is
 against exact brute force.
@@ -112,5 +113,29 @@ def main(n: int = 100_000, dim: int = 384) -> None:
                     print(f"| {name} | {build:.1f} | {ef} | {p50_us:.0f} | {recall(found, truth):.3f} |", flush=True)
 
 
+def int8_main(n: int = 100_000, dim: int = 384) -> None:
+    """Recall@10 and memory of int8 exact search vs float32 exact search, same data sets."""
+    from threadpoolctl import threadpool_limits
+
+    from gpu_trader.vectors import VectorIndex
+
+    print("| data | recall@10 int8 vs exact | bytes/vector float32 | bytes/vector int8 | p50 us/query float32 | p50 us/query int8 |")
+    print("|---|---|---|---|---|---|")
+    with threadpool_limits(1):
+        for noise in DATASETS:
+            db, q = data(n, dim, noise)
+            truth = exact(db, q)
+            row = []
+            for dtype in ("float32", "int8"):
+                index = VectorIndex(dim, "cosine", dtype=dtype)
+                index.add(db)
+                p50, found = time_queries(lambda r: index.search(r, K)[1], q[:100])
+                row.append((index.nbytes / n, p50, recall(found, truth[:100])))
+            label = "uniform" if noise is None else f"clusters, noise {noise}"
+            print(f"| {label} | {row[1][2]:.3f} | {row[0][0]:.0f} | {row[1][0]:.0f} | {row[0][1]:.0f} | {row[1][1]:.0f} |",
+                  flush=True)
+
+
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    mode = sys.argv[1] if len(sys.argv) > 1 else "hnsw"
+    (int8_main if mode == "int8" else main)(*(int(a) for a in sys.argv[2:]))

@@ -10,6 +10,7 @@ next-period return) and optional metadata (symbol, regime, ...) to filter on.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -55,7 +56,8 @@ class PatternMemory:
     """A k-NN memory of market patterns (see the module docstring).
 
     ``window``: bars per pattern (>= 2). ``spec``: the :func:`gpu_trader.features` spec.
-    ``backend``, ``dtype``, ``kind``: those of the underlying :class:`VectorIndex`.
+    ``backend``, ``dtype``, ``kind``: those of the underlying :class:`VectorIndex`. Queries may
+    run in many threads while one thread adds (adds are serialized by a lock).
     """
 
     def __init__(self, window: int = 20, spec: Mapping | None = None, *, backend: str | None = None,
@@ -66,7 +68,8 @@ class PatternMemory:
         self.spec = spec
         self._index_args = {"backend": backend, "dtype": dtype, "kind": kind}
         self._index: VectorIndex | None = None
-        self._outcomes = np.empty(0, np.float64)
+        self._outcomes = np.empty(0, np.float64)  # by id (ids count up from 0)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return 0 if self._index is None else len(self._index)
@@ -120,12 +123,17 @@ class PatternMemory:
             raise ValueError(f"outcomes has shape {out.shape}, expected ({m},)")
         if not np.isfinite(out).all():
             raise ValueError("outcomes contain NaN or infinite values")
-        if self._index is None:
-            dim = int(np.shape(patterns)[-1])
-            self._index = VectorIndex(dim, "cosine", **self._index_args)
-        ids = self._index.add(patterns, metadata=metadata)
-        self._outcomes = np.concatenate([self._outcomes, out])
-        return ids
+        with self._lock:
+            if self._index is None:
+                dim = int(np.shape(patterns)[-1])
+                self._index = VectorIndex(dim, "cosine", **self._index_args)
+            before = self._outcomes
+            self._outcomes = np.concatenate([before, out])  # published first: a concurrent query finds them
+            try:
+                return self._index.add(patterns, metadata=metadata)
+            except BaseException:
+                self._outcomes = before
+                raise
 
     def add_history(self, ohlcv, horizon: int = 1, metadata: Mapping[str, Any] | None = None) -> np.ndarray:
         """Store every complete pattern of one symbol's bars with its forward return

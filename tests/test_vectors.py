@@ -145,6 +145,22 @@ def test_group_max_selection_is_exact(n, k):
     np.testing.assert_array_equal(got, np.sort(s, axis=1)[:, n - k:])
 
 
+@pytest.mark.parametrize("k", [1, 10, 128, 129, 300, 999])
+def test_cpu_selection_is_exact(k):
+    """Insertion scan (k <= 128) and argpartition (above): the k largest values, best first for the scan."""
+    from gpu_trader.cpu_fallback.vectors import SCAN_MAX_K, select_topk
+
+    rng = np.random.default_rng(k)
+    s = rng.integers(-30, 30, (4, 1000)).astype(np.float32)
+    s[1] = np.arange(1000)  # ascending: every entry enters the buffer
+    sel = select_topk(s, k)
+    vals = np.take_along_axis(s, sel, axis=1)
+    np.testing.assert_array_equal(np.sort(vals, axis=1), np.sort(s, axis=1)[:, 1000 - k:])
+    assert all(len(set(r.tolist())) == k for r in sel)
+    if k <= SCAN_MAX_K:
+        assert np.all(np.diff(vals, axis=1) <= 0)
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_gpu_search_algorithm_on_numpy(metric):
     """kernels.vectors' search (group-max top-k, tiled) instantiated with NumPy equals FAISS."""

@@ -1,7 +1,8 @@
-"""CPU twin of :mod:`gpu_trader.kernels.vectors`: NumPy/BLAS GEMMs plus ``argpartition``.
+"""CPU twin of :mod:`gpu_trader.kernels.vectors`: NumPy/BLAS GEMMs plus a one-pass top-k.
 
 The tiled search and k-means are :mod:`gpu_trader.vector_math` instantiated with NumPy; the
-top-k of each score tile is ``numpy.argpartition`` (introselect, O(n) per row). Normalizing
+top-k of each score tile is a numba insertion scan (one comparison for nearly every score),
+or ``numpy.argpartition`` (introselect) for ``k > 128``. Normalizing
 rows and the cosine of vector pairs are numba loops (accumulating in float64), which are
 several times faster than NumPy's calls on one 384-vector. Thread use: BLAS's pool (set it
 with threadpoolctl) and numba's (``NUMBA_NUM_THREADS``); the loops here are serial.
@@ -22,11 +23,48 @@ TILE_BYTES = 32 << 20
 __all__ = ["search", "select_topk", "normalize_vector", "normalize_rows", "cosine_pair", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
 
 
+# Above this k the insertion scan's O(k) inserts cost more than introselect.
+SCAN_MAX_K = 128
+
+
+@njit_cached(nogil=True)
+def _topk_scan(s, k, out):
+    """``out[i]`` = columns of the ``k`` largest entries of row ``i`` of ``s``, best first.
+
+    One pass per row keeping a sorted buffer of ``k``: an entry not above the buffer's
+    smallest costs one comparison, which is nearly all of them (FAISS's heap idea).
+    """
+    vals = np.empty(k, s.dtype)
+    for i in range(s.shape[0]):
+        row = s[i]
+        cnt = 0
+        for j in range(row.shape[0]):
+            v = row[j]
+            if cnt == k:
+                if not v > vals[k - 1]:
+                    continue
+                p = k - 1
+            else:
+                p = cnt
+                cnt += 1
+            while p > 0 and vals[p - 1] < v:
+                vals[p] = vals[p - 1]
+                out[i, p] = out[i, p - 1]
+                p -= 1
+            vals[p] = v
+            out[i, p] = j
+
+
 def select_topk(s: np.ndarray, k: int) -> np.ndarray:
-    """Column indices (any order) of the ``k`` largest entries of each row of ``s`` (nq, n)."""
+    """Column indices of the ``k`` largest entries of each row of ``s`` (nq, n): best first
+    (an insertion scan) for ``k <= SCAN_MAX_K``, in any order (``argpartition``) above."""
     n = s.shape[1]
     if k >= n:
         return np.broadcast_to(np.arange(n), s.shape).copy()
+    if k <= SCAN_MAX_K:
+        out = np.empty((s.shape[0], k), np.int64)
+        _topk_scan(s, k, out)
+        return out
     return np.argpartition(s, n - k, axis=1)[:, n - k:]
 
 
