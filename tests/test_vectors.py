@@ -517,3 +517,50 @@ def on(backend, *arrays):
     be = gt.get_backend(backend)
     out = tuple(be.asarray(a) for a in arrays)
     return out if len(out) > 1 else out[0]
+
+
+# -- the GPU module's code, run with NumPy standing in for CuPy -----------------------------
+@pytest.fixture
+def kernels_on_numpy(monkeypatch):
+    """``gpu_trader.kernels.vectors`` imported against a NumPy shim named ``cupy``."""
+    import importlib
+    import sys
+    import types
+
+    shim = types.ModuleType("cupy")
+    shim.__getattr__ = lambda name: getattr(np, name)
+    shim.asnumpy = np.asarray
+    monkeypatch.setitem(sys.modules, "cupy", shim)
+    monkeypatch.delitem(sys.modules, "gpu_trader.kernels.vectors", raising=False)
+    yield importlib.import_module("gpu_trader.kernels.vectors")
+    sys.modules.pop("gpu_trader.kernels.vectors", None)
+
+
+def test_gpu_module_runs_on_a_numpy_shim(kernels_on_numpy):
+    from scipy.spatial.distance import cosine as scipy_cosine
+
+    from gpu_trader.cpu_fallback import vectors as cpu
+
+    gpu = kernels_on_numpy
+    assert sorted(gpu.__all__) == sorted(cpu.__all__)
+    db, q = uniform(5000, 32, seed=21), uniform(9, 32, seed=22)
+    for metric in METRICS:
+        index = build("cpu", db, metric)
+        snap = index._snap
+        qq = gpu.normalize_rows(q)[0] if metric == "cosine" else q
+        s, rows = gpu.search(snap.vectors, snap.scales, snap.norms, qq, 12, metric == "l2")
+        if metric == "l2":
+            s = (qq * qq).sum(1)[:, None] - s
+        assert_knn_matches(s, rows, db, q, 12, metric)
+    a, b = uniform(4, 16, seed=1), uniform(4, 16, seed=2)
+    want = [1 - scipy_cosine(x, y) for x, y in zip(a.astype(np.float64), b.astype(np.float64))]
+    np.testing.assert_allclose(gpu.cosine_rows(a, b), want, rtol=1e-5)
+    assert gpu.cosine_pair(a[0], b[0]) == pytest.approx(want[0], rel=1e-5)
+    np.testing.assert_allclose(gpu.normalize_vector(a[0]), a[0] / np.linalg.norm(a[0]), rtol=1e-6)
+    codes, scales = gpu.quantize_int8(a)
+    np.testing.assert_array_equal(codes, cpu.quantize_int8(a)[0])
+    x = clustered(300, 8, seed=3, n_centres=5).astype(np.float64)
+    _, labels, inertia = gpu.kmeans(x, 5, 50, 0, 0.0)
+    from sklearn.cluster import KMeans
+
+    assert inertia <= 1.001 * KMeans(5, n_init=10, random_state=0).fit(x).inertia_
