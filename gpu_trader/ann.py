@@ -34,6 +34,8 @@ def make(kind: str, be, dim: int, metric: str, params: dict[str, int]):
     if kind == "exact":
         return None
     if kind == "hnsw":
+        if be.name != "cpu":
+            raise ValueError(f"kind='hnsw' runs on the cpu backend; on {be.name!r} use 'exact' or 'cagra'")
         return _Hnsw(dim, metric, params)
     if kind == "cagra":
         return _Cagra(be, metric)

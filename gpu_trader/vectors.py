@@ -115,8 +115,11 @@ class _Snapshot:
     xp: Any  # the backend's array module
 
     def dequantized(self):
-        v = self.vectors
-        return v if self.scales is None else v.astype(np.float32) * self.scales[:, None]
+        """A new float32 ``(n, dim)`` array of the stored vectors (int8 codes times their scales)."""
+        v = self.vectors.astype(np.float32)
+        if self.scales is not None:
+            v *= self.scales[:, None]
+        return v
 
     def rescore(self, queries, rows):
         """Exact public scores of candidate ``rows`` (nq, k), sorted best first, and their ids."""
@@ -157,8 +160,6 @@ class VectorIndex:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.dim, self.metric, self.kind, self.dtype = int(dim), metric, kind, dtype_name
         self._be = get_backend(backend)
-        if kind == "hnsw" and self._be.name != "cpu":
-            raise ValueError(f"kind='hnsw' runs on the cpu backend; on {self._be.name!r} use 'exact' or 'cagra'")
         self._ops = self._be.ops("vectors")
         self._xp = self._be.xp
         self._params = {k: int(v) for k, v in params.items()}
@@ -194,10 +195,7 @@ class VectorIndex:
         ``(n, dim)``: normalized for cosine, dequantized for int8), in storage order, on the
         backend's device."""
         snap = self._snap
-        v = snap.vectors.astype(np.float32)
-        if snap.scales is not None:
-            v *= snap.scales[:, None]
-        return snap.ids.copy(), v
+        return snap.ids.copy(), snap.dequantized()
 
     # -- writes -------------------------------------------------------------------------
     def add(self, vectors, ids=None, metadata=None) -> np.ndarray:
