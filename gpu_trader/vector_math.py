@@ -29,8 +29,10 @@ Select = Callable[[Any, int], Any]
 
 def tile_rows(n_queries: int, dim: int, tile_bytes: int) -> int:
     """Database rows per tile so that the float32 score tile ``(n_queries, rows)`` plus a
-    dequantized copy of the tile ``(rows, dim)`` take at most ``tile_bytes`` (>= 1024 rows)."""
-    return max(1024, tile_bytes // (4 * (n_queries + dim)))
+    dequantized copy of the tile ``(rows, dim)`` take at most ``tile_bytes``: a multiple of
+    1024 (so only the last tile's rows need padding to whole groups), at least 1024."""
+    rows = tile_bytes // (4 * (n_queries + dim))
+    return max(1024, rows - rows % 1024)
 
 
 def row_sq_norms(xp, db, scales=None):

@@ -448,7 +448,7 @@ def test_hnsw_l2_and_filter_is_exact():
 
 # -- concurrency ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["exact", "hnsw"])
-def test_concurrent_search_while_adding(kind):
+def test_concurrent_search_while_adding_and_removing(kind):
     if kind == "hnsw":
         pytest.importorskip("hnswlib")
     dim, batches = 16, 60
@@ -456,6 +456,7 @@ def test_concurrent_search_while_adding(kind):
     index = VectorIndex(dim, "ip", kind=kind)
     index.add(data[:200])
     started = set(range(200))
+    removed: set[int] = set()
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -465,6 +466,9 @@ def test_concurrent_search_while_adding(kind):
                 ids = np.arange(200 + 50 * b, 250 + 50 * b)
                 started.update(ids.tolist())  # recorded before the add starts
                 index.add(data[ids], ids=ids)
+                if b % 5 == 4:
+                    index.remove(ids[:10])
+                    removed.update(ids[:10].tolist())
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
@@ -488,7 +492,8 @@ def test_concurrent_search_while_adding(kind):
     for t in threads:
         t.join(60)
     assert not errors, errors[0]
-    assert len(index) == len(data)
+    assert len(index) == len(data) - len(removed)
+    assert not set(index.search(data[:50], 8)[1].ravel().tolist()) & removed
 
 
 # -- normalize / cosine --------------------------------------------------------------------
