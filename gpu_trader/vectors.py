@@ -501,6 +501,9 @@ def _extend_columns(old: Mapping[str, np.ndarray], n: int, new: dict[str, np.nda
     for field in dict.fromkeys([*old, *new]):
         a = old.get(field)
         b = new.get(field)
+        if a is None and n == 0:
+            out[field] = b
+            continue
         a = np.full(n, None, dtype=object) if a is None else a
         b = np.full(m, None, dtype=object) if b is None else b
         same_family = (a.dtype.kind in "biuf" and b.dtype.kind in "biuf") or a.dtype.kind == b.dtype.kind

@@ -282,6 +282,7 @@ def test_filters_never_return_non_matching_ids(backend):
     regime = rng.integers(0, 3, n)
     index = VectorIndex(16, "l2", backend=backend)
     index.add(db, ids=np.arange(n) * 3 + 1, metadata={"symbol": symbols, "regime": regime})
+    assert index._snap.meta["symbol"].dtype.kind == "U"  # typed columns stay typed (fast comparisons)
     q = clustered(8, 16, seed=4)
     ids_all = np.arange(n) * 3 + 1
     cases = [
