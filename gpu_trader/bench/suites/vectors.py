@@ -37,14 +37,19 @@ RECALL_MIN = 0.95
 
 
 def _pin_threads() -> None:
-    from threadpoolctl import threadpool_limits
+    """Pin BLAS and FAISS's OpenMP pool to ``THREADS`` (each where installed)."""
+    try:
+        from threadpoolctl import threadpool_limits
 
-    threadpool_limits(THREADS)
+        threadpool_limits(THREADS)
+    except ImportError:
+        pass
     try:
         import faiss
+
+        faiss.omp_set_num_threads(THREADS)
     except ImportError:
-        return
-    faiss.omp_set_num_threads(THREADS)
+        pass
 
 
 @functools.lru_cache(maxsize=4)
