@@ -107,11 +107,11 @@ class PatternMemory:
     def embed(self, ohlcv):
         """The pattern ``(dim,)`` of the last ``window`` bars of one symbol (``ValueError`` if
         an indicator has not produced a value over the whole window yet)."""
-        ends, pats = self.embed_history(ohlcv)
-        T = _series_length(ohlcv)
-        if not ends.size or ends[-1] != T - 1:
+        xp, f = self._features(ohlcv)
+        last = f[:, f.shape[1] - self.window:]
+        if f.shape[1] < self.window or not bool(xp.isfinite(last).all()):
             raise ValueError(f"the last {self.window} bars do not have every feature yet; pass more history")
-        return pats[-1]
+        return window_patterns(xp, last, self.window)[0]
 
     # -- storing ------------------------------------------------------------------------
     def add(self, patterns, outcomes, metadata=None) -> np.ndarray:
@@ -186,7 +186,3 @@ def _field(ohlcv, name: str):
                 return ohlcv[key]
         raise ValueError(f"ohlcv has no {name!r} field")
     return ohlcv[("open", "high", "low", "close", "volume").index(name)]
-
-
-def _series_length(ohlcv) -> int:
-    return int(np.shape(_field(ohlcv, "close"))[-1])
