@@ -9,16 +9,18 @@
 
 Both expose ``add(vectors, ids)``, ``remove(ids)``, ``search(snapshot, queries, k) ->
 (scores, ids)`` (scores in the public convention: similarity for ip/cosine, squared
-distance for l2), ``dump() -> bytes`` and ``restore(bytes)``. A lock serializes each
-index's calls (hnswlib is not safe while it resizes, nor CAGRA while it is rebuilt); the
-library releases the GIL while it works.
+distance for l2), ``dump() -> bytes`` and ``restore(bytes)``. The hnswlib graph is guarded
+by a readers-writer lock: searches run concurrently (hnswlib releases the GIL), while an
+add (which may resize the graph), a removal, a dump or a restore runs alone. CAGRA calls
+are serialized (the graph may be rebuilt by a search).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -42,6 +44,43 @@ def make(kind: str, be, dim: int, metric: str, params: dict[str, int]):
     raise ValueError(f"kind must be 'exact', 'hnsw' or 'cagra', got {kind!r}")
 
 
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            self._cond.wait_for(lambda: not self._writing and not self._readers)
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class _Hnsw:
     def __init__(self, dim: int, metric: str, params: dict[str, int]):
         try:
@@ -52,13 +91,13 @@ class _Hnsw:
         self._space = "l2" if metric == "l2" else "ip"
         self._dim = dim
         self._params = params
-        self._lock = threading.Lock()
+        self._lock = _ReadWriteLock()
         self._index = hnswlib.Index(space=self._space, dim=dim)
         self._index.init_index(max_elements=_MIN_CAPACITY, ef_construction=params["ef_construction"], M=params["M"])
         self._index.set_ef(params["ef_search"])
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        with self._lock:
+        with self._lock.write():
             need = self._index.element_count + len(ids)
             cap = self._index.get_max_elements()
             if need > cap:
@@ -66,25 +105,25 @@ class _Hnsw:
             self._index.add_items(vectors, ids, num_threads=1)
 
     def remove(self, ids: np.ndarray) -> None:
-        with self._lock:
+        with self._lock.write():
             for i in ids.tolist():
                 self._index.mark_deleted(i)
 
     def search(self, snapshot, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
+        with self._lock.read():
             labels, dist = self._index.knn_query(queries, k=k, num_threads=1)
         scores = dist if self._space == "l2" else 1.0 - dist
         return scores.astype(np.float32), labels.astype(np.int64)
 
     def dump(self) -> bytes:
-        with self._lock, tempfile.TemporaryDirectory() as tmp:
+        with self._lock.write(), tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "hnsw.bin")
             self._index.save_index(path)
             with open(path, "rb") as fh:
                 return fh.read()
 
     def restore(self, blob: bytes) -> None:
-        with self._lock, tempfile.TemporaryDirectory() as tmp:
+        with self._lock.write(), tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "hnsw.bin")
             with open(path, "wb") as fh:
                 fh.write(blob)

@@ -570,3 +570,32 @@ def test_gpu_module_runs_on_a_numpy_shim(kernels_on_numpy):
     from sklearn.cluster import KMeans
 
     assert inertia <= 1.001 * KMeans(5, n_init=10, random_state=0).fit(x).inertia_
+
+
+def test_read_write_lock():
+    """Readers share the lock (both get inside at once); a writer waits for them and runs alone."""
+    from gpu_trader.ann import _ReadWriteLock
+
+    lock = _ReadWriteLock()
+    inside = threading.Barrier(2, timeout=5)
+    log: list[str] = []
+
+    def reader():
+        with lock.read():
+            inside.wait()  # times out (BrokenBarrierError) unless both readers are inside together
+            log.append("read")
+
+    def writer():
+        with lock.write():
+            log.append("write")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    with lock.write():
+        for t in readers:
+            t.start()
+        w = threading.Thread(target=writer)
+        w.start()
+        assert not log  # everyone waits for the writer holding the lock
+    for t in readers + [w]:
+        t.join(5)
+    assert sorted(log) == ["read", "read", "write"]
