@@ -18,6 +18,7 @@ search is below 0.95.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import os
 
@@ -253,10 +254,8 @@ def _approx(n: int) -> Workload:
     def setup(be):
         if be.name != "cpu":
             raise SkipCase("kind='hnsw' runs on the cpu backend (the GPU's approximate index is cagra)")
-        try:
-            import hnswlib  # noqa: F401
-        except ImportError as exc:
-            raise SkipCase("hnswlib is not installed") from exc
+        if importlib.util.find_spec("hnswlib") is None:
+            raise SkipCase("hnswlib is not installed")
         _pin_threads()
         db, qs = _mixture(n, DIM)
         index = _index(be, db, kind="hnsw")
