@@ -161,8 +161,9 @@ class _Cagra:
                 params = self._cagra.IndexParams(metric=self._metric)
                 self._built = (snapshot, self._cagra.build(params, data))
             index = self._built[1]
-            _, rows = self._cagra.search(self._cagra.SearchParams(), index, queries, k)
-        rows = cp.asarray(rows).astype(cp.int64)
+            out = [cp.asarray(a) for a in self._cagra.search(self._cagra.SearchParams(), index, queries, k)]
+        # (distances, neighbours); told apart by dtype, as cuVS's documentation shows both orders
+        rows = next(a for a in out if a.dtype.kind in "iu").astype(cp.int64)
         return snapshot.rescore(queries, rows)
 
     def dump(self) -> bytes:
