@@ -599,3 +599,44 @@ def test_read_write_lock():
     for t in readers + [w]:
         t.join(5)
     assert sorted(log) == ["read", "read", "write"]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_cagra_adapter_with_a_stand_in_cuvs(monkeypatch, kernels_on_numpy, metric):
+    """The CAGRA glue (build per snapshot, neighbour pick, exact re-scoring) against a brute-force
+    stand-in for cuVS, NumPy standing in for CuPy: the real cuVS runs only on a GPU machine."""
+    import sys
+    import types
+
+    from gpu_trader import ann
+
+    builds = []
+
+    def build_graph(params, data):
+        builds.append((params.metric, len(data)))
+        return np.asarray(data)
+
+    def search(params, graph, queries, k):
+        d = ((queries[:, None, :] - graph[None]) ** 2).sum(-1) if metric == "l2" else -(queries @ graph.T)
+        nb = np.argsort(d, axis=1)[:, :k]
+        return np.take_along_axis(d, nb, axis=1).astype(np.float32), nb.astype(np.uint32)
+
+    cagra = types.SimpleNamespace(IndexParams=lambda metric: types.SimpleNamespace(metric=metric),
+                                  SearchParams=lambda: None, build=build_graph, search=search)
+    monkeypatch.setitem(sys.modules, "cuvs", types.ModuleType("cuvs"))
+    monkeypatch.setitem(sys.modules, "cuvs.neighbors", types.SimpleNamespace(cagra=cagra))
+    adapter = ann.make("cagra", types.SimpleNamespace(name="cuda"), 24, metric, {})
+    db, q = clustered(800, 24, seed=31), clustered(6, 24, seed=32)
+    index = build("cpu", db, metric, dtype="int8" if metric == "l2" else "float32")
+    qq = q / np.linalg.norm(q, axis=1, keepdims=True) if metric == "cosine" else q
+    scores, ids = adapter.search(index._snap, qq, 10)
+    adapter.search(index._snap, qq, 10)
+    assert builds == [("sqeuclidean" if metric == "l2" else "inner_product", 800)]  # one build per snapshot
+    if metric == "cosine":
+        assert_knn_matches(scores, ids, db, q, 10, metric)
+    else:  # int8 storage: exact scores of the dequantized vectors, best first
+        np.testing.assert_allclose(scores, true_scores(index.vectors()[1], q, ids, "l2"), rtol=1e-4)
+        assert np.all(np.diff(scores, axis=1) >= 0)
+    index.add(db[:5])
+    adapter.search(index._snap, qq, 10)
+    assert builds[-1][1] == 805  # a new snapshot rebuilds the graph
