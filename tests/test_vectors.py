@@ -297,6 +297,29 @@ def test_filters_never_return_non_matching_ids(backend):
         assert_knn_matches(scores, ids, db[mask], q, 10, "l2", row_ids=ids_all[mask])
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 120), k=st.integers(1, 15), seed=st.integers(0, 2**16),
+       want=st.sets(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=3), regime=st.none() | st.integers(0, 2))
+def test_filters_property(n, k, seed, want, regime):
+    """Random metadata and filters: results are exactly the brute-force top-k of the matching rows."""
+    rng = np.random.default_rng(seed)
+    db = rng.standard_normal((n, 6)).astype(np.float32)
+    sym = rng.choice(["a", "b", "c", "d"], n)
+    reg = rng.integers(0, 3, n)
+    index = VectorIndex(6, "ip")
+    index.add(db, metadata=[{"sym": s, "regime": int(r)} for s, r in zip(sym, reg)])
+    flt = {"sym": sorted(want)} if regime is None else {"sym": sorted(want), "regime": regime}
+    mask = np.isin(sym, sorted(want)) & (True if regime is None else reg == regime)
+    q = rng.standard_normal(6).astype(np.float32)
+    scores, ids = index.search(q, k, filter=flt)
+    m = int(mask.sum())
+    assert (ids[min(k, m):] == -1).all() and np.isneginf(scores[min(k, m):]).all()
+    hit = ids[:min(k, m)]
+    assert mask[hit].all()
+    ref = np.sort(db[mask] @ q)[::-1][:k]
+    np.testing.assert_allclose(scores[:min(k, m)], ref, rtol=1e-5, atol=1e-5)
+
+
 def test_filter_with_few_matches_pads(backend):
     index = VectorIndex(4, "cosine", backend=backend)
     index.add(np.eye(4) + 0.1, metadata=[{"s": "a"}, {"s": "b"}, {"s": "a"}, {}])
