@@ -138,7 +138,8 @@ def read(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], d
                 data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r", offset=off, shape=tuple(meta["shape"]))
             else:
                 fh.seek(off)
-                data = np.frombuffer(fh.read(nbytes), dtype=np.dtype(meta["dtype"])).reshape(meta["shape"]).copy()
+                dtype = np.dtype(meta["dtype"])
+                data = np.fromfile(fh, dtype=dtype, count=nbytes // dtype.itemsize).reshape(meta["shape"])
             if _crc(data) != meta["crc32"]:
                 raise VectorIndexFileError(f"{path}: corrupt section {name!r} (checksum mismatch)")
             sections[name] = data
