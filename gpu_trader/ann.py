@@ -29,6 +29,7 @@ __all__ = ["HNSW_DEFAULTS", "make"]
 # M (graph degree), construction beam, search beam: recall@10 >= 0.95 at 100K x 384 (docs/ann_comparison.md)
 HNSW_DEFAULTS = {"M": 16, "ef_construction": 128, "ef_search": 64}
 _MIN_CAPACITY = 1024
+_PARALLEL_ADD = 1024  # vectors per add from which hnswlib builds with all cores
 
 
 def make(kind: str, be, dim: int, metric: str, params: dict[str, int]):
@@ -102,7 +103,8 @@ class _Hnsw:
             cap = self._index.get_max_elements()
             if need > cap:
                 self._index.resize_index(max(need, 2 * cap))
-            self._index.add_items(vectors, ids, num_threads=1)
+            # hnswlib's own threads (all cores) pay off for bulk inserts only
+            self._index.add_items(vectors, ids, num_threads=-1 if len(ids) >= _PARALLEL_ADD else 1)
 
     def remove(self, ids: np.ndarray) -> None:
         with self._lock.write():
