@@ -76,9 +76,15 @@ def search(xp, select: Select, db, scales, norms, queries, k: int, l2: bool, til
     ``rows``: optional int64 ``(m,)`` row subset to search (a metadata filter); ``k`` must not
     exceed the rows searched. Each tile is one GEMM followed by ``select`` (indices of the
     ``k`` largest entries of each row, any order); the running best ``k`` and each tile's
-    best ``k`` are merged by the same selection, so memory stays ``O(nq * tile)`` whatever
-    the store size. Returns ``(scores (nq, k) float32 best first, row indices (nq, k) int64)``.
+    best ``k`` are merged by the same selection. Queries are processed in passes small enough
+    for a 1024-row tile, so memory stays within about ``tile_bytes`` whatever the numbers of
+    queries and stored vectors. Returns ``(scores (nq, k) float32 best first, row indices (nq, k) int64)``.
     """
+    q_step = max(1, tile_bytes // (4 * (1024 + db.shape[1])))  # queries per pass: a 1024-row tile fits
+    if queries.shape[0] > q_step:
+        parts = [search(xp, select, db, scales, norms, queries[i:i + q_step], k, l2, tile_bytes, rows)
+                 for i in range(0, queries.shape[0], q_step)]
+        return xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts])
     n = db.shape[0] if rows is None else rows.shape[0]
     step = tile_rows(queries.shape[0], db.shape[1], tile_bytes)
     best_s = best_i = None
