@@ -6,6 +6,8 @@ from .backend import available_backends, get_backend, set_backend, to_numpy, use
 from .indicators import atr, bollinger, ema, features, macd, obv, rsi, sma, stoch, vwap, wma
 from .streaming import FeatureStream
 from . import correlation, risk
+from .patterns import PatternMemory
+from .vectors import VectorIndex, VectorIndexFileError
 
 __version__ = "0.1.0"
 
@@ -42,4 +44,5 @@ __all__ = [
     "FeatureStream",
     "risk", "correlation",
     *_LAZY,
+    "VectorIndex", "VectorIndexFileError", "PatternMemory",
 ]

@@ -237,4 +237,35 @@ _ALL = (
            _p50_below(500 * _US), _p50_below(10 * _US)),
 )
 
+_FAISS_PARITY = (Check("ratio:faiss", ">=", 1 / 1.5, ("cpu",)),)
+_MS = 1e-3
+
+_ALL += (
+    # -- section 7: vectors -----------------------------------------------------------
+    Target("vectors.normalize", "normalize one vector, dim 128..1536", "< 10 us", "(ours: < 2 us at 384)",
+           _p50_below(10 * _US), ()),
+    Target("vectors.normalize_384", "normalize one vector, dim 384", "< 10 us", "< 2 us",
+           _p50_below(10 * _US), _p50_below(2 * _US)),
+    Target("vectors.cosine", "cosine of one pair, dim 128..1536", "< 5 us", "(ours: < 2 us at 384)",
+           _p50_below(5 * _US), ()),
+    Target("vectors.cosine_384", "cosine of one pair, dim 384", "< 5 us", "< 2 us",
+           _p50_below(5 * _US), _p50_below(2 * _US)),
+    Target("vectors.insert_one", "insert one vector, dim 384", "< 500 us", "< 20 us",
+           _p50_below(500 * _US), _p50_below(20 * _US)),
+    Target("vectors.insert_batch", "insert a batch of 100, dim 384", "< 5 ms", "< 500 us",
+           _p50_below(5 * _MS), _p50_below(500 * _US)),
+    Target("vectors.exact", "exact k-NN (k = 1, 5, 10, 20), 10K x 384, one query", "< 1 ms",
+           "< 300 us single query (CPU)", _p50_below(1 * _MS), (Check("p50_s", "<", 300 * _US, ("cpu",)),)),
+    Target("vectors.batched_exact_cpu", "batched exact k-NN, 1000 queries x 10K x 384 (CPU)", "(none)",
+           "within 1.5x of FAISS IndexFlatIP", (), _FAISS_PARITY),
+    Target("vectors.batched_exact", "batched exact k-NN, 1000 queries x 1M x 384", "(none)",
+           "GPU >= 50% of matmul rate", (), (Check("ratio:gemm", ">=", 0.5, ("cuda",)),)),
+    Target("vectors.approx", "approximate k-NN, 100K x 384", "< 1 ms", "< 200 us at recall@10 >= 0.95 (CPU)",
+           _p50_below(1 * _MS), (Check("p50_s", "<", 200 * _US, ("cpu",)),)),
+    Target("vectors.filtered", "pattern retrieval with metadata filter, 10K patterns", "< 500 us", "< 300 us",
+           _p50_below(500 * _US), _p50_below(300 * _US)),
+    Target("vectors.distill", "distillation (cluster into centroids), 100 patterns", "< 10 ms", "< 2 ms",
+           _p50_below(10 * _MS), _p50_below(2 * _MS)),
+)
+
 TARGETS: dict[str, Target] = {t.key: t for t in _ALL}

@@ -13,13 +13,14 @@ from ..harness import Workload
 __all__ = ["SUITES", "workloads"]
 
 # suite name -> module defining ``workloads(quick)``
-SUITES: dict[str, str] = {
-    "features": "gpu_trader.bench.suites.features",
-    "risk": "gpu_trader.bench.suites.risk",
+SUITES: dict[str, str] = {  # in the order of TARGETS.md's sections
     "market_data": "gpu_trader.bench.suites.market_data",
+    "features": "gpu_trader.bench.suites.features",
     "strategies": "gpu_trader.bench.suites.strategies",
     "orders": "gpu_trader.bench.suites.orders",
+    "risk": "gpu_trader.bench.suites.risk",
     "portfolio": "gpu_trader.bench.suites.portfolio",
+    "vectors": "gpu_trader.bench.suites.vectors",
 }
 
 

@@ -1,0 +1,126 @@
+"""PatternMemory: embedding against a direct per-window loop, outcomes against the bars,
+distillation against scikit-learn's KMeans objective."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpu_trader as gt
+from gpu_trader import vector_math as vm
+from gpu_trader.patterns import PatternMemory, window_patterns
+
+sklearn_cluster = pytest.importorskip("sklearn.cluster")
+
+
+def ohlcv(n_bars, seed=0):
+    """Random-walk bars of one symbol (writable copies)."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, n_bars)))
+    spread = rng.uniform(0.0, 0.01, (2, n_bars))
+    return {"open": close.copy(), "high": close * (1 + spread[0]), "low": close * (1 - spread[1]),
+            "close": close, "volume": rng.integers(1, 10_000, n_bars).astype(np.float64)}
+
+
+SPEC = {"rsi": ("rsi", {"window": 14}), "sma": ("sma", {"window": 10}), "obv": ("obv", {})}
+
+
+def loop_pattern(feats: dict, end: int, window: int) -> np.ndarray:
+    """The pattern of the window ending at bar ``end``, one feature at a time, unit length."""
+    parts = []
+    for key in feats:
+        w = np.asarray(feats[key][end - window + 1:end + 1], np.float64)
+        sd = w.std()
+        parts.append((w - w.mean()) / sd if sd > 0 else np.zeros(window))
+    v = np.concatenate(parts)
+    return v / np.linalg.norm(v)
+
+
+def test_embedding_matches_a_per_window_loop(backend):
+    bars = ohlcv(300)
+    pm = PatternMemory(12, SPEC, backend=backend)
+    ends, pats = pm.embed_history({k: gt.get_backend(backend).asarray(v) for k, v in bars.items()})
+    feats = gt.features(bars, SPEC)
+    assert ends[0] == 14 + 12 - 1  # RSI(14) is the longest lookback
+    assert ends[-1] == 299 and len(ends) == 300 - ends[0]
+    pats = gt.to_numpy(pats)
+    for j in (0, 7, len(ends) - 1):
+        got = pats[j] / np.linalg.norm(pats[j])
+        np.testing.assert_allclose(got, loop_pattern(feats, int(ends[j]), 12), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gt.to_numpy(pm.embed(bars)), pats[-1], rtol=1e-12)
+
+
+def test_window_patterns_constant_feature_gives_zeros():
+    f = np.vstack([np.ones(10), np.arange(10.0)])
+    p = window_patterns(np, f, 4)
+    assert p.shape == (7, 8)
+    assert (p[:, :4] == 0).all()
+    np.testing.assert_allclose(p[0, 4:], (np.arange(4) - 1.5) / np.arange(4).std())
+
+
+def test_add_history_outcomes_and_query(backend):
+    bars_a, bars_b = ohlcv(400, seed=1), ohlcv(400, seed=2)
+    pm = PatternMemory(10, SPEC, backend=backend)
+    ids_a = pm.add_history(bars_a, horizon=3, metadata={"symbol": "A"})
+    ids_b = pm.add_history(bars_b, horizon=3, metadata={"symbol": "B"})
+    assert len(pm) == len(ids_a) + len(ids_b)
+    # the pattern ending at bar t is stored with close[t + 3] / close[t] - 1
+    t = 200
+    probe = pm.embed({k: v[:t + 1] for k, v in bars_a.items()})
+    scores, ids, outcomes = pm.query(probe, 5)
+    assert gt.to_numpy(scores)[0] == pytest.approx(1.0, abs=1e-5)
+    close = bars_a["close"]
+    assert outcomes[0] == pytest.approx(close[t + 3] / close[t] - 1, rel=1e-12)
+    assert np.all(np.diff(gt.to_numpy(scores)) <= 1e-7)
+    # filtered by symbol: only B's patterns
+    _, ids_f, _ = pm.query(probe, 20, filter={"symbol": "B"})
+    assert np.isin(gt.to_numpy(ids_f), ids_b).all()
+    # the last 3 bars have no outcome yet: not stored
+    assert len(ids_a) == 400 - 3 - (14 + 10 - 1)
+
+
+def test_distill_objective_vs_sklearn(backend):
+    rng = np.random.default_rng(0)
+    pm = PatternMemory(5, {"c": ("sma", {"window": 2})}, backend=backend)
+    centres = rng.standard_normal((6, 5))
+    pats = centres[rng.integers(0, 6, 300)] + 0.05 * rng.standard_normal((300, 5))
+    pm.add(pats, rng.standard_normal(300))
+    res = pm.distill(6, seed=1)
+    _, x = pm.index.vectors()
+    x = gt.to_numpy(x).astype(np.float64)
+    best = sklearn_cluster.KMeans(6, n_init=10, random_state=0).fit(x).inertia_
+    assert res.inertia == pytest.approx(best, rel=1e-3)
+    # the reported objective is that of the reported centroids and labels
+    c = gt.to_numpy(res.centroids).astype(np.float64)
+    d = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(res.labels, d.argmin(1))
+    assert res.inertia == pytest.approx(d.min(1).sum(), rel=1e-4)
+    assert res.counts.sum() == 300
+    out = pm._outcomes
+    np.testing.assert_allclose(res.mean_outcome, [out[res.labels == j].mean() for j in range(6)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_on_random_data_close_to_sklearn(seed):
+    x = np.random.default_rng(seed).standard_normal((400, 8))
+    _, _, inertia = vm.kmeans(np, x, 10, 100, seed, 0.0, np.asarray)
+    best = sklearn_cluster.KMeans(10, n_init=10, random_state=seed).fit(x).inertia_
+    assert inertia <= 1.05 * best
+
+
+def test_errors():
+    pm = PatternMemory(5)
+    with pytest.raises(ValueError, match="empty"):
+        pm.query(np.ones(5))
+    with pytest.raises(ValueError, match="window"):
+        PatternMemory(1)
+    with pytest.raises(ValueError, match="outcomes"):
+        pm.add(np.ones((2, 5)), [1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        pm.add(np.ones(5), np.nan)
+    pm.add(np.eye(5), np.arange(5.0))
+    with pytest.raises(ValueError, match="n_clusters"):
+        pm.distill(6)
+    with pytest.raises(ValueError, match="horizon"):
+        pm.add_history(ohlcv(100), horizon=0)
+    with pytest.raises(ValueError, match="pass more history"):
+        PatternMemory(20).embed(ohlcv(30))

@@ -1,0 +1,665 @@
+"""VectorIndex against FAISS (IndexFlatIP / IndexFlatL2) as the exact oracle, every backend present."""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpu_trader as gt
+from gpu_trader import vector_io
+from gpu_trader import vector_math as vm
+from gpu_trader.vectors import VectorIndex, VectorIndexFileError
+
+faiss = pytest.importorskip("faiss")
+faiss.omp_set_num_threads(1)
+
+METRICS = ("cosine", "ip", "l2")
+
+
+def clustered(n, dim, seed=0, n_centres=20, noise=0.3):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_centres, dim))
+    return (centres[rng.integers(0, n_centres, n)] + noise * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def uniform(n, dim, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def faiss_search(db, queries, k, metric):
+    """FAISS flat search in float32 (cosine: both sides normalized in float64 first)."""
+    db = np.asarray(db, np.float64)
+    q = np.asarray(queries, np.float64)
+    if metric == "cosine":
+        db = db / np.linalg.norm(db, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
+    index.add(np.ascontiguousarray(db, np.float32))
+    return index.search(np.ascontiguousarray(q, np.float32), k)
+
+
+def true_scores(db, queries, ids, metric):
+    """float64 scores of the given ids (row = id) for each query."""
+    db = np.asarray(db, np.float64)
+    q = np.asarray(queries, np.float64)
+    if metric == "cosine":
+        db = db / np.linalg.norm(db, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    v = db[ids]
+    if metric == "l2":
+        return ((v - q[:, None, :]) ** 2).sum(-1)
+    return np.einsum("qkd,qd->qk", v, q)
+
+
+def assert_knn_matches(scores, ids, db, queries, k, metric, row_ids=None):
+    """Ours vs FAISS: same score profile; every id FAISS ranks clearly inside the top k is ours;
+    our reported scores are the true scores of our ids (tolerance scaled to the data)."""
+    scores, ids = gt.to_numpy(scores), gt.to_numpy(ids)
+    ref_s, ref_i = faiss_search(db, queries, k, metric)
+    if row_ids is not None:
+        ref_i = row_ids[ref_i]
+    scale = 1.0 if metric == "cosine" else float(np.abs(ref_s).max() + 1.0)
+    tol = 2e-5 * scale * max(1, db.shape[1]) ** 0.5
+    np.testing.assert_allclose(scores, ref_s, atol=tol, rtol=0)
+    rows = ids if row_ids is None else np.searchsorted(row_ids, ids)
+    np.testing.assert_allclose(true_scores(db, queries, rows, metric), scores, atol=tol, rtol=0)
+    for qi in range(len(ids)):
+        if metric == "l2":
+            clear = ref_i[qi][ref_s[qi] < ref_s[qi, -1] - tol]
+        else:
+            clear = ref_i[qi][ref_s[qi] > ref_s[qi, -1] + tol]
+        assert set(clear.tolist()) <= set(ids[qi].tolist())
+        assert len(set(ids[qi].tolist())) == k
+
+
+def build(backend, db, metric="cosine", **kw):
+    index = VectorIndex(db.shape[1], metric, backend=backend, **kw)
+    index.add(db)
+    return index
+
+
+# -- exact search --------------------------------------------------------------------------
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("data", [uniform, clustered])
+@pytest.mark.parametrize("k", [1, 10, 64])
+def test_exact_matches_faiss(backend, metric, data, k):
+    db = data(3000, 48, seed=1)
+    q = data(25, 48, seed=2)
+    index = build(backend, db, metric)
+    scores, ids = index.search(gt.get_backend(backend).asarray(q), k)
+    assert scores.shape == ids.shape == (25, k)
+    assert_knn_matches(scores, ids, db, q, k, metric)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 300), dim=st.integers(1, 24), data=st.data(), metric=st.sampled_from(METRICS),
+       seed=st.integers(0, 2**16))
+def test_exact_matches_faiss_random_shapes(n, dim, data, metric, seed):
+    k = data.draw(st.integers(1, n))
+    rng = np.random.default_rng(seed)
+    db = rng.integers(-3, 4, (n, dim)).astype(np.float32)  # small integers: many exact ties
+    db[np.abs(db).sum(1) == 0, 0] = 1.0
+    q = rng.integers(-3, 4, (3, dim)).astype(np.float32)
+    q[np.abs(q).sum(1) == 0, 0] = 1.0
+    scores, ids = build("cpu", db, metric).search(q, k)
+    assert_knn_matches(scores, ids, db, q, k, metric)
+
+
+def test_single_query_shape_and_order(backend):
+    db = clustered(500, 16)
+    index = build(backend, db, "l2")
+    scores, ids = index.search(db[7], 5)
+    scores, ids = gt.to_numpy(scores), gt.to_numpy(ids)
+    assert scores.shape == ids.shape == (5,)
+    assert ids[0] == 7 and scores[0] == pytest.approx(0.0, abs=1e-3)
+    assert np.all(np.diff(scores) >= 0)
+    s_ip, _ = build(backend, db, "ip").search(db[:3], 5)
+    assert np.all(np.diff(gt.to_numpy(s_ip), axis=1) <= 0)
+
+
+def test_tiled_search_merges_tiles(monkeypatch):
+    """Several database tiles (tiny tile budget): the running top-k merge must equal FAISS."""
+    from gpu_trader.cpu_fallback import vectors as cpu
+
+    monkeypatch.setattr(cpu, "TILE_BYTES", 1)
+    db, q = clustered(5000, 32, seed=3), clustered(7, 32, seed=4)
+    for metric in METRICS:
+        scores, ids = build("cpu", db, metric).search(q, 20)
+        assert_knn_matches(scores, ids, db, q, 20, metric)
+
+
+@pytest.mark.parametrize("n,k", [(100, 5), (2049, 1), (2049, 31), (5000, 10), (130_000, 16), (4096, 64)])
+def test_group_max_selection_is_exact(n, k):
+    """The GPU top-k algorithm, run with xp=numpy: the selected values are the k largest, with ties."""
+    rng = np.random.default_rng(n + k)
+    s = rng.integers(-50, 50, (3, n)).astype(np.float32)  # many ties
+    sel = vm.select_by_group_max(np, s, k)
+    assert sel.shape == (3, k)
+    assert all(len(set(r.tolist())) == k for r in sel)
+    got = np.sort(np.take_along_axis(s, sel, axis=1), axis=1)
+    np.testing.assert_array_equal(got, np.sort(s, axis=1)[:, n - k:])
+
+
+@pytest.mark.parametrize("k", [1, 10, 128, 129, 300, 999])
+def test_cpu_selection_is_exact(k):
+    """Insertion scan (k <= 128) and argpartition (above): the k largest values, best first for the scan."""
+    from gpu_trader.cpu_fallback.vectors import SCAN_MAX_K, select_topk
+
+    rng = np.random.default_rng(k)
+    s = rng.integers(-30, 30, (4, 1000)).astype(np.float32)
+    s[1] = np.arange(1000)  # ascending: every entry enters the buffer
+    sel = select_topk(s, k)
+    vals = np.take_along_axis(s, sel, axis=1)
+    np.testing.assert_array_equal(np.sort(vals, axis=1), np.sort(s, axis=1)[:, 1000 - k:])
+    assert all(len(set(r.tolist())) == k for r in sel)
+    if k <= SCAN_MAX_K:
+        assert np.all(np.diff(vals, axis=1) <= 0)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_gpu_search_algorithm_on_numpy(metric):
+    """kernels.vectors' search (group-max top-k, tiled) instantiated with NumPy equals FAISS."""
+    db, q = uniform(9000, 24, seed=5), uniform(6, 24, seed=6)
+    index = build("cpu", db, metric)
+    snap = index._snap
+    select = functools.partial(vm.select_by_group_max, np)
+    qq = q / np.linalg.norm(q, axis=1, keepdims=True) if metric == "cosine" else q
+    s, rows = vm.search(np, select, snap.vectors, snap.scales, snap.norms, qq, 10, metric == "l2", 1 << 16)
+    if metric == "l2":
+        s = (qq * qq).sum(1)[:, None] - s
+    assert_knn_matches(s, rows, db, q, 10, metric)
+
+
+def test_inputs_not_mutated_and_dtypes(backend):
+    rng = np.random.default_rng(0)
+    db64 = rng.standard_normal((200, 40))[:, ::2]  # float64, non-contiguous
+    before = db64.copy()
+    index = VectorIndex(20, "cosine", backend=backend)
+    index.add(db64)
+    q = db64[:4].copy()
+    index.search(q, 3)
+    np.testing.assert_array_equal(db64, before)
+    np.testing.assert_array_equal(q, before[:4])
+    scores, ids = index.search(q, 3)
+    assert gt.to_numpy(ids)[:, 0].tolist() == [0, 1, 2, 3]
+    assert gt.to_numpy(scores).dtype == np.float32 and gt.to_numpy(ids).dtype == np.int64
+    ints = VectorIndex(3, "ip", backend=backend)
+    ints.add(np.array([[1, 0, 0], [0, 2, 0]]))
+    assert gt.to_numpy(ints.search(np.array([0, 1, 0]), 1)[1]).tolist() == [1]
+
+
+# -- errors --------------------------------------------------------------------------------
+def test_clear_errors(backend):
+    index = build(backend, clustered(20, 8))
+    with pytest.raises(ValueError, match="dimension"):
+        index.add(np.ones((2, 9)))
+    with pytest.raises(ValueError, match="dimension"):
+        index.search(np.ones(9))
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(np.full(8, np.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.array([np.inf] + [0.0] * 7))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        index.search(np.ones(8), k=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        index.search(np.ones(8), k=21)
+    with pytest.raises(TypeError, match="k must be an int"):
+        index.search(np.ones(8), k=2.0)
+    with pytest.raises(ValueError, match="all-zero"):
+        index.add(np.zeros(8))
+    with pytest.raises(ValueError, match="already stored"):
+        index.add(np.ones(8), ids=3)
+    with pytest.raises(ValueError, match="non-negative"):
+        index.add(np.ones(8), ids=-2)
+    with pytest.raises(ValueError, match="unique"):
+        index.add(np.ones((2, 8)), ids=[50, 50])
+    with pytest.raises(ValueError, match="entries"):
+        index.add(np.ones((2, 8)), metadata=[{"a": 1}])
+    with pytest.raises(TypeError, match="numeric"):
+        index.add(np.array(["a"] * 8))
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.ones((2, 2, 8)))
+    with pytest.raises(KeyError, match="999"):
+        index.remove([1, 999])
+    assert len(index) == 20  # nothing was added or removed by the failed calls
+    for bad in ({"dim": 0}, {"dim": 4, "metric": "dot"}, {"dim": 4, "kind": "ivf"}, {"dim": 4, "dtype": "float16"}):
+        with pytest.raises(ValueError):
+            VectorIndex(**bad, backend=backend)
+    with pytest.raises(ValueError, match="exceeds the 0"):
+        VectorIndex(4, backend=backend).search(np.ones(4), 1)
+
+
+def test_cagra_needs_cuda_and_cuvs(backend):
+    if backend != "cuda":
+        with pytest.raises(ValueError, match="cuda backend"):
+            VectorIndex(8, kind="cagra", backend=backend)
+        return
+    pytest.importorskip("cuvs", reason="cuVS is not installed")
+    db, q = clustered(4000, 32), clustered(10, 32, seed=9)
+    index = build(backend, db, "cosine", kind="cagra")
+    scores, ids = index.search(gt.get_backend(backend).asarray(q), 10)
+    exact = build(backend, db, "cosine").search(gt.get_backend(backend).asarray(q), 10)[1]
+    assert recall(gt.to_numpy(ids), gt.to_numpy(exact)) >= 0.9
+
+
+# -- int8 ----------------------------------------------------------------------------------
+def recall(found, truth):
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_int8_storage_recall_and_memory(backend, metric):
+    db, q = clustered(4000, 64, seed=7, noise=0.5), clustered(50, 64, seed=8, noise=0.5)
+    exact = build(backend, db, metric)
+    quant = build(backend, db, metric, dtype="int8")
+    assert quant.nbytes <= exact.nbytes / 4 + 4 * len(db)
+    _, truth = faiss_search(db, q, 10, metric)
+    s8, i8 = quant.search(gt.get_backend(backend).asarray(q), 10)
+    assert recall(gt.to_numpy(i8), truth) >= 0.9
+    # the reported scores are those of the dequantized vectors: close to the true ones
+    np.testing.assert_allclose(gt.to_numpy(s8), true_scores(db, q, gt.to_numpy(i8), metric),
+                               atol=0.02 * (1 if metric == "cosine" else np.abs(gt.to_numpy(s8)).max()))
+
+
+def test_quantize_int8_error_bound():
+    x = np.random.default_rng(0).standard_normal((100, 33)).astype(np.float32)
+    codes, scales = vm.quantize_int8(np, x)
+    assert codes.dtype == np.int8 and scales.shape == (100,)
+    assert np.all(np.abs(codes.astype(np.float32) * scales[:, None] - x) <= scales[:, None] / 2 + 1e-6)
+
+
+# -- metadata filters ----------------------------------------------------------------------
+def test_filters_never_return_non_matching_ids(backend):
+    rng = np.random.default_rng(3)
+    n = 2000
+    db = clustered(n, 16, seed=3)
+    symbols = rng.choice(["AAPL", "MSFT", "NVDA", "TSLA"], n)
+    regime = rng.integers(0, 3, n)
+    index = VectorIndex(16, "l2", backend=backend)
+    index.add(db, ids=np.arange(n) * 3 + 1, metadata={"symbol": symbols, "regime": regime})
+    assert index._snap.meta["symbol"].dtype.kind == "U"  # typed columns stay typed (fast comparisons)
+    q = clustered(8, 16, seed=4)
+    ids_all = np.arange(n) * 3 + 1
+    cases = [
+        ({"symbol": "MSFT"}, symbols == "MSFT"),
+        ({"symbol": ["AAPL", "TSLA"], "regime": 2}, np.isin(symbols, ["AAPL", "TSLA"]) & (regime == 2)),
+        (lambda m: (m["regime"] == 1) & (m["symbol"] != "NVDA"), (regime == 1) & (symbols != "NVDA")),
+    ]
+    for flt, mask in cases:
+        scores, ids = index.search(gt.get_backend(backend).asarray(q), 10, filter=flt)
+        ids = gt.to_numpy(ids)
+        assert np.isin(ids, ids_all[mask]).all()
+        assert_knn_matches(scores, ids, db[mask], q, 10, "l2", row_ids=ids_all[mask])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 120), k=st.integers(1, 15), seed=st.integers(0, 2**16),
+       want=st.sets(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=3), regime=st.none() | st.integers(0, 2))
+def test_filters_property(n, k, seed, want, regime):
+    """Random metadata and filters: results are exactly the brute-force top-k of the matching rows."""
+    rng = np.random.default_rng(seed)
+    db = rng.standard_normal((n, 6)).astype(np.float32)
+    sym = rng.choice(["a", "b", "c", "d"], n)
+    reg = rng.integers(0, 3, n)
+    index = VectorIndex(6, "ip")
+    index.add(db, metadata=[{"sym": s, "regime": int(r)} for s, r in zip(sym, reg)])
+    flt = {"sym": sorted(want)} if regime is None else {"sym": sorted(want), "regime": regime}
+    mask = np.isin(sym, sorted(want)) & (True if regime is None else reg == regime)
+    q = rng.standard_normal(6).astype(np.float32)
+    scores, ids = index.search(q, k, filter=flt)
+    m = int(mask.sum())
+    assert (ids[min(k, m):] == -1).all() and np.isneginf(scores[min(k, m):]).all()
+    hit = ids[:min(k, m)]
+    assert mask[hit].all()
+    ref = np.sort(db[mask] @ q)[::-1][:k]
+    np.testing.assert_allclose(scores[:min(k, m)], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_filter_with_few_matches_pads(backend):
+    index = VectorIndex(4, "cosine", backend=backend)
+    index.add(np.eye(4) + 0.1, metadata=[{"s": "a"}, {"s": "b"}, {"s": "a"}, {}])
+    scores, ids = index.search(np.ones(4), 3, filter={"s": "a"})
+    ids, scores = gt.to_numpy(ids), gt.to_numpy(scores)
+    assert sorted(ids[:2].tolist()) == [0, 2] and ids[2] == -1 and scores[2] == -np.inf
+    _, none = index.search(np.ones(4), 2, filter={"s": "zzz"})
+    assert gt.to_numpy(none).tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="not in the metadata"):
+        index.search(np.ones(4), 1, filter={"sector": "x"})
+    with pytest.raises(ValueError, match="boolean mask"):
+        index.search(np.ones(4), 1, filter=lambda m: [True])
+    with pytest.raises(TypeError, match="filter"):
+        index.search(np.ones(4), 1, filter="s")
+    # a vector added without metadata has None in every field; a later field reads None for earlier rows
+    index.add(np.ones(4), metadata={"t": 5})
+    _, ids = index.search(np.ones(4), 5, filter={"t": 5})
+    assert gt.to_numpy(ids)[0] == 4 and (gt.to_numpy(ids)[1:] == -1).all()
+
+
+# -- remove --------------------------------------------------------------------------------
+def test_remove(backend):
+    db = clustered(1000, 12, seed=5)
+    index = build(backend, db, "ip")
+    gone = np.arange(0, 1000, 3)
+    assert index.remove(gone) == len(gone)
+    assert len(index) == 1000 - len(gone)
+    q = db[:20]
+    scores, ids = index.search(q, 10)
+    assert not np.isin(gt.to_numpy(ids), gone).any()
+    left = np.setdiff1d(np.arange(1000), gone)
+    assert_knn_matches(scores, ids, db[left], q, 10, "ip", row_ids=left)
+    new = index.add(db[:2])
+    assert new.tolist() == [1000, 1001]  # ids keep counting up
+
+
+# -- persistence ---------------------------------------------------------------------------
+@pytest.mark.parametrize("metric,dtype", [("cosine", "float32"), ("l2", "int8"), ("ip", "float32")])
+def test_save_load_round_trip(backend, tmp_path, metric, dtype):
+    db = clustered(700, 20, seed=6)
+    index = VectorIndex(20, metric, backend=backend, dtype=dtype)
+    index.add(db, metadata={"sym": np.array(["x", "y"] * 350), "w": np.arange(700.0)})
+    index.remove([5, 6])
+    path = tmp_path / "idx.gtv"
+    index.save(path)
+    assert os.listdir(tmp_path) == ["idx.gtv"]  # no temporary file left behind
+    q = clustered(5, 20, seed=7)
+    want = index.search(gt.get_backend(backend).asarray(q), 7, filter={"sym": "y"})
+    for mmap in (False, True) if backend == "cpu" else (False,):
+        loaded = VectorIndex.load(path, backend=backend, mmap=mmap)
+        assert (loaded.dim, loaded.metric, loaded.dtype, len(loaded)) == (20, metric, dtype, 698)
+        if mmap:
+            assert isinstance(loaded._snap.vectors, np.memmap)
+        got = loaded.search(gt.get_backend(backend).asarray(q), 7, filter={"sym": "y"})
+        np.testing.assert_array_equal(gt.to_numpy(got[1]), gt.to_numpy(want[1]))
+        np.testing.assert_allclose(gt.to_numpy(got[0]), gt.to_numpy(want[0]), rtol=1e-6)
+        assert loaded.add(db[0]).tolist() == [700]  # adding after a (memory-mapped) load works
+
+
+def _saved(tmp_path):
+    path = tmp_path / "idx.gtv"
+    build("cpu", clustered(300, 16)).save(path)
+    return path
+
+
+def test_load_refuses_truncated_file(tmp_path):
+    path = _saved(tmp_path)
+    data = path.read_bytes()
+    for cut in (4, 30, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(VectorIndexFileError, match="truncated"):
+            VectorIndex.load(path)
+
+
+def test_load_refuses_corrupt_file(tmp_path):
+    path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    for pos, what in ((len(data) // 2, "corrupt section"), (30, "corrupt header"), (0, "not a gpu-trader")):
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        with pytest.raises(VectorIndexFileError, match=what):
+            VectorIndex.load(path)
+
+
+def test_load_refuses_other_format_version(tmp_path, monkeypatch):
+    monkeypatch.setattr(vector_io, "FORMAT_VERSION", 99)
+    path = _saved(tmp_path)
+    monkeypatch.setattr(vector_io, "FORMAT_VERSION", 1)
+    with pytest.raises(VectorIndexFileError, match="version 99"):
+        VectorIndex.load(path)
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    path = _saved(tmp_path)
+    before = path.read_bytes()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(vector_io.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        build("cpu", clustered(50, 16, seed=3)).save(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["idx.gtv"]
+    index = build("cpu", clustered(5, 16))
+    index.add(np.ones(16), metadata={"obj": object()})
+    with pytest.raises(TypeError, match="JSON"):
+        index.save(tmp_path / "other.gtv")
+
+
+# -- approximate ---------------------------------------------------------------------------
+def low_rank(n, dim, seed, rank=8):
+    """Vectors on a random ``rank``-dimensional subspace (real embeddings have low intrinsic dimension)."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(0).standard_normal((rank, dim))
+    return (rng.standard_normal((n, rank)) @ basis).astype(np.float32)
+
+
+def test_hnsw_recall_remove_save(tmp_path):
+    pytest.importorskip("hnswlib")
+    db, q = low_rank(5000, 64, seed=11), low_rank(100, 64, seed=12)
+    index = build("cpu", db, "cosine", kind="hnsw")
+    _, truth = faiss_search(db, q, 10, "cosine")
+    scores, ids = index.search(q, 10)
+    assert recall(ids, truth) >= 0.95
+    np.testing.assert_allclose(scores, true_scores(db, q, ids, "cosine"), atol=1e-4)
+    index.remove(truth[:, 0])
+    _, ids2 = index.search(q, 10)
+    assert not np.isin(ids2, truth[:, 0]).any()
+    path = tmp_path / "h.gtv"
+    index.save(path)
+    loaded = VectorIndex.load(path)
+    assert loaded.kind == "hnsw"
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], ids2)
+
+
+def test_hnsw_l2_and_filter_is_exact():
+    pytest.importorskip("hnswlib")
+    db = clustered(3000, 32, seed=13)
+    side = np.where(np.arange(3000) % 2 == 0, "even", "odd")
+    index = VectorIndex(32, "l2", kind="hnsw")
+    index.add(db, metadata={"side": side})
+    q = clustered(20, 32, seed=14)
+    scores, ids = index.search(q, 10)
+    np.testing.assert_allclose(scores, true_scores(db, q, ids, "l2"), rtol=1e-4, atol=1e-3)
+    scores, ids = index.search(q, 10, filter={"side": "odd"})
+    odd = np.flatnonzero(side == "odd")
+    assert_knn_matches(scores, ids, db[odd], q, 10, "l2", row_ids=odd)
+
+
+# -- concurrency ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_concurrent_search_while_adding_and_removing(kind):
+    if kind == "hnsw":
+        pytest.importorskip("hnswlib")
+    dim, batches = 16, 60
+    data = clustered(50 * batches + 200, dim, seed=15)
+    index = VectorIndex(dim, "ip", kind=kind)
+    index.add(data[:200])
+    started = set(range(200))
+    removed: set[int] = set()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer():
+        try:
+            for b in range(batches):
+                ids = np.arange(200 + 50 * b, 250 + 50 * b)
+                started.update(ids.tolist())  # recorded before the add starts
+                index.add(data[ids], ids=ids)
+                if b % 5 == 4:
+                    index.remove(ids[:10])
+                    removed.update(ids[:10].tolist())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def reader(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                q = data[rng.integers(0, len(data), 4)]
+                scores, ids = index.search(q, 8)
+                assert set(ids.ravel().tolist()) <= started, "an id that no add had started"
+                np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", data[ids].astype(np.float64), q),
+                                           rtol=1e-4, atol=1e-4)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[0]
+    assert len(index) == len(data) - len(removed)
+    assert not set(index.search(data[:50], 8)[1].ravel().tolist()) & removed
+
+
+# -- normalize / cosine --------------------------------------------------------------------
+def test_normalize_and_cosine_match_scipy(backend):
+    from scipy.spatial.distance import cosine as scipy_cosine
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((6, 384)).astype(dtype)
+        b = rng.standard_normal((6, 384)).astype(dtype)
+        got = gt.to_numpy(gt.vectors.cosine(*on(backend, a, b)))
+        want = [1 - scipy_cosine(x.astype(np.float64), y.astype(np.float64)) for x, y in zip(a, b)]
+        np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        assert gt.vectors.cosine(a[0], b[0], backend=backend) == pytest.approx(want[0], rel=1e-5)
+        n = gt.to_numpy(gt.vectors.normalize(on(backend, a)))
+        assert n.dtype == dtype
+        np.testing.assert_allclose(n, a / np.linalg.norm(a.astype(np.float64), axis=1, keepdims=True), rtol=1e-5)
+    z = gt.to_numpy(gt.vectors.normalize(np.zeros((2, 3)), backend=backend))
+    assert (z == 0).all()
+    assert np.isnan(gt.vectors.cosine(np.zeros(3), np.ones(3), backend=backend))
+    with pytest.raises(ValueError, match="must match"):
+        gt.vectors.cosine(np.ones(3), np.ones(4), backend=backend)
+
+
+def on(backend, *arrays):
+    be = gt.get_backend(backend)
+    out = tuple(be.asarray(a) for a in arrays)
+    return out if len(out) > 1 else out[0]
+
+
+# -- the GPU module's code, run with NumPy standing in for CuPy -----------------------------
+@pytest.fixture
+def kernels_on_numpy(monkeypatch):
+    """``gpu_trader.kernels.vectors`` imported against a NumPy shim named ``cupy``."""
+    import importlib
+    import sys
+    import types
+
+    shim = types.ModuleType("cupy")
+    shim.__getattr__ = lambda name: getattr(np, name)
+    shim.asnumpy = np.asarray
+    monkeypatch.setitem(sys.modules, "cupy", shim)
+    monkeypatch.delitem(sys.modules, "gpu_trader.kernels.vectors", raising=False)
+    yield importlib.import_module("gpu_trader.kernels.vectors")
+    sys.modules.pop("gpu_trader.kernels.vectors", None)
+
+
+def test_gpu_module_runs_on_a_numpy_shim(kernels_on_numpy):
+    from scipy.spatial.distance import cosine as scipy_cosine
+
+    from gpu_trader.cpu_fallback import vectors as cpu
+
+    gpu = kernels_on_numpy
+    assert sorted(gpu.__all__) == sorted(cpu.__all__)
+    db, q = uniform(5000, 32, seed=21), uniform(9, 32, seed=22)
+    for metric in METRICS:
+        index = build("cpu", db, metric)
+        snap = index._snap
+        qq = gpu.normalize_rows(q)[0] if metric == "cosine" else q
+        s, rows = gpu.search(snap.vectors, snap.scales, snap.norms, qq, 12, metric == "l2")
+        if metric == "l2":
+            s = (qq * qq).sum(1)[:, None] - s
+        assert_knn_matches(s, rows, db, q, 12, metric)
+    a, b = uniform(4, 16, seed=1), uniform(4, 16, seed=2)
+    want = [1 - scipy_cosine(x, y) for x, y in zip(a.astype(np.float64), b.astype(np.float64))]
+    np.testing.assert_allclose(gpu.cosine_rows(a, b), want, rtol=1e-5)
+    assert gpu.cosine_pair(a[0], b[0]) == pytest.approx(want[0], rel=1e-5)
+    np.testing.assert_allclose(gpu.normalize_vector(a[0]), a[0] / np.linalg.norm(a[0]), rtol=1e-6)
+    codes, scales = gpu.quantize_int8(a)
+    np.testing.assert_array_equal(codes, cpu.quantize_int8(a)[0])
+    x = clustered(300, 8, seed=3, n_centres=5).astype(np.float64)
+    _, labels, inertia = gpu.kmeans(x, 5, 50, 0, 0.0)
+    from sklearn.cluster import KMeans
+
+    assert inertia <= 1.001 * KMeans(5, n_init=10, random_state=0).fit(x).inertia_
+
+
+def test_read_write_lock():
+    """Readers share the lock (both get inside at once); a writer waits for them and runs alone."""
+    from gpu_trader.ann import _ReadWriteLock
+
+    lock = _ReadWriteLock()
+    inside = threading.Barrier(2, timeout=5)
+    log: list[str] = []
+
+    def reader():
+        with lock.read():
+            inside.wait()  # times out (BrokenBarrierError) unless both readers are inside together
+            log.append("read")
+
+    def writer():
+        with lock.write():
+            log.append("write")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    with lock.write():
+        for t in readers:
+            t.start()
+        w = threading.Thread(target=writer)
+        w.start()
+        assert not log  # everyone waits for the writer holding the lock
+    for t in readers + [w]:
+        t.join(5)
+    assert sorted(log) == ["read", "read", "write"]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_cagra_adapter_with_a_stand_in_cuvs(monkeypatch, kernels_on_numpy, metric):
+    """The CAGRA glue (build per snapshot, neighbour pick, exact re-scoring) against a brute-force
+    stand-in for cuVS, NumPy standing in for CuPy: the real cuVS runs only on a GPU machine."""
+    import sys
+    import types
+
+    from gpu_trader import ann
+
+    builds = []
+
+    def build_graph(params, data):
+        builds.append((params.metric, len(data)))
+        return np.asarray(data)
+
+    def search(params, graph, queries, k):
+        d = ((queries[:, None, :] - graph[None]) ** 2).sum(-1) if metric == "l2" else -(queries @ graph.T)
+        nb = np.argsort(d, axis=1)[:, :k]
+        return np.take_along_axis(d, nb, axis=1).astype(np.float32), nb.astype(np.uint32)
+
+    cagra = types.SimpleNamespace(IndexParams=lambda metric: types.SimpleNamespace(metric=metric),
+                                  SearchParams=lambda: None, build=build_graph, search=search)
+    monkeypatch.setitem(sys.modules, "cuvs", types.ModuleType("cuvs"))
+    monkeypatch.setitem(sys.modules, "cuvs.neighbors", types.SimpleNamespace(cagra=cagra))
+    adapter = ann.make("cagra", types.SimpleNamespace(name="cuda"), 24, metric, {})
+    db, q = clustered(800, 24, seed=31), clustered(6, 24, seed=32)
+    index = build("cpu", db, metric, dtype="int8" if metric == "l2" else "float32")
+    qq = q / np.linalg.norm(q, axis=1, keepdims=True) if metric == "cosine" else q
+    scores, ids = adapter.search(index._snap, qq, 10)
+    adapter.search(index._snap, qq, 10)
+    assert builds == [("sqeuclidean" if metric == "l2" else "inner_product", 800)]  # one build per snapshot
+    if metric == "cosine":
+        assert_knn_matches(scores, ids, db, q, 10, metric)
+    else:  # int8 storage: exact scores of the dequantized vectors, best first
+        np.testing.assert_allclose(scores, true_scores(index.vectors()[1], q, ids, "l2"), rtol=1e-4)
+        assert np.all(np.diff(scores, axis=1) >= 0)
+    index.add(db[:5])
+    adapter.search(index._snap, qq, 10)
+    assert builds[-1][1] == 805  # a new snapshot rebuilds the graph
