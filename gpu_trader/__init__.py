@@ -27,12 +27,18 @@ _LAZY = {
 }
 
 
+# Public modules reachable as attributes (``gt.marketdata.Rejection``), imported on first use.
+_MODULES = frozenset(set(_LAZY.values()))
+
+
 def __getattr__(name):
+    import importlib
+
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'gpu_trader' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
