@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "strategies": "gpu_trader.bench.suites.strategies",
     "orders": "gpu_trader.bench.suites.orders",
     "portfolio": "gpu_trader.bench.suites.portfolio",
+    "end_to_end": "gpu_trader.bench.suites.end_to_end",
 }
 
 
