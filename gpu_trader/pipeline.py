@@ -30,7 +30,10 @@ or an out-of-order timestamp (policy: **reject**, per symbol, as in
 :mod:`gpu_trader.marketdata`) returns a :class:`~gpu_trader.marketdata.Rejection` with
 its reason, counted in :attr:`TradingPipeline.stats`; an unexpected exception after a tick
 was accepted (a bug) is counted as ``internal`` and the loop goes on. Broker failures and
-timeouts come back as reports (the manager never raises), counted by status and code.
+timeouts come back as reports (the manager never raises), counted by status and code; an
+order whose outcome is unknown after a timeout is resubmitted with the same client order
+id (``recover_attempts`` times) so a fill the broker made is still booked, once. Until it
+is, the portfolio shows only acknowledged fills.
 
 One order per symbol in flight: a signal for a symbol whose previous order has not
 been settled yet is remembered (``deferred``) and decided when that order settles, at
@@ -54,7 +57,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .marketdata import BarAggregator, MarketDataError, Rejection, parse_tick
 from .order_manager import OrderManager
-from .orders import Order, RiskLimits, order_for_signal
+from .orders import UNKNOWN, Order, RiskLimits, order_for_signal
 from .orders import Rejection as RiskRejection
 from .strategies import MeanReversion, Momentum, StrategyRunner
 
@@ -70,8 +73,10 @@ class PipelineStats:
     ``invalid_field``, ``unknown_symbol``, ``out_of_order``, ``internal``); ``bars``:
     completed bars; ``orders``: orders handed to the manager; ``risk_rejected``: pre-trade
     rejection code -> count; ``deferred``: signals held while their symbol had an order in
-    flight; ``reports``: settled orders by ``status`` (``status:code`` when a code is
-    set, e.g. ``rejected:broker_error``); ``errors``: exceptions after a tick was accepted.
+    flight; ``resubmitted``: resubmissions of orders whose outcome was unknown (broker
+    timeout); ``reports``: final outcome per order by ``status`` (``status:code`` when a
+    code is set, e.g. ``rejected:broker_error``, ``unknown:timeout`` when the outcome is
+    still unknown after the resubmissions); ``errors``: exceptions after a tick was accepted.
     """
 
     events: int = 0
@@ -81,6 +86,7 @@ class PipelineStats:
     orders: int = 0
     risk_rejected: dict[str, int] = field(default_factory=dict)
     deferred: int = 0
+    resubmitted: int = 0
     reports: dict[str, int] = field(default_factory=dict)
     errors: int = 0
 
@@ -113,7 +119,10 @@ class TradingPipeline:
     ``unit_quantity`` (> 0): position per unit of signal. ``quote_sink``: optional
     ``callable(symbol, close)`` called at every completed bar before the decision (pass
     ``SimulatedBroker.set_price`` so a simulated venue fills market orders at the close).
-    ``max_log``: how many recent rejections :attr:`recent_rejections` keeps.
+    ``recover_attempts``: how many times an order whose outcome is unknown (the broker
+    timed out; it may have filled) is resubmitted with the same client order id, which
+    asks the same broker for its state and never fills twice. ``max_log``: how many
+    recent rejections :attr:`recent_rejections` keeps.
 
     * ``on_tick(data) -> Order | Rejection | RiskRejection | None`` -- one event (sync);
     * ``flush(now=None) -> list`` -- complete open bars (all, or those ending by ``now``
@@ -125,7 +134,8 @@ class TradingPipeline:
 
     def __init__(self, symbols: Sequence[str], strategy, manager: OrderManager, *, timeframe="1min",
                  limits: RiskLimits | None = None, unit_quantity: float = 1.0,
-                 quote_sink: Callable[[str, float], Any] | None = None, max_log: int = 1000) -> None:
+                 quote_sink: Callable[[str, float], Any] | None = None, recover_attempts: int = 3,
+                 max_log: int = 1000) -> None:
         if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
             raise TypeError("symbols must be a sequence of symbol names (str)")
         self._strategy = _check_strategy(strategy)
@@ -139,6 +149,8 @@ class TradingPipeline:
             raise ValueError(f"unit_quantity must be a finite number > 0, got {unit_quantity!r}")
         if quote_sink is not None and not callable(quote_sink):
             raise TypeError("quote_sink must be callable(symbol, price) or None")
+        if isinstance(recover_attempts, bool) or not isinstance(recover_attempts, int) or recover_attempts < 0:
+            raise ValueError(f"recover_attempts must be an int >= 0, got {recover_attempts!r}")
         if isinstance(max_log, bool) or not isinstance(max_log, int) or max_log < 0:
             raise ValueError(f"max_log must be an int >= 0, got {max_log!r}")
         self._agg = BarAggregator(timeframe, list(symbols))  # validates the names
@@ -149,6 +161,7 @@ class TradingPipeline:
         self.limits = manager.limits if limits is None else limits
         self.unit_quantity = float(unit_quantity)
         self._sink = quote_sink
+        self.recover_attempts = recover_attempts
         self._streams = [self._strategy.stream(1) for _ in self.symbols]
         self._inflight: dict[int, asyncio.Task] = {}
         self._deferred: dict[int, tuple[float, float]] = {}  # sid -> (signal, close) held while in flight
@@ -209,14 +222,18 @@ class TradingPipeline:
         if isinstance(out, RiskRejection):
             _bump(self.stats.risk_rejected, out.code)
             return out
-        task = self.manager.submit_nowait(out, price=close)
-        self._inflight[sid] = task
-        task.add_done_callback(functools.partial(self._settled, sid))
+        self._send(sid, out, close, 0)
         self.stats.orders += 1
         return out
 
-    def _settled(self, sid: int, task: asyncio.Task) -> None:
-        """Done callback of an order task: count its report, decide a deferred signal."""
+    def _send(self, sid: int, order: Order, price: float, attempt: int) -> None:
+        task = self.manager.submit_nowait(order, price=price)
+        self._inflight[sid] = task
+        task.add_done_callback(functools.partial(self._settled, sid, order, price, attempt))
+
+    def _settled(self, sid: int, order: Order, price: float, attempt: int, task: asyncio.Task) -> None:
+        """Done callback of an order task: resubmit an UNKNOWN order (same id), count the
+        final report, decide a deferred signal."""
         try:
             if self._inflight.get(sid) is task:
                 del self._inflight[sid]
@@ -224,6 +241,10 @@ class TradingPipeline:
                 _bump(self.stats.reports, "cancelled_task")
             else:
                 report = task.result()
+                if report.status == UNKNOWN and attempt < self.recover_attempts:
+                    self.stats.resubmitted += 1
+                    self._send(sid, order, price, attempt + 1)
+                    return
                 _bump(self.stats.reports, f"{report.status}:{report.code}" if report.code else report.status)
             held = self._deferred.pop(sid, None)
             if held is not None:

@@ -258,30 +258,45 @@ class ExplodingBroker:
         raise RuntimeError("venue crashed")
 
 
-def _filled_positions(pipe, broker):
-    """Positions implied by the broker's fills (each booked once)."""
+def _booked_and_unresolved(pipe, broker):
+    """Positions implied by the broker's fills the manager reports FILLED, and the
+    statuses of the broker fills it does not (each fill made at most once)."""
     pos = {n: 0.0 for n in pipe.symbols}
+    unresolved = []
     for cid, n in broker.fill_counts.items():
         assert n == 1
         order = broker._orders[cid]
-        pos[order.symbol] += order.signed_quantity
-    return pos
+        status = pipe.manager.report(cid).status
+        if status == FILLED:
+            pos[order.symbol] += order.signed_quantity
+        else:
+            unresolved.append(status)
+    return pos, unresolved
 
 
 @pytest.mark.parametrize("latency_s", [0.0, 0.002])
-def test_flaky_broker_leaves_the_loop_alive_and_books_only_fills(latency_s):
-    ticks = make_ticks(6, n=1200)
-    broker = SimulatedBroker("flaky", latency_s=latency_s, failure_rate=0.3, timeout_rate=0.1, seed=3)
-    manager = OrderManager(broker, portfolio=Portfolio(CASH), timeout_s=0.005, max_retries=1,
+@pytest.mark.parametrize("recover", [0, 3])
+def test_flaky_broker_leaves_the_loop_alive_and_books_only_fills(latency_s, recover):
+    ticks = make_ticks(6, n=3000)
+    broker = SimulatedBroker("flaky", latency_s=latency_s, failure_rate=0.3, timeout_rate=0.15, seed=3)
+    manager = OrderManager(broker, portfolio=Portfolio(CASH), timeout_s=0.005, max_retries=0,
                            failure_threshold=3, cooldown_s=0.01)
-    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=broker.set_price)
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=broker.set_price,
+                           recover_attempts=recover)
     stats = asyncio.run(pipe.run([encode(t) for t in ticks], yield_every=8))
     assert stats.events == stats.accepted == len(ticks) and stats.errors == 0
     assert pipe.in_flight == 0
     assert sum(stats.reports.values()) == stats.orders > 0
     failures = {k for k in stats.reports if k != FILLED}
     assert failures & {"rejected:broker_error", "unknown:timeout", "rejected:circuit_open"}
-    assert positions(pipe) == pytest.approx(_filled_positions(pipe, broker))
+    booked, unresolved = _booked_and_unresolved(pipe, broker)
+    assert positions(pipe) == pytest.approx(booked)  # the portfolio holds exactly the acknowledged fills
+    assert set(unresolved) <= {"unknown"}  # a fill the manager does not know of is still marked unknown
+    assert stats.reports.get("unknown:timeout", 0) + stats.reports.get("unknown:circuit_open", 0) >= len(unresolved)
+    if recover:
+        assert stats.resubmitted > 0
+    else:
+        assert stats.resubmitted == 0 and unresolved  # without recovery some broker fills stay unbooked
 
 
 def test_broker_raising_is_reported_and_positions_stay_flat():
@@ -290,7 +305,7 @@ def test_broker_raising_is_reported_and_positions_stay_flat():
     pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF)
     stats = asyncio.run(pipe.run([encode(t) for t in ticks]))
     assert stats.accepted == len(ticks) and stats.orders > 0 and stats.errors == 0
-    assert set(stats.reports) <= {"unknown:broker_error", "rejected:circuit_open"}
+    assert set(stats.reports) <= {"unknown:broker_error", "unknown:circuit_open", "rejected:circuit_open"}
     assert all(q == 0.0 for q in positions(pipe).values())
 
 

@@ -27,8 +27,10 @@ What one event is and what is timed (CPU only; other backends skip):
   broker, manager and pipeline + the events up to and including the first one that
   completes a bar (so the strategy's compiled code is loaded), measured inside the
   process (``cold_start_s``; the interpreter's own start-up and reading the recording
-  from stdin excluded, the table's p50 includes them). Numba's on-disk cache is warm after the first process (the harness's
-  untimed warm-up); ``first_cold_start_s`` is that first process (cold cache, if it was).
+  from stdin excluded; the table's p50 includes them). The compiled kernels come from
+  numba's on-disk cache (written by the first process ever, or by the event case above;
+  a first run after installing compiles, seconds); ``first_cold_start_s`` is the
+  harness's first, untimed process (cold OS file cache).
   The process then replays the recording; ``rss_bytes`` is its peak resident set
   (``resource.getrusage``), which includes NumPy's and numba's own footprint.
 * ``pipeline_bytes``: Python heap held (``tracemalloc``, after a first pipeline has
