@@ -52,6 +52,7 @@ import asyncio
 import collections
 import functools
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -145,7 +146,8 @@ class TradingPipeline:
             raise ValueError("manager must have a portfolio (fills are booked and risk-checked there)")
         if limits is not None and not isinstance(limits, RiskLimits):
             raise TypeError(f"limits must be a RiskLimits or None, got {type(limits).__name__}")
-        if type(unit_quantity) not in (int, float) or not (unit_quantity > 0 and math.isfinite(unit_quantity)):
+        if (isinstance(unit_quantity, bool) or not isinstance(unit_quantity, numbers.Real)
+                or not (unit_quantity > 0 and math.isfinite(unit_quantity))):
             raise ValueError(f"unit_quantity must be a finite number > 0, got {unit_quantity!r}")
         if quote_sink is not None and not callable(quote_sink):
             raise TypeError("quote_sink must be callable(symbol, price) or None")

@@ -400,6 +400,9 @@ def test_bad_arguments_name_the_argument():
         TradingPipeline(["A", "A"], MOMENTUM, manager)
     with pytest.raises(ValueError, match="unit_quantity"):
         TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=float("nan"))
+    with pytest.raises(ValueError, match="unit_quantity"):
+        TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=True)
+    assert TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=np.float32(2)).unit_quantity == 2.0
     with pytest.raises(ValueError, match="timeframe"):
         TradingPipeline(NAMES, MOMENTUM, manager, timeframe="soon")
     with pytest.raises(TypeError, match="limits"):
