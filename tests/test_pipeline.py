@@ -412,3 +412,15 @@ def test_bad_arguments_name_the_argument():
     pipe = TradingPipeline(NAMES, MOMENTUM, manager)
     with pytest.raises(ValueError, match="yield_every"):
         asyncio.run(pipe.run([], yield_every=0))
+
+
+def test_bench_recording_has_one_rejected_message_in_200():
+    """The end_to_end suite's stream: every planted bad message is refused, nothing else is."""
+    from gpu_trader.bench.suites.end_to_end import BAD_EVERY, build_pipeline, recording
+
+    messages = recording(5, 2000)
+    pipe = build_pipeline(5)
+    stats = asyncio.run(pipe.run(messages))
+    assert stats.n_rejected == 2000 // BAD_EVERY and stats.accepted == 2000 - stats.n_rejected
+    assert set(stats.rejected) == {"malformed_json", "unknown_symbol", "out_of_order"}
+    assert stats.orders > 0 and stats.errors == 0 and set(stats.reports) == {FILLED}
