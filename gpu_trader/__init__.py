@@ -24,6 +24,7 @@ _LAZY = {
                      "MarketDataError"), "marketdata"),
     **dict.fromkeys(("Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
                      "StrategyStream"), "strategies"),
+    **dict.fromkeys(("TradingPipeline", "PipelineStats"), "pipeline"),
 }
 
 

@@ -121,6 +121,23 @@ def test_run_workload_reports_skips_and_errors(capsys):
     assert "SKIPPED" in out and "ERROR" in out and "boom" in out
 
 
+def test_workload_metrics_are_checked_and_printed(capsys):
+    """A workload's own metrics (read from its state after timing) join p50/p95/p99 and
+    throughput as checkable names; end_to_end.event checks them."""
+    wl = Workload("own", {}, setup=lambda be: {"n": 0}, run=lambda s: s.update(n=s["n"] + 1), items=10,
+                  target="end_to_end.event",
+                  metrics=lambda s: {"event_p50_s": 1e-6, "event_p95_s": 2e-6, "event_p99_s": 2e-3, "calls": s["n"]})
+    res = run_workload("t", wl, get_backend("cpu"), TINY)
+    m = res.metrics()
+    assert m["event_p50_s"] == 1e-6 and m["calls"] == TINY.warmup_calls + TINY.min_samples
+    assert (m["p95_s"], m["p99_s"], m["throughput_per_s"]) == (res.stats.p95_s, res.stats.p99_s,
+                                                                res.throughput_per_s)
+    assert res.plan.status == "PASS"
+    assert res.ours.status == "FAIL" and any("event_p99_s" in f for f in res.ours.failures)
+    print_table([res])
+    assert "event_p50_s 1us" in capsys.readouterr().out
+
+
 # -- targets ------------------------------------------------------------------------
 def test_evaluate_pass_fail_missing_and_not_applicable():
     checks = (Check("p50_s", "<", 1e-3), Check("ratio:talib", ">=", 1.0, ("cpu",)))

@@ -165,7 +165,9 @@ class Workload:
     the number of ``unit`` s one call processes (throughput = items / p50).
     ``copy_inputs(state)``, when given, returns the device arrays whose copy is the
     bandwidth yardstick; ``bytes_moved`` is the bytes one call must read plus write.
-    ``target`` is a key of :data:`gpu_trader.bench.targets.TARGETS`.
+    ``target`` is a key of :data:`gpu_trader.bench.targets.TARGETS`. ``metrics(state)``,
+    when given, returns extra named figures read from the state after timing (e.g.
+    per-event latency percentiles recorded inside each call), checked like the others.
     """
 
     name: str
@@ -179,6 +181,7 @@ class Workload:
     references: tuple[Reference, ...] = ()
     copy_inputs: Callable[[Any], Sequence[Any]] | None = None
     bytes_moved: int | None = None
+    metrics: Callable[[Any], Mapping[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.target is not None and self.target not in TARGETS:
@@ -221,15 +224,20 @@ class CaseResult:
     bw_fraction: float | None = None
     plan: Verdict = NO_TARGET
     ours: Verdict = NO_TARGET
+    extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float | None]:
         """The named figures targets are checked against (see :mod:`.targets`)."""
         out = {
             "p50_s": self.stats.p50_s if self.stats else None,
+            "p95_s": self.stats.p95_s if self.stats else None,
+            "p99_s": self.stats.p99_s if self.stats else None,
+            "throughput_per_s": self.throughput_per_s,
             "x_copy": self.x_copy,
             "bw_fraction": self.bw_fraction,
         }
         out.update({f"ratio:{k}": r.ratio for k, r in self.references.items()})
+        out.update(self.extra)
         return out
 
     def to_dict(self) -> dict:
@@ -281,6 +289,8 @@ def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult)
     res.stats = measure(lambda: wl.run(state), policy, be.synchronize)
     ours = res.stats.p50_s
     res.throughput_per_s = wl.items / ours
+    if wl.metrics is not None:
+        res.extra = {k: float(v) for k, v in wl.metrics(state).items()}
     for ref in wl.references:
         time.sleep(QUIESCE_S)
         res.references[ref.name] = _time_reference(ref, policy, ours)

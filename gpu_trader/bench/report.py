@@ -104,6 +104,9 @@ def _print_notes(results: list[CaseResult], out: TextIO) -> None:
             if verdict.missing:
                 notes.append(f"  {where} {side} n/a: missing {', '.join(verdict.missing)}")
         notes.extend(f"  {where} {name}: {ref.note}" for name, ref in r.references.items() if ref.note)
+        if r.extra:
+            notes.append(f"  {where} metrics: " + ", ".join(
+                f"{k} {fmt_time(v) if k.endswith('_s') else f'{v:.4g}'}" for k, v in r.extra.items()))
     if notes:
         print("\nNotes:", file=out)
         print("\n".join(notes), file=out)

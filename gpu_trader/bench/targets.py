@@ -4,12 +4,15 @@ Each :class:`Target` carries the published plan's target and our own, each as a
 human-readable text plus machine-checkable :class:`Check` s on a case's metrics.
 Metric names (all floats; see :meth:`gpu_trader.bench.harness.CaseResult.metrics`):
 
-* ``p50_s``       median latency of one call, seconds;
+* ``p50_s``       median latency of one call, seconds (``p95_s``, ``p99_s`` likewise);
+* ``throughput_per_s`` workload items per second at the p50 latency;
 * ``ratio:NAME``  reference NAME's p50 / our p50 (> 1: we are faster);
 * ``x_copy``      our p50 / p50 of copying the case's inputs (to fresh arrays) on the
   same device;
 * ``bw_fraction`` our bytes moved (inputs read + outputs written) per second /
-  the device's copy bandwidth measured in the same run (1.0 = at the roofline).
+  the device's copy bandwidth measured in the same run (1.0 = at the roofline);
+* any name a workload's own ``metrics(state)`` returns (e.g. the end-to-end suite's
+  per-event ``event_p50_s``).
 """
 from __future__ import annotations
 
@@ -173,6 +176,22 @@ def strategies_targets() -> tuple[Target, ...]:
     )
 
 
+def end_to_end_targets() -> tuple[Target, ...]:
+    """TARGETS.md "End to end": per-event latency (tick bytes in -> order handed to the
+    manager) from the ``event_*`` metrics the suite records inside each replay, events/s,
+    and a fresh process's cold start and resident memory."""
+    return (
+        Target("end_to_end.event", "tick -> bar -> signal -> risk check -> order, per event",
+               "p50 < 50 ms, p95 < 200 ms, p99 < 500 ms", "p50 < 200 us, p99 < 1 ms, > 100,000 events/s",
+               (Check("event_p50_s", "<", 50e-3), Check("event_p95_s", "<", 200e-3), Check("event_p99_s", "<", 0.5)),
+               (Check("event_p50_s", "<", 200 * _US), Check("event_p99_s", "<", 1e-3),
+                Check("throughput_per_s", ">", 100_000))),
+        Target("end_to_end.cold_start", "fresh process: import + first event; resident memory", "(none)",
+               "cold start < 500 ms, RSS < 1 GB",
+               (), (Check("cold_start_s", "<", 0.5), Check("rss_bytes", "<", 1e9))),
+    )
+
+
 _ALL = (
     # -- section 2: features ----------------------------------------------------------
     Target("features.sma", "SMA (10, 20, 50), 20..1000 bars", "SMA(20) < 200 us", "< 10 us at 1000 bars",
@@ -235,6 +254,8 @@ _ALL = (
            (), _p50_below(5 * _US)),
     Target("portfolio.limit_check", "position limit check, 100 positions", "< 500 us", "< 10 us",
            _p50_below(500 * _US), _p50_below(10 * _US)),
+    # -- end to end -----------------------------------------------------------------------
+    *end_to_end_targets(),
 )
 
 _FAISS_PARITY = (Check("ratio:faiss", ">=", 1 / 1.5, ("cpu",)),)

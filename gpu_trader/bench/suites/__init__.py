@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {  # in the order of TARGETS.md's sections
     "risk": "gpu_trader.bench.suites.risk",
     "portfolio": "gpu_trader.bench.suites.portfolio",
     "vectors": "gpu_trader.bench.suites.vectors",
+    "end_to_end": "gpu_trader.bench.suites.end_to_end",
 }
 
 

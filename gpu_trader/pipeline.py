@@ -1,0 +1,308 @@
+"""The end-to-end trading loop: tick JSON in -> bar -> strategy signal -> risk check -> order out.
+
+One **event** is one tick message (JSON bytes or str, the :mod:`gpu_trader.marketdata`
+tick format). :meth:`TradingPipeline.on_tick` handles one event synchronously on the
+CPU:
+
+1. parse and validate the message (:func:`~gpu_trader.marketdata.parse_tick`, msgspec);
+2. add it to its symbol's bar (:class:`~gpu_trader.marketdata.BarAggregator`, any
+   timeframe). Most ticks stop here. A tick in a later bar than its symbol's open bar
+   completes that bar, and only then:
+3. mark the portfolio (and the optional ``quote_sink``, e.g. a simulated broker's
+   ``set_price``) at the bar's close, and update that symbol's strategy state
+   (:class:`~gpu_trader.strategies.StrategyStream`, one per symbol) to get its signal;
+4. pre-trade risk/position check (:func:`~gpu_trader.orders.order_for_signal`): the
+   target position ``unit_quantity * signal`` (summed over the strategies of a
+   :class:`~gpu_trader.strategies.StrategyRunner`) minus the current position becomes
+   a market order, or a :class:`~gpu_trader.orders.Rejection`, or nothing;
+5. hand the order to the :class:`~gpu_trader.order_manager.OrderManager`
+   (:meth:`~gpu_trader.order_manager.OrderManager.submit_nowait`): the broker round trip
+   runs as an asyncio task while the loop goes on; fills update the portfolio.
+
+The event's **latency** is the wall time of ``on_tick``: bytes in until any resulting
+order has been handed to the manager (the broker's network latency is not part of it).
+**Throughput** is events per second over a recorded stream, driven by :meth:`run`,
+which also lets the event loop progress the broker tasks.
+
+Bad input never stops the loop and never changes a position: a malformed message,
+missing or invalid field (NaN, negative, zero price; negative size), an unknown symbol
+or an out-of-order timestamp (policy: **reject**, per symbol, as in
+:mod:`gpu_trader.marketdata`) returns a :class:`~gpu_trader.marketdata.Rejection` with
+its reason, counted in :attr:`TradingPipeline.stats`; an unexpected exception after a tick
+was accepted (a bug) is counted as ``internal`` and the loop goes on. Broker failures and
+timeouts come back as reports (the manager never raises), counted by status and code; an
+order whose outcome is unknown after a timeout is resubmitted with the same client order
+id (``recover_attempts`` times) so a fill the broker made is still booked, once. Until it
+is, the portfolio shows only acknowledged fills.
+
+One order per symbol in flight: a signal for a symbol whose previous order has not
+been settled yet is remembered (``deferred``) and decided when that order settles, at
+the latest bar close, against the position the fill left -- so two orders never race
+to the same target. When the broker answers at once (``latency_s=0``) and the caller
+awaits :meth:`drain` after every event, the order stream is exactly "one decision per
+completed bar"; ``tests/test_pipeline.py`` checks it against batch bars, batch
+strategies and a plain re-implementation of the decision.
+
+Use from one event loop (``on_tick``/``flush`` from a coroutine or callback running on
+it; :meth:`run` and :meth:`drain` are coroutines).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .marketdata import BarAggregator, MarketDataError, Rejection, parse_tick
+from .order_manager import OrderManager
+from .orders import UNKNOWN, Order, RiskLimits, order_for_signal
+from .orders import Rejection as RiskRejection
+from .strategies import MeanReversion, Momentum, StrategyRunner
+
+__all__ = ["TradingPipeline", "PipelineStats"]
+
+
+@dataclass
+class PipelineStats:
+    """Counters of a :class:`TradingPipeline` (all since construction).
+
+    ``events``: ticks seen; ``accepted``: ticks that passed validation; ``rejected``:
+    reason -> count of refused ticks (``malformed_json``, ``missing_field``,
+    ``invalid_field``, ``unknown_symbol``, ``out_of_order``, ``internal``); ``bars``:
+    completed bars; ``orders``: orders handed to the manager; ``risk_rejected``: pre-trade
+    rejection code -> count; ``deferred``: signals held while their symbol had an order in
+    flight; ``resubmitted``: resubmissions of orders whose outcome was unknown (broker
+    timeout); ``reports``: final outcome per order by ``status`` (``status:code`` when a
+    code is set, e.g. ``rejected:broker_error``, ``unknown:timeout`` when the outcome is
+    still unknown after the resubmissions); ``errors``: exceptions after a tick was accepted.
+    """
+
+    events: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    bars: int = 0
+    orders: int = 0
+    risk_rejected: dict[str, int] = field(default_factory=dict)
+    deferred: int = 0
+    resubmitted: int = 0
+    reports: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+
+def _bump(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
+
+
+def _check_strategy(strategy) -> StrategyRunner | Momentum | MeanReversion:
+    if not isinstance(strategy, (Momentum, MeanReversion, StrategyRunner)):
+        raise TypeError(f"strategy must be a Momentum, MeanReversion or StrategyRunner, got {type(strategy).__name__}")
+    return strategy
+
+
+class TradingPipeline:
+    """Tick JSON in -> bars -> strategy signal -> risk check -> order to the manager (see module doc).
+
+    ``symbols``: the tradable universe (names; ticks of other symbols are rejected).
+    ``strategy``: a :class:`~gpu_trader.strategies.Momentum`,
+    :class:`~gpu_trader.strategies.MeanReversion` or
+    :class:`~gpu_trader.strategies.StrategyRunner` (signals summed). ``manager``: an
+    :class:`~gpu_trader.order_manager.OrderManager` with a portfolio (fills are booked
+    there; the risk check reads it). ``timeframe``: bar length (see
+    :func:`~gpu_trader.marketdata.parse_timeframe`). ``limits``: the pre-trade
+    :class:`~gpu_trader.orders.RiskLimits` (default: the manager's, so both checks agree).
+    ``unit_quantity`` (> 0): position per unit of signal. ``quote_sink``: optional
+    ``callable(symbol, close)`` called at every completed bar before the decision (pass
+    ``SimulatedBroker.set_price`` so a simulated venue fills market orders at the close).
+    ``recover_attempts``: how many times an order whose outcome is unknown (the broker
+    timed out; it may have filled) is resubmitted with the same client order id, which
+    asks the same broker for its state and never fills twice. ``max_log``: how many
+    recent rejections :attr:`recent_rejections` keeps.
+
+    * ``on_tick(data) -> Order | Rejection | RiskRejection | None`` -- one event (sync);
+    * ``flush(now=None) -> list`` -- complete open bars (all, or those ending by ``now``
+      ns) and run them through the strategy and risk path;
+    * ``await run(messages, yield_every=64) -> PipelineStats`` -- a stream, then drain;
+    * ``await drain()`` -- wait until no order is in flight;
+    * ``reset()`` -- a new session: forget bars, strategy state and timestamps (positions stay).
+    """
+
+    def __init__(self, symbols: Sequence[str], strategy, manager: OrderManager, *, timeframe="1min",
+                 limits: RiskLimits | None = None, unit_quantity: float = 1.0,
+                 quote_sink: Callable[[str, float], Any] | None = None, recover_attempts: int = 3,
+                 max_log: int = 1000) -> None:
+        if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
+            raise TypeError("symbols must be a sequence of symbol names (str)")
+        self._strategy = _check_strategy(strategy)
+        if not isinstance(manager, OrderManager):
+            raise TypeError(f"manager must be an OrderManager, got {type(manager).__name__}")
+        if manager.portfolio is None:
+            raise ValueError("manager must have a portfolio (fills are booked and risk-checked there)")
+        if limits is not None and not isinstance(limits, RiskLimits):
+            raise TypeError(f"limits must be a RiskLimits or None, got {type(limits).__name__}")
+        if (isinstance(unit_quantity, bool) or not isinstance(unit_quantity, numbers.Real)
+                or not (unit_quantity > 0 and math.isfinite(unit_quantity))):
+            raise ValueError(f"unit_quantity must be a finite number > 0, got {unit_quantity!r}")
+        if quote_sink is not None and not callable(quote_sink):
+            raise TypeError("quote_sink must be callable(symbol, price) or None")
+        if isinstance(recover_attempts, bool) or not isinstance(recover_attempts, int) or recover_attempts < 0:
+            raise ValueError(f"recover_attempts must be an int >= 0, got {recover_attempts!r}")
+        if isinstance(max_log, bool) or not isinstance(max_log, int) or max_log < 0:
+            raise ValueError(f"max_log must be an int >= 0, got {max_log!r}")
+        self._agg = BarAggregator(timeframe, list(symbols))  # validates the names
+        self.symbols: tuple[str, ...] = self._agg.symbols
+        self.timeframe: int = self._agg.timeframe
+        self.manager = manager
+        self.portfolio = manager.portfolio
+        self.limits = manager.limits if limits is None else limits
+        self.unit_quantity = float(unit_quantity)
+        self._sink = quote_sink
+        self.recover_attempts = recover_attempts
+        self._streams = [self._strategy.stream(1) for _ in self.symbols]
+        self._inflight: dict[int, asyncio.Task] = {}
+        self._deferred: dict[int, tuple[float, float]] = {}  # sid -> (signal, close) held while in flight
+        self.stats = PipelineStats()
+        self.recent_rejections: collections.deque[Rejection] = collections.deque(maxlen=max_log)
+
+    # -- one event -------------------------------------------------------------------
+    def on_tick(self, data: bytes | str):
+        """Process one tick message; returns the :class:`~gpu_trader.orders.Order` handed to
+        the manager, a :class:`~gpu_trader.marketdata.Rejection` (bad tick; ``index`` is the
+        event number), a :class:`~gpu_trader.orders.Rejection` (the risk check refused the
+        order) or ``None``. Never raises."""
+        stats = self.stats
+        index = stats.events
+        stats.events = index + 1
+        try:
+            tick = parse_tick(data)
+            bar = self._agg.update(tick.symbol, tick.ts, tick.price, tick.size)
+        except MarketDataError as exc:
+            return self._reject(index, exc.reason, str(exc))
+        except Exception as exc:  # anything else a message can provoke: refuse it, keep going
+            return self._reject(index, "internal", repr(exc))
+        stats.accepted += 1
+        if bar is None:
+            return None
+        return self._on_bar(bar.symbol, bar.close)
+
+    def _reject(self, index: int, reason: str, message: str) -> Rejection:
+        _bump(self.stats.rejected, reason)
+        rej = Rejection(index, reason, message)
+        self.recent_rejections.append(rej)
+        return rej
+
+    def _on_bar(self, sid: int, close: float):
+        """A completed bar of symbol ``sid``: mark, signal, decide (never raises)."""
+        try:
+            self.stats.bars += 1
+            name = self.symbols[sid]
+            self.portfolio.mark(name, close)
+            if self._sink is not None:
+                self._sink(name, close)
+            signal = float(self._streams[sid].update(close).sum())
+            if sid in self._inflight:
+                self._deferred[sid] = (signal, close)
+                self.stats.deferred += 1
+                return None
+            return self._decide(sid, signal, close)
+        except Exception:  # a bug past validation: count it, keep the loop alive
+            self.stats.errors += 1
+            return None
+
+    def _decide(self, sid: int, signal: float, close: float):
+        name = self.symbols[sid]
+        out = order_for_signal(name, signal, close, portfolio=self.portfolio, limits=self.limits,
+                               unit_quantity=self.unit_quantity)
+        if out is None:
+            return None
+        if isinstance(out, RiskRejection):
+            _bump(self.stats.risk_rejected, out.code)
+            return out
+        self._send(sid, out, close, 0)
+        self.stats.orders += 1
+        return out
+
+    def _send(self, sid: int, order: Order, price: float, attempt: int) -> None:
+        task = self.manager.submit_nowait(order, price=price)
+        self._inflight[sid] = task
+        task.add_done_callback(functools.partial(self._settled, sid, order, price, attempt))
+
+    def _settled(self, sid: int, order: Order, price: float, attempt: int, task: asyncio.Task) -> None:
+        """Done callback of an order task: resubmit an UNKNOWN order (same id), count the
+        final report, decide a deferred signal."""
+        try:
+            if self._inflight.get(sid) is task:
+                del self._inflight[sid]
+            if task.cancelled():
+                _bump(self.stats.reports, "cancelled_task")
+            else:
+                report = task.result()
+                if report.status == UNKNOWN and attempt < self.recover_attempts:
+                    self.stats.resubmitted += 1
+                    self._send(sid, order, price, attempt + 1)
+                    return
+                _bump(self.stats.reports, f"{report.status}:{report.code}" if report.code else report.status)
+            held = self._deferred.pop(sid, None)
+            if held is not None:
+                self._decide(sid, *held)
+        except Exception:  # a callback must never break the event loop
+            self.stats.errors += 1
+
+    # -- streams and sessions ----------------------------------------------------------
+    def flush(self, now: int | None = None) -> list:
+        """Complete the open bars (every one, or those ending at or before ``now`` ns) and
+        run each through the strategy and risk path; returns their outcomes (see
+        :meth:`on_tick`), in symbol order."""
+        return [self._on_bar(bar.symbol, bar.close) for bar in self._agg.flush(now)]
+
+    async def run(self, messages: Iterable[bytes | str], *, yield_every: int = 64) -> PipelineStats:
+        """Process a stream of tick messages, yielding to the event loop after every
+        ``yield_every`` events (so broker tasks progress), then :meth:`drain`. Returns
+        :attr:`stats`."""
+        if isinstance(yield_every, bool) or not isinstance(yield_every, int) or yield_every < 1:
+            raise ValueError(f"yield_every must be an int >= 1, got {yield_every!r}")
+        on_tick = self.on_tick
+        k = 0
+        for data in messages:
+            on_tick(data)
+            k += 1
+            if k == yield_every:
+                k = 0
+                await asyncio.sleep(0)
+        await self.drain()
+        return self.stats
+
+    async def drain(self) -> None:
+        """Wait until every order handed to the manager (deferred ones included) has settled."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            await asyncio.sleep(0)  # let the done callbacks (and deferred decisions) run
+
+    @property
+    def in_flight(self) -> int:
+        """Orders handed to the manager and not settled yet."""
+        return len(self._inflight)
+
+    def reset(self) -> None:
+        """Start a new session: open bars, strategy state and per-symbol timestamps are
+        forgotten (positions, orders in flight and counters stay)."""
+        self._agg = BarAggregator(self.timeframe, list(self.symbols))
+        for stream in self._streams:
+            stream.reset()
+        self._deferred.clear()
+
+    def warmup(self, history: Mapping[str, Sequence[float]]) -> None:
+        """Feed past bar closes per symbol (``{name: closes}``, oldest first) to the
+        strategy state without trading, e.g. the previous session's bars."""
+        for name, closes in history.items():
+            sid = self.symbols.index(name) if name in self.symbols else -1
+            if sid < 0:
+                raise ValueError(f"history names {name!r}, which is not one of the pipeline's symbols")
+            if len(closes):
+                self._streams[sid].warmup(closes)

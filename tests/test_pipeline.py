@@ -1,0 +1,426 @@
+"""The end-to-end pipeline against an independent oracle.
+
+Oracle: the same valid ticks through the *batch* functions -- :func:`aggregate_bars`
+(bars), the batch strategy (:func:`momentum` / :meth:`StrategyRunner.run` on each
+symbol's series of non-empty bar closes) -- and a plain re-implementation of the
+decision (target = unit * signal; order = target - position, refused when it breaks
+the order-size or position limit), replayed in the order the bars complete. Fills at
+the bar close (the simulated broker is marked there). The pipeline must emit exactly
+those orders and end with those positions and that cash.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpu_trader import TradingPipeline
+from gpu_trader.brokers import SimulatedBroker
+from gpu_trader.marketdata import Rejection as TickRejection
+from gpu_trader.marketdata import aggregate_bars
+from gpu_trader.order_manager import OrderManager
+from gpu_trader.orders import FILLED, Order, RiskLimits
+from gpu_trader.orders import Rejection as RiskRejection
+from gpu_trader.portfolio import Portfolio
+from gpu_trader.strategies import MeanReversion, Momentum, StrategyRunner, momentum
+
+NAMES = ("AAA", "BBB", "CCC")
+TF = 1_000  # ns per bar
+CASH = 1e7
+_enc = msgspec.json.encode
+
+
+def make_ticks(seed: int, n: int = 1500, n_sym: int = 3):
+    """Valid ticks ``(sid, ts, price, size)`` in arrival order; ts strictly increasing."""
+    rng = np.random.default_rng(seed)
+    sid = rng.integers(0, n_sym, n)
+    ts = 1_700_000_000_000_000_000 + np.cumsum(rng.integers(1, 120, n))
+    price = np.empty(n)
+    level = np.full(n_sym, 100.0)
+    for i in range(n):
+        level[sid[i]] *= np.exp(rng.normal(0, 0.01))
+        price[i] = level[sid[i]]
+    size = rng.integers(0, 500, n) / 10.0
+    return [(int(s), int(t), float(p), float(z)) for s, t, p, z in zip(sid, ts, price, size)]
+
+
+def encode(tick, names=NAMES) -> bytes:
+    s, t, p, z = tick
+    return _enc({"symbol": names[s], "ts": t, "price": p, "size": z})
+
+
+def batch_signals(strategy, closes: np.ndarray) -> np.ndarray:
+    if isinstance(strategy, StrategyRunner):
+        return sum(r.signals.astype(np.int64) for r in strategy.run(closes).values())
+    if isinstance(strategy, Momentum):
+        return momentum(closes, strategy.fast, strategy.slow).signals
+    raise AssertionError(strategy)
+
+
+def oracle(ticks, strategy, *, unit=1.0, limits=RiskLimits(), n_sym=3, history=None):
+    """(orders [(symbol, side, qty)], positions {symbol: qty}, cash) from batch functions."""
+    sid = np.array([t[0] for t in ticks])
+    ts = np.array([t[1] for t in ticks], dtype=np.int64)
+    bars = aggregate_bars(ts, [t[2] for t in ticks], [t[3] for t in ticks], sid, timeframe=TF, n_symbols=n_sym)
+    events = []  # (completion position, sid, close, signal)
+    for s in range(n_sym):
+        filled = np.flatnonzero(bars.count[s] > 0)
+        closes = bars.close[s, filled]
+        hist = np.asarray((history or {}).get(NAMES[s], []), dtype=np.float64)
+        sig = batch_signals(strategy, np.concatenate([hist, closes]))[len(hist):]
+        bucket_of_tick = ts // TF
+        mine = np.flatnonzero(sid == s)
+        for j, b in enumerate(filled):
+            later = mine[bucket_of_tick[mine] > bars.start[b] // TF]
+            pos = int(later[0]) if len(later) else len(ticks) + s  # the last bar completes at flush
+            events.append((pos, s, float(closes[j]), float(sig[j])))
+    events.sort()
+    position = {n: 0.0 for n in NAMES[:n_sym]}
+    cash, orders = CASH, []
+    for _, s, close, signal in events:
+        name = NAMES[s]
+        target = signal * unit
+        delta = target - position[name]
+        if abs(delta) < 1e-12:
+            continue
+        if abs(delta) > limits.max_order_quantity or abs(target) > limits.max_position_quantity:
+            continue
+        orders.append((name, "buy" if delta > 0 else "sell", abs(delta)))
+        position[name] = target
+        cash -= delta * close
+    return orders, position, cash
+
+
+def make_pipeline(strategy, *, latency_s=0.0, limits=RiskLimits(), unit=1.0, n_sym=3):
+    broker = SimulatedBroker("sim", latency_s=latency_s)
+    manager = OrderManager(broker, portfolio=Portfolio(CASH), limits=limits)
+    pipe = TradingPipeline(NAMES[:n_sym], strategy, manager, timeframe=TF, unit_quantity=unit,
+                           quote_sink=broker.set_price)
+    return pipe, broker
+
+
+async def replay_settled(pipe, messages):
+    """Feed one message at a time and wait for its order to settle; collect the orders."""
+    orders, outcomes = [], []
+    for m in messages:
+        out = pipe.on_tick(m)
+        outcomes.append(out)
+        await pipe.drain()
+    outcomes.extend(pipe.flush())
+    await pipe.drain()
+    orders = [(o.symbol, o.side, o.quantity) for o in outcomes if isinstance(o, Order)]
+    return orders, outcomes
+
+
+def positions(pipe):
+    return {n: pipe.portfolio.quantity(n) for n in pipe.symbols}
+
+
+STRATEGIES = [
+    Momentum(2, 5),
+    StrategyRunner([Momentum(3, 8), MeanReversion(4, 1.0), Momentum(2, 5)]),
+]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=["momentum", "runner"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_orders_and_positions_match_batch_oracle(strategy, seed):
+    ticks = make_ticks(seed)
+    pipe, broker = make_pipeline(strategy, unit=2.5)
+    got, _ = asyncio.run(replay_settled(pipe, [encode(t) for t in ticks]))
+    want, want_pos, want_cash = oracle(ticks, strategy, unit=2.5)
+    assert len(want) > 20  # the stream exercises the path
+    assert got == want
+    assert positions(pipe) == pytest.approx(want_pos)
+    assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
+    st_ = pipe.stats
+    assert st_.events == st_.accepted == len(ticks) and not st_.rejected and st_.errors == 0
+    assert st_.orders == len(want) and st_.reports == {FILLED: len(want)}
+    assert max(broker.fill_counts.values()) == 1
+
+
+def test_risk_limits_refuse_orders_and_never_move_positions():
+    ticks = make_ticks(3)
+    strategy = StrategyRunner([Momentum(2, 5), Momentum(3, 8), MeanReversion(4, 1.0)])
+    limits = RiskLimits(max_order_quantity=2.0, max_position_quantity=2.0)
+    pipe, _ = make_pipeline(strategy, limits=limits)
+    got, outcomes = asyncio.run(replay_settled(pipe, [encode(t) for t in ticks]))
+    want, want_pos, want_cash = oracle(ticks, strategy, limits=limits)
+    risk = [o for o in outcomes if isinstance(o, RiskRejection)]
+    assert risk and {r.code for r in risk} <= {"order_size", "position_limit"}
+    assert got == want
+    assert positions(pipe) == pytest.approx(want_pos)
+    assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
+    assert sum(pipe.stats.risk_rejected.values()) == len(risk)
+
+
+def test_warmup_continues_the_strategy_state():
+    ticks = make_ticks(4, n=600)
+    strategy = Momentum(3, 8)
+    rng = np.random.default_rng(9)
+    history = {n: 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 30))) for n in NAMES}
+    pipe, _ = make_pipeline(strategy)
+    pipe.warmup(history)
+    got, _ = asyncio.run(replay_settled(pipe, [encode(t) for t in ticks]))
+    want, want_pos, _ = oracle(ticks, strategy, history=history)
+    assert got == want and positions(pipe) == pytest.approx(want_pos)
+    with pytest.raises(ValueError, match="history"):
+        pipe.warmup({"ZZZ": [1.0]})
+
+
+# -- bad input mixed into valid streams -------------------------------------------------
+def _bad_message(kind: str, draw_bytes: bytes, last_ts: dict[int, int]) -> tuple[bytes, set[str]]:
+    """A message that must be refused, and the reasons acceptable for it."""
+    if kind == "binary":  # at most 40 bytes: shorter than any valid tick of a known symbol
+        return draw_bytes, {"malformed_json", "missing_field", "invalid_field", "unknown_symbol"}
+    if kind == "truncated":
+        full = _enc({"symbol": "AAA", "ts": 1, "price": 1.0, "size": 1.0})
+        return full[: len(draw_bytes) % (len(full) - 1)], {"malformed_json"}
+    if kind == "unknown":
+        return _enc({"symbol": "ZZZ", "ts": 2**62, "price": 10.0, "size": 1.0}), {"unknown_symbol"}
+    if kind == "out_of_order":
+        s = min(last_ts)
+        return _enc({"symbol": NAMES[s], "ts": last_ts[s] - 1, "price": 10.0, "size": 1.0}), {"out_of_order"}
+    literal = {
+        "nan": b'{"symbol":"AAA","ts":%d,"price":NaN,"size":1.0}',
+        "nan_str": b'{"symbol":"AAA","ts":%d,"price":"nan","size":1.0}',
+        "inf": b'{"symbol":"AAA","ts":%d,"price":1e999,"size":1.0}',
+        "negative": b'{"symbol":"AAA","ts":%d,"price":-5.0,"size":1.0}',
+        "zero": b'{"symbol":"AAA","ts":%d,"price":0.0,"size":1.0}',
+        "neg_size": b'{"symbol":"AAA","ts":%d,"price":5.0,"size":-1.0}',
+        "missing": b'{"symbol":"AAA","ts":%d,"size":1.0}',
+        "ts_type": b'{"symbol":"AAA","ts":"%d","price":5.0,"size":1.0}',
+        "not_object": b'[%d]',
+    }[kind]
+    return literal % (2**62), {"malformed_json", "missing_field", "invalid_field"}
+
+
+BAD_KINDS = ["binary", "truncated", "unknown", "out_of_order", "nan", "nan_str", "inf", "negative", "zero",
+             "neg_size", "missing", "ts_type", "not_object"]
+VALID = make_ticks(5, n=800)
+MOMENTUM = Momentum(2, 5)
+WANT = oracle(VALID, MOMENTUM)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(30, len(VALID)), st.sampled_from(BAD_KINDS), st.binary(max_size=40)),
+                min_size=1, max_size=40))
+def test_bad_ticks_are_rejected_and_never_change_orders_or_positions(bad):
+    inserts: dict[int, list] = {}
+    for pos, kind, raw in bad:
+        inserts.setdefault(pos, []).append((kind, raw))
+    messages, expected = [], []
+    last_ts: dict[int, int] = {}
+    for i, tick in enumerate(VALID + [None]):
+        for kind, raw in inserts.get(i, []):
+            msg, reasons = _bad_message(kind, raw, last_ts)
+            expected.append((len(messages), reasons))
+            messages.append(msg)
+        if tick is not None:
+            messages.append(encode(tick))
+            last_ts[tick[0]] = tick[1]
+    pipe, _ = make_pipeline(MOMENTUM)
+    got, outcomes = asyncio.run(replay_settled(pipe, messages))
+    want, want_pos, want_cash = WANT
+    assert got == want
+    assert positions(pipe) == pytest.approx(want_pos)
+    assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
+    rejected = {o.index: o.reason for o in outcomes if isinstance(o, TickRejection)}
+    assert set(rejected) == {i for i, _ in expected}
+    for i, reasons in expected:
+        assert rejected[i] in reasons, (messages[i], rejected[i])
+    assert pipe.stats.n_rejected == len(expected) and pipe.stats.accepted == len(VALID)
+    assert list(pipe.recent_rejections) == [o for o in outcomes if isinstance(o, TickRejection)]
+
+
+def test_non_bytes_input_is_a_rejection():
+    pipe, _ = make_pipeline(MOMENTUM)
+    for bad in (None, 42, 3.5, object()):
+        out = pipe.on_tick(bad)
+        assert isinstance(out, TickRejection) and out.reason == "malformed_json"
+    assert pipe.stats.events == 4 and pipe.stats.accepted == 0
+
+
+# -- the broker failing or timing out --------------------------------------------------
+class ExplodingBroker:
+    """A venue whose every call raises an unexpected exception."""
+
+    name = "boom"
+
+    async def submit(self, order):
+        raise RuntimeError("venue crashed")
+
+    async def cancel(self, cid):
+        raise RuntimeError("venue crashed")
+
+
+def _booked_and_unresolved(pipe, broker):
+    """Positions implied by the broker's fills the manager reports FILLED, and the
+    statuses of the broker fills it does not (each fill made at most once)."""
+    pos = {n: 0.0 for n in pipe.symbols}
+    unresolved = []
+    for cid, n in broker.fill_counts.items():
+        assert n == 1
+        order = broker._orders[cid]
+        status = pipe.manager.report(cid).status
+        if status == FILLED:
+            pos[order.symbol] += order.signed_quantity
+        else:
+            unresolved.append(status)
+    return pos, unresolved
+
+
+@pytest.mark.parametrize("latency_s", [0.0, 0.002])
+@pytest.mark.parametrize("recover", [0, 3])
+def test_flaky_broker_leaves_the_loop_alive_and_books_only_fills(latency_s, recover):
+    ticks = make_ticks(6, n=3000)
+    broker = SimulatedBroker("flaky", latency_s=latency_s, failure_rate=0.3, timeout_rate=0.15, seed=3)
+    manager = OrderManager(broker, portfolio=Portfolio(CASH), timeout_s=0.005, max_retries=0,
+                           failure_threshold=3, cooldown_s=0.01)
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=broker.set_price,
+                           recover_attempts=recover)
+    stats = asyncio.run(pipe.run([encode(t) for t in ticks], yield_every=8))
+    assert stats.events == stats.accepted == len(ticks) and stats.errors == 0
+    assert pipe.in_flight == 0
+    assert sum(stats.reports.values()) == stats.orders > 0
+    failures = {k for k in stats.reports if k != FILLED}
+    assert failures & {"rejected:broker_error", "unknown:timeout", "rejected:circuit_open"}
+    booked, unresolved = _booked_and_unresolved(pipe, broker)
+    assert positions(pipe) == pytest.approx(booked)  # the portfolio holds exactly the acknowledged fills
+    assert set(unresolved) <= {"unknown"}  # a fill the manager does not know of is still marked unknown
+    assert sum(n for k, n in stats.reports.items() if k.startswith("unknown")) >= len(unresolved)
+    assert stats.resubmitted <= recover * stats.orders
+
+
+class FirstAnswerLost:
+    """Processes every request, but the answer to an order's first submission never comes."""
+
+    def __init__(self, inner: SimulatedBroker) -> None:
+        self.inner, self.name, self.seen = inner, "lossy", set()
+
+    async def submit(self, order):
+        ack = await self.inner.submit(order)
+        if order.client_order_id not in self.seen:
+            self.seen.add(order.client_order_id)
+            await asyncio.sleep(3600)
+        return ack
+
+    async def cancel(self, cid):
+        return await self.inner.cancel(cid)
+
+
+@pytest.mark.parametrize("recover", [0, 1])
+def test_unknown_outcomes_are_recovered_by_resubmitting_the_same_id(recover):
+    ticks = make_ticks(11, n=1500)
+    inner = SimulatedBroker("sim", latency_s=0.0)
+    manager = OrderManager(FirstAnswerLost(inner), portfolio=Portfolio(CASH), timeout_s=0.002, max_retries=0,
+                           failure_threshold=10**6)
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=inner.set_price,
+                           recover_attempts=recover)
+    stats = asyncio.run(pipe.run([encode(t) for t in ticks]))
+    asyncio.run(_flush_and_drain(pipe))
+    assert stats.orders > 0 and pipe.in_flight == 0 and max(inner.fill_counts.values()) == 1
+    if recover:  # every fill is booked once, and the book reaches the oracle's final targets
+        assert stats.reports == {FILLED: stats.orders} and stats.resubmitted == stats.orders
+        assert positions(pipe) == pytest.approx(oracle(ticks, MOMENTUM)[1])
+    else:  # the broker filled, the manager never heard: nothing booked, every outcome unknown
+        assert stats.reports == {"unknown:timeout": stats.orders} and stats.resubmitted == 0
+        assert all(q == 0.0 for q in positions(pipe).values())
+        assert sum(inner.fill_counts.values()) == stats.orders
+
+
+def test_broker_raising_is_reported_and_positions_stay_flat():
+    ticks = make_ticks(7, n=600)
+    manager = OrderManager(ExplodingBroker(), portfolio=Portfolio(CASH), max_retries=0)
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF)
+    stats = asyncio.run(pipe.run([encode(t) for t in ticks]))
+    assert stats.accepted == len(ticks) and stats.orders > 0 and stats.errors == 0
+    assert set(stats.reports) <= {"unknown:broker_error", "unknown:circuit_open", "rejected:circuit_open"}
+    assert all(q == 0.0 for q in positions(pipe).values())
+
+
+def test_signals_during_an_order_in_flight_are_deferred_and_positions_converge():
+    ticks = make_ticks(8, n=1500)
+    strategy = Momentum(2, 5)
+    pipe, _ = make_pipeline(strategy, latency_s=0.001)
+    stats = asyncio.run(pipe.run([encode(t) for t in ticks], yield_every=4))
+    asyncio.run(_flush_and_drain(pipe))
+    _, want_pos, _ = oracle(ticks, strategy)  # final targets do not depend on the timing
+    assert stats.deferred > 0 and pipe.in_flight == 0
+    assert positions(pipe) == pytest.approx(want_pos)
+    assert set(stats.reports) == {FILLED}
+
+
+async def _flush_and_drain(pipe):
+    pipe.flush()
+    await pipe.drain()
+
+
+def test_a_failing_bar_step_is_counted_and_the_loop_goes_on():
+    def broken_sink(symbol, price):
+        raise RuntimeError("market data feed down")
+
+    manager = OrderManager(SimulatedBroker(), portfolio=Portfolio(CASH))
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=broken_sink)
+    ticks = make_ticks(10, n=300)
+    stats = asyncio.run(pipe.run([encode(t) for t in ticks]))
+    assert stats.accepted == len(ticks) and stats.bars > 0
+    assert stats.errors == stats.bars and stats.orders == 0
+    assert all(q == 0.0 for q in positions(pipe).values())
+
+
+def test_reset_starts_a_new_session_and_keeps_positions():
+    ticks = make_ticks(9, n=500)
+    pipe, _ = make_pipeline(MOMENTUM)
+    messages = [encode(t) for t in ticks]
+    asyncio.run(pipe.run(messages))
+    before = positions(pipe)
+    assert isinstance(pipe.on_tick(messages[0]), TickRejection)  # out of order in the old session
+    pipe.reset()
+    assert positions(pipe) == before
+    assert pipe.on_tick(messages[0]) is None
+
+
+def test_bad_arguments_name_the_argument():
+    broker = SimulatedBroker()
+    manager = OrderManager(broker, portfolio=Portfolio(1.0))
+    with pytest.raises(TypeError, match="strategy"):
+        TradingPipeline(NAMES, "momentum", manager)
+    with pytest.raises(TypeError, match="manager"):
+        TradingPipeline(NAMES, MOMENTUM, broker)
+    with pytest.raises(ValueError, match="portfolio"):
+        TradingPipeline(NAMES, MOMENTUM, OrderManager(broker))
+    with pytest.raises(TypeError, match="symbols"):
+        TradingPipeline("AAA", MOMENTUM, manager)
+    with pytest.raises(ValueError, match="symbols"):
+        TradingPipeline(["A", "A"], MOMENTUM, manager)
+    with pytest.raises(ValueError, match="unit_quantity"):
+        TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=float("nan"))
+    with pytest.raises(ValueError, match="unit_quantity"):
+        TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=True)
+    assert TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=np.float32(2)).unit_quantity == 2.0
+    with pytest.raises(ValueError, match="timeframe"):
+        TradingPipeline(NAMES, MOMENTUM, manager, timeframe="soon")
+    with pytest.raises(TypeError, match="limits"):
+        TradingPipeline(NAMES, MOMENTUM, manager, limits={"max": 1})
+    with pytest.raises(TypeError, match="quote_sink"):
+        TradingPipeline(NAMES, MOMENTUM, manager, quote_sink=1)
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager)
+    with pytest.raises(ValueError, match="yield_every"):
+        asyncio.run(pipe.run([], yield_every=0))
+
+
+def test_bench_recording_has_one_rejected_message_in_200():
+    """The end_to_end suite's stream: every planted bad message is refused, nothing else is."""
+    from gpu_trader.bench.suites.end_to_end import BAD_EVERY, build_pipeline, recording
+
+    messages = recording(5, 2000)
+    pipe = build_pipeline(5)
+    stats = asyncio.run(pipe.run(messages))
+    assert stats.n_rejected == 2000 // BAD_EVERY and stats.accepted == 2000 - stats.n_rejected
+    assert set(stats.rejected) == {"malformed_json", "unknown_symbol", "out_of_order"}
+    assert stats.orders > 0 and stats.errors == 0 and set(stats.reports) == {FILLED}
