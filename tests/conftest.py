@@ -42,3 +42,32 @@ def random_ohlcv(n_series: int, n_bars: int, seed: int = 0, dtype=np.float64):
     low = close * (1.0 - spread[1])
     volume = rng.integers(1, 10_000, (n_series, n_bars)).astype(np.float64)
     return tuple(a.astype(dtype) for a in (high, low, close, volume))
+
+
+_PTX_PRELUDE = """
+import sys
+import numpy as np
+from numba.cuda.cudadrv import nvvm
+try:
+    nvvm.NVVM()
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    sys.exit(3)
+"""
+
+
+def assert_compiles_to_ptx(body: str) -> None:
+    """Run ``body`` (code that compiles real CUDA kernels to PTX and asserts on the result)
+    in a fresh interpreter with the CUDA simulator off; skip where NVVM (the CUDA
+    toolkit's compiler library, no GPU needed) is missing."""
+    import subprocess
+    import sys
+    import textwrap
+
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    script = _PTX_PRELUDE + textwrap.dedent(body) + '\nprint("ok")\n'
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode == 3:
+        pytest.skip("NVVM (CUDA toolkit) not available: " + proc.stdout.strip()[-300:])
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpu_trader as gt
+from conftest import assert_compiles_to_ptx
 from gpu_trader import market_math as mm
 from gpu_trader import marketdata as md
 
@@ -328,32 +329,19 @@ print("ok")
 """
 
 
-_PTX_SCRIPT = """
-import sys
-import numpy as np
-from numba.cuda.cudadrv import nvvm
-try:
-    nvvm.NVVM()
-except Exception as exc:
-    print(exc)
-    sys.exit(3)
-from gpu_trader.kernels.indicators import PtxExecutor
-from gpu_trader.kernels.marketdata import aggregate_bars_xp
-exe = PtxExecutor(cc=(9, 0))
-ts = np.arange(10, dtype=np.int64)
-aggregate_bars_xp(ts, np.ones(10), np.ones(10), np.zeros(10, np.int64), 5, 0, 2, 1, xp=np, exe=exe)
-assert len(exe.ptx) == 1 and ".entry" in next(iter(exe.ptx.values()))
-print("ok")
-"""
+
 
 
 def test_bars_kernel_compiles_to_ptx():
     """The real segment kernel compiled for sm_90 (H100); needs NVVM, not a GPU."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    if proc.returncode == 3:
-        pytest.skip("NVVM (CUDA toolkit) not available: " + proc.stdout.strip()[-200:])
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+    assert_compiles_to_ptx("""
+        from gpu_trader.kernels.indicators import PtxExecutor
+        from gpu_trader.kernels.marketdata import aggregate_bars_xp
+        exe = PtxExecutor(cc=(9, 0))
+        ts = np.arange(10, dtype=np.int64)
+        aggregate_bars_xp(ts, np.ones(10), np.ones(10), np.zeros(10, np.int64), 5, 0, 2, 1, xp=np, exe=exe)
+        assert len(exe.ptx) == 1 and ".entry" in next(iter(exe.ptx.values()))
+    """)
 
 
 def test_bars_kernel_in_cuda_simulator():

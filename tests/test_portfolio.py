@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpu_trader as gt
+from conftest import assert_compiles_to_ptx
 from gpu_trader.commissions import FixedCommission, PercentageCommission, TieredCommission
 from gpu_trader import portfolio as portfolio_module
 from gpu_trader.portfolio import Portfolio, batch_apply_fills, batch_pnl
@@ -420,35 +421,23 @@ def test_cuda_kernel_under_simulator(tmp_path):
         np.testing.assert_allclose(g, o, rtol=1e-9, atol=1e-9)
 
 
-PTX_SCRIPT = """
-import sys, types
-from numba import cuda, float64
-from numba.cuda.cudadrv import nvvm
-try:
-    nvvm.NVVM()
-except Exception as exc:
-    print(f"{type(exc).__name__}: {exc}")
-    sys.exit(3)
-from numba.cuda import dispatcher
-from gpu_trader.kernels import portfolio as kp
-# device functions compile for the current device's capability: answer the query with sm_90
-dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
-v, m = float64[::1], float64[:, ::1]
-ptx, _ = cuda.compile_ptx(kp._kernel().py_func, (v, v, v, m, m), cc=(9, 0))
-assert ".entry" in ptx and "sm_90" in ptx
-print("ok")
-"""
+
 
 
 def test_cuda_kernel_compiles_to_ptx():
     """The real (non-simulated) kernel, with the argument types a launch uses, compiles for
     sm_90 (H100); needs NVVM, not a GPU."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    res = subprocess.run([sys.executable, "-c", PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    if res.returncode == 3:
-        pytest.skip("NVVM (CUDA toolkit) not available: " + res.stdout.strip()[-300:])
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout[-2000:] + res.stderr[-2000:]
+    assert_compiles_to_ptx("""
+        import types
+        from numba import cuda, float64
+        from numba.cuda import dispatcher
+        from gpu_trader.kernels import portfolio as kp
+        # device functions compile for the current device's capability: answer the query with sm_90
+        dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+        v, m = float64[::1], float64[:, ::1]
+        ptx, _ = cuda.compile_ptx(kp._kernel().py_func, (v, v, v, m, m), cc=(9, 0))
+        assert ".entry" in ptx and "sm_90" in ptx
+    """)
 
 
 def test_batch_functions_read_pandas_rows_as_portfolios():

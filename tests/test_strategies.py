@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpu_trader as gt
+from conftest import assert_compiles_to_ptx
 from gpu_trader import strategies as S
 
 
@@ -203,30 +204,17 @@ def test_cuda_kernel_in_simulator():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
-_PTX_SCRIPT = """
-import sys
-import numpy as np
-from numba.cuda.cudadrv import nvvm
-try:
-    nvvm.NVVM()
-except Exception as exc:
-    print(exc)
-    sys.exit(3)
-from gpu_trader.kernels.indicators import PtxExecutor
-from gpu_trader.kernels.strategies import backtest_xp
-exe = PtxExecutor(cc=(9, 0))
-i = np.zeros(2, np.int64)
-for dtype in (np.float64, np.float32):
-    backtest_xp(np.ones((3, 8), dtype), np.ones((2, 3, 8), dtype), i, i, i, np.zeros(2), 0.0, xp=np, exe=exe)
-assert len(exe.ptx) == 2 and all(".entry" in p for p in exe.ptx.values())
-print("ok")
-"""
+
 
 
 def test_cuda_kernel_compiles_to_ptx():
     """The real kernel compiled for sm_90 (H100) with float64 and float32 inputs; needs NVVM."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    if proc.returncode == 3:
-        pytest.skip("NVVM (CUDA toolkit) not available: " + proc.stdout.strip()[-200:])
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+    assert_compiles_to_ptx("""
+        from gpu_trader.kernels.indicators import PtxExecutor
+        from gpu_trader.kernels.strategies import backtest_xp
+        exe = PtxExecutor(cc=(9, 0))
+        i = np.zeros(2, np.int64)
+        for dtype in (np.float64, np.float32):
+            backtest_xp(np.ones((3, 8), dtype), np.ones((2, 3, 8), dtype), i, i, i, np.zeros(2), 0.0, xp=np, exe=exe)
+        assert len(exe.ptx) == 2 and all(".entry" in p for p in exe.ptx.values())
+    """)
