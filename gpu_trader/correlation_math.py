@@ -57,7 +57,6 @@ class CorrelationKernels:
         return xp.where(valid, x - xp.nan_to_num(mean), 0.0), m
 
     def _pair_sums(self, x0, m) -> _PairSums:
-        xp = self.xp
         mt = self._t(m)
         return _PairSums(n=m @ mt, s=x0 @ mt, q=(x0 * x0) @ mt, p=x0 @ self._t(x0))
 

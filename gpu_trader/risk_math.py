@@ -154,7 +154,6 @@ class RiskKernels:
 
     # -- moment-based ----------------------------------------------------------
     def var_parametric_moments(self, m: _Moments, q: tuple[float, ...], cornish_fisher: bool):
-        xp = self.xp
         z = self._grid(tuple(normal_quantile(p) for p in q), m.n)
         if cornish_fisher:
             z = cornish_fisher_z(z, m.skew, m.kurt)
@@ -227,7 +226,6 @@ class RiskKernels:
     # -- everything at once ----------------------------------------------------
     def risk_report(self, r, q: float, periods_per_year: float, risk_free: float) -> dict[str, Any]:
         """All metrics of one series batch, sharing the sort, the moments and the wealth path."""
-        xp = self.xp
         s = self.sort_valid(r)
         m = self.moments(r)
         w = self.wealth(r)

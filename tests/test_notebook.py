@@ -1,7 +1,6 @@
 """The risk-analysis notebook runs top to bottom on the CPU backend (CI executes it)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat

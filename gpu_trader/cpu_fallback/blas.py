@@ -26,7 +26,7 @@ _LOCK = threading.Lock()
 @functools.lru_cache(maxsize=1)
 def _blas_libraries() -> tuple:
     """threadpoolctl controllers of the BLAS libraries loaded now (NumPy's at least)."""
-    import numpy  # noqa: F401  (its BLAS must be loaded before we look)
+    import numpy  # noqa: F401 -- its BLAS must be loaded before we look
     from threadpoolctl import ThreadpoolController
 
     return tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
