@@ -4,6 +4,7 @@
 """
 from .backend import available_backends, get_backend, set_backend, to_numpy, use_backend
 from .indicators import atr, bollinger, ema, features, macd, obv, rsi, sma, stoch, vwap, wma
+from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
 from .streaming import FeatureStream
 
 __version__ = "0.1.0"
@@ -12,4 +13,5 @@ __all__ = [
     "available_backends", "get_backend", "set_backend", "use_backend", "to_numpy",
     "sma", "ema", "wma", "rsi", "macd", "bollinger", "atr", "stoch", "obv", "vwap", "features",
     "FeatureStream",
+    "var_monte_carlo", "EuropeanOptions", "MonteCarloVaR",
 ]
