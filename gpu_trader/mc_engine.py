@@ -6,6 +6,8 @@
 must provide:
 
 * ``xp`` -- the array module (NumPy, CuPy);
+* ``map_chunks(fn, firsts)`` -- ``fn(first)`` for each chunk start, results in
+  order (the CPU computes several chunks at once on worker threads; the GPU maps);
 * ``BLOCK`` -- scenarios per random-number block; block ``b`` (scenarios
   ``b*BLOCK .. (b+1)*BLOCK - 1``) is drawn from its own counter-based stream keyed by
   ``(seed, b)``, so a chunk (a whole number of blocks) draws the same numbers however
@@ -111,9 +113,9 @@ def run(plan: Plan, ops: Any) -> dict[str, Any]:
     sim = _Simulation(plan, ops)
     vals = xp.full((sim.P, plan.keep), -xp.inf, dtype=plan.dtype)
     idx = xp.full((sim.P, plan.keep), -1, dtype=xp.int64)
-    for first in range(0, plan.n_scenarios, plan.chunk):
-        rows = min(plan.chunk, plan.n_scenarios - first)
-        vals, idx = ops.tail_update(vals, idx, sim.losses(first, rows), first)
+    firsts = range(0, plan.n_scenarios, plan.chunk)
+    for first, loss in zip(firsts, ops.map_chunks(sim.losses, firsts)):
+        vals, idx = ops.tail_update(vals, idx, loss, first)
     order = xp.argsort(-vals, axis=1)
     vals = xp.take_along_axis(vals, order, axis=1).astype(xp.float64)
     idx = xp.take_along_axis(idx, order, axis=1)
@@ -159,9 +161,10 @@ class _Simulation:
         else:
             self.opts = None
 
-    def losses(self, first: int, rows: int):
-        """``(P, rows)`` losses of scenarios ``first .. first+rows-1`` in the plan's dtype."""
+    def losses(self, first: int):
+        """``(P, rows)`` losses of the chunk of scenarios starting at ``first``, in the plan's dtype."""
         plan, xp = self.plan, self.xp
+        rows = min(plan.chunk, plan.n_scenarios - first)
         z, g = self.ops.normals(plan.seed, first, rows, self.n, plan.dtype, plan.dof)
         y = self.bt @ z.T                                       # the one big GEMM: (P + U, rows)
         if g is not None:

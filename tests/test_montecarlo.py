@@ -311,6 +311,7 @@ def _simulated() -> dict:
     class Ops:
         xp = np
         BLOCK = cpu_mc.BLOCK
+        map_chunks = staticmethod(gpu_mc.map_chunks)
         normals = staticmethod(cpu_mc.normals)
         option_pnl = staticmethod(gpu_mc.option_pnl)
         scatter_add = staticmethod(cpu_mc.scatter_add)

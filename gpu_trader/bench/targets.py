@@ -9,7 +9,11 @@ Metric names (all floats; see :meth:`gpu_trader.bench.harness.CaseResult.metrics
 * ``x_copy``      our p50 / p50 of copying the case's inputs (to fresh arrays) on the
   same device;
 * ``bw_fraction`` our bytes moved (inputs read + outputs written) per second /
-  the device's copy bandwidth measured in the same run (1.0 = at the roofline).
+  the device's copy bandwidth measured in the same run (1.0 = at the roofline);
+* ``gemm_fraction`` the case's flops per second / the device's matmul rate measured
+  in the same run (``gemm_rate_flops``, FLOP/s);
+* ``x_roofline``  (Monte Carlo) our p50 / the time to draw the scenarios' normals at
+  the backend's measured generation rate plus the loss GEMM at the measured matmul rate.
 """
 from __future__ import annotations
 
@@ -123,6 +127,10 @@ _ALL = (
            (), _BATCH_TALIB + _BATCH_COPY + (Check("ratio:bottleneck", ">=", 1 / 1.5, ("cpu",)),)),
     Target("features.batched_vwap", "batched 2000 x 2520, VWAP (not in TA-Lib)", "(none)",
            "CPU <= 2.5x copy time; GPU >= 50% copy bandwidth", (), _BATCH_COPY),
+    # -- section 5: risk (Monte Carlo row) --------------------------------------------
+    Target("risk.monte_carlo", "Monte Carlo VaR, 1000 assets x 1,000,000 scenarios, 1..1000 portfolios", "(none)",
+           "GPU < 100 ms; CPU within 2x of GEMM+RNG roofline",
+           (), (Check("p50_s", "<", 0.1, ("cuda",)), Check("x_roofline", "<=", 2.0, ("cpu",)))),
 )
 
 TARGETS: dict[str, Target] = {t.key: t for t in _ALL}

@@ -27,7 +27,7 @@ from numba import cuda
 from .. import mc_engine
 from .. import option_math as om
 
-__all__ = ["run", "normals", "option_pnl", "tail_update", "merge_tail", "scatter_add", "BLOCK", "THREADS_PER_BLOCK"]
+__all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "merge_tail", "scatter_add", "BLOCK", "THREADS_PER_BLOCK"]
 
 BLOCK = 1 << 16
 THREADS_PER_BLOCK = 128
@@ -45,6 +45,11 @@ def __getattr__(name: str):
 def run(plan: mc_engine.Plan) -> dict:
     """Execute a validated plan on the current CUDA device."""
     return mc_engine.run(plan, sys.modules[__name__])
+
+
+def map_chunks(fn, firsts):
+    """Chunks one after the other (the GPU is busy enough with one)."""
+    return map(fn, firsts)
 
 
 def block_seed(seed: int, block: int) -> int:

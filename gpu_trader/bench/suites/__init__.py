@@ -15,6 +15,8 @@ __all__ = ["SUITES", "workloads"]
 # suite name -> module defining ``workloads(quick)``
 SUITES: dict[str, str] = {
     "features": "gpu_trader.bench.suites.features",
+    # Monte Carlo cases of the risk suite, runnable on their own until the risk suite includes them
+    "risk_mc": "gpu_trader.bench.suites.risk_montecarlo",
 }
 
 
