@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import get_backend, infer_backend, select_backend
+from .backend import get_backend, select_backend
 
 __all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR"]
 
@@ -135,7 +135,7 @@ def var_monte_carlo(
     float64). NaN or inf anywhere in the inputs is a ``ValueError``. Returns a
     :class:`MonteCarloVaR`.
     """
-    be = _backend(weights, backend)
+    be = select_backend(weights, backend)
     w = _host(weights, "weights")
     if w.ndim not in (1, 2) or w.shape[-1] == 0 or w.size == 0:
         raise ValueError(f"weights must have shape (n_assets,) or (n_portfolios, n_assets), got {w.shape}")
@@ -203,12 +203,6 @@ def _band(n_scenarios: int, level: float) -> int:
     from .mc_engine import band_for
 
     return band_for(n_scenarios, level)
-
-
-def _backend(weights, backend):
-    if backend is not None:
-        return get_backend(backend)
-    return select_backend(weights) if weights is not None else infer_backend(weights)
 
 
 def _host(x, name: str) -> np.ndarray:

@@ -200,6 +200,21 @@ def test_single_portfolio_shapes_float32_and_inputs_untouched():
     assert again.var == drawn.var
 
 
+def test_memory_does_not_grow_with_the_number_of_scenarios():
+    """Peak traced allocation (NumPy reports to tracemalloc) of 20x more scenarios stays about the same."""
+    import tracemalloc
+
+    w, mu, cov = random_problem(n=50, p=2, seed=9)
+    peaks = []
+    for n_s in (10_000, 200_000):
+        tracemalloc.start()
+        gt.var_monte_carlo(w, mu, cov, n_scenarios=n_s, seed=1, chunk_size=2048, level=0.999)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    full_matrix = 200_000 * 50 * 8
+    assert peaks[1] < 2 * peaks[0] and peaks[1] < full_matrix / 4, peaks
+
+
 def test_not_positive_definite_cov_is_repaired_with_a_warning():
     w, mu, cov = random_problem(n=6, p=2, seed=7)
     # a duplicated asset: singular (positive semi-definite), closed form still exact
@@ -261,6 +276,7 @@ def test_not_positive_definite_cov_is_repaired_with_a_warning():
                                      quantity=1.0)), ValueError, "one length"),
     (dict(options=gt.EuropeanOptions(asset=0.5, spot=1.0, strike=1.0, expiry=1.0, vol=0.2, quantity=1.0)),
      TypeError, "integer asset indices"),
+    (dict(backend="nope"), ValueError, "available backends"),
 ])
 def test_bad_input_is_a_clear_error(kwargs, exc, match):
     args = dict(weights=np.ones((2, 4)), mu=0.0, cov=np.eye(4) * 1e-4, n_scenarios=10_000, seed=0)
