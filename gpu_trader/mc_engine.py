@@ -6,8 +6,8 @@
 must provide:
 
 * ``xp`` -- the array module (NumPy, CuPy);
-* ``map_chunks(fn, firsts)`` -- ``fn(first)`` for each chunk start, results in
-  order (the CPU computes several chunks at once on worker threads; the GPU maps);
+* ``map_chunks(fn, items)`` -- ``fn(item)`` for each chunk start (or run of blocks),
+  results in order (the CPU computes several at once on worker threads; the GPU maps);
 * ``BLOCK`` -- scenarios per random-number block; block ``b`` (scenarios
   ``b*BLOCK .. (b+1)*BLOCK - 1``) is drawn from its own counter-based stream keyed by
   ``(seed, b)``, so a chunk (a whole number of blocks) draws the same numbers however
@@ -187,17 +187,22 @@ class _Simulation:
         scen, port = scen[order], port[order]
         acc_z = xp.zeros((P, self.n), dtype=xp.float64)
         acc_v = xp.zeros((P, self.opts["n"]), dtype=xp.float64) if self.opts is not None else None
-        for first, rows, lo, hi in _runs(scen, ops.BLOCK, plan.chunk, plan.n_scenarios):
+        def draw(run):  # the band rows of one run of blocks (in a worker on the CPU)
+            first, rows, lo, hi = run
             z, g = ops.normals(plan.seed, first, rows, self.n, plan.dtype, plan.dof)
             local = xp.asarray(scen[lo:hi] - first)
             zs = z[local].astype(xp.float64)
             if g is not None:
                 zs *= g[local].astype(xp.float64)[:, None]
-            who = xp.asarray(port[lo:hi])
-            ops.scatter_add(acc_z, who, zs)
+            dv = None
             if acc_v is not None:
-                dv = ops.option_pnl(self.bt_under @ zs.T, self.opts, np.dtype(np.float64))
-                ops.scatter_add(acc_v, who, dv.T)
+                dv = ops.option_pnl(self.bt_under @ zs.T, self.opts, np.dtype(np.float64)).T
+            return xp.asarray(port[lo:hi]), zs, dv
+
+        for who, zs, dv in ops.map_chunks(draw, list(_runs(scen, ops.BLOCK, plan.chunk, plan.n_scenarios))):
+            ops.scatter_add(acc_z, who, zs)
+            if dv is not None:
+                ops.scatter_add(acc_v, who, dv)
         mean_r = self.h_mu[None, :] + math.sqrt(plan.horizon) * ((acc_z / w) @ self.L_t)
         lin = -self.W * mean_r
         total = lin.sum(axis=1)

@@ -4,10 +4,10 @@
   (:func:`map_chunks`), each single-threaded -- its random numbers, its GEMMs (BLAS is
   limited to one thread with threadpoolctl for the duration of the pass) and its
   option kernel -- while the calling thread merges finished chunks into the tail, at
-  most ``THREADS + 1`` chunks in flight. One pool of threads, so BLAS, numba and the
-  generators never compete for the cores. A pass of a single chunk, and the re-draw of
-  the contribution band, run on the calling thread with the random numbers filled by
-  the pool and BLAS/numba using every core;
+  most ``THREADS + 1`` chunks in flight; the re-draw of the contribution band's
+  scenarios likewise. One pool of threads, so BLAS, numba and the generators never
+  compete for the cores. A single chunk runs on the calling thread, its random numbers
+  filled by the pool and BLAS/numba using every core;
 * random numbers: NumPy's ``Generator`` over ``Philox`` (counter-based). Block ``b``
   of :data:`BLOCK` scenarios uses the key derived from the seed and starts its counter
   at ``b * 2**128``, so its numbers never overlap another block's and do not depend
@@ -77,7 +77,8 @@ def _in_worker(fn, first):
 
 
 def map_chunks(fn, firsts):
-    """``fn(first)`` for each chunk start, computed on the worker threads, yielded in order."""
+    """``fn(first)`` for each chunk start (or other work item), computed on the worker threads,
+    yielded in order."""
     firsts = list(firsts)
     if THREADS == 1 or len(firsts) == 1:
         yield from map(fn, firsts)
