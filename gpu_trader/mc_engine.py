@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Plan", "OptionArrays", "run", "Z_95"]
+__all__ = ["Plan", "OptionArrays", "run", "band_for", "Z_95"]
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 

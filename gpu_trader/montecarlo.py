@@ -163,7 +163,7 @@ def var_monte_carlo(
     if horizon <= 0:
         raise ValueError(f"horizon must be > 0 days, got {horizon}")
     n_scenarios = _count(n_scenarios, "n_scenarios")
-    k = math.ceil(n_scenarios * (1.0 - level) - 1e-9)
+    k = math.ceil(n_scenarios * (1.0 - level) - 1e-9)  # the tolerance absorbs 1 - level's binary rounding
     if k < MIN_TAIL or n_scenarios - k < MIN_TAIL:
         raise ValueError(
             f"n_scenarios={n_scenarios} is too small for level={level}: need at least {MIN_TAIL} scenarios "
@@ -179,9 +179,9 @@ def var_monte_carlo(
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ELEMENTS // n)
     chunk = -(-_count(chunk_size, "chunk_size") // block) * block
-    band = _band(n_scenarios, level)
     from . import mc_engine
 
+    band = mc_engine.band_for(n_scenarios, level)
     plan = mc_engine.Plan(
         n_scenarios=n_scenarios, level=level, n_tail=k, band=band, keep=min(n_scenarios, k + band),
         horizon=horizon, dof=dof, seed=seed, chunk=chunk, dtype=dt, factor=_factor(c), mu=m,
@@ -197,12 +197,6 @@ def var_monte_carlo(
         option_contributions=None if opt_c is None else pick(opt_c),
         level=level, horizon=horizon, n_scenarios=n_scenarios, dist=dist, seed=seed,
     )
-
-
-def _band(n_scenarios: int, level: float) -> int:
-    from .mc_engine import band_for
-
-    return band_for(n_scenarios, level)
 
 
 def _host(x, name: str) -> np.ndarray:

@@ -33,6 +33,7 @@ from scipy import stats
 import gpu_trader as gt
 from gpu_trader.cpu_fallback import montecarlo as cpu_mc
 from gpu_trader.kernels import montecarlo as gpu_mc
+from gpu_trader.mc_engine import band_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,7 +145,7 @@ def test_options_match_brute_force_revaluation(dist, dof):
     np.testing.assert_allclose(res.var, srt[k - 1], rtol=1e-9)
     np.testing.assert_allclose(res.cvar, srt[:k].mean(axis=0), rtol=1e-9)
     # Euler contributions: band means of each position's loss, scaled to sum to the VaR
-    b_half = gt.montecarlo._band(n_s, level)
+    b_half = band_for(n_s, level)
     order = np.argsort(-loss, axis=0, kind="stable")[k - 1 - b_half: k + b_half]  # (2b+1, P)
     lin = np.stack([(-(r[order[:, p]] * w[p])).mean(axis=0) for p in range(3)])
     opt = np.stack([option_loss[order[:, p], p].mean(axis=0) for p in range(3)])

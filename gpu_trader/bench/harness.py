@@ -7,9 +7,9 @@ the workload's inputs on the same device. Two copies are timed: ``xp.copy`` (a
 fresh array, as a user would copy; ``x_copy`` = ours / its time) and
 ``xp.copyto`` into buffers allocated beforehand (no page faults: the device's copy
 bandwidth; ``bw_fraction`` = our bytes moved per second / that bandwidth). A workload
-that declares its ``flops`` also gets the device's matrix-multiply rate, measured in
-the same run (:func:`measure_gemm_rate`; ``gemm_fraction`` = our flops per second /
-that rate), and ``extra_metrics`` lets a suite add figures of its own (e.g. a roofline
+that declares its ``flops`` also gets the device's matrix-multiply rate, measured right
+after it (:func:`measure_gemm_rate`, a 2048^2 product, 1024^2 for cases doing less
+arithmetic than that; ``gemm_fraction`` = our flops per second / that rate), and ``extra_metrics`` lets a suite add figures of its own (e.g. a roofline
 built from that rate).
 
 Units: times in seconds (``*_s``) or nanoseconds (``*_ns``), sizes in bytes,
@@ -319,7 +319,8 @@ def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult)
         res.bw_fraction = wl.bytes_moved / ours / res.copy_bandwidth_Bps
     if wl.flops is not None:
         time.sleep(QUIESCE_S)
-        res.gemm_rate_flops = measure_gemm_rate(be, np.dtype(wl.dtype), policy)
+        size = GEMM_SIZE if wl.flops >= 2 * GEMM_SIZE**3 else SMALL_GEMM_SIZE
+        res.gemm_rate_flops = measure_gemm_rate(be, np.dtype(wl.dtype), policy, size)
         res.gemm_fraction = wl.flops / ours / res.gemm_rate_flops
     if wl.extra_metrics is not None:
         time.sleep(QUIESCE_S)
@@ -327,17 +328,13 @@ def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult)
 
 
 GEMM_SIZE = 2048
-_GEMM_RATES: dict[tuple[str, str, int], float] = {}
+SMALL_GEMM_SIZE = 1024  # for cases that do less arithmetic than one GEMM_SIZE product
 
 
 def measure_gemm_rate(be: Backend, dtype: np.dtype, policy: TimingPolicy, size: int = GEMM_SIZE) -> float:
     """The device's matrix-multiply rate, FLOP/s: ``2 size^3 / p50`` of a square
-    ``(size, size) @ (size, size)`` product of ``dtype`` into a preallocated output.
-    Measured once per process (one bench run) for each backend and dtype."""
-    key = (be.name, np.dtype(dtype).str, size)
-    if key not in _GEMM_RATES:
-        _GEMM_RATES[key] = _gemm_rate(be, np.dtype(dtype), policy, size)
-    return _GEMM_RATES[key]
+    ``(size, size) @ (size, size)`` product of ``dtype`` into a preallocated output."""
+    return _gemm_rate(be, np.dtype(dtype), policy, size)
 
 
 def _gemm_rate(be: Backend, dtype: np.dtype, policy: TimingPolicy, size: int) -> float:
