@@ -53,7 +53,7 @@ __all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_
 
 TRADING_DAYS_PER_YEAR = 252
 MIN_TAIL = 10  # scenarios required beyond the VaR quantile on each side
-_CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many random numbers per chunk
+CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many random numbers per chunk
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def var_monte_carlo(
     opts, qty = _options(options, n, w2.shape[0], horizon)
     block = be.ops("montecarlo").BLOCK
     if chunk_size is None:
-        chunk_size = max(1, _CHUNK_ELEMENTS // n)
+        chunk_size = max(1, CHUNK_ELEMENTS // n)
     chunk = -(-_count(chunk_size, "chunk_size") // block) * block
     from . import mc_engine
 
