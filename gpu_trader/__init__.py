@@ -4,6 +4,7 @@
 """
 from .backend import available_backends, get_backend, set_backend, to_numpy, use_backend
 from .indicators import atr, bollinger, ema, features, macd, obv, rsi, sma, stoch, vwap, wma
+from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
 from .streaming import FeatureStream
 from . import correlation, risk
 from .patterns import PatternMemory
@@ -52,4 +53,5 @@ __all__ = [
     "risk", "correlation",
     *_LAZY,
     "VectorIndex", "VectorIndexFileError", "PatternMemory",
+    "var_monte_carlo", "EuropeanOptions", "MonteCarloVaR",
 ]

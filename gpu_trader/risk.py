@@ -31,6 +31,7 @@ import numpy as np
 
 from .backend import resolve, unwrap_pandas_columns
 from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
+from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
 from .validation import check_float, check_floats
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "kelly_fraction", "risk_report", "REPORT_FIELDS",
     # correlation and covariance live in gpu_trader.correlation; re-exported here (DESIGN.md section 4)
     "corr", "cov", "rolling_corr", "ewma_cov", "ledoit_wolf",
+    # Monte Carlo VaR lives in gpu_trader.montecarlo; re-exported here (DESIGN.md section 4)
+    "var_monte_carlo", "EuropeanOptions", "MonteCarloVaR",
 ]
 
 REPORT_FIELDS = (

@@ -126,7 +126,8 @@ def test_workload_metrics_are_checked_and_printed(capsys):
     throughput as checkable names; end_to_end.event checks them."""
     wl = Workload("own", {}, setup=lambda be: {"n": 0}, run=lambda s: s.update(n=s["n"] + 1), items=10,
                   target="end_to_end.event",
-                  metrics=lambda s: {"event_p50_s": 1e-6, "event_p95_s": 2e-6, "event_p99_s": 2e-3, "calls": s["n"]})
+                  extra_metrics=lambda s, *_: {"event_p50_s": 1e-6, "event_p95_s": 2e-6, "event_p99_s": 2e-3,
+                                                "calls": s["n"]})
     res = run_workload("t", wl, get_backend("cpu"), TINY)
     m = res.metrics()
     assert m["event_p50_s"] == 1e-6 and m["calls"] == TINY.warmup_calls + TINY.min_samples
@@ -136,6 +137,30 @@ def test_workload_metrics_are_checked_and_printed(capsys):
     assert res.ours.status == "FAIL" and any("event_p99_s" in f for f in res.ours.failures)
     print_table([res])
     assert "event_p50_s 1us" in capsys.readouterr().out
+def test_run_workload_gemm_fraction_scaled_reference_extra_metrics_and_policy(capsys):
+    """``flops`` -> the measured matmul rate and gemm_fraction; ``Reference.scale`` multiplies the
+    reference's time; ``extra_metrics`` sees the metrics so far; ``policy`` replaces the run's."""
+    a = np.random.default_rng(0).normal(size=(256, 256))
+    seen = {}
+
+    def extra(state, be, policy, metrics):
+        seen.update(metrics, policy=policy)
+        return {"x_model": metrics["p50_s"] / 2}
+
+    own = TimingPolicy(warmup_calls=1, warmup_s=0.0, min_samples=3, max_samples=3, budget_s=0.0)
+    wl = Workload("mm", {"n": 256}, lambda be: a, lambda m: m @ m, items=1, flops=2 * 256**3,
+                  references=(Reference("half", lambda: a[:128], lambda m: m @ m.T, scale=2.0),),
+                  extra_metrics=extra, policy=own)
+    res = run_workload("t", wl, get_backend("cpu"), TINY)
+    assert res.stats.n == 3 and seen["policy"] is own
+    assert res.gemm_rate_flops > 0
+    assert res.gemm_fraction == pytest.approx(2 * 256**3 / res.stats.p50_s / res.gemm_rate_flops)
+    assert seen["gemm_fraction"] == res.gemm_fraction
+    assert res.metrics()["x_model"] == pytest.approx(res.stats.p50_s / 2)
+    assert "time scaled" in res.references["half"].note
+    print_table([res])
+    out = capsys.readouterr().out
+    assert "gemm_fraction" in out and "x_model" in out
 
 
 # -- targets ------------------------------------------------------------------------

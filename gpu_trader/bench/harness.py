@@ -6,7 +6,11 @@ backend together with its yardsticks, all in the same run and one after the othe
 the workload's inputs on the same device. Two copies are timed: ``xp.copy`` (a
 fresh array, as a user would copy; ``x_copy`` = ours / its time) and
 ``xp.copyto`` into buffers allocated beforehand (no page faults: the device's copy
-bandwidth; ``bw_fraction`` = our bytes moved per second / that bandwidth).
+bandwidth; ``bw_fraction`` = our bytes moved per second / that bandwidth). A workload
+that declares its ``flops`` also gets the device's matrix-multiply rate, measured right
+after it (:func:`measure_gemm_rate`, a 2048^2 product, 1024^2 for cases doing less
+arithmetic than that; ``gemm_fraction`` = our flops per second / that rate), and ``extra_metrics`` lets a suite add figures of its own (e.g. a roofline
+built from that rate).
 
 Units: times in seconds (``*_s``) or nanoseconds (``*_ns``), sizes in bytes,
 throughput in workload items (``Workload.unit``) per second.
@@ -27,7 +31,7 @@ from .targets import NO_TARGET, TARGETS, Verdict, evaluate
 
 __all__ = [
     "TimingPolicy", "FULL", "QUICK", "Stats", "percentile", "measure",
-    "Reference", "Workload", "SkipCase", "CaseResult", "run_workload",
+    "Reference", "Workload", "SkipCase", "CaseResult", "run_workload", "measure_gemm_rate",
 ]
 
 # Pause between timing phases so a spinning thread pool (OpenMP) has gone idle
@@ -147,13 +151,16 @@ class Reference:
 
     ``name`` is a short key (``ratio:<name>`` in the metrics); ``setup()`` builds the
     host state (not timed), ``run(state)`` is one timed call; ``requires`` names a
-    module that must import, otherwise the ratio is reported as n/a.
+    module that must import, otherwise the ratio is reported as n/a. ``scale``: the
+    call does ``1 / scale`` of the workload's work (a reference too big for the
+    machine's memory runs a share of it) and its time is multiplied by ``scale``.
     """
 
     name: str
     setup: Callable[[], Any]
     run: Callable[[Any], Any]
     requires: str | None = None
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -165,9 +172,11 @@ class Workload:
     the number of ``unit`` s one call processes (throughput = items / p50).
     ``copy_inputs(state)``, when given, returns the device arrays whose copy is the
     bandwidth yardstick; ``bytes_moved`` is the bytes one call must read plus write.
-    ``target`` is a key of :data:`gpu_trader.bench.targets.TARGETS`. ``metrics(state)``,
-    when given, returns extra named figures read from the state after timing (e.g.
-    per-event latency percentiles recorded inside each call), checked like the others.
+    ``target`` is a key of :data:`gpu_trader.bench.targets.TARGETS`.
+    ``flops``: the arithmetic one call must do (for ``gemm_fraction``);
+    ``extra_metrics(state, backend, policy, metrics)`` returns more named metrics,
+    given those measured so far; ``policy`` replaces the run's timing policy for this
+    case and its references (for calls that take seconds).
     """
 
     name: str
@@ -181,7 +190,9 @@ class Workload:
     references: tuple[Reference, ...] = ()
     copy_inputs: Callable[[Any], Sequence[Any]] | None = None
     bytes_moved: int | None = None
-    metrics: Callable[[Any], Mapping[str, float]] | None = None
+    flops: int | None = None
+    extra_metrics: Callable[[Any, Backend, TimingPolicy, dict], Mapping[str, float]] | None = None
+    policy: TimingPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.target is not None and self.target not in TARGETS:
@@ -222,9 +233,11 @@ class CaseResult:
     bytes_moved: int | None = None
     x_copy: float | None = None
     bw_fraction: float | None = None
+    gemm_rate_flops: float | None = None
+    gemm_fraction: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
     plan: Verdict = NO_TARGET
     ours: Verdict = NO_TARGET
-    extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float | None]:
         """The named figures targets are checked against (see :mod:`.targets`)."""
@@ -235,6 +248,8 @@ class CaseResult:
             "throughput_per_s": self.throughput_per_s,
             "x_copy": self.x_copy,
             "bw_fraction": self.bw_fraction,
+            "gemm_rate_flops": self.gemm_rate_flops,
+            "gemm_fraction": self.gemm_fraction,
         }
         out.update({f"ratio:{k}": r.ratio for k, r in self.references.items()})
         out.update(self.extra)
@@ -256,8 +271,8 @@ def _time_reference(ref: Reference, policy: TimingPolicy, ours_s: float) -> RefR
         except ImportError:
             return RefResult(None, None, f"{ref.requires} is not installed")
     state = ref.setup()
-    p50 = measure(lambda: ref.run(state), policy).p50_s
-    return RefResult(p50, p50 / ours_s)
+    p50 = measure(lambda: ref.run(state), policy).p50_s * ref.scale
+    return RefResult(p50, p50 / ours_s, f"run on 1/{ref.scale:g} of the work, time scaled" if ref.scale != 1 else "")
 
 
 def run_workload(suite: str, wl: Workload, be: Backend, policy: TimingPolicy) -> CaseResult:
@@ -284,13 +299,12 @@ def run_workload(suite: str, wl: Workload, be: Backend, policy: TimingPolicy) ->
 
 
 def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult) -> None:
-    """Fill ``res`` with the timings of ``wl``, its references and its copy yardstick."""
+    """Fill ``res`` with the timings of ``wl``, its references and its yardsticks."""
+    policy = wl.policy or policy
     state = wl.setup(be)
     res.stats = measure(lambda: wl.run(state), policy, be.synchronize)
     ours = res.stats.p50_s
     res.throughput_per_s = wl.items / ours
-    if wl.metrics is not None:
-        res.extra = {k: float(v) for k, v in wl.metrics(state).items()}
     for ref in wl.references:
         time.sleep(QUIESCE_S)
         res.references[ref.name] = _time_reference(ref, policy, ours)
@@ -306,3 +320,30 @@ def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult)
         copyto_s = measure(lambda: [xp.copyto(d, a) for d, a in zip(dsts, arrays)], policy, sync).p50_s
         res.copy_bandwidth_Bps = res.copy_bytes / copyto_s
         res.bw_fraction = wl.bytes_moved / ours / res.copy_bandwidth_Bps
+    if wl.flops is not None:
+        time.sleep(QUIESCE_S)
+        size = GEMM_SIZE if wl.flops >= 2 * GEMM_SIZE**3 else SMALL_GEMM_SIZE
+        res.gemm_rate_flops = measure_gemm_rate(be, np.dtype(wl.dtype), policy, size)
+        res.gemm_fraction = wl.flops / ours / res.gemm_rate_flops
+    if wl.extra_metrics is not None:
+        time.sleep(QUIESCE_S)
+        res.extra.update(wl.extra_metrics(state, be, policy, res.metrics()))
+
+
+GEMM_SIZE = 2048
+SMALL_GEMM_SIZE = 1024  # for cases that do less arithmetic than one GEMM_SIZE product
+
+
+def measure_gemm_rate(be: Backend, dtype: np.dtype, policy: TimingPolicy, size: int = GEMM_SIZE) -> float:
+    """The device's matrix-multiply rate, FLOP/s: ``2 size^3 / p50`` of a square
+    ``(size, size) @ (size, size)`` product of ``dtype`` into a preallocated output."""
+    return _gemm_rate(be, np.dtype(dtype), policy, size)
+
+
+def _gemm_rate(be: Backend, dtype: np.dtype, policy: TimingPolicy, size: int) -> float:
+    xp = be.xp
+    rng = np.random.default_rng(0)
+    a, b = (be.asarray(rng.standard_normal((size, size)).astype(dtype)) for _ in range(2))
+    out = xp.empty((size, size), dtype=dtype)
+    p50 = measure(lambda: xp.matmul(a, b, out=out), policy, be.synchronize).p50_s
+    return 2.0 * size**3 / p50

@@ -104,6 +104,9 @@ def _print_notes(results: list[CaseResult], out: TextIO) -> None:
             if verdict.missing:
                 notes.append(f"  {where} {side} n/a: missing {', '.join(verdict.missing)}")
         notes.extend(f"  {where} {name}: {ref.note}" for name, ref in r.references.items() if ref.note)
+        if r.gemm_rate_flops is not None:
+            notes.append(f"  {where} matmul rate {r.gemm_rate_flops / 1e9:.4g} GFLOP/s (measured in this run); "
+                         f"gemm_fraction {r.gemm_fraction:.1%}")
         if r.extra:
             notes.append(f"  {where} metrics: " + ", ".join(
                 f"{k} {fmt_time(v) if k.endswith('_s') else f'{v:.4g}'}" for k, v in r.extra.items()))

@@ -11,7 +11,11 @@ Metric names (all floats; see :meth:`gpu_trader.bench.harness.CaseResult.metrics
   same device;
 * ``bw_fraction`` our bytes moved (inputs read + outputs written) per second /
   the device's copy bandwidth measured in the same run (1.0 = at the roofline);
-* any name a workload's own ``metrics(state)`` returns (e.g. the end-to-end suite's
+* ``gemm_fraction`` the case's flops per second / the device's matmul rate measured
+  in the same run (``gemm_rate_flops``, FLOP/s);
+* ``x_roofline``  (Monte Carlo) our p50 / the time to draw the scenarios' normals at
+  the backend's measured generation rate plus the loss GEMM at the measured matmul rate;
+* any name a workload's own ``extra_metrics`` returns (e.g. the end-to-end suite's
   per-event ``event_p50_s``).
 """
 from __future__ import annotations
@@ -287,6 +291,10 @@ _ALL += (
            _p50_below(500 * _US), _p50_below(300 * _US)),
     Target("vectors.distill", "distillation (cluster into centroids), 100 patterns", "< 10 ms", "< 2 ms",
            _p50_below(10 * _MS), _p50_below(2 * _MS)),
+    # -- section 5: risk (Monte Carlo row) --------------------------------------------
+    Target("risk.monte_carlo", "Monte Carlo VaR, 1000 assets x 1,000,000 scenarios, 1..1000 portfolios", "(none)",
+           "GPU < 100 ms; CPU within 2x of GEMM+RNG roofline",
+           (), (Check("p50_s", "<", 0.1, ("cuda",)), Check("x_roofline", "<=", 2.0, ("cpu",)))),
 )
 
 TARGETS: dict[str, Target] = {t.key: t for t in _ALL}

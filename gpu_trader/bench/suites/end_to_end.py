@@ -185,7 +185,7 @@ def _pct(ns: np.ndarray, q: float) -> float:
     return float(np.percentile(ns, q)) * 1e-9 if len(ns) else float("nan")
 
 
-def _event_metrics(state) -> dict[str, float]:
+def _event_metrics(state, backend=None, policy=None, measured=None) -> dict[str, float]:
     lat = np.concatenate(state["lat"])
     bars = lat[np.concatenate(state["bar"])]
     orders = lat[np.concatenate(state["order"])]
@@ -221,7 +221,7 @@ def _event_stream(n_symbols: int, n_events: int, latency_ms: int = 0) -> Workloa
     return Workload(name=f"tick stream, {n_symbols} symbols, {n_events} events per replay{where}",
                     sizes={"symbols": n_symbols, "events": n_events, "latency_ms": latency_ms}, setup=setup,
                     run=lambda s: s["loop"].run_until_complete(_replay(s)), items=n_events, unit="event",
-                    target="end_to_end.event", metrics=_event_metrics)
+                    target="end_to_end.event", extra_metrics=_event_metrics)
 
 
 _COLD = r"""
@@ -267,7 +267,7 @@ def _cold_run(state) -> dict:
     return out
 
 
-def _cold_metrics(state) -> dict[str, float]:
+def _cold_metrics(state, backend=None, policy=None, measured=None) -> dict[str, float]:
     runs = state["runs"]
     return {
         "cold_start_s": float(np.median([r["cold_start_s"] for r in runs[1:]])),
@@ -283,7 +283,7 @@ def _cold_start(n_symbols: int, n_events: int) -> Workload:
 
     return Workload(name=f"cold start + RSS (fresh process, {n_symbols} symbols, {n_events} events)",
                     sizes={"symbols": n_symbols, "events": n_events}, setup=setup, run=_cold_run, items=1,
-                    unit="process", target="end_to_end.cold_start", metrics=_cold_metrics)
+                    unit="process", target="end_to_end.cold_start", extra_metrics=_cold_metrics)
 
 
 def workloads(quick: bool) -> list[Workload]:

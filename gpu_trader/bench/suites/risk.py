@@ -7,18 +7,18 @@ assets x 252 days (``numpy.corrcoef`` and pandas); the full ``risk_report`` of a
 batched cases without a published target that show what a batch costs:
 ``risk_report`` of 2000 portfolios x 2520 days (vs the obvious NumPy, and against
 the copy bandwidth), ``rolling_corr`` (pandas), ``ledoit_wolf`` (scikit-learn).
-The Monte Carlo VaR cases come from :mod:`.risk_montecarlo` when present.
+The Monte Carlo VaR cases are defined in :mod:`.risk_montecarlo`.
 """
 from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 from typing import Any, Callable
 
 import numpy as np
 
 from ..harness import Reference, Workload
+from . import risk_montecarlo
 
 __all__ = ["workloads"]
 
@@ -204,13 +204,6 @@ def _ledoit_wolf(shape: tuple[int, int]) -> Workload:
     )
 
 
-def _monte_carlo(quick: bool) -> list[Workload]:
-    name = "gpu_trader.bench.suites.risk_montecarlo"
-    if importlib.util.find_spec(name) is None:
-        return []
-    return importlib.import_module(name).workloads(quick)
-
-
 def workloads(quick: bool) -> list[Workload]:
     """All cases; ``quick`` shrinks the batched ones (never the TARGETS.md sizes)."""
     out = _singles()
@@ -219,5 +212,5 @@ def workloads(quick: bool) -> list[Workload]:
     out.append(_batched_report(QUICK_BATCH_SHAPE if quick else BATCH_SHAPE))
     out.append(_rolling(QUICK_ROLLING_SHAPE if quick else ROLLING_SHAPE))
     out.append(_ledoit_wolf(QUICK_SHRINK_SHAPE if quick else SHRINK_SHAPE))
-    out.extend(_monte_carlo(quick))
+    out.extend(risk_montecarlo.workloads(quick))
     return out

@@ -1,0 +1,246 @@
+"""The Monte Carlo VaR driver, written once against an array module and a backend's primitives.
+
+:mod:`gpu_trader.montecarlo` validates the inputs into a :class:`Plan`; each backend's
+``montecarlo`` module (:mod:`gpu_trader.cpu_fallback.montecarlo`,
+:mod:`gpu_trader.kernels.montecarlo`) calls :func:`run` with itself as ``ops``, which
+must provide:
+
+* ``xp`` -- the array module (NumPy, CuPy);
+* ``map_chunks(fn, items)`` -- ``fn(item)`` for each chunk start (or run of blocks),
+  results in order (the CPU computes several at once on worker threads; the GPU maps);
+* ``BLOCK`` -- scenarios per random-number block; block ``b`` (scenarios
+  ``b*BLOCK .. (b+1)*BLOCK - 1``) is drawn from its own counter-based stream keyed by
+  ``(seed, b)``, so a chunk (a whole number of blocks) draws the same numbers however
+  the scenarios are chunked;
+* ``normals(seed, first, rows, n, dtype, dof) -> (z, g)`` -- the standard normals of
+  scenarios ``first .. first+rows-1`` as ``(rows, n)`` and, for Student-t (``dof`` not
+  None), the per-scenario mixing factor ``g = sqrt((dof - 2) / chi2_dof)`` as
+  ``(rows,)`` (else None); ``first`` is a multiple of ``BLOCK``;
+* ``option_pnl(returns, plan_options, dtype) -> (n_options, rows)`` -- the fused
+  Black-Scholes revaluation (:func:`gpu_trader.option_math.option_pnl_item`);
+* ``tail_update(vals, idx, loss, first) -> (vals, idx)`` -- keep, per portfolio (row),
+  the ``m`` largest losses seen so far and their scenario numbers;
+* ``scatter_add(acc, rows, values)`` -- ``acc[rows[i]] += values[i]`` with repeats.
+
+**Algorithm.** With ``cov = L L^T``, a scenario's simple returns over ``h`` days are
+``r = h*mu + sqrt(h) * g * L z`` (``g = 1`` for the normal). The linear part of every
+portfolio's loss and the returns of the option underlyings come from one GEMM per
+chunk, ``Y = Bt @ z.T`` with ``Bt = sqrt(h) * [W L ; L[U]]`` (``(P + U, n)``), so the
+correlated ``(rows, n)`` scenario matrix is never formed. The options are revalued
+from ``Y[P:]`` by one fused kernel and their P&L enters the losses by a second GEMM
+with the quantities. Each portfolio keeps only its ``m`` worst losses (``m = k + b``,
+``k = ceil(N (1 - level))`` the tail count, ``b`` the half-width below), so memory is
+``O(chunk * (n + P + U + n_options) + P * m)`` whatever ``N``.
+
+**Estimators.** ``var`` is the ``k``-th largest loss, ``cvar`` the mean of the ``k``
+largest. The standard error comes from the distribution-free order-statistic band:
+the rank of the true quantile among the sorted losses has standard deviation
+``sqrt(N p (1 - p))`` (``p = 1 - level``), so with ``b = ceil(1.96 sqrt(N p (1-p)))``
+the losses ranked ``k - b`` and ``k + b`` bound a 95 % confidence interval and
+``se = (L[k-b] - L[k+b]) / (2 b / sqrt(N p (1-p)))``.
+The Euler contribution of position ``i`` is ``E[loss_i | loss = VaR]``, estimated as
+the mean of ``loss_i`` over the ``2b + 1`` scenarios ranked ``k-b .. k+b`` (the same
+band), then scaled by ``var / sum_i(...)`` so the contributions add up to ``var``
+exactly (the factor is 1 up to sampling noise of the band's mean). Those scenarios are
+re-drawn after the pass from their blocks (counter-based streams make that exact), so
+no scenario matrix is stored.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Plan", "OptionArrays", "run", "band_for", "Z_95"]
+
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+@dataclass(frozen=True)
+class OptionArrays:
+    """Host arrays of an option book, one entry per option; see :class:`gpu_trader.montecarlo.EuropeanOptions`.
+
+    ``under`` indexes the underlyings ``assets`` (``(U,)``, the distinct assets with
+    options); ``tau`` is the time to expiry after the horizon, ``value0`` today's price.
+    """
+
+    assets: np.ndarray
+    under: np.ndarray
+    spot: np.ndarray
+    strike: np.ndarray
+    tau: np.ndarray
+    rate: np.ndarray
+    vol: np.ndarray
+    is_call: np.ndarray
+    value0: np.ndarray
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated Monte Carlo VaR request (host float64 arrays, shapes as documented)."""
+
+    n_scenarios: int
+    level: float
+    n_tail: int                  # k
+    band: int                    # b
+    keep: int                    # m = min(N, k + b)
+    horizon: float               # days
+    dof: float | None
+    seed: int
+    chunk: int                   # scenarios per chunk (a multiple of the backend's BLOCK)
+    dtype: np.dtype
+    factor: np.ndarray           # (n, n), L with L L^T = cov
+    mu: np.ndarray               # (n,)
+    weights: np.ndarray          # (P, n)
+    options: OptionArrays | None
+    quantity: np.ndarray | None  # (P, n_options)
+    contributions: bool
+
+
+def band_for(n_scenarios: int, level: float) -> int:
+    """``b = ceil(1.96 sqrt(N p (1 - p)))``, ``p = 1 - level``."""
+    p = 1.0 - level
+    return max(1, math.ceil(Z_95 * math.sqrt(n_scenarios * p * (1.0 - p))))
+
+
+def run(plan: Plan, ops: Any) -> dict[str, Any]:
+    """Run ``plan`` on a backend; returns ``var, cvar, se, ci_low, ci_high`` as ``(P,)``
+    arrays and, with ``plan.contributions``, ``contributions (P, n)`` and
+    ``option_contributions (P, n_options)`` (None without options), all float64 on the device."""
+    xp = ops.xp
+    sim = _Simulation(plan, ops)
+    vals = xp.full((sim.P, plan.keep), -xp.inf, dtype=plan.dtype)
+    idx = xp.full((sim.P, plan.keep), -1, dtype=xp.int64)
+    firsts = range(0, plan.n_scenarios, plan.chunk)
+    for first, loss in zip(firsts, ops.map_chunks(sim.losses, firsts)):
+        vals, idx = ops.tail_update(vals, idx, loss, first)
+    order = xp.argsort(-vals, axis=1)
+    vals = xp.take_along_axis(vals, order, axis=1).astype(xp.float64)
+    idx = xp.take_along_axis(idx, order, axis=1)
+    k = plan.n_tail
+    half = min(plan.band, k - 1, plan.keep - k)
+    var = vals[:, k - 1]
+    out = {
+        "var": var,
+        "cvar": vals[:, :k].mean(axis=1),
+        "ci_low": vals[:, k - 1 + half],
+        "ci_high": vals[:, k - 1 - half],
+    }
+    p = 1.0 - plan.level
+    out["se"] = (out["ci_high"] - out["ci_low"]) * (math.sqrt(plan.n_scenarios * p * (1 - p)) / (2.0 * half))
+    out["contributions"] = out["option_contributions"] = None
+    if plan.contributions:
+        out["contributions"], out["option_contributions"] = sim.contributions(idx[:, k - 1 - half: k + half], var)
+    return out
+
+
+class _Simulation:
+    """Device-side constants of one plan and the per-chunk loss computation."""
+
+    def __init__(self, plan: Plan, ops: Any) -> None:
+        xp = ops.xp
+        self.plan, self.ops, self.xp = plan, ops, xp
+        h = plan.horizon
+        W, L, mu = plan.weights, plan.factor, plan.mu
+        self.P, self.n = W.shape
+        opts = plan.options
+        under_rows = L[opts.assets] if opts is not None else np.empty((0, self.n))
+        bt = math.sqrt(h) * np.vstack([W @ L, under_rows])      # (P + U, n)
+        self.bt = xp.asarray(bt.astype(plan.dtype))
+        self.bt_under = xp.asarray(bt[self.P:])                 # float64, for the re-drawn band
+        self.drift = xp.asarray((h * (W @ mu))[:, None].astype(plan.dtype))  # (P, 1) portfolio drift
+        self.L_t = xp.asarray(L.T)
+        self.h_mu = xp.asarray(h * mu)
+        self.W = xp.asarray(W)
+        if opts is not None:
+            self.opts = _device_options(xp, opts, h * mu[opts.assets])
+            self.quantity = xp.asarray(plan.quantity.astype(plan.dtype))
+            self.quantity64 = xp.asarray(plan.quantity)
+        else:
+            self.opts = None
+
+    def losses(self, first: int):
+        """``(P, rows)`` losses of the chunk of scenarios starting at ``first``, in the plan's dtype."""
+        plan, xp = self.plan, self.xp
+        rows = min(plan.chunk, plan.n_scenarios - first)
+        z, g = self.ops.normals(plan.seed, first, rows, self.n, plan.dtype, plan.dof)
+        y = self.bt @ z.T                                       # the one big GEMM: (P + U, rows)
+        if g is not None:
+            y *= g[None, :]
+        loss = y[: self.P]
+        xp.negative(loss, out=loss)
+        loss -= self.drift
+        if self.opts is not None:
+            dv = self.ops.option_pnl(y[self.P:], self.opts, plan.dtype)
+            loss -= self.quantity @ dv
+        return loss
+
+    def contributions(self, band_idx, var):
+        """Euler contributions from the band scenarios ``band_idx`` ``(P, w)`` (scenario numbers)."""
+        plan, xp, ops = self.plan, self.xp, self.ops
+        P, w = band_idx.shape
+        scen = np.asarray(_to_host(band_idx)).ravel()
+        port = np.repeat(np.arange(P), w)
+        order = np.argsort(scen, kind="stable")
+        scen, port = scen[order], port[order]
+        acc_z = xp.zeros((P, self.n), dtype=xp.float64)
+        acc_v = xp.zeros((P, self.opts["n"]), dtype=xp.float64) if self.opts is not None else None
+        def draw(run):  # the band rows of one run of blocks (in a worker on the CPU)
+            first, rows, lo, hi = run
+            z, g = ops.normals(plan.seed, first, rows, self.n, plan.dtype, plan.dof)
+            local = xp.asarray(scen[lo:hi] - first)
+            zs = z[local].astype(xp.float64)
+            if g is not None:
+                zs *= g[local].astype(xp.float64)[:, None]
+            dv = None
+            if acc_v is not None:
+                dv = ops.option_pnl(self.bt_under @ zs.T, self.opts, np.dtype(np.float64)).T
+            return xp.asarray(port[lo:hi]), zs, dv
+
+        for who, zs, dv in ops.map_chunks(draw, list(_runs(scen, ops.BLOCK, plan.chunk, plan.n_scenarios))):
+            ops.scatter_add(acc_z, who, zs)
+            if dv is not None:
+                ops.scatter_add(acc_v, who, dv)
+        mean_r = self.h_mu[None, :] + math.sqrt(plan.horizon) * ((acc_z / w) @ self.L_t)
+        lin = -self.W * mean_r
+        total = lin.sum(axis=1)
+        opt = None
+        if acc_v is not None:
+            opt = -self.quantity64 * (acc_v / w)
+            total = total + opt.sum(axis=1)
+        scale = xp.where(total != 0, var / xp.where(total != 0, total, 1.0), 1.0)[:, None]
+        return lin * scale, (opt * scale if opt is not None else None)
+
+
+def _device_options(xp, opts: OptionArrays, drift_u: np.ndarray) -> dict[str, Any]:
+    d = {f: xp.asarray(getattr(opts, f)) for f in ("under", "spot", "strike", "tau", "rate", "vol", "is_call", "value0")}
+    d["drift"] = xp.asarray(drift_u)
+    d["n"] = int(opts.strike.shape[0])
+    return d
+
+
+def _runs(scen: np.ndarray, block: int, chunk: int, n_scenarios: int):
+    """Group sorted scenario numbers into runs of consecutive needed blocks (at most
+    ``chunk`` scenarios each); yields ``(first, rows, lo, hi)`` with ``scen[lo:hi]`` inside."""
+    blocks = scen // block
+    starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+    ub = blocks[starts]
+    per_run = max(1, chunk // block)
+    i = 0
+    while i < len(ub):
+        j = i
+        while j + 1 < len(ub) and ub[j + 1] == ub[j] + 1 and ub[j + 1] - ub[i] < per_run:
+            j += 1
+        first = int(ub[i]) * block
+        rows = min(int(ub[j] + 1) * block, n_scenarios) - first
+        lo = int(starts[i])
+        hi = int(starts[j + 1]) if j + 1 < len(ub) else len(scen)
+        yield first, rows, lo, hi
+        i = j + 1
+
+
+def _to_host(a):
+    get = getattr(a, "get", None)
+    return get() if get is not None and not isinstance(a, np.ndarray) else a

@@ -1,0 +1,320 @@
+"""Monte Carlo Value-at-Risk for many portfolios at once, with European options revalued in full.
+
+Model and conventions (every backend):
+
+* **Returns.** A scenario draws the assets' *simple* returns over ``horizon`` days as
+  ``r = horizon * mu + sqrt(horizon) * g * L z`` with ``z`` standard normal,
+  ``cov = L L^T`` (Cholesky; a matrix that is not positive definite is repaired by
+  clipping its negative eigenvalues to 0, with a ``RuntimeWarning``) and ``mu``,
+  ``cov`` daily. ``dist="normal"``: ``g = 1``. ``dist="t"``: multivariate Student-t
+  with ``dof > 2`` degrees of freedom, ``g = sqrt((dof - 2) / chi2_dof)``, scaled so
+  that ``cov`` *is* the one-day covariance of the scenarios (the t scale matrix is
+  ``cov * (dof - 2) / dof``). The horizon uses the square-root-of-time rule for the
+  random part and ``mu * horizon`` for the drift (for t: a one-day t scaled by
+  ``sqrt(horizon)``, not a sum of daily draws).
+* **Positions and units.** ``weights[..., i]`` is the value held in asset ``i``; the
+  linear P&L of a scenario is ``weights @ r``. Losses, VaR, CVaR and contributions are
+  in the units of ``weights``: currency amounts give currency, portfolio weights that
+  sum to 1 give fractions of the portfolio's value. An :class:`EuropeanOptions` book adds
+  ``quantity * (price after - price now)`` per option (so ``quantity * spot`` must be in
+  the units of ``weights``): the underlying moves to ``spot * (1 + r)`` (the same simple
+  return as the linear position; at or below -100 % the option takes its
+  zero-spot limit), time to expiry shrinks by ``horizon / 252`` years, volatility and
+  rate stay as given, and the option is repriced with Black-Scholes.
+* **Estimators** (details in :mod:`gpu_trader.mc_engine`): ``var`` is the
+  ``k``-th largest of the ``N`` simulated losses, ``k = ceil(N (1 - level))``; ``cvar``
+  the mean of the ``k`` largest (both positive numbers for losses). ``var_se`` is the
+  standard error of ``var`` from the distribution-free order-statistic band (ranks
+  ``k -+ b``, ``b = ceil(1.96 sqrt(N p (1-p)))``) whose ends are ``var_ci``, a 95 %
+  confidence interval. ``contributions`` (Euler / component VaR) estimate
+  ``E[loss_i | loss = VaR]`` for each linear holding and ``option_contributions`` for each
+  option, as the mean over the ``2b + 1`` scenarios of that band, rescaled so that
+  ``contributions.sum(-1) + option_contributions.sum(-1) == var``.
+* **Randomness and memory.** Scenarios are drawn in blocks from counter-based streams
+  keyed by ``(seed, block)`` (NumPy Philox on ``cpu``, cuRAND Philox on ``cuda``), so a
+  ``seed`` reproduces a run exactly on a backend and ``chunk_size`` never changes the
+  result (up to BLAS rounding); the two backends draw different numbers. Scenarios are
+  processed ``chunk_size`` at a time and only each portfolio's worst ``k + b`` losses are
+  kept, so memory does not grow with ``n_scenarios``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backend import get_backend, select_backend
+
+__all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR"]
+
+TRADING_DAYS_PER_YEAR = 252
+MIN_TAIL = 10  # scenarios required beyond the VaR quantile on each side
+CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many random numbers per chunk
+
+
+@dataclass(frozen=True)
+class EuropeanOptions:
+    """A book of European options on the assets of a Monte Carlo VaR call; one entry per option.
+
+    Every field is a scalar or a ``(n_options,)`` sequence (broadcast together):
+    ``asset`` (integer index of the underlying among the assets), ``spot`` (its price
+    today, > 0), ``strike`` (> 0), ``expiry`` (years to expiry today, > 0), ``vol``
+    (annualised Black-Scholes volatility, >= 0), ``rate`` (continuously compounded
+    risk-free rate, default 0), ``call`` (True for a call, False for a put; default
+    True). ``quantity`` is ``(n_options,)`` for every portfolio alike or
+    ``(n_portfolios, n_options)``; negative for short positions.
+    """
+
+    asset: Any
+    spot: Any
+    strike: Any
+    expiry: Any
+    vol: Any
+    quantity: Any
+    rate: Any = 0.0
+    call: Any = True
+
+
+@dataclass(frozen=True)
+class MonteCarloVaR:
+    """Result of :func:`var_monte_carlo` (arrays on the backend's device, float64).
+
+    With ``weights`` of shape ``(n_assets,)`` ``var``, ``cvar``, ``var_se`` and the
+    ``var_ci`` bounds are 0-d, ``contributions`` is ``(n_assets,)`` and
+    ``option_contributions`` ``(n_options,)``; with ``(n_portfolios, n_assets)`` each gains
+    a leading ``n_portfolios`` axis. ``contributions``/``option_contributions`` are None
+    when not requested (or without options). ``seed`` is the seed used (drawn from the OS
+    when none was given), so any run can be repeated.
+    """
+
+    var: Any
+    cvar: Any
+    var_se: Any
+    var_ci: tuple[Any, Any]
+    contributions: Any
+    option_contributions: Any
+    level: float
+    horizon: float
+    n_scenarios: int
+    dist: str
+    seed: int
+
+
+def var_monte_carlo(
+    weights,
+    mu,
+    cov,
+    *,
+    level: float = 0.99,
+    n_scenarios: int = 100_000,
+    horizon: float = 1,
+    dist: str = "normal",
+    dof: float | None = None,
+    seed: int | None = None,
+    options: EuropeanOptions | None = None,
+    contributions: bool = True,
+    chunk_size: int | None = None,
+    dtype=np.float64,
+    backend=None,
+) -> MonteCarloVaR:
+    """Monte Carlo VaR, CVaR and Euler contributions of one or many portfolios.
+
+    ``weights``: ``(n_assets,)`` or ``(n_portfolios, n_assets)`` values held (see the
+    module docstring for units); ``mu``: scalar or ``(n_assets,)`` daily mean simple
+    returns; ``cov``: ``(n_assets, n_assets)`` daily covariance, symmetric. ``level`` in
+    (0, 1); ``horizon`` in days (> 0); ``dist`` ``"normal"`` or ``"t"`` (then ``dof > 2``
+    is required); ``seed`` a non-negative integer; ``options`` an
+    :class:`EuropeanOptions` book; ``contributions=False`` skips the Euler
+    contributions (one pass instead of a pass plus the re-draw of the band's
+    scenarios); ``chunk_size`` scenarios per chunk (rounded up to the backend's block);
+    ``dtype`` float64 or float32 for the scenarios and GEMMs (estimators are
+    float64). NaN or inf anywhere in the inputs is a ``ValueError``. Returns a
+    :class:`MonteCarloVaR`.
+    """
+    be = select_backend(weights, backend)
+    w = _host(weights, "weights")
+    if w.ndim not in (1, 2) or w.shape[-1] == 0 or w.size == 0:
+        raise ValueError(f"weights must have shape (n_assets,) or (n_portfolios, n_assets), got {w.shape}")
+    single = w.ndim == 1
+    w2 = np.atleast_2d(w)
+    n = w2.shape[1]
+    c = _host(cov, "cov")
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"cov must be a square (n_assets, n_assets) matrix, got shape {c.shape}")
+    if c.shape[0] != n:
+        raise ValueError(f"cov is {c.shape} but weights have {n} assets; they must match")
+    if not np.allclose(c, c.T, rtol=1e-10, atol=1e-14 * max(1.0, float(np.abs(c).max()))):
+        raise ValueError("cov must be symmetric")
+    if np.any(np.diag(c) < 0):
+        raise ValueError("cov has negative variances on its diagonal")
+    m = _host(mu, "mu")
+    if m.ndim == 0:
+        m = np.full(n, float(m))
+    if m.shape != (n,):
+        raise ValueError(f"mu must be a scalar or have shape ({n},) like the assets, got {m.shape}")
+    level = _real(level, "level")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    horizon = _real(horizon, "horizon")
+    if horizon <= 0:
+        raise ValueError(f"horizon must be > 0 days, got {horizon}")
+    n_scenarios = _count(n_scenarios, "n_scenarios")
+    k = math.ceil(n_scenarios * (1.0 - level) - 1e-9)  # the tolerance absorbs 1 - level's binary rounding
+    if k < MIN_TAIL or n_scenarios - k < MIN_TAIL:
+        raise ValueError(
+            f"n_scenarios={n_scenarios} is too small for level={level}: need at least {MIN_TAIL} scenarios "
+            f"on each side of the VaR quantile (n_scenarios * (1 - level) >= {MIN_TAIL})"
+        )
+    dof = _dist(dist, dof)
+    seed = _seed(seed)
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    opts, qty = _options(options, n, w2.shape[0], horizon)
+    block = be.ops("montecarlo").BLOCK
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS // n)
+    chunk = -(-_count(chunk_size, "chunk_size") // block) * block
+    from . import mc_engine
+
+    band = mc_engine.band_for(n_scenarios, level)
+    plan = mc_engine.Plan(
+        n_scenarios=n_scenarios, level=level, n_tail=k, band=band, keep=min(n_scenarios, k + band),
+        horizon=horizon, dof=dof, seed=seed, chunk=chunk, dtype=dt, factor=_factor(c), mu=m,
+        weights=w2, options=opts, quantity=qty, contributions=bool(contributions),
+    )
+    res = be.ops("montecarlo").run(plan)
+    pick = (lambda a: a[0]) if single else (lambda a: a)
+    opt_c = res["option_contributions"]
+    return MonteCarloVaR(
+        var=pick(res["var"]), cvar=pick(res["cvar"]), var_se=pick(res["se"]),
+        var_ci=(pick(res["ci_low"]), pick(res["ci_high"])),
+        contributions=None if res["contributions"] is None else pick(res["contributions"]),
+        option_contributions=None if opt_c is None else pick(opt_c),
+        level=level, horizon=horizon, n_scenarios=n_scenarios, dist=dist, seed=seed,
+    )
+
+
+def _host(x, name: str) -> np.ndarray:
+    """``x`` as a finite float64 host array (never a view that could alias the caller's buffer for writing)."""
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    arr = get_backend("cpu").to_numpy(x) if not isinstance(x, np.ndarray) else x
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def _real(x, name: str) -> float:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {x!r}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def _count(x, name: str) -> int:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {x!r}")
+    if x < 1:
+        raise ValueError(f"{name} must be >= 1, got {x}")
+    return int(x)
+
+
+def _dist(dist, dof):
+    if dist == "normal":
+        if dof is not None:
+            raise ValueError("dof is only used with dist='t'")
+        return None
+    if dist == "t":
+        if dof is None:
+            raise ValueError("dist='t' needs dof (degrees of freedom, > 2)")
+        dof = _real(dof, "dof")
+        if dof <= 2:
+            raise ValueError(f"dof must be > 2 (the t covariance is infinite otherwise), got {dof}")
+        return dof
+    raise ValueError(f"dist must be 'normal' or 't', got {dist!r}")
+
+
+def _seed(seed) -> int:
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (1 << 63))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def _factor(cov: np.ndarray) -> np.ndarray:
+    """``L`` with ``L L^T = cov``: Cholesky, or the eigenvalue-clipped square root with a warning."""
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        vals, vecs = np.linalg.eigh(cov)
+        warnings.warn(
+            f"cov is not positive definite (smallest eigenvalue {vals[0]:.3g}); using it with negative "
+            "eigenvalues clipped to 0",
+            RuntimeWarning, stacklevel=3,
+        )
+        return vecs * np.sqrt(np.clip(vals, 0.0, None))[None, :]
+
+
+def _options(options, n_assets: int, n_portfolios: int, horizon: float):
+    """The engine's arrays of a validated option book and its ``(P, n_options)`` quantities."""
+    if options is None:
+        return None, None
+    if not isinstance(options, EuropeanOptions):
+        raise TypeError(f"options must be an EuropeanOptions book, got {type(options).__name__}")
+    asset = np.asarray(options.asset)
+    if asset.dtype.kind not in "iu":
+        raise TypeError(f"options.asset must hold integer asset indices, got dtype {asset.dtype}")
+    fields = {f: _host(getattr(options, f), f"options.{f}") for f in ("spot", "strike", "expiry", "vol", "rate")}
+    call = np.asarray(options.call)
+    if call.dtype.kind != "b":
+        raise TypeError(f"options.call must be boolean, got dtype {call.dtype}")
+    try:
+        arrays = np.broadcast_arrays(asset, call, *fields.values())
+    except ValueError:
+        raise ValueError("options fields must be scalars or (n_options,) arrays of one length") from None
+    if arrays[0].ndim > 1:
+        raise ValueError("options fields must be scalars or (n_options,) arrays")
+    asset, call, spot, strike, expiry, vol, rate = (np.atleast_1d(a).copy() for a in arrays)
+    if np.any((asset < 0) | (asset >= n_assets)):
+        raise ValueError(f"options.asset must index the {n_assets} assets (0 .. {n_assets - 1})")
+    for name, arr, low in (("spot", spot, 0.0), ("strike", strike, 0.0), ("expiry", expiry, 0.0)):
+        if np.any(arr <= low):
+            raise ValueError(f"options.{name} must be > 0")
+    if np.any(vol < 0):
+        raise ValueError("options.vol must be >= 0 (negative volatility)")
+    qty = _host(options.quantity, "options.quantity")
+    n_opt = asset.shape[0]
+    if qty.shape == (n_opt,) or qty.ndim == 0:
+        qty = np.broadcast_to(qty, (n_portfolios, n_opt)).copy()
+    if qty.shape != (n_portfolios, n_opt):
+        raise ValueError(
+            f"options.quantity must have shape ({n_opt},) or ({n_portfolios}, {n_opt}), got {qty.shape}"
+        )
+    return _option_arrays(asset, (spot, strike, expiry, vol, rate, call), horizon), qty
+
+
+def _option_arrays(asset, fields, horizon: float):
+    """Engine arrays for an option book: underlyings, shortened expiry, today's prices."""
+    from .mc_engine import OptionArrays
+    from .option_math import bs_price
+
+    spot, strike, expiry, vol, rate, call = fields
+    assets, under = np.unique(asset, return_inverse=True)
+    value0 = np.array([bs_price(*args) for args in zip(spot, strike, expiry, rate, vol, call)])
+    return OptionArrays(
+        assets=assets, under=under.astype(np.int64), spot=spot, strike=strike,
+        tau=expiry - horizon / TRADING_DAYS_PER_YEAR, rate=rate, vol=vol, is_call=call.astype(np.bool_),
+        value0=value0,
+    )

@@ -1,0 +1,381 @@
+"""Monte Carlo VaR (``gpu_trader.var_monte_carlo``) against independent oracles.
+
+* linear Gaussian portfolios: the closed-form VaR ``-h w.mu + z_level sqrt(h) sqrt(w' cov w)``
+  (scipy.stats.norm) within 4 of the reported standard errors, the reported standard
+  error against the asymptotic one of a sample quantile, and the Euler contributions
+  against their closed form;
+* multivariate Student-t: a linear portfolio of a multivariate t is a scaled univariate t,
+  so the closed form uses scipy.stats.t;
+* options: a brute-force NumPy revaluation (Black-Scholes via scipy.stats.norm) of the
+  very same scenarios (re-drawn with the backend's block generator), full loss matrix and
+  a full sort;
+* chunk-size invariance, reproducibility, bad input;
+* the GPU module's pieces: its tail merge (NumPy) against the CPU heap and a sort, and its
+  Black-Scholes kernel and the whole engine under numba's CUDA simulator (a subprocess).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+import gpu_trader as gt
+from gpu_trader.cpu_fallback import montecarlo as cpu_mc
+from gpu_trader.kernels import montecarlo as gpu_mc
+from gpu_trader.mc_engine import band_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def random_problem(n=12, p=4, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, n))
+    vol = rng.uniform(0.005, 0.03, n)
+    corr = a @ a.T + n * np.eye(n)
+    d = np.sqrt(np.diag(corr))
+    cov = corr / d[:, None] / d[None, :] * vol[:, None] * vol[None, :]
+    mu = rng.normal(0.0, 5e-4, n)
+    w = rng.normal(size=(p, n)) * 1000.0
+    return w, mu, cov
+
+
+def closed_form_normal(w, mu, cov, level, h):
+    sd = np.sqrt(np.einsum("pi,ij,pj->p", w, cov, w) * h)
+    return -h * (w @ mu) + stats.norm.ppf(level) * sd, sd
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_gaussian_matches_closed_form(backend, dtype):
+    w, mu, cov = random_problem()
+    level, h, n = 0.99, 10, 200_000
+    res = gt.var_monte_carlo(w, mu, cov, level=level, n_scenarios=n, horizon=h, seed=7, dtype=dtype,
+                             backend=backend)
+    var, se = gt.to_numpy(res.var), gt.to_numpy(res.var_se)
+    exact, sd = closed_form_normal(w, mu, cov, level, h)
+    assert np.all(np.abs(var - exact) < 4 * se), (var, exact, se)
+    # the reported SE against the asymptotic SE of a sample quantile: sqrt(p(1-p)/N) / pdf
+    p = 1 - level
+    asym = np.sqrt(p * (1 - p) / n) / stats.norm.pdf(stats.norm.ppf(level)) * sd
+    np.testing.assert_allclose(se, asym, rtol=0.35)
+    lo, hi = (gt.to_numpy(x) for x in res.var_ci)
+    assert np.all(lo < var) and np.all(var < hi)
+    # CVaR of a normal: mean + sd * pdf(z) / (1 - level)
+    es = -h * (w @ mu) + sd * stats.norm.pdf(stats.norm.ppf(level)) / p
+    assert np.all(np.abs(gt.to_numpy(res.cvar) - es) < 6 * se)
+
+
+def test_euler_contributions_match_closed_form_and_sum_to_var(backend):
+    w, mu, cov = random_problem(p=3, seed=1)
+    level, h = 0.975, 5
+    res = gt.var_monte_carlo(w, mu, cov, level=level, n_scenarios=200_000, horizon=h, seed=11, backend=backend)
+    c, var = gt.to_numpy(res.contributions), gt.to_numpy(res.var)
+    assert c.shape == w.shape
+    np.testing.assert_allclose(c.sum(axis=1), var, rtol=1e-10)
+    _, sd = closed_form_normal(w, mu, cov, level, h)
+    euler = w * (-h * mu + stats.norm.ppf(level) * h * (w @ cov) / sd[:, None])
+    # each contribution's noise is about the band-mean's: a few % of the portfolio sd
+    assert np.all(np.abs(c - euler) < 0.05 * sd[:, None]), np.abs(c - euler).max(axis=1) / sd
+
+
+@pytest.mark.parametrize("dof", [3.5, 6.0])
+def test_student_t_linear_portfolio_is_a_scaled_t(backend, dof):
+    w, mu, cov = random_problem(p=3, seed=2)
+    level, h = 0.99, 4
+    res = gt.var_monte_carlo(w, mu, cov, level=level, n_scenarios=200_000, horizon=h, dist="t", dof=dof,
+                             seed=5, backend=backend)
+    sd = np.sqrt(np.einsum("pi,ij,pj->p", w, cov, w) * h)
+    scale = sd * np.sqrt((dof - 2) / dof)  # cov is the scenarios' covariance
+    exact = -h * (w @ mu) + scale * stats.t.ppf(level, dof)
+    var, se = gt.to_numpy(res.var), gt.to_numpy(res.var_se)
+    assert np.all(np.abs(var - exact) < 4 * se), (var, exact, se)
+    np.testing.assert_allclose(gt.to_numpy(res.contributions).sum(axis=1), var, rtol=1e-10)
+
+
+def _bs(spot, strike, tau, rate, vol, call):
+    """Vectorized Black-Scholes (scipy.stats.norm), with the zero-spot and expiry limits."""
+    spot = np.asarray(spot, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = vol * np.sqrt(np.maximum(tau, 0))
+        d1 = (np.log(spot / strike) + (rate + 0.5 * vol**2) * tau) / sd
+        d2 = d1 - sd
+        df = np.exp(-rate * tau)
+        c = spot * stats.norm.cdf(d1) - strike * df * stats.norm.cdf(d2)
+        p = strike * df * stats.norm.cdf(-d2) - spot * stats.norm.cdf(-d1)
+    price = np.where(call, c, p)
+    price = np.where(spot <= 0, np.where(call, 0.0, strike * df), price)
+    intrinsic = np.where(call, np.maximum(spot - strike, 0), np.maximum(strike - np.maximum(spot, 0), 0))
+    return np.where(tau <= 0, intrinsic, price)
+
+
+BOOK = dict(asset=[0, 3, 3, 7, 2], spot=[100.0, 50.0, 50.0, 20.0, 80.0], strike=[100.0, 45.0, 60.0, 21.0, 80.0],
+            expiry=[0.5, 0.25, 1.0, 0.03, 2.0], vol=[0.2, 0.35, 0.3, 0.5, 0.25], rate=[0.01, 0.0, 0.03, 0.02, 0.0],
+            call=[True, False, True, False, True])
+
+
+@pytest.mark.parametrize("dist,dof", [("normal", None), ("t", 4.0)])
+def test_options_match_brute_force_revaluation(dist, dof):
+    w, mu, cov = random_problem(p=3, seed=3)
+    n_s, h, level = 20_000, 10, 0.99
+    qty = np.array([[30.0, -50.0, 20.0, 400.0, 10.0], [0.0, 100.0, -100.0, 0.0, 0.0], [-10.0, 0.0, 0.0, 0.0, 50.0]])
+    book = gt.EuropeanOptions(quantity=qty, **BOOK)
+    res = gt.var_monte_carlo(w, mu, cov, level=level, n_scenarios=n_s, horizon=h, dist=dist, dof=dof, seed=9,
+                             options=book, chunk_size=1000, backend="cpu")
+    # brute force: the same standard normals, the full return matrix, full revaluation, a full sort
+    z, g = cpu_mc.normals(9, 0, n_s, w.shape[1], np.float64, dof)
+    g = np.ones(n_s) if g is None else g
+    r = h * mu + np.sqrt(h) * g[:, None] * (z @ np.linalg.cholesky(cov).T)
+    b = {k: np.asarray(v) for k, v in BOOK.items()}
+    v0 = _bs(b["spot"], b["strike"], b["expiry"], b["rate"], b["vol"], b["call"])
+    v1 = _bs(b["spot"] * (1 + r[:, b["asset"]]), b["strike"], b["expiry"] - h / 252, b["rate"], b["vol"], b["call"])
+    option_loss = -(v1 - v0)[:, None, :] * qty[None, :, :]          # (N, P, n_options)
+    loss = -(r @ w.T) + option_loss.sum(axis=2)                        # (N, P)
+    k = math.ceil(n_s * (1 - Fraction(str(level))))  # exact: ceil(N (1 - level))
+    srt = -np.sort(-loss, axis=0)
+    np.testing.assert_allclose(res.var, srt[k - 1], rtol=1e-9)
+    np.testing.assert_allclose(res.cvar, srt[:k].mean(axis=0), rtol=1e-9)
+    # Euler contributions: band means of each position's loss, scaled to sum to the VaR
+    b_half = band_for(n_s, level)
+    order = np.argsort(-loss, axis=0, kind="stable")[k - 1 - b_half: k + b_half]  # (2b+1, P)
+    lin = np.stack([(-(r[order[:, p]] * w[p])).mean(axis=0) for p in range(3)])
+    opt = np.stack([option_loss[order[:, p], p].mean(axis=0) for p in range(3)])
+    scale = res.var / (lin.sum(axis=1) + opt.sum(axis=1))
+    np.testing.assert_allclose(res.contributions, lin * scale[:, None], rtol=1e-7, atol=1e-9 * np.abs(lin).max())
+    np.testing.assert_allclose(res.option_contributions, opt * scale[:, None], rtol=1e-7,
+                               atol=1e-9 * np.abs(opt).max())
+    np.testing.assert_allclose(res.contributions.sum(1) + res.option_contributions.sum(1), res.var, rtol=1e-10)
+
+
+def test_black_scholes_shared_math_matches_scipy():
+    from gpu_trader.option_math import bs_price
+
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        s, k = rng.uniform(1, 200, 2)
+        tau, r, vol = rng.uniform(-0.1, 3), rng.uniform(-0.01, 0.08), rng.uniform(0, 0.8)
+        call = bool(rng.integers(2))
+        assert bs_price(s, k, tau, r, vol, call) == pytest.approx(float(_bs(s, k, tau, r, vol, call)), rel=1e-10,
+                                                                   abs=1e-10)
+    assert bs_price(-5.0, 100.0, 1.0, 0.05, 0.2, False) == pytest.approx(100 * np.exp(-0.05))
+    assert bs_price(0.0, 100.0, 1.0, 0.05, 0.2, True) == 0.0
+
+
+@pytest.mark.parametrize("dist,dof", [("normal", None), ("t", 5.0)])
+def test_chunk_size_does_not_change_the_result(backend, dist, dof):
+    w, mu, cov = random_problem(p=2, seed=5)
+    book = gt.EuropeanOptions(quantity=[5.0, 1.0, -3.0, 10.0, 2.0], **BOOK)
+    runs = [gt.var_monte_carlo(w, mu, cov, n_scenarios=30_000, seed=3, dist=dist, dof=dof, options=book,
+                               chunk_size=c, backend=backend) for c in (1, 5000, 30_000, None)]
+    for r in runs[1:]:
+        for f in ("var", "cvar", "var_se", "contributions", "option_contributions"):
+            np.testing.assert_allclose(gt.to_numpy(getattr(r, f)), gt.to_numpy(getattr(runs[0], f)), rtol=1e-12,
+                                       err_msg=f)
+    other = gt.var_monte_carlo(w, mu, cov, n_scenarios=30_000, seed=4, dist=dist, dof=dof, backend=backend)
+    assert not np.allclose(gt.to_numpy(other.var), gt.to_numpy(runs[0].var), rtol=1e-6)
+
+
+def test_single_portfolio_shapes_float32_and_inputs_untouched():
+    w, mu, cov = random_problem(p=1, seed=6)
+    w1 = w[0].copy()
+    before = (w1.copy(), mu.copy(), cov.copy())
+    res = gt.var_monte_carlo(w1, mu, cov, n_scenarios=20_000, seed=1, dtype=np.float32)
+    assert res.var.shape == () and res.contributions.shape == (12,) and res.option_contributions is None
+    assert res.var.dtype == np.float64 and res.seed == 1 and res.n_scenarios == 20_000
+    np.testing.assert_allclose(res.contributions.sum(), res.var, rtol=1e-6)
+    for a, b in zip((w1, mu, cov), before):
+        np.testing.assert_array_equal(a, b)
+    fast = gt.var_monte_carlo(w1, mu, cov, n_scenarios=20_000, seed=1, contributions=False)
+    assert fast.contributions is None and np.isfinite(fast.var)
+    drawn = gt.var_monte_carlo(w1, mu, cov, n_scenarios=20_000)
+    again = gt.var_monte_carlo(w1, mu, cov, n_scenarios=20_000, seed=drawn.seed)
+    assert again.var == drawn.var
+
+
+def test_memory_does_not_grow_with_the_number_of_scenarios():
+    """Peak traced allocation (NumPy reports to tracemalloc) of 20x more scenarios stays about the same."""
+    import tracemalloc
+
+    w, mu, cov = random_problem(n=50, p=2, seed=9)
+    peaks = []
+    for n_s in (10_000, 200_000):
+        tracemalloc.start()
+        gt.var_monte_carlo(w, mu, cov, n_scenarios=n_s, seed=1, chunk_size=2048, level=0.999)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    full_matrix = 200_000 * 50 * 8
+    assert peaks[1] < 2 * peaks[0] and peaks[1] < full_matrix / 4, peaks
+
+
+def test_not_positive_definite_cov_is_repaired_with_a_warning():
+    w, mu, cov = random_problem(n=6, p=2, seed=7)
+    # a duplicated asset: singular (positive semi-definite), closed form still exact
+    big = np.zeros((7, 7))
+    big[:6, :6] = cov
+    big[6, :6] = big[:6, 6] = cov[0]
+    big[6, 6] = cov[0, 0]
+    w7 = np.hstack([w, w[:, :1]])
+    with pytest.warns(RuntimeWarning, match="not positive definite"):
+        res = gt.var_monte_carlo(w7, np.r_[mu, mu[0]], big, n_scenarios=100_000, seed=2)
+    exact, _ = closed_form_normal(w7, np.r_[mu, mu[0]], big, 0.99, 1)
+    assert np.all(np.abs(res.var - exact) < 4 * res.var_se)
+    # an indefinite matrix (inconsistent correlations): its negative eigenvalue is clipped
+    corr = np.array([[1.0, 0.9, 0.9], [0.9, 1.0, -0.9], [0.9, -0.9, 1.0]]) * 1e-4
+    with pytest.warns(RuntimeWarning, match="clipped"):
+        res = gt.var_monte_carlo(w[:, :3], mu[:3], corr, n_scenarios=10_000, seed=2)
+    assert np.all(np.isfinite(res.var))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gt.var_monte_carlo(w, mu, cov, n_scenarios=10_000, seed=2)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(cov=np.ones((3, 4))), ValueError, "cov must be a square"),
+    (dict(cov=np.eye(5)), ValueError, "cov is .* but weights have 4 assets"),
+    (dict(cov=np.eye(4) + np.triu(np.ones((4, 4)), 1) * 0.1), ValueError, "cov must be symmetric"),
+    (dict(cov=-np.eye(4)), ValueError, "negative variances"),
+    (dict(weights=np.ones((2, 3))), ValueError, "weights have 3 assets"),
+    (dict(weights=np.ones((2, 2, 4))), ValueError, "weights must have shape"),
+    (dict(mu=np.zeros(3)), ValueError, "mu must be a scalar or have shape"),
+    (dict(level=0.0), ValueError, "level must be in"),
+    (dict(level=1.0), ValueError, "level must be in"),
+    (dict(level=1.5), ValueError, "level must be in"),
+    (dict(level="0.99"), TypeError, "level must be a real number"),
+    (dict(horizon=0), ValueError, "horizon must be > 0"),
+    (dict(dist="t"), ValueError, "needs dof"),
+    (dict(dist="t", dof=2.0), ValueError, "dof must be > 2"),
+    (dict(dof=5.0), ValueError, "dof is only used"),
+    (dict(dist="cauchy"), ValueError, "dist must be"),
+    (dict(weights=np.array([1.0, np.nan, 0, 0])), ValueError, "weights contains NaN"),
+    (dict(cov=np.where(np.eye(4) > 0, np.nan, 0.0)), ValueError, "cov contains NaN"),
+    (dict(mu=np.array([0, 0, np.inf, 0])), ValueError, "mu contains NaN or inf"),
+    (dict(n_scenarios=500), ValueError, "n_scenarios=500 is too small"),
+    (dict(n_scenarios=1.5e4), TypeError, "n_scenarios must be an integer"),
+    (dict(seed=-1), ValueError, "seed must be"),
+    (dict(chunk_size=0), ValueError, "chunk_size must be >= 1"),
+    (dict(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    (dict(weights=np.array(["a", "b", "c", "d"])), TypeError, "weights must be a real numeric array"),
+    (dict(options="calls"), TypeError, "EuropeanOptions"),
+    (dict(options=gt.EuropeanOptions(asset=4, spot=1.0, strike=1.0, expiry=1.0, vol=0.2, quantity=1.0)),
+     ValueError, "options.asset must index"),
+    (dict(options=gt.EuropeanOptions(asset=0, spot=1.0, strike=1.0, expiry=1.0, vol=-0.2, quantity=1.0)),
+     ValueError, "negative volatility"),
+    (dict(options=gt.EuropeanOptions(asset=0, spot=1.0, strike=0.0, expiry=1.0, vol=0.2, quantity=1.0)),
+     ValueError, "options.strike must be > 0"),
+    (dict(options=gt.EuropeanOptions(asset=[0, 1], spot=1.0, strike=1.0, expiry=1.0, vol=0.2,
+                                     quantity=np.ones((3, 2)))), ValueError, "options.quantity must have shape"),
+    (dict(options=gt.EuropeanOptions(asset=[0, 1], spot=[1.0, 2.0, 3.0], strike=1.0, expiry=1.0, vol=0.2,
+                                     quantity=1.0)), ValueError, "one length"),
+    (dict(options=gt.EuropeanOptions(asset=0.5, spot=1.0, strike=1.0, expiry=1.0, vol=0.2, quantity=1.0)),
+     TypeError, "integer asset indices"),
+    (dict(backend="nope"), ValueError, "available backends"),
+])
+def test_bad_input_is_a_clear_error(kwargs, exc, match):
+    args = dict(weights=np.ones((2, 4)), mu=0.0, cov=np.eye(4) * 1e-4, n_scenarios=10_000, seed=0)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        gt.var_monte_carlo(args.pop("weights"), args.pop("mu"), args.pop("cov"), **args)
+
+
+@settings(max_examples=25, deadline=None)
+@given(P=st.integers(1, 5), m=st.integers(1, 40), chunks=st.lists(st.integers(1, 60), min_size=1, max_size=5),
+       seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float64, np.float32]))
+def test_tail_keepers_agree_with_a_sort(P, m, chunks, seed, dtype):
+    """The CPU heap and the GPU module's argpartition merge (run with NumPy) keep the m largest."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(P, sum(chunks))).astype(dtype)
+    data[:, ::7] = data[:, :1]  # ties
+    m = min(m, data.shape[1])
+    heap = (np.full((P, m), -np.inf, dtype), np.full((P, m), -1, np.int64))
+    merged = (heap[0].copy(), heap[1].copy())
+    first = 0
+    for c in chunks:
+        heap = cpu_mc.tail_update(*heap, data[:, first:first + c], first)
+        merged = gpu_mc.merge_tail(np, *merged, data[:, first:first + c], first)
+        first += c
+    expect = -np.sort(-data, axis=1)[:, :m]
+    for vals, idx in (heap, merged):
+        np.testing.assert_array_equal(-np.sort(-vals, axis=1), expect)
+        np.testing.assert_array_equal(np.take_along_axis(data, idx, axis=1), vals)
+
+
+def test_random_blocks_are_counter_based():
+    """Any run of blocks draws the same numbers as drawing everything at once."""
+    whole, g = cpu_mc.normals(42, 0, 5 * cpu_mc.BLOCK + 17, 3, np.float64, 5.0)
+    part, gp = cpu_mc.normals(42, 2 * cpu_mc.BLOCK, 3 * cpu_mc.BLOCK + 17, 3, np.float64, 5.0)
+    np.testing.assert_array_equal(part, whole[2 * cpu_mc.BLOCK:])
+    np.testing.assert_array_equal(gp, g[2 * cpu_mc.BLOCK:])
+    assert abs(whole.mean()) < 0.05 and abs(whole.std() - 1) < 0.05
+    assert np.all(g > 0) and abs(np.mean(g**2) - 1) < 0.15  # E[(dof - 2) / chi2_dof] = 1
+
+
+# -- the GPU module under numba's CUDA simulator --------------------------------------
+def _simulated() -> dict:
+    """Run in a subprocess with NUMBA_ENABLE_CUDASIM=1: the BS kernel and the whole engine with the GPU
+    module's kernel and tail merge (NumPy arrays) against the CPU backend."""
+    import gpu_trader.mc_engine as eng
+    from gpu_trader import montecarlo as pub
+
+    class Ops:
+        xp = np
+        BLOCK = cpu_mc.BLOCK
+        map_chunks = staticmethod(gpu_mc.map_chunks)
+        normals = staticmethod(cpu_mc.normals)
+        option_pnl = staticmethod(gpu_mc.option_pnl)
+        scatter_add = staticmethod(cpu_mc.scatter_add)
+
+        @staticmethod
+        def tail_update(vals, idx, loss, first):
+            return gpu_mc.merge_tail(np, vals, idx, loss, first)
+
+    w, mu, cov = random_problem(n=5, p=2, seed=8)
+    qty = np.array([[1.0, 2.0, -1.0, 3.0], [0.5, 0.0, 2.0, -4.0]]) * 10
+    book = gt.EuropeanOptions(asset=[0, 1, 1, 4], spot=[100.0, 50.0, 50.0, 20.0], strike=[95.0, 50.0, 55.0, 25.0],
+                              expiry=[0.5, 0.1, 1.0, 0.02], vol=[0.2, 0.4, 0.3, 0.6], call=[True, False, True, False],
+                              quantity=qty)
+    captured = {}
+    real_run = cpu_mc.run
+
+    def capture(plan):
+        captured["plan"] = plan
+        return real_run(plan)
+
+    cpu_mc.run = capture
+    try:
+        ref = gt.var_monte_carlo(w, mu, cov, n_scenarios=2000, horizon=3, dist="t", dof=5.0, seed=1, options=book,
+                                 chunk_size=512, backend="cpu")
+    finally:
+        cpu_mc.run = real_run
+    sim = eng.run(captured["plan"], Ops)
+    out = {"max_rel": 0.0}
+    for key, val in (("var", ref.var), ("cvar", ref.cvar), ("se", ref.var_se), ("contributions", ref.contributions),
+                     ("option_contributions", ref.option_contributions)):
+        err = np.abs(np.asarray(sim[key]) - val).max() / np.abs(val).max()
+        out["max_rel"] = max(out["max_rel"], float(err))
+    assert pub  # the public module is importable under the simulator
+    return out
+
+
+def test_gpu_module_under_cuda_simulator(tmp_path):
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    out = tmp_path / "sim.json"
+    proc = subprocess.run([sys.executable, __file__, "--simulate", str(out)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["max_rel"] < 1e-9
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--simulate":
+    from numba import config
+
+    assert config.ENABLE_CUDASIM
+    Path(sys.argv[2]).write_text(json.dumps(_simulated()))
