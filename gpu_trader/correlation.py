@@ -7,7 +7,8 @@ with time along the index and one column per series (the result is then a
 
 NaN policy, as pandas: each pair of series uses the periods where both are valid
 (pairwise-complete), and a pair with fewer than ``min_periods`` common periods
-gives NaN. float32 in gives float32 out; the arithmetic is float64. Oracles in the
+gives NaN. A series without any valid value, or fewer periods than a rolling
+window, is a ``ValueError``. float32 in gives float32 out; the arithmetic is float64. Oracles in the
 tests: ``numpy.cov``/``corrcoef``, pandas ``DataFrame.cov``/``corr``/``rolling().corr``/
 ``ewm``, scikit-learn's ``LedoitWolf``.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .backend import resolve, unwrap_pandas_columns
-from .validation import check_count, check_float
+from .validation import check_count, check_float, check_observations
 
 __all__ = ["cov", "corr", "rolling_corr", "ewma_cov", "ledoit_wolf"]
 
@@ -28,7 +29,8 @@ class _Call:
 
     __slots__ = ("kernels", "x", "dtype", "rewrap")
 
-    def __init__(self, r: Any, backend: Any) -> None:
+    def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1) -> None:
+        """``what`` names the estimator, ``minimum`` the valid periods it needs per series."""
         values, self.rewrap = unwrap_pandas_columns(r)
         be, (arr,), _ = resolve((values,), ("r",), backend)
         if arr.ndim < 2:
@@ -36,6 +38,7 @@ class _Call:
         if arr.shape[-1] == 0 or arr.shape[-2] == 0:
             raise ValueError(f"r must have at least one series and one period, got shape {arr.shape}")
         self.kernels = be.ops("correlation").kernels
+        check_observations(self.kernels.xp, arr, minimum, "r", what)
         self.dtype = arr.dtype
         self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)
 
@@ -52,7 +55,7 @@ def cov(r: Any, *, min_periods: int = 1, ddof: int = 1, backend: Any = None) -> 
     """
     min_periods = check_count(min_periods, "min_periods", 1)
     ddof = check_count(ddof, "ddof", 0)
-    c = _Call(r, backend)
+    c = _Call(r, backend, "cov")
     return c.out(c.kernels.cov(c.x, min_periods, ddof))
 
 
@@ -64,7 +67,7 @@ def corr(r: Any, *, min_periods: int = 1, backend: Any = None) -> Any:
     A constant series has NaN correlations.
     """
     min_periods = check_count(min_periods, "min_periods", 1)
-    c = _Call(r, backend)
+    c = _Call(r, backend, "corr")
     return c.out(c.kernels.corr(c.x, min_periods))
 
 
@@ -83,7 +86,9 @@ def rolling_corr(r: Any, window: int, *, min_periods: int | None = None, backend
     min_periods = window if min_periods is None else check_count(min_periods, "min_periods", 1)
     if min_periods > window:
         raise ValueError(f"min_periods ({min_periods}) must be <= window ({window})")
-    c = _Call(r, backend)
+    c = _Call(r, backend, f"rolling_corr with window={window}")
+    if c.x.shape[-1] < window:
+        raise ValueError(f"r has {c.x.shape[-1]} periods, fewer than window={window}")
     return c.out(c.kernels.rolling_corr(c.x, window, min_periods), "matrix_path")
 
 
@@ -98,7 +103,7 @@ def ewma_cov(r: Any, halflife: float, *, backend: Any = None) -> Any:
     over NaNs.
     """
     h = check_float(halflife, "halflife", positive=True)
-    c = _Call(r, backend)
+    c = _Call(r, backend, "ewma_cov")
     return c.out(c.kernels.ewma_cov(c.x, 0.5 ** (1.0 / h)))
 
 
@@ -110,7 +115,7 @@ def ledoit_wolf(r: Any, *, backend: Any = None) -> tuple[Any, Any]:
     scikit-learn's ``LedoitWolf().fit(r.T)``. Needs complete data: NaNs raise
     ``ValueError`` (drop or fill them first; shrinkage has no pairwise form).
     """
-    c = _Call(r, backend)
+    c = _Call(r, backend, "ledoit_wolf", 2)
     xp = c.kernels.xp
     if bool(xp.isnan(c.x).any()):
         raise ValueError("r must not contain NaN for ledoit_wolf (drop or fill missing periods first)")

@@ -14,7 +14,10 @@ Conventions (DESIGN.md sections 3-4):
 * **NaN policy**: NaNs are dropped per series, like pandas; the metric of a series
   equals the metric of the same series without its NaNs (so for compounding
   metrics a NaN counts as a day with no return). A series with no valid value
-  (or fewer than two, for anything using a standard deviation) gives NaN.
+  (or fewer than two, for anything using a standard deviation) is a ``ValueError``
+  naming it, never a silent NaN. NaN results remain only where the metric itself is
+  undefined: Calmar of a series that never draws down, Kelly without a win or a
+  loss, a ratio over a zero standard deviation.
 * ``level`` (confidence, in (0, 1)) may be a sequence: it adds a leading axis.
 * float32 in gives float32 out; all arithmetic is float64. Inputs are never modified.
 * Every function runs on every backend (``backend=`` or the input's array type).
@@ -32,7 +35,7 @@ import numpy as np
 from .backend import resolve, unwrap_pandas_columns
 from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
 from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
-from .validation import check_float, check_floats
+from .validation import check_float, check_floats, check_observations
 
 __all__ = [
     "var_historical", "var_parametric", "cvar", "max_drawdown", "sharpe", "sortino", "calmar",
@@ -67,12 +70,13 @@ class _Call:
 
     __slots__ = ("kernels", "x", "dtype", "rewrap")
 
-    def __init__(self, r: Any, backend: Any) -> None:
+    def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1) -> None:
+        """``what`` names the metric and ``minimum`` the valid observations it needs per series
+        (an all-NaN or too short series is a ``ValueError``, never a silent NaN)."""
         values, self.rewrap = unwrap_pandas_columns(r)
         be, (arr,), _ = resolve((values,), ("r",), backend)
-        if arr.shape[-1] == 0:
-            raise ValueError("r must have at least one observation along its last (time) axis")
         self.kernels = be.ops("risk").kernels
+        check_observations(self.kernels.xp, arr, minimum, "r", what)
         self.dtype = arr.dtype
         self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)
 
@@ -96,7 +100,7 @@ def var_historical(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     Returns shape ``(...)``, or ``(len(level), ...)`` for a sequence of levels.
     """
     q, grid = _tail_probabilities(level)
-    c = _Call(r, backend)
+    c = _Call(r, backend, "var_historical")
     return c.out(c.kernels.var_historical(c.x, q), grid, level)
 
 
@@ -108,7 +112,7 @@ def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     ``cvar >= var_historical`` up to interpolation. Shape as :func:`var_historical`.
     """
     q, grid = _tail_probabilities(level)
-    c = _Call(r, backend)
+    c = _Call(r, backend, "cvar")
     return c.out(c.kernels.cvar(c.x, q), grid, level)
 
 
@@ -125,7 +129,7 @@ def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backe
     if method not in _PARAMETRIC_METHODS:
         raise ValueError(f"method must be one of {_PARAMETRIC_METHODS}, got {method!r}")
     q, grid = _tail_probabilities(level)
-    c = _Call(r, backend)
+    c = _Call(r, backend, "var_parametric (mean and standard deviation)", 2)
     return c.out(c.kernels.var_parametric(c.x, q, method == "cornish-fisher"), grid, level)
 
 
@@ -136,7 +140,7 @@ def max_drawdown(r: Any, *, backend: Any = None) -> Any:
     drawdown) and compounds ``1 + r``; equal to ``-empyrical.max_drawdown(r)``. 0 for
     a path that never falls.
     """
-    c = _Call(r, backend)
+    c = _Call(r, backend, "max_drawdown")
     return c.out(c.kernels.max_drawdown(c.x)[None], False)
 
 
@@ -147,7 +151,7 @@ def sharpe(r: Any, periods_per_year: float = 252, risk_free: float = 0.0, *, bac
     """
     ppy = check_float(periods_per_year, "periods_per_year", positive=True)
     rf = check_float(risk_free, "risk_free")
-    c = _Call(r, backend)
+    c = _Call(r, backend, "sharpe (standard deviation)", 2)
     return c.out(c.kernels.sharpe(c.x, ppy, rf)[None], False)
 
 
@@ -160,7 +164,7 @@ def sortino(r: Any, periods_per_year: float = 252, required_return: float = 0.0,
     """
     ppy = check_float(periods_per_year, "periods_per_year", positive=True)
     mar = check_float(required_return, "required_return")
-    c = _Call(r, backend)
+    c = _Call(r, backend, "sortino")
     return c.out(c.kernels.sortino(c.x, ppy, mar)[None], False)
 
 
@@ -171,7 +175,7 @@ def calmar(r: Any, periods_per_year: float = 252, *, backend: Any = None) -> Any
     periods. NaN when the series never draws down.
     """
     ppy = check_float(periods_per_year, "periods_per_year", positive=True)
-    c = _Call(r, backend)
+    c = _Call(r, backend, "calmar")
     return c.out(c.kernels.calmar(c.x, ppy)[None], False)
 
 
@@ -181,7 +185,7 @@ def kelly_fraction(r: Any, *, backend: Any = None) -> Any:
     ``p`` = share of winning periods among non-zero ones, ``b`` = mean win / |mean loss|.
     NaN when a series has no win or no loss. May be negative (the bet loses).
     """
-    c = _Call(r, backend)
+    c = _Call(r, backend, "kelly_fraction")
     return c.out(c.kernels.kelly_fraction(c.x)[None], False)
 
 
@@ -209,6 +213,6 @@ def risk_report(
     q = qs[0]
     ppy = check_float(periods_per_year, "periods_per_year", positive=True)
     rf = check_float(risk_free, "risk_free")
-    c = _Call(r, backend)
+    c = _Call(r, backend, "risk_report (standard deviation)", 2)
     report = c.kernels.risk_report(c.x, q, ppy, rf)
     return {k: c.out(v[None], False) for k, v in report.items()}

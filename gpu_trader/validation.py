@@ -74,3 +74,23 @@ def check_count(value: Any, name: str, minimum: int) -> int:
         raise TypeError(f"{name} must be one integer, got a sequence")
     (v,), _ = check_windows(value, name, minimum)
     return v
+
+
+def check_observations(xp: Any, x: Any, minimum: int, name: str, what: str) -> None:
+    """Every series of ``x`` (..., T) on namespace ``xp`` must hold at least ``minimum``
+    valid (non-NaN) values: otherwise ``ValueError`` naming ``name``, the first offending
+    series' batch index and ``what`` needs them. One cheap NaN test on clean data."""
+    t = x.shape[-1]
+    if t < minimum:
+        raise ValueError(f"{name} has {t} observations per series; {what} needs at least {minimum}")
+    nan = xp.isnan(x)
+    if not bool(nan.any()):
+        return
+    counts = (~nan).sum(axis=-1)
+    worst = int(counts.min())
+    if worst < minimum:
+        where = np.unravel_index(int(counts.argmin()), counts.shape) if counts.ndim else ()
+        raise ValueError(
+            f"{name} has a series with {worst} valid (non-NaN) observations (batch index {tuple(map(int, where))});"
+            f" {what} needs at least {minimum} per series"
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as hs
 from sklearn.covariance import LedoitWolf
 
@@ -54,6 +54,7 @@ def test_complete_data_matches_numpy(backend):
        nan_frac=hs.sampled_from([0.0, 0.3]), min_periods=hs.integers(1, 5))
 def test_random_shapes_and_holes(backend, n, t, seed, nan_frac, min_periods):
     r = returns(n, t, seed=seed, nan_frac=nan_frac)
+    assume((~np.isnan(r)).sum(-1).min() >= 1)  # an all-NaN series is an error (test_bad_input)
     df = pd.DataFrame(r.T)
     rb = on_backend(backend, r)
     with np.errstate(all="ignore"):
@@ -159,6 +160,11 @@ def test_inputs_not_modified(backend):
         (lambda r: corrmod.ewma_cov(r, [5, 10]), TypeError, "halflife"),
         (lambda r: corrmod.ledoit_wolf(np.where(r > 0.02, np.nan, r)), ValueError, "NaN"),
         (lambda r: corrmod.corr(r[:, :0]), ValueError, "at least one"),
+        (lambda r: corrmod.rolling_corr(r, 41), ValueError, "fewer than window=41"),
+        (lambda r: corrmod.corr(np.where(np.arange(3)[:, None] == 1, np.nan, r)), ValueError,
+         r"r has a series with 0 valid .*batch index \(1,\)"),
+        (lambda r: corrmod.ewma_cov(np.full_like(r, np.nan), 5), ValueError, "0 valid"),
+        (lambda r: corrmod.ledoit_wolf(r[:, :1]), ValueError, "ledoit_wolf needs at least 2"),
     ],
 )
 def test_bad_input(call, exc, match):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats as st
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as hs
 
 import gpu_trader as gt
@@ -94,25 +94,40 @@ def test_matches_oracle(backend, name, nan_frac):
 def test_matches_oracle_short_random_series(backend, n_obs, seed, nan_frac, name):
     ours, oracle = ORACLES[name]
     r = returns(3, n_obs, seed=seed, nan_frac=nan_frac, dof=3.0)
+    assume((~np.isnan(r)).sum(-1).min() >= 2)  # fewer valid values is an error, tested below
     with np.errstate(all="ignore"):
         expected = per_series(lambda x: oracle(x) if len(x) >= 2 else np.nan, r)
     got = gt.to_numpy(ours(on_backend(backend, r), backend))
-    ok = ~np.isnan(expected)
-    # one valid value: we still define VaR/CVaR/drawdown; the oracle above was skipped there
-    np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-13, equal_nan=True)
 
 
-def test_empty_and_single_valid_series_give_nan(backend):
-    r = np.full((3, 10), np.nan)
-    r[1, 4] = -0.02
-    r[2, :] = 0.01
+def test_too_few_observations_is_an_error_not_nan(backend):
+    r = np.full((3, 10), 0.01)
+    r[1, :] = np.nan
+    r[1, 4] = -0.02                                     # one valid value
     rb = on_backend(backend, r)
-    var = gt.to_numpy(risk.var_historical(rb, backend=backend))
-    assert np.isnan(var[0]) and var[1] == pytest.approx(0.02) and var[2] == pytest.approx(-0.01)
-    assert np.isnan(gt.to_numpy(risk.sharpe(rb, backend=backend))[:2]).all()      # std needs 2 values
-    assert np.isnan(gt.to_numpy(risk.kelly_fraction(rb, backend=backend))).all()  # no win and loss
-    assert np.isnan(gt.to_numpy(risk.calmar(rb, backend=backend))[2])             # never draws down
-    assert gt.to_numpy(risk.max_drawdown(rb, backend=backend))[2] == 0.0
+    one_ok = on_backend(backend, r[[0, 1]])
+    assert gt.to_numpy(risk.var_historical(one_ok, backend=backend))[1] == pytest.approx(0.02)
+    for fn in (risk.sharpe, risk.var_parametric, risk.risk_report):
+        with pytest.raises(ValueError, match=r"r has a series with 1 valid .*batch index \(1,\)"):
+            fn(rb, backend=backend)
+    r[2, :] = np.nan                                    # all-NaN series
+    rb = on_backend(backend, r)
+    for fn in (risk.var_historical, risk.cvar, risk.max_drawdown, risk.kelly_fraction, risk.calmar):
+        with pytest.raises(ValueError, match=r"r has a series with 0 valid .*batch index \(2,\)"):
+            fn(rb, backend=backend)
+    with pytest.raises(ValueError, match="r has 1 observations per series; sharpe"):
+        risk.sharpe(on_backend(backend, np.array([0.01])), backend=backend)
+
+
+def test_undefined_metrics_are_nan(backend):
+    """Where the metric itself is undefined the result is NaN (documented), not an error."""
+    r = np.full((2, 10), 0.01)
+    r[1, ::2] = -0.01
+    rb = on_backend(backend, r)
+    assert np.isnan(gt.to_numpy(risk.kelly_fraction(rb, backend=backend))[0])   # no loss
+    assert np.isnan(gt.to_numpy(risk.calmar(rb, backend=backend))[0])           # never draws down
+    assert gt.to_numpy(risk.max_drawdown(rb, backend=backend))[0] == 0.0
 
 
 def test_level_grid_adds_leading_axis(backend):
@@ -210,7 +225,7 @@ def test_gpu_formulation_on_numpy():
         (lambda r: risk.sharpe(r, periods_per_year=0), ValueError, "periods_per_year"),
         (lambda r: risk.sortino(r, required_return=[0.1]), TypeError, "required_return"),
         (lambda r: risk.risk_report(r, level=[0.9, 0.99]), TypeError, "level"),
-        (lambda r: risk.var_historical(r[:, :0]), ValueError, "r must have at least one observation"),
+        (lambda r: risk.var_historical(r[:, :0]), ValueError, "r has 0 observations per series; var_historical"),
         (lambda r: risk.var_historical(np.array(["a", "b"])), TypeError, "r must be a real numeric"),
         (lambda r: risk.var_historical(np.float64(0.1)), ValueError, "r must have at least one dimension"),
     ],
