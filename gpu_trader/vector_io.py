@@ -113,9 +113,10 @@ def read(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], d
         magic, header_len, header_crc = _PREFIX.unpack(prefix)
         if magic != MAGIC:
             raise VectorIndexFileError(f"{path}: not a gpu-trader vector index (bad magic bytes)")
+        if header_len > size - _PREFIX.size:  # a corrupt length field must not drive a huge read
+            raise VectorIndexFileError(
+                f"{path}: corrupt or truncated header (says {header_len} bytes, the file has {size - _PREFIX.size})")
         header = fh.read(header_len)
-        if len(header) < header_len:
-            raise VectorIndexFileError(f"{path}: truncated inside the header")
         if zlib.crc32(header) != header_crc:
             raise VectorIndexFileError(f"{path}: corrupt header (checksum mismatch)")
         head = json.loads(header)

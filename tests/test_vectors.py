@@ -405,6 +405,19 @@ def test_load_refuses_corrupt_file(tmp_path):
             VectorIndex.load(path)
 
 
+def test_load_refuses_every_single_byte_flip_in_the_prefix_and_header(tmp_path):
+    """Any corrupted byte of the fixed prefix (magic, header length, header checksum) or of the
+    header is a VectorIndexFileError, never a MemoryError/OverflowError from trusting a length."""
+    path = _saved(tmp_path)
+    data = path.read_bytes()
+    for pos in range(vector_io._PREFIX.size + 8):
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        with pytest.raises(VectorIndexFileError):
+            VectorIndex.load(path)
+
+
 def test_load_refuses_other_format_version(tmp_path, monkeypatch):
     monkeypatch.setattr(vector_io, "FORMAT_VERSION", 99)
     path = _saved(tmp_path)
