@@ -53,6 +53,13 @@ def _check_price(price, name: str = "price") -> float:
     return p
 
 
+def _check_commission(commission, name: str = "commission") -> float:
+    c = _check_quantity(commission, name)
+    if c < 0.0:
+        raise ValueError(f"{name} must be >= 0 (a fee paid), got {commission!r}")
+    return c
+
+
 def _check_quantity(quantity, name: str = "quantity") -> float:
     try:
         q = float(quantity)
@@ -375,7 +382,7 @@ class Portfolio:
         _check_symbol(symbol)
         q = _check_quantity(quantity)
         p = _check_price(price)
-        c = self._commission(q, p) if commission is None else _check_quantity(commission, "commission")
+        c = self._commission(q, p) if commission is None else _check_commission(commission)
         with self._lock:
             return self._book(symbol, q, p, c)
 
@@ -409,7 +416,7 @@ class Portfolio:
                 raise ValueError(f"quantities[{k}] must be finite, got {q!r}")
             if not (p > 0.0 and _isfinite(p)):
                 raise ValueError(f"prices[{k}] must be finite and > 0, got {p!r}")
-            c = model(q, p) if cs is None else _check_quantity(cs[k], f"commissions[{k}]")
+            c = model(q, p) if cs is None else _check_commission(cs[k], f"commissions[{k}]")
             rows.append((s, q, p, c))
         book = self._book
         total = 0.0

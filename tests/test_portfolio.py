@@ -170,6 +170,8 @@ def test_batch_trades_equal_single_trades_and_are_atomic():
     (lambda p: p.mark("X", 0.0), "price"),
     (lambda p: p.apply_fills(["X"], [1, 2], [1.0]), "same length"),
     (lambda p: p.set_position("X", 5, -3.0), "avg_cost"),
+    (lambda p: p.apply_fill("X", 1, 10.0, commission=-5.0), "commission must be >= 0"),
+    (lambda p: p.apply_fills(["X", "X"], [1, 1], [10.0, 10.0], commissions=[1.0, -1.0]), r"commissions\[1\]"),
 ])
 def test_bad_input_names_the_argument_and_changes_nothing(call, match):
     pf = Portfolio(100.0)
