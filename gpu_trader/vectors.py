@@ -14,7 +14,8 @@ plus a top-k selection (see :mod:`gpu_trader.vector_math`). ``kind="hnsw"`` (cpu
 answers unfiltered queries from an hnswlib graph; ``kind="cagra"`` (cuda backend) from a
 cuVS CAGRA graph; both fall back to exact search for filtered queries (see :mod:`gpu_trader.ann`).
 ``dtype="int8"`` stores per-vector scalar-quantized codes (4x less memory; scores are
-those of the dequantized vectors).
+those of the dequantized vectors) for exact and CAGRA search; with ``kind="hnsw"`` it is a
+``ValueError`` (hnswlib stores float32 vectors itself).
 
 Rules: ``k`` must be an int in ``[1, len(index)]`` (``ValueError`` otherwise). With a
 ``filter`` fewer than ``k`` vectors may match: the rows are then padded with id ``-1``
@@ -139,7 +140,7 @@ class VectorIndex:
     """A k-NN store of ``dim``-dimensional vectors (see the module docstring).
 
     ``M``, ``ef_construction``, ``ef_search``: the HNSW graph's degree and beam widths
-    (``kind="hnsw"`` only; defaults reach recall@10 >= 0.95 at 100K x 384, see
+    (``kind="hnsw"`` only; defaults reach recall@10 >= 0.95 on clustered data at 100K x 384, see
     ``docs/ann_comparison.md``).
     """
 
@@ -154,6 +155,9 @@ class VectorIndex:
         dtype_name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
         if dtype_name not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if kind == "hnsw" and dtype_name == "int8":
+            raise ValueError("dtype='int8' is for kind='exact' or 'cagra': hnswlib keeps its own float32 copy of "
+                             "every vector, so int8 would save no memory and its scores would not be the codes'")
         params = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
         for name, value in params.items():
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

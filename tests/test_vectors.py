@@ -195,6 +195,8 @@ def test_inputs_not_mutated_and_dtypes(backend):
 
 # -- errors --------------------------------------------------------------------------------
 def test_clear_errors(backend):
+    with pytest.raises(ValueError, match="int8.*hnswlib"):
+        VectorIndex(8, kind="hnsw", dtype="int8")
     index = build(backend, clustered(20, 8))
     with pytest.raises(ValueError, match="dimension"):
         index.add(np.ones((2, 9)))
