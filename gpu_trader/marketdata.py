@@ -77,6 +77,7 @@ QUOTE_REASONS = _mm.QUOTE_REASONS  # status code -> name: ("ok", "invalid", "cro
 
 _Price = Annotated[float, msgspec.Meta(gt=0.0)]
 _Size = Annotated[float, msgspec.Meta(ge=0.0)]
+_Symbol = Annotated[str, msgspec.Meta(min_length=1)]
 _Ts = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # fits the int64 ts column
 _INF = math.inf
 
@@ -98,18 +99,18 @@ class Rejection(NamedTuple):
 
 
 class Tick(msgspec.Struct, frozen=True, gc=False):
-    """One trade: ``symbol``, ``ts`` (int ns since epoch, UTC), ``price`` (> 0), ``size`` (>= 0)."""
+    """One trade: ``symbol`` (non-empty), ``ts`` (int ns since epoch, UTC), ``price`` (> 0), ``size`` (>= 0)."""
 
-    symbol: str
+    symbol: _Symbol
     ts: _Ts
     price: _Price
     size: _Size
 
 
 class Quote(msgspec.Struct, frozen=True, gc=False):
-    """Top of book: ``symbol``, ``ts`` (int ns), ``bid``/``ask`` (> 0), ``bid_size``/``ask_size`` (>= 0)."""
+    """Top of book: ``symbol`` (non-empty), ``ts`` (int ns), ``bid``/``ask`` (> 0), ``bid_size``/``ask_size`` (>= 0)."""
 
-    symbol: str
+    symbol: _Symbol
     ts: _Ts
     bid: _Price
     ask: _Price

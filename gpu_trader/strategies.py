@@ -69,7 +69,11 @@ def _check_cost(cost_bps) -> float:
 
 @dataclass(frozen=True)
 class Momentum:
-    """EMA crossover: +1 when EMA(fast) > EMA(slow), -1 when below, 0 when equal or NaN."""
+    """EMA crossover: +1 when EMA(fast) > EMA(slow), -1 when below, 0 when equal or NaN.
+
+    ``fast`` is not required to be below ``slow``: with ``fast > slow`` the rule is the
+    contrarian crossover (the signal of the swapped pair, negated), which a parameter
+    sweep may want to cover; ``fast == slow`` is always flat."""
 
     fast: int = 10
     slow: int = 30

@@ -50,6 +50,7 @@ def test_parse_tick_roundtrip_and_extra_fields():
         (b'{"symbol": "A", "ts": 1, "price": 2.0}', "missing_field"),
         (b'{"ts": 1, "price": 2.0, "size": 1}', "missing_field"),
         (tick_json(price=-1.0), "invalid_field"),
+        (b'{"symbol":"","ts":1,"price":1.0,"size":1}', "invalid_field"),
         (tick_json(price=0.0), "invalid_field"),
         (tick_json(size=-5.0), "invalid_field"),
         (b'{"symbol":"A","ts":1,"price":1e999,"size":1}', "invalid_field"),
