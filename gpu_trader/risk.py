@@ -56,6 +56,8 @@ _PARAMETRIC_METHODS = ("gaussian", "cornish-fisher")
 
 def _tail_probabilities(level: Any) -> tuple[tuple[float, ...], bool]:
     """Validate ``level`` (one confidence or a sequence) -> tail probabilities ``1 - level``."""
+    if type(level) is float and 0.0 < level < 1.0:  # the common case, kept cheap
+        return (round(1.0 - level, 15),), False
     levels, grid = check_floats(level, "level")
     for v in levels:
         if not 0.0 < v < 1.0:
