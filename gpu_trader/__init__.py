@@ -30,7 +30,7 @@ _LAZY = {
 
 
 # Public modules reachable as attributes (``gt.marketdata.Rejection``), imported on first use.
-_MODULES = frozenset(set(_LAZY.values()))
+_MODULES = frozenset(set(_LAZY.values()) | {"distributed"})
 
 
 def __getattr__(name):

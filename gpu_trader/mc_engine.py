@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Plan", "OptionArrays", "run", "band_for", "Z_95"]
+__all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tails", "finish", "band_for", "Z_95"]
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -109,13 +109,40 @@ def run(plan: Plan, ops: Any) -> dict[str, Any]:
     """Run ``plan`` on a backend; returns ``var, cvar, se, ci_low, ci_high`` as ``(P,)``
     arrays and, with ``plan.contributions``, ``contributions (P, n)`` and
     ``option_contributions (P, n_options)`` (None without options), all float64 on the device."""
+    vals, idx = tail(plan, ops, 0, plan.n_scenarios)
+    return finish(plan, ops, vals, idx)
+
+
+def tail(plan: Plan, ops: Any, start: int, stop: int):
+    """Each portfolio's ``plan.keep`` largest losses among scenarios ``start .. stop - 1``
+    and their scenario numbers: ``(vals, idx)``, ``(P, keep)`` each, unsorted (``-inf`` /
+    ``-1`` where fewer scenarios). ``start`` must be a multiple of ``plan.chunk``: the
+    chunks are then the same as in a single pass, so the losses are bit for bit the same
+    however the range is split (what :mod:`gpu_trader.distributed` relies on)."""
+    if start % plan.chunk:
+        raise ValueError(f"start={start} must be a multiple of the chunk size {plan.chunk}")
     xp = ops.xp
     sim = _Simulation(plan, ops)
     vals = xp.full((sim.P, plan.keep), -xp.inf, dtype=plan.dtype)
     idx = xp.full((sim.P, plan.keep), -1, dtype=xp.int64)
-    firsts = range(0, plan.n_scenarios, plan.chunk)
+    firsts = range(start, min(stop, plan.n_scenarios), plan.chunk)
     for first, loss in zip(firsts, ops.map_chunks(sim.losses, firsts)):
         vals, idx = ops.tail_update(vals, idx, loss, first)
+    return vals, idx
+
+
+def merge_tails(plan: Plan, ops: Any, tails) -> tuple[Any, Any]:
+    """Merge partial ``(vals, idx)`` tails (e.g. from several workers) into one."""
+    xp = ops.xp
+    vals = xp.concatenate([xp.asarray(v) for v, _ in tails], axis=1)
+    idx = xp.concatenate([xp.asarray(i) for _, i in tails], axis=1)
+    keep = xp.argsort(-vals, axis=1)[:, : plan.keep]
+    return xp.take_along_axis(vals, keep, axis=1), xp.take_along_axis(idx, keep, axis=1)
+
+
+def finish(plan: Plan, ops: Any, vals, idx) -> dict[str, Any]:
+    """The estimators (and the re-drawn Euler contributions) from a complete tail."""
+    xp = ops.xp
     order = xp.argsort(-vals, axis=1)
     vals = xp.take_along_axis(vals, order, axis=1).astype(xp.float64)
     idx = xp.take_along_axis(idx, order, axis=1)
@@ -132,6 +159,7 @@ def run(plan: Plan, ops: Any) -> dict[str, Any]:
     out["se"] = (out["ci_high"] - out["ci_low"]) * (math.sqrt(plan.n_scenarios * p * (1 - p)) / (2.0 * half))
     out["contributions"] = out["option_contributions"] = None
     if plan.contributions:
+        sim = _Simulation(plan, ops)
         out["contributions"], out["option_contributions"] = sim.contributions(idx[:, k - 1 - half: k + half], var)
     return out
 

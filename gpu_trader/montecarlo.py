@@ -135,6 +135,16 @@ def var_monte_carlo(
     float64). NaN or inf anywhere in the inputs is a ``ValueError``. Returns a
     :class:`MonteCarloVaR`.
     """
+    be, plan, single = plan_monte_carlo(
+        weights, mu, cov, level=level, n_scenarios=n_scenarios, horizon=horizon, dist=dist, dof=dof, seed=seed,
+        options=options, contributions=contributions, chunk_size=chunk_size, dtype=dtype, backend=backend)
+    return result(plan, be.ops("montecarlo").run(plan), single, dist)
+
+
+def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof, seed, options, contributions,
+                     chunk_size, dtype, backend):
+    """Validate the arguments of :func:`var_monte_carlo` into ``(backend, mc_engine.Plan, single)``
+    (``single``: the weights were one portfolio). Shared with :mod:`gpu_trader.distributed`."""
     be = select_backend(weights, backend)
     w = _host(weights, "weights")
     if w.ndim not in (1, 2) or w.shape[-1] == 0 or w.size == 0:
@@ -187,7 +197,11 @@ def var_monte_carlo(
         horizon=horizon, dof=dof, seed=seed, chunk=chunk, dtype=dt, factor=_factor(c), mu=m,
         weights=w2, options=opts, quantity=qty, contributions=bool(contributions),
     )
-    res = be.ops("montecarlo").run(plan)
+    return be, plan, single
+
+
+def result(plan, res: dict, single: bool, dist: str) -> MonteCarloVaR:
+    """Wrap the engine's estimates (:func:`gpu_trader.mc_engine.finish`) as a :class:`MonteCarloVaR`."""
     pick = (lambda a: a[0]) if single else (lambda a: a)
     opt_c = res["option_contributions"]
     return MonteCarloVaR(
@@ -195,7 +209,7 @@ def var_monte_carlo(
         var_ci=(pick(res["ci_low"]), pick(res["ci_high"])),
         contributions=None if res["contributions"] is None else pick(res["contributions"]),
         option_contributions=None if opt_c is None else pick(opt_c),
-        level=level, horizon=horizon, n_scenarios=n_scenarios, dist=dist, seed=seed,
+        level=plan.level, horizon=plan.horizon, n_scenarios=plan.n_scenarios, dist=dist, seed=plan.seed,
     )
 
 
