@@ -1,8 +1,9 @@
 """The ``gpu-trader`` command line.
 
 Usage: ``gpu-trader bench [--backend NAME ...] [--suite NAME ...] [--quick]
-[--json PATH] [--baseline PATH [--fail-on-regression]] [--report PATH.md]`` runs the
-suites; ``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--report PATH.md]``
+[--json PATH] [--baseline PATH [--fail-on-regression] [--min-change F]] [--report PATH.md]``
+runs the suites; ``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--min-change F]
+[--report PATH.md]``
 applies the regression gate (:mod:`gpu_trader.bench.compare`) to two ``--json`` files.
 
 Exit status: 0 when every case ran (or was skipped) and, with ``--fail-on-regression``,
@@ -65,8 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _gate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="exit with status 3 when a case regressed against the baseline")
+    parser.add_argument("--min-change", type=_fraction, default=None, metavar="FRACTION",
+                        help="smallest p50 change marked REGRESSED/IMPROVED when above the noise "
+                             "(default 0.05 = 5%%; raise it on a shared, noisy machine)")
     parser.add_argument("--report", metavar="PATH.md",
                         help="write a self-contained Markdown report (tables, baseline comparison, plots)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 10.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction > 0 such as 0.05, got {text!r}")
+    return value
 
 
 def _check_output_dir(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
@@ -96,7 +110,7 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         new = compare.load_run(args.new, "run")
     except ValueError as exc:
         parser.error(str(exc))
-    comparisons = compare.compare(new["results"], old["results"])
+    comparisons = compare.compare(new["results"], old["results"], args.min_change or compare.MIN_CHANGE)
     meta = {"run": args.new, "baseline": args.old, "timestamp": new.get("timestamp"), "quick": new.get("quick")}
     regressed = _gate(comparisons, new["results"], meta, args)
     if any(r.get("status") == "error" for r in new["results"]):
@@ -121,8 +135,9 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"--backend: {exc}")
     _check_output_dir(parser, "--json", args.json)
     _check_output_dir(parser, "--report", args.report)
-    if args.fail_on_regression and not args.baseline:
-        parser.error("--fail-on-regression needs --baseline")
+    for option in ("fail_on_regression", "min_change"):
+        if getattr(args, option) and not args.baseline:
+            parser.error(f"--{option.replace('_', '-')} needs --baseline")
     baseline = None
     if args.baseline:
         try:
@@ -148,7 +163,8 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"\nwarning: the 1-minute load average was {load_before:.2f} on {os.cpu_count()} CPUs before the "
               "run: other processes competed for the CPUs, so these timings are suspect.")
     records = [r.to_dict() for r in results]
-    comparisons = None if baseline is None else compare.compare(records, baseline["results"])
+    comparisons = (None if baseline is None
+                   else compare.compare(records, baseline["results"], args.min_change or compare.MIN_CHANGE))
     meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "quick": args.quick, "devices": ", ".join(dict.fromkeys(f"{r.backend}: {r.device}" for r in results)),
             "baseline": args.baseline or "-"}

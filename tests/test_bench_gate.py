@@ -186,6 +186,14 @@ def test_cli_compare_exit_codes_with_and_without_fail_on_regression(tmp_path):
     assert _main(["compare", old, faster, "--fail-on-regression"])[0] == 0
 
 
+def test_cli_min_change_raises_the_floor(tmp_path):
+    old = _write(tmp_path, "old.json", _load(RISK_RUN))
+    new = _write(tmp_path, "new.json", _scaled(_load(RISK_RUN)))
+    code, text = _main(["compare", old, new, "--fail-on-regression", "--min-change", "0.25"])
+    assert code == 0  # +-20 % is inside a 25 % floor
+    assert "REGRESSED" not in text and "IMPROVED" not in text and "+-25%" in text
+
+
 def test_cli_compare_exits_one_when_the_new_run_has_an_error(tmp_path):
     doc = _load(FEATURES_RUN)
     broken = _scaled(doc)
@@ -251,6 +259,9 @@ def test_cli_bench_case_error_wins_over_regression(tmp_path, fake_run):
 
 @pytest.mark.parametrize("argv, message", [
     (["bench", "--fail-on-regression"], "--fail-on-regression needs --baseline"),
+    (["bench", "--min-change", "0.1"], "--min-change needs --baseline"),
+    (["compare", str(FEATURES_RUN), str(FEATURES_RUN), "--min-change", "0"], "expected a fraction > 0"),
+    (["compare", str(FEATURES_RUN), str(FEATURES_RUN), "--min-change", "x"], "expected a fraction > 0"),
     (["bench", "--report", "/nonexistent/dir/r.md"], "--report: directory"),
     (["compare", "/nonexistent/old.json", str(FEATURES_RUN)], "baseline '/nonexistent/old.json': cannot read"),
 ])

@@ -19,6 +19,9 @@ the median absolute deviation of the timed calls). That is the spread of one cal
 the standard error of the median: repeated runs differ by more than their sampling
 error (other processes, clock and cache state), so the per-call spread is the
 conservative yardstick. A run recorded before ``mad_s`` existed counts as ``min_change``.
+Even so, the spread inside one run (often under 1 % of p50) can be smaller than the
+difference between two runs on a busy machine; raise ``min_change`` there
+(``--min-change``).
 """
 from __future__ import annotations
 
@@ -148,7 +151,7 @@ def summary(comparisons: Iterable[CaseComparison]) -> dict[str, int]:
 
 def print_comparison(comparisons: list[CaseComparison], out: TextIO) -> None:
     """Per case: new p50, old p50, new/old, the threshold and the verdict; then the counts."""
-    print(f"\nAgainst baseline (p50 new/old, < 1 is faster; changed beyond max({MIN_CHANGE:.0%}, noise)):",
+    print("\nAgainst baseline (p50 new/old, < 1 is faster; changed beyond +-threshold = max(min change, noise)):",
           file=out)
     for c in comparisons:
         ratio = "-" if c.ratio is None else f"{c.ratio:.2f}"

@@ -70,7 +70,7 @@ def _comparison_lines(comparisons: Sequence[CaseComparison]) -> list[str]:
     counts = ", ".join(f"{n} {v}" for v, n in summary(comparisons).items())
     return ["## Against the baseline", "",
             "p50 new/old (< 1 is faster); a case changed when the ratio leaves 1 by more than its threshold, "
-            "max(5 %, the larger relative MAD of the two runs).", "", counts, "",
+            "max(the minimum change, 5 % by default; the larger relative MAD of the two runs).", "", counts, "",
             *_table(["suite", "backend", "case", "new p50", "old p50", "new/old", "threshold", "verdict", "note"],
                     rows), ""]
 
