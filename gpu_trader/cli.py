@@ -17,6 +17,10 @@ import datetime
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .bench.compare import CaseComparison
 
 __all__ = ["main", "build_parser"]
 
@@ -88,7 +92,8 @@ def _check_output_dir(parser: argparse.ArgumentParser, option: str, path: str | 
         parser.error(f"{option}: directory of {path!r} does not exist")
 
 
-def _gate(comparisons: list | None, records: list, meta: dict, args: argparse.Namespace) -> bool:
+def _gate(comparisons: list[CaseComparison] | None, records: list[dict], meta: dict,
+          args: argparse.Namespace) -> bool:
     """Print the comparison, write the report; True when the run must fail on a regression."""
     from .bench import compare, markdown
 
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_BAD_ARGS
     return args.func(args)
 
 
