@@ -1,17 +1,35 @@
 """The ``gpu-trader`` command line.
 
 Usage: ``gpu-trader bench [--backend NAME ...] [--suite NAME ...] [--quick]
-[--json PATH] [--baseline PATH]``. Exit status: 0 when every case ran (or was
-skipped), 1 when a case raised an error, 2 for bad arguments.
+[--json PATH] [--baseline PATH [--fail-on-regression] [--min-change F]] [--report PATH.md]``
+runs the suites; ``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--min-change F]
+[--report PATH.md]``
+applies the regression gate (:mod:`gpu_trader.bench.compare`) to two ``--json`` files.
+
+Exit status: 0 when every case ran (or was skipped) and, with ``--fail-on-regression``,
+none regressed against the baseline; 1 when a case raised an error (this wins over 3);
+2 for bad arguments; 3 with ``--fail-on-regression`` when a case REGRESSED.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .bench.compare import CaseComparison
 
 __all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_CASE_ERROR, EXIT_BAD_ARGS, EXIT_REGRESSION = 0, 1, 2, 3
+_EXIT_HELP = """exit status:
+  0  every case ran (or was skipped) and, under --fail-on-regression, none regressed
+  1  a case raised an error (wins over 3)
+  2  bad arguments
+  3  --fail-on-regression and a case regressed against the baseline"""
 
 # Load average per CPU before a run above which the timings are flagged as suspect.
 BUSY_LOAD_PER_CPU = 0.25
@@ -23,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="run the benchmark suites and check the targets of TARGETS.md",
         description="Time the benchmark suites; print p50/p95/p99, reference ratios and target PASS/FAIL.",
+        epilog=_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--backend", action="append", metavar="NAME",
                        help="backend to run on (repeatable; default: every available backend)")
@@ -30,15 +49,84 @@ def build_parser() -> argparse.ArgumentParser:
                        help="suite(s) to run (default: all)")
     bench.add_argument("--quick", action="store_true", help="small sizes and short timing (CI)")
     bench.add_argument("--json", metavar="PATH", help="also write all results and the environment to PATH")
-    bench.add_argument("--baseline", metavar="PATH", help="earlier --json file: print new/old p50 per case")
+    bench.add_argument("--baseline", metavar="PATH",
+                       help="earlier --json file: compare p50 per case, marking REGRESSED/IMPROVED beyond "
+                            "max(5%%, the measured noise)")
+    _gate_arguments(bench)
     bench.set_defaults(func=lambda args: _bench(args, bench))
+    comp = sub.add_parser(
+        "compare", help="regression gate between two --json files",
+        description="Compare NEW against OLD case by case (suite, case, backend): REGRESSED / IMPROVED\n"
+                    "when p50 moved by more than max(5%, the noise of the two runs), unchanged otherwise.",
+        epilog=_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    comp.add_argument("old", metavar="OLD.json", help="the baseline run")
+    comp.add_argument("new", metavar="NEW.json", help="the run to check")
+    _gate_arguments(comp)
+    comp.set_defaults(func=lambda args: _compare(args, comp))
     return parser
+
+
+def _gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fail-on-regression", action="store_true",
+                        help="exit with status 3 when a case regressed against the baseline")
+    parser.add_argument("--min-change", type=_fraction, default=None, metavar="FRACTION",
+                        help="smallest p50 change marked REGRESSED/IMPROVED when above the noise "
+                             "(default 0.05 = 5%%; raise it on a shared, noisy machine)")
+    parser.add_argument("--report", metavar="PATH.md",
+                        help="write a self-contained Markdown report (tables, baseline comparison, plots)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 10.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction > 0 such as 0.05, got {text!r}")
+    return value
+
+
+def _check_output_dir(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
+    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        parser.error(f"{option}: directory of {path!r} does not exist")
+
+
+def _gate(comparisons: list[CaseComparison] | None, records: list[dict], meta: dict,
+          args: argparse.Namespace) -> bool:
+    """Print the comparison, write the report; True when the run must fail on a regression."""
+    from .bench import compare, markdown
+
+    if comparisons is not None:
+        compare.print_comparison(comparisons, sys.stdout)
+    if args.report:
+        markdown.write_report(args.report, records, comparisons, meta)
+        print(f"\nwrote {args.report}")
+    return bool(args.fail_on_regression and comparisons
+                and any(c.verdict == compare.REGRESSED for c in comparisons))
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench import compare
+
+    _check_output_dir(parser, "--report", args.report)
+    try:
+        old = compare.load_run(args.old, "baseline")
+        new = compare.load_run(args.new, "run")
+    except ValueError as exc:
+        parser.error(str(exc))
+    comparisons = compare.compare(new["results"], old["results"], args.min_change or compare.MIN_CHANGE)
+    meta = {"run": args.new, "baseline": args.old, "timestamp": new.get("timestamp"), "quick": new.get("quick")}
+    regressed = _gate(comparisons, new["results"], meta, args)
+    if any(r.get("status") == "error" for r in new["results"]):
+        return EXIT_CASE_ERROR
+    return EXIT_REGRESSION if regressed else EXIT_OK
 
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import bench
     from .backend import available_backends, get_backend
-    from .bench import report
+    from .bench import compare, report
 
     suites = list(dict.fromkeys(args.suite or bench.SUITES))
     unknown = [s for s in suites if s not in bench.SUITES]
@@ -50,12 +138,15 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             get_backend(name)
         except ValueError as exc:
             parser.error(f"--backend: {exc}")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        parser.error(f"--json: directory of {args.json!r} does not exist")
+    _check_output_dir(parser, "--json", args.json)
+    _check_output_dir(parser, "--report", args.report)
+    for option in ("fail_on_regression", "min_change"):
+        if getattr(args, option) and not args.baseline:
+            parser.error(f"--{option.replace('_', '-')} needs --baseline")
     baseline = None
     if args.baseline:
         try:
-            baseline = report.load_baseline(args.baseline)
+            baseline = compare.load_run(args.baseline)
         except ValueError as exc:
             parser.error(f"--baseline: {exc}")
 
@@ -76,12 +167,19 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if load_before > BUSY_LOAD_PER_CPU * (os.cpu_count() or 1):
         print(f"\nwarning: the 1-minute load average was {load_before:.2f} on {os.cpu_count()} CPUs before the "
               "run: other processes competed for the CPUs, so these timings are suspect.")
-    if baseline is not None:
-        report.print_baseline(results, baseline)
+    records = [r.to_dict() for r in results]
+    comparisons = (None if baseline is None
+                   else compare.compare(records, baseline["results"], args.min_change or compare.MIN_CHANGE))
+    meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "quick": args.quick, "devices": ", ".join(dict.fromkeys(f"{r.backend}: {r.device}" for r in results)),
+            "baseline": args.baseline or "-"}
+    regressed = _gate(comparisons, records, meta, args)
     if args.json:
         report.write_json(args.json, results, args.quick, load_before)
         print(f"\nwrote {args.json}")
-    return 1 if any(r.status == "error" for r in results) else 0
+    if any(r.status == "error" for r in results):
+        return EXIT_CASE_ERROR
+    return EXIT_REGRESSION if regressed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_BAD_ARGS
     return args.func(args)
 
 

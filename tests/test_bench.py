@@ -233,6 +233,7 @@ def test_quick_run_has_every_case_with_finite_numbers(quick_run):
         s = r["stats"]
         assert all(math.isfinite(s[k]) and s[k] > 0 for k in ("p50_s", "p95_s", "p99_s"))
         assert s["min_s"] <= s["p50_s"] <= s["p95_s"] <= s["p99_s"] <= s["max_s"]
+        assert 0 <= s["mad_s"] <= s["max_s"] - s["min_s"]  # the noise estimate of the regression gate
         assert math.isfinite(r["throughput_per_s"]) and r["throughput_per_s"] > 0
         assert r["plan"]["status"] in ("PASS", "FAIL", "n/a", "-")
         assert r["ours"]["status"] in ("PASS", "FAIL", "n/a")

@@ -76,7 +76,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class Stats:
-    """Latency distribution of one timed callable; seconds."""
+    """Latency distribution of one timed callable; seconds.
+
+    ``mad_s``: the median absolute deviation of the samples from ``p50_s``, the run's
+    noise (see :mod:`.compare`); None for results recorded before it was measured.
+    """
 
     n: int
     p50_s: float
@@ -85,13 +89,16 @@ class Stats:
     mean_s: float
     min_s: float
     max_s: float
+    mad_s: float | None = None
 
     @classmethod
     def from_ns(cls, samples_ns: Sequence[int]) -> "Stats":
         s = np.sort(np.asarray(samples_ns, dtype=np.float64)) * 1e-9
+        p50 = percentile(s, 50)
         return cls(
-            n=len(s), p50_s=percentile(s, 50), p95_s=percentile(s, 95), p99_s=percentile(s, 99),
+            n=len(s), p50_s=p50, p95_s=percentile(s, 95), p99_s=percentile(s, 99),
             mean_s=float(s.mean()), min_s=float(s[0]), max_s=float(s[-1]),
+            mad_s=float(np.median(np.abs(s - p50))),
         )
 
     def to_dict(self) -> dict:

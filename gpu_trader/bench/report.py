@@ -1,4 +1,6 @@
-"""Bench output: the results table, the JSON file, the run's environment, baseline comparison.
+"""Bench output: the results table, the JSON file, the run's environment.
+
+The baseline comparison is :mod:`.compare`, the Markdown report :mod:`.markdown`.
 
 JSON layout (``schema`` 1): ``{"schema", "timestamp" (ISO 8601 UTC), "quick",
 "environment": {...versions, cpu count, thread settings...}, "devices": {backend:
@@ -12,12 +14,12 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from .harness import CaseResult
 from .targets import TARGETS
 
-__all__ = ["fmt_time", "print_table", "environment", "write_json", "load_baseline", "print_baseline"]
+__all__ = ["fmt_time", "print_table", "environment", "write_json"]
 
 SCHEMA = 1
 _THREAD_ENV = (
@@ -169,34 +171,3 @@ def write_json(path: str, results: list[CaseResult], quick: bool, load_before: f
     with open(path, "w") as fh:
         json.dump(doc, fh, indent=2)
         fh.write("\n")
-
-
-def load_baseline(path: str) -> dict[tuple[str, str, str], float]:
-    """Read an earlier ``--json`` file: ``{(suite, case, backend): p50 seconds}``.
-
-    Raises ``ValueError`` naming ``path`` when it is missing or not a bench JSON file.
-    """
-    try:
-        with open(path) as fh:
-            doc = json.load(fh)
-        return {
-            (r["suite"], r["name"], r["backend"]): r["stats"]["p50_s"]
-            for r in doc["results"]
-            if r.get("stats")
-        }
-    except OSError as exc:
-        raise ValueError(f"baseline {path!r}: cannot read ({exc.strerror})") from exc
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"baseline {path!r} is not a gpu-trader bench JSON file ({exc!r})") from exc
-
-
-def print_baseline(results: Iterable[CaseResult], baseline: dict[tuple[str, str, str], float],
-                   out: TextIO | None = None) -> None:
-    """Per case: new p50, old p50 and new/old (< 1: faster than the baseline)."""
-    out = out or sys.stdout
-    print("\nAgainst baseline (p50 new/old, < 1 is faster):", file=out)
-    for r in results:
-        old = baseline.get((r.suite, r.name, r.backend))
-        new = r.stats.p50_s if r.stats else None
-        ratio = f"{new / old:.2f}" if new is not None and old else "-"
-        print(f"  {r.suite:10} {r.backend:5} {r.name:34} {fmt_time(new):>9} {fmt_time(old):>9}  {ratio}", file=out)
