@@ -185,12 +185,21 @@ def test_disabled_makes_no_nvtx_calls(monkeypatch):
 def test_enable_disable_round_trip(monkeypatch):
     rec = Recorder()
     monkeypatch.setitem(sys.modules, "nvtx", rec)
+    profiling.disable()
+    original, method = gt.sma, gt.Portfolio.apply_fill
+    assert not hasattr(original, "__nvtx_range__")  # off: the function itself, no wrapper
     for _ in range(2):
         assert profiling.enable() and profiling.is_enabled()
+        wrapper = gt.sma
+        assert wrapper is profiling.wrapper_of(original) and wrapper.__wrapped__ is original
+        assert gt.indicators.sma is wrapper and gt.Portfolio.apply_fill.__wrapped__ is method
         gt.sma(X, 5)
+        original(X, 5)  # a reference taken while off stays unprofiled
         profiling.disable()
         assert not profiling.is_enabled()
-        gt.sma(X, 5)
+        assert gt.sma is original and gt.indicators.sma is original and gt.Portfolio.apply_fill is method
+        assert "append" not in vars(gt.TickIngestor)  # inherited: the wrapper on the subclass is removed
+        wrapper(X, 5)  # a wrapper kept after disable() falls through
     assert rec.pushed() == ["gpu_trader.indicators.sma"] * 2
     rec.assert_balanced()
 
@@ -200,10 +209,10 @@ def test_enable_without_nvtx_warns_and_stays_off(monkeypatch):
     with pytest.warns(RuntimeWarning, match="nvtx"):
         assert profiling.enable() is False
     assert not profiling.is_enabled()
-    np.testing.assert_array_equal(gt.sma(X, 5), gt.sma.__wrapped__(X, 5))
+    assert not hasattr(gt.sma, "__nvtx_range__")
 
 
-def test_wrappers_keep_signature_doc_and_wrapped():
+def test_wrappers_keep_signature_doc_and_wrapped(fake_nvtx):
     for fn in (gt.sma, gt.risk.sharpe, gt.VectorIndex.search, gt.Portfolio.apply_fill, gt.OrderManager.submit):
         raw = fn.__wrapped__
         assert not hasattr(raw, "__nvtx_range__")
@@ -247,7 +256,7 @@ def _public_api():
     return out
 
 
-def test_every_public_entry_point_is_decorated():
+def test_every_public_entry_point_is_decorated(fake_nvtx):
     api = _public_api()
     names = {n.rsplit(".", 1)[-1] for n, _ in api}
     assert {"sma", "var_monte_carlo", "VectorIndex", "TradingPipeline", "batch_pnl", "cov"} <= names
@@ -273,6 +282,8 @@ def test_every_public_entry_point_is_decorated():
                         missing.append(f"{qual}.{attr}")
     assert not missing, missing
     assert checked > 80
+    profiling.disable()  # and off, every one is the original again
+    assert not [q for q, obj in _public_api() if hasattr(obj, "__nvtx_range__")]
 
 
 def test_import_is_cheap_and_env_var_enables(tmp_path):
@@ -286,7 +297,8 @@ def test_import_is_cheap_and_env_var_enables(tmp_path):
     """))
     code = ("import sys, numpy as np, gpu_trader as gt; on = gt.profiling.is_enabled(); "
             "print(on, 'nvtx' in sys.modules, 'numba' in sys.modules, 'cupy' in sys.modules); "
-            "on and (gt.sma(np.ones(30), 5), print(sys.modules['nvtx'].calls))")
+            "on and (gt.sma(np.ones(30), 5), print(sys.modules['nvtx'].calls), "
+            "print(hasattr(gt.Portfolio.apply_fill, '__nvtx_range__')))")
     import os
 
     def run(env_value):
@@ -301,6 +313,7 @@ def test_import_is_cheap_and_env_var_enables(tmp_path):
     out = run("1")
     assert out[0] == "True True False False"
     assert out[1] == "['gpu_trader.indicators.sma', None]"
+    assert out[2] == "True"  # a module imported after enabling gets its wrappers at definition
 
 
 def test_real_nvtx_package_when_installed():
