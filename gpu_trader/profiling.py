@@ -66,7 +66,7 @@ _on = False  # checked by every wrapper (a wrapper still referenced after disabl
 _nvtx: Any = None  # the nvtx module while enabled
 _wrappers: dict[int, Callable] = {}  # id(original function) -> its wrapper
 _originals: dict[int, Callable] = {}  # id(wrapper) -> the original function
-_keep: list[Callable] = []  # keeps the originals alive, so their ids stay unique
+_keep: list[Callable] = []  # keeps originals and method wrappers alive, so their ids stay unique
 _methods: list[tuple[type, str, Any, Any]] = []  # (class, name, original attribute or None if inherited, wrapper)
 
 
@@ -98,7 +98,7 @@ def is_enabled() -> bool:
 
 
 def wrapper_of(fn: Callable) -> Callable:
-    """The NVTX wrapper of an annotated function (``fn`` itself when it is one)."""
+    """The NVTX wrapper of a function decorated with :func:`annotate` (``fn`` itself when it is one)."""
     if id(fn) in _originals:
         return fn
     try:
