@@ -6,7 +6,7 @@ from .backend import available_backends, get_backend, set_backend, to_numpy, use
 from .indicators import atr, bollinger, ema, features, macd, obv, rsi, sma, stoch, vwap, wma
 from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
 from .streaming import FeatureStream
-from . import correlation, risk
+from . import correlation, profiling, risk
 from .patterns import PatternMemory
 from .vectors import VectorIndex, VectorIndexFileError
 

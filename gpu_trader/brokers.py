@@ -28,6 +28,7 @@ from typing import Callable
 import msgspec
 
 from .orders import BUY, CANCELLED, FILLED, LIMIT, MARKET, OPEN, REJECTED, STOP, Order
+from .profiling import annotate_methods
 
 __all__ = ["BrokerError", "BrokerTimeout", "BrokerAck", "SimulatedBroker", "CircuitBreaker"]
 
@@ -66,6 +67,7 @@ def _check_seconds(value: float, name: str) -> float:
     return v
 
 
+@annotate_methods
 class SimulatedBroker:
     """An in-process venue with configurable, seeded network behaviour (see module doc).
 
@@ -206,6 +208,7 @@ class SimulatedBroker:
                 f"timeout_rate={self.timeout_rate})")
 
 
+@annotate_methods
 class CircuitBreaker:
     """Stops calls to a failing broker, then probes it again after a cool-down.
 

@@ -11,6 +11,8 @@ import bisect
 import math
 from typing import Sequence
 
+from .profiling import annotate_methods
+
 __all__ = ["CommissionModel", "FixedCommission", "PercentageCommission", "TieredCommission", "NO_COMMISSION"]
 
 
@@ -24,6 +26,7 @@ def _nonneg(value: float, name: str) -> float:
     return v
 
 
+@annotate_methods
 class CommissionModel:
     """Base class: ``__call__(quantity, price) -> commission`` (currency, >= 0)."""
 
@@ -44,6 +47,7 @@ class CommissionModel:
         return f"{type(self).__name__}({args})"
 
 
+@annotate_methods
 class FixedCommission(CommissionModel):
     """A flat ``per_order`` amount for every non-empty fill."""
 
@@ -56,6 +60,7 @@ class FixedCommission(CommissionModel):
         return self.per_order if quantity else 0.0
 
 
+@annotate_methods
 class PercentageCommission(CommissionModel):
     """``rate * |quantity| * price`` (``rate`` a fraction: 0.001 = 10 bps), at least
     ``minimum`` per non-empty fill."""
@@ -72,6 +77,7 @@ class PercentageCommission(CommissionModel):
         return fee if fee > self.minimum else self.minimum
 
 
+@annotate_methods
 class TieredCommission(CommissionModel):
     """Marginal rates by notional bracket, like a tax schedule.
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .backend import resolve, unwrap_pandas_columns
 from .validation import check_count, check_float, check_observations
+from .profiling import annotate
 
 __all__ = ["cov", "corr", "rolling_corr", "ewma_cov", "ledoit_wolf"]
 
@@ -48,6 +49,7 @@ class _Call:
         return self.rewrap(res, kind) if self.rewrap is not None else res
 
 
+@annotate
 def cov(r: Any, *, min_periods: int = 1, ddof: int = 1, backend: Any = None) -> Any:
     """Sample covariance matrix ``(..., n, n)`` (``ddof=1``: ``numpy.cov``/``DataFrame.cov``).
 
@@ -59,6 +61,7 @@ def cov(r: Any, *, min_periods: int = 1, ddof: int = 1, backend: Any = None) -> 
     return c.out(c.kernels.cov(c.x, min_periods, ddof))
 
 
+@annotate
 def corr(r: Any, *, min_periods: int = 1, backend: Any = None) -> Any:
     """Pearson correlation matrix ``(..., n, n)``, values clipped to [-1, 1].
 
@@ -71,6 +74,7 @@ def corr(r: Any, *, min_periods: int = 1, backend: Any = None) -> Any:
     return c.out(c.kernels.corr(c.x, min_periods))
 
 
+@annotate
 def rolling_corr(r: Any, window: int, *, min_periods: int | None = None, backend: Any = None) -> Any:
     """Correlation of every pair over a trailing window, at every time step, in one pass.
 
@@ -92,6 +96,7 @@ def rolling_corr(r: Any, window: int, *, min_periods: int | None = None, backend
     return c.out(c.kernels.rolling_corr(c.x, window, min_periods), "matrix_path")
 
 
+@annotate
 def ewma_cov(r: Any, halflife: float, *, backend: Any = None) -> Any:
     """RiskMetrics exponentially weighted covariance ``(..., n, n)`` at the last period.
 
@@ -107,6 +112,7 @@ def ewma_cov(r: Any, halflife: float, *, backend: Any = None) -> Any:
     return c.out(c.kernels.ewma_cov(c.x, 0.5 ** (1.0 / h)))
 
 
+@annotate
 def ledoit_wolf(r: Any, *, backend: Any = None) -> tuple[Any, Any]:
     """Ledoit-Wolf shrunk covariance: ``(covariance (..., n, n), shrinkage (...))``.
 

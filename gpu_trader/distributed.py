@@ -37,9 +37,10 @@ import numpy as np
 from . import mc_engine
 from .backend import get_backend, to_numpy
 from .montecarlo import MonteCarloVaR, plan_monte_carlo, result
+from .profiling import annotate
 from .validation import check_count
 
-__all__ = ["var_monte_carlo", "indicator", "partition_bounds"]
+__all__ = ["var_monte_carlo", "indicator"]
 
 
 def partition_bounds(n_scenarios: int, chunk: int, partitions: int) -> list[tuple[int, int]]:
@@ -58,6 +59,7 @@ def _partition_tail(plan: mc_engine.Plan, start: int, stop: int, backend: str):
     return to_numpy(vals), to_numpy(idx)
 
 
+@annotate
 def var_monte_carlo(
     client: Any,
     weights,
@@ -107,6 +109,7 @@ def _apply_indicator(name: str, n_out: int, params: dict, backend: str | None, *
     return np.stack(out) if n_out > 1 else out
 
 
+@annotate
 def indicator(name: str, *arrays, backend: str | None = None, **params):
     """A public indicator (``"sma"``, ``"macd"``, ...) over Dask arrays ``(..., T)``.
 

@@ -26,6 +26,7 @@ import numpy as np
 from . import indicator_specs as _im
 from .backend import _identity, resolve
 from .validation import check_floats, check_windows
+from .profiling import annotate
 
 __all__ = [
     "sma", "ema", "wma", "rsi", "macd", "bollinger", "atr", "stoch", "obv", "vwap",
@@ -130,27 +131,32 @@ def _indicator(name, arrays, arg_names, values, backend):
     return outs[0] if len(outs) == 1 else outs
 
 
+@annotate
 def sma(x, window, *, backend=None):
     """Simple moving average (TA-Lib SMA). x: (..., T) float; returns (..., T); lookback window-1."""
     return _indicator("sma", (x,), ("x",), (window,), backend)
 
 
+@annotate
 def ema(x, window, *, backend=None):
     """Exponential moving average, k = 2/(window+1), seeded with the SMA of the first
     ``window`` values (TA-Lib EMA). x: (..., T); returns (..., T); lookback window-1."""
     return _indicator("ema", (x,), ("x",), (window,), backend)
 
 
+@annotate
 def wma(x, window, *, backend=None):
     """Linearly weighted moving average (TA-Lib WMA). x: (..., T); lookback window-1."""
     return _indicator("wma", (x,), ("x",), (window,), backend)
 
 
+@annotate
 def rsi(x, window=14, *, backend=None):
     """Wilder's relative strength index in [0, 100] (TA-Lib RSI). window >= 2; lookback window."""
     return _indicator("rsi", (x,), ("x",), (window,), backend)
 
 
+@annotate
 def macd(x, fast=12, slow=26, signal=9, *, backend=None):
     """MACD line, signal line and histogram (TA-Lib MACD, including its seeding of the fast
     EMA at the slow EMA's start). fast, slow >= 2 (swapped if slow < fast), signal >= 1;
@@ -158,6 +164,7 @@ def macd(x, fast=12, slow=26, signal=9, *, backend=None):
     return _indicator("macd", (x,), ("x",), (fast, slow, signal), backend)
 
 
+@annotate
 def bollinger(x, window=20, nstd=2.0, *, backend=None):
     """Bollinger bands around an SMA, ``nstd`` population standard deviations wide
     (TA-Lib BBANDS with equal up/down deviations). window >= 2; lookback window-1.
@@ -165,6 +172,7 @@ def bollinger(x, window=20, nstd=2.0, *, backend=None):
     return _indicator("bollinger", (x,), ("x",), (window, nstd), backend)
 
 
+@annotate
 def atr(high, low, close, window=14, *, backend=None):
     """Average true range with Wilder smoothing (TA-Lib ATR; window 1 is the true range).
     high, low, close: same shape (..., T); lookback window."""
@@ -173,17 +181,20 @@ def atr(high, low, close, window=14, *, backend=None):
     )
 
 
+@annotate
 def stoch(high, low, close, fastk=5, slowk=3, slowd=3, *, backend=None):
     """Slow stochastic oscillator with SMA smoothing (TA-Lib STOCH, matype 0), in percent.
     Lookback fastk-1 + slowk-1 + slowd-1. Returns ``(k, d)``."""
     return _indicator("stoch", (high, low, close), ("high", "low", "close"), (fastk, slowk, slowd), backend)
 
 
+@annotate
 def obv(close, volume, *, backend=None):
     """On-balance volume (TA-Lib OBV), starting from the first bar's volume; lookback 0."""
     return _indicator("obv", (close, volume), ("close", "volume"), (), backend)
 
 
+@annotate
 def vwap(high, low, close, volume, window, *, backend=None):
     """Rolling volume-weighted average of the typical price (H+L+C)/3 over ``window`` bars.
 
@@ -301,6 +312,7 @@ def _ohlcv_fields(ohlcv, needed: tuple[str, ...]) -> dict[str, Any]:
     return {f: ohlcv[i] for i, f in enumerate(_FIELDS)}
 
 
+@annotate
 def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
     """Compute a whole set of indicators in one call.
 

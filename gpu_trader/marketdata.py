@@ -63,6 +63,7 @@ import numpy as np
 
 from . import market_math as _mm
 from .backend import select_backend
+from .profiling import annotate, annotate_methods
 
 __all__ = [
     "MarketDataError", "Rejection", "Tick", "Quote", "TickBatch", "QuoteBatch",
@@ -166,6 +167,7 @@ def _parse_one(kind, data, symbols):
     return msg
 
 
+@annotate
 def parse_tick(data: bytes | str, symbols: Sequence[str] | None = None) -> Tick:
     """Parse and validate one tick message; raises :class:`MarketDataError` (see module doc).
 
@@ -174,6 +176,7 @@ def parse_tick(data: bytes | str, symbols: Sequence[str] | None = None) -> Tick:
     return _parse_one(Tick, data, symbols)
 
 
+@annotate
 def parse_quote(data: bytes | str, symbols: Sequence[str] | None = None) -> Quote:
     """Parse and validate one quote message; raises :class:`MarketDataError`."""
     return _parse_one(Quote, data, symbols)
@@ -347,6 +350,7 @@ class _Ingestor:
         return _BATCH[self.kind](self.symbols, **self._cols.view())
 
 
+@annotate_methods
 class TickIngestor(_Ingestor):
     """Stateful tick ingestion for one connection: parse + validate + append to columns.
 
@@ -361,12 +365,14 @@ class TickIngestor(_Ingestor):
     kind = Tick
 
 
+@annotate_methods
 class QuoteIngestor(_Ingestor):
     """:class:`TickIngestor` for quotes (``columns() -> QuoteBatch``)."""
 
     kind = Quote
 
 
+@annotate
 def parse_ticks(messages: Iterable[bytes | str], symbols: Sequence[str] | None = None) -> TickBatch:
     """Parse a batch of tick messages into columns; bad ones are dropped and listed in
     ``.rejected`` (see the module doc for reasons and the out-of-order policy)."""
@@ -375,6 +381,7 @@ def parse_ticks(messages: Iterable[bytes | str], symbols: Sequence[str] | None =
     return TickBatch(ing.symbols, **ing._cols.view(), rejected=rejected)
 
 
+@annotate
 def parse_quotes(messages: Iterable[bytes | str], symbols: Sequence[str] | None = None) -> QuoteBatch:
     """Parse a batch of quote messages into columns (like :func:`parse_ticks`)."""
     ing = QuoteIngestor(symbols, capacity=_capacity(messages))
@@ -412,6 +419,7 @@ def _int_ns(value, name: str) -> int:
     return int(value)
 
 
+@annotate
 def quote_metrics(bid, ask, bid_size=None, ask_size=None, *, ts=None, now=None, max_age=None,
                   backend=None) -> QuoteMetrics:
     """Batched quote processing: mid, spread, spread in basis points, and validation.
@@ -450,6 +458,7 @@ _TF_RE = re.compile(r"^\s*(\d*)\s*([a-zA-Z]+)\s*$")
 MAX_CELLS = 1 << 31
 
 
+@annotate
 def parse_timeframe(timeframe) -> int:
     """A bar length in nanoseconds from an int (ns), ``datetime.timedelta``,
     ``numpy.timedelta64`` or a string like ``"1min"``, ``"5min"``, ``"15m"``, ``"1h"``,
@@ -471,6 +480,7 @@ def parse_timeframe(timeframe) -> int:
     return ns
 
 
+@annotate_methods
 @dataclass(frozen=True)
 class Bars:
     """OHLCV bars on a dense (symbol, bar) grid, time on the last axis.
@@ -510,6 +520,7 @@ def _ts_array(be, ts):
     return arr.astype(np.int64, copy=False)
 
 
+@annotate
 def aggregate_bars(ts, price, size, symbol=None, *, timeframe, n_symbols=None, backend=None) -> Bars:
     """Aggregate ticks of many symbols into OHLCV bars with VWAP and trade count.
 
@@ -582,6 +593,7 @@ class Bar(NamedTuple):
     count: int
 
 
+@annotate_methods
 class BarAggregator:
     """Streaming tick -> bar aggregation, one tick per call (CPU, pure Python, ~1 us).
 

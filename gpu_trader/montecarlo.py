@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .backend import get_backend, select_backend
+from .profiling import annotate
 
 __all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR"]
 
@@ -104,6 +105,7 @@ class MonteCarloVaR:
     seed: int
 
 
+@annotate
 def var_monte_carlo(
     weights,
     mu,

@@ -36,6 +36,7 @@ from .brokers import BrokerAck, BrokerError, BrokerTimeout, CircuitBreaker
 from .orders import (
     BUY, CANCELLED, FILLED, NO_LIMITS, OPEN, REJECTED, UNKNOWN, Order, OrderReport, RiskLimits, validate_order,
 )
+from .profiling import annotate_methods
 
 __all__ = ["OrderManager", "SymbolRouter"]
 
@@ -50,6 +51,7 @@ else:  # pragma: no cover - Python 3.10
         return await asyncio.wait_for(awaitable, seconds)
 
 
+@annotate_methods
 class SymbolRouter:
     """Route by symbol: ``routes`` maps a symbol to its preferred broker name; every other
     broker (in the manager's order) follows as failover. Unlisted symbols use the
@@ -74,6 +76,7 @@ def _report(cid: str, status: str, code: str = "", reason: str = "", broker: str
     return OrderReport(cid, status, broker=broker, code=code, reason=reason)
 
 
+@annotate_methods
 class OrderManager:
     """Sends orders to brokers and books their fills.
 

@@ -19,10 +19,12 @@ import numpy as np
 from .backend import get_backend, infer_backend, to_numpy
 from .indicators import features
 from .vectors import VectorIndex
+from .profiling import annotate, annotate_methods
 
 __all__ = ["PatternMemory", "Distilled", "window_patterns"]
 
 
+@annotate
 def window_patterns(xp, feats, window: int):
     """Every length-``window`` pattern of ``feats`` ``(n_features, T)``, unnormalized.
 
@@ -52,6 +54,7 @@ class Distilled:
     inertia: float
 
 
+@annotate_methods
 class PatternMemory:
     """A k-NN memory of market patterns (see the module docstring).
 

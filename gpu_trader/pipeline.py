@@ -61,6 +61,7 @@ from .order_manager import OrderManager
 from .orders import UNKNOWN, Order, RiskLimits, order_for_signal
 from .orders import Rejection as RiskRejection
 from .strategies import MeanReversion, Momentum, StrategyRunner
+from .profiling import annotate_methods
 
 __all__ = ["TradingPipeline", "PipelineStats"]
 
@@ -106,6 +107,7 @@ def _check_strategy(strategy) -> StrategyRunner | Momentum | MeanReversion:
     return strategy
 
 
+@annotate_methods
 class TradingPipeline:
     """Tick JSON in -> bars -> strategy signal -> risk check -> order to the manager (see module doc).
 

@@ -31,6 +31,7 @@ import numpy as np
 from .backend import resolve
 from .commissions import NO_COMMISSION, CommissionModel
 from .position_math import fill_step
+from .profiling import annotate, annotate_methods
 
 __all__ = ["Position", "PortfolioSnapshot", "Portfolio", "batch_apply_fills", "batch_pnl"]
 
@@ -93,6 +94,7 @@ class Position:
         return self.quantity * (self.last_price - self.avg_cost)
 
 
+@annotate_methods
 @dataclass(frozen=True, slots=True)
 class PortfolioSnapshot:
     """A consistent, immutable copy of a portfolio (taken under its lock).
@@ -142,6 +144,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+@annotate_methods
 class Portfolio:
     """Cash plus average-cost positions, safe to update from many threads.
 
@@ -439,6 +442,7 @@ def _values(*arrays):
     return tuple(a.to_numpy() if isinstance(a, (pd.Series, pd.DataFrame)) else a for a in arrays)
 
 
+@annotate
 def batch_apply_fills(quantities, avg_costs, fill_quantities, fill_prices, *, realized=None, backend=None):
     """Apply K fills to each of many positions at once (e.g. portfolios x assets).
 
@@ -476,6 +480,7 @@ def batch_apply_fills(quantities, avg_costs, fill_quantities, fill_prices, *, re
     return tuple(o.reshape(shape) for o in out)
 
 
+@annotate
 def batch_pnl(quantities, avg_costs, prices, *, backend=None):
     """Market value and unrealized P&L of many portfolios, at one mark or along a price path.
 

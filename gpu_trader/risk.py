@@ -36,6 +36,7 @@ from .backend import resolve, unwrap_pandas_columns
 from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
 from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
 from .validation import check_float, check_floats, check_observations
+from .profiling import annotate
 
 __all__ = [
     "var_historical", "var_parametric", "cvar", "max_drawdown", "sharpe", "sortino", "calmar",
@@ -94,6 +95,7 @@ class _Call:
         return res[()] if res.ndim == 0 else res
 
 
+@annotate
 def var_historical(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     """Historical VaR: minus the ``1 - level`` quantile of each series' returns.
 
@@ -106,6 +108,7 @@ def var_historical(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     return c.out(c.kernels.var_historical(c.x, q), grid, level)
 
 
+@annotate
 def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     """Conditional VaR (expected shortfall): minus the mean of the worst returns.
 
@@ -118,6 +121,7 @@ def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     return c.out(c.kernels.cvar(c.x, q), grid, level)
 
 
+@annotate
 def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backend: Any = None) -> Any:
     """Parametric VaR from the series' mean and sample standard deviation (ddof=1).
 
@@ -135,6 +139,7 @@ def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backe
     return c.out(c.kernels.var_parametric(c.x, q, method == "cornish-fisher"), grid, level)
 
 
+@annotate
 def max_drawdown(r: Any, *, backend: Any = None) -> Any:
     """Largest peak-to-trough fall of the compounded wealth path, as a positive fraction.
 
@@ -146,6 +151,7 @@ def max_drawdown(r: Any, *, backend: Any = None) -> Any:
     return c.out(c.kernels.max_drawdown(c.x)[None], False)
 
 
+@annotate
 def sharpe(r: Any, periods_per_year: float = 252, risk_free: float = 0.0, *, backend: Any = None) -> Any:
     """Annualized Sharpe ratio: ``mean(r - risk_free) / std(r, ddof=1) * sqrt(periods_per_year)``.
 
@@ -157,6 +163,7 @@ def sharpe(r: Any, periods_per_year: float = 252, risk_free: float = 0.0, *, bac
     return c.out(c.kernels.sharpe(c.x, ppy, rf)[None], False)
 
 
+@annotate
 def sortino(r: Any, periods_per_year: float = 252, required_return: float = 0.0, *, backend: Any = None) -> Any:
     """Annualized Sortino ratio, as ``empyrical.sortino_ratio``.
 
@@ -170,6 +177,7 @@ def sortino(r: Any, periods_per_year: float = 252, required_return: float = 0.0,
     return c.out(c.kernels.sortino(c.x, ppy, mar)[None], False)
 
 
+@annotate
 def calmar(r: Any, periods_per_year: float = 252, *, backend: Any = None) -> Any:
     """Calmar ratio: compound annual growth rate / :func:`max_drawdown` (``empyrical.calmar_ratio``).
 
@@ -181,6 +189,7 @@ def calmar(r: Any, periods_per_year: float = 252, *, backend: Any = None) -> Any
     return c.out(c.kernels.calmar(c.x, ppy)[None], False)
 
 
+@annotate
 def kelly_fraction(r: Any, *, backend: Any = None) -> Any:
     """Kelly fraction of a win/loss bet: ``p - (1 - p) / b`` (quantstats' ``kelly_criterion``).
 
@@ -191,6 +200,7 @@ def kelly_fraction(r: Any, *, backend: Any = None) -> Any:
     return c.out(c.kernels.kelly_fraction(c.x)[None], False)
 
 
+@annotate
 def risk_report(
     r: Any,
     level: float = 0.99,

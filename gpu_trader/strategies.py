@@ -49,6 +49,7 @@ from . import strategy_math as _sm
 from .backend import _identity, resolve
 from .indicators import bollinger, ema
 from .validation import check_floats, check_windows
+from .profiling import annotate, annotate_methods
 
 __all__ = ["Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
            "StrategyStream"]
@@ -67,6 +68,7 @@ def _check_cost(cost_bps) -> float:
     return cost / 1e4
 
 
+@annotate_methods
 @dataclass(frozen=True)
 class Momentum:
     """EMA crossover: +1 when EMA(fast) > EMA(slow), -1 when below, 0 when equal or NaN.
@@ -95,6 +97,7 @@ class Momentum:
         return StrategyStream([self], n_symbols, squeeze=True)
 
 
+@annotate_methods
 @dataclass(frozen=True)
 class MeanReversion:
     """Bollinger mean reversion: +1 below SMA - nstd*SD, -1 above SMA + nstd*SD, else 0."""
@@ -193,6 +196,7 @@ def _restore(restore, result: StrategyResult) -> StrategyResult:
     return StrategyResult(restore(result.signals), result.pnl)
 
 
+@annotate
 def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> StrategyResult:
     """EMA-crossover signals and backtest P&L over a parameter grid (see module docstring).
 
@@ -212,6 +216,7 @@ def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> Strategy
     return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
 
 
+@annotate
 def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) -> StrategyResult:
     """Bollinger mean-reversion signals and backtest P&L over a parameter grid.
 
@@ -238,6 +243,7 @@ def _check_strategies(strategies) -> tuple:
     return items
 
 
+@annotate_methods
 class StrategyRunner:
     """Several strategies over the same data, sharing their feature computation.
 
@@ -273,6 +279,7 @@ class StrategyRunner:
         return StrategyStream(self.strategies, n_symbols)
 
 
+@annotate_methods
 class StrategyStream:
     """One-bar-at-a-time signals for ``n_symbols`` symbols (CPU; the pipeline's hot path).
 

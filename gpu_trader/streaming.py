@@ -67,6 +67,7 @@ import numpy as np
 
 from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, SPECS, STOCH, VWAP, WMA
 from .indicators import _INPUTS, _validated_params, feature_keys, normalize_spec
+from .profiling import annotate_methods
 
 __all__ = ["FeatureStream"]
 
@@ -583,6 +584,7 @@ def _float_dtype_ok(arr: np.ndarray, name: str) -> None:
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
 
 
+@annotate_methods
 class FeatureStream:
     """Incremental feature pipeline: the :func:`gpu_trader.features` spec, one bar at a time.
 

@@ -43,6 +43,7 @@ import numpy as np
 from . import ann as _ann
 from . import vector_io
 from .backend import Backend, get_backend, select_backend
+from .profiling import annotate, annotate_methods
 
 __all__ = ["VectorIndex", "VectorIndexFileError", "normalize", "cosine"]
 
@@ -67,6 +68,7 @@ def _rows_2d(be: Backend, x, name: str):
     return arr.reshape(-1, arr.shape[-1]), arr.ndim == 1
 
 
+@annotate
 def normalize(x, *, backend=None):
     """``x`` ``(dim,)`` or ``(n, dim)`` scaled to unit L2 norm along the last axis, same float
     dtype (integers become float64). Zero vectors stay zero; NaN propagates. Returns the
@@ -81,6 +83,7 @@ def normalize(x, *, backend=None):
     return out.reshape(arr.shape)
 
 
+@annotate
 def cosine(a, b, *, backend=None):
     """Cosine similarity of ``a`` and ``b`` along the last axis (shapes ``(dim,)`` or ``(n, dim)``,
     equal). Returns a float for 1-D inputs, else an ``(n,)`` array (float64 on the cpu; the
@@ -136,6 +139,7 @@ class _Snapshot:
 
 
 # -- the index ----------------------------------------------------------------------------
+@annotate_methods
 class VectorIndex:
     """A k-NN store of ``dim``-dimensional vectors (see the module docstring).
 

@@ -14,6 +14,9 @@ built from that rate).
 
 Units: times in seconds (``*_s``) or nanoseconds (``*_ns``), sizes in bytes,
 throughput in workload items (``Workload.unit``) per second.
+
+Profiling: with :mod:`gpu_trader.profiling` on, each case runs inside one NVTX range
+``bench.<suite>.<case>`` opened outside the timed loop (it adds nothing to a sample).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..backend import Backend
+from ..profiling import nvtx_range
 from .targets import NO_TARGET, TARGETS, Verdict, evaluate
 
 __all__ = [
@@ -290,7 +294,8 @@ def run_workload(suite: str, wl: Workload, be: Backend, policy: TimingPolicy) ->
     """
     res = CaseResult(suite, wl.name, be.name, be.device_name(), dict(wl.sizes), wl.dtype, wl.unit, wl.target)
     try:
-        _time_case(wl, be, policy, res)
+        with nvtx_range(f"bench.{suite}.{wl.name}"):  # one range per case, outside the timed loop
+            _time_case(wl, be, policy, res)
     except SkipCase as exc:
         res.status, res.note = "skipped", str(exc)
         return res
