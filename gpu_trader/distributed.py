@@ -36,7 +36,7 @@ import numpy as np
 
 from . import mc_engine
 from .backend import get_backend, to_numpy
-from .montecarlo import MonteCarloVaR, plan_monte_carlo, result
+from .montecarlo import MONTE_CARLO_DEFAULTS, MonteCarloVaR, plan_monte_carlo, result
 from .profiling import annotate
 from .validation import check_count
 
@@ -60,36 +60,21 @@ def _partition_tail(plan: mc_engine.Plan, start: int, stop: int, backend: str):
 
 
 @annotate
-def var_monte_carlo(
-    client: Any,
-    weights,
-    mu,
-    cov,
-    *,
-    level: float = 0.99,
-    n_scenarios: int = 100_000,
-    horizon: float = 1,
-    dist: str = "normal",
-    dof: float | None = None,
-    seed: int | None = None,
-    options=None,
-    contributions: bool = True,
-    chunk_size: int | None = None,
-    dtype=np.float64,
-    backend=None,
-    partitions: int | None = None,
-) -> MonteCarloVaR:
+def var_monte_carlo(client: Any, weights, mu, cov, *, partitions: int | None = None, **kwargs) -> MonteCarloVaR:
     """:func:`gpu_trader.var_monte_carlo` with the scenarios simulated on a Dask cluster.
 
     ``client``: a ``distributed.Client``. ``partitions``: how many scenario ranges to
-    hand out (default: twice the number of workers); every other argument and the
-    result are those of :func:`gpu_trader.var_monte_carlo`, and for the same ``seed``,
-    ``backend`` and ``chunk_size`` the result is identical to it. ``backend`` names the
-    backend the *workers* use (and the driver, for the merge).
+    hand out (default: twice the number of workers). Every keyword of
+    :func:`gpu_trader.var_monte_carlo` (``level``, ``n_scenarios``, ``horizon``, ``dist``,
+    ``dof``, ``seed``, ``options``, ``contributions``, ``chunk_size``, ``dtype``,
+    ``backend``) is accepted with the same default and meaning, and for the same
+    ``seed``, ``backend`` and ``chunk_size`` the result is identical to it. ``backend``
+    names the backend the *workers* use (and the driver, for the merge).
     """
-    be, plan, single = plan_monte_carlo(
-        weights, mu, cov, level=level, n_scenarios=n_scenarios, horizon=horizon, dist=dist, dof=dof, seed=seed,
-        options=options, contributions=contributions, chunk_size=chunk_size, dtype=dtype, backend=backend)
+    unknown = set(kwargs) - set(MONTE_CARLO_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    be, plan, single = plan_monte_carlo(weights, mu, cov, **{**MONTE_CARLO_DEFAULTS, **kwargs})
     if partitions is None:
         partitions = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     partitions = check_count(partitions, "partitions", 1)
@@ -99,7 +84,7 @@ def var_monte_carlo(
     tails = client.gather(futures)
     ops = be.ops("montecarlo")
     vals, idx = mc_engine.merge_tails(plan, ops, tails)
-    return result(plan, mc_engine.finish(plan, ops, vals, idx), single, dist)
+    return result(plan, mc_engine.finish(plan, ops, vals, idx), single, kwargs.get("dist", MONTE_CARLO_DEFAULTS["dist"]))
 
 
 def _apply_indicator(name: str, n_out: int, params: dict, backend: str | None, *blocks):

@@ -57,6 +57,11 @@ MIN_TAIL = 10  # scenarios required beyond the VaR quantile on each side
 CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many random numbers per chunk
 
 
+# The keyword defaults of var_monte_carlo, for callers that forward keywords (gpu_trader.distributed);
+# a test checks they equal the signature's.
+MONTE_CARLO_DEFAULTS = dict(level=0.99, n_scenarios=100_000, horizon=1, dist="normal", dof=None, seed=None,
+                            options=None, contributions=True, chunk_size=None, dtype=np.float64, backend=None)
+
 @dataclass(frozen=True)
 class EuropeanOptions:
     """A book of European options on the assets of a Monte Carlo VaR call; one entry per option.

@@ -53,6 +53,20 @@ def test_cluster_var_equals_single_process(client, dist, with_options):
         assert cluster.seed == single.seed == 123
 
 
+def test_forwarded_defaults_match_the_single_process_signature():
+    import inspect
+
+    sig = inspect.signature(gt.montecarlo.var_monte_carlo)
+    defaults = {k: p.default for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert defaults == gt.montecarlo.MONTE_CARLO_DEFAULTS
+
+
+def test_unknown_keyword_is_a_type_error(client):
+    weights, mu, cov = _book()
+    with pytest.raises(TypeError, match="n_scenario"):
+        gtd.var_monte_carlo(client, weights, mu, cov, n_scenario=1000)
+
+
 def test_partition_bounds_cover_the_range_on_chunk_boundaries():
     for n, chunk, parts in [(40_000, 4096, 3), (100, 4096, 5), (12_288, 4096, 3), (12_289, 4096, 10)]:
         bounds = gtd.partition_bounds(n, chunk, parts)
