@@ -18,30 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from .backend import resolve, unwrap_pandas_columns
-from .validation import check_count, check_float, check_observations
+from .series_input import SeriesInput
+from .validation import check_count, check_float
 from .profiling import annotate
 
 __all__ = ["cov", "corr", "rolling_corr", "ewma_cov", "ledoit_wolf"]
 
 
-class _Call:
-    """One call: the backend's kernels, the float64 (..., n, T) input and how to wrap results."""
+class _Call(SeriesInput):
+    """One call on ``(..., n, T)`` series; results are series-by-series matrices."""
 
-    __slots__ = ("kernels", "x", "dtype", "rewrap")
+    __slots__ = ()
 
     def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1) -> None:
-        """``what`` names the estimator, ``minimum`` the valid periods it needs per series."""
-        values, self.rewrap = unwrap_pandas_columns(r)
-        be, (arr,), _ = resolve((values,), ("r",), backend)
-        if arr.ndim < 2:
-            raise ValueError(f"r must have shape (..., n_series, T) (time last), got shape {arr.shape}")
-        if arr.shape[-1] == 0 or arr.shape[-2] == 0:
-            raise ValueError(f"r must have at least one series and one period, got shape {arr.shape}")
-        self.kernels = be.ops("correlation").kernels
-        check_observations(self.kernels.xp, arr, minimum, "r", what)
-        self.dtype = arr.dtype
-        self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)
+        super().__init__(r, backend, "correlation", what, minimum, matrix=True)
 
     def out(self, res: Any, kind: str = "matrix") -> Any:
         if self.dtype != np.float64:

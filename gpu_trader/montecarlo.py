@@ -49,6 +49,7 @@ import numpy as np
 
 from .backend import get_backend, select_backend
 from .profiling import annotate
+from .validation import check_count, check_float
 
 __all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR"]
 
@@ -173,13 +174,13 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
         m = np.full(n, float(m))
     if m.shape != (n,):
         raise ValueError(f"mu must be a scalar or have shape ({n},) like the assets, got {m.shape}")
-    level = _real(level, "level")
+    level = check_float(level, "level")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    horizon = _real(horizon, "horizon")
+    horizon = check_float(horizon, "horizon")
     if horizon <= 0:
         raise ValueError(f"horizon must be > 0 days, got {horizon}")
-    n_scenarios = _count(n_scenarios, "n_scenarios")
+    n_scenarios = check_count(n_scenarios, "n_scenarios", 1)
     k = math.ceil(n_scenarios * (1.0 - level) - 1e-9)  # the tolerance absorbs 1 - level's binary rounding
     if k < MIN_TAIL or n_scenarios - k < MIN_TAIL:
         raise ValueError(
@@ -195,7 +196,7 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
     block = be.ops("montecarlo").BLOCK
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS // n)
-    chunk = -(-_count(chunk_size, "chunk_size") // block) * block
+    chunk = -(-check_count(chunk_size, "chunk_size", 1) // block) * block
     from . import mc_engine
 
     band = mc_engine.band_for(n_scenarios, level)
@@ -234,23 +235,6 @@ def _host(x, name: str) -> np.ndarray:
     return arr
 
 
-def _real(x, name: str) -> float:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {x!r}")
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    return x
-
-
-def _count(x, name: str) -> int:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {x!r}")
-    if x < 1:
-        raise ValueError(f"{name} must be >= 1, got {x}")
-    return int(x)
-
-
 def _dist(dist, dof):
     if dist == "normal":
         if dof is not None:
@@ -259,7 +243,7 @@ def _dist(dist, dof):
     if dist == "t":
         if dof is None:
             raise ValueError("dist='t' needs dof (degrees of freedom, > 2)")
-        dof = _real(dof, "dof")
+        dof = check_float(dof, "dof")
         if dof <= 2:
             raise ValueError(f"dof must be > 2 (the t covariance is infinite otherwise), got {dof}")
         return dof

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import resolve, unwrap_pandas_columns
 from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
 from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
-from .validation import check_float, check_floats, check_observations
+from .series_input import SeriesInput
+from .validation import check_float, check_floats
 from .profiling import annotate
 
 __all__ = [
@@ -68,20 +68,13 @@ def _tail_probabilities(level: Any) -> tuple[tuple[float, ...], bool]:
     return tuple(round(1.0 - v, 15) for v in levels), grid
 
 
-class _Call:
-    """One metric call: the backend's kernels, the float64 input and how to wrap a result."""
+class _Call(SeriesInput):
+    """One metric call on ``(..., T)`` series; results reduce the time axis."""
 
-    __slots__ = ("kernels", "x", "dtype", "rewrap")
+    __slots__ = ()
 
     def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1) -> None:
-        """``what`` names the metric and ``minimum`` the valid observations it needs per series
-        (an all-NaN or too short series is a ``ValueError``, never a silent NaN)."""
-        values, self.rewrap = unwrap_pandas_columns(r)
-        be, (arr,), _ = resolve((values,), ("r",), backend)
-        self.kernels = be.ops("risk").kernels
-        check_observations(self.kernels.xp, arr, minimum, "r", what)
-        self.dtype = arr.dtype
-        self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)
+        super().__init__(r, backend, "risk", what, minimum)
 
     def out(self, res: Any, grid: bool = True, levels: Any = None) -> Any:
         """Wrap a result; ``grid=False`` drops the leading level axis of a one-level call,

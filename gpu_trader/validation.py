@@ -79,7 +79,9 @@ def check_count(value: Any, name: str, minimum: int) -> int:
 def check_observations(xp: Any, x: Any, minimum: int, name: str, what: str) -> None:
     """Every series of ``x`` (..., T) on namespace ``xp`` must hold at least ``minimum``
     valid (non-NaN) values: otherwise ``ValueError`` naming ``name``, the first offending
-    series' batch index and ``what`` needs them. One cheap NaN test on clean data."""
+    series' batch index and ``what`` needs them. One cheap NaN test on clean data (on a
+    GPU that test is one small device-to-host read, the price of an error instead of a
+    silent NaN)."""
     t = x.shape[-1]
     if t < minimum:
         raise ValueError(f"{name} has {t} observations per series; {what} needs at least {minimum}")

@@ -31,13 +31,19 @@ def uniform(n, dim, seed=0):
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
-def faiss_search(db, queries, k, metric):
-    """FAISS flat search in float32 (cosine: both sides normalized in float64 first)."""
+def _float64_pair(db, queries, metric):
+    """Both sides as float64, normalized for cosine (the oracles' common preparation)."""
     db = np.asarray(db, np.float64)
     q = np.asarray(queries, np.float64)
     if metric == "cosine":
         db = db / np.linalg.norm(db, axis=1, keepdims=True)
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    return db, q
+
+
+def faiss_search(db, queries, k, metric):
+    """FAISS flat search in float32 (cosine: both sides normalized in float64 first)."""
+    db, q = _float64_pair(db, queries, metric)
     index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
     index.add(np.ascontiguousarray(db, np.float32))
     return index.search(np.ascontiguousarray(q, np.float32), k)
@@ -45,11 +51,7 @@ def faiss_search(db, queries, k, metric):
 
 def true_scores(db, queries, ids, metric):
     """float64 scores of the given ids (row = id) for each query."""
-    db = np.asarray(db, np.float64)
-    q = np.asarray(queries, np.float64)
-    if metric == "cosine":
-        db = db / np.linalg.norm(db, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    db, q = _float64_pair(db, queries, metric)
     v = db[ids]
     if metric == "l2":
         return ((v - q[:, None, :]) ** 2).sum(-1)
