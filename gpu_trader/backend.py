@@ -1,10 +1,10 @@
 """Backend registry, selection and array conversion.
 
-This is the only module that knows about CuPy (and, later, JAX). It never imports
-them at ``import gpu_trader`` time: CuPy is imported the first time somebody asks
-whether the ``cuda`` backend is available or passes a CuPy array, and array-type
-inference only looks at frameworks already present in ``sys.modules`` (the einops
-trick), so a NumPy user never pays for a GPU import.
+This is the only module that knows about CuPy and JAX. It never imports them at
+``import gpu_trader`` time: CuPy (JAX) is imported the first time somebody asks
+whether the ``cuda`` (``jax``) backend is available or passes one of its arrays, and
+array-type inference only looks at frameworks already present in ``sys.modules``
+(the einops trick), so a NumPy user never pays for a GPU import.
 
 Resolution order for one call (DESIGN.md section 2):
 explicit ``backend=`` keyword > :func:`use_backend` context > :func:`set_backend`
@@ -49,6 +49,8 @@ class Backend:
     name: str = ""
     ops_package: str = ""
     array_module: str = ""
+    # the public areas this backend implements (None: all of them)
+    areas: frozenset[str] | None = None
 
     def __init__(self) -> None:
         self._ops: dict[str, Any] = {}
@@ -83,6 +85,23 @@ class Backend:
     def synchronize(self) -> None:
         """Block until all queued work on this backend's device has finished."""
 
+    def ready(self, result: Any) -> Any:
+        """Block until ``result`` (an array or a tuple/dict of them) is computed; returns it.
+
+        Backends that queue work on a device stream are synchronized; JAX, which has no
+        global stream to wait on, blocks on the result itself.
+        """
+        self.synchronize()
+        return result
+
+    def contiguous(self, x: Any) -> Any:
+        """``x`` as a C-contiguous array of this backend (``x`` itself when it already is)."""
+        return x if x.flags.c_contiguous else self.xp.ascontiguousarray(x)
+
+    def supports(self, area: str) -> bool:
+        """Whether this backend implements the public area ``area`` (``"indicators"``, ...)."""
+        return self.areas is None or area in self.areas
+
     def device_name(self) -> str:
         raise NotImplementedError
 
@@ -91,6 +110,12 @@ class Backend:
         """The kernel module for one public area (``"indicators"``, ...), imported once."""
         mod = self._ops.get(area)
         if mod is None:
+            if not self.supports(area):
+                others = [n for n, be in _REGISTRY.items() if be.supports(area) and be.is_available()]
+                raise ValueError(
+                    f"backend {self.name!r} does not implement {area} (it implements "
+                    f"{', '.join(sorted(self.areas or ()))}); use backend= one of {', '.join(others)}"
+                )
             mod = importlib.import_module(f"{self.ops_package}.{area}")
             self._ops[area] = mod
         return mod
@@ -171,8 +196,92 @@ class CudaBackend(Backend):
         return name.decode() if isinstance(name, bytes) else str(name)
 
 
-# Registration order is the order of type inference. A JAX backend registers here
-# the same way (name "jax", ops_package "gpu_trader.jax_backend", array_module "jax").
+class JaxBackend(Backend):
+    """JAX on whatever device JAX picks (its CPU in CI; a GPU or TPU where jaxlib has one).
+
+    Float64 is the contract (TA-Lib-exact indicators, risk metrics to 1e-10), so the
+    first use of this backend switches on JAX's 64-bit mode (``jax_enable_x64``) for the
+    process, with a warning if it was off: switch it on yourself, before creating JAX
+    arrays, to keep your own float64 inputs float64 (JAX truncates them to float32
+    while the mode is off).
+    """
+
+    name = "jax"
+    ops_package = "gpu_trader.jax_backend"
+    array_module = "jax.numpy"
+    areas = frozenset({"indicators", "risk", "correlation", "montecarlo"})
+
+    def _probe(self) -> bool:
+        try:
+            import jax  # noqa: F401
+        except Exception:  # ImportError, or a broken jaxlib
+            return False
+        return True
+
+    @property
+    def xp(self):
+        enable_x64()
+        import jax.numpy
+
+        return jax.numpy
+
+    def owns(self, x: Any) -> bool:
+        jax = sys.modules.get("jax")
+        return jax is not None and isinstance(x, jax.Array)
+
+    def asarray(self, x: Any):
+        enable_x64()
+        import jax
+        import jax.numpy as jnp
+
+        if isinstance(x, jax.Array):
+            return x
+        return jnp.asarray(_host_array(x))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def ready(self, result: Any) -> Any:
+        import jax
+
+        return jax.block_until_ready(result)
+
+    def contiguous(self, x: Any) -> Any:
+        return x  # JAX arrays have no strides to speak of
+
+    def device_name(self) -> str:
+        import jax
+
+        dev = jax.devices()[0]
+        return f"JAX {jax.__version__} on {dev.platform}: {dev.device_kind}"
+
+    def ops(self, area: str):
+        enable_x64()
+        return super().ops(area)
+
+
+def enable_x64() -> None:
+    """Switch on JAX's 64-bit mode (see :class:`JaxBackend`); warn when this changes it."""
+    if _X64_DONE:
+        return
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        import warnings
+
+        warnings.warn(
+            "gpu_trader's jax backend switched on JAX's 64-bit mode (jax_enable_x64) for float64 "
+            "results; set it yourself before creating arrays to silence this",
+            UserWarning,
+            stacklevel=3,
+        )
+        jax.config.update("jax_enable_x64", True)
+    _X64_DONE.append(True)
+
+
+_X64_DONE: list[bool] = []
+
+# Registration order is the order of type inference.
 _REGISTRY: dict[str, Backend] = {}
 
 
@@ -183,6 +292,7 @@ def register(backend: Backend) -> None:
 
 register(CpuBackend())
 register(CudaBackend())
+register(JaxBackend())
 
 _CPU = _REGISTRY["cpu"]
 _context: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("gpu_trader_backend", default=None)

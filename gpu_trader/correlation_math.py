@@ -44,11 +44,14 @@ class CorrelationKernels:
     def _t(self, a):
         return self.xp.swapaxes(a, -1, -2)
 
-    def _centered(self, x):
-        """(zero-filled data shifted by each series' mean, validity mask as float, has NaN)."""
+    def has_nan(self, x) -> bool:
+        """Whether ``x`` holds a NaN (read on the host: it picks the estimator's variant)."""
+        return bool(self.xp.isnan(x).any())
+
+    def _centered(self, x, has_nan: bool):
+        """(zero-filled data shifted by each series' mean, validity mask as float or None)."""
         xp = self.xp
         valid = ~xp.isnan(x)
-        has_nan = bool(xp.any(~valid))
         if not has_nan:
             return x - x.mean(axis=-1, keepdims=True), None
         m = valid.astype(x.dtype)
@@ -86,8 +89,12 @@ class CorrelationKernels:
 
     # -- full-sample ------------------------------------------------------------
     def cov(self, x, min_periods: int, ddof: int):
+        return self.cov_given(x, min_periods, ddof, self.has_nan(x))
+
+    def cov_given(self, x, min_periods: int, ddof: int, has_nan: bool):
+        """:meth:`cov` for data known to hold NaNs or not (a pure array function)."""
         xp = self.xp
-        x0, m = self._centered(x)
+        x0, m = self._centered(x, has_nan)
         if m is None:
             t = x.shape[-1]
             c = (x0 @ self._t(x0)) / (t - ddof)
@@ -97,8 +104,12 @@ class CorrelationKernels:
         return xp.where(ps.n >= self._min_count(min_periods, ddof), c, xp.nan)
 
     def corr(self, x, min_periods: int):
+        return self.corr_given(x, min_periods, self.has_nan(x))
+
+    def corr_given(self, x, min_periods: int, has_nan: bool):
+        """:meth:`corr` for data known to hold NaNs or not (a pure array function)."""
         xp = self.xp
-        x0, m = self._centered(x)
+        x0, m = self._centered(x, has_nan)
         if m is None:
             t = x.shape[-1]
             c = x0 @ self._t(x0)
@@ -116,9 +127,7 @@ class CorrelationKernels:
         what is there."""
         xp = self.xp
         c = xp.cumsum(a, axis=-1)
-        out = c.copy()
-        out[..., window:] = c[..., window:] - c[..., :-window]
-        return out
+        return xp.concatenate([c[..., :window], c[..., window:] - c[..., :-window]], axis=-1)
 
     def rolling_corr(self, x, window: int, min_periods: int):
         """Correlation of every pair over a trailing window at every step: ``(..., n, n, T)``."""

@@ -64,8 +64,7 @@ def _flatten(be, arrays, n: int, T: int) -> list[Any]:
     """Each ``(..., T)`` array as a C-contiguous ``(n, T)`` one (a view when it already is)."""
     flat = []
     for a in arrays:
-        a = a.reshape(n, T)
-        flat.append(a if a.flags.c_contiguous else be.xp.ascontiguousarray(a))
+        flat.append(be.contiguous(a.reshape(n, T)))
     return flat
 
 

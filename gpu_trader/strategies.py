@@ -183,9 +183,9 @@ def _run_rules(be, close, feats, rules, cost, batch, grid_shape):
         pnl = be.xp.zeros((P, n), dtype=np.float64)
     else:
         c = close.reshape(n, T)
-        c = c if c.flags.c_contiguous else be.xp.ascontiguousarray(c)
+        c = be.contiguous(c)
         f = feats.reshape(feats.shape[0], n, T)
-        f = f if f.flags.c_contiguous else be.xp.ascontiguousarray(f)
+        f = be.contiguous(f)
         sig, pnl = be.ops("strategies").backtest(c, f, kinds, a_idx, b_idx, ks, cost)
     return StrategyResult(sig.reshape(grid_shape + batch + (T,)), pnl.reshape(grid_shape + batch))
 

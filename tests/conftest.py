@@ -8,17 +8,33 @@ import pytest
 from hypothesis import settings
 
 import gpu_trader as gt
+from gpu_trader.backend import _REGISTRY
 
 # CI replays the same examples every run (a failure there is reproducible, never a fluke of
 # the draw); locally hypothesis explores new ones each time.
+# The jax backend needs JAX's 64-bit mode; switching it on here (before JAX is imported)
+# keeps the backend's one-time warning out of every test (tests/test_jax_backend.py checks it).
+os.environ.setdefault("JAX_ENABLE_X64", "1")
+
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-ALL_BACKENDS = ("cpu", "cuda")
+ALL_BACKENDS = ("cpu", "cuda", "jax")
 
 
-@pytest.fixture(params=ALL_BACKENDS)
+def pytest_generate_tests(metafunc):
+    """Parametrize ``backend`` over every backend that implements the test module's ``AREA``
+    (a module without one runs on every backend): a backend that lacks an area is not
+    collected for it at all, rather than skipped."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    area = getattr(metafunc.module, "AREA", None)
+    names = [n for n in ALL_BACKENDS if area is None or _REGISTRY[n].supports(area)]
+    metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
 def backend(request) -> str:
     """Name of one backend; the test is skipped where that backend is not present."""
     if request.param not in gt.available_backends():

@@ -13,6 +13,8 @@ from gpu_trader import correlation as corrmod
 
 from conftest import on_backend
 
+AREA = "correlation"  # the backends that implement it run these tests (conftest.py)
+
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 

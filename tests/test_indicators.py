@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 import gpu_trader as gt
 from conftest import on_backend, random_ohlcv
 
+AREA = "indicators"  # the backends that implement it run these tests (conftest.py)
+
 talib = pytest.importorskip("talib")
 
 

@@ -25,6 +25,8 @@ from conftest import assert_compiles_to_ptx
 from gpu_trader import market_math as mm
 from gpu_trader import marketdata as md
 
+AREA = "marketdata"  # the backends that implement it run these tests (conftest.py)
+
 NS = 10**9
 T0 = 1_700_000_000 * NS
 

@@ -35,6 +35,8 @@ from gpu_trader.cpu_fallback import montecarlo as cpu_mc
 from gpu_trader.kernels import montecarlo as gpu_mc
 from gpu_trader.mc_engine import band_for
 
+AREA = "montecarlo"  # the backends that implement it run these tests (conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

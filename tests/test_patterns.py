@@ -9,6 +9,8 @@ import gpu_trader as gt
 from gpu_trader import vector_math as vm
 from gpu_trader.patterns import PatternMemory, window_patterns
 
+AREA = "vectors"  # the backends that implement it run these tests (conftest.py)
+
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
 

@@ -30,6 +30,8 @@ from gpu_trader.commissions import FixedCommission, PercentageCommission, Tiered
 from gpu_trader import portfolio as portfolio_module
 from gpu_trader.portfolio import Portfolio, batch_apply_fills, batch_pnl
 
+AREA = "portfolio"  # the backends that implement it run these tests (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = ("AAA", "BBB", "CCC")
 

@@ -23,6 +23,8 @@ import gpu_trader as gt
 from conftest import assert_compiles_to_ptx
 from gpu_trader import strategies as S
 
+AREA = "strategies"  # the backends that implement it run these tests (conftest.py)
+
 
 def prices(n_series, T, seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)

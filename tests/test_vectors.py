@@ -15,6 +15,8 @@ from gpu_trader import vector_io
 from gpu_trader import vector_math as vm
 from gpu_trader.vectors import VectorIndex, VectorIndexFileError
 
+AREA = "vectors"  # the backends that implement it run these tests (conftest.py)
+
 faiss = pytest.importorskip("faiss")
 faiss.omp_set_num_threads(1)
 

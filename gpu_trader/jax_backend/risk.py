@@ -1,0 +1,26 @@
+"""Risk metrics on JAX: :class:`gpu_trader.risk_math.RiskKernels` over ``jax.numpy``, jitted.
+
+Sorting is XLA's batched sort; the drawdown's running maximum is ``lax.cummax``.
+Everything is differentiable where the metric is (e.g. the gradient of a parametric
+VaR or a Sharpe ratio with respect to portfolio weights; a historical VaR almost
+everywhere, through its interpolated order statistics).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from ..risk_math import RiskKernels
+from . import jit_methods
+
+
+def running_max(x):
+    """Running maximum along the last axis."""
+    return lax.cummax(x, axis=x.ndim - 1)
+
+
+kernels = jit_methods(
+    RiskKernels(jnp, running_max),
+    ("var_historical", "cvar", "var_parametric", "sharpe", "sortino", "max_drawdown", "calmar",
+     "kelly_fraction", "risk_report"),
+)
