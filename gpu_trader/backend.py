@@ -479,6 +479,19 @@ def to_numpy(x: Any) -> Any:
     return _host_array(x)
 
 
+def host_bool(x: Any) -> bool | None:
+    """``bool(x)`` of a 0-d array, read on the host; ``None`` inside a ``jax.jit`` trace, where
+    the value does not exist yet (callers then skip a data-dependent check, or take the
+    branch that is right for any data)."""
+    try:
+        return bool(x)
+    except Exception as exc:
+        jax = sys.modules.get("jax")
+        if jax is not None and isinstance(exc, jax.errors.ConcretizationTypeError):
+            return None
+        raise
+
+
 def as_float_array(be: Backend, x: Any, name: str):
     """Convert ``x`` to ``be``'s array type with a float dtype.
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import host_bool
 from .series_input import SeriesInput
 from .validation import check_count, check_float
 from .profiling import annotate
@@ -113,7 +114,7 @@ def ledoit_wolf(r: Any, *, backend: Any = None) -> tuple[Any, Any]:
     """
     c = _Call(r, backend, "ledoit_wolf", 2)
     xp = c.kernels.xp
-    if bool(xp.isnan(c.x).any()):
+    if host_bool(xp.isnan(c.x).any()):  # None inside a jax.jit trace: not checkable there
         raise ValueError("r must not contain NaN for ledoit_wolf (drop or fill missing periods first)")
     cov_, shrink = c.kernels.ledoit_wolf(c.x)
     if c.dtype != np.float64:

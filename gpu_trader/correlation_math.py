@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import host_bool
+
 __all__ = ["CorrelationKernels"]
 
 
@@ -45,8 +47,10 @@ class CorrelationKernels:
         return self.xp.swapaxes(a, -1, -2)
 
     def has_nan(self, x) -> bool:
-        """Whether ``x`` holds a NaN (read on the host: it picks the estimator's variant)."""
-        return bool(self.xp.isnan(x).any())
+        """Whether ``x`` holds a NaN (read on the host: it picks the estimator's variant); True
+        inside a ``jax.jit`` trace, where the pairwise-complete variant is right for any data."""
+        known = host_bool(self.xp.isnan(x).any())
+        return True if known is None else known
 
     def _centered(self, x, has_nan: bool):
         """(zero-filled data shifted by each series' mean, validity mask as float or None)."""

@@ -20,7 +20,11 @@ must provide:
   Black-Scholes revaluation (:func:`gpu_trader.option_math.option_pnl_item`);
 * ``tail_update(vals, idx, loss, first) -> (vals, idx)`` -- keep, per portfolio (row),
   the ``m`` largest losses seen so far and their scenario numbers;
-* ``scatter_add(acc, rows, values)`` -- ``acc[rows[i]] += values[i]`` with repeats.
+* ``scatter_add(acc, rows, values) -> acc`` -- ``acc[rows[i]] += values[i]`` with repeats
+  (in place where the arrays are mutable; JAX returns the updated copy).
+
+The driver itself never assigns into an array, so it runs on immutable arrays (JAX)
+as well as on NumPy and CuPy.
 
 **Algorithm.** With ``cov = L L^T``, a scenario's simple returns over ``h`` days are
 ``r = h*mu + sqrt(h) * g * L z`` (``g = 1`` for the normal). The linear part of every
@@ -178,7 +182,7 @@ class _Simulation:
         bt = math.sqrt(h) * np.vstack([W @ L, under_rows])      # (P + U, n)
         self.bt = xp.asarray(bt.astype(plan.dtype))
         self.bt_under = xp.asarray(bt[self.P:])                 # float64, for the re-drawn band
-        self.drift = xp.asarray((h * (W @ mu))[:, None].astype(plan.dtype))  # (P, 1) portfolio drift
+        self.neg_drift = xp.asarray((-h * (W @ mu))[:, None].astype(plan.dtype))  # (P, 1) minus the portfolio drift
         self.L_t = xp.asarray(L.T)
         self.h_mu = xp.asarray(h * mu)
         self.W = xp.asarray(W)
@@ -197,9 +201,7 @@ class _Simulation:
         y = self.bt @ z.T                                       # the one big GEMM: (P + U, rows)
         if g is not None:
             y *= g[None, :]
-        loss = y[: self.P]
-        xp.negative(loss, out=loss)
-        loss -= self.drift
+        loss = self.neg_drift - y[: self.P]                     # = -(y + drift), bit for bit
         if self.opts is not None:
             dv = self.ops.option_pnl(y[self.P:], self.opts, plan.dtype)
             loss -= self.quantity @ dv
@@ -228,9 +230,9 @@ class _Simulation:
             return xp.asarray(port[lo:hi]), zs, dv
 
         for who, zs, dv in ops.map_chunks(draw, list(_runs(scen, ops.BLOCK, plan.chunk, plan.n_scenarios))):
-            ops.scatter_add(acc_z, who, zs)
+            acc_z = ops.scatter_add(acc_z, who, zs)
             if dv is not None:
-                ops.scatter_add(acc_v, who, dv)
+                acc_v = ops.scatter_add(acc_v, who, dv)
         mean_r = self.h_mu[None, :] + math.sqrt(plan.horizon) * ((acc_z / w) @ self.L_t)
         lin = -self.W * mean_r
         total = lin.sum(axis=1)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import host_bool
+
 
 def _is_sequence(value: Any) -> bool:
     return isinstance(value, (list, tuple, range)) or (isinstance(value, np.ndarray) and value.ndim == 1)
@@ -81,12 +83,13 @@ def check_observations(xp: Any, x: Any, minimum: int, name: str, what: str) -> N
     valid (non-NaN) values: otherwise ``ValueError`` naming ``name``, the first offending
     series' batch index and ``what`` needs them. One cheap NaN test on clean data (on a
     GPU that test is one small device-to-host read, the price of an error instead of a
-    silent NaN)."""
+    silent NaN). Inside a ``jax.jit`` trace the NaN count is unknown and only the length
+    is checked."""
     t = x.shape[-1]
     if t < minimum:
         raise ValueError(f"{name} has {t} observations per series; {what} needs at least {minimum}")
     nan = xp.isnan(x)
-    if not bool(nan.any()):
+    if not host_bool(nan.any()):  # None inside a jax.jit trace: the data is not known yet
         return
     counts = (~nan).sum(axis=-1)
     worst = int(counts.min())

@@ -172,5 +172,6 @@ def tail_update(vals: np.ndarray, idx: np.ndarray, loss: np.ndarray, first: int)
     return vals, idx
 
 
-def scatter_add(acc: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+def scatter_add(acc: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     np.add.at(acc, rows, values)
+    return acc

@@ -118,7 +118,8 @@ def tail_update(vals, idx, loss, first: int):
     return merge_tail(cupy, vals, idx, loss, first)
 
 
-def scatter_add(acc, rows, values) -> None:
+def scatter_add(acc, rows, values):
     import cupyx
 
     cupyx.scatter_add(acc, rows, values)
+    return acc
