@@ -24,12 +24,14 @@ On several GPUs::
 **Indicators** (:func:`indicator`): any public indicator over a Dask array of many
 symbols, time on the last axis; the time axis is gathered into one chunk (an
 indicator is a scan over time) and the symbols stay chunked, one task per chunk.
-A dask DataFrame (time along the index, one column per symbol) is turned into such an
-array with ``ddf.to_dask_array(lengths=True).T``.
+A dask DataFrame (time along the index, one column per symbol, as pandas input
+everywhere in the package) gives a dask DataFrame back with the same index, columns and
+partitions.
 """
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -87,6 +89,57 @@ def var_monte_carlo(client: Any, weights, mu, cov, *, partitions: int | None = N
     return result(plan, mc_engine.finish(plan, ops, vals, idx), single, kwargs.get("dist", MONTE_CARLO_DEFAULTS["dist"]))
 
 
+class _Frame:
+    """What a set of dask DataFrame (or Series) inputs share: index, columns, partitions."""
+
+    def __init__(self, first, columns, row_chunks, n_chunks: int):
+        self.first, self.columns, self.row_chunks, self.n_chunks = first, columns, row_chunks, n_chunks
+
+
+def _frame_layout(inputs) -> _Frame | None:
+    """None for array inputs; the shared layout of dask DataFrame/Series inputs (``TypeError``
+    for a mix of kinds, ``ValueError`` for frames that do not line up)."""
+    dd = sys.modules.get("dask.dataframe")
+    if dd is None:
+        return None
+    kinds = [isinstance(a, dd.DataFrame) or isinstance(a, dd.Series) for a in inputs]
+    if not any(kinds):
+        return None
+    if not all(kinds) or len({type(a) for a in inputs}) > 1:
+        raise TypeError("inputs must be all Dask arrays, all dask DataFrames or all dask Series, not a mix")
+    first = inputs[0]
+    columns = list(first.columns) if isinstance(first, dd.DataFrame) else None
+    for i, a in enumerate(inputs[1:], 1):
+        if columns is not None and list(a.columns) != columns:
+            raise ValueError(f"input {i} has columns {list(a.columns)} but input 0 has {columns}; they must match")
+        if a.npartitions != first.npartitions:
+            raise ValueError(f"input {i} has {a.npartitions} partitions but input 0 has {first.npartitions}")
+    lengths = tuple(int(n) for n in first.map_partitions(len).compute())
+    if columns is not None and not columns:
+        raise ValueError("a DataFrame input needs at least one column (symbol)")
+    n_symbols = len(columns) if columns is not None else 1
+    return _Frame(first, columns, lengths, max(1, min(first.npartitions, n_symbols)))
+
+
+def _frame_to_array(a, frame: _Frame):
+    """A dask DataFrame ``(T, n)`` as a Dask array ``(n, T)`` in ``frame.n_chunks`` symbol chunks
+    (a Series as ``(T,)``)."""
+    x = a.to_dask_array(lengths=frame.row_chunks)
+    if frame.columns is None:
+        return x
+    n = len(frame.columns)
+    return x.T.rechunk({0: -(-n // frame.n_chunks), 1: -1})
+
+
+def _array_to_frame(x, frame: _Frame):
+    """The inverse of :func:`_frame_to_array`: the original index, columns and partitions."""
+    import dask.dataframe as dd
+
+    if frame.columns is None:
+        return dd.from_dask_array(x.rechunk((frame.row_chunks,)), columns=frame.first.name, index=frame.first.index)
+    return dd.from_dask_array(x.T.rechunk((frame.row_chunks, -1)), columns=frame.columns, index=frame.first.index)
+
+
 def _apply_indicator(name: str, n_out: int, params: dict, backend: str | None, *blocks):
     import gpu_trader
 
@@ -96,17 +149,31 @@ def _apply_indicator(name: str, n_out: int, params: dict, backend: str | None, *
 
 @annotate
 def indicator(name: str, *arrays, backend: str | None = None, **params):
-    """A public indicator (``"sma"``, ``"macd"``, ...) over Dask arrays ``(..., T)``.
+    """A public indicator (``"sma"``, ``"macd"``, ...) over Dask arrays or dask DataFrames.
 
-    ``arrays``: the indicator's inputs (e.g. ``high, low, close`` for ``"atr"``), Dask
-    arrays of one shape; ``params``: its scalar parameters (a parameter grid is not
-    supported here: call once per value). Returns a Dask array of the input's shape, or
-    a tuple of them for multi-output indicators (``macd``, ``bollinger``, ``stoch``).
-    Lazy: nothing runs until ``.compute()``.
+    ``arrays``: the indicator's inputs (e.g. ``high, low, close`` for ``"atr"``), either
+    Dask arrays ``(..., T)`` of one shape, or dask DataFrames with time along the index
+    and one column per symbol (the pandas convention of the whole package; every frame
+    with the same columns and partitions), or dask Series (one symbol). ``params``: its
+    scalar parameters (a parameter grid is not supported here: call once per value).
+    Returns the input's kind and shape (a DataFrame keeps its index, columns and
+    partitions), or a tuple of them for multi-output indicators (``macd``,
+    ``bollinger``, ``stoch``). Lazy: nothing runs until ``.compute()``.
+
+    A DataFrame's row partitions cut the time axis, which an indicator scans whole; its
+    columns are therefore regrouped into as many symbol chunks as it has partitions
+    (one task each) and the results cut back into the original partitions.
     """
     import dask.array as da
 
     from .indicator_specs import SPECS
+
+    frame = _frame_layout(arrays)
+    if frame is not None:
+        outs = indicator(name, *(_frame_to_array(a, frame) for a in arrays), backend=backend, **params)
+        if isinstance(outs, tuple):
+            return tuple(_array_to_frame(o, frame) for o in outs)
+        return _array_to_frame(outs, frame)
 
     if name not in SPECS:
         raise ValueError(f"unknown indicator {name!r}; known: {', '.join(sorted(SPECS))}")

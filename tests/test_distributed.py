@@ -108,6 +108,42 @@ def test_indicator_over_dask_array_equals_batch(name, fields, params):
         np.testing.assert_array_equal(lazy.compute(), expected)
 
 
+@pytest.mark.parametrize("name, fields, params", [
+    ("ema", ("close",), {"window": 10}),
+    ("bollinger", ("close",), {"window": 20, "nstd": 2.0}),
+    ("atr", ("high", "low", "close"), {"window": 14}),
+])
+def test_indicator_over_dask_dataframe_equals_pandas_batch(name, fields, params):
+    """Time along the index, one column per symbol, ragged listing dates: the result is a dask
+    DataFrame with the same index, columns and partitions, equal to the in-memory pandas call."""
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    rng = np.random.default_rng(4)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (7, 400)), axis=-1))
+    close[2, :35] = np.nan                      # listed later
+    index = pd.date_range("2024-01-01", periods=400, freq="min", name="time")
+    cols = [f"S{i}" for i in range(7)]
+    data = {k: pd.DataFrame((close * f).T, index=index, columns=cols)
+            for k, f in (("close", 1.0), ("high", 1.01), ("low", 0.99))}
+    frames = [dd.from_pandas(data[f], npartitions=3) for f in fields]
+    lazy = gtd.indicator(name, *frames, **params)
+    expected = getattr(gt, name)(*(data[f] for f in fields), **params)
+    lazy, expected = (lazy, expected) if isinstance(expected, tuple) else ((lazy,), (expected,))
+    assert len(lazy) == len(expected)
+    for got, want in zip(lazy, expected):
+        assert isinstance(got, dd.DataFrame) and got.npartitions == 3
+        pd.testing.assert_frame_equal(got.compute(), want)
+
+
+def test_indicator_over_dask_series():
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    s = pd.Series(np.linspace(1.0, 2.0, 120) ** 2, name="AAPL")
+    got = gtd.indicator("rsi", dd.from_pandas(s, npartitions=4), window=9)
+    assert isinstance(got, dd.Series)
+    pd.testing.assert_series_equal(got.compute(), gt.rsi(s, 9))
+
+
 def test_indicator_bad_input():
     x = da.ones((2, 50), chunks=(1, 50))
     with pytest.raises(ValueError, match="unknown indicator"):
@@ -118,3 +154,11 @@ def test_indicator_bad_input():
         gtd.indicator("sma", x, window=[5, 10])
     with pytest.raises(ValueError, match="shape"):
         gtd.indicator("obv", x, da.ones((3, 50)))
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    frame = dd.from_pandas(pd.DataFrame(np.ones((50, 2)), columns=["a", "b"]), npartitions=2)
+    with pytest.raises(TypeError, match="not a mix"):
+        gtd.indicator("obv", frame, x)
+    other = dd.from_pandas(pd.DataFrame(np.ones((50, 2)), columns=["a", "c"]), npartitions=2)
+    with pytest.raises(ValueError, match="columns"):
+        gtd.indicator("obv", frame, other)
