@@ -51,6 +51,8 @@ class Backend:
     array_module: str = ""
     # the public areas this backend implements (None: all of them)
     areas: frozenset[str] | None = None
+    # whether its arrays can be written in place (``out=``, ``copyto``); JAX's cannot
+    mutable_arrays: bool = True
 
     def __init__(self) -> None:
         self._ops: dict[str, Any] = {}
@@ -210,6 +212,7 @@ class JaxBackend(Backend):
     ops_package = "gpu_trader.jax_backend"
     array_module = "jax.numpy"
     areas = frozenset({"indicators", "risk", "correlation", "montecarlo"})
+    mutable_arrays = False
 
     def _probe(self) -> bool:
         try:

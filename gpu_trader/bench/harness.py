@@ -314,7 +314,7 @@ def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult)
     """Fill ``res`` with the timings of ``wl``, its references and its yardsticks."""
     policy = wl.policy or policy
     state = wl.setup(be)
-    res.stats = measure(lambda: wl.run(state), policy, be.synchronize)
+    res.stats = measure(lambda: be.ready(wl.run(state)), policy, be.synchronize)
     ours = res.stats.p50_s
     res.throughput_per_s = wl.items / ours
     for ref in wl.references:
@@ -326,10 +326,13 @@ def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult)
         xp, sync = be.xp, be.synchronize
         res.copy_bytes = 2 * sum(int(a.nbytes) for a in arrays)
         res.bytes_moved = wl.bytes_moved
-        res.copy_p50_s = measure(lambda: [xp.copy(a) for a in arrays], policy, sync).p50_s
+        res.copy_p50_s = measure(lambda: be.ready([xp.copy(a) for a in arrays]), policy, sync).p50_s
         res.x_copy = ours / res.copy_p50_s
-        dsts = [xp.empty_like(a) for a in arrays]
-        copyto_s = measure(lambda: [xp.copyto(d, a) for d, a in zip(dsts, arrays)], policy, sync).p50_s
+        if be.mutable_arrays:  # the bandwidth without allocation: copies into preallocated buffers
+            dsts = [xp.empty_like(a) for a in arrays]
+            copyto_s = measure(lambda: [xp.copyto(d, a) for d, a in zip(dsts, arrays)], policy, sync).p50_s
+        else:
+            copyto_s = res.copy_p50_s
         res.copy_bandwidth_Bps = res.copy_bytes / copyto_s
         res.bw_fraction = wl.bytes_moved / ours / res.copy_bandwidth_Bps
     if wl.flops is not None:
@@ -356,6 +359,9 @@ def _gemm_rate(be: Backend, dtype: np.dtype, policy: TimingPolicy, size: int) ->
     xp = be.xp
     rng = np.random.default_rng(0)
     a, b = (be.asarray(rng.standard_normal((size, size)).astype(dtype)) for _ in range(2))
-    out = xp.empty((size, size), dtype=dtype)
-    p50 = measure(lambda: xp.matmul(a, b, out=out), policy, be.synchronize).p50_s
+    if be.mutable_arrays:
+        out = xp.empty((size, size), dtype=dtype)
+        p50 = measure(lambda: xp.matmul(a, b, out=out), policy, be.synchronize).p50_s
+    else:
+        p50 = measure(lambda: be.ready(xp.matmul(a, b)), policy, be.synchronize).p50_s
     return 2.0 * size**3 / p50
