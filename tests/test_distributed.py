@@ -53,6 +53,22 @@ def test_cluster_var_equals_single_process(client, dist, with_options):
         assert cluster.seed == single.seed == 123
 
 
+@pytest.mark.slow
+def test_cluster_var_equals_single_process_on_jax(client):
+    """The jax backend's jax.random blocks are counter-based too: the same bits on a cluster."""
+    pytest.importorskip("jax")
+    weights, mu, cov = _book(seed=1)
+    kw = dict(level=0.99, n_scenarios=30_000, horizon=5, dist="t", dof=5, seed=321, chunk_size=4096,
+              options=gt.EuropeanOptions(asset=[1], spot=100.0, strike=100.0, expiry=0.5, vol=0.3, call=[False],
+                                         quantity=[[500.0]] * 3),
+              backend="jax")
+    single = gt.var_monte_carlo(weights, mu, cov, **kw)
+    cluster = gtd.var_monte_carlo(client, weights, mu, cov, partitions=3, **kw)
+    for field in ("var", "cvar", "var_se", "contributions", "option_contributions"):
+        np.testing.assert_array_equal(gt.to_numpy(getattr(cluster, field)), gt.to_numpy(getattr(single, field)),
+                                      err_msg=field)
+
+
 def test_forwarded_defaults_match_the_single_process_signature():
     import inspect
 
