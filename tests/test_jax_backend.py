@@ -160,3 +160,19 @@ def test_options_book_matches_brute_force_on_the_same_draws():
     srt = -np.sort(-loss, axis=0)
     np.testing.assert_allclose(gt.to_numpy(res.var), srt[k - 1], rtol=1e-9)
     np.testing.assert_allclose(gt.to_numpy(res.cvar), srt[:k].mean(axis=0), rtol=1e-9)
+
+
+def test_accelerator_tail_merge_keeps_the_largest():
+    """``lax.top_k`` merge (the path for a JAX GPU/TPU; the CPU device merges with NumPy) against a sort."""
+    rng = np.random.default_rng(7)
+    data = rng.normal(size=(3, 500))
+    data[:, ::9] = data[:, :1]  # ties
+    m = 40
+    vals, idx = jnp.full((3, m), -jnp.inf), jnp.full((3, m), -1, dtype=jnp.int64)
+    for first in range(0, 500, 125):
+        vals, idx = jmc._merge(vals, idx, jnp.asarray(data[:, first:first + 125]), jnp.int64(first))
+        cpu_vals, _ = jmc.tail_update(jnp.full((3, m), -jnp.inf), jnp.full((3, m), -1, dtype=jnp.int64),
+                                      jnp.asarray(data[:, :first + 125]), 0)
+        np.testing.assert_array_equal(np.sort(np.asarray(vals), axis=1), np.sort(np.asarray(cpu_vals), axis=1))
+    np.testing.assert_array_equal(-np.sort(-np.asarray(vals), axis=1), -np.sort(-data, axis=1)[:, :m])
+    np.testing.assert_array_equal(np.take_along_axis(data, np.asarray(idx), axis=1), np.asarray(vals))
