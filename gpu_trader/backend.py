@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "Backend",
+    "AreaNotImplemented",
     "available_backends",
     "get_backend",
     "set_backend",
@@ -36,6 +37,10 @@ __all__ = [
 
 ENV_VAR = "GPU_TRADER_BACKEND"
 _ENV = [os.environ.get(ENV_VAR) or None]  # read on import and by set_backend(None)
+
+
+class AreaNotImplemented(ValueError):
+    """A backend was asked for a public area it does not implement (a ``ValueError``)."""
 
 
 class Backend:
@@ -114,7 +119,7 @@ class Backend:
         if mod is None:
             if not self.supports(area):
                 others = [n for n, be in _REGISTRY.items() if be.supports(area) and be.is_available()]
-                raise ValueError(
+                raise AreaNotImplemented(
                     f"backend {self.name!r} does not implement {area} (it implements "
                     f"{', '.join(sorted(self.areas or ()))}); use backend= one of {', '.join(others)}"
                 )

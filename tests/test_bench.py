@@ -109,6 +109,20 @@ def test_run_workload_references_copy_yardstick_and_targets(capsys):
     assert "absent n/a" in capsys.readouterr().out
 
 
+def test_run_workload_on_jax_blocks_on_results_and_skips_areas_it_lacks():
+    pytest.importorskip("jax")
+    jax_be = get_backend("jax")
+    x = np.ones((64, 1000))
+    wl = Workload("double", {}, setup=lambda be: be.asarray(x), run=lambda a: a * 2.0, items=x.size,
+                  copy_inputs=lambda a: (a,), bytes_moved=2 * x.nbytes, flops=1e6)
+    res = run_workload("t", wl, jax_be, TINY)
+    assert res.status == "ok" and res.backend == "jax"
+    assert res.copy_bandwidth_Bps > 0 and res.gemm_rate_flops > 0
+    vectors = Workload("v", {}, setup=lambda be: be.ops("vectors"), run=lambda s: None, items=1)
+    skipped = run_workload("t", vectors, jax_be, TINY)
+    assert skipped.status == "skipped" and "does not implement vectors" in skipped.note
+
+
 def test_run_workload_reports_skips_and_errors(capsys):
     cpu = get_backend("cpu")
     skipped = run_workload("t", Workload("s", {}, lambda be: _raise(SkipCase("not here")), _raise, items=1), cpu, TINY)

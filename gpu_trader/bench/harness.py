@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..backend import Backend
+from ..backend import AreaNotImplemented, Backend
 from ..profiling import nvtx_range
 from .targets import NO_TARGET, TARGETS, Verdict, evaluate
 
@@ -289,14 +289,15 @@ def _time_reference(ref: Reference, policy: TimingPolicy, ours_s: float) -> RefR
 def run_workload(suite: str, wl: Workload, be: Backend, policy: TimingPolicy) -> CaseResult:
     """Time ``wl`` on ``be``, then its references, then the copy yardstick; evaluate targets.
 
-    A :class:`SkipCase` from setup gives status ``skipped``; any other exception from
+    A :class:`SkipCase` from setup, or a backend without the case's area (the ``jax``
+    backend has no market data, say), gives status ``skipped``; any other exception from
     the workload gives status ``error`` with the message (the run goes on).
     """
     res = CaseResult(suite, wl.name, be.name, be.device_name(), dict(wl.sizes), wl.dtype, wl.unit, wl.target)
     try:
         with nvtx_range(f"bench.{suite}.{wl.name}"):  # one range per case, outside the timed loop
             _time_case(wl, be, policy, res)
-    except SkipCase as exc:
+    except (SkipCase, AreaNotImplemented) as exc:
         res.status, res.note = "skipped", str(exc)
         return res
     except Exception as exc:  # a broken case is reported, not fatal to the run
