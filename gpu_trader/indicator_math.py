@@ -560,10 +560,8 @@ def atr_row(high, low, close, params, out):
     fill_nan(out, 0, start)
     if start >= n:
         return
-    if period == 1:
-        for t in range(start, n):
-            out[0, t] = true_range_at(high, low, close, t)
-        return
+    # period 1 takes the same path (alpha 1, beta 0), as TA-Lib 0.8 does: it is the true
+    # range, except that a NaN true range poisons every later value (0 * NaN)
     alpha, beta = atr_coefficients(period)
     total = 0.0
     for t in range(begin + 1, start + 1):

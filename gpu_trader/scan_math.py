@@ -302,23 +302,22 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
     start = begin + period
     aa = 1.0
     bb = 0.0
-    if period > 1:
-        alpha, beta = im.atr_coefficients(period)
-        if lo <= start < hi:
-            total = 0.0
-            for t in range(begin + 1, start + 1):
-                total += im.true_range(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
-            seed[0, r] = total / period
-        t0 = at_least(start + 1, lo)
-        if t0 < hi:
-            col = col0 + cc
-            pc = at(c, col0, t0 - 1)
-            for t in range(t0, hi):
-                u = t - lo
-                tr = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
-                pc = f64(c[u, col])
-                bb = im.atr_step(bb, tr, alpha, beta)
-                aa = clamp_a(beta * aa)
+    alpha, beta = im.atr_coefficients(period)
+    if lo <= start < hi:
+        total = 0.0
+        for t in range(begin + 1, start + 1):
+            total += im.true_range(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
+        seed[0, r] = total / period
+    t0 = at_least(start + 1, lo)
+    if t0 < hi:
+        col = col0 + cc
+        pc = at(c, col0, t0 - 1)
+        for t in range(t0, hi):
+            u = t - lo
+            tr = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
+            pc = f64(c[u, col])
+            bb = im.atr_step(bb, tr, alpha, beta)
+            aa = clamp_a(beta * aa)
     A[0, r, cc] = aa
     B[0, r, cc] = bb
 
@@ -330,14 +329,6 @@ def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc
     if start >= hi:
         return
     col = col0 + cc
-    if period == 1:
-        t0 = at_least(start, lo)
-        pc = at(c, col0, t0 - 1)
-        for t in range(t0, hi):
-            u = t - lo
-            out[0, u, oc] = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
-            pc = f64(c[u, col])
-        return
     alpha, beta = im.atr_coefficients(period)
     prev, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out, oc)
     if t0 < hi:

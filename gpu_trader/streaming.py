@@ -331,8 +331,6 @@ def _atr_step(f, o, p, j, h, lo, c):
         return math.nan
     tr = im.true_range(h, lo, f[o])
     f[o] = c
-    if p == 1:
-        return tr
     if j <= p:
         total = f[o + 1] + tr
         f[o + 1] = total

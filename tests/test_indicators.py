@@ -86,7 +86,8 @@ def assert_matches(ours, ref, rtol=1e-9):
 
 
 def ragged_batch(n_bars=300, seed=1, dtype=np.float64):
-    """6 symbols: clean, late listing, late listing in high only, interior NaN, all NaN, NaN at the end."""
+    """6 symbols: clean, late listing, late listing in high only, interior NaNs (close, volume,
+    low), all NaN, NaN at the end."""
     h, l, c, v = (a.copy() for a in random_ohlcv(6, n_bars, seed, dtype))
     c[1, :37] = np.nan
     h[1, :37] = np.nan
@@ -94,6 +95,7 @@ def ragged_batch(n_bars=300, seed=1, dtype=np.float64):
     h[2, :11] = np.nan
     c[3, 150] = np.nan
     v[3, 200] = np.nan
+    l[3, 230] = np.nan
     for a in (h, l, c, v):
         a[4] = np.nan
     c[5, -3:] = np.nan
