@@ -1,0 +1,420 @@
+"""Indicators on JAX: the contract of :mod:`gpu_trader.cpu_fallback.indicators` as jitted array code.
+
+``compute(name, inputs, params, n_out)``: ``inputs`` are 1-4 ``(n_series, T)`` JAX arrays
+of one float dtype (float32 or float64) in the indicator's argument order, ``params`` is
+``(P, k)`` float64 NumPy (``k`` may be 0, OBV); the result is ``(n_out, P, n_series, T)``
+in the inputs' dtype. All arithmetic is float64; only the result is rounded (and, as in
+the row bodies, STOCH's staged raw and slow %K). ``compute_many`` runs several names over
+one dict of OHLCV fields.
+
+Semantics are TA-Lib's, as :mod:`gpu_trader.indicator_math` implements them, but the
+formulation is parallel in time rather than a loop over bars:
+
+* **ragged starts.** ``begin`` (per series) is the first bar where every input is
+  non-NaN (else ``T - 1``). Every series is gathered so that its ``begin`` sits at index
+  0, computed with ``begin = 0`` for all, gathered back, and the first
+  ``begin + lookback`` outputs set to NaN. Everything is causal, so the bars the gather
+  pads past the end never reach an output.
+* **recurrences** (EMA, RSI's Wilder gain/loss, ATR, MACD's EMAs and signal) are affine
+  maps ``y[t] = a * y[t-1] + b[t]`` composed by :func:`jax.lax.associative_scan`
+  (``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)``), started at the TA-Lib seed (the mean of
+  the first window) with ``a = 0``. A NaN in a later ``b`` poisons every later prefix, as
+  TA-Lib's running state does.
+* **window reductions** (SMA, Bollinger, WMA, VWAP, STOCH's min/max and its %K/%D SMAs)
+  are log-depth doublings: a block of ``2k`` bars ending at ``t`` merges the blocks of
+  ``k`` ending at ``t - k`` and ``t``, and the bits of the window are merged the same way:
+  ``O(T log window)`` work and no cumulative-sum differences (no cancellation on long
+  series). WMA carries ``(S, W)`` and merges ``W = W_old + W_new + len_old * S_new``;
+  Bollinger carries ``(S, M2)`` and merges with Chan's update
+  ``M2 = M2_old + M2_new + delta**2 * a b / (a + b)``, a cancellation-free population
+  variance.
+* **NaN policy** (TA-Lib 0.8's arithmetic): SMA, the Bollinger middle band (and so all
+  three bands), EMA, MACD and ATR (through a NaN high or low; a NaN close only drops out
+  of the true range's comparisons) are NaN from the first non-finite input on; a window
+  holding an inf is inf until it leaves, NaN after. RSI is 0 from its first NaN change
+  on (its loss sum is NaN, ``total > 0`` fails). WMA is NaN from a NaN until its next
+  re-anchor (every ``8 * window`` bars after its start) whose window is clean. OBV's
+  comparisons skip a NaN close (two steps) and a NaN volume poisons only when it is
+  added. VWAP is NaN only for windows holding a non-finite bar (or no volume). STOCH:
+  a NaN close gives a NaN raw %K (0 where the range is flat), which poisons the SMAs
+  after it (a period of 1 copies); NaNs inside the highs or lows take TA-Lib's own
+  tracked-extreme semantics (``indicator_math.stoch_raw_tracked``: an extreme is only
+  replaced when it leaves the window or is beaten, and a rescan that starts on a NaN
+  gives NaN for that bar). That state machine is a :func:`jax.lax.scan` over time, run
+  (chosen with :func:`jax.lax.cond`) only when some series holds such a NaN.
+* **period 1**: EMA, WMA, ATR and STOCH's smoothing copy their input exactly (TA-Lib
+  >= 0.8), as the row bodies do; SMA with window 1 keeps its running-sum poisoning.
+* **MACD**: fast and slow are swapped when slow < fast; the fast EMA is seeded at the
+  slow EMA's first output with the mean of the fast window ending there.
+
+Differences from TA-Lib (all within 1e-9 of the series scale in float64): the sums
+are taken in another order (window sums by doubling, recurrences by a parallel scan),
+and Bollinger's variance is Chan's exact window variance instead of TA-Lib's re-seeded
+shifted running sums, so TA-Lib's flooring of a relative 1e-12 variance to 0 is not
+reproduced: a constant window gives a standard deviation of 0 or a rounding residue
+around 1e-16 of the price. Infinities are treated like NaNs wherever TA-Lib's running
+sums would turn them into NaN (``inf - inf``) and otherwise follow the same arithmetic.
+
+Everything is differentiable with respect to the prices (:func:`jax.grad` through the
+scans, doublings and gathers); divisions and square roots that could meet 0 are guarded
+on both branches so that a masked-out branch never feeds NaN or inf into a gradient.
+
+Compilation: one :func:`jax.jit` per (indicator, parameter grid, shapes, dtype); the
+parameters are static (window lengths fix the shifts and the seeds' positions).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..indicator_specs import INPUT_FIELDS, SPECS, lookback
+
+__all__ = ["compute", "compute_many"]
+
+F64 = jnp.float64
+
+
+# -- building blocks on (n, T) float64 arrays, time on the last axis --------------------------
+def _delay(x, k: int, fill):
+    """``x`` delayed by ``k`` bars (static ``k >= 0``): ``out[:, t] = x[:, t - k]``, ``fill`` before bar 0."""
+    T = x.shape[-1]
+    if k == 0:
+        return x
+    if k >= T:
+        return jnp.full_like(x, fill)
+    pad = jnp.full(x.shape[:-1] + (k,), fill, x.dtype)
+    return jnp.concatenate([pad, x[..., : T - k]], axis=-1)
+
+
+def _window(bars, w: int, merge, fill):
+    """Reduce the window of ``w`` bars ending at every ``t`` (static ``w >= 1``) by doubling.
+
+    ``bars``: a tuple of arrays, the one-bar blocks. ``merge(old, new, a, b)`` merges a block
+    of ``a`` bars ending ``b`` bars before ``t`` with a block of ``b`` bars ending at ``t``.
+    ``fill``: one value per array for the bars before bar 0 (windows reaching there are
+    garbage; callers mask them). ``O(log w)`` passes over the arrays.
+    """
+    def delay(block, k):
+        return tuple(_delay(x, k, f) for x, f in zip(block, fill))
+
+    acc, acc_len = None, 0
+    power, length = bars, 1
+    while True:
+        if w & length:
+            acc = power if acc is None else merge(delay(power, acc_len), acc, length, acc_len)
+            acc_len += length
+        if 2 * length > w:
+            return acc
+        power = merge(delay(power, length), power, length, length)
+        length *= 2
+
+
+def _window_sum(x, w: int):
+    return _window((x,), w, lambda old, new, a, b: (old[0] + new[0],), (0.0,))[0]
+
+
+def _bad_before(x, k: int, start: int = 0):
+    """Whether a non-finite bar at index ``start`` or later lies ``k`` or more bars before ``t``."""
+    t = jnp.arange(x.shape[-1])
+    counts = jnp.cumsum((~jnp.isfinite(x) & (t >= start)).astype(jnp.int32), axis=-1)
+    return _delay(counts, k, 0) > 0
+
+
+def _running_sum_mean(x, period: int, start: int = 0):
+    """TA_INT_SMA over ``x[:, start:]`` (values at ``t >= start + period - 1``; earlier ones garbage):
+    the window mean, NaN for good once a non-finite bar has left the window (TA-Lib's
+    running sum ``inf - inf``; inside the window the window sum carries it itself)."""
+    t = jnp.arange(x.shape[-1])
+    total = _window_sum(jnp.where(t >= start, x, 0.0), period)
+    return jnp.where(_bad_before(x, period, start), jnp.nan, total / period)
+
+
+def _ma(x, period: int, start: int = 0):
+    """TA_MA with SMA type: an exact copy at period 1, else the running-sum SMA."""
+    return x if period == 1 else _running_sum_mean(x, period, start)
+
+
+def _affine_scan(a: float, b, at: int, seed):
+    """``y[at] = seed``, ``y[t] = a * y[t-1] + b[..., t]`` after it (a parallel scan); 0 before ``at``.
+
+    b: ``(..., n, T)``; seed: ``(..., n)``; ``a`` a Python float.
+    """
+    T = b.shape[-1]
+    if at >= T:
+        return jnp.zeros_like(b)
+    bs = b[..., at:].at[..., 0].set(seed)
+    coef = jnp.full((1,) * (b.ndim - 1) + (T - at,), a, b.dtype).at[..., 0].set(0.0)
+
+    def compose(first, second):
+        (a1, b1), (a2, b2) = first, second
+        return a1 * a2, a2 * b1 + b2
+
+    _, y = lax.associative_scan(compose, (coef, bs), axis=b.ndim - 1)
+    return jnp.concatenate([jnp.zeros(b.shape[:-1] + (at,), b.dtype), y], axis=-1)
+
+
+def _ema_from(x, period: int, at: int, seed):
+    """TA-Lib's EMA recurrence ``(v - prev) * k + prev``, k = 2 / (period + 1), from ``seed`` at
+    bar ``at``. Its state is NaN from the bar after a non-finite one on (``inf - inf``)."""
+    k = 2.0 / (period + 1)
+    y = _affine_scan(1.0 - k, k * x, at, seed)
+    t = jnp.arange(x.shape[-1])
+    return jnp.where((t > at) & _bad_before(x, 1), jnp.nan, y)
+
+
+def _safe_div(num, den, ok, otherwise):
+    """``num / den`` where ``ok`` else ``otherwise``, with a harmless denominator where not ok
+    (so neither branch puts NaN or inf into a gradient)."""
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), otherwise)
+
+
+# -- indicators, on series gathered to start at their first valid bar (begin = 0) ---------------
+# Each takes the float64 inputs, the parameter set and the output dtype, and returns its
+# outputs; values before the lookback are garbage (masked by the driver).
+def _sma(xs, p, dtype):
+    return (_running_sum_mean(xs[0], int(p[0])),)
+
+
+def _ema(xs, p, dtype):
+    (x,), period = xs, int(p[0])
+    if period == 1:
+        return (x,)
+    return (_ema_from(x, period, period - 1, jnp.sum(x[:, :period], axis=-1) / period),)
+
+
+def _wma(xs, p, dtype):
+    (x,), period = xs, int(p[0])
+    if period == 1:
+        return (x,)
+    T = x.shape[-1]
+
+    def merge(old, new, a, b):
+        return old[0] + new[0], old[1] + new[1] + a * new[0]
+
+    _, weighted = _window((x, x), period, merge, (0.0, 0.0))
+    # TA-Lib re-anchors its running sums on the window at t = start + 8 * period * k - 1: after
+    # the anchor step, a non-finite bar since the anchor window's first bar poisons (inf - inf).
+    start, every = period - 1, 8 * period
+    t = np.arange(T)
+    k = np.maximum(t - start + 1, 0) // every
+    step = np.where(k > 0, start + k * every - 1, start)
+    first = np.where(k > 0, step - period + 1, 0)
+    counts = jnp.cumsum((~jnp.isfinite(x)).astype(jnp.int32), axis=-1)
+    before = jnp.concatenate([jnp.zeros_like(counts[:, :1]), counts], axis=-1)  # bad bars in [0, i)
+    poisoned = jnp.asarray(t > step) & (before[:, t] > before[:, first])
+    return (jnp.where(poisoned, jnp.nan, weighted / (period * (period + 1) / 2.0)),)
+
+
+def _rsi(xs, p, dtype):
+    (x,), period = xs, int(p[0])
+    inv = 1.0 / period
+    d = x - _delay(x, 1, 0.0)
+    up = jnp.where(d > 0.0, d, 0.0)  # a NaN change adds 0 to the gain and NaN to the loss
+    moves = jnp.stack([up, up - d])
+    seed = jnp.sum(moves[..., 1 : period + 1], axis=-1) * inv
+    gain, loss = _affine_scan((period - 1) * inv, moves * inv, period, seed)
+    total = gain + loss
+    return (_safe_div(100.0 * gain, total, total > 0.0, 0.0),)
+
+
+def _macd(xs, p, dtype):
+    (x,) = xs
+    fast, slow, signal = (int(v) for v in p)
+    fast, slow = min(fast, slow), max(fast, slow)
+    first = slow - 1
+    slow_ema = _ema_from(x, slow, first, jnp.sum(x[:, :slow], axis=-1) / slow)
+    fast_ema = _ema_from(x, fast, first, jnp.sum(x[:, slow - fast : slow], axis=-1) / fast)
+    line = fast_ema - slow_ema
+    start = first + signal - 1
+    if signal == 1:
+        sig = line
+    else:
+        sig = _ema_from(line, signal, start, jnp.sum(line[:, first : start + 1], axis=-1) / signal)
+    return line, sig, line - sig
+
+
+def _bollinger(xs, p, dtype):
+    (x,), period, nstd = xs, int(p[0]), p[1]
+
+    def merge(old, new, a, b):
+        delta = new[0] / b - old[0] / a
+        return old[0] + new[0], old[1] + new[1] + delta * delta * (a * b / (a + b))
+
+    total, m2 = _window((x, jnp.zeros_like(x)), period, merge, (0.0, 0.0))
+    mean = jnp.where(_bad_before(x, period), jnp.nan, total / period)
+    variance = jnp.where(_bad_before(x, 0), jnp.nan, m2 / period)  # TA-Lib's moments: inf - inf
+    positive = variance > 0.0
+    std = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), variance * 0.0)
+    band = std * nstd
+    return mean + band, mean, mean - band
+
+
+def _true_range(h, lo, c):
+    """TA-Lib's TRANGE (bar 0 garbage): comparisons, so a NaN previous close drops out."""
+    prev = _delay(c, 1, 0.0)
+    greatest = h - lo
+    for v in (jnp.abs(prev - h), jnp.abs(prev - lo)):
+        greatest = jnp.where(v > greatest, v, greatest)
+    return greatest
+
+
+def _atr(xs, p, dtype):
+    period = int(p[0])
+    tr = _true_range(*xs)
+    if period == 1:
+        return (tr,)
+    beta = (period - 1) / period
+    seed = jnp.sum(tr[:, 1 : period + 1], axis=-1) / period
+    return (_affine_scan(beta, (1.0 - beta) * tr, period, seed),)
+
+
+def _extremes_direct(h, lo, fastk):
+    """Each window's lowest low and highest high (highs and lows without NaNs)."""
+    lowest = _window((lo,), fastk, lambda old, new, a, b: (jnp.minimum(old[0], new[0]),), (jnp.inf,))[0]
+    highest = _window((h,), fastk, lambda old, new, a, b: (jnp.maximum(old[0], new[0]),), (-jnp.inf,))[0]
+    return lowest, highest
+
+
+def _rescan(x, fastk, better):
+    """TA_STOCH's rescan of each window from its oldest bar: ``(value, index)`` of the first
+    bar that ``better`` than all before it (NaNs never are), or ``(NaN, oldest)`` when the
+    oldest bar is NaN. A doubling over blocks ``(first bar NaN, best non-NaN, its index)``."""
+    t = jnp.broadcast_to(jnp.arange(x.shape[-1]), x.shape)
+    worst = jnp.inf if better(0.0, 1.0) else -jnp.inf
+    nan = jnp.isnan(x)
+
+    def merge(old, new, a, b):
+        take = better(new[1], old[1])
+        return old[0], jnp.where(take, new[1], old[1]), jnp.where(take, new[2], old[2])
+
+    first_nan, best, index = _window((nan, jnp.where(nan, worst, x), t), fastk, merge, (False, worst, -1))
+    oldest = t - fastk + 1
+    return jnp.where(first_nan, jnp.nan, best), jnp.where(first_nan, oldest, index)
+
+
+def _tracked(x, fastk: int, better, better_or_tie):
+    """TA_STOCH's tracked extreme of ``x`` (``indicator_math.stoch_raw_tracked``): kept until it
+    leaves the window (then the window is rescanned, :func:`_rescan`) or a bar ties or beats
+    it. A scan over time (values before bar ``fastk - 1`` are 0)."""
+    T = x.shape[-1]
+    first = fastk - 1
+    rescan_val, rescan_idx = _rescan(x, fastk, better)
+
+    def step(state, bar):
+        idx, val = state
+        t, v, rv, ri = bar
+        stale = idx < t - fastk + 1
+        beat = better_or_tie(v, val)
+        idx = jnp.where(stale, ri, jnp.where(beat, t, idx))
+        val = jnp.where(stale, rv, jnp.where(beat, v, val))
+        return (idx, val), val
+
+    bars = (jnp.arange(first, T), x[:, first:].T, rescan_val[:, first:].T, rescan_idx[:, first:].T)
+    init = (jnp.full(x.shape[:1], -1, rescan_idx.dtype), jnp.zeros(x.shape[:1], F64))
+    _, vals = lax.scan(step, init, bars)
+    return jnp.concatenate([jnp.zeros((x.shape[0], first), F64), vals.T], axis=-1)
+
+
+def _extremes_tracked(h, lo, fastk):
+    return (_tracked(lo, fastk, lambda a, b: a < b, lambda a, b: a <= b),
+            _tracked(h, fastk, lambda a, b: a > b, lambda a, b: a >= b))
+
+
+def _stoch(xs, p, dtype):
+    h, lo, c = xs
+    fastk, slowk, slowd = (int(v) for v in p)
+    T = h.shape[-1]
+    if fastk - 1 >= T:
+        return jnp.zeros_like(c), jnp.zeros_like(c)
+    if fastk == 1:  # both forms are the bar itself
+        lowest, highest = lo, h
+    else:
+        # NaNs inside the highs or lows of a series that has a valid bar (at index 0)
+        has_bar = ~(jnp.isnan(h[:, :1]) | jnp.isnan(lo[:, :1]) | jnp.isnan(c[:, :1]))
+        inside = jnp.any(has_bar & (jnp.isnan(h[:, 1:]) | jnp.isnan(lo[:, 1:])))
+        lowest, highest = lax.cond(inside, functools.partial(_extremes_tracked, fastk=fastk),
+                                   functools.partial(_extremes_direct, fastk=fastk), h, lo)
+    diff = (highest - lowest) / 100.0
+    flat = diff != 0.0
+    raw = _safe_div(c - lowest, diff, flat, 0.0)
+
+    def stage(v):  # the row bodies stage raw and slow %K in output rows of the input dtype
+        return v.astype(dtype).astype(F64)
+
+    slow_k = stage(_ma(stage(raw), slowk, fastk - 1))
+    return slow_k, _ma(slow_k, slowd, fastk - 1 + slowk - 1)
+
+
+def _obv(xs, p, dtype):
+    c, v = xs
+    prev = _delay(c, 1, 0.0)
+    sign = (c > prev).astype(F64) - (c < prev).astype(F64)
+    t = jnp.arange(c.shape[-1])
+    steps = jnp.where(t == 0, v, jnp.where(sign != 0.0, v * sign, 0.0))
+    return (jnp.cumsum(steps, axis=-1),)
+
+
+def _vwap(xs, p, dtype):
+    h, lo, c, v = xs
+    period = int(p[0])
+    tpv = (h + lo + c) / 3.0 * v
+    ok = jnp.isfinite(tpv) & jnp.isfinite(v)
+    pv = _window_sum(jnp.where(ok, tpv, 0.0), period)
+    vol = _window_sum(jnp.where(ok, v, 0.0), period)
+    n_bad = jnp.cumsum((~ok).astype(jnp.int32), axis=-1)
+    good = (n_bad == _delay(n_bad, period, 0)) & (vol != 0.0)
+    return (_safe_div(pv, vol, good, jnp.nan),)
+
+
+_BODIES = {
+    "sma": _sma, "ema": _ema, "wma": _wma, "rsi": _rsi, "macd": _macd, "bollinger": _bollinger,
+    "atr": _atr, "stoch": _stoch, "obv": _obv, "vwap": _vwap,
+}
+
+
+# -- driver -------------------------------------------------------------------------------------
+def _first_valid(xs):
+    """Per series, the first bar where every input is non-NaN, else the last bar (TA-Lib's check_begidx)."""
+    valid = functools.reduce(jnp.logical_and, [~jnp.isnan(x) for x in xs])
+    return jnp.where(valid.any(axis=-1), jnp.argmax(valid, axis=-1), xs[0].shape[-1] - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("name", "grid"))
+def _run(inputs, name: str, grid: tuple):
+    dtype = inputs[0].dtype
+    xs = [x.astype(F64) for x in inputs]
+    T = xs[0].shape[-1]
+    t = jnp.arange(T)
+    begin = _first_valid(xs)[:, None]
+    to_begin = jnp.minimum(t + begin, T - 1)  # past the end: repeats of the last bar, never read
+    from_begin = jnp.maximum(t - begin, 0)
+    xs = [jnp.take_along_axis(x, to_begin, axis=-1) for x in xs]
+    outs = []
+    for params in grid:
+        ys = _BODIES[name](xs, params, dtype)
+        valid = t >= begin + lookback(name, params)
+        outs.append(jnp.stack([jnp.where(valid, jnp.take_along_axis(y, from_begin, axis=-1), jnp.nan) for y in ys]))
+    return jnp.stack(outs, axis=1).astype(dtype)
+
+
+def compute(name: str, inputs, params, n_out: int):
+    """Run indicator ``name`` over a batch on JAX.
+
+    inputs: sequence of 1-4 ``(n_series, T)`` JAX arrays of one float dtype, in the
+    indicator's argument order. params: ``(n_param_sets, n_params)`` float64 NumPy.
+    Returns ``(n_out, n_param_sets, n_series, T)`` in the inputs' dtype.
+    """
+    grid = tuple(tuple(float(v) for v in row) for row in np.asarray(params, dtype=np.float64))
+    return _run(tuple(jnp.asarray(x) for x in inputs), name, grid)
+
+
+def compute_many(names, params_list, fields):
+    """Several indicators over the same inputs. names: indicator names; params_list: one
+    ``(P, k)`` float64 array per name; fields: OHLCV field name -> ``(n_series, T)`` JAX array.
+    Returns one ``(n_out, P, n_series, T)`` array per name."""
+    return [compute(name, [fields[f] for f in INPUT_FIELDS[name]], params, SPECS[name][2])
+            for name, params in zip(names, params_list)]
