@@ -120,8 +120,9 @@ def _window_sum(x, w: int):
 def _bad_before(x, k: int, start: int = 0):
     """Whether a non-finite bar at index ``start`` or later lies ``k`` or more bars before ``t``."""
     t = jnp.arange(x.shape[-1])
-    counts = jnp.cumsum((~jnp.isfinite(x) & (t >= start)).astype(jnp.int32), axis=-1)
-    return _delay(counts, k, 0) > 0
+    bad = ~jnp.isfinite(x) & (t >= start)
+    first = jnp.where(bad.any(axis=-1), jnp.argmax(bad, axis=-1), x.shape[-1])
+    return t - k >= first[:, None]
 
 
 def _running_sum_mean(x, period: int, start: int = 0):
@@ -138,16 +139,18 @@ def _ma(x, period: int, start: int = 0):
     return x if period == 1 else _running_sum_mean(x, period, start)
 
 
-def _affine_scan(a: float, b, at: int, seed):
+def _affine_scan(a, b, at: int, seed):
     """``y[at] = seed``, ``y[t] = a * y[t-1] + b[..., t]`` after it (a parallel scan); 0 before ``at``.
 
-    b: ``(..., n, T)``; seed: ``(..., n)``; ``a`` a Python float.
+    b: ``(n, T)`` or ``(m, n, T)`` (``m`` recurrences at once); seed: ``b[..., 0]``'s shape;
+    ``a``: a Python float, or ``m`` of them.
     """
     T = b.shape[-1]
     if at >= T:
         return jnp.zeros_like(b)
     bs = b[..., at:].at[..., 0].set(seed)
-    coef = jnp.full((1,) * (b.ndim - 1) + (T - at,), a, b.dtype).at[..., 0].set(0.0)
+    coef = jnp.asarray(a, b.dtype).reshape((-1,) + (1,) * (b.ndim - 1))
+    coef = jnp.broadcast_to(coef, coef.shape[:-1] + (T - at,)).at[..., 0].set(0.0)
 
     def compose(first, second):
         (a1, b1), (a2, b2) = first, second
@@ -157,11 +160,12 @@ def _affine_scan(a: float, b, at: int, seed):
     return jnp.concatenate([jnp.zeros(b.shape[:-1] + (at,), b.dtype), y], axis=-1)
 
 
-def _ema_from(x, period: int, at: int, seed):
-    """TA-Lib's EMA recurrence ``(v - prev) * k + prev``, k = 2 / (period + 1), from ``seed`` at
-    bar ``at``. Its state is NaN from the bar after a non-finite one on (``inf - inf``)."""
-    k = 2.0 / (period + 1)
-    y = _affine_scan(1.0 - k, k * x, at, seed)
+def _ema_from(x, periods, at: int, seeds):
+    """TA-Lib's EMA recurrence ``(v - prev) * k + prev``, k = 2 / (period + 1), from ``seeds`` at
+    bar ``at``, for each period of ``periods`` at once (``(len(periods), n, T)``). Its state is
+    NaN from the bar after a non-finite one on (``inf - inf``)."""
+    k = np.array([2.0 / (p + 1) for p in periods]).reshape(-1, 1, 1)
+    y = _affine_scan(tuple(1.0 - k.ravel()), k * x, at, jnp.stack(seeds))
     t = jnp.arange(x.shape[-1])
     return jnp.where((t > at) & _bad_before(x, 1), jnp.nan, y)
 
@@ -183,7 +187,7 @@ def _ema(xs, p, dtype):
     (x,), period = xs, int(p[0])
     if period == 1:
         return (x,)
-    return (_ema_from(x, period, period - 1, jnp.sum(x[:, :period], axis=-1) / period),)
+    return (_ema_from(x, (period,), period - 1, [jnp.sum(x[:, :period], axis=-1) / period])[0],)
 
 
 def _wma(xs, p, dtype):
@@ -226,14 +230,14 @@ def _macd(xs, p, dtype):
     fast, slow, signal = (int(v) for v in p)
     fast, slow = min(fast, slow), max(fast, slow)
     first = slow - 1
-    slow_ema = _ema_from(x, slow, first, jnp.sum(x[:, :slow], axis=-1) / slow)
-    fast_ema = _ema_from(x, fast, first, jnp.sum(x[:, slow - fast : slow], axis=-1) / fast)
+    fast_ema, slow_ema = _ema_from(
+        x, (fast, slow), first, [jnp.sum(x[:, slow - fast : slow], axis=-1) / fast, jnp.sum(x[:, :slow], axis=-1) / slow])
     line = fast_ema - slow_ema
     start = first + signal - 1
     if signal == 1:
         sig = line
     else:
-        sig = _ema_from(line, signal, start, jnp.sum(line[:, first : start + 1], axis=-1) / signal)
+        sig = _ema_from(line, (signal,), start, [jnp.sum(line[:, first : start + 1], axis=-1) / signal])[0]
     return line, sig, line - sig
 
 
@@ -383,6 +387,10 @@ def _first_valid(xs):
     return jnp.where(valid.any(axis=-1), jnp.argmax(valid, axis=-1), xs[0].shape[-1] - 1)
 
 
+def _gather(arrays, index):
+    return [jnp.take_along_axis(a, index, axis=-1) for a in arrays]
+
+
 @functools.partial(jax.jit, static_argnames=("name", "grid"))
 def _run(inputs, name: str, grid: tuple):
     dtype = inputs[0].dtype
@@ -390,14 +398,15 @@ def _run(inputs, name: str, grid: tuple):
     T = xs[0].shape[-1]
     t = jnp.arange(T)
     begin = _first_valid(xs)[:, None]
-    to_begin = jnp.minimum(t + begin, T - 1)  # past the end: repeats of the last bar, never read
-    from_begin = jnp.maximum(t - begin, 0)
-    xs = [jnp.take_along_axis(x, to_begin, axis=-1) for x in xs]
+    aligned = jnp.all(begin == 0)  # the common case needs no gathers
+    # past the end: repeats of the last bar, never read (everything is causal)
+    xs = lax.cond(aligned, lambda: xs, lambda: _gather(xs, jnp.minimum(t + begin, T - 1)))
     outs = []
     for params in grid:
         ys = _BODIES[name](xs, params, dtype)
+        ys = lax.cond(aligned, lambda: list(ys), lambda: _gather(ys, jnp.maximum(t - begin, 0)))
         valid = t >= begin + lookback(name, params)
-        outs.append(jnp.stack([jnp.where(valid, jnp.take_along_axis(y, from_begin, axis=-1), jnp.nan) for y in ys]))
+        outs.append(jnp.stack([jnp.where(valid, y, jnp.nan) for y in ys]))
     return jnp.stack(outs, axis=1).astype(dtype)
 
 
