@@ -14,7 +14,8 @@ formulation is parallel in time rather than a loop over bars:
   non-NaN (else ``T - 1``). Every series is gathered so that its ``begin`` sits at index
   0, computed with ``begin = 0`` for all, gathered back, and the first
   ``begin + lookback`` outputs set to NaN. Everything is causal, so the bars the gather
-  pads past the end never reach an output.
+  pads past the end never reach an output. When every series starts at bar 0 (the
+  common case) no gather runs (:func:`jax.lax.cond`).
 * **recurrences** (EMA, RSI's Wilder gain/loss, ATR, MACD's EMAs and signal) are affine
   maps ``y[t] = a * y[t-1] + b[t]`` composed by :func:`jax.lax.associative_scan`
   (``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)``), started at the TA-Lib seed (the mean of
@@ -28,14 +29,16 @@ formulation is parallel in time rather than a loop over bars:
   Bollinger carries ``(S, M2)`` and merges with Chan's update
   ``M2 = M2_old + M2_new + delta**2 * a b / (a + b)``, a cancellation-free population
   variance.
-* **NaN policy** (TA-Lib 0.8's arithmetic): SMA, the Bollinger middle band (and so all
-  three bands), EMA, MACD and ATR (through a NaN high or low; a NaN close only drops out
-  of the true range's comparisons) are NaN from the first non-finite input on; a window
-  holding an inf is inf until it leaves, NaN after. RSI is 0 from its first NaN change
-  on (its loss sum is NaN, ``total > 0`` fails). WMA is NaN from a NaN until its next
-  re-anchor (every ``8 * window`` bars after its start) whose window is clean. OBV's
-  comparisons skip a NaN close (two steps) and a NaN volume poisons only when it is
-  added. VWAP is NaN only for windows holding a non-finite bar (or no volume). STOCH:
+* **NaN policy** (TA-Lib 0.8's arithmetic, infinities included): a NaN poisons SMA, the
+  Bollinger bands, EMA, MACD and ATR from its bar on (ATR through a NaN high or low; a
+  NaN close only drops out of the true range's comparisons); an inf is carried as
+  TA-Lib's running state carries it (an SMA window holding it is inf, NaN once it has
+  left; EMA is inf at its bar, NaN after; Bollinger's outer bands are NaN from it on;
+  ATR stays inf). RSI is 0 from its first NaN change on (its loss sum is NaN,
+  ``total > 0`` fails). WMA is NaN (inf at the bar itself) from a non-finite bar until
+  its next re-anchor (every ``8 * window`` bars after its start) whose window is clean.
+  OBV's comparisons skip a NaN close (two steps) and a NaN volume poisons only when it
+  is added. VWAP is NaN only for windows holding a non-finite bar (or no volume). STOCH:
   a NaN close gives a NaN raw %K (0 where the range is flat), which poisons the SMAs
   after it (a period of 1 copies); NaNs inside the highs or lows take TA-Lib's own
   tracked-extreme semantics (``indicator_math.stoch_raw_tracked``: an extreme is only
@@ -52,8 +55,8 @@ are taken in another order (window sums by doubling, recurrences by a parallel s
 and Bollinger's variance is Chan's exact window variance instead of TA-Lib's re-seeded
 shifted running sums, so TA-Lib's flooring of a relative 1e-12 variance to 0 is not
 reproduced: a constant window gives a standard deviation of 0 or a rounding residue
-around 1e-16 of the price. Infinities are treated like NaNs wherever TA-Lib's running
-sums would turn them into NaN (``inf - inf``) and otherwise follow the same arithmetic.
+around 1e-16 of the price. STOCH with a -inf low: TA-Lib's C code returns finite values
+where the shared row bodies (``indicator_math``), and so this module, give NaN.
 
 Everything is differentiable with respect to the prices (:func:`jax.grad` through the
 scans, doublings and gathers); divisions and square roots that could meet 0 are guarded
