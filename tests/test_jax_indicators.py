@@ -13,7 +13,7 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 pytest.importorskip("talib")
 
-from test_indicators import DEFAULT_PARAMS, FUNCS, assert_matches, pick, reference  # noqa: E402
+from test_indicators import DEFAULT_PARAMS, FUNCS, assert_matches, pick, ragged_batch, reference  # noqa: E402
 
 if "jax" not in gt.available_backends():
     pytest.skip("jax backend not available", allow_module_level=True)
@@ -124,6 +124,17 @@ def test_wma_recovers_at_its_reanchor(window):
     c[2, 8 * window + window - 1 - window] = np.nan  # just before it
     (ours,) = outputs("wma", (c,), (window,))
     assert_matches(ours, reference("wma", [c], (window,))[0])
+
+
+@pytest.mark.parametrize("name,params", [("sma", (150,)), ("vwap", (131,)), ("stoch", (129, 2, 3))])
+def test_windows_longer_than_the_direct_reduction(name, params):
+    """Windows above DIRECT_WINDOW_MAX take the doubling instead of reduce_window."""
+    from gpu_trader.jax_backend.indicators import DIRECT_WINDOW_MAX
+
+    assert params[0] > DIRECT_WINDOW_MAX
+    inputs = pick(name, ragged_batch(n_bars=400, seed=17))
+    for o, r in zip(outputs(name, inputs, params), reference(name, inputs, params)):
+        assert_matches(o, r)
 
 
 # -- driver ------------------------------------------------------------------------------------

@@ -116,8 +116,21 @@ def _window(bars, w: int, merge, fill):
         length *= 2
 
 
+# Windows up to this length take XLA's reduce_window: O(T * w) work but one vectorized pass,
+# measured 2-3x faster than the O(T log w) doubling on XLA's CPU for w = 5..64 (2000 x 2520).
+DIRECT_WINDOW_MAX = 128
+
+
+def _window_reduce(x, w: int, op, init):
+    """``op`` (lax.add, lax.min, lax.max) over the window of ``w`` bars ending at every ``t``."""
+    if w <= DIRECT_WINDOW_MAX:
+        ones = (1,) * x.ndim
+        return lax.reduce_window(x, init, op, ones[:-1] + (w,), ones, ((0, 0),) * (x.ndim - 1) + ((w - 1, 0),))
+    return _window((x,), w, lambda old, new, a, b: (op(old[0], new[0]),), (init,))[0]
+
+
 def _window_sum(x, w: int):
-    return _window((x,), w, lambda old, new, a, b: (old[0] + new[0],), (0.0,))[0]
+    return _window_reduce(x, w, lax.add, 0.0)
 
 
 def _bad_before(x, k: int, start: int = 0):
@@ -251,8 +264,8 @@ def _bollinger(xs, p, dtype):
         delta = new[0] / b - old[0] / a
         return old[0] + new[0], old[1] + new[1] + delta * delta * (a * b / (a + b))
 
-    total, m2 = _window((x, jnp.zeros_like(x)), period, merge, (0.0, 0.0))
-    mean = jnp.where(_bad_before(x, period), jnp.nan, total / period)
+    _, m2 = _window((x, jnp.zeros_like(x)), period, merge, (0.0, 0.0))
+    mean = _running_sum_mean(x, period)  # bit for bit the SMA (features shares it)
     variance = jnp.where(_bad_before(x, 0), jnp.nan, m2 / period)  # TA-Lib's moments: inf - inf
     positive = variance > 0.0
     std = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), variance * 0.0)
@@ -281,9 +294,7 @@ def _atr(xs, p, dtype):
 
 def _extremes_direct(h, lo, fastk):
     """Each window's lowest low and highest high (highs and lows without NaNs)."""
-    lowest = _window((lo,), fastk, lambda old, new, a, b: (jnp.minimum(old[0], new[0]),), (jnp.inf,))[0]
-    highest = _window((h,), fastk, lambda old, new, a, b: (jnp.maximum(old[0], new[0]),), (-jnp.inf,))[0]
-    return lowest, highest
+    return _window_reduce(lo, fastk, lax.min, jnp.inf), _window_reduce(h, fastk, lax.max, -jnp.inf)
 
 
 def _rescan(x, fastk, better):
