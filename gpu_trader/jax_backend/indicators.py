@@ -20,15 +20,18 @@ formulation is parallel in time rather than a loop over bars:
   maps ``y[t] = a * y[t-1] + b[t]`` composed by :func:`jax.lax.associative_scan`
   (``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)``), started at the TA-Lib seed (the mean of
   the first window) with ``a = 0``. A NaN in a later ``b`` poisons every later prefix, as
-  TA-Lib's running state does.
-* **window reductions** (SMA, Bollinger, WMA, VWAP, STOCH's min/max and its %K/%D SMAs)
-  are log-depth doublings: a block of ``2k`` bars ending at ``t`` merges the blocks of
-  ``k`` ending at ``t - k`` and ``t``, and the bits of the window are merged the same way:
-  ``O(T log window)`` work and no cumulative-sum differences (no cancellation on long
-  series). WMA carries ``(S, W)`` and merges ``W = W_old + W_new + len_old * S_new``;
-  Bollinger carries ``(S, M2)`` and merges with Chan's update
-  ``M2 = M2_old + M2_new + delta**2 * a b / (a + b)``, a cancellation-free population
-  variance.
+  TA-Lib's running state does. OBV is a cumulative sum of its signed volumes.
+* **window reductions** (SMA, VWAP, STOCH's min/max and its %K/%D SMAs) take XLA's
+  ``reduce_window`` up to ``DIRECT_WINDOW_MAX`` (128) bars (a direct sum of each window:
+  ``O(T * window)`` work but one vectorized pass, 2-3x faster on XLA's CPU than the
+  alternative below for windows of 5-64) and log-depth doublings above: a block of
+  ``2k`` bars ending at ``t`` merges the blocks of ``k`` ending at ``t - k`` and ``t``, and
+  the bits of the window are merged the same way (``O(T log window)``). Neither takes
+  cumulative-sum differences, so long series suffer no cancellation. WMA and Bollinger's
+  deviation always double: WMA carries ``(S, W)`` and merges
+  ``W = W_old + W_new + len_old * S_new``; Bollinger carries ``(S, M2)`` and merges with
+  Chan's update ``M2 = M2_old + M2_new + delta**2 * a b / (a + b)``, a cancellation-free
+  population variance (its middle band is the SMA, bit for bit).
 * **NaN policy** (TA-Lib 0.8's arithmetic, infinities included): a NaN poisons SMA, the
   Bollinger bands, EMA, MACD and ATR from its bar on (ATR through a NaN high or low; a
   NaN close only drops out of the true range's comparisons); an inf is carried as
@@ -63,7 +66,9 @@ scans, doublings and gathers); divisions and square roots that could meet 0 are 
 on both branches so that a masked-out branch never feeds NaN or inf into a gradient.
 
 Compilation: one :func:`jax.jit` per (indicator, parameter grid, shapes, dtype); the
-parameters are static (window lengths fix the shifts and the seeds' positions).
+parameters are static (window lengths fix the shifts and the seeds' positions), so a grid
+of ``P`` parameter sets compiles ``P`` bodies into one program (a few tenths of a second
+per body on a CPU).
 """
 from __future__ import annotations
 
@@ -379,12 +384,12 @@ def _obv(xs, p, dtype):
 def _vwap(xs, p, dtype):
     h, lo, c, v = xs
     period = int(p[0])
-    tpv = (h + lo + c) / 3.0 * v
+    tpv = (h + lo + c) / 3.0 * v  # indicator_math.typical_pv
     ok = jnp.isfinite(tpv) & jnp.isfinite(v)
     pv = _window_sum(jnp.where(ok, tpv, 0.0), period)
     vol = _window_sum(jnp.where(ok, v, 0.0), period)
-    n_bad = jnp.cumsum((~ok).astype(jnp.int32), axis=-1)
-    good = (n_bad == _delay(n_bad, period, 0)) & (vol != 0.0)
+    n_bad = _window_sum((~ok).astype(F64), period)  # small integers: exact
+    good = (n_bad == 0.0) & (vol != 0.0)
     return (_safe_div(pv, vol, good, jnp.nan),)
 
 
