@@ -66,6 +66,29 @@ def test_gradient_matches_central_differences(name):
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5 * np.abs(fd).max())
 
 
+@pytest.mark.parametrize("name", sorted(DEFAULT_PARAMS))
+def test_gradient_stays_finite_around_nans_and_infs(name):
+    """Late listings, an all-NaN series, NaN and inf bars: the gradient of the sum of the finite
+    outputs is finite everywhere (no masked branch feeds NaN into it)."""
+    h, l, c, v = (a.copy() for a in ragged_batch())
+    h[0, 100] = np.nan
+    l[0, 120] = np.nan
+    c[2, 50] = np.inf
+    v[0, 77] = np.nan
+    inputs = [jnp.asarray(a) for a in pick(name, (h, l, c, v))]
+    k = {"obv": 1, "vwap": 2}.get(name, len(inputs) - 1)  # the close (OBV: the volume)
+
+    def objective(x):
+        args = list(inputs)
+        args[k] = x
+        outs = jnp.stack(outputs(name, args, DEFAULT_PARAMS[name]))
+        return jnp.sum(jnp.where(jnp.isfinite(outs), outs, 0.0))
+
+    grad = np.asarray(jax.grad(objective)(inputs[k]))
+    assert np.isfinite(grad).all()
+    assert np.abs(grad).sum() > 0
+
+
 def test_gradient_through_jit_and_of_a_plain_sum():
     """``jax.grad(gt.ema(x, 10).sum())`` is finite although the output starts with NaNs, and
     the indicators compose with an outer jax.jit."""

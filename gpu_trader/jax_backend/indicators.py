@@ -192,9 +192,13 @@ def _ema_from(x, periods, at: int, seeds):
 
 
 def _safe_div(num, den, ok, otherwise):
-    """``num / den`` where ``ok`` else ``otherwise``, with a harmless denominator where not ok
-    (so neither branch puts NaN or inf into a gradient)."""
-    return jnp.where(ok, num / jnp.where(ok, den, 1.0), otherwise)
+    """``num / den`` where ``ok``, else ``otherwise``. Gradients flow only where ``ok`` and ``den``
+    is finite: elsewhere the quotient (NaN, inf or 0, as in TA-Lib) is taken through
+    :func:`jax.lax.stop_gradient` and the unselected branch divides by 1, so no branch
+    feeds NaN or inf into a gradient."""
+    live = ok & jnp.isfinite(den)
+    quotient = num / jnp.where(live, den, 1.0)
+    return jnp.where(live, quotient, jnp.where(ok, lax.stop_gradient(num / den), otherwise))
 
 
 # -- indicators, on series gathered to start at their first valid bar (begin = 0) ---------------
@@ -269,9 +273,12 @@ def _bollinger(xs, p, dtype):
         delta = new[0] / b - old[0] / a
         return old[0] + new[0], old[1] + new[1] + delta * delta * (a * b / (a + b))
 
-    _, m2 = _window((x, jnp.zeros_like(x)), period, merge, (0.0, 0.0))
+    # the moments of the finite bars; from a non-finite bar on the variance is NaN (TA-Lib's
+    # shifted sums: inf - inf), and no NaN enters the merges' gradients
+    poisoned = _bad_before(x, 0)
+    _, m2 = _window((jnp.where(jnp.isfinite(x), x, 0.0), jnp.zeros_like(x)), period, merge, (0.0, 0.0))
     mean = _running_sum_mean(x, period)  # bit for bit the SMA (features shares it)
-    variance = jnp.where(_bad_before(x, 0), jnp.nan, m2 / period)  # TA-Lib's moments: inf - inf
+    variance = jnp.where(poisoned, jnp.nan, m2 / period)
     positive = variance > 0.0
     std = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), variance * 0.0)
     band = std * nstd
@@ -384,10 +391,13 @@ def _obv(xs, p, dtype):
 def _vwap(xs, p, dtype):
     h, lo, c, v = xs
     period = int(p[0])
-    tpv = (h + lo + c) / 3.0 * v  # indicator_math.typical_pv
-    ok = jnp.isfinite(tpv) & jnp.isfinite(v)
-    pv = _window_sum(jnp.where(ok, tpv, 0.0), period)
-    vol = _window_sum(jnp.where(ok, v, 0.0), period)
+    def typical_pv(h, lo, c, v):  # indicator_math.typical_pv
+        return (h + lo + c) / 3.0 * v
+
+    ok = jnp.isfinite(typical_pv(h, lo, c, v)) & jnp.isfinite(v)
+    h, lo, c, v = (jnp.where(ok, a, 0.0) for a in (h, lo, c, v))  # no NaN in a gradient either
+    pv = _window_sum(typical_pv(h, lo, c, v), period)
+    vol = _window_sum(v, period)
     n_bad = _window_sum((~ok).astype(F64), period)  # small integers: exact
     good = (n_bad == 0.0) & (vol != 0.0)
     return (_safe_div(pv, vol, good, jnp.nan),)
