@@ -137,6 +137,16 @@ def test_infinities_match_talib(name, value):
             assert_matches(o, r)
 
 
+def test_atr_window_one_is_poisoned_by_a_nan_high_or_low():
+    """TA-Lib 0.8 computes ATR(1) as 1 * tr + 0 * prev: a NaN high or low poisons it for good."""
+    h, l, c, _ = (a.copy() for a in random_ohlcv(3, 60, seed=2))
+    h[0, 20] = np.nan
+    l[1, 5] = np.nan
+    c[2, 30] = np.nan  # a NaN close only drops out of the true range
+    (ours,) = outputs("atr", (h, l, c), (1,))
+    assert_matches(ours, reference("atr", [h, l, c], (1,))[0])
+
+
 @pytest.mark.parametrize("window", [2, 3, 7])
 def test_wma_recovers_at_its_reanchor(window):
     """TA-Lib's WMA re-anchors every 8 * window bars: NaN until a re-anchor window is clean."""

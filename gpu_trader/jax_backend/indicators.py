@@ -48,8 +48,11 @@ formulation is parallel in time rather than a loop over bars:
   replaced when it leaves the window or is beaten, and a rescan that starts on a NaN
   gives NaN for that bar). That state machine is a :func:`jax.lax.scan` over time, run
   (chosen with :func:`jax.lax.cond`) only when some series holds such a NaN.
-* **period 1**: EMA, WMA, ATR and STOCH's smoothing copy their input exactly (TA-Lib
-  >= 0.8), as the row bodies do; SMA with window 1 keeps its running-sum poisoning.
+* **period 1**: EMA, WMA and STOCH's smoothing copy their input exactly (TA-Lib >= 0.8),
+  as the row bodies do; SMA with window 1 keeps its running-sum poisoning. ATR with
+  window 1 is TA-Lib 0.8's ``1 * tr + 0 * prev``: the true range exactly, but poisoned
+  for good by a NaN high or low (``0 * NaN``), which the shared row bodies (the cpu and
+  cuda backends) do not reproduce: they copy the true range.
 * **MACD**: fast and slow are swapped when slow < fast; the fast EMA is seeded at the
   slow EMA's first output with the mean of the fast window ending there.
 
@@ -62,8 +65,10 @@ around 1e-16 of the price. STOCH with a -inf low: TA-Lib's C code returns finite
 where the shared row bodies (``indicator_math``), and so this module, give NaN.
 
 Everything is differentiable with respect to the prices (:func:`jax.grad` through the
-scans, doublings and gathers); divisions and square roots that could meet 0 are guarded
-on both branches so that a masked-out branch never feeds NaN or inf into a gradient.
+scans, window reductions and gathers). Divisions and square roots are guarded on both
+branches, and Bollinger's moments and VWAP's sums run over the finite bars only, so no
+masked-out branch feeds NaN or inf into a gradient: the gradient of a sum of finite
+outputs is finite, next to NaN and inf bars too.
 
 Compilation: one :func:`jax.jit` per (indicator, parameter grid, shapes, dtype); the
 parameters are static (window lengths fix the shifts and the seeds' positions), so a grid
@@ -297,8 +302,7 @@ def _true_range(h, lo, c):
 def _atr(xs, p, dtype):
     period = int(p[0])
     tr = _true_range(*xs)
-    if period == 1:
-        return (tr,)
+    # period 1 too: TA-Lib 0.8 runs 1 * tr + 0 * prev, an exact copy that 0 * NaN poisons for good
     beta = (period - 1) / period
     seed = jnp.sum(tr[:, 1 : period + 1], axis=-1) / period
     return (_affine_scan(beta, (1.0 - beta) * tr, period, seed),)
