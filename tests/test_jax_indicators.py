@@ -118,8 +118,8 @@ def test_stoch_nan_inside_highs_and_lows_matches_talib(params):
 @pytest.mark.parametrize("name", sorted(set(DEFAULT_PARAMS) - {"stoch"}))
 def test_infinities_match_talib(name, value):
     """A window or running sum holding an inf: inf where TA-Lib's arithmetic keeps it, NaN where
-    it cancels (inf - inf). (STOCH is left out: for a -inf low TA-Lib returns finite values,
-    the shared row bodies and this backend NaN.)"""
+    it cancels (inf - inf). (STOCH is left out: for an infinite high or low TA-Lib returns
+    finite values where the shared row bodies and this backend give NaN.)"""
     h, l, c, v = (a.copy() for a in random_ohlcv(4, 300, seed=8))
     rng = np.random.default_rng(1)
     for a in (h, l, c, v):

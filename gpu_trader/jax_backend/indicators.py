@@ -61,8 +61,9 @@ are taken in another order (window sums by doubling, recurrences by a parallel s
 and Bollinger's variance is Chan's exact window variance instead of TA-Lib's re-seeded
 shifted running sums, so TA-Lib's flooring of a relative 1e-12 variance to 0 is not
 reproduced: a constant window gives a standard deviation of 0 or a rounding residue
-around 1e-16 of the price. STOCH with a -inf low: TA-Lib's C code returns finite values
-where the shared row bodies (``indicator_math``), and so this module, give NaN.
+around 1e-16 of the price. STOCH with an infinite high or low: TA-Lib's C code returns
+finite values where the shared row bodies (``indicator_math``), and so this module, give
+NaN.
 
 Everything is differentiable with respect to the prices (:func:`jax.grad` through the
 scans, window reductions and gathers). Divisions and square roots are guarded on both
