@@ -51,8 +51,7 @@ formulation is parallel in time rather than a loop over bars:
 * **period 1**: EMA, WMA and STOCH's smoothing copy their input exactly (TA-Lib >= 0.8),
   as the row bodies do; SMA with window 1 keeps its running-sum poisoning. ATR with
   window 1 is TA-Lib 0.8's ``1 * tr + 0 * prev``: the true range exactly, but poisoned
-  for good by a NaN high or low (``0 * NaN``), which the shared row bodies (the cpu and
-  cuda backends) do not reproduce: they copy the true range.
+  for good by a NaN high or low (``0 * NaN``).
 * **MACD**: fast and slow are swapped when slow < fast; the fast EMA is seeded at the
   slow EMA's first output with the mean of the fast window ending there.
 
