@@ -165,35 +165,33 @@ def _ma(x, period: int, start: int = 0):
     return x if period == 1 else _running_sum_mean(x, period, start)
 
 
-def _affine_scan(a, b, at: int, seed):
-    """``y[at] = seed``, ``y[t] = a * y[t-1] + b[..., t]`` after it (a parallel scan); 0 before ``at``.
-
-    b: ``(n, T)`` or ``(m, n, T)`` (``m`` recurrences at once); seed: ``b[..., 0]``'s shape;
-    ``a``: a Python float, or ``m`` of them.
-    """
-    T = b.shape[-1]
+def _affine_scans(recurrences, at: int):
+    """For each ``(a, b, seed)`` of ``recurrences``: ``y[at] = seed``, ``y[:, t] = a * y[:, t-1] + b[:, t]``
+    after it, 0 before (``a`` a Python float, ``b`` ``(n, T)``, ``seed`` ``(n,)``). One parallel
+    scan for all of them (separate leaves: cheaper than a stacked array)."""
+    T = recurrences[0][1].shape[-1]
     if at >= T:
-        return jnp.zeros_like(b)
-    bs = b[..., at:].at[..., 0].set(seed)
-    coef = jnp.asarray(a, b.dtype).reshape((-1,) + (1,) * (b.ndim - 1))
-    coef = jnp.broadcast_to(coef, coef.shape[:-1] + (T - at,)).at[..., 0].set(0.0)
+        return [jnp.zeros_like(b) for _, b, _ in recurrences]
+    m = len(recurrences)
+    coefs = tuple(jnp.full((1, T - at), a, F64).at[:, 0].set(0.0) for a, _, _ in recurrences)
+    offsets = tuple(b[:, at:].at[:, 0].set(seed) for _, b, seed in recurrences)
 
     def compose(first, second):
-        (a1, b1), (a2, b2) = first, second
-        return a1 * a2, a2 * b1 + b2
+        a1, b1, a2, b2 = first[:m], first[m:], second[:m], second[m:]
+        return (*(x * y for x, y in zip(a1, a2)), *(y * u + v for y, u, v in zip(a2, b1, b2)))
 
-    _, y = lax.associative_scan(compose, (coef, bs), axis=b.ndim - 1)
-    return jnp.concatenate([jnp.zeros(b.shape[:-1] + (at,), b.dtype), y], axis=-1)
+    ys = lax.associative_scan(compose, coefs + offsets, axis=1)[m:]
+    return [jnp.concatenate([jnp.zeros((y.shape[0], at), F64), y], axis=-1) for y in ys]
 
 
 def _ema_from(x, periods, at: int, seeds):
     """TA-Lib's EMA recurrence ``(v - prev) * k + prev``, k = 2 / (period + 1), from ``seeds`` at
-    bar ``at``, for each period of ``periods`` at once (``(len(periods), n, T)``). Its state is
-    NaN from the bar after a non-finite one on (``inf - inf``)."""
-    k = np.array([2.0 / (p + 1) for p in periods]).reshape(-1, 1, 1)
-    y = _affine_scan(tuple(1.0 - k.ravel()), k * x, at, jnp.stack(seeds))
-    t = jnp.arange(x.shape[-1])
-    return jnp.where((t > at) & _bad_before(x, 1), jnp.nan, y)
+    bar ``at``, one EMA per period of ``periods``. Its state is NaN from the bar after a
+    non-finite one on (``inf - inf``)."""
+    ks = [2.0 / (p + 1) for p in periods]
+    ys = _affine_scans([(1.0 - k, k * x, seed) for k, seed in zip(ks, seeds)], at)
+    poisoned = (jnp.arange(x.shape[-1]) > at) & _bad_before(x, 1)
+    return [jnp.where(poisoned, jnp.nan, y) for y in ys]
 
 
 def _safe_div(num, den, ok, otherwise):
@@ -248,9 +246,9 @@ def _rsi(xs, p, dtype):
     inv = 1.0 / period
     d = x - _delay(x, 1, 0.0)
     up = jnp.where(d > 0.0, d, 0.0)  # a NaN change adds 0 to the gain and NaN to the loss
-    moves = jnp.stack([up, up - d])
-    seed = jnp.sum(moves[..., 1 : period + 1], axis=-1) * inv
-    gain, loss = _affine_scan((period - 1) * inv, moves * inv, period, seed)
+    down = up - d
+    gain, loss = _affine_scans(
+        [((period - 1) * inv, v * inv, jnp.sum(v[:, 1 : period + 1], axis=-1) * inv) for v in (up, down)], period)
     total = gain + loss
     return (_safe_div(100.0 * gain, total, total > 0.0, 0.0),)
 
@@ -305,7 +303,7 @@ def _atr(xs, p, dtype):
     # period 1 too: TA-Lib 0.8 runs 1 * tr + 0 * prev, an exact copy that 0 * NaN poisons for good
     beta = (period - 1) / period
     seed = jnp.sum(tr[:, 1 : period + 1], axis=-1) / period
-    return (_affine_scan(beta, (1.0 - beta) * tr, period, seed),)
+    return tuple(_affine_scans([(beta, (1.0 - beta) * tr, seed)], period))
 
 
 def _extremes_direct(h, lo, fastk):
