@@ -56,7 +56,8 @@ formulation is parallel in time rather than a loop over bars:
   slow EMA's first output with the mean of the fast window ending there.
 
 Differences from TA-Lib (all within 1e-9 of the series scale in float64): the sums
-are taken in another order (window sums by doubling, recurrences by a parallel scan),
+are taken in another order (window sums by reduce_window or doubling, recurrences by a
+parallel scan),
 and Bollinger's variance is Chan's exact window variance instead of TA-Lib's re-seeded
 shifted running sums, so TA-Lib's flooring of a relative 1e-12 variance to 0 is not
 reproduced: a constant window gives a standard deviation of 0 or a rounding residue
