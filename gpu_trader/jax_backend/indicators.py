@@ -57,10 +57,9 @@ formulation is parallel in time rather than a loop over bars:
 
 Differences from TA-Lib (all within 1e-9 of the series scale in float64): the sums
 are taken in another order (window sums by reduce_window or doubling, recurrences by a
-parallel scan),
-and Bollinger's variance is Chan's exact window variance instead of TA-Lib's re-seeded
-shifted running sums, so TA-Lib's flooring of a relative 1e-12 variance to 0 is not
-reproduced: a constant window gives a standard deviation of 0 or a rounding residue
+parallel scan), and Bollinger's variance is Chan's exact window variance instead of
+TA-Lib's re-seeded shifted running sums, so TA-Lib's flooring of a relative 1e-12
+variance to 0 is not reproduced: a constant window gives a standard deviation of 0 or a rounding residue
 around 1e-16 of the price. STOCH with an infinite high or low: TA-Lib's C code returns
 finite values where the shared row bodies (``indicator_math``), and so this module, give
 NaN.
