@@ -59,10 +59,10 @@ Differences from TA-Lib (all within 1e-9 of the series scale in float64): the su
 are taken in another order (window sums by reduce_window or doubling, recurrences by a
 parallel scan), and Bollinger's variance is Chan's exact window variance instead of
 TA-Lib's re-seeded shifted running sums, so TA-Lib's flooring of a relative 1e-12
-variance to 0 is not reproduced: a constant window gives a standard deviation of 0 or a rounding residue
-around 1e-16 of the price. STOCH with an infinite high or low: TA-Lib's C code returns
-finite values where the shared row bodies (``indicator_math``), and so this module, give
-NaN.
+variance to 0 is not reproduced: a constant window gives a standard deviation of 0 or
+a rounding residue around 1e-16 of the price. STOCH with an infinite high or low:
+TA-Lib's C code returns finite values where the shared row bodies (``indicator_math``),
+and so this module, give NaN.
 
 Everything is differentiable with respect to the prices (:func:`jax.grad` through the
 scans, window reductions and gathers). Divisions and square roots are guarded on both
