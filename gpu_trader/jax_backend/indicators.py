@@ -247,8 +247,8 @@ def _rsi(xs, p, dtype):
     d = x - _delay(x, 1, 0.0)
     up = jnp.where(d > 0.0, d, 0.0)  # a NaN change adds 0 to the gain and NaN to the loss
     down = up - d
-    gain, loss = _affine_scans(
-        [((period - 1) * inv, v * inv, jnp.sum(v[:, 1 : period + 1], axis=-1) * inv) for v in (up, down)], period)
+    a = (period - 1) * inv
+    gain, loss = _affine_scans([(a, v * inv, jnp.sum(v[:, 1 : period + 1], axis=-1) * inv) for v in (up, down)], period)
     total = gain + loss
     return (_safe_div(100.0 * gain, total, total > 0.0, 0.0),)
 
@@ -258,8 +258,8 @@ def _macd(xs, p, dtype):
     fast, slow, signal = (int(v) for v in p)
     fast, slow = min(fast, slow), max(fast, slow)
     first = slow - 1
-    fast_ema, slow_ema = _ema_from(
-        x, (fast, slow), first, [jnp.sum(x[:, slow - fast : slow], axis=-1) / fast, jnp.sum(x[:, :slow], axis=-1) / slow])
+    seeds = [jnp.sum(x[:, slow - fast : slow], axis=-1) / fast, jnp.sum(x[:, :slow], axis=-1) / slow]
+    fast_ema, slow_ema = _ema_from(x, (fast, slow), first, seeds)
     line = fast_ema - slow_ema
     start = first + signal - 1
     if signal == 1:
