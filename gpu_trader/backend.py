@@ -268,12 +268,14 @@ class JaxBackend(Backend):
         return super().ops(area)
 
 
-def enable_x64() -> None:
-    """Switch on JAX's 64-bit mode (see :class:`JaxBackend`); warn when this changes it."""
+def enable_x64(warn: bool = True) -> None:
+    """Switch on JAX's 64-bit mode (see :class:`JaxBackend`); warn (``warn``) when this changes it."""
     if _X64_DONE:
         return
     import jax
 
+    if not jax.config.jax_enable_x64 and not warn:
+        jax.config.update("jax_enable_x64", True)
     if not jax.config.jax_enable_x64:
         import warnings
 

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--backend", action="append", metavar="NAME",
-                       help="backend to run on (repeatable; default: every available backend)")
+                       help="backend to run on (repeatable; default: every available backend that implements "
+                            "every area: cpu, and cuda where present; jax only when named)")
     bench.add_argument("--suite", action="extend", nargs="+", metavar="NAME",
                        help="suite(s) to run (default: all)")
     bench.add_argument("--quick", action="store_true", help="small sizes and short timing (CI)")
@@ -125,19 +126,22 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import bench
-    from .backend import available_backends, get_backend
+    from .backend import available_backends, enable_x64, get_backend
     from .bench import compare, report
 
     suites = list(dict.fromkeys(args.suite or bench.SUITES))
     unknown = [s for s in suites if s not in bench.SUITES]
     if unknown:
         parser.error(f"--suite: unknown suite(s) {', '.join(unknown)}; known suites: {', '.join(bench.SUITES)}")
-    backends = list(dict.fromkeys(args.backend or available_backends()))
+    default = [n for n in available_backends() if get_backend(n).areas is None]  # cpu, cuda where present
+    backends = list(dict.fromkeys(args.backend or default))
     for name in backends:
         try:
-            get_backend(name)
+            be = get_backend(name)
         except ValueError as exc:
             parser.error(f"--backend: {exc}")
+        if be.name == "jax":
+            enable_x64(warn=False)  # our own process: no user arrays to keep in 32-bit mode
     _check_output_dir(parser, "--json", args.json)
     _check_output_dir(parser, "--report", args.report)
     for option in ("fail_on_regression", "min_change"):

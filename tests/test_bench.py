@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gpu_trader as gt
 from gpu_trader import cli
 from gpu_trader.backend import get_backend
 from gpu_trader.bench import SUITES, Reference, SkipCase, Workload, workloads
@@ -121,6 +122,21 @@ def test_run_workload_on_jax_blocks_on_results_and_skips_areas_it_lacks():
     vectors = Workload("v", {}, setup=lambda be: be.ops("vectors"), run=lambda s: None, items=1)
     skipped = run_workload("t", vectors, jax_be, TINY)
     assert skipped.status == "skipped" and "does not implement vectors" in skipped.note
+
+
+def test_default_backends_are_those_implementing_every_area(monkeypatch, capsys):
+    """``gpu-trader bench`` without --backend runs cpu (and cuda where present), never the partial
+    jax backend; naming jax runs it."""
+    from gpu_trader import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda suites, backends, **kw: seen.append(list(backends)) or [])
+    assert cli.main(["bench", "--suite", "risk", "--quick"]) == 0
+    expected = [n for n in ("cpu", "cuda") if n in gt.available_backends()]
+    assert seen[-1] == expected
+    if "jax" in gt.available_backends():
+        assert cli.main(["bench", "--suite", "risk", "--quick", "--backend", "jax"]) == 0
+        assert seen[-1] == ["jax"]
 
 
 def test_run_workload_reports_skips_and_errors(capsys):
