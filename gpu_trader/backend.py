@@ -93,13 +93,18 @@ class Backend:
         """Block until all queued work on this backend's device has finished."""
 
     def ready(self, result: Any) -> Any:
-        """Block until ``result`` (an array or a tuple/dict of them) is computed; returns it.
-
-        Backends that queue work on a device stream are synchronized; JAX, which has no
-        global stream to wait on, blocks on the result itself.
-        """
-        self.synchronize()
+        """Block until ``result`` (arrays, or containers and dataclasses of them) is computed;
+        returns it. Callers that time work also call :meth:`synchronize`, which covers
+        backends with a device stream; JAX has no stream to wait on and blocks on the result."""
         return result
+
+    def configure_process(self) -> None:
+        """Process-wide settings this backend needs, applied up front by a program that owns
+        the process (the bench CLI); a library call applies them lazily instead."""
+
+    def unstack(self, x: Any) -> tuple[Any, ...]:
+        """``x`` split along its first axis (one array per output of a multi-output kernel)."""
+        return tuple(x)
 
     def contiguous(self, x: Any) -> Any:
         """``x`` as a C-contiguous array of this backend (``x`` itself when it already is)."""
@@ -247,12 +252,25 @@ class JaxBackend(Backend):
         return jnp.asarray(_host_array(x))
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        return np.asarray(x)
+        return _host_array(x)
 
     def ready(self, result: Any) -> Any:
+        import dataclasses
+
         import jax
 
+        if dataclasses.is_dataclass(result) and not isinstance(result, type):  # e.g. MonteCarloVaR
+            jax.block_until_ready([getattr(result, f.name) for f in dataclasses.fields(result)])
+            return result
         return jax.block_until_ready(result)
+
+    def configure_process(self) -> None:
+        enable_x64(warn=False)
+
+    def unstack(self, x: Any) -> tuple[Any, ...]:
+        import jax.numpy as jnp
+
+        return tuple(jnp.unstack(x))  # one dispatch: indexing a JAX array costs ~40-100 us each
 
     def contiguous(self, x: Any) -> Any:
         return x  # JAX arrays have no strides to speak of
@@ -269,12 +287,15 @@ class JaxBackend(Backend):
 
 
 def enable_x64(warn: bool = True) -> None:
-    """Switch on JAX's 64-bit mode (see :class:`JaxBackend`); warn (``warn``) when this changes it."""
-    if _X64_DONE:
+    """Switch on JAX's 64-bit mode (see :class:`JaxBackend`) if it is off; warn (``warn``) when
+    this changes it. Checked on every use of the backend (one attribute read), so a mode
+    switched off later by someone else is switched on again, with the warning again."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.config.jax_enable_x64:
         return
     import jax
 
-    if not jax.config.jax_enable_x64 and not warn:
+    if not warn:
         jax.config.update("jax_enable_x64", True)
     if not jax.config.jax_enable_x64:
         import warnings
@@ -286,10 +307,6 @@ def enable_x64(warn: bool = True) -> None:
             stacklevel=3,
         )
         jax.config.update("jax_enable_x64", True)
-    _X64_DONE.append(True)
-
-
-_X64_DONE: list[bool] = []
 
 # Registration order is the order of type inference.
 _REGISTRY: dict[str, Backend] = {}
@@ -309,9 +326,11 @@ _context: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("gpu_t
 _global: Backend | None = None
 
 
-def available_backends() -> tuple[str, ...]:
-    """Names of the backends usable now, ``"cpu"`` first."""
-    return tuple(name for name, be in _REGISTRY.items() if be.is_available())
+def available_backends(*, every_area: bool = False) -> tuple[str, ...]:
+    """Names of the backends usable now, ``"cpu"`` first; ``every_area``: only those that
+    implement every public area (backends that do not are not even probed)."""
+    return tuple(name for name, be in _REGISTRY.items()
+                 if (be.areas is None or not every_area) and be.is_available())
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:
@@ -477,6 +496,9 @@ def _host_array(x: Any) -> np.ndarray:
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(x, cupy.ndarray):
         return cupy.asnumpy(x)
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, jax.Array):
+        return np.array(x)  # a writable copy (np.asarray of a JAX array is a read-only view)
     return np.asarray(x)
 
 

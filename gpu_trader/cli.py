@@ -126,22 +126,19 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import bench
-    from .backend import available_backends, enable_x64, get_backend
+    from .backend import available_backends, get_backend
     from .bench import compare, report
 
     suites = list(dict.fromkeys(args.suite or bench.SUITES))
     unknown = [s for s in suites if s not in bench.SUITES]
     if unknown:
         parser.error(f"--suite: unknown suite(s) {', '.join(unknown)}; known suites: {', '.join(bench.SUITES)}")
-    default = [n for n in available_backends() if get_backend(n).areas is None]  # cpu, cuda where present
-    backends = list(dict.fromkeys(args.backend or default))
+    backends = list(dict.fromkeys(args.backend or available_backends(every_area=True)))  # cpu, cuda if present
     for name in backends:
         try:
-            be = get_backend(name)
+            get_backend(name).configure_process()  # e.g. JAX's 64-bit mode, without a warning
         except ValueError as exc:
             parser.error(f"--backend: {exc}")
-        if be.name == "jax":
-            enable_x64(warn=False)  # our own process: no user arrays to keep in 32-bit mode
     _check_output_dir(parser, "--json", args.json)
     _check_output_dir(parser, "--report", args.report)
     for option in ("fail_on_regression", "min_change"):

@@ -55,9 +55,9 @@ class CorrelationKernels:
     def _centered(self, x, has_nan: bool):
         """(zero-filled data shifted by each series' mean, validity mask as float or None)."""
         xp = self.xp
-        valid = ~xp.isnan(x)
         if not has_nan:
             return x - x.mean(axis=-1, keepdims=True), None
+        valid = ~xp.isnan(x)
         m = valid.astype(x.dtype)
         with _quiet():
             mean = xp.where(valid, x, 0.0).sum(axis=-1, keepdims=True) / m.sum(axis=-1, keepdims=True)

@@ -114,7 +114,19 @@ def _frame_layout(inputs) -> _Frame | None:
             raise ValueError(f"input {i} has columns {list(a.columns)} but input 0 has {columns}; they must match")
         if a.npartitions != first.npartitions:
             raise ValueError(f"input {i} has {a.npartitions} partitions but input 0 has {first.npartitions}")
-    lengths = tuple(int(n) for n in first.map_partitions(len).compute())
+    if all(a.known_divisions for a in inputs):
+        for i, a in enumerate(inputs[1:], 1):
+            if tuple(a.divisions) != tuple(first.divisions):
+                raise ValueError(f"input {i} has index divisions {a.divisions} but input 0 has {first.divisions}")
+    import dask
+
+    # the one eager step: partition lengths (a pass over the index) to cut the time axis back
+    counts = dask.compute(*[a.map_partitions(len) for a in inputs])
+    lengths = tuple(int(n) for n in counts[0])
+    for i, c in enumerate(counts[1:], 1):
+        if tuple(int(n) for n in c) != lengths:
+            raise ValueError(f"input {i} has partitions of {tuple(int(n) for n in c)} rows but input 0 has "
+                             f"{lengths}; the frames must be partitioned alike")
     if columns is not None and not columns:
         raise ValueError("a DataFrame input needs at least one column (symbol)")
     n_symbols = len(columns) if columns is not None else 1
@@ -158,7 +170,9 @@ def indicator(name: str, *arrays, backend: str | None = None, **params):
     scalar parameters (a parameter grid is not supported here: call once per value).
     Returns the input's kind and shape (a DataFrame keeps its index, columns and
     partitions), or a tuple of them for multi-output indicators (``macd``,
-    ``bollinger``, ``stoch``). Lazy: nothing runs until ``.compute()``.
+    ``bollinger``, ``stoch``). Lazy: nothing runs until ``.compute()``, except, for dask
+    DataFrames, one pass that counts the rows of each partition (the time axis has to be
+    cut back into them; for a frame read from files that pass reads the index).
 
     A DataFrame's row partitions cut the time axis, which an indicator scans whole; its
     columns are therefore regrouped into as many symbol chunks as it has partitions

@@ -86,7 +86,7 @@ def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ..
     if n_out == 1 and not grid_shape:
         return (out.reshape(shape),)
     out = out.reshape((n_out,) + grid_shape + batch + (T,))
-    return tuple([out[k] for k in range(n_out)])
+    return be.unstack(out)
 
 
 def _params(name: str, *values) -> list[tuple[tuple[float, ...], bool]]:
@@ -345,6 +345,6 @@ def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for i, (keys, _, _, shared) in enumerate(plan):
         values = computed[shared][1:2] if shared >= 0 else computed[i]  # [1] of a Bollinger is its middle band
-        for key, value in zip(keys, values):
+        for key, value in zip(keys, be.unstack(values)):
             result[key] = value if restore is _identity else restore(value)
     return result

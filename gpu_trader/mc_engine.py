@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tails", "finish", "band_for", "Z_95"]
+__all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tail", "merge_tails", "finish", "band_for", "Z_95"]
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -133,6 +133,17 @@ def tail(plan: Plan, ops: Any, start: int, stop: int):
     for first, loss in zip(firsts, ops.map_chunks(sim.losses, firsts)):
         vals, idx = ops.tail_update(vals, idx, loss, first)
     return vals, idx
+
+
+def merge_tail(xp, vals, idx, loss, first: int):
+    """Keep, per row, the ``m`` largest of ``vals`` ``(P, m)`` and ``loss`` ``(P, rows)`` with their
+    scenario numbers (``idx``; the chunk's are ``first + column``). Returns new ``(vals, idx)``."""
+    P, m = vals.shape
+    rows = loss.shape[1]
+    allv = xp.concatenate([vals, loss.astype(vals.dtype)], axis=1)
+    alli = xp.concatenate([idx, xp.broadcast_to(xp.arange(first, first + rows, dtype=idx.dtype), (P, rows))], axis=1)
+    keep = xp.argpartition(allv, rows, axis=1)[:, rows:]
+    return xp.take_along_axis(allv, keep, axis=1), xp.take_along_axis(alli, keep, axis=1)
 
 
 def merge_tails(plan: Plan, ops: Any, tails) -> tuple[Any, Any]:

@@ -10,12 +10,12 @@ from hypothesis import settings
 import gpu_trader as gt
 from gpu_trader.backend import _REGISTRY
 
-# CI replays the same examples every run (a failure there is reproducible, never a fluke of
-# the draw); locally hypothesis explores new ones each time.
 # The jax backend needs JAX's 64-bit mode; switching it on here (before JAX is imported)
 # keeps the backend's one-time warning out of every test (tests/test_jax_backend.py checks it).
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 
+# CI replays the same examples every run (a failure there is reproducible, never a fluke of
+# the draw); locally hypothesis explores new ones each time.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")

@@ -110,7 +110,7 @@ def test_run_workload_references_copy_yardstick_and_targets(capsys):
     assert "absent n/a" in capsys.readouterr().out
 
 
-def test_run_workload_on_jax_blocks_on_results_and_skips_areas_it_lacks():
+def test_run_workload_on_jax_measures_yardsticks_and_skips_areas_it_lacks():
     pytest.importorskip("jax")
     jax_be = get_backend("jax")
     x = np.ones((64, 1000))

@@ -178,3 +178,10 @@ def test_indicator_bad_input():
     other = dd.from_pandas(pd.DataFrame(np.ones((50, 2)), columns=["a", "c"]), npartitions=2)
     with pytest.raises(ValueError, match="columns"):
         gtd.indicator("obv", frame, other)
+    # same number of partitions, other boundaries: refused up front, naming the input
+    base = pd.DataFrame(np.ones((50, 2)), columns=["a", "b"])
+    cut = dd.from_pandas(base, npartitions=2).repartition(divisions=[0, 10, 49])
+    with pytest.raises(ValueError, match="input 1 has index divisions"):
+        gtd.indicator("obv", frame, cut)
+    with pytest.raises(ValueError, match="input 1 has partitions of"):
+        gtd.indicator("obv", frame.clear_divisions(), cut.clear_divisions())

@@ -54,15 +54,26 @@ def test_first_use_switches_on_64_bit_mode_with_a_warning():
         import warnings, numpy as np
         import gpu_trader as gt
         from gpu_trader import risk
+        import jax
+        r = np.random.default_rng(0).normal(size=(2, 50))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = risk.sharpe(np.random.default_rng(0).normal(size=(2, 50)), backend="jax")
-        print(out.dtype, sum("jax_enable_x64" in str(w.message) for w in caught))
+            out = risk.sharpe(r, backend="jax")
+            again = risk.sharpe(r, backend="jax")                 # already on: no second warning
+            jax.config.update("jax_enable_x64", False)            # someone switches it off ...
+            later = risk.sharpe(r, backend="jax")                 # ... it is switched on again, warned
+        print(out.dtype, again.dtype, later.dtype, sum("jax_enable_x64" in str(w.message) for w in caught))
     """)
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["float64", "1"]
+    assert proc.stdout.split() == ["float64", "float64", "float64", "2"]
+
+
+def test_to_numpy_gives_a_writable_copy():
+    x = jnp.arange(5.0)
+    host = gt.to_numpy(risk.max_drawdown(jnp.stack([x * 0.01, -x * 0.01])))
+    assert host.flags.writeable and isinstance(host, np.ndarray)
 
 
 def test_an_area_jax_lacks_is_a_clear_error():

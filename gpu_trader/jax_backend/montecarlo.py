@@ -123,11 +123,9 @@ def tail_update(vals, idx, loss, first: int):
 
     ``lax.top_k`` on an accelerator. XLA's CPU sort is slow (about 120 ns an element: 20x
     NumPy's ``argpartition``), so on JAX's CPU device the losses, already in host memory,
-    are merged by NumPy (:func:`gpu_trader.kernels.montecarlo.merge_tail`) instead."""
+    are merged by NumPy (:func:`gpu_trader.mc_engine.merge_tail`) instead."""
     if _on_cpu(loss):
-        from ..kernels.montecarlo import merge_tail
-
-        v, i = merge_tail(np, np.asarray(vals), np.asarray(idx), np.asarray(loss), first)
+        v, i = mc_engine.merge_tail(np, np.asarray(vals), np.asarray(idx), np.asarray(loss), first)
         return jnp.asarray(v), jnp.asarray(i)
     return _merge(vals, idx, loss, jnp.int64(first))
 

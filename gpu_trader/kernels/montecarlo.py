@@ -26,6 +26,7 @@ from numba import cuda
 
 from .. import mc_engine
 from .. import option_math as om
+from ..mc_engine import merge_tail
 
 __all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "merge_tail", "scatter_add", "BLOCK", "THREADS_PER_BLOCK"]
 
@@ -99,17 +100,6 @@ def option_pnl(returns, o: dict, dtype):
             o["is_call"], o["value0"], out,
         )
     return out
-
-
-def merge_tail(xp, vals, idx, loss, first: int):
-    """Keep, per row, the ``m`` largest of ``vals`` ``(P, m)`` and ``loss`` ``(P, rows)`` with their
-    scenario numbers (``idx``; the chunk's are ``first + column``). Returns new ``(vals, idx)``."""
-    P, m = vals.shape
-    rows = loss.shape[1]
-    allv = xp.concatenate([vals, loss.astype(vals.dtype)], axis=1)
-    alli = xp.concatenate([idx, xp.broadcast_to(xp.arange(first, first + rows, dtype=idx.dtype), (P, rows))], axis=1)
-    keep = xp.argpartition(allv, rows, axis=1)[:, rows:]
-    return xp.take_along_axis(allv, keep, axis=1), xp.take_along_axis(alli, keep, axis=1)
 
 
 def tail_update(vals, idx, loss, first: int):
