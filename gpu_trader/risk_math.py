@@ -164,7 +164,7 @@ class RiskKernels:
 
     def sharpe_moments(self, m: _Moments, periods_per_year: float, risk_free: float):
         with _quiet():
-            return (m.mean - risk_free) / m.std * math.sqrt(periods_per_year)
+            return (m.mean - risk_free) / m.std * periods_per_year ** 0.5  # (** not math.sqrt: JAX traces it)
 
     def sharpe(self, r, periods_per_year: float, risk_free: float):
         return self.sharpe_moments(self.moments(r), periods_per_year, risk_free)
@@ -179,7 +179,7 @@ class RiskKernels:
             mean = adj.sum(axis=-1) / n
             down = xp.minimum(adj, 0.0)
             downside = xp.sqrt((down * down).sum(axis=-1) / n)
-            return mean * periods_per_year / (downside * math.sqrt(periods_per_year))
+            return mean * periods_per_year / (downside * periods_per_year ** 0.5)
 
     # -- path-based ------------------------------------------------------------
     def wealth(self, r):
@@ -233,7 +233,7 @@ class RiskKernels:
             return {
                 "n": m.n,
                 "mean": m.mean,
-                "volatility": m.std * math.sqrt(periods_per_year),
+                "volatility": m.std * periods_per_year ** 0.5,
                 "var_historical": -self.quantile_sorted(s, (q,))[0],
                 "var_parametric": self.var_parametric_moments(m, (q,), False)[0],
                 "var_cornish_fisher": self.var_parametric_moments(m, (q,), True)[0],

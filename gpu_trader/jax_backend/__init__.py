@@ -19,24 +19,35 @@ import jax
 
 __all__ = ["jit_methods", "jit_static_tail"]
 
+_STATIC_TYPES = (int, str, tuple, type(None))  # bool is an int; floats and arrays are traced
 
-def jit_static_tail(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn(x, *params)`` compiled by :func:`jax.jit` with ``x`` traced and every other
-    argument static (Python numbers, tuples and flags; a new value compiles once)."""
+
+def jit_static_tail(fn: Callable[..., Any], static_floats: Iterable[int] = ()) -> Callable[..., Any]:
+    """``fn(x, *params)`` compiled by :func:`jax.jit` with ``x`` traced, Python floats traced too
+    (a new level, rate or decay does not recompile) and every other argument static: ints,
+    flags and tuples, which fix shapes or code paths (a new value compiles once).
+    ``static_floats``: argument positions (``x`` is 0) of floats the code needs as Python
+    numbers (e.g. a confidence level turned into a normal quantile on the host)."""
+    keep = frozenset(static_floats)
+
     @functools.lru_cache(maxsize=None)
-    def compiled(n_params: int):
-        return jax.jit(fn, static_argnums=tuple(range(1, 1 + n_params)))
+    def compiled(static: tuple[int, ...]):
+        return jax.jit(fn, static_argnums=static)
 
     @functools.wraps(fn)
     def call(x, *params):
-        return compiled(len(params))(x, *params)
+        static = tuple(i for i, v in enumerate(params, 1)
+                       if isinstance(v, _STATIC_TYPES) or (type(v) is float and i in keep))
+        return compiled(static)(x, *params)
 
     return call
 
 
-def jit_methods(kernels: Any, names: Iterable[str]) -> Any:
+def jit_methods(kernels: Any, names: Iterable[str], static_floats: dict[str, Iterable[int]] | None = None) -> Any:
     """Replace the methods ``names`` of the instance ``kernels`` by jitted versions
-    (:func:`jit_static_tail`); calls between methods then go through the compiled ones."""
+    (:func:`jit_static_tail`, with ``static_floats[name]``); calls between methods then go
+    through the compiled ones."""
+    static_floats = static_floats or {}
     for name in names:
-        setattr(kernels, name, jit_static_tail(getattr(kernels, name)))
+        setattr(kernels, name, jit_static_tail(getattr(kernels, name), static_floats.get(name, ())))
     return kernels

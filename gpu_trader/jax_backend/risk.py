@@ -23,4 +23,5 @@ kernels = jit_methods(
     RiskKernels(jnp, running_max),
     ("var_historical", "cvar", "var_parametric", "sharpe", "sortino", "max_drawdown", "calmar",
      "kelly_fraction", "risk_report"),
+    static_floats={"risk_report": (1,)},  # its level becomes a normal quantile on the host
 )
