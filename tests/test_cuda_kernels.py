@@ -176,6 +176,24 @@ def test_twin_scan_matches_cpu(case_id):
     assert_close_to_cpu(got, cpu_reference(case))
 
 
+def test_twin_scan_atr_window_one_inf_at_chunk_boundaries():
+    """ATR(1) is TA-Lib's ``1 * tr + 0 * prev``: an infinite true range is inf for one bar, then
+    NaN for good (0 * inf). A chunk boundary right after it must carry that (a clamped
+    carry coefficient would give inf instead)."""
+    from gpu_trader import scan_math as sm
+
+    talib = pytest.importorskip("talib")
+    h, l, c, _ = (np.ascontiguousarray(a) for a in random_ohlcv(6, 40, seed=3))
+    for i, t in enumerate((5, 6, 7, 13, 14, 20)):  # chunk length 7: boundaries after bars 6, 13, 20
+        h[i, t] = np.inf
+    params = np.array([[1.0]])
+    with np.errstate(all="ignore"):
+        got = sm.twin_compute("atr", [h, l, c], params, 1, chunk=7, pair_block=2)
+        ref = np.stack([talib.ATR(h[i], l[i], c[i], 1) for i in range(6)])
+    assert_close_to_cpu(got, cpu_reference(dict(name="atr", inputs=[h, l, c], params=params, n_out=1)))
+    np.testing.assert_array_equal(got[0, 0], ref)
+
+
 @pytest.mark.parametrize("name", SCAN)
 @pytest.mark.parametrize("n_bars", [1, 2, 9])
 def test_twin_scan_short_series(name, n_bars):
