@@ -45,12 +45,9 @@ def _check_symbol(symbol) -> str:
 
 
 def _check_price(price, name: str = "price") -> float:
-    try:
-        p = float(price)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(price).__name__}") from None
-    if not (p > 0.0 and _isfinite(p)):
-        raise ValueError(f"{name} must be finite and > 0, got {price!r}")
+    p = _check_quantity(price, name)
+    if not p > 0.0:
+        raise ValueError(f"{name} must be > 0, got {price!r}")
     return p
 
 
