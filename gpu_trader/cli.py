@@ -7,8 +7,11 @@ runs the suites; ``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [
 applies the regression gate (:mod:`gpu_trader.bench.compare`) to two ``--json`` files.
 
 Exit status: 0 when every case ran (or was skipped) and, with ``--fail-on-regression``,
-none regressed against the baseline; 1 when a case raised an error (this wins over 3);
-2 for bad arguments; 3 with ``--fail-on-regression`` when a case REGRESSED.
+none regressed against the baseline; 1 when a case raised an error (this wins over 3 and
+4); 2 for bad arguments, an invalid baseline/run file (:func:`~gpu_trader.bench.compare.load_run`)
+or an output path that cannot be written, all checked before the run starts; 3 with
+``--fail-on-regression`` when a case REGRESSED; 4 when an output file could not be written
+after the run (the JSON is written first, so a failing report never loses it).
 """
 from __future__ import annotations
 
@@ -17,19 +20,22 @@ import datetime
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from .bench.compare import CaseComparison
 
 __all__ = ["main", "build_parser"]
 
-EXIT_OK, EXIT_CASE_ERROR, EXIT_BAD_ARGS, EXIT_REGRESSION = 0, 1, 2, 3
+EXIT_OK, EXIT_CASE_ERROR, EXIT_BAD_ARGS, EXIT_REGRESSION, EXIT_OUTPUT_ERROR = 0, 1, 2, 3, 4
 _EXIT_HELP = """exit status:
   0  every case ran (or was skipped) and, under --fail-on-regression, none regressed
-  1  a case raised an error (wins over 3)
-  2  bad arguments
-  3  --fail-on-regression and a case regressed against the baseline"""
+  1  a case raised an error (wins over 3 and 4)
+  2  bad arguments, an unreadable or invalid baseline/run file, or an output path
+     that cannot be written (checked before the run starts)
+  3  --fail-on-regression and a case regressed against the baseline
+  4  an output file could not be written after the run (wins over 3; the JSON is
+     written before the report, so a failing report never loses it)"""
 
 # Load average per CPU before a run above which the timings are flagged as suspect.
 BUSY_LOAD_PER_CPU = 0.25
@@ -88,29 +94,56 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _check_output_dir(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
-    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        parser.error(f"{option}: directory of {path!r} does not exist")
+def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2) output paths that could not be written, before any work is done."""
+    from .bench.output import output_problem
+
+    paths = {"--json": getattr(args, "json", None), "--report": args.report}
+    for option, path in paths.items():
+        problem = path is not None and output_problem(path)
+        if problem:
+            parser.error(f"{option}: {problem}")
+    if None not in paths.values() and os.path.realpath(paths["--json"]) == os.path.realpath(paths["--report"]):
+        parser.error("--json and --report must name different files")
 
 
-def _gate(comparisons: list[CaseComparison] | None, records: list[dict], meta: dict,
-          args: argparse.Namespace) -> bool:
-    """Print the comparison, write the report; True when the run must fail on a regression."""
-    from .bench import compare, markdown
+def _gate(comparisons: list[CaseComparison] | None, args: argparse.Namespace) -> bool:
+    """Print the comparison; True when the run must fail on a regression."""
+    from .bench import compare
 
     if comparisons is not None:
         compare.print_comparison(comparisons, sys.stdout)
-    if args.report:
-        markdown.write_report(args.report, records, comparisons, meta)
-        print(f"\nwrote {args.report}")
     return bool(args.fail_on_regression and comparisons
                 and any(c.verdict == compare.REGRESSED for c in comparisons))
 
 
-def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .bench import compare
+def _write_outputs(writers: list[tuple[str, Callable[[], None]]]) -> bool:
+    """Run each ``(path, write)`` in order (the JSON first, so a failing report cannot
+    lose it); report a failure on stderr and go on. True when every file was written."""
+    ok = True
+    for path, write in writers:
+        try:
+            write()
+        except Exception as exc:  # an OSError, or a plotting failure inside the report
+            print(f"error: could not write {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            ok = False
+        else:
+            print(f"\nwrote {path}")
+    return ok
 
-    _check_output_dir(parser, "--report", args.report)
+
+def _exit_status(case_error: bool, regressed: bool, written: bool) -> int:
+    if case_error:
+        return EXIT_CASE_ERROR
+    if not written:
+        return EXIT_OUTPUT_ERROR
+    return EXIT_REGRESSION if regressed else EXIT_OK
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .bench import compare, markdown
+
+    _check_outputs(parser, args)
     try:
         old = compare.load_run(args.old, "baseline")
         new = compare.load_run(args.new, "run")
@@ -118,16 +151,17 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     comparisons = compare.compare(new["results"], old["results"], args.min_change or compare.MIN_CHANGE)
     meta = {"run": args.new, "baseline": args.old, "timestamp": new.get("timestamp"), "quick": new.get("quick")}
-    regressed = _gate(comparisons, new["results"], meta, args)
-    if any(r.get("status") == "error" for r in new["results"]):
-        return EXIT_CASE_ERROR
-    return EXIT_REGRESSION if regressed else EXIT_OK
+    regressed = _gate(comparisons, args)
+    written = _write_outputs([(args.report, lambda: markdown.write_report(args.report, new["results"],
+                                                                          comparisons, meta))]
+                             if args.report else [])
+    return _exit_status(any(r.get("status") == "error" for r in new["results"]), regressed, written)
 
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import bench
     from .backend import available_backends, get_backend
-    from .bench import compare, report
+    from .bench import compare, markdown, report
 
     suites = list(dict.fromkeys(args.suite or bench.SUITES))
     unknown = [s for s in suites if s not in bench.SUITES]
@@ -139,8 +173,14 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             get_backend(name).configure_process()  # e.g. JAX's 64-bit mode, without a warning
         except ValueError as exc:
             parser.error(f"--backend: {exc}")
-    _check_output_dir(parser, "--json", args.json)
-    _check_output_dir(parser, "--report", args.report)
+    _check_outputs(parser, args)
+    if "vectors" in suites:
+        from .bench.suites.vectors import bench_threads
+
+        try:
+            bench_threads()
+        except ValueError as exc:
+            parser.error(str(exc))
     for option in ("fail_on_regression", "min_change"):
         if getattr(args, option) and not args.baseline:
             parser.error(f"--{option.replace('_', '-')} needs --baseline")
@@ -174,13 +214,14 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "quick": args.quick, "devices": ", ".join(dict.fromkeys(f"{r.backend}: {r.device}" for r in results)),
             "baseline": args.baseline or "-"}
-    regressed = _gate(comparisons, records, meta, args)
+    regressed = _gate(comparisons, args)
+    writers = []
     if args.json:
-        report.write_json(args.json, results, args.quick, load_before)
-        print(f"\nwrote {args.json}")
-    if any(r.status == "error" for r in results):
-        return EXIT_CASE_ERROR
-    return EXIT_REGRESSION if regressed else EXIT_OK
+        writers.append((args.json, lambda: report.write_json(args.json, results, args.quick, load_before)))
+    if args.report:
+        writers.append((args.report, lambda: markdown.write_report(args.report, records, comparisons, meta)))
+    written = _write_outputs(writers)
+    return _exit_status(any(r.status == "error" for r in results), regressed, written)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,47 +7,125 @@ with ``cache=True`` into a directory named after a hash of the package's compute
 modules (all but the benchmark harness and the CLI, which hold no jitted code),
 so any change to them (an upgrade, a local edit) starts a fresh cache.
 
-The directory is ``$GPU_TRADER_CACHE_DIR`` if set, else
-``~/.cache/gpu-trader/numba/<hash>``. The user's own numba cache settings are
-left untouched.
+The cache root is ``$GPU_TRADER_CACHE_DIR`` if set (an empty value counts as
+unset), else ``~/.cache/gpu-trader/numba``; the cache lives in ``<root>/<hash>``.
+A root that cannot be created or written (a file, a read-only mount, a bad path)
+gives one :class:`CacheDirWarning` and the cache goes to
+``<temporary directory>/gpu-trader-<uid>/numba/<hash>`` instead; when that fails
+too, functions are compiled without a disk cache (a second warning). The cache is
+never written inside the installed package: numba would otherwise fall back to a
+``__pycache__`` next to the source, so only the chosen directory is offered to it.
+The user's own numba cache settings are left untouched.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
+__all__ = ["CacheDirWarning", "ENV_VAR", "cache_dir", "njit_cached"]
+
+ENV_VAR = "GPU_TRADER_CACHE_DIR"
 _PACKAGE = Path(__file__).resolve().parent
 _NOT_HASHED = ("bench", "cli.py")  # no jitted code there: editing them keeps the cache
 
 
-@functools.lru_cache(maxsize=1)
-def cache_dir() -> str:
-    """The numba cache directory for this exact version of the package's source."""
+class CacheDirWarning(UserWarning):
+    """The numba cache directory could not be used; another one (or none) is."""
+
+
+def _source_hash() -> str:
     digest = hashlib.sha1()
     for path in sorted(_PACKAGE.rglob("*.py")):
         if path.relative_to(_PACKAGE).parts[0] in _NOT_HASHED:
             continue
         digest.update(path.relative_to(_PACKAGE).as_posix().encode())
         digest.update(path.read_bytes())
-    root = os.environ.get("GPU_TRADER_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "gpu-trader", "numba"
-    )
-    return os.path.join(root, digest.hexdigest()[:16])
+    return digest.hexdigest()[:16]
+
+
+def _usable(path: str) -> str | None:
+    """Why ``path`` cannot hold the cache (created if missing, a file written and
+    removed there, outside the package); ``None`` when it can."""
+    try:
+        resolved = Path(path).resolve()
+        if resolved == _PACKAGE or _PACKAGE in resolved.parents:
+            return "it is inside the gpu_trader package"
+        os.makedirs(resolved, exist_ok=True)
+        tempfile.TemporaryFile(dir=resolved).close()
+    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL byte
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _user_root() -> str:
+    configured = os.environ.get(ENV_VAR, "").strip()
+    if configured:
+        return os.path.abspath(os.path.expanduser(configured))
+    return os.path.join(os.path.expanduser("~"), ".cache", "gpu-trader", "numba")
+
+
+def _fallback_root() -> str:
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), f"gpu-trader-{uid}", "numba")
+
+
+@functools.lru_cache(maxsize=1)
+def cache_dir() -> str | None:
+    """The numba cache directory for this exact version of the package's source, or
+    ``None`` when no usable directory was found (compiled code is then not cached).
+    Chosen once per process; see the module docstring for the order tried."""
+    leaf = _source_hash()
+    user = os.path.join(_user_root(), leaf)
+    problem = _usable(user)
+    if problem is None:
+        return user
+    fallback = os.path.join(_fallback_root(), leaf)
+    source = f"${ENV_VAR}" if os.environ.get(ENV_VAR, "").strip() else "the default cache directory"
+    second = _usable(fallback)
+    if second is None:
+        warnings.warn(f"gpu-trader: cannot use {source} {user!r} for numba's cache ({problem}); "
+                      f"caching in {fallback!r} instead", CacheDirWarning, stacklevel=2)
+        return fallback
+    warnings.warn(f"gpu-trader: cannot use {source} {user!r} ({problem}) nor {fallback!r} ({second}) for numba's "
+                  "cache; compiled functions are not cached on disk", CacheDirWarning, stacklevel=2)
+    return None
+
+
+def _user_provided_locator() -> str:
+    """The dotted name of numba's locator for ``config.CACHE_DIR`` (its only cache location we allow)."""
+    from numba.core import caching
+
+    cls = getattr(caching, "UserProvidedCacheLocator", None) or getattr(caching, "_UserProvidedCacheLocator")
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def njit_cached(**options):
-    """``numba.njit(cache=True, **options)`` with the cache in :func:`cache_dir`."""
+    """``numba.njit(cache=True, **options)`` with the cache in :func:`cache_dir` and
+    nowhere else; ``numba.njit(**options)`` without a disk cache when there is none."""
     import numba
     from numba.core import config
 
     def decorate(fn):
-        previous = config.CACHE_DIR
-        config.CACHE_DIR = cache_dir()
+        directory = cache_dir()
+        if directory is None:
+            return numba.njit(**options)(fn)
+        saved = config.CACHE_DIR, getattr(config, "CACHE_LOCATOR_CLASSES", None)
+        config.CACHE_DIR = directory
+        if saved[1] is not None:  # where numba has the setting: offer it no in-tree fallback at all
+            config.CACHE_LOCATOR_CLASSES = _user_provided_locator()
         try:
             return numba.njit(cache=True, **options)(fn)
+        except RuntimeError as exc:  # the directory vanished since it was checked: no locator
+            warnings.warn(f"gpu-trader: numba cannot cache {fn.__qualname__} in {directory!r} ({exc}); "
+                          "compiling it without a disk cache", CacheDirWarning, stacklevel=2)
+            return numba.njit(**options)(fn)
         finally:
-            config.CACHE_DIR = previous
+            config.CACHE_DIR = saved[0]
+            if saved[1] is not None:
+                config.CACHE_LOCATOR_CLASSES = saved[1]
 
     return decorate

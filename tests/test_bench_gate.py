@@ -11,11 +11,14 @@ import contextlib
 import copy
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpu_trader.bench
 from gpu_trader import cli
@@ -40,8 +43,9 @@ def _load(path: Path) -> dict:
 def _scaled(doc: dict, factors=FACTORS) -> dict:
     new = copy.deepcopy(doc)
     for i, r in enumerate(new["results"]):
-        if r.get("stats"):
-            r["stats"]["p50_s"] *= factors[i % len(factors)]
+        if r.get("stats"):  # every time of the case, as a uniformly slower machine would record
+            r["stats"].update({k: v * factors[i % len(factors)] for k, v in r["stats"].items()
+                               if k.endswith("_s") and v is not None})
     return new
 
 
@@ -316,3 +320,188 @@ def test_report_without_matplotlib_says_so(monkeypatch):
     for r in doc["results"]:
         assert f"| {r['name']} |" in md
     assert "Against the baseline" not in md  # no comparison given
+
+
+# -- invalid run files are refused (exit 2), never a traceback or a wrong verdict -------------
+def _corrupt(mutate) -> dict:
+    doc = _load(FEATURES_RUN)
+    mutate(doc, next(r for r in doc["results"] if r["status"] == "ok"))
+    return doc
+
+
+CORRUPTIONS = {
+    "nan p50": lambda d, r: r["stats"].update(p50_s=float("nan")),
+    "infinite p50": lambda d, r: r["stats"].update(p50_s=float("inf")),
+    "negative p50": lambda d, r: r["stats"].update(p50_s=-r["stats"]["p50_s"]),
+    "zero p50": lambda d, r: r["stats"].update(p50_s=0.0),
+    "string p50": lambda d, r: r["stats"].update(p50_s="0.1"),
+    "bool p50": lambda d, r: r["stats"].update(p50_s=True),
+    "huge int p50": lambda d, r: r["stats"].update(p50_s=10 ** 400),
+    "p99 below p50": lambda d, r: r["stats"].update(p99_s=r["stats"]["p50_s"] / 2),
+    "mad above p50": lambda d, r: r["stats"].update(mad_s=200 * r["stats"]["p50_s"]),
+    "negative mad": lambda d, r: r["stats"].update(mad_s=-1e-6),
+    "stats a list": lambda d, r: r.update(stats=[1, 2]),
+    "ok without stats": lambda d, r: r.update(stats=None),
+    "unknown status": lambda d, r: r.update(status="fine"),
+    "suite not a string": lambda d, r: r.update(suite=3),
+    "empty name": lambda d, r: r.update(name=""),
+    "sizes a string": lambda d, r: r.update(sizes="big"),
+    "record a list": lambda d, r: d["results"].append([1]),
+    "results an object": lambda d, r: d.update(results={"a": 1}),
+    "duplicate case": lambda d, r: d["results"].append(copy.deepcopy(r)),
+    "deep nesting": lambda d, r: r.update(extra=json.loads("[" * 50 + "]" * 50)),  # allowed, see below
+}
+
+
+@pytest.mark.parametrize("what", sorted(CORRUPTIONS))
+def test_cli_compare_refuses_invalid_run_files(tmp_path, capsys, what):
+    doc = _corrupt(CORRUPTIONS[what])
+    new = _write(tmp_path, "new.json", doc)
+    if what == "deep nesting":  # unknown fields are not the gate's business: loads and compares
+        assert _main(["compare", str(FEATURES_RUN), new, "--fail-on-regression"])[0] == cli.EXIT_OK
+        return
+    for argv in (["compare", str(FEATURES_RUN), new, "--fail-on-regression"],
+                 ["compare", new, str(FEATURES_RUN), "--fail-on-regression"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == cli.EXIT_BAD_ARGS
+        assert "is not a gpu-trader bench JSON file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{", "\xff\xfe", "null", "[]", '{"results": 1}'])
+def test_malformed_json_documents_are_value_errors(tmp_path, text):
+    path = tmp_path / "bad.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match="is not a gpu-trader bench JSON file"):
+        cmp.load_run(str(path))
+
+
+def test_non_regular_and_oversized_files_are_refused_without_reading_them(tmp_path, monkeypatch):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    with pytest.raises(ValueError, match="cannot read"):
+        cmp.load_run(str(fifo))
+    with pytest.raises(ValueError, match="cannot read"):
+        cmp.load_run(str(tmp_path))
+    monkeypatch.setattr(cmp, "MAX_FILE_BYTES", 1000)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as fh:
+        fh.truncate(1 << 40)  # a sparse 1 TiB file
+    with pytest.raises(ValueError, match="cannot read"):
+        cmp.load_run(str(big))
+
+
+def test_every_committed_result_file_is_valid():
+    for path in RESULTS.glob("*.json"):
+        assert cmp.load_run(str(path))["results"]
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                  max_size=3), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["p50_s", "p95_s", "p99_s", "mad_s", "stats", "status", "suite", "sizes", "dtype"]),
+       value=_JSON)
+def test_fuzzed_fields_are_refused_or_compare_cleanly(tmp_path, field, value):
+    doc = _load(FEATURES_RUN)
+    record = doc["results"][0]
+    (record["stats"] if field.endswith("_s") else record)[field] = value
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps(doc))
+    try:
+        loaded = cmp.load_run(str(path))
+    except ValueError:
+        return
+    for c in cmp.compare(loaded["results"], _load(FEATURES_RUN)["results"]):
+        assert c.ratio is None or (np.isfinite(c.ratio) and c.ratio > 0)
+        assert c.threshold is None or 0 < c.threshold <= 1 + 1e-9
+
+
+# -- output paths: checked before the run, JSON never lost ------------------------------------
+@pytest.fixture
+def counted_run(monkeypatch):
+    calls = []
+
+    def run(*a, **k):
+        calls.append(1)
+        return _case_results(_load(FEATURES_RUN))
+
+    monkeypatch.setattr(gpu_trader.bench, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("option", ["--json", "--report"])
+@pytest.mark.parametrize("target, message", [("dir", "is a directory"), ("file/sub.json", "does not exist"),
+                                              ("fifo", "not a regular file")])
+def test_bench_refuses_unwritable_outputs_before_running(tmp_path, capsys, counted_run, option, target, message):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--suite", "features", option, str(tmp_path / target)])
+    assert exc.value.code == cli.EXIT_BAD_ARGS
+    assert message in capsys.readouterr().err
+    assert not counted_run, "the run started although its output could not be written"
+
+
+def test_bench_refuses_the_same_file_for_json_and_report(tmp_path, capsys, counted_run):
+    path = str(tmp_path / "out")
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--json", path, "--report", path])
+    assert "different files" in capsys.readouterr().err and not counted_run
+
+
+def test_failing_report_keeps_the_json_and_exits_four(tmp_path, capsys, counted_run, monkeypatch):
+    from gpu_trader.bench import markdown
+
+    def broken(*a, **k):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(markdown, "render_report", broken)
+    out, rep = tmp_path / "run.json", tmp_path / "r.md"
+    code, _ = _main(["bench", "--suite", "features", "--json", str(out), "--report", str(rep)])
+    assert code == cli.EXIT_OUTPUT_ERROR == 4
+    assert "could not write" in capsys.readouterr().err and not rep.exists()
+    assert len(cmp.load_run(str(out))["results"]) == len(_load(FEATURES_RUN)["results"])
+
+
+def test_failing_json_write_still_writes_the_report_and_keeps_the_old_file(tmp_path, counted_run, monkeypatch):
+    from gpu_trader.bench import report
+
+    out, rep = tmp_path / "run.json", tmp_path / "r.md"
+    out.write_text("old content")
+    real_dumps = json.dumps
+    monkeypatch.setattr(report.json, "dumps", lambda *a, **k: real_dumps(*a, **k) if a and a[0] is None else 1 / 0)
+    code, _ = _main(["bench", "--suite", "features", "--json", str(out), "--report", str(rep)])
+    assert code == cli.EXIT_OUTPUT_ERROR
+    assert out.read_text() == "old content" and "| " in rep.read_text()
+
+
+def test_outputs_follow_links_and_keep_permissions(tmp_path, counted_run):
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    real.chmod(0o644)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert _main(["bench", "--suite", "features", "--json", str(link)])[0] == cli.EXIT_OK
+    assert link.is_symlink() and cmp.load_run(str(link))["results"]
+    assert (real.stat().st_mode & 0o777) == 0o644
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1e3", "100000", "9" * 400])
+def test_bad_bench_thread_count_is_refused_before_running(monkeypatch, capsys, counted_run, value):
+    monkeypatch.setenv("GPU_TRADER_BENCH_THREADS", value)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--suite", "vectors"])
+    assert exc.value.code == cli.EXIT_BAD_ARGS
+    assert "GPU_TRADER_BENCH_THREADS" in capsys.readouterr().err and not counted_run
+
+
+@pytest.mark.parametrize("value, threads", [("", 1), ("  ", 1), ("2", 2), (" 3 ", 3)])
+def test_bench_thread_count_values(monkeypatch, value, threads):
+    from gpu_trader.bench.suites.vectors import bench_threads
+
+    monkeypatch.setenv("GPU_TRADER_BENCH_THREADS", value)
+    assert bench_threads() == threads

@@ -25,7 +25,11 @@ difference between two runs on a busy machine; raise ``min_change`` there
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
+import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, TextIO
 
@@ -33,7 +37,7 @@ from .report import fmt_time
 
 __all__ = [
     "MIN_CHANGE", "REGRESSED", "IMPROVED", "UNCHANGED", "NOT_COMPARABLE", "NO_TIMING", "NEW", "MISSING",
-    "CaseComparison", "load_run", "compare", "summary", "print_comparison",
+    "MAX_FILE_BYTES", "CaseComparison", "load_run", "compare", "summary", "print_comparison",
 ]
 
 MIN_CHANGE = 0.05
@@ -65,22 +69,117 @@ class CaseComparison:
         return self.new_p50_s / self.old_p50_s
 
 
-def load_run(path: str, what: str = "baseline") -> dict[str, Any]:
-    """Read a ``--json`` file; returns the document (its ``results`` are checked to be
-    records with ``suite``, ``name`` and ``backend``).
+MAX_FILE_BYTES = 64 << 20  # a full run's JSON is well under 1 MiB
+STATUSES = ("ok", "skipped", "error")
+_STATS_FIELDS = ("p50_s", "p95_s", "p99_s", "mean_s", "min_s", "max_s", "mad_s")
 
-    Raises ``ValueError`` naming ``what`` and ``path`` when it is missing or not a bench JSON file.
+
+def load_run(path: str, what: str = "baseline") -> dict[str, Any]:
+    """Read and validate a ``--json`` file; returns the document.
+
+    Every record of ``results`` must name its case (``suite``, ``name``, ``backend``:
+    non-empty strings, each case once), have a known ``status`` (ok, skipped, error)
+    and, when ``ok``, ``stats`` whose times are finite non-negative numbers with
+    ``0 < p50_s <= p95_s <= p99_s`` and ``0 <= mad_s <= p50_s`` (the median absolute
+    deviation of non-negative times cannot exceed their median); ``sizes`` is a mapping
+    and ``dtype`` a string where present. Raises ``ValueError`` naming ``what``,
+    ``path`` and the first offending field for a missing, unreadable, non-regular,
+    oversized (``MAX_FILE_BYTES``) or invalid file.
     """
     try:
-        with open(path) as fh:
-            doc = json.load(fh)
-        for r in doc["results"]:
-            _key(r)  # KeyError / TypeError when a record lacks its identity
+        doc = json.loads(_read_bounded(path))
     except OSError as exc:
-        raise ValueError(f"{what} {path!r}: cannot read ({exc.strerror})") from exc
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{what} {path!r} is not a gpu-trader bench JSON file ({exc!r})") from exc
+        raise ValueError(f"{what} {path!r}: cannot read ({exc.strerror or exc})") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting bombs
+        raise ValueError(f"{what} {path!r} is not a gpu-trader bench JSON file ({type(exc).__name__})") from exc
+    try:
+        _check_run(doc)
+    except _Invalid as exc:
+        raise ValueError(f"{what} {path!r} is not a gpu-trader bench JSON file: {exc}") from None
     return doc
+
+
+def _read_bounded(path: str) -> bytes:
+    """The bytes of regular file ``path`` (never blocks on a FIFO; at most ``MAX_FILE_BYTES``)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes")
+    return data
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _check_run(doc: Any) -> None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise _Invalid("expected an object with a 'results' list")
+    seen: set[Key] = set()
+    for i, r in enumerate(doc["results"]):
+        key = _check_record(r, f"results[{i}]")
+        if key in seen:
+            raise _Invalid(f"results[{i}]: case {key} appears twice")
+        seen.add(key)
+
+
+def _check_record(r: Any, where: str) -> Key:
+    if not isinstance(r, dict):
+        raise _Invalid(f"{where} is not an object")
+    for field in ("suite", "name", "backend"):
+        if not isinstance(r.get(field), str) or not r[field]:
+            raise _Invalid(f"{where}.{field} must be a non-empty string, got {r.get(field)!r:.80}")
+    status = r.get("status", "ok")
+    if status not in STATUSES:
+        raise _Invalid(f"{where}.status must be one of {', '.join(STATUSES)}, got {status!r:.80}")
+    if "sizes" in r and not isinstance(r["sizes"], dict):
+        raise _Invalid(f"{where}.sizes must be an object")
+    if r.get("dtype") is not None and not isinstance(r["dtype"], str):
+        raise _Invalid(f"{where}.dtype must be a string")
+    stats = r.get("stats")
+    if stats is None:
+        if status == "ok":
+            raise _Invalid(f"{where}: status ok without stats")
+    elif not isinstance(stats, dict):
+        raise _Invalid(f"{where}.stats must be an object")
+    else:
+        _check_stats(stats, f"{where}.stats", required=status == "ok")
+    return _key(r)
+
+
+def _time(stats: Mapping[str, Any], field: str, where: str) -> float | None:
+    v = stats.get(field)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Invalid(f"{where}.{field} must be a number of seconds, got {v!r:.80}")
+    try:
+        x = float(v)
+    except OverflowError:
+        x = math.inf
+    if not (math.isfinite(x) and x >= 0):
+        raise _Invalid(f"{where}.{field} must be finite and >= 0 seconds, got {v!r:.80}")
+    return x
+
+
+def _check_stats(stats: Mapping[str, Any], where: str, required: bool) -> None:
+    t = {field: _time(stats, field, where) for field in _STATS_FIELDS}
+    p50 = t["p50_s"]
+    if p50 is None:
+        if required:
+            raise _Invalid(f"{where}.p50_s is missing")
+        return
+    if p50 <= 0:
+        raise _Invalid(f"{where}.p50_s must be > 0, got {p50!r}")
+    for lo, hi in (("p50_s", "p95_s"), ("p95_s", "p99_s")):
+        if t[lo] is not None and t[hi] is not None and t[hi] < t[lo]:
+            raise _Invalid(f"{where}: {hi} {t[hi]!r} is below {lo} {t[lo]!r}")
+    if t["mad_s"] is not None and t["mad_s"] > p50 * (1 + 1e-9):
+        raise _Invalid(f"{where}.mad_s {t['mad_s']!r} exceeds p50_s {p50!r} (impossible for times >= 0)")
 
 
 def _key(r: Mapping[str, Any]) -> Key:

@@ -16,6 +16,7 @@ import io
 from typing import Any, Iterable, Mapping, Sequence
 
 from .compare import CaseComparison, summary
+from .output import write_text_atomic
 from .report import fmt_time
 
 __all__ = ["render_report", "write_report"]
@@ -164,6 +165,5 @@ def render_report(records: Sequence[Record], comparisons: Sequence[CaseCompariso
 
 def write_report(path: str, records: Sequence[Record], comparisons: Sequence[CaseComparison] | None = None,
                  meta: Mapping[str, Any] | None = None) -> None:
-    """Write :func:`render_report` to ``path`` (UTF-8)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(render_report(records, comparisons, meta))
+    """Write :func:`render_report` to ``path`` (UTF-8, atomically: see :mod:`.output`)."""
+    write_text_atomic(path, render_report(records, comparisons, meta))

@@ -17,6 +17,7 @@ import sys
 from typing import Any, TextIO
 
 from .harness import CaseResult
+from .output import write_text_atomic
 from .targets import TARGETS
 
 __all__ = ["fmt_time", "print_table", "environment", "write_json"]
@@ -156,8 +157,9 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(path: str, results: list[CaseResult], quick: bool, load_before: float | None = None) -> None:
-    """Write the run (results, devices, environment, timestamp) to ``path``;
-    ``load_before`` is the 1-minute load average seen before the run started."""
+    """Write the run (results, devices, environment, timestamp) to ``path`` (atomically:
+    see :mod:`.output`); ``load_before`` is the 1-minute load average seen before the run
+    started. Raises ``OSError`` when the file cannot be written."""
     env = environment()
     env["loadavg_before_run"] = load_before
     doc = {
@@ -168,6 +170,4 @@ def write_json(path: str, results: list[CaseResult], quick: bool, load_before: f
         "devices": {r.backend: r.device for r in results},
         "results": [r.to_dict() for r in results],
     }
-    with open(path, "w") as fh:
-        json.dump(doc, fh, indent=2)
-        fh.write("\n")
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")

@@ -30,7 +30,8 @@ from ..harness import Reference, SkipCase, Workload
 
 __all__ = ["workloads"]
 
-THREADS = int(os.environ.get("GPU_TRADER_BENCH_THREADS", "1"))
+THREADS_ENV = "GPU_TRADER_BENCH_THREADS"
+MAX_THREADS = 1024
 PAIR_DIMS = (128, 384, 768, 1536)
 DIM = 384
 EXACT_K = (1, 5, 10, 20)
@@ -38,18 +39,35 @@ N_QUERIES = 256  # distinct queries the single-query cases cycle through
 RECALL_MIN = 0.95
 
 
+def bench_threads() -> int:
+    """``$GPU_TRADER_BENCH_THREADS`` as a thread count (unset or blank: 1); ``ValueError``
+    naming the variable unless it is an integer from 1 to ``MAX_THREADS``. The CLI checks
+    it before a run starts."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"{THREADS_ENV} must be an integer from 1 to {MAX_THREADS}, got {raw[:40]!r}")
+    return value
+
+
 def _pin_threads() -> None:
-    """Pin BLAS and FAISS's OpenMP pool to ``THREADS`` (each where installed)."""
+    """Pin BLAS and FAISS's OpenMP pool to :func:`bench_threads` (each where installed)."""
+    threads = bench_threads()
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(THREADS, user_api="blas")  # BLAS only: numba's pool is not ours to pin
+        threadpool_limits(threads, user_api="blas")  # BLAS only: numba's pool is not ours to pin
     except ImportError:
         pass
     try:
         import faiss
 
-        faiss.omp_set_num_threads(THREADS)
+        faiss.omp_set_num_threads(threads)
     except ImportError:
         pass
 
