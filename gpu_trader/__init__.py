@@ -1,6 +1,9 @@
 """gpu-trader: batched trading compute on GPU (CuPy, numba.cuda) and CPU (NumPy, numba).
 
-``import gpu_trader`` is cheap: numba, CuPy and the kernels load on first use.
+``import gpu_trader`` is cheap: numba, CuPy and the kernels load on first use. It never
+fails because of ``GPU_TRADER_BACKEND``: a value naming an unknown or absent backend
+raises ``ValueError`` (naming the variable) from the first call that uses the default
+backend (see :mod:`gpu_trader.backend`).
 """
 from .backend import available_backends, get_backend, set_backend, to_numpy, use_backend
 from .indicators import atr, bollinger, ema, features, macd, obv, rsi, sma, stoch, vwap, wma
@@ -14,9 +17,10 @@ __version__ = "0.1.0"
 
 # Trading-loop names, imported on first use (``gpu_trader.Portfolio`` loads only that module).
 _LAZY = {
-    **dict.fromkeys(("Order", "OrderReport", "Rejection", "RiskLimits", "market_order", "limit_order", "stop_order",
-                     "stop_limit_order", "validate_order", "order_for_signal"), "orders"),
-    **dict.fromkeys(("SimulatedBroker", "CircuitBreaker", "BrokerError", "BrokerTimeout"), "brokers"),
+    **dict.fromkeys(("Order", "OrderReport", "Rejection", "RiskLimits", "Exposure", "market_order", "limit_order",
+                     "stop_order", "stop_limit_order", "check_order", "validate_order", "order_for_signal"), "orders"),
+    **dict.fromkeys(("Broker", "BrokerAck", "SimulatedBroker", "CircuitBreaker", "BrokerError", "BrokerTimeout"),
+                    "brokers"),
     **dict.fromkeys(("OrderManager", "SymbolRouter"), "order_manager"),
     **dict.fromkeys(("Portfolio", "PortfolioSnapshot", "Position", "batch_apply_fills", "batch_pnl"), "portfolio"),
     **dict.fromkeys(("FixedCommission", "PercentageCommission", "TieredCommission"), "commissions"),

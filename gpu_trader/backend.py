@@ -12,6 +12,23 @@ or the ``GPU_TRADER_BACKEND`` environment variable (read on import and again by
 ``set_backend(None)``) > the type of the input array
 (CuPy -> ``cuda``) > ``cpu``. A NumPy input is never moved to the GPU unless one of
 the first three names a GPU backend.
+
+``GPU_TRADER_BACKEND``: empty or whitespace means unset; surrounding whitespace and
+case are ignored. A value naming an unknown backend, or one not present on this
+machine, never fails ``import gpu_trader``: the first call that needs the default
+backend raises ``ValueError`` naming the variable, its value and the available
+backends.
+
+Input conversion (:func:`resolve`, once per call, before any compiled code): every
+host input becomes a plain ``numpy.ndarray`` (subclasses such as ``np.matrix`` are
+viewed as their base class) in native byte order, aligned, of a float dtype
+(float32/float64 kept, other reals cast to float64, values preserved). A masked
+array is refused (``TypeError``: pass ``x.filled(np.nan)``, which marks its masked
+entries as missing), as are object, complex, datetime, string and structured dtypes
+(``TypeError`` naming the argument). Read-only inputs (pandas' copy-on-write
+columns) are read, never copied for being read-only and never written. An input holding
+more than :data:`MAX_ELEMENTS` values is a ``ValueError`` (naming the argument) before
+anything is copied or allocated.
 """
 from __future__ import annotations
 
@@ -36,7 +53,20 @@ __all__ = [
 ]
 
 ENV_VAR = "GPU_TRADER_BACKEND"
-_ENV = [os.environ.get(ENV_VAR) or None]  # read on import and by set_backend(None)
+
+MAX_ELEMENTS = 2**32
+"""Most values one array may hold, as an input or as one output allocation (32 GiB of
+float64); re-exported as :data:`gpu_trader.validation.MAX_ELEMENTS`. An input past it (a
+zero-stride ``np.broadcast_to`` view, say, that costs no memory until it is copied) is a
+``ValueError`` before anything is allocated."""
+
+
+def _read_env() -> str | None:
+    """The backend ``GPU_TRADER_BACKEND`` names, stripped; None when unset, empty or blank."""
+    return os.environ.get(ENV_VAR, "").strip() or None
+
+
+_ENV = [_read_env()]  # read on import and by set_backend(None); checked on first use
 
 
 class AreaNotImplemented(ValueError):
@@ -110,6 +140,12 @@ class Backend:
         """``x`` as a C-contiguous array of this backend (``x`` itself when it already is)."""
         return x if x.flags.c_contiguous else self.xp.ascontiguousarray(x)
 
+    def kernel_arrays(self, arrays: Any, shape: tuple[int, ...]) -> list[Any]:
+        """``arrays`` (already of one dtype, see :func:`resolve`) reshaped to ``shape`` as
+        compiled kernels take them together: C-contiguous and all of one array type (see
+        the CPU override); views where they already are."""
+        return [self.contiguous(a.reshape(shape)) for a in arrays]
+
     def supports(self, area: str) -> bool:
         """Whether this backend implements the public area ``area`` (``"indicators"``, ...)."""
         return self.areas is None or area in self.areas
@@ -146,6 +182,19 @@ class CpuBackend(Backend):
 
     def owns(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
+
+    def kernel_arrays(self, arrays: Any, shape: tuple[int, ...]) -> list[np.ndarray]:
+        """C-contiguous, and all writeable or all read-only: numba types a read-only array
+        apart from a writeable one, and a tuple mixing them (pandas' copy-on-write columns
+        next to a converted int64 volume, say) cannot be indexed at run time, so a mix is
+        passed as read-only views (no copy; the kernels never write their inputs)."""
+        out = []
+        for a in arrays:  # a plain loop: this is on the one-series latency path
+            a = a.reshape(shape)
+            out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        if len(out) > 1 and len({a.flags.writeable for a in out}) > 1:
+            out = [_read_only_view(a) for a in out]
+        return out
 
     def asarray(self, x: Any) -> np.ndarray:
         return _host_array(x)
@@ -363,7 +412,7 @@ def set_backend(name: str | None) -> None:
     global _global
     if name is None:
         _global = None
-        _ENV[0] = os.environ.get(ENV_VAR) or None
+        _ENV[0] = _read_env()
     else:
         _global = get_backend(name)
 
@@ -385,8 +434,21 @@ def _default_backend() -> Backend | None:
     if _global is not None:
         return _global
     if _ENV[0] is not None:
-        return get_backend(_ENV[0])
+        return _env_backend(_ENV[0])
     return None
+
+
+def _env_backend(name: str) -> Backend:
+    """The backend ``GPU_TRADER_BACKEND`` names; ``ValueError`` naming the variable otherwise."""
+    try:
+        return get_backend(name)
+    except ValueError:
+        be = _REGISTRY.get(name.lower())
+        why = "an unknown backend" if be is None else "a backend not available on this machine"
+        raise ValueError(
+            f"{ENV_VAR}={name!r} names {why}; available backends: {', '.join(available_backends())}"
+            f" (unset {ENV_VAR} or set it to one of them)"
+        ) from None
 
 
 def infer_backend(x: Any) -> Backend:
@@ -412,6 +474,20 @@ def _is_pandas(x: Any) -> bool:
     return pd is not None and isinstance(x, (pd.Series, pd.DataFrame))
 
 
+def _pandas_values(x: Any) -> np.ndarray:
+    """``x.to_numpy()`` of a Series/DataFrame, except that numeric and boolean columns that
+    NumPy would hand out as objects (pandas' nullable ``Int64``/``Float64``/``boolean``
+    holding ``pd.NA``) come back as float64 with NaN for the missing values."""
+    values = x.to_numpy()
+    if values.dtype == object:
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        dtypes = [x.dtype] if x.ndim == 1 else list(x.dtypes)
+        if dtypes and all(is_numeric_dtype(d) or is_bool_dtype(d) for d in dtypes):
+            values = x.to_numpy(dtype=np.float64, na_value=np.nan)
+    return values
+
+
 def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     """Split a pandas object into (array with time last, function that rewraps a result).
 
@@ -423,7 +499,7 @@ def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     import pandas as pd
 
     if isinstance(x, pd.Series):
-        values = x.to_numpy()
+        values = _pandas_values(x)
         index, name = x.index, x.name
 
         def rewrap(res):
@@ -435,7 +511,7 @@ def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
 
         return values, rewrap
 
-    values = x.to_numpy().T
+    values = _pandas_values(x).T
     index, columns = x.index, x.columns
 
     def rewrap(res):
@@ -466,9 +542,9 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
     import pandas as pd
 
     if isinstance(x, pd.Series):
-        values, columns, index = x.to_numpy(), None, x.index
+        values, columns, index = _pandas_values(x), None, x.index
     else:
-        values, columns, index = x.to_numpy().T, x.columns, x.index
+        values, columns, index = _pandas_values(x).T, x.columns, x.index
 
     def rewrap(res: Any, kind: str, grid: Any = None) -> Any:
         res = to_numpy(res)
@@ -492,7 +568,7 @@ def _host_array(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     if _is_pandas(x):
-        return x.to_numpy()
+        return _pandas_values(x)
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(x, cupy.ndarray):
         return cupy.asnumpy(x)
@@ -524,21 +600,91 @@ def host_bool(x: Any) -> bool | None:
         raise
 
 
+def _read_only_view(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` (``a`` itself when it is read-only already)."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def check_real_dtype(dtype: np.dtype, name: str) -> None:
+    """``TypeError`` naming ``name`` unless ``dtype`` is a float, integer or bool dtype."""
+    if dtype.kind not in "fiub":
+        raise TypeError(
+            f"{name} must be a real numeric array (float, integer or bool), got dtype {dtype}"
+        )
+
+
+def check_not_masked(x: Any, name: str) -> None:
+    """``TypeError`` naming ``name`` for a masked array, whose mask NumPy's conversions drop."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array, whose mask would be ignored: pass {name}.filled(np.nan) "
+            "(masked entries become missing values)"
+        )
+
+
+def check_input_size(x: Any, name: str) -> None:
+    """``ValueError`` naming ``name`` when the array ``x`` holds more than :data:`MAX_ELEMENTS`
+    values (checked on its shape, before any copy)."""
+    if x.size > MAX_ELEMENTS:
+        raise ValueError(
+            f"{name} holds {x.size} values (shape {x.shape}); at most {MAX_ELEMENTS} are allowed per call "
+            "(split the batch)"
+        )
+
+
+def as_host_array(x: Any, name: str) -> np.ndarray:
+    """``x`` as a NumPy array of any dtype (an array is not copied): pandas objects give their
+    values (:func:`_pandas_values`). ``TypeError`` naming ``name`` for a masked array (see
+    :func:`check_not_masked`) or what cannot become an array (a ragged list, ...)."""
+    check_not_masked(x, name)
+    try:
+        return _pandas_values(x) if _is_pandas(x) else np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a real numeric array, got {type(x).__name__}: {exc}") from None
+
+
+def host_input(x: Any, name: str) -> np.ndarray:
+    """A host input as a plain, aligned, native-byte-order ``numpy.ndarray`` of a real dtype.
+
+    ``x`` itself when it already is one; a copy only for non-native byte order or a
+    misaligned buffer (values preserved); ndarray subclasses (``np.matrix``, ``memmap``)
+    are viewed as their base class; pandas objects give their values (nullable columns
+    as float64 with NaN for ``pd.NA``, see :func:`_pandas_values`). ``TypeError`` naming
+    ``name`` for a masked array (use ``x.filled(np.nan)``), a non-real dtype, or something
+    that is not array-like; ``ValueError`` for more than :data:`MAX_ELEMENTS` values.
+    """
+    if type(x) is not np.ndarray:
+        x = as_host_array(x, name)
+    check_input_size(x, name)
+    check_real_dtype(x.dtype, name)
+    if not x.dtype.isnative:
+        return x.astype(x.dtype.newbyteorder("="))
+    if not x.flags.aligned:
+        return x.copy()
+    return x
+
+
+def _is_device_array(x: Any) -> bool:
+    """True for an array of a non-CPU backend (CuPy, JAX), looking only at imported frameworks."""
+    return type(x) is not np.ndarray and infer_backend(x) is not _CPU
+
+
 def as_float_array(be: Backend, x: Any, name: str):
     """Convert ``x`` to ``be``'s array type with a float dtype.
 
-    float32/float64 are kept; bool and integer inputs are promoted to float64;
-    anything else raises ``TypeError`` naming the argument. Never mutates ``x``.
+    Host inputs are normalised first (:func:`host_input`); float32/float64 are kept;
+    bool and integer inputs are promoted to float64 (float16 and long double to
+    float64); anything else raises ``TypeError`` naming the argument. Never mutates ``x``.
     """
-    arr = be.asarray(x)
-    kind = arr.dtype.kind
-    if kind == "f":
-        if arr.dtype.itemsize in (4, 8):
-            return arr
-        return arr.astype(np.float64)
-    if kind in "iub":
-        return arr.astype(np.float64)
-    raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    arr = be.asarray(x if _is_device_array(x) else host_input(x, name))
+    check_real_dtype(arr.dtype, name)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
+        return arr
+    return arr.astype(np.float64)
 
 
 def resolve(
@@ -548,8 +694,14 @@ def resolve(
 
     Returns ``(backend, arrays converted to that backend's float arrays, restore)``
     where ``restore(result)`` rewraps a result like the first input (pandas) or
-    returns it unchanged. All inputs must have the same shape (``ValueError``
-    naming the offending argument otherwise).
+    returns it unchanged. The arrays share one dtype (float64 when the inputs'
+    differ); host inputs are normalised by :func:`host_input` (plain, native byte
+    order, aligned; ``TypeError`` naming the argument for masked or non-real input);
+    read-only inputs stay read-only views (see :meth:`Backend.kernel_arrays` for
+    handing a mix to compiled code). All inputs must have the same shape, and pandas
+    inputs the same index and columns as the first pandas input, in the same order, where
+    both are labelled (not a default ``RangeIndex``): ``ValueError`` naming the offending
+    argument otherwise, as values are matched by position, never silently across labels.
     """
     first = arrays[0]
     if (
@@ -558,11 +710,15 @@ def resolve(
         and len(arrays) == 1
         and first.dtype in _FAST_DTYPES
         and first.ndim
+        and first.size <= MAX_ELEMENTS
+        and first.flags.aligned
         and _default_backend() is None
     ):  # the one-NumPy-series latency path
         return _CPU, [first], _identity
     first, rewrap = _unwrap_pandas(first)
     be = select_backend(first, backend)
+    if len(arrays) > 1:
+        check_same_labels(arrays, names)
     out = []
     for i, (a, name) in enumerate(zip(arrays, names)):
         raw = first if i == 0 else _unwrap_pandas(a)[0]
@@ -584,6 +740,35 @@ def resolve(
 
 
 _FAST_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def check_same_labels(arrays: tuple[Any, ...], names: tuple[str, ...]) -> None:
+    """``ValueError`` naming the argument when a pandas input's index (or a DataFrame's columns)
+    differs from the first pandas input's: inputs are combined by position, so differently
+    ordered or labelled frames would be mixed silently. A default ``RangeIndex`` (0, 1, ...)
+    carries no labels and matches any axis of its length."""
+    ref = None
+    for a, name in zip(arrays, names):
+        if not _is_pandas(a):
+            continue
+        if ref is None:
+            ref = (a, name)
+            continue
+        other, other_name = ref
+        for axis in ("index", "columns"):
+            mine, theirs = getattr(a, axis, None), getattr(other, axis, None)
+            if mine is None or theirs is None or _positional(mine) or _positional(theirs):
+                continue  # a Series has no columns; shapes are compared by the caller
+            if not mine.equals(theirs):
+                raise ValueError(
+                    f"{name} and {other_name} have different {axis} (labels or their order); align them "
+                    f"first, e.g. {name}.reindex_like({other_name})"
+                )
+
+
+def _positional(labels: Any) -> bool:
+    """Whether a pandas axis is the default ``RangeIndex`` 0, 1, ..., n-1 (no labels)."""
+    return type(labels).__name__ == "RangeIndex" and labels.start == 0 and labels.step == 1
 
 
 def _identity(x: Any) -> Any:

@@ -3,27 +3,38 @@
 Every model is an immutable callable ``model(quantity, price) -> float``: the
 commission in currency for one fill of ``|quantity|`` units at ``price`` (the sign of
 the quantity does not matter; a zero quantity costs nothing). Construction validates
-the parameters (``ValueError`` naming the argument); calls assume a validated fill.
+the parameters: real numbers (Python or NumPy scalars, not ``bool``), finite and >= 0
+(``TypeError``/``ValueError`` naming the argument); calls assume a validated fill.
+
+The portfolio and the pre-trade check accept any callable as a model, so they read its
+answer through :func:`commission_for`, which refuses anything but a finite real >= 0
+(a ``Decimal``, ``None``, NaN, inf or a negative fee) before anything is booked.
 """
 from __future__ import annotations
 
 import bisect
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
-from .profiling import annotate_methods
+from .validation import nonnegative_number, real_number
+from .profiling import annotate, annotate_methods
 
-__all__ = ["CommissionModel", "FixedCommission", "PercentageCommission", "TieredCommission", "NO_COMMISSION"]
+__all__ = ["CommissionModel", "FixedCommission", "PercentageCommission", "TieredCommission", "NO_COMMISSION",
+           "commission_for"]
 
 
-def _nonneg(value: float, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not math.isfinite(v) or v < 0.0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-    return v
+@annotate
+def commission_for(model: Callable[[float, float], float], quantity: float, price: float) -> float:
+    """``model(quantity, price)`` checked: the commission as a Python float, finite and >= 0.
+
+    Raises ``TypeError`` (the model answered something that is not a real number, e.g.
+    ``Decimal`` or ``None``) or ``ValueError`` (NaN, infinite or negative), naming the
+    model; an exception raised by the model itself propagates.
+    """
+    fee = model(quantity, price)
+    if type(fee) is float and 0.0 <= fee < math.inf:  # the common case: no further checks needed
+        return fee
+    return nonnegative_number(fee, f"commission (the answer of {type(model).__name__})")
 
 
 @annotate_methods
@@ -54,7 +65,7 @@ class FixedCommission(CommissionModel):
     __slots__ = ("per_order",)
 
     def __init__(self, per_order: float) -> None:
-        self._init(per_order=_nonneg(per_order, "per_order"))
+        self._init(per_order=nonnegative_number(per_order, "per_order"))
 
     def __call__(self, quantity: float, price: float) -> float:
         return self.per_order if quantity else 0.0
@@ -68,7 +79,7 @@ class PercentageCommission(CommissionModel):
     __slots__ = ("rate", "minimum")
 
     def __init__(self, rate: float, minimum: float = 0.0) -> None:
-        self._init(rate=_nonneg(rate, "rate"), minimum=_nonneg(minimum, "minimum"))
+        self._init(rate=nonnegative_number(rate, "rate"), minimum=nonnegative_number(minimum, "minimum"))
 
     def __call__(self, quantity: float, price: float) -> float:
         if not quantity:
@@ -92,7 +103,8 @@ class TieredCommission(CommissionModel):
 
     def __init__(self, tiers: Sequence[tuple[float, float]], minimum: float = 0.0) -> None:
         try:
-            pairs = [(float(b), _nonneg(r, "tiers rate")) for b, r in tiers]
+            pairs = [(real_number(b, "tiers upper bound", finite=False), nonnegative_number(r, "tiers rate"))
+                     for b, r in tiers]
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"tiers must be (upper_bound, rate) pairs: {exc}") from None
         if not pairs:
@@ -108,7 +120,8 @@ class TieredCommission(CommissionModel):
             if b != math.inf:
                 acc += (b - lower) * r
             lower = b
-        self._init(tiers=tuple(pairs), minimum=_nonneg(minimum, "minimum"), _bounds=tuple(bounds), _base=tuple(base))
+        self._init(tiers=tuple(pairs), minimum=nonnegative_number(minimum, "minimum"), _bounds=tuple(bounds),
+                   _base=tuple(base))
 
     def __call__(self, quantity: float, price: float) -> float:
         if not quantity:

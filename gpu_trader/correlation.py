@@ -7,10 +7,17 @@ with time along the index and one column per series (the result is then a
 
 NaN policy, as pandas: each pair of series uses the periods where both are valid
 (pairwise-complete), and a pair with fewer than ``min_periods`` common periods
-gives NaN. A series without any valid value, or fewer periods than a rolling
-window, is a ``ValueError``. float32 in gives float32 out; the arithmetic is float64. Oracles in the
-tests: ``numpy.cov``/``corrcoef``, pandas ``DataFrame.cov``/``corr``/``rolling().corr``/
-``ewm``, scikit-learn's ``LedoitWolf``.
+gives NaN (so does any ``min_periods`` above the number of periods). A series
+without any valid value, or fewer periods than a rolling window, is a ``ValueError``.
+A series that is constant over the periods a correlation uses has NaN correlations
+(pandas' result), also where floating-point rounding leaves its deviations a tiny
+residue instead of exact zeros (:mod:`gpu_trader.correlation_math`). float32 in
+gives float32 out; the arithmetic is float64. Inputs are never modified; read-only
+arrays and pandas' copy-on-write columns are accepted. A call whose ``n x n``
+matrices (``n x n x T`` for :func:`rolling_corr`) would exceed
+:data:`gpu_trader.validation.WORK_MEMORY_LIMIT` is refused before they are allocated.
+Oracles in the tests: ``numpy.cov``/``corrcoef``, pandas ``DataFrame.cov``/``corr``/
+``rolling().corr``/``ewm``, scikit-learn's ``LedoitWolf``.
 """
 from __future__ import annotations
 
@@ -19,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .backend import host_bool
+from .validation import check_count, check_float, check_work_memory
 from .series_input import SeriesInput
-from .validation import check_count, check_float
 from .profiling import annotate
 
 __all__ = ["cov", "corr", "rolling_corr", "ewma_cov", "ledoit_wolf"]
@@ -31,8 +38,20 @@ class _Call(SeriesInput):
 
     __slots__ = ()
 
-    def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1) -> None:
+    # float64 arrays of the matrices' size a kernel holds at its peak (measured with tracemalloc)
+    MATRIX_COPIES = 8
+    PATH_COPIES = 12  # rolling_corr: arrays of (..., n, n, T)
+
+    def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1, path: bool = False) -> None:
         super().__init__(r, backend, "correlation", what, minimum, matrix=True)
+        n, t = self.x.shape[-2], self.x.shape[-1]
+        matrices = (self.x.size // (n * t)) * n * n * (t if path else 1)
+        copies = self.PATH_COPIES if path else self.MATRIX_COPIES
+        check_work_memory(8.0 * copies * matrices, f"{what} of {n} series")
+
+    @property
+    def periods(self) -> int:
+        return self.x.shape[-1]
 
     def out(self, res: Any, kind: str = "matrix") -> Any:
         if self.dtype != np.float64:
@@ -49,7 +68,8 @@ def cov(r: Any, *, min_periods: int = 1, ddof: int = 1, backend: Any = None) -> 
     min_periods = check_count(min_periods, "min_periods", 1)
     ddof = check_count(ddof, "ddof", 0)
     c = _Call(r, backend, "cov")
-    return c.out(c.kernels.cov(c.x, min_periods, ddof))
+    # past the number of periods every value gives all NaN: pass the kernels a small one
+    return c.out(c.kernels.cov(c.x, min(min_periods, c.periods + 1), min(ddof, c.periods)))
 
 
 @annotate
@@ -58,11 +78,12 @@ def corr(r: Any, *, min_periods: int = 1, backend: Any = None) -> Any:
 
     Each pair uses its common valid periods for the means and both standard
     deviations (pandas' ``DataFrame.corr``); needs ``max(min_periods, 2)`` of them.
-    A constant series has NaN correlations.
+    A series constant over a pair's common periods (up to rounding) has a NaN
+    correlation there, its diagonal entry included.
     """
     min_periods = check_count(min_periods, "min_periods", 1)
     c = _Call(r, backend, "corr")
-    return c.out(c.kernels.corr(c.x, min_periods))
+    return c.out(c.kernels.corr(c.x, min(min_periods, c.periods + 1)))
 
 
 @annotate
@@ -74,16 +95,17 @@ def rolling_corr(r: Any, window: int, *, min_periods: int | None = None, backend
     valid, NaN when fewer than ``min_periods`` (default ``window``, as pandas) — so
     the first ``window - 1`` steps are NaN by default. Equal to pandas'
     ``df.rolling(window, min_periods).corr()``; a DataFrame input returns that layout
-    (rows ``(time, column)``). Cost O(n^2 T) time and memory: window sums are taken
-    from cumulative sums, independent of ``window``.
+    (rows ``(time, column)``). A series constant over a window's common periods (up to
+    rounding) has NaN correlations there. Cost O(n^2 T) time and memory: window sums
+    are taken from cumulative sums, independent of ``window``.
     """
     window = check_count(window, "window", 2)
     min_periods = window if min_periods is None else check_count(min_periods, "min_periods", 1)
     if min_periods > window:
         raise ValueError(f"min_periods ({min_periods}) must be <= window ({window})")
-    c = _Call(r, backend, f"rolling_corr with window={window}")
-    if c.x.shape[-1] < window:
-        raise ValueError(f"r has {c.x.shape[-1]} periods, fewer than window={window}")
+    c = _Call(r, backend, f"rolling_corr with window={window}", path=True)
+    if c.periods < window:
+        raise ValueError(f"r has {c.periods} periods, fewer than window={window}")
     return c.out(c.kernels.rolling_corr(c.x, window, min_periods), "matrix_path")
 
 

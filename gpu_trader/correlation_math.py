@@ -11,6 +11,14 @@ valid) and the zero-filled, shifted data ``X`` the sums a pair needs are all GEM
 ``Q = X^2 M^T`` (sum of squares) and ``P = X X^T`` (cross products). Each series is
 first shifted by its own mean, which leaves covariances unchanged and keeps the
 one-pass sums free of cancellation.
+
+Zero dispersion: a correlation divides by both series' sums of squared deviations
+``V = Q - S^2 / N``. For a series that is constant over the periods used, ``V`` is 0
+in exact arithmetic but a rounding residue in floating point, which would make an
+arbitrary correlation (often +-1) out of noise. :meth:`CorrelationKernels.rounding_zero`
+bounds that residue from the sums themselves (their length and magnitude) and a
+``V`` within it counts as 0, so the correlation is NaN (pandas' result for a
+constant series).
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ import numpy as np
 from .backend import host_bool
 
 __all__ = ["CorrelationKernels"]
+
+EPS = float(np.finfo(np.float64).eps)
 
 
 def _quiet():
@@ -71,11 +81,25 @@ class CorrelationKernels:
         with _quiet():
             return (ps.p - ps.s * self._t(ps.s) / ps.n) / (ps.n - ddof)
 
+    def rounding_zero(self, v, n, terms, q_bound):
+        """Whether ``v = Q - S^2 / n`` (a sum of squared deviations of ``n`` values) is within the
+        rounding error of its sums, i.e. the series is constant over those values.
+
+        ``Q`` and ``S`` are sums of ``terms`` values each (pairwise or by differences of
+        cumulative sums), ``q_bound`` bounds the sum of squares they were taken from. The
+        error of such a sum is at most ``terms * u`` times the sum of the absolute values
+        (``u = eps / 2``), and ``sum |x| <= sqrt(terms * q_bound)`` (Cauchy-Schwarz), so
+        ``|error of v| <= terms * eps * q_bound * (1 + 2 sqrt(terms / n))`` to first order.
+        """
+        with _quiet():
+            return v <= terms * EPS * q_bound * (1.0 + 2.0 * (terms / n) ** 0.5)
+
     def _corr_from_sums(self, ps: _PairSums):
         xp = self.xp
         with _quiet():
             cxy = ps.p - ps.s * self._t(ps.s) / ps.n
             vx = ps.q - ps.s * ps.s / ps.n      # var of x_i over the common periods (times N)
+            vx = xp.where(self.rounding_zero(vx, ps.n, ps.n, ps.q), xp.nan, vx)
             return self._clip(cxy / xp.sqrt(vx * self._t(vx)))
 
     def _clip(self, c):
@@ -117,7 +141,10 @@ class CorrelationKernels:
         if m is None:
             t = x.shape[-1]
             c = x0 @ self._t(x0)
-            d = xp.sqrt(xp.diagonal(c, axis1=-2, axis2=-1))
+            q = xp.diagonal(c, axis1=-2, axis2=-1)
+            s = x0.sum(axis=-1)
+            constant = self.rounding_zero(q - s * s / t, t, t, q)
+            d = xp.where(constant, xp.nan, xp.sqrt(q))
             with _quiet():
                 c = self._clip(c / (d[..., :, None] * d[..., None, :]))
             return c if t >= max(min_periods, 2) else xp.full_like(c, xp.nan)
@@ -149,12 +176,18 @@ class CorrelationKernels:
         p = self._window_sums(xi * xj, window)
         st = xp.swapaxes(s, -2, -3)
         qt = xp.swapaxes(q, -2, -3)
+        # window sums are differences of cumulative sums: their rounding grows with the
+        # periods summed so far and the squares accumulated (bounded by the series' own)
+        terms = xp.arange(1, x.shape[-1] + 1, dtype=x.dtype)
+        q_cum = xp.cumsum(x0 * x0, axis=-1)
         with _quiet():
             cxy = p - s * st / n
             vx = q - s * s / n
             vy = qt - st * st / n
+            constant = (self.rounding_zero(vx, n, terms, q_cum[..., :, None, :])
+                        | self.rounding_zero(vy, n, terms, q_cum[..., None, :, :]))
             c = xp.clip(cxy / xp.sqrt(vx * vy), -1.0, 1.0)
-        return xp.where(n >= max(min_periods, 2), c, xp.nan)
+        return xp.where((n >= max(min_periods, 2)) & ~constant, c, xp.nan)
 
     # -- weighted and shrunk ------------------------------------------------------
     def ewma_cov(self, x, decay: float):

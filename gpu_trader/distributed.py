@@ -26,7 +26,8 @@ symbols, time on the last axis; the time axis is gathered into one chunk (an
 indicator is a scan over time) and the symbols stay chunked, one task per chunk.
 A dask DataFrame (time along the index, one column per symbol, as pandas input
 everywhere in the package) gives a dask DataFrame back with the same index, columns and
-partitions.
+partitions. The indicator's name, parameters (with their bounds) and the inputs' dtypes
+are checked when the graph is built, not when it runs.
 """
 from __future__ import annotations
 
@@ -37,12 +38,12 @@ from typing import Any
 import numpy as np
 
 from . import mc_engine
-from .backend import get_backend, to_numpy
+from .backend import _is_pandas, check_real_dtype, get_backend, host_input, to_numpy
 from .montecarlo import MONTE_CARLO_DEFAULTS, MonteCarloVaR, plan_monte_carlo, result
 from .profiling import annotate
-from .validation import check_count
+from .validation import MAX_GRID, check_count, check_work_memory
 
-__all__ = ["var_monte_carlo", "indicator"]
+__all__ = ["var_monte_carlo", "merge_bytes", "indicator"]
 
 
 def partition_bounds(n_scenarios: int, chunk: int, partitions: int) -> list[tuple[int, int]]:
@@ -66,27 +67,50 @@ def var_monte_carlo(client: Any, weights, mu, cov, *, partitions: int | None = N
     """:func:`gpu_trader.var_monte_carlo` with the scenarios simulated on a Dask cluster.
 
     ``client``: a ``distributed.Client``. ``partitions``: how many scenario ranges to
-    hand out (default: twice the number of workers). Every keyword of
+    hand out (default: twice the number of workers; at most 100000). Every keyword of
     :func:`gpu_trader.var_monte_carlo` (``level``, ``n_scenarios``, ``horizon``, ``dist``,
     ``dof``, ``seed``, ``options``, ``contributions``, ``chunk_size``, ``dtype``,
     ``backend``) is accepted with the same default and meaning, and for the same
     ``seed``, ``backend`` and ``chunk_size`` the result is identical to it. ``backend``
     names the backend the *workers* use (and the driver, for the merge).
+
+    The driver holds every partition's tail before merging them: about
+    :func:`merge_bytes` on top of the single process's
+    :func:`gpu_trader.mc_engine.work_bytes`; a call whose total exceeds
+    :data:`gpu_trader.validation.WORK_MEMORY_LIMIT` is refused (``ValueError``) before
+    anything is sent to the cluster.
     """
+    missing = [m for m in ("scheduler_info", "scatter", "submit", "gather") if not callable(getattr(client, m, None))]
+    if missing:
+        raise TypeError(f"client must be a distributed.Client (it lacks {', '.join(missing)}), "
+                        f"got {type(client).__name__}")
     unknown = set(kwargs) - set(MONTE_CARLO_DEFAULTS)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     be, plan, single = plan_monte_carlo(weights, mu, cov, **{**MONTE_CARLO_DEFAULTS, **kwargs})
     if partitions is None:
         partitions = 2 * max(1, len(client.scheduler_info().get("workers", {})))
-    partitions = check_count(partitions, "partitions", 1)
+    partitions = check_count(partitions, "partitions", 1, MAX_GRID)
     bounds = partition_bounds(plan.n_scenarios, plan.chunk, partitions)
+    ops = be.ops("montecarlo")
+    check_work_memory(merge_bytes(plan, len(bounds)) + mc_engine.work_bytes(plan, ops),
+                      f"distributed var_monte_carlo merging {len(bounds)} partitions' tails")
     shared = client.scatter(plan, broadcast=True, hash=False)  # a fresh key: never a released one
     futures = [client.submit(_partition_tail, shared, start, stop, be.name, pure=False) for start, stop in bounds]
     tails = client.gather(futures)
-    ops = be.ops("montecarlo")
     vals, idx = mc_engine.merge_tails(plan, ops, tails)
     return result(plan, mc_engine.finish(plan, ops, vals, idx), single, kwargs.get("dist", MONTE_CARLO_DEFAULTS["dist"]))
+
+
+@annotate
+def merge_bytes(plan: Any, n_partitions: int) -> int:
+    """Bytes the driver holds to merge ``n_partitions`` tails of ``plan``: each partition's
+    ``(P, keep)`` losses and scenario numbers, their concatenation and its sort order."""
+    if not isinstance(plan, mc_engine.Plan):
+        raise TypeError(f"plan must be a gpu_trader.mc_engine.Plan, got {type(plan).__name__}")
+    n_partitions = check_count(n_partitions, "n_partitions", 1)
+    P, m = plan.weights.shape[0], plan.keep
+    return 2 * n_partitions * P * m * (plan.dtype.itemsize + 8) + 8 * n_partitions * P * m
 
 
 class _Frame:
@@ -152,6 +176,25 @@ def _array_to_frame(x, frame: _Frame):
     return dd.from_dask_array(x.T.rechunk((frame.row_chunks, -1)), columns=frame.columns, index=frame.first.index)
 
 
+def _from_pandas(a):
+    """A pandas DataFrame or Series as a one-partition dask one (time along the index, as
+    everywhere in the package); anything else as it is."""
+    if not _is_pandas(a):
+        return a
+    import dask.dataframe as dd
+
+    return dd.from_pandas(a, npartitions=1)
+
+
+def _dask_input(da, a, name: str):
+    """A Dask array of real numbers; a host array is checked (and made native, see
+    :func:`gpu_trader.backend.host_input`) before it is wrapped."""
+    if isinstance(a, da.Array):
+        check_real_dtype(a.dtype, name)
+        return a
+    return da.asarray(host_input(a, name))
+
+
 def _apply_indicator(name: str, n_out: int, params: dict, backend: str | None, *blocks):
     import gpu_trader
 
@@ -166,7 +209,8 @@ def indicator(name: str, *arrays, backend: str | None = None, **params):
     ``arrays``: the indicator's inputs (e.g. ``high, low, close`` for ``"atr"``), either
     Dask arrays ``(..., T)`` of one shape, or dask DataFrames with time along the index
     and one column per symbol (the pandas convention of the whole package; every frame
-    with the same columns and partitions), or dask Series (one symbol). ``params``: its
+    with the same columns and partitions), or dask Series (one symbol); a pandas DataFrame
+    or Series is taken as a one-partition dask one (and gives one). ``params``: its
     scalar parameters (a parameter grid is not supported here: call once per value).
     Returns the input's kind and shape (a DataFrame keeps its index, columns and
     partitions), or a tuple of them for multi-output indicators (``macd``,
@@ -180,8 +224,17 @@ def indicator(name: str, *arrays, backend: str | None = None, **params):
     """
     import dask.array as da
 
-    from .indicator_specs import SPECS
+    from .indicator_specs import INPUT_FIELDS, SPECS, check_name
+    from .indicators import _validated_params
 
+    check_name(name, "indicator")
+    n_in = SPECS[name][1]
+    if len(arrays) != n_in:
+        raise TypeError(f"indicator {name!r} takes {n_in} input array(s), got {len(arrays)}")
+    for key, (_, is_grid) in zip(SPECS[name][3], _validated_params(name, params, f"indicator {name!r}")):
+        if is_grid:
+            raise TypeError(f"{key} must be one value here (a parameter grid is not supported over Dask)")
+    arrays = tuple(_from_pandas(a) for a in arrays)
     frame = _frame_layout(arrays)
     if frame is not None:
         outs = indicator(name, *(_frame_to_array(a, frame) for a in arrays), backend=backend, **params)
@@ -189,16 +242,11 @@ def indicator(name: str, *arrays, backend: str | None = None, **params):
             return tuple(_array_to_frame(o, frame) for o in outs)
         return _array_to_frame(outs, frame)
 
-    if name not in SPECS:
-        raise ValueError(f"unknown indicator {name!r}; known: {', '.join(sorted(SPECS))}")
-    n_in = SPECS[name][1]
-    if len(arrays) != n_in:
-        raise TypeError(f"indicator {name!r} takes {n_in} input array(s), got {len(arrays)}")
-    for key, value in params.items():
-        if isinstance(value, (list, tuple, range, np.ndarray)):
-            raise TypeError(f"{key} must be one value here (a parameter grid is not supported over Dask)")
-    arrays = [a if isinstance(a, da.Array) else da.asarray(a) for a in arrays]
+    fields = INPUT_FIELDS[name]
+    arrays = [_dask_input(da, a, f"input {i} ({fields[i]})") for i, a in enumerate(arrays)]
     shape = arrays[0].shape
+    if not shape:
+        raise ValueError("input 0 must have at least one dimension (time is the last axis)")
     for i, a in enumerate(arrays[1:], 1):
         if a.shape != shape:
             raise ValueError(f"input {i} has shape {a.shape} but input 0 has shape {shape}; they must match")

@@ -23,7 +23,8 @@ SPECS = {
 
 
 # name -> ((parameter, default or None when required, minimum or None for reals), ...)
-# Minimums follow TA-Lib's accepted ranges.
+# Minimums follow TA-Lib's accepted ranges; every integer parameter is also at most TA-Lib's
+# 100000 (gpu_trader.validation.MAX_WINDOW), checked before any compiled code sees it.
 PARAMETERS = {
     "sma": (("window", None, 1),),
     "ema": (("window", None, 1),),
@@ -51,6 +52,16 @@ INPUT_FIELDS = {
     "atr": ("high", "low", "close"), "stoch": ("high", "low", "close"),
     "obv": ("close", "volume"), "vwap": ("high", "low", "close", "volume"),
 }
+
+
+def check_name(name, where: str) -> str:
+    """``name`` when it is an indicator's name (a key of :data:`SPECS`): ``TypeError`` for a
+    non-``str``, ``ValueError`` for an unknown name, both prefixed with ``where``."""
+    if not isinstance(name, str):
+        raise TypeError(f"{where}: the indicator must be named by a str, got {type(name).__name__}")
+    if name not in SPECS:
+        raise ValueError(f"{where}: unknown indicator {name!r}; known: {', '.join(sorted(SPECS))}")
+    return name
 
 
 def lookback(name: str, params) -> int:

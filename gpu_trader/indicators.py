@@ -13,7 +13,16 @@ Conventions shared by every function here (DESIGN.md section 3):
 * float32 in gives float32 out (accumulated in float64); integers become float64;
 * pandas in gives pandas out (a DataFrame has time along its index, one column
   per symbol);
-* ``backend=`` picks the backend for this call (see :mod:`gpu_trader.backend`).
+* ``backend=`` picks the backend for this call (see :mod:`gpu_trader.backend`);
+* inputs may be read-only (pandas' copy-on-write columns), of any real dtype, byte
+  order or memory layout, and are never written; masked arrays and non-real dtypes
+  are refused (see :mod:`gpu_trader.backend`);
+* limits, checked before any compiled code runs: every window/period is an integer in
+  ``[minimum, 100000]`` (TA-Lib's range, :data:`~gpu_trader.validation.MAX_WINDOW`; a
+  window longer than the series gives all-NaN output, as in TA-Lib), a call runs at
+  most :data:`~gpu_trader.validation.MAX_GRID` parameter sets, and a parameter grid's
+  output holds at most :data:`~gpu_trader.validation.MAX_ELEMENTS` values (``ValueError``
+  otherwise).
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ import numpy as np
 
 from . import indicator_specs as _im
 from .backend import _identity, resolve
-from .validation import check_floats, check_windows
+from .validation import MAX_WINDOW, check_allocation, check_floats, check_grid_size, check_windows
 from .profiling import annotate
 
 __all__ = [
@@ -61,11 +70,9 @@ def _param_grid(values: list[tuple[tuple[float, ...], bool]]) -> tuple[np.ndarra
 
 
 def _flatten(be, arrays, n: int, T: int) -> list[Any]:
-    """Each ``(..., T)`` array as a C-contiguous ``(n, T)`` one (a view when it already is)."""
-    flat = []
-    for a in arrays:
-        flat.append(be.contiguous(a.reshape(n, T)))
-    return flat
+    """Each ``(..., T)`` array as a C-contiguous ``(n, T)`` one (a view when it already is),
+    all of one array type for the kernels (:meth:`gpu_trader.backend.Backend.kernel_arrays`)."""
+    return be.kernel_arrays(arrays, (n, T))
 
 
 def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ...]]):
@@ -78,6 +85,8 @@ def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ..
     shape = arrays[0].shape
     batch, T = shape[:-1], shape[-1]
     n = math.prod(batch)
+    if grid_params.shape[0] > 1:  # one parameter set: at most 3 outputs the input's size
+        check_allocation(n_out * grid_params.shape[0] * n * T, name)
     flat = _flatten(be, arrays, n, T)
     if T == 0 or n == 0:
         out = be.xp.empty((n_out, grid_params.shape[0], n, T), dtype=arrays[0].dtype)
@@ -96,7 +105,8 @@ def _params(name: str, *values) -> list[tuple[tuple[float, ...], bool]]:
         if minimum is None:
             out.append(check_floats(value, pname))
         else:
-            out.append(check_windows(value, pname, minimum))
+            out.append(check_windows(value, pname, minimum, MAX_WINDOW))
+    check_grid_size([len(v) for v, _ in out], name)
     return out
 
 
@@ -227,18 +237,21 @@ DEFAULT_FEATURES: dict[str, tuple[str, dict[str, Any]]] = {
 _FIELDS = ("open", "high", "low", "close", "volume")
 
 
-def _validated_params(fn_name: str, params: Mapping[str, Any]) -> list[tuple[tuple[float, ...], bool]]:
-    """Check one spec entry's parameters exactly as the public function would."""
+def _validated_params(
+    fn_name: str, params: Mapping[str, Any], where: str = "spec"
+) -> list[tuple[tuple[float, ...], bool]]:
+    """Check one spec entry's parameters exactly as the public function would (``where``
+    prefixes the messages about unknown or missing parameter names)."""
     table = _im.PARAMETERS[fn_name]
     names = [p[0] for p in table]
     unknown = set(params) - set(names)
     if unknown:
-        raise ValueError(f"spec: unknown parameter(s) {sorted(unknown)} for {fn_name}; expected {names}")
+        raise ValueError(f"{where}: unknown parameter(s) {sorted(unknown)} for {fn_name}; expected {names}")
     values = []
     for pname, default, _ in table:
         value = params.get(pname, default)
         if value is None:
-            raise ValueError(f"spec: {fn_name} needs parameter {pname!r}")
+            raise ValueError(f"{where}: {fn_name} needs parameter {pname!r}")
         values.append(value)
     return _params(fn_name, *values)
 
@@ -250,13 +263,18 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, tuple[str, dict[
     if not isinstance(spec, Mapping) or not spec:
         raise TypeError("spec must be a non-empty mapping {key: (indicator, {params})}")
     out = {}
+    outputs: dict[str, Any] = {}
     for key, entry in spec.items():
         if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not isinstance(entry[1], Mapping):
             raise TypeError(f"spec[{key!r}] must be (indicator_name, {{params}}), got {entry!r}")
         fn_name, params = entry
-        if fn_name not in _im.SPECS:
-            raise ValueError(f"spec[{key!r}]: unknown indicator {fn_name!r}; known: {sorted(_im.SPECS)}")
+        _im.check_name(fn_name, f"spec[{key!r}]")
         _validated_params(fn_name, params)
+        for name in _output_keys(str(key), fn_name):  # one output per key: none may overwrite another
+            if name in outputs:
+                raise ValueError(f"spec[{key!r}] gives the output key {name!r}, which spec[{outputs[name]!r}] "
+                                 "gives too; rename one of them")
+            outputs[name] = key
         out[str(key)] = (fn_name, dict(params))
     return out
 
@@ -294,15 +312,53 @@ _DEFAULT_PLAN: list = []
 _DEFAULT_PLAN.extend(_plan(None))
 
 
+def is_mapping(obj) -> bool:
+    """True for a mapping of fields (dict, pandas DataFrame or Series, ...), not an array."""
+    return hasattr(obj, "keys") and hasattr(obj, "__getitem__") and not isinstance(obj, np.ndarray)
+
+
+def field_keys(mapping, needed: tuple[str, ...], arg: str) -> dict[str, Any]:
+    """The keys of ``mapping`` holding the ``needed`` OHLCV fields (lower-case names).
+
+    Keys match case-insensitively, surrounding whitespace ignored, so a DataFrame from a
+    data vendor (``Open``, ``High``, ``Low``, ``Close``, ``Volume``) works as is; other
+    keys (``Adj Close``, ``Dividends``, ...) are ignored. A DataFrame with MultiIndex
+    columns is read by its first level (``("Close", "AAPL")``, ``("Close", "MSFT")``, ...:
+    ``mapping["Close"]`` is then a frame with one column per symbol). ``ValueError``
+    naming ``arg`` when a needed field is missing (listing the expected names and the
+    keys found) or given twice (a repeated column, or names differing only in case).
+    """
+    keys: dict[str, Any] = {}
+    for k in _field_labels(mapping):
+        name = str(k).strip().lower()
+        if name in needed:
+            if name in keys:
+                raise ValueError(f"{arg} has field {name!r} twice: {keys[name]!r} and {k!r}")
+            keys[name] = k
+    missing = [f for f in needed if f not in keys]
+    if missing:
+        raise ValueError(
+            f"{arg} is missing field(s) {missing}: expected keys (or DataFrame columns, the first level of "
+            f"MultiIndex columns) named {', '.join(needed)} (any case, e.g. 'Close'); got "
+            f"{list(_field_labels(mapping))[:20]}"
+        )
+    return keys
+
+
+def _field_labels(mapping) -> list:
+    """The keys of a mapping; of a DataFrame with MultiIndex columns, the distinct labels of
+    the first level (each selects a frame of the columns under it)."""
+    columns = getattr(mapping, "columns", None)
+    if getattr(columns, "nlevels", 1) > 1:
+        return list(dict.fromkeys(columns.get_level_values(0)))
+    return list(mapping.keys())
+
+
 def _ohlcv_fields(ohlcv, needed: tuple[str, ...]) -> dict[str, Any]:
-    """The ``needed`` fields of a mapping/DataFrame (keys case-insensitive), or of an array
+    """The ``needed`` fields of a mapping/DataFrame (see :func:`field_keys`), or of an array
     with a leading axis of 5 in OHLCV order."""
-    if hasattr(ohlcv, "keys") and not isinstance(ohlcv, np.ndarray):
-        cols = {str(k).lower(): k for k in ohlcv.keys()}
-        missing = [f for f in needed if f not in cols]
-        if missing:
-            raise ValueError(f"ohlcv is missing field(s) {missing} that the spec's indicators read")
-        return {f: ohlcv[cols[f]] for f in needed}
+    if is_mapping(ohlcv):
+        return {f: ohlcv[k] for f, k in field_keys(ohlcv, needed, "ohlcv").items()}
     shape = getattr(ohlcv, "shape", None)
     if shape is None or len(shape) < 2 or shape[0] != 5:
         raise ValueError(
@@ -317,7 +373,9 @@ def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
 
     ohlcv: mapping (dict, DataFrame of one symbol) with the ``high``, ``low``,
     ``close``, ``volume`` arrays of shape (..., T) that the spec's indicators read
-    (keys case-insensitive), or one array of shape (5, ..., T) in OHLCV order. spec: ``{key: (indicator_name, {param: value})}``, default
+    (keys case-insensitive: ``Close`` works; other keys such as ``Adj Close`` are
+    ignored; a missing one is a ``ValueError`` listing the expected names), or one
+    array of shape (5, ..., T) in OHLCV order. spec: ``{key: (indicator_name, {param: value})}``, default
     :data:`DEFAULT_FEATURES`. Returns ``{key: array}`` (multi-output indicators give
     ``key_<output>``, see :data:`OUTPUT_NAMES`). Inputs are validated and converted
     once; an SMA whose window equals a Bollinger window is taken from the band's
@@ -330,10 +388,12 @@ def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
     shape = arrs[0].shape
     batch, T = shape[:-1], shape[-1]
     n = math.prod(batch)
-    flat = dict(zip(names, _flatten(be, arrs, n, T)))
     todo = [i for i, entry in enumerate(plan) if entry[3] < 0]  # shared SMAs are not computed
     fns = [plan[i][1] for i in todo]
     grids = [_param_grid(plan[i][2]) for i in todo]
+    rows = sum(_im.SPECS[fn][2] * g.shape[0] for fn, (g, _) in zip(fns, grids))
+    check_allocation(rows * n * T, "features")
+    flat = dict(zip(names, _flatten(be, arrs, n, T)))
     if T == 0 or n == 0:
         dtype = arrs[0].dtype
         outs = [be.xp.empty((_im.SPECS[fn][2], g.shape[0], n, T), dtype=dtype) for fn, (g, _) in zip(fns, grids)]

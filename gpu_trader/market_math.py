@@ -3,6 +3,7 @@
 Both backends use these functions: the CPU twin with ``xp = numpy``, the GPU
 kernels with ``xp = cupy``. Nothing here validates input (the public module does).
 
+* :func:`midpoint` -- ``(a + b) / 2`` without overflow (scalars or arrays).
 * :func:`quote_metrics` -- mid, spread, spread in basis points and a status code
   per quote (elementwise).
 * :func:`bars_by_sort` -- tick -> OHLCV bar aggregation by segmented reductions:
@@ -12,8 +13,14 @@ kernels with ``xp = cupy``. Nothing here validates input (the public module does
   the GPU algorithm; the CPU runs a one-pass numba loop instead
   (``cpu_fallback.marketdata``) and the tests check both, and this function on
   NumPy, against pandas.
+* :func:`bar_workspace_bytes` -- the memory bound of a bar aggregation (both algorithms),
+  which :func:`gpu_trader.marketdata.aggregate_bars` checks before allocating.
+* :func:`scaled_vwap` -- VWAP of the rare bars whose ``sum(price * size)`` or volume
+  overflows float64 (host NumPy; the public module applies it to both backends' results).
 """
 from __future__ import annotations
+
+import numpy as np
 
 # Quote status codes, in order of precedence (the first that applies is reported).
 QUOTE_OK = 0
@@ -21,6 +28,32 @@ QUOTE_INVALID = 1  # a price is NaN, infinite or <= 0, or a size is NaN, infinit
 QUOTE_CROSSED = 2  # bid > ask (a locked quote, bid == ask, is accepted)
 QUOTE_STALE = 3  # now - ts > max_age
 QUOTE_REASONS = ("ok", "invalid", "crossed", "stale")
+
+# Peak bytes of one bar aggregation, upper bounds over both algorithms: per (symbol, bar)
+# cell the 7 outputs plus the work arrays (open/close timestamps on the CPU, sum(price *
+# size) and the VWAP temporaries); per tick the converted input columns plus, on the GPU,
+# the sort keys, the permutation, the segment bounds and the gathered price/size; and a
+# fixed allowance for array headers and small Python objects.
+BAR_BYTES_PER_CELL = 96
+BAR_BYTES_PER_TICK = 128
+BAR_BYTES_FIXED = 1 << 16
+
+
+def midpoint(a, b):
+    """``(a + b) / 2`` as ``a + (b - a) / 2``: no overflow for finite ``a, b > 0`` (``a + b``
+    overflows when both are near the float64 maximum). Where ``b`` is within a factor
+    of 2 of ``a`` (any sane quote) ``b - a`` is exact, so the result is the correctly
+    rounded midpoint, bit-equal to ``(a + b) * 0.5`` where that does not overflow.
+    Python floats or arrays (any array module), elementwise.
+    """
+    return a + (b - a) * 0.5
+
+
+def bar_workspace_bytes(n_ticks: int, n_symbols: int, n_bars: int) -> int:
+    """Upper bound of the bytes :func:`bars_by_sort` or the CPU loop allocate for ``n_ticks``
+    ticks on an ``n_symbols x n_bars`` grid (outputs, work arrays and the bar start times);
+    exact Python integers, so any size can be checked before anything is allocated."""
+    return n_symbols * n_bars * BAR_BYTES_PER_CELL + n_ticks * BAR_BYTES_PER_TICK + n_bars * 8 + BAR_BYTES_FIXED
 
 
 def _positive_finite(xp, x):
@@ -38,7 +71,8 @@ def quote_metrics(xp, bid, ask, bid_size, ask_size, ts, now, max_age):
     or None; ts: int64 array of that shape or None; now, max_age: ints (ns) or None
     (staleness is checked only when all three are given). Returns
     ``(mid, spread, spread_bps, status)``: float64 arrays (NaN where status != 0)
-    and an int8 status array (``QUOTE_*`` codes). ``spread_bps = spread / mid * 1e4``.
+    and an int8 status array (``QUOTE_*`` codes). ``mid`` is :func:`midpoint` (finite for
+    every valid quote), ``spread_bps = spread / mid * 1e4``.
     """
     bid = bid.astype(xp.float64, copy=False)
     ask = ask.astype(xp.float64, copy=False)
@@ -47,14 +81,14 @@ def quote_metrics(xp, bid, ask, bid_size, ask_size, ts, now, max_age):
         valid &= _nonnegative_finite(xp, bid_size)
     if ask_size is not None:
         valid &= _nonnegative_finite(xp, ask_size)
-    status = (~valid).astype(xp.int8) * QUOTE_INVALID  # QUOTE_OK where valid
+    status = xp.where(valid, QUOTE_OK, QUOTE_INVALID).astype(xp.int8)  # an array, also for 0-d quotes
     status[valid & (bid > ask)] = QUOTE_CROSSED
     if ts is not None and now is not None and max_age is not None:
         status[(status == QUOTE_OK) & (now - ts > max_age)] = QUOTE_STALE
     ok = status == QUOTE_OK
-    mid = xp.where(ok, (bid + ask) * 0.5, xp.nan)
+    mid = xp.where(ok, midpoint(bid, ask), xp.nan)
     spread = xp.where(ok, ask - bid, xp.nan)
-    return mid, spread, spread / mid * 1e4, status
+    return mid, spread, xp.where(ok, spread / mid * 1e4, xp.nan), status
 
 
 def bar_cells(xp, ts, symbol, timeframe, first_bar, n_bars):
@@ -96,3 +130,28 @@ def bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_
     vwap = xp.where(v > 0, pv / xp.where(v > 0, v, 1.0), xp.nan)
     shape = (n_symbols, n_bars)
     return tuple(a.reshape(shape) for a in (o, h, lo, c, v, vwap, count))
+
+
+def scaled_vwap(cell, price, size, cells):
+    """VWAP of the bars ``cells`` computed in scaled form (host NumPy, float64).
+
+    For the rare bars whose ``sum(price * size)`` or ``sum(size)`` overflows float64 (or
+    whose ``price * size`` does) although the VWAP, a weighted mean of the prices, lies
+    between their lowest and highest price. cell: int64 (n,) flat cell of every tick
+    (:func:`bar_cells`); price, size: float64 (n,); cells: int64 (k,) the cells to
+    compute, ascending, each with a positive volume. The weights are
+    ``w = size / max(size)`` of the cell (in ``[0, 1]``, at least one is 1) and the
+    prices are scaled by ``2**-s`` with ``2**s`` above twice the tick count, so
+    ``sum(w)`` and ``sum(price * 2**-s * w)`` cannot overflow;
+    ``vwap = 2**s * sum(price * 2**-s * w) / sum(w)``. Returns float64 (k,).
+    """
+    pick = np.isin(cell, cells)
+    group = np.searchsorted(cells, cell[pick])  # position of each picked tick's cell in ``cells``
+    p, q = price[pick], size[pick]
+    top = np.zeros(cells.shape[0])
+    np.maximum.at(top, group, q)
+    w = q / top[group]
+    shift = int(p.shape[0]).bit_length() + 1
+    k = cells.shape[0]
+    scaled = np.bincount(group, weights=np.ldexp(p, -shift) * w, minlength=k)
+    return np.ldexp(scaled / np.bincount(group, weights=w, minlength=k), shift)

@@ -21,7 +21,11 @@ must provide:
 * ``tail_update(vals, idx, loss, first) -> (vals, idx)`` -- keep, per portfolio (row),
   the ``m`` largest losses seen so far and their scenario numbers;
 * ``scatter_add(acc, rows, values) -> acc`` -- ``acc[rows[i]] += values[i]`` with repeats
-  (in place where the arrays are mutable; JAX returns the updated copy).
+  (in place where the arrays are mutable; JAX returns the updated copy);
+* ``CHUNKS_IN_FLIGHT`` -- how many chunks' arrays can be alive at once (computed, queued
+  or being merged), and ``MERGE_SCRATCH`` -- whether ``tail_update`` builds ``(P, m + rows)``
+  scratch arrays (a partition merge) rather than updating the tail in place; both only
+  size the working-memory estimate :func:`work_bytes`.
 
 The driver itself never assigns into an array, so it runs on immutable arrays (JAX)
 as well as on NumPy and CuPy.
@@ -34,7 +38,9 @@ correlated ``(rows, n)`` scenario matrix is never formed. The options are revalu
 from ``Y[P:]`` by one fused kernel and their P&L enters the losses by a second GEMM
 with the quantities. Each portfolio keeps only its ``m`` worst losses (``m = k + b``,
 ``k = ceil(N (1 - level))`` the tail count, ``b`` the half-width below), so memory is
-``O(chunk * (n + P + U + n_options) + P * m)`` whatever ``N``.
+``O(chunk * (n + P + U + n_options) + P * m)``: the scenarios are never stored, but the
+tail grows with ``N * (1 - level) * P``. :func:`work_bytes` gives the peak in bytes,
+which the public layer checks against a limit before anything is allocated.
 
 **Estimators.** ``var`` is the ``k``-th largest loss, ``cvar`` the mean of the ``k``
 largest. The standard error comes from the distribution-free order-statistic band:
@@ -57,7 +63,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tail", "merge_tails", "finish", "band_for", "Z_95"]
+__all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tail", "merge_tails", "finish", "band_for", "work_bytes",
+           "Z_95"]
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -107,6 +114,36 @@ def band_for(n_scenarios: int, level: float) -> int:
     """``b = ceil(1.96 sqrt(N p (1 - p)))``, ``p = 1 - level``."""
     p = 1.0 - level
     return max(1, math.ceil(Z_95 * math.sqrt(n_scenarios * p * (1.0 - p))))
+
+
+def work_bytes(plan: Plan, ops: Any) -> int:
+    """Upper estimate of the peak working memory of :func:`run` on a backend ``ops``, in bytes.
+
+    With ``s`` the scenario dtype's itemsize, ``P`` portfolios, ``n`` assets, ``U``
+    underlyings, ``K`` options, ``m`` the kept tail, ``w = 2 b + 1`` the band and
+    ``rows = min(chunk, N)``:
+
+    * the tail, alive throughout: ``P m (s + 8)`` (losses and scenario numbers);
+    * during the pass, ``ops.CHUNKS_IN_FLIGHT`` chunks of ``rows (n + 1 + 3 P + 2 U + K) s``
+      (normals, GEMM output, losses, option values) and, where ``ops.MERGE_SCRATCH``,
+      the merge's ``P (m + rows) (s + 16) + P m (s + 8)``;
+    * after it, the sort of the tail ``P m (2 s + 24)`` and the contributions'
+      ``32 P w + 48 P n``.
+
+    The peak is the tail plus the larger of the last two. Inputs (weights, covariance,
+    its factor) are not counted: they are the caller's size already.
+    """
+    s = plan.dtype.itemsize
+    P, n = plan.weights.shape
+    m, rows = plan.keep, min(plan.chunk, plan.n_scenarios)
+    U = 0 if plan.options is None else plan.options.assets.shape[0]
+    K = 0 if plan.options is None else plan.options.strike.shape[0]
+    tail = P * m * (s + 8)
+    chunks = ops.CHUNKS_IN_FLIGHT * rows * (n + 1 + 3 * P + 2 * U + K) * s
+    merge = P * (m + rows) * (s + 16) + P * m * (s + 8) if ops.MERGE_SCRATCH else 0
+    w = 2 * plan.band + 1
+    finish = P * m * (2 * s + 24) + 32 * P * w + 48 * P * n
+    return tail + max(chunks + merge, finish)
 
 
 def run(plan: Plan, ops: Any) -> dict[str, Any]:

@@ -30,32 +30,48 @@ Model and conventions (every backend):
   ``E[loss_i | loss = VaR]`` for each linear holding and ``option_contributions`` for each
   option, as the mean over the ``2b + 1`` scenarios of that band, rescaled so that
   ``contributions.sum(-1) + option_contributions.sum(-1) == var``.
-* **Randomness and memory.** Scenarios are drawn in blocks from counter-based streams
-  keyed by ``(seed, block)`` (NumPy Philox on ``cpu``, cuRAND Philox on ``cuda``), so a
-  ``seed`` reproduces a run exactly on a backend and ``chunk_size`` never changes the
-  result (up to BLAS rounding); the two backends draw different numbers. Scenarios are
-  processed ``chunk_size`` at a time and only each portfolio's worst ``k + b`` losses are
-  kept, so memory does not grow with ``n_scenarios``.
+* **Randomness.** Scenarios are drawn in blocks from counter-based streams keyed by
+  ``(seed, block)`` (NumPy Philox on ``cpu``, cuRAND Philox on ``cuda``), so a ``seed``
+  reproduces a run exactly on a backend and ``chunk_size`` never changes the result (up
+  to BLAS rounding); the two backends draw different numbers.
+* **Memory.** Scenarios are processed ``chunk_size`` at a time and only each portfolio's
+  worst ``m = k + b`` losses are kept, so the scenarios themselves are never stored, but
+  that tail grows with ``n_scenarios * (1 - level) * n_portfolios``: the working memory
+  is :func:`gpu_trader.mc_engine.work_bytes` (about ``P * m * (3 * itemsize + 32)`` bytes
+  for the tail and its final sort, plus the chunks in flight and, on the GPU, the merge
+  of each chunk into the tail). A call whose estimate exceeds
+  :data:`gpu_trader.validation.WORK_MEMORY_LIMIT` is refused before anything is
+  allocated (``ValueError``): split the portfolios into batches, or draw fewer scenarios.
+* **Limits.** ``0.5 <= level < 1`` (a confidence such as 0.99; a tail probability such as
+  0.01 is refused with a hint), ``n_scenarios`` and ``chunk_size`` at most
+  :data:`MAX_SCENARIOS`, ``horizon`` at most :data:`MAX_HORIZON` days, ``seed`` in
+  ``[0, 2**64 - 1]``.
 """
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .backend import get_backend, select_backend
+from .backend import host_input, infer_backend, select_backend
 from .profiling import annotate
-from .validation import check_count, check_float
+from .risk_math import check_levels
+from .validation import check_count, check_flag, check_float, check_work_memory
 
-__all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR"]
+__all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR", "MAX_SCENARIOS",
+           "MAX_HORIZON", "MAX_SEED"]
 
 TRADING_DAYS_PER_YEAR = 252
 MIN_TAIL = 10  # scenarios required beyond the VaR quantile on each side
 CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many random numbers per chunk
+# Scenario numbers index counter-based streams: JAX folds a block number into its key as
+# 32 bits (4096-scenario blocks: 2**44 scenarios), so the limit keeps every stream distinct.
+MAX_SCENARIOS = 1 << 40
+MAX_HORIZON = 100 * TRADING_DAYS_PER_YEAR  # days
+MAX_SEED = (1 << 64) - 1
 
 
 # The keyword defaults of var_monte_carlo, for callers that forward keywords (gpu_trader.distributed);
@@ -133,15 +149,24 @@ def var_monte_carlo(
 
     ``weights``: ``(n_assets,)`` or ``(n_portfolios, n_assets)`` values held (see the
     module docstring for units); ``mu``: scalar or ``(n_assets,)`` daily mean simple
-    returns; ``cov``: ``(n_assets, n_assets)`` daily covariance, symmetric. ``level`` in
-    (0, 1); ``horizon`` in days (> 0); ``dist`` ``"normal"`` or ``"t"`` (then ``dof > 2``
-    is required); ``seed`` a non-negative integer; ``options`` an
-    :class:`EuropeanOptions` book; ``contributions=False`` skips the Euler
-    contributions (one pass instead of a pass plus the re-draw of the band's
-    scenarios); ``chunk_size`` scenarios per chunk (rounded up to the backend's block);
-    ``dtype`` float64 or float32 for the scenarios and GEMMs (estimators are
-    float64). NaN or inf anywhere in the inputs is a ``ValueError``. Returns a
-    :class:`MonteCarloVaR`.
+    returns; ``cov``: ``(n_assets, n_assets)`` daily covariance, symmetric. ``level``: a
+    confidence with ``0.5 <= level < 1`` (0.99, not a tail probability such as 0.01);
+    ``n_scenarios`` in ``[1, MAX_SCENARIOS]`` (and enough for ``MIN_TAIL`` losses on each
+    side of the quantile); ``horizon`` in days, ``0 < horizon <= MAX_HORIZON``; ``dist``
+    ``"normal"`` or ``"t"`` (then ``dof > 2`` is required); ``seed`` an integer in
+    ``[0, 2**64 - 1]``; ``options`` an :class:`EuropeanOptions` book;
+    ``contributions=False`` skips the Euler contributions (one pass instead of a pass
+    plus the re-draw of the band's scenarios); ``chunk_size`` scenarios per chunk, in
+    ``[1, MAX_SCENARIOS]`` (rounded up to the backend's block); ``dtype`` float64 or
+    float32 for the scenarios and GEMMs (estimators are float64). Python and NumPy
+    scalars are accepted alike, bools are not (``contributions`` is a bool; boolean arrays
+    are refused for amounts such as ``weights``, ``mu`` and option quantities); arrays may be
+    read-only (they are never written). NaN or inf anywhere in the inputs is a
+    ``ValueError``; so is a call whose working memory (module docstring) would exceed the
+    limit, before it allocates, and one whose inputs are so large that an option's value
+    today or the simulated losses overflow float64 (a non-finite VaR or CVaR is never
+    returned).
+    Returns a :class:`MonteCarloVaR`.
     """
     be, plan, single = plan_monte_carlo(
         weights, mu, cov, level=level, n_scenarios=n_scenarios, horizon=horizon, dist=dist, dof=dof, seed=seed,
@@ -174,13 +199,14 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
         m = np.full(n, float(m))
     if m.shape != (n,):
         raise ValueError(f"mu must be a scalar or have shape ({n},) like the assets, got {m.shape}")
-    level = check_float(level, "level")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    horizon = check_float(horizon, "horizon")
-    if horizon <= 0:
-        raise ValueError(f"horizon must be > 0 days, got {horizon}")
-    n_scenarios = check_count(n_scenarios, "n_scenarios", 1)
+    levels, grid = check_levels(level)
+    if grid:
+        raise TypeError("level must be one number for var_monte_carlo, got a sequence")
+    level = levels[0]
+    horizon = check_float(horizon, "horizon", positive=True)
+    if horizon > MAX_HORIZON:
+        raise ValueError(f"horizon must be <= {MAX_HORIZON} days, got {horizon}")
+    n_scenarios = check_count(n_scenarios, "n_scenarios", 1, MAX_SCENARIOS)
     k = math.ceil(n_scenarios * (1.0 - level) - 1e-9)  # the tolerance absorbs 1 - level's binary rounding
     if k < MIN_TAIL or n_scenarios - k < MIN_TAIL:
         raise ValueError(
@@ -189,14 +215,13 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
         )
     dof = _dist(dist, dof)
     seed = _seed(seed)
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    dt = _scenario_dtype(dtype)
+    contributions = check_flag(contributions, "contributions")
     opts, qty = _options(options, n, w2.shape[0], horizon)
-    block = be.ops("montecarlo").BLOCK
+    ops = be.ops("montecarlo")
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS // n)
-    chunk = -(-check_count(chunk_size, "chunk_size", 1) // block) * block
+    chunk = -(-check_count(chunk_size, "chunk_size", 1, MAX_SCENARIOS) // ops.BLOCK) * ops.BLOCK
     from . import mc_engine
 
     band = mc_engine.band_for(n_scenarios, level)
@@ -205,11 +230,14 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
         horizon=horizon, dof=dof, seed=seed, chunk=chunk, dtype=dt, factor=_factor(c), mu=m,
         weights=w2, options=opts, quantity=qty, contributions=bool(contributions),
     )
+    check_work_memory(mc_engine.work_bytes(plan, ops), f"var_monte_carlo of {w2.shape[0]} portfolios x "
+                      f"{n_scenarios} scenarios at level={level} (a tail of {plan.keep} losses each)")
     return be, plan, single
 
 
 def result(plan, res: dict, single: bool, dist: str) -> MonteCarloVaR:
     """Wrap the engine's estimates (:func:`gpu_trader.mc_engine.finish`) as a :class:`MonteCarloVaR`."""
+    _check_finite_losses(res)
     pick = (lambda a: a[0]) if single else (lambda a: a)
     opt_c = res["option_contributions"]
     return MonteCarloVaR(
@@ -221,18 +249,51 @@ def result(plan, res: dict, single: bool, dist: str) -> MonteCarloVaR:
     )
 
 
-def _host(x, name: str) -> np.ndarray:
-    """``x`` as a finite float64 host array (never a view that could alias the caller's buffer for writing)."""
+def _check_finite_losses(res: dict) -> None:
+    """``ValueError`` when a VaR or CVaR estimate is not finite: the inputs' magnitudes made the
+    simulated losses overflow float64 (finite inputs of ordinary size never do)."""
+    finite = np.isfinite(_to_host(res["var"])).all() and np.isfinite(_to_host(res["cvar"])).all()
+    if not finite:
+        raise ValueError("the simulated losses overflow float64 (VaR or CVaR is not finite): the magnitudes of "
+                         "weights, mu, cov, horizon or the options' spot, strike and quantity are too large")
+
+
+def _to_host(x) -> np.ndarray:
+    return np.asarray(infer_backend(x).to_numpy(x))
+
+
+def _host_real(x, name: str) -> np.ndarray:
+    """``x`` as a host array of a real dtype (bool, integer or float): device arrays are copied
+    to the host, host inputs checked by :func:`gpu_trader.backend.host_input` (no masked
+    array, native byte order). May be ``x`` itself: never write into the result."""
     if x is None:
         raise TypeError(f"{name} must be an array, got None")
-    arr = get_backend("cpu").to_numpy(x) if not isinstance(x, np.ndarray) else x
-    arr = np.asarray(arr)
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    be = infer_backend(x)
+    return host_input(x if be.name == "cpu" else be.to_numpy(x), name)
+
+
+def _host(x, name: str) -> np.ndarray:
+    """``x`` as a finite float64 host array, always a new one (the caller's buffer, read-only or
+    not, is never aliased). ``TypeError`` for booleans: these are amounts, never flags."""
+    arr = _host_real(x, name)
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold real numbers (int or float), not bool")
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     return arr
+
+
+def _scenario_dtype(dtype) -> np.dtype:
+    """``dtype`` (float32 or float64, as a NumPy dtype, type or name) as a NumPy dtype;
+    ``TypeError`` naming ``dtype`` for anything else (``None`` included)."""
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
 
 
 def _dist(dist, dof):
@@ -251,11 +312,10 @@ def _dist(dist, dof):
 
 
 def _seed(seed) -> int:
+    """The seed given (an integer in ``[0, MAX_SEED]``), or one drawn from the OS for None."""
     if seed is None:
         return int(np.random.SeedSequence().entropy % (1 << 63))
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    return int(seed)
+    return check_count(seed, "seed", 0, MAX_SEED)
 
 
 def _factor(cov: np.ndarray) -> np.ndarray:
@@ -278,11 +338,11 @@ def _options(options, n_assets: int, n_portfolios: int, horizon: float):
         return None, None
     if not isinstance(options, EuropeanOptions):
         raise TypeError(f"options must be an EuropeanOptions book, got {type(options).__name__}")
-    asset = np.asarray(options.asset)
+    asset = _host_real(options.asset, "options.asset")
     if asset.dtype.kind not in "iu":
         raise TypeError(f"options.asset must hold integer asset indices, got dtype {asset.dtype}")
     fields = {f: _host(getattr(options, f), f"options.{f}") for f in ("spot", "strike", "expiry", "vol", "rate")}
-    call = np.asarray(options.call)
+    call = _host_real(options.call, "options.call")
     if call.dtype.kind != "b":
         raise TypeError(f"options.call must be boolean, got dtype {call.dtype}")
     try:
@@ -317,7 +377,14 @@ def _option_arrays(asset, fields, horizon: float):
 
     spot, strike, expiry, vol, rate, call = fields
     assets, under = np.unique(asset, return_inverse=True)
-    value0 = np.array([bs_price(*args) for args in zip(spot, strike, expiry, rate, vol, call)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            value0 = np.array([bs_price(*args) for args in zip(spot, strike, expiry, rate, vol, call)])
+        except OverflowError:  # math.exp of -rate * expiry past the float64 range
+            value0 = np.array([np.inf])
+    if not np.all(np.isfinite(value0)):
+        raise ValueError("options: today's Black-Scholes value of an option is not a finite number; "
+                         "check the magnitudes of spot, strike, expiry, vol and rate")
     return OptionArrays(
         assets=assets, under=under.astype(np.int64), spot=spot, strike=strike,
         tau=expiry - horizon / TRADING_DAYS_PER_YEAR, rate=rate, vol=vol, is_call=call.astype(np.bool_),

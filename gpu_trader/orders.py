@@ -5,13 +5,18 @@ attribute assignment raises ``AttributeError``; they encode to JSON with
 ``msgspec.json.encode``). Build them with :func:`market_order`, :func:`limit_order`,
 :func:`stop_order` and :func:`stop_limit_order`, which generate a client order id
 when none is given; constructing :class:`Order` directly validates the same way.
-Bad fields raise ``TypeError``/``ValueError`` naming the field.
+Bad fields raise ``TypeError``/``ValueError`` naming the field. Quantities, prices and
+limits accept real numbers (Python ``int``/``float`` or NumPy scalars, never ``bool``)
+and are stored as Python floats.
 
-:func:`validate_order` checks an order against :class:`RiskLimits` and a
-:class:`~gpu_trader.portfolio.Portfolio` and returns a :class:`Rejection` (with a
-machine-readable ``code`` and a human ``reason``) or ``None``; it never raises and
-never changes the portfolio. :func:`order_for_signal` is the pipeline's one-event
-pre-trade hook: strategy signal -> target position -> checked market order.
+:func:`validate_order` checks an order against :class:`RiskLimits`, a
+:class:`~gpu_trader.portfolio.Portfolio` and the :class:`Exposure` that orders still in
+flight have reserved, and returns a :class:`Rejection` (with a machine-readable ``code``
+and a human ``reason``) or ``None``; :func:`check_order` does the same and also says how
+much buying power the order reserves (:func:`reserve_order`: the :class:`Reservation`
+itself). None of them raises, for any input, or changes the portfolio.
+:func:`order_for_signal` is the pipeline's one-event pre-trade hook: strategy signal ->
+target position -> checked market order (it never raises either).
 
 The broker side lives in :mod:`gpu_trader.brokers`, the async manager in
 :mod:`gpu_trader.order_manager`.
@@ -21,11 +26,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import msgspec
 
-from .profiling import annotate
+from .commissions import commission_for
+from .validation import nonnegative_number, positive_number, real_number
+from .profiling import annotate, annotate_methods
 
 if TYPE_CHECKING:  # pragma: no cover
     from .portfolio import Portfolio
@@ -33,9 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BUY", "SELL", "MARKET", "LIMIT", "STOP", "STOP_LIMIT",
     "FILLED", "OPEN", "CANCELLED", "REJECTED", "UNKNOWN",
-    "Order", "Rejection", "OrderReport", "RiskLimits",
+    "Order", "Rejection", "OrderReport", "RiskLimits", "Exposure",
     "market_order", "limit_order", "stop_order", "stop_limit_order", "new_client_order_id",
-    "validate_order", "order_for_signal",
+    "Reservation", "check_order", "reserve_order", "validate_order", "order_for_signal",
 ]
 
 BUY, SELL = "buy", "sell"
@@ -46,14 +53,15 @@ TIME_IN_FORCE = frozenset(("day", "gtc", "ioc"))
 MAX_ID_LENGTH = 64
 
 # Report statuses. FILLED, CANCELLED and REJECTED are final; OPEN rests at a broker;
-# UNKNOWN means the broker timed out, so the order may be live there (resubmitting the
-# same order, i.e. the same client order id, asks that broker again and never refills).
+# UNKNOWN means the broker's answer is in doubt (a timeout, an unreadable answer), so the
+# order may be live there: the manager resolves it by asking the broker (see
+# gpu_trader.order_manager), and resubmitting the same client order id never refills.
 FILLED, OPEN, CANCELLED, REJECTED, UNKNOWN = "filled", "open", "cancelled", "rejected", "unknown"
 
 _ID_PREFIX = os.urandom(4).hex()
 _ids = itertools.count(1)
-_isfinite = math.isfinite
-_NUMBER = (int, float)
+_force_setattr = msgspec.structs.force_setattr
+_EXACT_INT = 2**53  # the largest int range a float holds exactly
 
 
 @annotate
@@ -62,11 +70,28 @@ def new_client_order_id() -> str:
     return f"{_ID_PREFIX}-{next(_ids)}"
 
 
-def _positive(value, name: str) -> None:
-    if type(value) not in _NUMBER:
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (value > 0 and _isfinite(value)):
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+def _text_field(record: msgspec.Struct, name: str) -> str:
+    """A str field of a frozen record; a str subclass (``np.str_``, say) is stored as a plain
+    str, anything else is a ``ValueError`` naming the field."""
+    value = getattr(record, name)
+    if type(value) is str:
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a str, got {_short(value)}")
+    text = str.__str__(value)
+    _force_setattr(record, name, text)
+    return text
+
+
+def _positive_field(record: msgspec.Struct, name: str) -> None:
+    """Check a field of a frozen record with :func:`positive_number` and store it as a float."""
+    value = getattr(record, name)
+    if type(value) is int and 0 < value <= _EXACT_INT:  # a whole number of units: exact as a float
+        checked = float(value)
+    else:
+        checked = positive_number(value, name)
+    if type(value) is not float:
+        _force_setattr(record, name, checked)
 
 
 class Order(msgspec.Struct, frozen=True):
@@ -77,7 +102,10 @@ class Order(msgspec.Struct, frozen=True):
     (needs ``stop_price``), ``"stop_limit"`` (needs both); a price the type does not use
     must be ``None``. ``time_in_force``: ``"day"``, ``"gtc"`` or ``"ioc"`` (cancel what
     does not fill at once). ``client_order_id``: non-empty, at most 64 characters; the
-    idempotency key of the order manager and the brokers.
+    idempotency key of the order manager and the brokers. Quantity and prices may be
+    given as any real number (NumPy scalars included, not ``bool``); they are stored as
+    Python floats. Text fields take a ``str`` or a subclass (``np.str_``), stored as a
+    plain ``str``.
     """
 
     client_order_id: str
@@ -91,26 +119,35 @@ class Order(msgspec.Struct, frozen=True):
 
     def __post_init__(self) -> None:
         cid = self.client_order_id
-        if type(cid) is not str or not cid or len(cid) > MAX_ID_LENGTH:
-            raise ValueError(f"client_order_id must be a non-empty str of at most {MAX_ID_LENGTH} chars, got {cid!r}")
-        if type(self.symbol) is not str or not self.symbol:
-            raise ValueError(f"symbol must be a non-empty str, got {self.symbol!r}")
-        if self.side not in SIDES:
-            raise ValueError(f"side must be 'buy' or 'sell', got {self.side!r}")
-        _positive(self.quantity, "quantity")
+        if type(cid) is not str:
+            cid = _text_field(self, "client_order_id")
+        if not cid or len(cid) > MAX_ID_LENGTH:
+            raise ValueError(f"client_order_id must be a non-empty str of at most {MAX_ID_LENGTH} chars, "
+                             f"got {_short(cid)}")
+        if not (self.symbol if type(self.symbol) is str else _text_field(self, "symbol")):
+            raise ValueError("symbol must be a non-empty str, got ''")
+        if (self.side if type(self.side) is str else _text_field(self, "side")) not in SIDES:
+            raise ValueError(f"side must be 'buy' or 'sell', got {_short(self.side)}")
+        q = self.quantity
+        if type(q) is not float or not 0.0 < q < math.inf:  # the common case costs one test
+            _positive_field(self, "quantity")
         t = self.order_type
+        if type(t) is not str:
+            t = _text_field(self, "order_type")
         if t not in ORDER_TYPES:
-            raise ValueError(f"order_type must be one of {sorted(ORDER_TYPES)}, got {t!r}")
+            raise ValueError(f"order_type must be one of {sorted(ORDER_TYPES)}, got {_short(t)}")
         if t == LIMIT or t == STOP_LIMIT:
-            _positive(self.limit_price, "limit_price")
+            _positive_field(self, "limit_price")
         elif self.limit_price is not None:
             raise ValueError(f"limit_price must be None for a {t} order")
         if t == STOP or t == STOP_LIMIT:
-            _positive(self.stop_price, "stop_price")
+            _positive_field(self, "stop_price")
         elif self.stop_price is not None:
             raise ValueError(f"stop_price must be None for a {t} order")
-        if self.time_in_force not in TIME_IN_FORCE:
-            raise ValueError(f"time_in_force must be one of {sorted(TIME_IN_FORCE)}, got {self.time_in_force!r}")
+        tif = self.time_in_force
+        if (tif if type(tif) is str else _text_field(self, "time_in_force")) not in TIME_IN_FORCE:
+            raise ValueError(f"time_in_force must be one of {sorted(TIME_IN_FORCE)}, "
+                             f"got {_short(self.time_in_force)}")
 
     @property
     def signed_quantity(self) -> float:
@@ -121,6 +158,24 @@ class Order(msgspec.Struct, frozen=True):
     def reference_price(self) -> float | None:
         """The price the order itself names (limit, else stop), ``None`` for market orders."""
         return self.limit_price if self.limit_price is not None else self.stop_price
+
+
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a hostile value never floods a message)."""
+    try:
+        text = repr(value)
+    except Exception:  # a value whose repr fails still gets a message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message, cut to ``limit`` characters (its type name if it has none)."""
+    try:
+        text = str(exc) or type(exc).__name__
+    except Exception:  # an exception whose str() fails
+        text = type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @annotate
@@ -161,11 +216,13 @@ class Rejection(msgspec.Struct, frozen=True):
 
 class OrderReport(msgspec.Struct, frozen=True):
     """The manager's answer for one order: ``status`` is one of FILLED, OPEN, CANCELLED,
-    REJECTED, UNKNOWN; ``filled_quantity`` (unsigned) at ``fill_price`` (NaN when not
-    filled); ``broker`` the venue's name (``""`` when none was reached); ``code`` and
-    ``reason`` explain a rejection, a timeout or a refused cancel: a :class:`Rejection`
-    code, or one of the manager's: ``duplicate_id``, ``circuit_open``, ``broker_error``,
-    ``broker_rejected``, ``timeout``, ``not_found``, ``not_cancellable``, ``internal``."""
+    REJECTED, UNKNOWN; ``filled_quantity`` (unsigned) is what has been booked into the
+    portfolio so far (partial fills included), at the average ``fill_price`` (NaN when
+    nothing is filled); ``broker`` the venue's name (``""`` when none was reached);
+    ``code`` and ``reason`` explain a rejection, a timeout or a refused cancel: a
+    :class:`Rejection` code, or one of the manager's: ``duplicate_id``, ``circuit_open``,
+    ``broker_error``, ``broker_rejected``, ``bad_ack``, ``timeout``, ``not_found``,
+    ``not_cancellable``, ``internal``."""
 
     client_order_id: str
     status: str
@@ -181,16 +238,28 @@ class OrderReport(msgspec.Struct, frozen=True):
         return self.status == FILLED or self.status == OPEN
 
 
+_LIMIT_FIELDS = ("max_order_quantity", "max_order_notional", "max_position_quantity", "max_position_notional",
+                 "leverage")
+
+
 class RiskLimits(msgspec.Struct, frozen=True):
     """Pre-trade limits; ``math.inf`` (the default) disables a check.
 
     * ``max_order_quantity``, ``max_order_notional``: one order's size;
     * ``max_position_quantity``, ``max_position_notional``: ``|position|`` after the
-      order, per symbol;
-    * ``leverage``: buying power is ``leverage * cash``; the notional of the part of an
-      order that increases exposure (long or short), plus its estimated commission,
-      must not exceed it (reducing a position never needs buying power);
-    * ``symbols``: the tradable universe (``None``: any symbol).
+      order, per symbol, assuming every order still in flight fills when that is worse
+      (see :class:`Exposure`);
+    * ``leverage``: buying power is ``leverage * cash``; the notional an order needs,
+      plus its estimated commission, plus the buying power orders in flight have
+      reserved, must not exceed it. A buy needs its whole notional (covering a short
+      spends cash as much as buying does); a sell needs the notional of the part that
+      opens or extends a short, so selling a long never needs buying power. With
+      ``leverage = 1`` and fills at the reference price or better, cash thus never falls
+      below what the orders in flight reserve, and never below 0;
+    * ``symbols``: the tradable universe, a frozenset of str (``None``: any symbol).
+
+    Numbers: real (NumPy scalars accepted, not ``bool``), > 0, NaN refused; stored as
+    Python floats. ``TypeError``/``ValueError`` name the field.
     """
 
     max_order_quantity: float = math.inf
@@ -201,90 +270,251 @@ class RiskLimits(msgspec.Struct, frozen=True):
     symbols: Optional[frozenset] = None
 
     def __post_init__(self) -> None:
-        for name in ("max_order_quantity", "max_order_notional", "max_position_quantity", "max_position_notional",
-                     "leverage"):
-            v = getattr(self, name)
-            if type(v) not in _NUMBER or not v > 0:
-                raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        if self.symbols is not None and not isinstance(self.symbols, frozenset):
-            raise TypeError("symbols must be a frozenset of str or None")
+        for name in _LIMIT_FIELDS:
+            value = getattr(self, name)
+            v = real_number(value, name, finite=False)
+            if not v > 0.0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            if type(value) is not float:
+                _force_setattr(self, name, v)
+        if self.symbols is not None:
+            if not isinstance(self.symbols, frozenset):
+                raise TypeError(f"symbols must be a frozenset of str or None, got {type(self.symbols).__name__}")
+            if not all(isinstance(s, str) and s for s in self.symbols):
+                raise ValueError("symbols must hold non-empty str only")
+            if not all(type(s) is str for s in self.symbols):  # np.str_ and other subclasses: plain str
+                _force_setattr(self, "symbols", frozenset(str.__str__(s) for s in self.symbols))
 
 
 NO_LIMITS = RiskLimits()
 
 
+class Exposure(msgspec.Struct, frozen=True):
+    """What orders still in flight (sent, not yet final) may add to one symbol's position.
+
+    ``buy``, ``sell``: the unfilled quantity of pending buy and sell orders in the
+    symbol; ``buying_power``: the buying power all pending orders (every symbol) have
+    reserved, in currency. All >= 0 (a check given a negative one refuses the order
+    as ``invalid``). The position checks assume the worse of "every
+    pending buy fills" and "every pending sell fills"; the buying-power check subtracts
+    ``buying_power`` from what the cash allows. The order manager keeps this view
+    (:meth:`~gpu_trader.order_manager.OrderManager.exposure`).
+    """
+
+    buy: float = 0.0
+    sell: float = 0.0
+    buying_power: float = 0.0
+
+
+NO_EXPOSURE = Exposure()
+
+
+@annotate_methods
+class Reservation(NamedTuple):
+    """What an order of ``quantity`` units that passed :func:`check_order` reserves of the
+    buying power while it is in flight: ``opening`` of its units need it (every unit of a
+    buy, the short-opening units of a sell) at ``price`` each (the reference price,
+    currency per unit), plus the commission estimate ``fee`` (currency) for the whole
+    order. All >= 0."""
+
+    quantity: float
+    opening: float
+    price: float
+    fee: float
+
+    def power(self, remaining: float) -> float:
+        """The buying power (currency) still reserved when ``remaining`` units are
+        unfilled: the opening units among them (a sell that flips a long fills its closing
+        units first) at ``price``, plus the share ``remaining / quantity`` of ``fee``."""
+        if remaining <= 0.0 or not self.opening:
+            return 0.0
+        if remaining >= self.quantity:
+            return self.opening * self.price + self.fee
+        return (remaining if remaining < self.opening else self.opening) * self.price + \
+            self.fee * (remaining / self.quantity)
+
+
+NO_RESERVATION = Reservation(0.0, 0.0, 0.0, 0.0)
+
+
+@annotate
+def check_order(order: Order, portfolio: "Portfolio | None" = None, limits: RiskLimits = NO_LIMITS,
+                price: float | None = None, pending: Exposure | None = None) -> Rejection | float:
+    """Pre-trade check of ``order``: a :class:`Rejection`, or the buying power (currency,
+    >= 0; 0 for a sell that only reduces a long, or without a portfolio) the order
+    needs, which the caller reserves while the order is in flight.
+
+    ``price`` is the reference price for notional checks (the latest market price; a
+    real number); it defaults to the order's own limit/stop price, then to the
+    portfolio's last price for the symbol; with none of them the order is rejected
+    (``no_price``). ``pending``: the :class:`Exposure` of orders in flight (default:
+    none). Checks, in order: universe, order size, position limits after the order with
+    every pending order in the symbol counted at its worst, buying power (see
+    :class:`RiskLimits`; the commission estimate comes from the portfolio's model).
+    Without a portfolio the position and buying-power checks assume a flat book with
+    unlimited cash. Never raises, for any input: anything malformed (an object that is
+    not an :class:`Order`, a ``bool`` or NaN price, a broken portfolio or commission
+    model) is a Rejection with code ``invalid``. Reads the portfolio without changing it.
+    """
+    out = reserve_order(order, portfolio, limits, price, pending)
+    return out if type(out) is Rejection else out.power(order.quantity)
+
+
+@annotate
+def reserve_order(order: Order, portfolio: "Portfolio | None" = None, limits: RiskLimits = NO_LIMITS,
+                  price: float | None = None, pending: Exposure | None = None) -> Rejection | Reservation:
+    """:func:`check_order`, answering the :class:`Reservation` itself (what the order
+    manager holds while the order is in flight) instead of its total. Never raises."""
+    try:
+        return _check(order, portfolio, limits, price, NO_EXPOSURE if pending is None else pending)
+    except Exception as exc:  # a malformed order or a broken portfolio: refuse, never raise
+        return Rejection(client_order_id_of(order), "invalid", f"cannot validate order: {describe_exception(exc)}")
+
+
+def client_order_id_of(obj) -> str:
+    """``obj.client_order_id`` when it is a str (cut to the id length), else ``""``; never
+    raises, whatever ``obj`` is (reports about malformed requests still name an id)."""
+    try:
+        cid = getattr(obj, "client_order_id", "")
+    except Exception:  # a property that raises
+        return ""
+    return id_text(cid)
+
+
+def id_text(value) -> str:
+    """``value`` as a plain str of at most the id length when it is a str (or a subclass),
+    else ``""``; never raises."""
+    return str.__str__(value)[:MAX_ID_LENGTH] if isinstance(value, str) else ""
+
+
+def _check(order: Order, portfolio, limits: RiskLimits, price, pending: Exposure) -> Rejection | Reservation:
+    if not isinstance(order, Order):
+        raise TypeError(f"order must be an Order, got {type(order).__name__}")
+    if not isinstance(limits, RiskLimits):
+        raise TypeError(f"limits must be a RiskLimits, got {type(limits).__name__}")
+    pending_buy, pending_sell, reserved = _pending(pending)
+    cid = order.client_order_id
+    symbol = order.symbol
+    if limits.symbols is not None and symbol not in limits.symbols:
+        return Rejection(cid, "unknown_symbol", f"{symbol!r} is not in the tradable universe")
+    px = _reference_price(order, portfolio, price)
+    if px is None:
+        return Rejection(cid, "no_price", f"no valid reference price for {symbol!r} (got {_short(price)})")
+    qty = order.quantity
+    if qty > limits.max_order_quantity:
+        return Rejection(cid, "order_size",
+                         f"quantity {qty:g} exceeds max_order_quantity {limits.max_order_quantity:g}")
+    notional = qty * px
+    if not notional <= limits.max_order_notional or notional == math.inf:  # so is an overflow to inf
+        return Rejection(cid, "order_size",
+                         f"notional {notional:.2f} exceeds max_order_notional {limits.max_order_notional:g}")
+    current = _finite(portfolio.quantity(symbol), "portfolio quantity") if portfolio is not None else 0.0
+    buy = order.side == BUY
+    # the worst position the book can reach before this order: every pending order on its side fills
+    if buy:
+        before = current + pending_buy
+        after = before + qty
+    else:
+        before = current - pending_sell
+        after = before - qty
+    if abs(after) > limits.max_position_quantity:
+        return Rejection(cid, "position_limit", f"position {after:g} in {symbol!r} (orders in flight included) "
+                         f"would exceed max_position_quantity {limits.max_position_quantity:g}")
+    if not abs(after) * px <= limits.max_position_notional:
+        return Rejection(cid, "position_limit", f"position notional {abs(after) * px:.2f} in {symbol!r} (orders "
+                         f"in flight included) would exceed max_position_notional {limits.max_position_notional:g}")
+    if portfolio is None:
+        return NO_RESERVATION
+    # the units that need buying power: all of a buy; the part of a sell beyond what it closes of a long
+    opening = qty if buy else max(-after, 0.0) - max(-before, 0.0)
+    if not opening:  # a sell that only closes a long: what it might open later is priced at px
+        return Reservation(qty, 0.0, px, 0.0)
+    fee = commission_for(portfolio.commission_model, qty, px)
+    need = opening * px + fee
+    power = limits.leverage * _finite(portfolio.cash, "portfolio cash") - reserved
+    if not need <= power:
+        return Rejection(cid, "buying_power", f"needs {need:.2f} of buying power, has {power:.2f}"
+                         + (f" ({reserved:.2f} reserved by orders in flight)" if reserved else ""))
+    return Reservation(qty, opening, px, fee)
+
+
+def _pending(pending: Exposure) -> tuple[float, float, float]:
+    """``pending``'s (buy, sell, buying_power), each checked to be a finite real >= 0."""
+    if pending is NO_EXPOSURE:  # the common case of a lone check
+        return 0.0, 0.0, 0.0
+    if not isinstance(pending, Exposure):
+        raise TypeError(f"pending must be an Exposure, got {type(pending).__name__}")
+    b, s, r = pending.buy, pending.sell, pending.buying_power
+    if type(b) is float and type(s) is float and type(r) is float and b >= 0.0 and s >= 0.0 and r >= 0.0 \
+            and b + s + r < math.inf:  # plain finite floats >= 0 (NaN fails every comparison)
+        return b, s, r
+    return (nonnegative_number(b, "pending.buy"), nonnegative_number(s, "pending.sell"),
+            nonnegative_number(r, "pending.buying_power"))
+
+
+def _finite(value, name: str) -> float:
+    """:func:`real_number` (finite), with the plain finite float answered at once."""
+    return value if type(value) is float and -math.inf < value < math.inf else real_number(value, name)
+
+
+def _reference_price(order: Order, portfolio, price) -> float | None:
+    """The order's own price, else ``price``, else the portfolio's last price; ``None``
+    when the chosen one is missing or not a finite real > 0."""
+    px = order.reference_price
+    if px is None:
+        px = price
+    if px is None and portfolio is not None:
+        px = portfolio.last_price(order.symbol)
+    if type(px) is float and 0.0 < px < math.inf:  # the common case
+        return px
+    try:
+        px = real_number(px, "price")
+    except (TypeError, ValueError):
+        return None
+    return px if px > 0.0 else None
+
+
 @annotate
 def validate_order(order: Order, portfolio: "Portfolio | None" = None, limits: RiskLimits = NO_LIMITS,
-                   price: float | None = None) -> Rejection | None:
+                   price: float | None = None, pending: Exposure | None = None) -> Rejection | None:
     """Pre-trade check of ``order``; ``None`` when it may go out, else a :class:`Rejection`.
 
-    ``price`` is the reference price for notional checks (the latest market price);
-    it defaults to the order's own limit/stop price, then to the portfolio's last
-    price for the symbol; with none of them the order is rejected (``no_price``).
-    Checks, in order: universe, order size, position limits after the order, buying
-    power (see :class:`RiskLimits`). Without a portfolio the position and buying-power
-    checks assume a flat book with unlimited cash. Never raises; reads the portfolio
-    without changing it.
+    The same check as :func:`check_order` (``price``, ``pending`` and the rules are
+    described there), without the buying-power figure. Never raises; reads the
+    portfolio without changing it.
     """
-    try:
-        cid = order.client_order_id
-        symbol = order.symbol
-        if limits.symbols is not None and symbol not in limits.symbols:
-            return Rejection(cid, "unknown_symbol", f"{symbol!r} is not in the tradable universe")
-        px = order.reference_price if order.reference_price is not None else price
-        if px is None and portfolio is not None:
-            px = portfolio.last_price(symbol)
-        if px is None or not (px > 0 and _isfinite(px)):
-            return Rejection(cid, "no_price", f"no valid reference price for {symbol!r} (got {px!r})")
-        qty = order.quantity
-        if qty > limits.max_order_quantity:
-            return Rejection(cid, "order_size",
-                             f"quantity {qty:g} exceeds max_order_quantity {limits.max_order_quantity:g}")
-        if qty * px > limits.max_order_notional:
-            return Rejection(cid, "order_size",
-                             f"notional {qty * px:.2f} exceeds max_order_notional {limits.max_order_notional:g}")
-        current = portfolio.quantity(symbol) if portfolio is not None else 0.0
-        after = current + (qty if order.side == BUY else -qty)
-        if abs(after) > limits.max_position_quantity:
-            return Rejection(cid, "position_limit", f"position {after:g} in {symbol!r} would exceed "
-                             f"max_position_quantity {limits.max_position_quantity:g}")
-        if abs(after) * px > limits.max_position_notional:
-            return Rejection(cid, "position_limit", f"position notional {abs(after) * px:.2f} in {symbol!r} would "
-                             f"exceed max_position_notional {limits.max_position_notional:g}")
-        if portfolio is not None:
-            opening = abs(after) if (after > 0) != (current > 0) else max(abs(after) - abs(current), 0.0)
-            if opening:
-                need = opening * px + portfolio.commission_model(qty, px)
-                power = limits.leverage * portfolio.cash
-                if need > power:
-                    return Rejection(cid, "buying_power", f"needs {need:.2f} of buying power, has {power:.2f}")
-        return None
-    except Exception as exc:  # a malformed order or a broken portfolio: refuse, never raise
-        cid = getattr(order, "client_order_id", "")
-        return Rejection(cid if isinstance(cid, str) else "", "invalid", f"cannot validate order: {exc!r}")
+    out = reserve_order(order, portfolio, limits, price, pending)
+    return out if type(out) is Rejection else None
 
 
 @annotate
-def order_for_signal(symbol: str, signal: float, price: float, *, portfolio: "Portfolio",
+def order_for_signal(symbol: str, signal: float, price: float, *, portfolio: "Portfolio | None" = None,
                      limits: RiskLimits = NO_LIMITS, unit_quantity: float = 1.0,
-                     client_order_id: str | None = None) -> Order | Rejection | None:
+                     client_order_id: str | None = None, pending: Exposure | None = None
+                     ) -> Order | Rejection | None:
     """The pipeline's pre-trade risk/position check for one strategy signal (~2 us).
 
-    ``signal`` (e.g. -1 short, 0 flat, +1 long; any real scales) times
-    ``unit_quantity`` is the target position in ``symbol``; the difference to the
-    portfolio's current position becomes a market order checked by
-    :func:`validate_order` at ``price``. Returns the :class:`Order` to send, a
-    :class:`Rejection`, or ``None`` when the book is already at target. Never raises
-    (a NaN or non-finite signal or price gives a Rejection).
+    ``signal`` (e.g. -1 short, 0 flat, +1 long; any real scales, NumPy scalars
+    included) times ``unit_quantity`` is the target position in ``symbol``; the
+    difference to the portfolio's current position (a flat book when ``portfolio`` is
+    ``None``) becomes a market order checked by :func:`validate_order` at ``price``,
+    with ``pending`` the :class:`Exposure` of orders in flight. Returns the
+    :class:`Order` to send, a :class:`Rejection`, or ``None`` when the book is already
+    at target. Never raises: a missing, ``bool``, NaN or non-finite signal, price or
+    unit quantity, a bad symbol or id, or a broken portfolio gives a Rejection
+    (code ``invalid``, unless a limit refused the order).
     """
-    cid = client_order_id or new_client_order_id()
-    if not (_isfinite(signal) and _isfinite(price) and price > 0):
-        return Rejection(cid, "invalid", f"signal and price must be finite (price > 0), got {signal!r}, {price!r}")
-    delta = signal * unit_quantity - portfolio.quantity(symbol)
-    if abs(delta) < 1e-12:
-        return None
+    cid = ""
     try:
+        cid = client_order_id or new_client_order_id()
+        s = real_number(signal, "signal")
+        px = positive_number(price, "price")
+        unit = positive_number(unit_quantity, "unit_quantity")
+        current = 0.0 if portfolio is None else real_number(portfolio.quantity(symbol), "portfolio quantity")
+        delta = s * unit - current
+        if abs(delta) < 1e-12:
+            return None
         order = Order(cid, symbol, BUY if delta > 0 else SELL, abs(delta))
-    except (TypeError, ValueError) as exc:
-        return Rejection(cid, "invalid", str(exc))
-    return validate_order(order, portfolio, limits, price) or order
+    except Exception as exc:  # bad arguments or a broken portfolio: refuse, never raise
+        return Rejection(cid if type(cid) is str else "", "invalid", describe_exception(exc))
+    return validate_order(order, portfolio, limits, px, pending) or order

@@ -7,6 +7,13 @@ units; a feature flat over the window contributes zeros), stacked feature-major 
 flattened to ``n_features * window`` values, then normalized to unit length. Patterns are
 stored in a cosine :class:`gpu_trader.vectors.VectorIndex` with their *outcome* (e.g. the
 next-period return) and optional metadata (symbol, regime, ...) to filter on.
+
+Inputs are :func:`gpu_trader.features` inputs: a mapping or DataFrame of one symbol's
+bars (columns in any case, ``Close`` or ``close``; read-only pandas columns fine) or a
+``(5, T)`` array in OHLCV order. Limits (``ValueError``; bools and non-integers are a
+``TypeError``): ``window`` 2 to 100000 bars, ``horizon`` 1 to 100000 bars, a query's ``k``
+1 to the patterns stored, ``n_iter`` at most :data:`MAX_KMEANS_ITER`, and one call's
+patterns at most :data:`gpu_trader.validation.MAX_ELEMENTS` values.
 """
 from __future__ import annotations
 
@@ -16,12 +23,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backend import get_backend, infer_backend, to_numpy
-from .indicators import features
-from .vectors import VectorIndex
+from .backend import get_backend, host_input, infer_backend, to_numpy
+from .indicators import features, field_keys, is_mapping, normalize_spec
+from .vectors import VectorIndex, _as_rows, _real_array
 from .profiling import annotate, annotate_methods
+from .validation import MAX_WINDOW, check_allocation, check_count, check_float
 
 __all__ = ["PatternMemory", "Distilled", "window_patterns"]
+
+MAX_KMEANS_ITER = 10_000
+"""Most Lloyd iterations :meth:`PatternMemory.distill` accepts."""
 
 
 @annotate
@@ -30,8 +41,15 @@ def window_patterns(xp, feats, window: int):
 
     Returns ``(T - window + 1, n_features * window)``: row ``j`` is the window ending at
     bar ``j + window - 1``, each feature z-scored over the window (population std; a
-    constant feature gives zeros). Written against ``xp`` (NumPy or CuPy).
+    constant feature gives zeros). Written against ``xp`` (NumPy or CuPy). ``window``: an
+    integer in ``[1, T]``; ``ValueError`` when the result would exceed
+    :data:`gpu_trader.validation.MAX_ELEMENTS` values.
     """
+    if getattr(feats, "ndim", None) != 2:
+        raise ValueError(f"feats must have shape (n_features, T), got shape {getattr(feats, 'shape', None)}")
+    n_features, T = feats.shape
+    window = check_count(window, "window", 1, T)
+    check_allocation((T - window + 1) * n_features * window, "window_patterns")
     w = xp.lib.stride_tricks.sliding_window_view(feats, window, axis=1)  # (F, n, window)
     w = xp.moveaxis(w, 1, 0)  # (n, F, window)
     mean = w.mean(axis=2, keepdims=True)
@@ -58,18 +76,18 @@ class Distilled:
 class PatternMemory:
     """A k-NN memory of market patterns (see the module docstring).
 
-    ``window``: bars per pattern (>= 2). ``spec``: the :func:`gpu_trader.features` spec.
+    ``window``: bars per pattern (2 to 100000). ``spec``: the :func:`gpu_trader.features` spec.
     ``backend``, ``dtype``, ``kind``: those of the underlying :class:`VectorIndex`. Queries may
     run in many threads while one thread adds (adds are serialized by a lock).
     """
 
     def __init__(self, window: int = 20, spec: Mapping | None = None, *, backend: str | None = None,
                  dtype: str = "float32", kind: str = "exact"):
-        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
-            raise ValueError(f"window must be an int >= 2, got {window!r}")
-        self.window = int(window)
+        self.window = check_count(window, "window", 2, MAX_WINDOW)
+        normalize_spec(spec)  # a bad spec is refused here, not at the first add
         self.spec = spec
         self._index_args = {"backend": backend, "dtype": dtype, "kind": kind}
+        VectorIndex(1, "cosine", **self._index_args)  # checks backend, dtype and kind as the real index will
         self._index: VectorIndex | None = None
         self._outcomes = np.empty(0, np.float64)  # by id (ids count up from 0)
         self._lock = threading.Lock()
@@ -118,33 +136,33 @@ class PatternMemory:
 
     # -- storing ------------------------------------------------------------------------
     def add(self, patterns, outcomes, metadata=None) -> np.ndarray:
-        """Store embedded ``patterns`` ``(dim,)``/``(m, dim)`` with ``outcomes`` (scalar/``(m,)``,
-        finite floats) and optional metadata (as :meth:`VectorIndex.add`); returns the ids."""
-        out = np.atleast_1d(np.asarray(outcomes, dtype=np.float64))
-        m = 1 if np.ndim(patterns) == 1 else len(patterns)
+        """Store embedded ``patterns`` ``(dim,)``/``(m, dim)`` (real arrays, as
+        :meth:`VectorIndex.add` takes them) with ``outcomes`` (scalar/``(m,)``, finite reals, not
+        bool) and optional metadata (as :meth:`VectorIndex.add`); returns the ids. A refused
+        call stores nothing (``TypeError``/``ValueError`` naming the argument)."""
+        patterns = _real_array(get_backend(self._index_args["backend"]), patterns, "patterns")
+        m, dim = _as_rows(patterns, "patterns")[0].shape
+        out = _outcome_values(outcomes)
         if out.shape != (m,):
             raise ValueError(f"outcomes has shape {out.shape}, expected ({m},)")
-        if not np.isfinite(out).all():
-            raise ValueError("outcomes contain NaN or infinite values")
         with self._lock:
-            if self._index is None:
-                dim = int(np.shape(patterns)[-1])
-                self._index = VectorIndex(dim, "cosine", **self._index_args)
+            index = self._index or VectorIndex(dim, "cosine", **self._index_args)
             before = self._outcomes
             self._outcomes = np.concatenate([before, out])  # published first: a concurrent query finds them
             try:
-                return self._index.add(patterns, metadata=metadata)
+                ids = index.add(patterns, metadata=metadata)
             except BaseException:
                 self._outcomes = before
                 raise
+            self._index = index  # kept only once it holds a pattern
+            return ids
 
     def add_history(self, ohlcv, horizon: int = 1, metadata: Mapping[str, Any] | None = None) -> np.ndarray:
         """Store every complete pattern of one symbol's bars with its forward return
         ``close[t + horizon] / close[t] - 1`` (``t``: the pattern's last bar; patterns without
         ``horizon`` bars after them are skipped). ``metadata``: ``field -> value`` for all of them.
-        Returns the ids."""
-        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
-            raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
+        ``horizon``: 1 to 100000 bars. Returns the ids."""
+        horizon = check_count(horizon, "horizon", 1, MAX_WINDOW)
         ends, pats = self.embed_history(ohlcv)
         close = to_numpy(_field(ohlcv, "close")).astype(np.float64)
         keep = ends + horizon < close.shape[-1]
@@ -156,9 +174,10 @@ class PatternMemory:
     def query(self, pattern, k: int = 10, filter=None):
         """The ``k`` stored patterns most similar to ``pattern`` (an embedded ``(dim,)`` or
         ``(nq, dim)``), best first: ``(scores, ids, outcomes)`` where outcomes is host
-        float64 (NaN where a filter left fewer than ``k`` matches, id -1)."""
-        if self._index is None:
-            raise ValueError("the memory is empty: add patterns first")
+        float64 (NaN where a filter left fewer than ``k`` matches, id -1); ``k``: 1 to the
+        number of patterns stored."""
+        self._check_not_empty()
+        k = check_count(k, "k", 1, len(self))
         scores, ids = self._index.search(pattern, k, filter=filter)
         ids_host = to_numpy(ids)
         outcomes = np.where(ids_host >= 0, self._outcomes[np.maximum(ids_host, 0)], np.nan)
@@ -166,13 +185,17 @@ class PatternMemory:
 
     def distill(self, n_clusters: int, *, n_iter: int = 50, seed: int = 0, tol: float = 1e-6) -> Distilled:
         """Cluster the stored patterns into ``n_clusters`` centroids with k-means (k-means++
-        seeding, GEMM assignment, on the memory's backend); see :class:`Distilled`."""
-        n = len(self)
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or not 1 <= n_clusters <= n:
-            raise ValueError(f"n_clusters must be an int in [1, {n}] (the patterns stored), got {n_clusters!r}")
+        seeding, GEMM assignment, on the memory's backend); see :class:`Distilled`.
+        ``n_clusters``: 1 to the patterns stored; ``n_iter``: 1 to :data:`MAX_KMEANS_ITER`;
+        ``seed``: an integer >= 0; ``tol``: a finite float >= 0."""
+        self._check_not_empty()
+        n_clusters = check_count(n_clusters, "n_clusters", 1, len(self))
+        n_iter = check_count(n_iter, "n_iter", 1, MAX_KMEANS_ITER)
+        seed = check_count(seed, "seed", 0)
+        tol = check_float(tol, "tol", minimum=0.0)
         ids, x = self._index.vectors()
         centroids, labels, inertia = get_backend(self._index.backend).ops("vectors").kmeans(
-            x, int(n_clusters), int(n_iter), int(seed), float(tol))
+            x, n_clusters, n_iter, seed, tol)
         labels = to_numpy(labels)
         outcomes = self._outcomes[to_numpy(ids)]
         counts = np.bincount(labels, minlength=n_clusters).astype(np.int64)
@@ -181,11 +204,25 @@ class PatternMemory:
             mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
         return Distilled(centroids, counts, mean, labels, inertia)
 
+    def _check_not_empty(self) -> None:
+        if not len(self):
+            raise ValueError("the memory is empty: add patterns first")
+
+
+def _outcome_values(outcomes) -> np.ndarray:
+    """``outcomes`` (a real scalar or a 1-D sequence/array) as finite float64 ``(m,)``:
+    ``TypeError`` for booleans or non-real values, ``ValueError`` for NaN or inf."""
+    arr = host_input(to_numpy(outcomes), "outcomes")
+    if arr.dtype.kind == "b":
+        raise TypeError("outcomes must be real numbers (int or float), not bool")
+    out = np.atleast_1d(arr.astype(np.float64))
+    if not np.isfinite(out).all():
+        raise ValueError("outcomes contain NaN or infinite values")
+    return out
+
 
 def _field(ohlcv, name: str):
-    if isinstance(ohlcv, Mapping) or hasattr(ohlcv, "columns"):  # a dict or a DataFrame
-        for key in ohlcv:
-            if str(key).lower() == name:
-                return ohlcv[key]
-        raise ValueError(f"ohlcv has no {name!r} field")
+    """Field ``name`` of a mapping/DataFrame (any case) or of a ``(5, ...)`` OHLCV array."""
+    if is_mapping(ohlcv):
+        return ohlcv[field_keys(ohlcv, (name,), "ohlcv")[name]]
     return ohlcv[("open", "high", "low", "close", "volume").index(name)]

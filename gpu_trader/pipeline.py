@@ -33,7 +33,12 @@ was accepted (a bug) is counted as ``internal`` and the loop goes on. Broker fai
 timeouts come back as reports (the manager never raises), counted by status and code; an
 order whose outcome is unknown after a timeout is resubmitted with the same client order
 id (``recover_attempts`` times) so a fill the broker made is still booked, once. Until it
-is, the portfolio shows only acknowledged fills.
+is, the portfolio shows only acknowledged fills. The manager also asks the venue about
+orders in doubt by itself, and the pipeline has it reconcile with the venues every
+``reconcile_every_s`` seconds (checked at bar completions and while :meth:`run` yields),
+at the end of :meth:`run` and in :meth:`close`: afterwards the book holds exactly the
+venue's fills. The pre-trade check counts the orders still in flight
+(:meth:`~gpu_trader.order_manager.OrderManager.exposure`), like the manager's own.
 
 One order per symbol in flight: a signal for a symbol whose previous order has not
 been settled yet is remembered (``deferred``) and decided when that order settles, at
@@ -44,7 +49,7 @@ completed bar"; ``tests/test_pipeline.py`` checks it against batch bars, batch
 strategies and a plain re-implementation of the decision.
 
 Use from one event loop (``on_tick``/``flush`` from a coroutine or callback running on
-it; :meth:`run` and :meth:`drain` are coroutines).
+it; :meth:`run`, :meth:`drain`, :meth:`reconcile` and :meth:`close` are coroutines).
 """
 from __future__ import annotations
 
@@ -52,14 +57,15 @@ import asyncio
 import collections
 import functools
 import math
-import numbers
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .marketdata import BarAggregator, MarketDataError, Rejection, parse_tick
+from .marketdata import BarAggregator, MarketDataError, Rejection, iter_messages, parse_tick
 from .order_manager import OrderManager
-from .orders import UNKNOWN, Order, RiskLimits, order_for_signal
+from .orders import UNKNOWN, Order, RiskLimits, describe_exception, order_for_signal
 from .orders import Rejection as RiskRejection
+from .validation import check_count, positive_number
 from .strategies import MeanReversion, Momentum, StrategyRunner
 from .profiling import annotate_methods
 
@@ -71,14 +77,17 @@ class PipelineStats:
     """Counters of a :class:`TradingPipeline` (all since construction).
 
     ``events``: ticks seen; ``accepted``: ticks that passed validation; ``rejected``:
-    reason -> count of refused ticks (``malformed_json``, ``missing_field``,
+    reason -> count of refused ticks (``malformed_json``, ``too_large``, ``missing_field``,
     ``invalid_field``, ``unknown_symbol``, ``out_of_order``, ``internal``); ``bars``:
     completed bars; ``orders``: orders handed to the manager; ``risk_rejected``: pre-trade
     rejection code -> count; ``deferred``: signals held while their symbol had an order in
     flight; ``resubmitted``: resubmissions of orders whose outcome was unknown (broker
     timeout); ``reports``: final outcome per order by ``status`` (``status:code`` when a
     code is set, e.g. ``rejected:broker_error``, ``unknown:timeout`` when the outcome is
-    still unknown after the resubmissions); ``errors``: exceptions after a tick was accepted.
+    still unknown after the resubmissions; counted when the order's task settles, so a
+    later resolution shows in the manager's report, not here); ``reconciles``:
+    reconciliations with the venues started; ``errors``: exceptions after a tick was
+    accepted.
     """
 
     events: int = 0
@@ -90,6 +99,7 @@ class PipelineStats:
     deferred: int = 0
     resubmitted: int = 0
     reports: dict[str, int] = field(default_factory=dict)
+    reconciles: int = 0
     errors: int = 0
 
     @property
@@ -125,20 +135,25 @@ class TradingPipeline:
     ``recover_attempts``: how many times an order whose outcome is unknown (the broker
     timed out; it may have filled) is resubmitted with the same client order id, which
     asks the same broker for its state and never fills twice. ``max_log``: how many
-    recent rejections :attr:`recent_rejections` keeps.
+    recent rejections :attr:`recent_rejections` keeps. ``reconcile_every_s``: seconds
+    between reconciliations of the manager with the venues (``None``: only at the end
+    of :meth:`run` and in :meth:`close`). Counts accept NumPy integers, numbers NumPy
+    scalars (never ``bool``).
 
     * ``on_tick(data) -> Order | Rejection | RiskRejection | None`` -- one event (sync);
     * ``flush(now=None) -> list`` -- complete open bars (all, or those ending by ``now``
       ns) and run them through the strategy and risk path;
-    * ``await run(messages, yield_every=64) -> PipelineStats`` -- a stream, then drain;
+    * ``await run(messages, yield_every=64) -> PipelineStats`` -- a stream, then reconcile;
     * ``await drain()`` -- wait until no order is in flight;
+    * ``await reconcile()`` -- drain, then have the manager reconcile with the venues;
+    * ``await close()`` -- shutdown: reconcile, then stop the manager's background queries;
     * ``reset()`` -- a new session: forget bars, strategy state and timestamps (positions stay).
     """
 
     def __init__(self, symbols: Sequence[str], strategy, manager: OrderManager, *, timeframe="1min",
                  limits: RiskLimits | None = None, unit_quantity: float = 1.0,
                  quote_sink: Callable[[str, float], Any] | None = None, recover_attempts: int = 3,
-                 max_log: int = 1000) -> None:
+                 max_log: int = 1000, reconcile_every_s: float | None = 5.0) -> None:
         if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
             raise TypeError("symbols must be a sequence of symbol names (str)")
         self._strategy = _check_strategy(strategy)
@@ -148,29 +163,29 @@ class TradingPipeline:
             raise ValueError("manager must have a portfolio (fills are booked and risk-checked there)")
         if limits is not None and not isinstance(limits, RiskLimits):
             raise TypeError(f"limits must be a RiskLimits or None, got {type(limits).__name__}")
-        if (isinstance(unit_quantity, bool) or not isinstance(unit_quantity, numbers.Real)
-                or not (unit_quantity > 0 and math.isfinite(unit_quantity))):
-            raise ValueError(f"unit_quantity must be a finite number > 0, got {unit_quantity!r}")
+        unit = positive_number(unit_quantity, "unit_quantity")
         if quote_sink is not None and not callable(quote_sink):
             raise TypeError("quote_sink must be callable(symbol, price) or None")
-        if isinstance(recover_attempts, bool) or not isinstance(recover_attempts, int) or recover_attempts < 0:
-            raise ValueError(f"recover_attempts must be an int >= 0, got {recover_attempts!r}")
-        if isinstance(max_log, bool) or not isinstance(max_log, int) or max_log < 0:
-            raise ValueError(f"max_log must be an int >= 0, got {max_log!r}")
+        self.recover_attempts = check_count(recover_attempts, "recover_attempts", 0)
+        max_log = check_count(max_log, "max_log", 0)
+        self.reconcile_every_s = (None if reconcile_every_s is None
+                                  else positive_number(reconcile_every_s, "reconcile_every_s"))
         self._agg = BarAggregator(timeframe, list(symbols))  # validates the names
         self.symbols: tuple[str, ...] = self._agg.symbols
         self.timeframe: int = self._agg.timeframe
         self.manager = manager
         self.portfolio = manager.portfolio
         self.limits = manager.limits if limits is None else limits
-        self.unit_quantity = float(unit_quantity)
+        self.unit_quantity = unit
         self._sink = quote_sink
-        self.recover_attempts = recover_attempts
         self._streams = [self._strategy.stream(1) for _ in self.symbols]
         self._inflight: dict[int, asyncio.Task] = {}
         self._deferred: dict[int, tuple[float, float]] = {}  # sid -> (signal, close) held while in flight
         self.stats = PipelineStats()
         self.recent_rejections: collections.deque[Rejection] = collections.deque(maxlen=max_log)
+        self._next_reconcile = (math.inf if self.reconcile_every_s is None
+                                else time.monotonic() + self.reconcile_every_s)
+        self._reconciling: asyncio.Task | None = None
 
     # -- one event -------------------------------------------------------------------
     def on_tick(self, data: bytes | str):
@@ -187,7 +202,7 @@ class TradingPipeline:
         except MarketDataError as exc:
             return self._reject(index, exc.reason, str(exc))
         except Exception as exc:  # anything else a message can provoke: refuse it, keep going
-            return self._reject(index, "internal", repr(exc))
+            return self._reject(index, "internal", f"{type(exc).__name__}: {describe_exception(exc)}")
         stats.accepted += 1
         if bar is None:
             return None
@@ -208,6 +223,7 @@ class TradingPipeline:
             if self._sink is not None:
                 self._sink(name, close)
             signal = float(self._streams[sid].update(close).sum())
+            self._maybe_reconcile()
             if sid in self._inflight:
                 self._deferred[sid] = (signal, close)
                 self.stats.deferred += 1
@@ -220,7 +236,7 @@ class TradingPipeline:
     def _decide(self, sid: int, signal: float, close: float):
         name = self.symbols[sid]
         out = order_for_signal(name, signal, close, portfolio=self.portfolio, limits=self.limits,
-                               unit_quantity=self.unit_quantity)
+                               unit_quantity=self.unit_quantity, pending=self.manager.exposure(name))
         if out is None:
             return None
         if isinstance(out, RiskRejection):
@@ -260,24 +276,27 @@ class TradingPipeline:
     def flush(self, now: int | None = None) -> list:
         """Complete the open bars (every one, or those ending at or before ``now`` ns) and
         run each through the strategy and risk path; returns their outcomes (see
-        :meth:`on_tick`), in symbol order."""
+        :meth:`on_tick`), in symbol order. A ``now`` that is not an integer time in ns
+        (>= 0) raises :class:`~gpu_trader.marketdata.MarketDataError` (``invalid_field``)."""
         return [self._on_bar(bar.symbol, bar.close) for bar in self._agg.flush(now)]
 
     async def run(self, messages: Iterable[bytes | str], *, yield_every: int = 64) -> PipelineStats:
         """Process a stream of tick messages, yielding to the event loop after every
-        ``yield_every`` events (so broker tasks progress), then :meth:`drain`. Returns
-        :attr:`stats`."""
-        if isinstance(yield_every, bool) or not isinstance(yield_every, int) or yield_every < 1:
-            raise ValueError(f"yield_every must be an int >= 1, got {yield_every!r}")
+        ``yield_every`` events (so broker tasks progress; an int >= 1), then
+        :meth:`reconcile` (which drains first). Returns :attr:`stats`. ``messages`` is an
+        iterable of messages: one ``bytes``/``str`` message is a ``TypeError`` (its
+        iteration would yield ints or characters)."""
+        yield_every = check_count(yield_every, "yield_every", 1)
         on_tick = self.on_tick
         k = 0
-        for data in messages:
+        for data in iter_messages(messages):
             on_tick(data)
             k += 1
             if k == yield_every:
                 k = 0
+                self._maybe_reconcile()
                 await asyncio.sleep(0)
-        await self.drain()
+        await self.reconcile()
         return self.stats
 
     async def drain(self) -> None:
@@ -285,6 +304,39 @@ class TradingPipeline:
         while self._inflight:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
             await asyncio.sleep(0)  # let the done callbacks (and deferred decisions) run
+
+    def _maybe_reconcile(self) -> None:
+        """Start a reconciliation in the background when one is due, none is running and an
+        event loop runs (a bar completed from plain synchronous code leaves it for later)."""
+        now = time.monotonic()
+        if now < self._next_reconcile or (self._reconciling is not None and not self._reconciling.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._next_reconcile = now + self.reconcile_every_s
+        self.stats.reconciles += 1
+        self._reconciling = loop.create_task(self.manager.reconcile())
+
+    async def reconcile(self) -> list:
+        """Drain, wait for a background reconciliation, then have the manager reconcile with
+        the venues (and drain again: a held signal may have been decided meanwhile).
+        Returns the reports of the orders the manager asked about (see
+        :meth:`~gpu_trader.order_manager.OrderManager.reconcile`)."""
+        await self.drain()
+        background = self._reconciling
+        if background is not None and not background.done() and background.get_loop() is asyncio.get_running_loop():
+            await asyncio.gather(background, return_exceptions=True)
+        self.stats.reconciles += 1
+        reports = await self.manager.reconcile()
+        await self.drain()
+        return reports
+
+    async def close(self) -> None:
+        """Shutdown: :meth:`reconcile`, then stop the manager's background status queries."""
+        await self.reconcile()
+        await self.manager.close()
 
     @property
     def in_flight(self) -> int:
@@ -302,6 +354,8 @@ class TradingPipeline:
     def warmup(self, history: Mapping[str, Sequence[float]]) -> None:
         """Feed past bar closes per symbol (``{name: closes}``, oldest first) to the
         strategy state without trading, e.g. the previous session's bars."""
+        if not isinstance(history, Mapping):
+            raise TypeError(f"history must be a mapping symbol -> closes, got {type(history).__name__}")
         for name, closes in history.items():
             sid = self.symbols.index(name) if name in self.symbols else -1
             if sid < 0:

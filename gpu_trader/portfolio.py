@@ -20,7 +20,9 @@ P&L and cash in currency.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
 import sys
 import threading
 from dataclasses import dataclass
@@ -29,43 +31,57 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .backend import resolve
-from .commissions import NO_COMMISSION, CommissionModel
+from .commissions import NO_COMMISSION, CommissionModel, commission_for
 from .position_math import fill_step
+from .validation import nonnegative_number, positive_number, real_number
 from .profiling import annotate, annotate_methods
 
 __all__ = ["Position", "PortfolioSnapshot", "Portfolio", "batch_apply_fills", "batch_pnl"]
 
-_isfinite = math.isfinite
 
-
-def _check_symbol(symbol) -> str:
-    if type(symbol) is not str or not symbol:
-        raise ValueError(f"symbol must be a non-empty str, got {symbol!r}")
-    return symbol
+def _check_symbol(symbol, name: str = "symbol") -> str:
+    """A non-empty str (a subclass such as ``np.str_`` becomes a plain str), else ``ValueError``."""
+    if type(symbol) is str and symbol:
+        return symbol
+    if not isinstance(symbol, str):
+        raise ValueError(f"{name} must be a non-empty str, got a {type(symbol).__name__}")
+    if not symbol:
+        raise ValueError(f"{name} must be a non-empty str, got ''")
+    return str.__str__(symbol)
 
 
 def _check_price(price, name: str = "price") -> float:
-    p = _check_quantity(price, name)
-    if not p > 0.0:
-        raise ValueError(f"{name} must be > 0, got {price!r}")
-    return p
+    return positive_number(price, name)
 
 
 def _check_commission(commission, name: str = "commission") -> float:
-    c = _check_quantity(commission, name)
-    if c < 0.0:
-        raise ValueError(f"{name} must be >= 0 (a fee paid), got {commission!r}")
-    return c
+    return nonnegative_number(commission, name)
 
 
 def _check_quantity(quantity, name: str = "quantity") -> float:
-    try:
-        q = float(quantity)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(quantity).__name__}") from None
-    if not _isfinite(q):
-        raise ValueError(f"{name} must be finite, got {quantity!r}")
-    return q
+    return real_number(quantity, name)
+
+
+def _check_limit(limit, name: str) -> float | None:
+    """A position limit: ``None`` (not checked) or a real number >= 0 (``inf`` allowed)."""
+    if limit is None:
+        return None
+    v = real_number(limit, name, finite=False)
+    if v < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {limit!r}")
+    return v
+
+
+MAX_CAPACITY = 1 << 20
+_INF = math.inf
+
+
+def _check_capacity(capacity) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
+        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be in [1, {MAX_CAPACITY}] (the book grows as needed), got {capacity!r}")
+    return int(capacity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,27 +163,32 @@ class Portfolio:
 
     ``cash``: starting cash (currency, finite). ``commission``: a
     :mod:`gpu_trader.commissions` model (or any ``(quantity, price) -> float``)
-    charged on every fill unless the fill names its own commission.
+    charged on every fill unless the fill names its own commission; its answer must be
+    a finite real >= 0 (see :func:`~gpu_trader.commissions.commission_for`), else the
+    fill is refused. ``capacity``: initial number of position slots (an int in
+    ``[1, 2**20]``; the book grows as needed).
 
     Positions live in struct-of-arrays form (one slot per symbol), so whole-book
     queries (market value, limit checks, snapshots) are single NumPy expressions.
-    Bad input raises ``TypeError``/``ValueError`` naming the argument and leaves the
-    portfolio unchanged; a batch is validated in full before any of it is booked.
+    Numbers are real numbers (Python or NumPy scalars, never ``bool``). Bad input
+    raises ``TypeError``/``ValueError`` naming the argument and leaves the portfolio
+    unchanged: a fill (or a whole batch) is validated in full, its commission
+    included, before any of it is booked, so a fill is applied all-or-nothing.
     """
 
     def __init__(self, cash: float = 0.0, *, commission: CommissionModel | None = None, capacity: int = 64) -> None:
         c = _check_quantity(cash, "cash")
         if commission is not None and not callable(commission):
             raise TypeError("commission must be a commission model (callable(quantity, price))")
+        cap = _check_capacity(capacity)
         self._lock = threading.Lock()
-        self._commission = commission or NO_COMMISSION
+        self._commission = NO_COMMISSION if commission is None else commission
         self._cash = c
         self._initial_cash = c
         self._commissions = 0.0
         self._closed_realized = 0.0  # realized P&L of positions removed from the book
         self._slot: dict[str, int] = {}
         self._symbols: list[str] = []
-        cap = max(int(capacity), 1)
         self._q = np.zeros(cap)
         self._avg = np.zeros(cap)
         self._last = np.zeros(cap)
@@ -288,6 +309,8 @@ class Portfolio:
         """Symbols whose ``|quantity|`` exceeds ``max_quantity`` or whose ``|quantity| *
         last_price`` exceeds ``max_notional`` (either may be ``None``: not checked);
         ``()`` when all are within limits. One vectorized pass over the book."""
+        max_quantity = _check_limit(max_quantity, "max_quantity")
+        max_notional = _check_limit(max_notional, "max_notional")
         with self._lock:
             n = len(self._symbols)
             q = np.abs(self._q[:n])
@@ -303,7 +326,7 @@ class Portfolio:
 
     # -- write -----------------------------------------------------------------------
     def mark(self, symbol: str, price: float) -> None:
-        """Set the mark price of a held symbol (unknown symbols are ignored)."""
+        """Set the mark price (a finite real > 0) of a held symbol (unknown symbols are ignored)."""
         p = _check_price(price)
         with self._lock:
             i = self._slot.get(symbol)
@@ -312,6 +335,8 @@ class Portfolio:
 
     def mark_many(self, prices: Mapping[str, float]) -> None:
         """Set several marks at once (validated in full first; unknown symbols ignored)."""
+        if not isinstance(prices, Mapping):
+            raise TypeError(f"prices must be a mapping symbol -> price, got {type(prices).__name__}")
         checked = [(s, _check_price(p, f"prices[{s!r}]")) for s, p in prices.items()]
         with self._lock:
             for s, p in checked:
@@ -325,7 +350,7 @@ class Portfolio:
         This is bookkeeping, not a trade: equity changes by the difference in market
         value and no P&L is booked. ``last_price`` defaults to ``avg_cost``.
         """
-        _check_symbol(symbol)
+        symbol = _check_symbol(symbol)
         q = _check_quantity(quantity)
         a = _check_price(avg_cost, "avg_cost") if q else 0.0
         last = _check_price(last_price, "last_price") if last_price is not None else (a or None)
@@ -357,32 +382,66 @@ class Portfolio:
             self._symbols.pop()
             return removed
 
-    def _book(self, symbol: str, quantity: float, price: float, commission: float) -> float:
-        """Book one validated fill; the caller holds the lock."""
-        i = self._slot.get(symbol)
+    def _held(self, i: int | None) -> tuple[float, float, float]:
+        """``(quantity, avg_cost, realized)`` of slot ``i`` (zeros for ``None``: not held)."""
+        return (0.0, 0.0, 0.0) if i is None else (self._q.item(i), self._avg.item(i), self._real.item(i))
+
+    def _write(self, i: int | None, symbol: str, quantity: float, avg_cost: float, last: float,
+               realized: float) -> None:
+        """Store ``symbol``'s new values in slot ``i`` (a new slot for ``None``); the caller
+        holds the lock."""
         if i is None:
             i = self._new_slot(symbol)
-        q, a, realized = fill_step(self._q.item(i), self._avg.item(i), quantity, price)
-        self._q[i] = q
-        self._avg[i] = a
-        self._last[i] = price
-        if realized:
-            self._real[i] += realized
-        self._cash -= quantity * price + commission
-        self._commissions += commission
+        self._q[i] = quantity
+        self._avg[i] = avg_cost
+        self._last[i] = last
+        self._real[i] = realized
+
+    def _book(self, symbol: str, quantity: float, price: float, commission: float) -> float:
+        """Book one validated fill; the caller holds the lock. Every new value is computed
+        (and checked, see :func:`_after_fill`) before the first write."""
+        i = self._slot.get(symbol)
+        position, realized, cash, commissions = _after_fill(
+            self._held(i), self._cash, self._commissions, quantity, price, commission, "the fill")
+        self._write(i, symbol, position[0], position[1], price, position[2])
+        self._cash = cash
+        self._commissions = commissions
         return realized
+
+    def _book_all(self, rows: list[tuple[str, float, float, float]]) -> float:
+        """Book validated fills ``(symbol, quantity, price, commission)`` in order, all or
+        none; the caller holds the lock. The whole batch is computed (and checked) on a
+        scratch copy of the positions it touches before the first write."""
+        positions: dict[str, tuple[float, float, float]] = {}
+        last: dict[str, float] = {}
+        cash, commissions, total = self._cash, self._commissions, 0.0
+        for k, (s, q, p, c) in enumerate(rows):
+            held = positions[s] if s in positions else self._held(self._slot.get(s))
+            positions[s], realized, cash, commissions = _after_fill(held, cash, commissions, q, p, c, f"fill [{k}]")
+            last[s] = p
+            total += realized
+        for s, (q, a, r) in positions.items():
+            self._write(self._slot.get(s), s, q, a, last[s], r)
+        self._cash = cash
+        self._commissions = commissions
+        return total
 
     def apply_fill(self, symbol: str, quantity: float, price: float, commission: float | None = None) -> float:
         """Book one fill: ``quantity`` signed (buy > 0), at ``price`` (> 0).
 
-        ``commission`` defaults to the portfolio's model. Cash falls by ``quantity *
-        price + commission``; the position follows :func:`~gpu_trader.position_math.fill_step`.
-        Returns the P&L this fill realized (gross of commission).
+        ``commission`` (>= 0) defaults to the portfolio's model. Cash falls by
+        ``quantity * price + commission``; the position follows
+        :func:`~gpu_trader.position_math.fill_step`. Everything, the model's commission
+        included, is checked before anything is written, and so is the book after the fill
+        (a fill so large that cash, the position, its cost or P&L would overflow the
+        float64 range is a ``ValueError``): on ``TypeError``/``ValueError`` the book is
+        unchanged. Returns the P&L this fill realized (gross of commission).
         """
-        _check_symbol(symbol)
-        q = _check_quantity(quantity)
-        p = _check_price(price)
-        c = self._commission(q, p) if commission is None else _check_commission(commission)
+        if type(symbol) is not str or not symbol:
+            symbol = _check_symbol(symbol)
+        q = quantity if type(quantity) is float and -_INF < quantity < _INF else _check_quantity(quantity)
+        p = price if type(price) is float and 0.0 < price < _INF else _check_price(price)
+        c = commission_for(self._commission, q, p) if commission is None else _check_commission(commission)
         with self._lock:
             return self._book(symbol, q, p, c)
 
@@ -393,40 +452,62 @@ class Portfolio:
         prices: Iterable[float],
         commissions: Iterable[float] | None = None,
     ) -> float:
-        """Book a batch of fills in order, atomically: every fill is validated first
-        (``ValueError`` naming the index; nothing is booked), then all are booked under
-        one lock acquisition. Returns the total realized P&L of the batch."""
-        qs = list(quantities)
-        ps = list(prices)
+        """Book a batch of fills in order, atomically: every fill, its commission (given,
+        or the model's) included, is validated first (``TypeError``/``ValueError`` naming
+        the index; nothing is booked), then the book after the whole batch is computed
+        and checked like :meth:`apply_fill`'s, and only then written, under one lock
+        acquisition. ``symbols`` is a sequence (a NumPy array of str included); the
+        other arguments may be any iterables (read-only arrays included; never written),
+        and each is read for at most ``len(symbols) + 1`` items. Returns the total
+        realized P&L of the batch."""
+        for name, arg in (("symbols", symbols), ("quantities", quantities), ("prices", prices),
+                          ("commissions", commissions)):
+            if isinstance(arg, (str, bytes)) or (arg is not None and not isinstance(arg, Iterable)):
+                raise TypeError(f"{name} must be a sequence of fills' values, not a {type(arg).__name__}")
+        if not hasattr(symbols, "__len__") or not hasattr(symbols, "__getitem__"):
+            raise TypeError(f"symbols must be a sequence (with a length), got {type(symbols).__name__}")
         n = len(symbols)
-        if len(qs) != n or len(ps) != n:
-            raise ValueError(f"symbols, quantities and prices must have the same length, got {n}, {len(qs)}, {len(ps)}")
-        cs = None if commissions is None else list(commissions)
-        if cs is not None and len(cs) != n:
-            raise ValueError(f"commissions must have length {n}, got {len(cs)}")
-        model = self._commission
+        qs = _take(quantities, n, "quantities")
+        ps = _take(prices, n, "prices")
+        cs = None if commissions is None else _take(commissions, n, "commissions")
         rows = []
         for k in range(n):
-            s, q, p = symbols[k], qs[k], ps[k]
-            if type(s) is not str or not s:
-                raise ValueError(f"symbols[{k}] must be a non-empty str, got {s!r}")
-            q = float(q)
-            p = float(p)
-            if not _isfinite(q):
-                raise ValueError(f"quantities[{k}] must be finite, got {q!r}")
-            if not (p > 0.0 and _isfinite(p)):
-                raise ValueError(f"prices[{k}] must be finite and > 0, got {p!r}")
-            c = model(q, p) if cs is None else _check_commission(cs[k], f"commissions[{k}]")
+            s = _check_symbol(symbols[k], f"symbols[{k}]")
+            q = _check_quantity(qs[k], f"quantities[{k}]")
+            p = _check_price(ps[k], f"prices[{k}]")
+            c = commission_for(self._commission, q, p) if cs is None else _check_commission(cs[k], f"commissions[{k}]")
             rows.append((s, q, p, c))
-        book = self._book
-        total = 0.0
         with self._lock:
-            for s, q, p, c in rows:
-                total += book(s, q, p, c)
-        return total
+            return self._book_all(rows)
 
     def __repr__(self) -> str:
         return f"Portfolio(cash={self._cash:.2f}, positions={len(self._symbols)})"
+
+
+def _take(values: Iterable, n: int, name: str) -> list:
+    """The ``n`` items of ``values`` as a list (at most ``n + 1`` are read), else ``ValueError``."""
+    items = list(itertools.islice(values, n + 1))
+    if len(items) != n:
+        raise ValueError(f"symbols, quantities and prices (and commissions) must have the same length: {n} "
+                         f"symbols, {'more' if len(items) > n else len(items)} {name}")
+    return items
+
+
+def _after_fill(held: tuple[float, float, float], cash: float, commissions: float, quantity: float, price: float,
+                commission: float, what: str) -> tuple[tuple[float, float, float], float, float, float]:
+    """One fill applied to ``held`` = ``(quantity, avg_cost, realized)`` and the book's cash
+    and commission total, without writing anything: ``((quantity, avg_cost, realized),
+    realized by this fill, cash, commissions)``. ``ValueError`` naming ``what`` when a
+    result is not finite (the fill is too large for float64 accounting)."""
+    q, a, realized = fill_step(held[0], held[1], quantity, price)
+    total_realized = held[2] + realized
+    cash = cash - (quantity * price + commission)
+    commissions = commissions + commission
+    if not (math.isfinite(q) and math.isfinite(a) and math.isfinite(total_realized) and math.isfinite(cash)
+            and math.isfinite(commissions)):
+        raise ValueError(f"{what} ({quantity:g} at {price:g}) would overflow the book: cash, position, average "
+                         "cost or P&L beyond the float64 range; nothing was booked")
+    return (q, a, total_realized), realized, cash, commissions
 
 
 # -- many portfolios at once (backend) --------------------------------------------------
@@ -446,11 +527,13 @@ def batch_apply_fills(quantities, avg_costs, fill_quantities, fill_prices, *, re
     ``quantities``, ``avg_costs`` (and ``realized``, default zeros): shape ``S`` (any,
     e.g. ``(n_portfolios, n_assets)``); ``fill_quantities``, ``fill_prices``: shape
     ``S + (K,)``, fills in time order along the last axis; a zero quantity is no fill
-    (its price is ignored, may be NaN). NaN or inf in a quantity, or in the price of a
-    non-zero fill, raises ``ValueError``. Accounting is float64 on every backend.
+    (its price is ignored, may be NaN). NaN or inf in a position (quantity, average
+    cost, realized), in a fill quantity, or in the price of a non-zero fill, raises
+    ``ValueError``. Accounting is float64 on every backend.
 
     Returns ``(quantities, avg_costs, realized)`` of shape ``S`` on the backend, float64;
-    the inputs are not modified. Same rules per position as :meth:`Portfolio.apply_fill`.
+    the inputs may be read-only (pandas copy-on-write arrays, say) and are never
+    modified. Same rules per position as :meth:`Portfolio.apply_fill`.
     """
     quantities, avg_costs, fill_quantities, fill_prices, realized = _values(
         quantities, avg_costs, fill_quantities, fill_prices, realized)
@@ -465,8 +548,9 @@ def batch_apply_fills(quantities, avg_costs, fill_quantities, fill_prices, *, re
         _, (z,), _ = resolve((realized,), ("realized",), be)
         if z.shape != q.shape:
             raise ValueError(f"realized has shape {z.shape}; it must match quantities {q.shape}")
-    if not bool(xp.isfinite(fq).all()):
-        raise ValueError("fill_quantities must be finite")
+    for name, x in (("quantities", q), ("avg_costs", a), ("realized", z), ("fill_quantities", fq)):
+        if not bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name} must be finite")
     if not bool((xp.isfinite(fp) & (fp > 0) | (fq == 0)).all()):
         raise ValueError("fill_prices must be finite and > 0 wherever fill_quantities is non-zero")
     shape = q.shape
@@ -487,6 +571,7 @@ def batch_pnl(quantities, avg_costs, prices, *, backend=None):
     inputs' float dtype (float32 stays float32; mixed dtypes compute in float64). NaN
     prices propagate to the portfolios holding (or with zero quantity in) that asset.
     pandas inputs are read as their values (rows: portfolios); results are arrays.
+    Inputs may be read-only and are never modified.
     """
     quantities, avg_costs, prices = _values(quantities, avg_costs, prices)
     be, (q, a), _ = resolve((quantities, avg_costs), ("quantities", "avg_costs"), backend)

@@ -17,9 +17,25 @@ Conventions (DESIGN.md sections 3-4):
   (or fewer than two, for anything using a standard deviation) is a ``ValueError``
   naming it, never a silent NaN. NaN results remain only where the metric itself is
   undefined: Calmar of a series that never draws down, Kelly without a win or a
-  loss, a ratio over a zero standard deviation.
-* ``level`` (confidence, in (0, 1)) may be a sequence: it adds a leading axis.
-* float32 in gives float32 out; all arithmetic is float64. Inputs are never modified.
+  loss, a ratio 0 / 0.
+* **Zero dispersion** (as empyrical-reloaded): a constant series has a standard
+  deviation of exactly 0, also where the floating-point mean leaves a rounding residue
+  of about 1e-18 (:func:`gpu_trader.risk_math.rounding_residue`: ``std <= n * eps *
+  |mean|``). So its Sharpe ratio is ``+inf``/``-inf`` by the sign of its mean excess
+  return, or NaN when that is 0 (never an arbitrary 1e16); its ``volatility`` is 0,
+  its parametric VaR (both methods) ``-mean`` and its skewness-based terms NaN. Sortino's
+  downside deviation is exactly 0 when no return falls below the required return
+  (``+inf``, or NaN for 0 / 0), and Calmar is NaN without a drawdown.
+* ``level`` is a confidence with ``0.5 <= level < 1`` (0.99, not a tail probability
+  such as 0.01: that is refused with a hint). It may be a sequence (at most
+  :data:`gpu_trader.validation.MAX_GRID` levels): that adds a leading axis.
+* ``periods_per_year`` (annualization) is a real number in ``(0, MAX_PERIODS_PER_YEAR]``
+  (one period per second of a leap year); rates are per period.
+* A call whose per-series results would exceed
+  :data:`gpu_trader.validation.WORK_MEMORY_LIMIT` (16 + 2 x levels float64 values per
+  series) is refused before they are allocated.
+* float32 in gives float32 out; all arithmetic is float64. Inputs are never modified;
+  read-only arrays (e.g. pandas' copy-on-write columns) are accepted.
 * Every function runs on every backend (``backend=`` or the input's array type).
 
 Oracles the tests compare against: empyrical-reloaded (historical VaR, CVaR,
@@ -34,13 +50,14 @@ import numpy as np
 
 from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
 from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
+from .risk_math import check_levels
+from .validation import check_float, check_work_memory
 from .series_input import SeriesInput
-from .validation import check_float, check_floats
 from .profiling import annotate
 
 __all__ = [
     "var_historical", "var_parametric", "cvar", "max_drawdown", "sharpe", "sortino", "calmar",
-    "kelly_fraction", "risk_report", "REPORT_FIELDS",
+    "kelly_fraction", "risk_report", "REPORT_FIELDS", "MAX_PERIODS_PER_YEAR",
     # correlation and covariance live in gpu_trader.correlation; re-exported here (DESIGN.md section 4)
     "corr", "cov", "rolling_corr", "ewma_cov", "ledoit_wolf",
     # Monte Carlo VaR lives in gpu_trader.montecarlo; re-exported here (DESIGN.md section 4)
@@ -53,19 +70,26 @@ REPORT_FIELDS = (
 )
 
 _PARAMETRIC_METHODS = ("gaussian", "cornish-fisher")
+MAX_PERIODS_PER_YEAR = 366 * 24 * 3600  # one period per second of a leap year
 
 
 def _tail_probabilities(level: Any) -> tuple[tuple[float, ...], bool]:
-    """Validate ``level`` (one confidence or a sequence) -> tail probabilities ``1 - level``."""
-    if type(level) is float and 0.0 < level < 1.0:  # the common case, kept cheap
+    """Validate ``level`` (one confidence or a sequence, :func:`check_levels`) -> tail
+    probabilities ``1 - level``."""
+    if type(level) is float and 0.5 <= level < 1.0:  # the common case, kept cheap
         return (round(1.0 - level, 15),), False
-    levels, grid = check_floats(level, "level")
-    for v in levels:
-        if not 0.0 < v < 1.0:
-            raise ValueError(f"level must be strictly between 0 and 1 (e.g. 0.99), got {v}")
+    levels, grid = check_levels(level)
     # 1 - 0.9 is 0.09999999999999998 in binary; rounding gives the tail a user means
     # (the same cutoff empyrical is called with), which matters where n * q is whole
     return tuple(round(1.0 - v, 15) for v in levels), grid
+
+
+def _periods_per_year(value: Any) -> float:
+    """Validate an annualization factor: a real number in ``(0, MAX_PERIODS_PER_YEAR]``."""
+    ppy = check_float(value, "periods_per_year", positive=True)
+    if ppy > MAX_PERIODS_PER_YEAR:
+        raise ValueError(f"periods_per_year must be <= {MAX_PERIODS_PER_YEAR} (one period per second), got {ppy}")
+    return ppy
 
 
 class _Call(SeriesInput):
@@ -73,8 +97,17 @@ class _Call(SeriesInput):
 
     __slots__ = ()
 
-    def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1) -> None:
+    def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1, n_levels: int = 0) -> None:
         super().__init__(r, backend, "risk", what, minimum)
+        self.check_summary_memory(n_levels, what)
+
+    def check_summary_memory(self, n_levels: int, what: str) -> None:
+        """Refuse a call whose per-series results would exceed the working-memory limit: each
+        series gets up to 16 float64 summary values plus two per level (the CPU backend's
+        summary; the array backends keep fewer). Memory in proportion to ``r`` itself is
+        the caller's (``r`` is already allocated)."""
+        n_series = self.x.size // self.x.shape[-1]
+        check_work_memory(8.0 * n_series * (16 + 2 * n_levels), f"{what} on {n_series} series, {n_levels} levels")
 
     def out(self, res: Any, grid: bool | None = None, levels: Any = None) -> Any:
         """Wrap a result. ``grid``: None for a metric without a level axis, False to drop the
@@ -98,7 +131,7 @@ def var_historical(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     Returns shape ``(...)``, or ``(len(level), ...)`` for a sequence of levels.
     """
     q, grid = _tail_probabilities(level)
-    c = _Call(r, backend, "var_historical")
+    c = _Call(r, backend, "var_historical", n_levels=len(q))
     return c.out(c.kernels.var_historical(c.x, q), grid, level)
 
 
@@ -111,7 +144,7 @@ def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     ``cvar >= var_historical`` up to interpolation. Shape as :func:`var_historical`.
     """
     q, grid = _tail_probabilities(level)
-    c = _Call(r, backend, "cvar")
+    c = _Call(r, backend, "cvar", n_levels=len(q))
     return c.out(c.kernels.cvar(c.x, q), grid, level)
 
 
@@ -124,12 +157,13 @@ def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backe
     (quantstats' ``value_at_risk``). ``method="cornish-fisher"`` replaces ``z`` by its
     Cornish-Fisher expansion with the sample skewness and excess kurtosis (biased
     moment estimators, scipy.stats' defaults), which widens the VaR of fat-tailed
-    series. Shape as :func:`var_historical`.
+    series. A constant series (zero std, see the module docstring) has VaR ``-mean`` with
+    either method. Shape as :func:`var_historical`.
     """
     if method not in _PARAMETRIC_METHODS:
         raise ValueError(f"method must be one of {_PARAMETRIC_METHODS}, got {method!r}")
     q, grid = _tail_probabilities(level)
-    c = _Call(r, backend, "var_parametric (mean and standard deviation)", 2)
+    c = _Call(r, backend, "var_parametric (mean and standard deviation)", 2, len(q))
     return c.out(c.kernels.var_parametric(c.x, q, method == "cornish-fisher"), grid, level)
 
 
@@ -149,9 +183,12 @@ def max_drawdown(r: Any, *, backend: Any = None) -> Any:
 def sharpe(r: Any, periods_per_year: float = 252, risk_free: float = 0.0, *, backend: Any = None) -> Any:
     """Annualized Sharpe ratio: ``mean(r - risk_free) / std(r, ddof=1) * sqrt(periods_per_year)``.
 
-    ``risk_free`` is a per-period rate (as in ``empyrical.sharpe_ratio``).
+    ``risk_free`` is a per-period rate (as in ``empyrical.sharpe_ratio``). A constant
+    series (a std that is zero up to the rounding of its mean, see the module docstring)
+    gives ``+inf``/``-inf`` by the sign of its mean excess return and NaN when that is
+    exactly 0 (the series equals ``risk_free``), as empyrical-reloaded does.
     """
-    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    ppy = _periods_per_year(periods_per_year)
     rf = check_float(risk_free, "risk_free")
     c = _Call(r, backend, "sharpe (standard deviation)", 2)
     return c.out(c.kernels.sharpe(c.x, ppy, rf))
@@ -163,9 +200,11 @@ def sortino(r: Any, periods_per_year: float = 252, required_return: float = 0.0,
 
     ``mean(r - required_return) * ppy / (sqrt(mean(min(r - required_return, 0)^2)) * sqrt(ppy))``:
     the downside deviation averages over *all* periods (ddof 0), not only the losing ones.
-    ``required_return`` is a per-period rate.
+    ``required_return`` is a per-period rate. No return below ``required_return`` makes
+    the downside deviation exactly 0: ``+inf``, or NaN when the mean excess is 0 too
+    (a series equal to ``required_return``), as empyrical.
     """
-    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    ppy = _periods_per_year(periods_per_year)
     mar = check_float(required_return, "required_return")
     c = _Call(r, backend, "sortino")
     return c.out(c.kernels.sortino(c.x, ppy, mar))
@@ -178,7 +217,7 @@ def calmar(r: Any, periods_per_year: float = 252, *, backend: Any = None) -> Any
     The growth rate is ``wealth_T ** (periods_per_year / n) - 1`` over the ``n`` valid
     periods. NaN when the series never draws down.
     """
-    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    ppy = _periods_per_year(periods_per_year)
     c = _Call(r, backend, "calmar")
     return c.out(c.kernels.calmar(c.x, ppy))
 
@@ -206,7 +245,7 @@ def risk_report(
     """Every metric of this module for a batch, in one pass over the data.
 
     Returns ``{field: array of shape (...)}`` for :data:`REPORT_FIELDS`: ``n`` (valid
-    observations), ``mean`` (per period), ``volatility`` (annualized std),
+    observations), ``mean`` (per period), ``volatility`` (annualized std; 0 for a constant series),
     ``var_historical``, ``var_parametric`` (Gaussian), ``var_cornish_fisher``, ``cvar``
     (all at ``level``), ``max_drawdown``, ``sharpe`` (``risk_free``), ``sortino``
     (``risk_free`` as the required return), ``calmar``, ``kelly_fraction``; each equal
@@ -217,8 +256,8 @@ def risk_report(
     if grid:
         raise TypeError("level must be one number for risk_report, got a sequence")
     q = qs[0]
-    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    ppy = _periods_per_year(periods_per_year)
     rf = check_float(risk_free, "risk_free")
-    c = _Call(r, backend, "risk_report (standard deviation)", 2)
+    c = _Call(r, backend, "risk_report (standard deviation)", 2, 1)
     report = c.kernels.risk_report(c.x, q, ppy, rf)
     return {k: c.out(v) for k, v in report.items()}

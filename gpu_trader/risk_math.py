@@ -3,7 +3,7 @@
 The same code runs on NumPy (``cpu``) and CuPy (``cuda``): each backend module
 instantiates :class:`RiskKernels` with its namespace and a running-maximum
 primitive (NumPy has ``maximum.accumulate``; on CuPy a log-depth doubling scan,
-:func:`doubling_running_max`, is used). Nothing here validates input; the public
+:func:`doubling_running_max`, is used). The kernels validate no input; the public
 module :mod:`gpu_trader.risk` does.
 
 Shapes: ``r`` is ``(..., T)`` with time last; every metric reduces the last axis.
@@ -11,6 +11,17 @@ A level grid ``q`` (tail probabilities ``1 - level``, a 1-D tuple) adds a leadin
 axis. All arithmetic is float64; NaNs are dropped per series (the metric of a
 series equals the metric of that series without its NaNs). A series with too few
 valid values for a metric (none; one for a standard deviation) gives NaN.
+
+Zero dispersion: the standard deviation of a constant series is exactly 0, but the
+floating-point mean it is centred on can miss the common value in its last bits,
+leaving a residue (about 1e-18 for daily returns) that would turn an infinite
+Sharpe ratio into an arbitrary 1e16. :func:`rounding_residue` says when a standard
+deviation is no larger than that rounding can make it, and such a deviation is
+taken as 0 (empyrical's rule for exactly equal values, made robust to the order of
+summation of every backend).
+
+The module also holds the two argument rules the public risk, correlation and
+Monte Carlo modules share (:func:`check_levels`).
 """
 from __future__ import annotations
 
@@ -21,7 +32,47 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["RiskKernels", "doubling_running_max", "normal_quantile", "cornish_fisher_z"]
+from .validation import check_floats
+
+__all__ = [
+    "RiskKernels", "doubling_running_max", "normal_quantile", "cornish_fisher_z", "rounding_residue",
+    "check_levels", "LEVEL_HINT",
+]
+
+EPS = float(np.finfo(np.float64).eps)
+TINY = float(np.finfo(np.float64).smallest_subnormal)
+LEVEL_HINT = "level is a confidence such as 0.99, not a tail probability such as 0.01"
+
+
+def check_levels(level: Any, name: str = "level") -> tuple[tuple[float, ...], bool]:
+    """Validate a confidence level, or a grid (sequence) of them.
+
+    Every level must be a real number (Python or NumPy; not a bool) with
+    ``0.5 <= level < 1``: a level below 0.5 is almost always a tail probability
+    written where a confidence belongs, so the ``ValueError`` says so
+    (:data:`LEVEL_HINT`). Returns ``(levels, is_grid)`` like
+    :func:`gpu_trader.validation.check_floats` (which also bounds a grid's length).
+    """
+    levels, grid = check_floats(level, name)
+    for v in levels:
+        if not 0.5 <= v < 1.0:
+            raise ValueError(f"{name} must satisfy 0.5 <= {name} < 1, got {v}: {LEVEL_HINT}")
+    return levels, grid
+
+
+def rounding_residue(std, mean, n):
+    """Whether a standard deviation ``std`` of ``n`` values with mean ``mean`` is no larger
+    than the rounding of the mean can make it for a constant series (then it is 0).
+
+    Whatever the order of summation, a computed mean of ``n`` equal values ``c`` is
+    within ``(n - 1) u |c|`` of ``c`` (``u`` the unit roundoff, ``eps / 2``; plus the
+    subnormal spacing where ``c`` is tiny), and the deviations ``c - mean`` then give
+    ``std <= n u |c| sqrt(n / (n - 1))``; the test ``std <= n * (eps * |mean| + tiny)``
+    accepts that with room to spare and nothing a real series produces
+    (``std / |mean|`` below ``5.6e-14`` for 252 values). Plain Python on scalars or arrays
+    of any namespace; the CPU backend compiles it with numba's ``register_jitable``.
+    """
+    return std <= n * (EPS * abs(mean) + TINY)
 
 
 def _quiet():
@@ -71,9 +122,9 @@ class _Sorted:
 class _Moments:
     n: Any
     mean: Any
-    std: Any       # ddof = 1
-    skew: Any      # biased (scipy.stats.skew default)
-    kurt: Any      # biased excess kurtosis (scipy.stats.kurtosis default)
+    std: Any       # ddof = 1; 0 where it is only a rounding residue (rounding_residue)
+    skew: Any      # biased (scipy.stats.skew default); NaN where std is 0
+    kurt: Any      # biased excess kurtosis (scipy.stats.kurtosis default); NaN where std is 0
 
 
 class RiskKernels:
@@ -93,7 +144,8 @@ class RiskKernels:
         return _Sorted(xp.sort(r, axis=-1), xp.sum(~xp.isnan(r), axis=-1))
 
     def moments(self, r) -> _Moments:
-        """Count, mean, sample std (ddof 1), biased skewness and excess kurtosis; two-pass."""
+        """Count, mean, sample std (ddof 1), biased skewness and excess kurtosis; two-pass.
+        A std that is only a rounding residue is 0 and then skewness and kurtosis are NaN."""
         xp = self.xp
         valid = ~xp.isnan(r)
         n = xp.sum(valid, axis=-1)
@@ -106,10 +158,22 @@ class RiskKernels:
             m4 = (d2 * d2).sum(axis=-1) / n
             var_pop = m2 / n
             std = xp.sqrt(m2 / (n - 1))
-            std = xp.where(n > 1, std, xp.nan)
-            skew = m3 / var_pop ** 1.5
-            kurt = m4 / (var_pop * var_pop) - 3.0
+            constant = rounding_residue(std, mean, n)
+            std = xp.where(n > 1, xp.where(constant, 0.0, std), xp.nan)
+            skew = xp.where(constant, xp.nan, m3 / var_pop ** 1.5)
+            kurt = xp.where(constant, xp.nan, m4 / (var_pop * var_pop) - 3.0)
         return _Moments(n, mean, std, skew, kurt)
+
+    def excess_mean(self, r, rate: float):
+        """``(mean of r - rate over the valid values, r - rate with NaNs as 0, valid count)``:
+        empyrical's order (subtract, then average), so a series equal to ``rate`` has an
+        excess of exactly 0."""
+        xp = self.xp
+        valid = ~xp.isnan(r)
+        n = valid.sum(axis=-1)
+        adj = xp.where(valid, r - rate, 0.0)
+        with _quiet():
+            return adj.sum(axis=-1) / n, adj, n
 
     def _grid(self, q: tuple[float, ...], like):
         """Tail probabilities as an array broadcastable against ``like`` with a leading axis."""
@@ -154,29 +218,32 @@ class RiskKernels:
 
     # -- moment-based ----------------------------------------------------------
     def var_parametric_moments(self, m: _Moments, q: tuple[float, ...], cornish_fisher: bool):
+        """``-(mean + z std)``; a series with a zero std has every quantile at its mean (VaR ``-mean``)."""
+        xp = self.xp
         z = self._grid(tuple(normal_quantile(p) for p in q), m.n)
         if cornish_fisher:
             z = cornish_fisher_z(z, m.skew, m.kurt)
-        return -(m.mean + z * m.std)
+        return -(m.mean + xp.where(m.std == 0, 0.0, z * m.std))
 
     def var_parametric(self, r, q, cornish_fisher: bool):
         return self.var_parametric_moments(self.moments(r), q, cornish_fisher)
 
-    def sharpe_moments(self, m: _Moments, periods_per_year: float, risk_free: float):
+    def sharpe_moments(self, m: _Moments, excess, periods_per_year: float):
+        """Mean excess return over the std (0 for a constant series: +-inf, or NaN for 0/0)."""
         with _quiet():
-            return (m.mean - risk_free) / m.std * periods_per_year ** 0.5  # (** not math.sqrt: JAX traces it)
+            return excess / m.std * periods_per_year ** 0.5  # (** not math.sqrt: JAX traces it)
 
     def sharpe(self, r, periods_per_year: float, risk_free: float):
-        return self.sharpe_moments(self.moments(r), periods_per_year, risk_free)
+        excess, _, _ = self.excess_mean(r, risk_free)
+        return self.sharpe_moments(self.moments(r), excess, periods_per_year)
 
     def sortino(self, r, periods_per_year: float, required_return: float):
-        """Annualized mean excess return over annualized downside deviation (empyrical's)."""
+        """Annualized mean excess return over annualized downside deviation (empyrical's). The
+        downside deviation is exactly 0 when no return is below ``required_return`` (no
+        rounding residue to clean): then +-inf, or NaN for 0/0."""
         xp = self.xp
-        valid = ~xp.isnan(r)
-        n = valid.sum(axis=-1)
-        adj = xp.where(valid, r - required_return, 0.0)
+        mean, adj, n = self.excess_mean(r, required_return)
         with _quiet():
-            mean = adj.sum(axis=-1) / n
             down = xp.minimum(adj, 0.0)
             downside = xp.sqrt((down * down).sum(axis=-1) / n)
             return mean * periods_per_year / (downside * periods_per_year ** 0.5)
@@ -239,7 +306,7 @@ class RiskKernels:
                 "var_cornish_fisher": self.var_parametric_moments(m, (q,), True)[0],
                 "cvar": self.cvar_sorted(s, (q,))[0],
                 "max_drawdown": self.max_drawdown_wealth(w, m.n),
-                "sharpe": self.sharpe_moments(m, periods_per_year, risk_free),
+                "sharpe": self.sharpe_moments(m, self.excess_mean(r, risk_free)[0], periods_per_year),
                 "sortino": self.sortino(r, periods_per_year, risk_free),
                 "calmar": self.calmar_wealth(w, m.n, periods_per_year),
                 "kelly_fraction": self.kelly_fraction(r),

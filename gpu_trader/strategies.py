@@ -35,6 +35,12 @@ One-bar streaming (CPU): ``Momentum(10, 30).stream(n_symbols)`` or
 outputs equal the batch signals bar by bar (float64 input), because it runs the
 same rule on :class:`gpu_trader.FeatureStream` values, which equal the batch
 indicators exactly.
+
+Limits (``ValueError``, checked before anything is computed): windows are integers in
+``[1, 100000]`` (``[2, 100000]`` for mean reversion; TA-Lib's cap), a call runs at most
+:data:`gpu_trader.validation.MAX_GRID` parameter sets or strategies, and its signals
+hold at most :data:`gpu_trader.validation.MAX_ELEMENTS` values. Inputs may be read-only
+(pandas' copy-on-write columns) and are never written.
 """
 from __future__ import annotations
 
@@ -48,7 +54,9 @@ import numpy as np
 from . import strategy_math as _sm
 from .backend import _identity, resolve
 from .indicators import bollinger, ema
-from .validation import check_floats, check_windows
+from .streaming import _to_host
+from .validation import (MAX_GRID, MAX_WINDOW, check_allocation, check_count, check_flag, check_float,
+                         check_floats, check_grid_size, check_windows)
 from .profiling import annotate, annotate_methods
 
 __all__ = ["Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
@@ -64,8 +72,7 @@ class StrategyResult(NamedTuple):
 
 
 def _check_cost(cost_bps) -> float:
-    (cost,), _ = check_floats(cost_bps, "cost_bps", 0.0)
-    return cost / 1e4
+    return check_float(cost_bps, "cost_bps", minimum=0.0) / 1e4
 
 
 @annotate_methods
@@ -80,9 +87,9 @@ class Momentum:
     fast: int = 10
     slow: int = 30
 
-    def __post_init__(self) -> None:
-        check_windows(self.fast, "fast")
-        check_windows(self.slow, "slow")
+    def __post_init__(self) -> None:  # stored as Python ints (np.int32(10) is accepted)
+        object.__setattr__(self, "fast", check_count(self.fast, "fast", 1, MAX_WINDOW))
+        object.__setattr__(self, "slow", check_count(self.slow, "slow", 1, MAX_WINDOW))
 
     @property
     def name(self) -> str:
@@ -105,9 +112,9 @@ class MeanReversion:
     window: int = 20
     nstd: float = 2.0
 
-    def __post_init__(self) -> None:
-        check_windows(self.window, "window", 2)
-        check_floats(self.nstd, "nstd", 0.0)
+    def __post_init__(self) -> None:  # stored as a Python int and float
+        object.__setattr__(self, "window", check_count(self.window, "window", 2, MAX_WINDOW))
+        object.__setattr__(self, "nstd", check_float(self.nstd, "nstd", minimum=0.0))
 
     @property
     def name(self) -> str:
@@ -172,20 +179,22 @@ def _rule_arrays(rules: tuple) -> tuple[np.ndarray, ...]:
     return hit
 
 
-def _run_rules(be, close, feats, rules, cost, batch, grid_shape):
-    """Run rules ``[(kind, a row, b row, k)]`` over close (..., T) and stacked feats (R, ..., T)."""
-    T = close.shape[-1]
+def _backtest(be, close, ema_windows: tuple, bb_windows: tuple, rules, cost, grid_shape, what: str):
+    """Run rules ``[(kind, a row, b row, k)]`` (rows of :func:`_feature_rows`) over close (..., T):
+    the size of the output is checked first, then the features are computed and the
+    kernel runs. Returns a :class:`StrategyResult` with leading axes ``grid_shape``."""
+    batch, T = close.shape[:-1], close.shape[-1]
     n = math.prod(batch)
-    kinds, a_idx, b_idx, ks = _rule_arrays(tuple(rules))
     P = len(rules)
+    check_allocation(P * n * T, what)
+    kinds, a_idx, b_idx, ks = _rule_arrays(tuple(rules))
     if n == 0 or T == 0:
         sig = be.xp.zeros((P, n, T), dtype=np.int8)
         pnl = be.xp.zeros((P, n), dtype=np.float64)
     else:
-        c = close.reshape(n, T)
-        c = be.contiguous(c)
-        f = feats.reshape(feats.shape[0], n, T)
-        f = be.contiguous(f)
+        feats = _batch_features(be, close, ema_windows, bb_windows)
+        c = be.contiguous(close.reshape(n, T))
+        f = be.contiguous(feats.reshape(feats.shape[0], n, T))
         sig, pnl = be.ops("strategies").backtest(c, f, kinds, a_idx, b_idx, ks, cost)
     return StrategyResult(sig.reshape(grid_shape + batch + (T,)), pnl.reshape(grid_shape + batch))
 
@@ -204,16 +213,16 @@ def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> Strategy
     sequences (outer-product grid axes ``(len(fast), len(slow))``, leading);
     cost_bps >= 0. Returns :class:`StrategyResult`.
     """
-    fasts, fast_grid = check_windows(fast, "fast")
-    slows, slow_grid = check_windows(slow, "slow")
+    fasts, fast_grid = check_windows(fast, "fast", 1, MAX_WINDOW)
+    slows, slow_grid = check_windows(slow, "slow", 1, MAX_WINDOW)
+    check_grid_size((len(fasts), len(slows)), "momentum")
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
     windows = tuple(sorted(set(fasts) | set(slows)))
     rows = _feature_rows(windows, ())
-    feats = _batch_features(be, c, windows, ())
     rules = [(_sm.MOMENTUM, rows["ema", f], rows["ema", s], 0.0) for f, s in itertools.product(fasts, slows)]
     grid = tuple(len(v) for v, g in ((fasts, fast_grid), (slows, slow_grid)) if g)
-    return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
+    return _restore(restore, _backtest(be, c, windows, (), rules, cost, grid, "momentum"))
 
 
 @annotate
@@ -224,22 +233,24 @@ def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) ->
     sequence (grid axes ``(len(window), len(nstd))``). One Bollinger(window, 1) per
     distinct window serves every nstd. Returns :class:`StrategyResult`.
     """
-    windows, window_grid = check_windows(window, "window", 2)
+    windows, window_grid = check_windows(window, "window", 2, MAX_WINDOW)
     nstds, nstd_grid = check_floats(nstd, "nstd", 0.0)
+    check_grid_size((len(windows), len(nstds)), "mean_reversion")
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
     uniq = tuple(sorted(set(windows)))
     rows = _feature_rows((), uniq)
-    feats = _batch_features(be, c, (), uniq)
     rules = [(_sm.MEAN_REVERSION, rows["mid", w], rows["sd", w], k) for w, k in itertools.product(windows, nstds)]
     grid = tuple(len(v) for v, g in ((windows, window_grid), (nstds, nstd_grid)) if g)
-    return _restore(restore, _run_rules(be, c, feats, rules, cost, c.shape[:-1], grid))
+    return _restore(restore, _backtest(be, c, (), uniq, rules, cost, grid, "mean_reversion"))
 
 
 def _check_strategies(strategies) -> tuple:
     items = tuple(strategies) if isinstance(strategies, (list, tuple)) else None
     if not items or not all(isinstance(s, (Momentum, MeanReversion)) for s in items):
         raise TypeError("strategies must be a non-empty list of Momentum / MeanReversion instances")
+    if len(items) > MAX_GRID:
+        raise ValueError(f"strategies: {len(items)} given; at most {MAX_GRID} run in one call")
     return items
 
 
@@ -270,8 +281,7 @@ class StrategyRunner:
     def run(self, close, *, cost_bps=0.0, backend=None) -> dict[str, StrategyResult]:
         cost = _check_cost(cost_bps)
         be, (c,), restore = resolve((close,), ("close",), backend)
-        feats = _batch_features(be, c, self._ema, self._bb)
-        res = _run_rules(be, c, feats, self._rules, cost, c.shape[:-1], (len(self._rules),))
+        res = _backtest(be, c, self._ema, self._bb, self._rules, cost, (len(self._rules),), "StrategyRunner.run")
         return {name: _restore(restore, StrategyResult(res.signals[i], res.pnl[i]))
                 for i, name in enumerate(self.names)}
 
@@ -301,6 +311,7 @@ class StrategyStream:
         from .cpu_fallback.strategies import signals_now
         from .streaming import FeatureStream
 
+        self._squeeze = check_flag(squeeze, "squeeze")
         runner = strategies if isinstance(strategies, StrategyRunner) else StrategyRunner(strategies)
         self._features = FeatureStream(n_symbols, _stream_spec(runner._ema, runner._bb))
         self.n_symbols = self._features.n_symbols
@@ -309,7 +320,6 @@ class StrategyStream:
         self._rules = _rule_arrays(runner._rules)
         self._feats = np.empty((len(self._keys), self.n_symbols), dtype=np.float64)
         self._close = np.empty(self.n_symbols, dtype=np.float64)
-        self._squeeze = squeeze
         self._signals_now = signals_now
 
     def reset(self) -> None:
@@ -324,15 +334,18 @@ class StrategyStream:
         return out[0] if self._squeeze else out
 
     def update(self, close_row) -> np.ndarray:
-        row = np.asarray(close_row, dtype=np.float64)
+        row = _to_host(close_row, "close_row")
         values = self._features.update(row)
         self._close[:] = row
         return self._signals(values)
 
     def warmup(self, history) -> np.ndarray:
-        hist = np.asarray(history, dtype=np.float64)
+        """Feed closes ``(n_symbols, T)`` (``(T,)`` when ``n_symbols == 1``; a DataFrame has time
+        along its index, one column per symbol); returns the last bar's signals."""
+        hist = _to_host(history, "history")
         if hist.ndim == 1:
             hist = hist.reshape(1, -1)
         values = self._features.warmup({"close": hist})
-        self._close[:] = hist[:, -1]
+        if hist.shape[-1]:
+            self._close[:] = hist[:, -1]
         return self._signals(values)

@@ -53,6 +53,13 @@ It returns ``{key: float64 array (n_symbols,)}`` with the keys of
 :func:`gpu_trader.indicators.feature_keys` (a fresh dict of fresh arrays each
 call; the caller may keep or modify them).
 
+Inputs (rows and histories) may be read-only, of any real dtype or byte order, and
+are never written; masked arrays and non-real dtypes are a ``TypeError`` (as
+everywhere, see :mod:`gpu_trader.backend`). A mapping's keys match
+case-insensitively (a vendor's ``Open/High/Low/Close/Volume`` DataFrame columns
+work; ``Adj Close`` and other keys are ignored). ``n_symbols`` times the spec's
+per-symbol state may hold at most :data:`gpu_trader.validation.MAX_ELEMENTS` values.
+
 numba is imported (and the kernels compiled, or loaded from the on-disk cache)
 when the first stream is constructed, never at ``import gpu_trader``.
 """
@@ -60,14 +67,15 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Any, Mapping
 
 import numpy as np
 
+from .backend import _is_pandas, check_same_labels, host_input, to_numpy
 from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, SPECS, STOCH, VWAP, WMA
-from .indicators import _INPUTS, _validated_params, feature_keys, normalize_spec
+from .indicators import _INPUTS, _validated_params, feature_keys, field_keys, is_mapping, normalize_spec
 from .profiling import annotate_methods
+from .validation import check_allocation, check_count
 
 __all__ = ["FeatureStream"]
 
@@ -568,20 +576,6 @@ def _kernels():
 # ---------------------------------------------------------------------------------
 
 
-def _check_n_symbols(n_symbols: Any) -> int:
-    if isinstance(n_symbols, (bool, np.bool_)) or not isinstance(n_symbols, numbers.Integral):
-        raise TypeError(f"n_symbols must be an integer, got {n_symbols!r}")
-    n = int(n_symbols)
-    if n < 1:
-        raise ValueError(f"n_symbols must be >= 1, got {n}")
-    return n
-
-
-def _float_dtype_ok(arr: np.ndarray, name: str) -> None:
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-
-
 @annotate_methods
 class FeatureStream:
     """Incremental feature pipeline: the :func:`gpu_trader.features` spec, one bar at a time.
@@ -602,7 +596,7 @@ class FeatureStream:
     """
 
     def __init__(self, n_symbols: int, spec: Mapping[str, Any] | None = None) -> None:
-        n = _check_n_symbols(n_symbols)
+        n = check_count(n_symbols, "n_symbols", 1)
         spec = normalize_spec(spec)
         self.n_symbols = n
         self.spec = spec
@@ -633,6 +627,7 @@ class FeatureStream:
             f_size += nf
             i_size += ni
             out_row += n_out
+        check_allocation(n * (f_size + i_size + out_row), f"FeatureStream(n_symbols={n})'s state")
         self._prog = np.array(rows, dtype=np.int64).reshape(-1, _P_WIDTH)
         self._fprog = np.array(fparams, dtype=np.float64)
         self._f_size, self._i_size = f_size, i_size
@@ -671,13 +666,11 @@ class FeatureStream:
     def update(self, row) -> dict[str, np.ndarray]:
         """Advance every symbol by one bar; returns ``{key: float64 array (n_symbols,)}``."""
         buf = self._row
-        if type(row) is not np.ndarray:
-            if isinstance(row, Mapping) or (hasattr(row, "keys") and hasattr(row, "__getitem__")):
+        if type(row) is not np.ndarray or row.dtype.kind not in "fiub":  # the plain case stays cheap
+            if is_mapping(row):
                 self._fill_from_mapping(row)
                 return self._step(buf)
-            row = np.asarray(row)
-        if row.dtype.kind not in "fiub":
-            raise TypeError(f"row must hold real numbers, got dtype {row.dtype}")
+            row = host_input(row, "row")
         shape = row.shape
         if shape == self._shape5:
             buf[...] = row[1:]
@@ -715,19 +708,16 @@ class FeatureStream:
                 value = row[name]
             except (KeyError, IndexError, TypeError):
                 value = self._lookup_ci(row, name)
-            arr = value if type(value) is np.ndarray else np.asarray(value)
+            arr = value if type(value) is np.ndarray and value.dtype.kind in "fiub" else host_input(
+                value, f"row[{name!r}]")
             if arr.shape != self._shape1 and not (n == 1 and arr.shape == ()):
                 raise ValueError(f"row[{name!r}] must have shape ({n},), got {arr.shape}")
-            if arr.dtype.kind not in "fiub":
-                raise TypeError(f"row[{name!r}] must hold real numbers, got dtype {arr.dtype}")
             buf[i] = arr
 
-    @staticmethod
-    def _lookup_ci(row, name: str):
-        for k in row.keys():
-            if str(k).lower() == name:
-                return row[k]
-        raise ValueError(f"row is missing field {name!r} (needs {[f for f in _FIELDS]})")
+    def _lookup_ci(self, row, name: str):
+        """``row``'s field ``name`` under any case (``Close``); ``ValueError`` listing the fields needed."""
+        needed = tuple(_FIELDS[i] for i in self._needed)
+        return row[field_keys(row, needed, "row")[name]]
 
     # -- many bars ---------------------------------------------------------------------
     def warmup(self, history) -> dict[str, np.ndarray]:
@@ -758,17 +748,15 @@ class FeatureStream:
         """-> ({row of the input buffer: (n_symbols, T) array}, T), validated."""
         n = self.n_symbols
         fields: dict[int, np.ndarray] = {}
-        if hasattr(history, "keys") and not isinstance(history, np.ndarray):
-            cols = {str(k).lower(): k for k in history.keys()}
-            missing = [_FIELDS[i] for i in self._needed if _FIELDS[i] not in cols]
-            if missing:
-                raise ValueError(f"history is missing field(s) {missing}")
+        if is_mapping(history):
+            keys = field_keys(history, tuple(_FIELDS[i] for i in self._needed), "history")
+            check_same_labels(tuple(history[keys[_FIELDS[i]]] for i in self._needed),
+                              tuple(f"history[{_FIELDS[i]!r}]" for i in self._needed))
             for i in self._needed:
                 name = _FIELDS[i]
-                fields[i] = self._history_field(history[cols[name]], f"history[{name!r}]")
+                fields[i] = self._history_field(history[keys[name]], f"history[{name!r}]")
         else:
-            arr = _to_host(history)
-            _float_dtype_ok(arr, "history")
+            arr = _to_host(history, "history")
             if arr.ndim == 3 and arr.shape[:2] == (5, n):
                 fields = {i: arr[i + 1] for i in range(4)}
             elif n == 1 and arr.ndim == 2 and arr.shape[0] == 5:
@@ -784,13 +772,13 @@ class FeatureStream:
                 )
         lengths = {a.shape[-1] for a in fields.values()}
         if len(lengths) != 1:
-            raise ValueError(f"history fields differ in length: {sorted(lengths)}")
+            found = {f"history[{_FIELDS[i]!r}]": a.shape[-1] for i, a in fields.items()}
+            raise ValueError(f"history fields differ in length (T): {found}")
         return fields, lengths.pop()
 
     def _history_field(self, value, name: str) -> np.ndarray:
         n = self.n_symbols
-        arr = _to_host(value)
-        _float_dtype_ok(arr, name)
+        arr = _to_host(value, name)
         if arr.ndim == 1 and n == 1:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[0] != n:
@@ -798,18 +786,17 @@ class FeatureStream:
         return arr
 
 
-def _to_host(x) -> np.ndarray:
-    """NumPy view/copy of an array-like; a pandas DataFrame (time x symbols) is transposed."""
-    if isinstance(x, np.ndarray):
-        return x
+def _to_host(x, name: str) -> np.ndarray:
+    """NumPy view/copy of an array-like of real numbers (:func:`gpu_trader.backend.host_input`);
+    a pandas DataFrame (time x symbols) is transposed."""
     if hasattr(x, "columns") and hasattr(x, "to_numpy"):  # pandas / cuDF DataFrame
-        return np.asarray(_backend_to_numpy(x)).T
-    return np.asarray(_backend_to_numpy(x))
+        return host_input(_backend_to_numpy(x), name).T
+    return host_input(_backend_to_numpy(x), name)
 
 
 def _backend_to_numpy(x):
-    from .backend import to_numpy
-
-    if hasattr(x, "to_numpy") and not hasattr(x, "__cuda_array_interface__"):
+    """Host values: pandas (nullable columns as float64 with NaN) and arrays through
+    :func:`gpu_trader.to_numpy`, other frames (cuDF) through their own ``to_numpy``."""
+    if hasattr(x, "to_numpy") and not hasattr(x, "__cuda_array_interface__") and not _is_pandas(x):
         return x.to_numpy()
     return to_numpy(x)

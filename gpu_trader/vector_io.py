@@ -11,65 +11,134 @@ Layout (little-endian)::
 
 Sections: ``vectors`` (``(n, dim)`` float32 or int8), ``scales`` (int8 storage only),
 ``norms``, ``ids`` (int64), ``metadata`` (UTF-8 JSON of the metadata columns) and ``ann``
-(the approximate index's own serialization, possibly empty). :func:`write` writes a
-temporary file in the target's directory, fsyncs it and renames it over the target, so a
-crash never leaves a half-written index under the target name. :func:`read` checks the
-magic, the format version, the header checksum, that every section lies inside the file
-(a truncated file is refused) and every section's checksum (a corrupt one is refused),
-all before returning anything; with ``mmap=True`` the vectors are a read-only
-``numpy.memmap`` (the checksum pass streams through the file in 16 MiB chunks).
+(the approximate index's own serialization, possibly empty). Array sections are one of
+:data:`ARRAY_DTYPES` (little-endian on every machine); the others are ``"bytes"``.
+
+:func:`write` resolves a symbolic link to the file it names (the link stays), writes a
+temporary file in that file's directory (created with mode ``0o666`` less the umask, or
+given the permission bits of the file it replaces), fsyncs it, renames it over the target
+and fsyncs the directory, so a crash never leaves a half-written index under the target
+name and a completed save survives one.
+
+:func:`read` opens the path without blocking and refuses anything but a regular file (a
+FIFO or a device is a :class:`VectorIndexFileError`, not a hang). Every length in the file
+is bounded by the size of the opened file (``os.fstat``), and before any section is read
+it checks the magic, the header checksum, the format version, the header's structure
+(types and ranges of every field; sections of a known dtype, whose ``nbytes`` match their
+shape, inside the file, not overlapping the header or each other) and every section's
+checksum (streamed through the file in 16 MiB chunks). Only then are the sections read;
+with ``mmap=True`` the vectors are a read-only ``numpy.memmap`` of the opened file. What
+the config and the sections *mean* is checked by :meth:`VectorIndex.load`.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import os
+import secrets
+import stat
 import struct
-import tempfile
 import zlib
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "VectorIndexFileError", "write", "read"]
+__all__ = ["FORMAT_VERSION", "ARRAY_DTYPES", "VectorIndexFileError", "write", "read"]
 
 MAGIC = b"GTVECIDX"
 FORMAT_VERSION = 1
+ARRAY_DTYPES = ("<f4", "|i1", "<i8")  # the dtypes an array section may have
+BYTES = "bytes"  # the dtype of a raw byte section
 _PREFIX = struct.Struct("<8sQI")
 _ALIGN = 64
 _CHUNK = 16 << 20
+_MAX_SECTIONS = 64
+_SECTION_KEYS = frozenset({"name", "dtype", "shape", "nbytes", "crc32", "offset"})
 
 
 class VectorIndexFileError(ValueError):
-    """A vector index file is not one, is of an unknown version, is truncated or corrupt."""
+    """A vector index file is not one, is of an unknown version, is truncated, corrupt or malformed."""
 
 
-def _crc(buf) -> int:
-    mv = memoryview(buf).cast("B")
+def _byte_view(data) -> memoryview:
+    """A flat unsigned-byte view of a C-contiguous array or a bytes object (any shape, also empty)."""
+    if isinstance(data, np.ndarray):
+        return memoryview(data.reshape(-1).view(np.uint8))
+    return memoryview(data).cast("B")
+
+
+def _crc(data) -> int:
+    mv = _byte_view(data)
     crc = 0
     for start in range(0, len(mv), _CHUNK):
         crc = zlib.crc32(mv[start:start + _CHUNK], crc)
     return crc
 
 
+# -- writing ------------------------------------------------------------------------------
 def write(path: str | os.PathLike, config: dict[str, Any], arrays: dict[str, np.ndarray], blobs: dict[str, bytes]) -> None:
-    """Write ``arrays`` (host NumPy) and ``blobs`` (bytes) with ``config`` to ``path`` atomically."""
-    path = os.fspath(path)
+    """Write ``arrays`` (host NumPy, dtypes in :data:`ARRAY_DTYPES` up to byte order) and
+    ``blobs`` (bytes) with ``config`` (JSON-serializable, finite numbers) to ``path`` atomically.
+
+    ``ValueError`` if ``path`` exists and is not a regular file (nor a link to one)."""
+    target = _target(path)
+    payloads = _payloads(arrays, blobs)
+    header = _header(config, payloads)
+    _replace_atomically(target, lambda fh: _write_body(fh, header, payloads))
+
+
+def _target(path) -> str:
+    """The file ``path`` names, through symbolic links; refuses an existing non-regular file."""
+    name = _file_name(path)
+    target = os.path.realpath(name)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"path {name!r} exists and is not a regular file")
+    return target
+
+
+def _file_name(path) -> str:
+    """``path`` (``str``, ``bytes`` or ``os.PathLike``) as a ``str`` file name: ``TypeError`` for
+    anything else, ``ValueError`` for an empty name or one holding a NUL character."""
+    try:
+        name = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"path must be a str, bytes or os.PathLike file name, got {type(path).__name__}") from None
+    if not name or "\0" in name:
+        raise ValueError(f"path must be a non-empty file name without NUL characters, got {name!r}")
+    return name
+
+
+def _payloads(arrays: dict[str, np.ndarray], blobs: dict[str, bytes]) -> list[tuple[dict[str, Any], Any]]:
+    """``(section metadata without offset, data)`` for every array (little-endian, contiguous) and blob."""
     payloads: list[tuple[dict[str, Any], Any]] = []
     for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr, dtype=np.dtype(arr.dtype).newbyteorder("<"))
+        if arr.dtype.str not in ARRAY_DTYPES:
+            raise TypeError(f"section {name!r} has dtype {arr.dtype}; the format stores {ARRAY_DTYPES}")
         payloads.append(({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)}, arr))
     for name, blob in blobs.items():
-        payloads.append(({"name": name, "dtype": "bytes", "shape": [len(blob)]}, blob))
+        payloads.append(({"name": name, "dtype": BYTES, "shape": [len(blob)]}, blob))
     for meta, data in payloads:
-        meta["nbytes"] = memoryview(data).nbytes
+        meta["nbytes"] = len(_byte_view(data))
         meta["crc32"] = _crc(data)
+    return payloads
+
+
+def _header(config: dict[str, Any], payloads) -> bytes:
+    """The JSON header; sets each section's ``offset`` (64-byte aligned, after the header)."""
     # offsets depend on the header length, which depends on the offsets' digits: fix point
     offsets = [0] * len(payloads)
     while True:
         for (meta, _), off in zip(payloads, offsets):
             meta["offset"] = off
         header = json.dumps({"format_version": FORMAT_VERSION, "config": config,
-                             "sections": [m for m, _ in payloads]}).encode()
+                             "sections": [m for m, _ in payloads]}, allow_nan=False).encode()
         pos = _PREFIX.size + len(header)
         new = []
         for meta, _ in payloads:
@@ -77,71 +146,214 @@ def write(path: str | os.PathLike, config: dict[str, Any], arrays: dict[str, np.
             new.append(pos)
             pos += meta["nbytes"]
         if new == offsets:
-            break
+            return header
         offsets = new
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".gtvec-", suffix=".tmp", dir=directory)
+
+
+def _write_body(fh: BinaryIO, header: bytes, payloads) -> None:
+    fh.write(_PREFIX.pack(MAGIC, len(header), zlib.crc32(header)))
+    fh.write(header)
+    for meta, data in payloads:
+        fh.write(b"\0" * (meta["offset"] - fh.tell()))
+        fh.write(_byte_view(data))
+
+
+def _replace_atomically(target: str, write_body) -> None:
+    """Write a temporary file next to ``target`` with ``write_body(fh)``, fsync it, rename it
+    over ``target`` and fsync the directory; the temporary file is removed on any failure."""
+    directory = os.path.dirname(target)
+    mode = _existing_mode(target)
+    fd, tmp = _create_temporary(directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(_PREFIX.pack(MAGIC, len(header), zlib.crc32(header)))
-            fh.write(header)
-            for (meta, data) in payloads:
-                fh.write(b"\0" * (meta["offset"] - fh.tell()))
-                fh.write(memoryview(data).cast("B"))
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            write_body(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _existing_mode(target: str) -> int | None:
+    """Permission bits of the file about to be replaced (None: there is none)."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _create_temporary(directory: str) -> tuple[int, str]:
+    """A new file in ``directory`` opened for writing, created with mode ``0o666`` (the
+    kernel applies the umask, as for any new file). Returns ``(fd, path)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f".gtvec-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - a 64-bit random name collided
+            continue
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (POSIX; Windows cannot open a directory, and a
+    file system that cannot sync a directory says EINVAL: nothing more can be done there)."""
+    if os.name == "nt":  # pragma: no cover
+        return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+# -- reading ------------------------------------------------------------------------------
+def read(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read and validate a file written by :func:`write` (see the module docstring).
+
+    Returns ``(config, sections)``: the header's config dict and a dict mapping section
+    names to NumPy arrays (``vectors`` is a read-only memmap when ``mmap`` and not empty)
+    or bytes. Raises :class:`VectorIndexFileError` saying what is wrong; ``OSError`` (e.g.
+    ``FileNotFoundError``) where the path cannot be opened at all.
+    """
+    name = _file_name(path)
+    with _open_regular(name) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head, header_end = _read_header(fh, size, name)
+        table = _section_table(head, size, header_end, name)
+        for meta in table:
+            if _file_crc(fh, meta["offset"], meta["nbytes"], name) != meta["crc32"]:
+                raise VectorIndexFileError(f"{name}: corrupt section {meta['name']!r} (checksum mismatch)")
+        sections = {meta["name"]: _read_section(fh, meta, mmap, name) for meta in table}
+    return head["config"], sections
+
+
+def _open_regular(name: str) -> BinaryIO:
+    """``name`` opened for reading without blocking (a FIFO would block a plain open);
+    ``VectorIndexFileError`` unless it is a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(name, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VectorIndexFileError(f"{name}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
         raise
 
 
-def read(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read and validate a file written by :func:`write`.
-
-    Returns ``(config, sections)`` where ``sections`` maps names to NumPy arrays (``vectors``
-    is a read-only memmap when ``mmap``) or bytes. Raises :class:`VectorIndexFileError`
-    saying what is wrong.
-    """
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        prefix = fh.read(_PREFIX.size)
-        if len(prefix) < _PREFIX.size:
-            raise VectorIndexFileError(f"{path}: truncated (only {size} bytes)")
-        magic, header_len, header_crc = _PREFIX.unpack(prefix)
-        if magic != MAGIC:
-            raise VectorIndexFileError(f"{path}: not a gpu-trader vector index (bad magic bytes)")
-        if header_len > size - _PREFIX.size:  # a corrupt length field must not drive a huge read
-            raise VectorIndexFileError(
-                f"{path}: corrupt or truncated header (says {header_len} bytes, the file has {size - _PREFIX.size})")
-        header = fh.read(header_len)
-        if zlib.crc32(header) != header_crc:
-            raise VectorIndexFileError(f"{path}: corrupt header (checksum mismatch)")
+def _read_header(fh: BinaryIO, size: int, name: str) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header (its top-level structure checked) and the byte where it ends."""
+    prefix = fh.read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size:
+        raise VectorIndexFileError(f"{name}: truncated (only {size} bytes)")
+    magic, header_len, header_crc = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise VectorIndexFileError(f"{name}: not a gpu-trader vector index (bad magic bytes)")
+    if header_len > size - _PREFIX.size:  # a corrupt length field must not drive a huge read
+        raise VectorIndexFileError(
+            f"{name}: corrupt or truncated header (says {header_len} bytes, the file has {size - _PREFIX.size})")
+    header = fh.read(header_len)
+    if len(header) != header_len or zlib.crc32(header) != header_crc:
+        raise VectorIndexFileError(f"{name}: corrupt header (checksum mismatch)")
+    try:
         head = json.loads(header)
-        version = head.get("format_version")
-        if version != FORMAT_VERSION:
-            raise VectorIndexFileError(
-                f"{path}: format version {version} is not supported (this gpu-trader reads {FORMAT_VERSION})")
-        for meta in head["sections"]:
-            if meta["offset"] + meta["nbytes"] > size:
-                raise VectorIndexFileError(
-                    f"{path}: truncated: section {meta['name']!r} ends at byte {meta['offset'] + meta['nbytes']}, "
-                    f"the file has {size}")
-        sections: dict[str, Any] = {}
-        for meta in head["sections"]:
-            name, off, nbytes = meta["name"], meta["offset"], meta["nbytes"]
-            if meta["dtype"] == "bytes":
-                fh.seek(off)
-                data: Any = fh.read(nbytes)
-            elif mmap and name == "vectors" and nbytes:
-                data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r", offset=off, shape=tuple(meta["shape"]))
-            else:
-                fh.seek(off)
-                dtype = np.dtype(meta["dtype"])
-                data = np.fromfile(fh, dtype=dtype, count=nbytes // dtype.itemsize).reshape(meta["shape"])
-            if _crc(data) != meta["crc32"]:
-                raise VectorIndexFileError(f"{path}: corrupt section {name!r} (checksum mismatch)")
-            sections[name] = data
-    return head["config"], sections
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise VectorIndexFileError(f"{name}: the header is not valid JSON ({type(exc).__name__})") from exc
+    if not isinstance(head, dict):
+        raise VectorIndexFileError(f"{name}: the header is a JSON {type(head).__name__}, not an object")
+    version = head.get("format_version")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise VectorIndexFileError(
+            f"{name}: format version {version!r} is not supported (this gpu-trader reads {FORMAT_VERSION})")
+    if not isinstance(head.get("config"), dict):
+        raise VectorIndexFileError(f"{name}: the header has no config object")
+    return head, _PREFIX.size + header_len
+
+
+def _is_int(value) -> bool:
+    """A JSON integer (``bool`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _section_table(head: dict[str, Any], size: int, header_end: int, name: str) -> list[dict[str, Any]]:
+    """The header's sections, each checked, sorted by offset (see the module docstring)."""
+    table = head.get("sections")
+    if not isinstance(table, list) or len(table) > _MAX_SECTIONS:
+        raise VectorIndexFileError(f"{name}: the header's sections are not a list of at most {_MAX_SECTIONS}")
+    seen: set[str] = set()
+    for meta in table:
+        _check_section(meta, size, header_end, name)
+        if meta["name"] in seen:
+            raise VectorIndexFileError(f"{name}: section {meta['name']!r} appears twice")
+        seen.add(meta["name"])
+    table = sorted(table, key=lambda m: m["offset"])
+    for before, after in zip(table, table[1:]):
+        if before["offset"] + before["nbytes"] > after["offset"]:
+            raise VectorIndexFileError(f"{name}: sections {before['name']!r} and {after['name']!r} overlap")
+    return table
+
+
+def _check_section(meta, size: int, header_end: int, name: str) -> None:
+    """One section entry: its fields, types and ranges, and that it lies inside the file."""
+    if not isinstance(meta, dict) or set(meta) != _SECTION_KEYS:
+        raise VectorIndexFileError(f"{name}: a section entry is not an object with keys {sorted(_SECTION_KEYS)}")
+    label = meta["name"]
+    if not isinstance(label, str):
+        raise VectorIndexFileError(f"{name}: a section name is not a string: {label!r}")
+    dtype, shape, nbytes, offset, crc = meta["dtype"], meta["shape"], meta["nbytes"], meta["offset"], meta["crc32"]
+    if dtype != BYTES and dtype not in ARRAY_DTYPES:
+        raise VectorIndexFileError(f"{name}: section {label!r} has dtype {dtype!r}, not one of "
+                                   f"{(*ARRAY_DTYPES, BYTES)}")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(_is_int(d) and d >= 0 for d in shape):
+        raise VectorIndexFileError(f"{name}: section {label!r} has shape {shape!r}, not 1 or 2 non-negative ints")
+    if not all(_is_int(v) and v >= 0 for v in (nbytes, offset, crc)) or crc >= 1 << 32:
+        raise VectorIndexFileError(f"{name}: section {label!r} has a malformed offset, size or checksum")
+    itemsize = 1 if dtype == BYTES else np.dtype(dtype).itemsize
+    if (dtype == BYTES and len(shape) != 1) or math.prod(shape) * itemsize != nbytes:
+        raise VectorIndexFileError(f"{name}: section {label!r} has {nbytes} bytes, which its shape {shape} "
+                                   f"and dtype {dtype} contradict")
+    if offset < header_end:
+        raise VectorIndexFileError(f"{name}: section {label!r} starts inside the header")
+    if offset + nbytes > size:
+        raise VectorIndexFileError(
+            f"{name}: truncated: section {label!r} ends at byte {offset + nbytes}, the file has {size}")
+
+
+def _file_crc(fh: BinaryIO, offset: int, nbytes: int, name: str) -> int:
+    """CRC-32 of ``nbytes`` of the file at ``offset``, read in chunks (no allocation of their size)."""
+    buf = memoryview(bytearray(min(nbytes, _CHUNK)))
+    fh.seek(offset)
+    crc, left = 0, nbytes
+    while left:
+        got = fh.readinto(buf[:min(left, _CHUNK)])
+        if not got:
+            raise VectorIndexFileError(f"{name}: truncated while reading (the file shrank)")
+        crc = zlib.crc32(buf[:got], crc)
+        left -= got
+    return crc
+
+
+def _read_section(fh: BinaryIO, meta: dict[str, Any], mmap: bool, name: str):
+    """The bytes or the (writable) array of one checked section; a read-only memmap of the
+    opened file for ``vectors`` when ``mmap`` (and it is not empty)."""
+    offset, nbytes, shape = meta["offset"], meta["nbytes"], tuple(meta["shape"])
+    if mmap and meta["name"] == "vectors" and nbytes:
+        return np.memmap(fh, dtype=np.dtype(meta["dtype"]), mode="r", offset=offset, shape=shape)
+    fh.seek(offset)
+    if meta["dtype"] == BYTES:
+        data: Any = fh.read(nbytes)
+        got = len(data)
+    else:
+        data = bytearray(nbytes)
+        got = fh.readinto(data)
+    if got != nbytes:
+        raise VectorIndexFileError(f"{name}: truncated while reading (the file shrank)")
+    return data if meta["dtype"] == BYTES else np.frombuffer(data, dtype=np.dtype(meta["dtype"])).reshape(shape)

@@ -17,14 +17,23 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = [
-    "tile_rows", "search", "select_by_group_max", "quantize_int8", "row_sq_norms",
+    "initial_rows", "tile_rows", "search", "select_by_group_max", "quantize_int8", "row_sq_norms",
     "assign", "kmeans",
 ]
 
 GROUP = 64  # elements per group in select_by_group_max
 SORT_BELOW = 2048  # rows this short (or shorter) are simply sorted by select_by_group_max
+MIN_CAPACITY = 1024  # rows a new storage buffer holds ...
+MIN_CAPACITY_BYTES = 4 << 20  # ... unless that many rows would take more than this
 
 Select = Callable[[Any, int], Any]
+
+
+def initial_rows(row_bytes: int) -> int:
+    """Rows a new storage buffer (vectors, a graph) starts with: :data:`MIN_CAPACITY`, fewer
+    when rows of ``row_bytes`` bytes are so wide that these would exceed
+    :data:`MIN_CAPACITY_BYTES` (at least 1). Buffers grow by doubling from there."""
+    return max(1, min(MIN_CAPACITY, MIN_CAPACITY_BYTES // max(1, row_bytes)))
 
 
 def tile_rows(n_queries: int, dim: int, tile_bytes: int) -> int:

@@ -17,11 +17,25 @@ cuVS CAGRA graph; both fall back to exact search for filtered queries (see :mod:
 those of the dequantized vectors) for exact and CAGRA search; with ``kind="hnsw"`` it is a
 ``ValueError`` (hnswlib stores float32 vectors itself).
 
-Rules: ``k`` must be an int in ``[1, len(index)]`` (``ValueError`` otherwise). With a
-``filter`` fewer than ``k`` vectors may match: the rows are then padded with id ``-1``
-and score ``-inf`` (``+inf`` for l2). Ids are non-negative int64 and unique; by default
-they count up from 0. Vectors and queries holding NaN or inf, of the wrong dimension, or
-(for cosine) all zero raise ``ValueError``.
+Rules (``TypeError`` for an argument of the wrong kind, ``ValueError`` out of range, each
+naming the argument; NumPy integers are ints, ``bool`` is not): ``dim`` is an int in
+``[1, MAX_DIM]``; ``M``, ``ef_construction``, ``ef_search`` within
+:data:`gpu_trader.ann.HNSW_LIMITS`. ``k`` is an int in ``[1, len(index)]``; with a
+``filter`` fewer than ``k`` vectors may match, the rows are then padded with id ``-1`` and
+score ``-inf`` (``+inf`` for l2), and ``k`` may exceed ``len(index)`` up to
+``MAX_PADDED_K``. Ids are unique ints in ``[0, MAX_ID]``; by default they count up from 0.
+Vectors and queries are real arrays of any dtype and byte order (read-only ones too;
+inputs are never written to; masked arrays and bool are a ``TypeError``); holding NaN or
+inf, a vector whose squared norm overflows float32 (ip, l2), of the wrong dimension, or
+(for cosine) all zero they raise ``ValueError``.
+
+Metadata: each field is a column whose type is fixed by its first non-``None`` value:
+``bool``, ``int`` (int64), ``float`` (float64), ``str``, or ``object`` (any other value:
+kept and filterable by equality, but ``save`` refuses it). NumPy scalars are stored as the
+Python scalars they equal. A later value of another type is a ``TypeError`` naming the field,
+except that an int is stored in a float column as the float it equals (``|value| <= 2**53``).
+``None`` (also: a field a vector lacks, a masked entry of a masked array, ``pd.NA`` of a
+pandas extension column) fits every column.
 
 Thread safety: any number of threads may ``search`` while other threads ``add`` or
 ``remove``. Writers take a lock; every search works on the immutable snapshot published
@@ -33,75 +47,161 @@ concurrent add's vectors (approximate indexes may already see some of them).
 from __future__ import annotations
 
 import json
+import numbers
 import threading
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import ann as _ann
 from . import vector_io
-from .backend import Backend, get_backend, select_backend
+from . import vector_math as vm
+from .backend import MAX_ELEMENTS, Backend, as_host_array, get_backend, host_input, infer_backend, select_backend
 from .profiling import annotate, annotate_methods
+from .validation import check_count, check_flag
 
 __all__ = ["VectorIndex", "VectorIndexFileError", "normalize", "cosine"]
 
 METRICS = ("cosine", "ip", "l2")
 KINDS = ("exact", "hnsw", "cagra")
 DTYPES = ("float32", "int8")
+MAX_DIM = 1 << 16
+MAX_ID = (1 << 63) - 2  # the next default id (MAX_ID + 1) still fits int64
+MAX_PADDED_K = 4096  # the largest k a filtered search pads to beyond the vectors stored
 VectorIndexFileError = vector_io.VectorIndexFileError
-_MIN_CAPACITY = 1024
 
 Filter = Mapping[str, Any] | Callable[[Mapping[str, np.ndarray]], Any]
 
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
-# -- free functions -----------------------------------------------------------------------
-def _rows_2d(be: Backend, x, name: str):
-    arr = be.asarray(x)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+
+# -- array arguments ----------------------------------------------------------------------
+def _real_array(be: Backend, x, name: str):
+    """``x`` on ``be`` as a native-byte-order float32 (from float32 or narrower floats) or
+    float64 (from any other real dtype) array. Host inputs pass
+    :func:`gpu_trader.backend.host_input` first (``TypeError`` naming ``name`` for a masked
+    array or a non-array; ``ValueError`` past :data:`gpu_trader.backend.MAX_ELEMENTS`
+    values); ``TypeError`` naming ``name`` for a non-real dtype (bool, complex, str, object)."""
+    dt = getattr(x, "dtype", None)
+    if (dt is _FLOAT64 or dt is _FLOAT32) and type(x) is np.ndarray and be.name == "cpu" and x.flags.aligned \
+            and x.size <= MAX_ELEMENTS:
+        return x  # the common case, kept cheap (the one-vector latency paths)
+    if infer_backend(x).name == "cpu":
+        x = host_input(x, name)
+    try:
+        arr = be.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a real numeric array: {exc}") from exc
+    dt = arr.dtype
+    if dt.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {dt}")
+    work = _FLOAT32 if dt.kind == "f" and dt.itemsize <= 4 else _FLOAT64
+    return arr if dt == work else arr.astype(work)
+
+
+def _as_rows(arr, name: str):
+    """``arr`` ``(dim,)`` or ``(n, dim)`` as ``(n, dim)`` rows (a view) and whether it was 1-D."""
     if arr.ndim not in (1, 2):
         raise ValueError(f"{name} must have shape (dim,) or (n, dim), got {arr.shape}")
-    if arr.dtype.kind != "f":
-        arr = arr.astype(np.float64)
-    return arr.reshape(-1, arr.shape[-1]), arr.ndim == 1
+    return (arr[None] if arr.ndim == 1 else arr), arr.ndim == 1
 
 
 @annotate
 def normalize(x, *, backend=None):
-    """``x`` ``(dim,)`` or ``(n, dim)`` scaled to unit L2 norm along the last axis, same float
-    dtype (integers become float64). Zero vectors stay zero; NaN propagates. Returns the
-    backend's array type."""
+    """``x`` ``(dim,)`` or ``(n, dim)`` scaled to unit L2 norm along the last axis. float32
+    stays float32, float64 float64; float16 becomes float32, other reals (integers,
+    longdouble) float64; any byte order. Zero vectors stay zero; NaN propagates. Returns
+    the backend's array type; ``x`` is not modified."""
     be = select_backend(x, backend)
-    arr = be.asarray(x)
+    arr = _real_array(be, x, "x")
     ops = be.ops("vectors")
-    if arr.ndim == 1 and arr.dtype.kind == "f":  # the one-vector latency path
+    if arr.ndim == 1:  # the one-vector latency path
         return ops.normalize_vector(arr)
-    rows, _ = _rows_2d(be, arr, "x")
+    rows, _ = _as_rows(arr, "x")
     out, _ = ops.normalize_rows(be.xp.ascontiguousarray(rows))
     return out.reshape(arr.shape)
 
 
 @annotate
 def cosine(a, b, *, backend=None):
-    """Cosine similarity of ``a`` and ``b`` along the last axis (shapes ``(dim,)`` or ``(n, dim)``,
-    equal). Returns a float for 1-D inputs, else an ``(n,)`` array (float64 on the cpu; the
-    input's float dtype on cuda); NaN where a vector is all zero. Accumulates in float64 on the cpu."""
+    """Cosine similarity of ``a`` and ``b`` along the last axis (real arrays of equal shapes
+    ``(dim,)`` or ``(n, dim)``, any dtypes as :func:`normalize` takes them). Returns a float
+    for 1-D inputs, else an ``(n,)`` array (float64 on the cpu; the inputs' float dtype on
+    cuda); NaN where a vector is all zero. Accumulates in float64 on the cpu."""
     be = select_backend(a, backend)
-    xa, xb = be.asarray(a), be.asarray(b)
+    xa, xb = _real_array(be, a, "a"), _real_array(be, b, "b")
+    if xa.shape != xb.shape:
+        raise ValueError(f"a has shape {xa.shape} but b has shape {xb.shape}; they must match")
     ops = be.ops("vectors")
-    if xa.ndim == 1 and xa.shape == xb.shape and xa.dtype == xb.dtype and xa.dtype.kind == "f":
+    if xa.ndim == 1 and xa.dtype == xb.dtype:
         return ops.cosine_pair(xa, xb)  # the one-pair latency path
-    ra, single = _rows_2d(be, xa, "a")
-    rb, _ = _rows_2d(be, xb, "b")
-    if ra.shape != rb.shape:
-        raise ValueError(f"a has shape {ra.shape} but b has shape {rb.shape}; they must match")
+    ra, single = _as_rows(xa, "a")
+    rb, _ = _as_rows(xb, "b")
     if ra.dtype != rb.dtype:
         ra, rb = ra.astype(np.float64), rb.astype(np.float64)
     xp = be.xp
     out = ops.cosine_rows(xp.ascontiguousarray(ra), xp.ascontiguousarray(rb))
     return float(out[0]) if single else out
+
+
+# -- settings -----------------------------------------------------------------------------
+def _choice(value, allowed: tuple[str, ...], name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {allowed}, got {type(value).__name__} {value!r}")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return str(value)
+
+
+def _dtype_name(dtype) -> str:
+    if isinstance(dtype, str):
+        return _choice(dtype, DTYPES, "dtype")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise TypeError(f"dtype must be one of {DTYPES}, got {dtype!r}") from exc
+    return _choice(name, DTYPES, "dtype")
+
+
+def _check_settings(dim, metric, kind, dtype, params: Mapping[str, Any]):
+    """``(dim, metric, kind, dtype name, params)`` checked and normalized (see the module docstring)."""
+    dim = check_count(dim, "dim", 1)
+    if dim > MAX_DIM:
+        raise ValueError(f"dim must be <= {MAX_DIM}, got {dim}")
+    metric, kind, dtype_name = _choice(metric, METRICS, "metric"), _choice(kind, KINDS, "kind"), _dtype_name(dtype)
+    if kind == "hnsw" and dtype_name == "int8":
+        raise ValueError("dtype='int8' is for kind='exact' or 'cagra': hnswlib keeps its own float32 copy of "
+                         "every vector, so int8 would save no memory and its scores would not be the codes'")
+    return dim, metric, kind, dtype_name, _ann.check_params(params)
+
+
+# -- ids ----------------------------------------------------------------------------------
+def _id_list(ids, to_host) -> list[int]:
+    """``ids`` (an int, or a 1-D sequence or array of ints; NumPy integers are ints, bool is
+    not) as Python ints; ``to_host`` brings a device array to NumPy."""
+    if isinstance(ids, numbers.Integral) and not isinstance(ids, (bool, np.bool_)):
+        return [int(ids)]
+    if isinstance(ids, (list, tuple, range)):
+        for v in ids:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"ids must be integers, got {type(v).__name__} {v!r}")
+        return [int(v) for v in ids]
+    arr = as_host_array(to_host(ids), "ids")
+    if arr.ndim > 1:
+        raise ValueError(f"ids must be an int or a 1-D sequence of ints, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+    return arr.ravel().tolist()
+
+
+def _check_new_ids(ids: np.ndarray) -> None:
+    """Ids to store (int64): each in ``[0, MAX_ID]`` and unique."""
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > MAX_ID):
+        raise ValueError(f"ids must be non-negative and at most {MAX_ID} (-1 marks a missing result)")
+    if np.unique(ids).size != ids.size:
+        raise ValueError("ids must be unique")
 
 
 # -- snapshot -----------------------------------------------------------------------------
@@ -114,7 +214,7 @@ class _Snapshot:
     scales: Any  # (n,) float32 for int8 storage, else None
     norms: Any  # (n,) float32 squared norms of the stored (dequantized) rows
     ids: Any  # (n,) int64 on the backend
-    meta: Mapping[str, np.ndarray]  # host columns of length n
+    meta: Mapping[str, np.ndarray]  # read-only host columns of length n
     l2: bool
     xp: Any  # the backend's array module
 
@@ -144,41 +244,25 @@ class VectorIndex:
     """A k-NN store of ``dim``-dimensional vectors (see the module docstring).
 
     ``M``, ``ef_construction``, ``ef_search``: the HNSW graph's degree and beam widths
-    (``kind="hnsw"`` only; defaults reach recall@10 >= 0.95 on clustered data at 100K x 384, see
-    ``docs/ann_comparison.md``).
+    (``kind="hnsw"`` only, checked for every kind; defaults reach recall@10 >= 0.95 on
+    clustered data at 100K x 384, see ``docs/ann_comparison.md``).
     """
 
     def __init__(self, dim: int, metric: str = "cosine", kind: str = "exact", backend: str | None = None,
                  dtype: str | type = "float32", *, M: int = 16, ef_construction: int = 128, ef_search: int = 64):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        dtype_name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-        if dtype_name not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        if kind == "hnsw" and dtype_name == "int8":
-            raise ValueError("dtype='int8' is for kind='exact' or 'cagra': hnswlib keeps its own float32 copy of "
-                             "every vector, so int8 would save no memory and its scores would not be the codes'")
         params = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
-        for name, value in params.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.dim, self.metric, self.kind, self.dtype = int(dim), metric, kind, dtype_name
+        self.dim, self.metric, self.kind, self.dtype, self._params = _check_settings(dim, metric, kind, dtype, params)
         self._be = get_backend(backend)
         self._ops = self._be.ops("vectors")
         self._xp = self._be.xp
-        self._params = {k: int(v) for k, v in params.items()}
-        self._ann = _ann.make(kind, self._be, self.dim, metric, self._params)
+        self._ann = _ann.make(self.kind, self._be, self.dim, self.metric, self._params)
         self._lock = threading.Lock()
         self._row_of: dict[int, int] = {}
         self._next_id = 0
-        xp = self._xp
-        self._install(xp.empty((0, self.dim), np.int8 if dtype_name == "int8" else np.float32),
-                      xp.empty(0, np.float32) if dtype_name == "int8" else None,
-                      xp.empty(0, np.float32), xp.empty(0, np.int64), {})
+        self._meta_types: dict[str, str | None] = {}
+        xp, int8 = self._xp, self.dtype == "int8"
+        self._install(xp.empty((0, self.dim), np.int8 if int8 else np.float32),
+                      xp.empty(0, np.float32) if int8 else None, xp.empty(0, np.float32), xp.empty(0, np.int64), {})
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -209,12 +293,13 @@ class VectorIndex:
     def add(self, vectors, ids=None, metadata=None) -> np.ndarray:
         """Store ``vectors`` ``(dim,)`` or ``(n, dim)``; return their ids (host int64 ``(n,)``).
 
-        ``ids``: int or ``(n,)`` non-negative ints not already stored (default: the next free
-        ones). ``metadata``: for one vector a mapping ``field -> value``; for a batch a
+        ``ids``: int or ``(n,)`` ints in ``[0, MAX_ID]`` not already stored (default: the next
+        free ones). ``metadata``: for one vector a mapping ``field -> value``; for a batch a
         sequence of ``n`` mappings, or a mapping ``field -> (n,) values`` (a scalar applies
-        to all ``n``). Fields a vector lacks read as ``None``. Inputs are never modified.
+        to all ``n``). Fields a vector lacks read as ``None``; column types as the module
+        docstring says. Inputs are never modified; a refused call changes nothing.
         """
-        x, single = _rows_2d(self._be, vectors, "vectors")
+        x, single = _as_rows(_real_array(self._be, vectors, "vectors"), "vectors")
         if x.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {x.shape[1]}, the index has dim={self.dim}")
         xp = self._xp
@@ -232,12 +317,15 @@ class VectorIndex:
             stored, scales = self._ops.quantize_int8(x)
         else:
             stored, scales = x, None
-        norms = self._ops.row_sq_norms(stored, scales)
+        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+            norms = self._ops.row_sq_norms(stored, scales)
+        if not bool(xp.isfinite(norms).all()):
+            raise ValueError("vectors hold a vector whose squared norm overflows float32")
         columns = _metadata_columns(metadata, m, single)
         with self._lock:
             snap = self._snap
             new_ids = self._new_ids(ids, m)
-            meta = _extend_columns(snap.meta, snap.n, columns, m)
+            meta, types = _extend_columns(snap.meta, self._meta_types, snap.n, columns, m)
             n = snap.n
             self._reserve(n + m)
             self._vec[n:n + m] = stored
@@ -248,50 +336,48 @@ class VectorIndex:
             if self._ann is not None:
                 self._ann.add(x, new_ids)
             self._row_of.update(zip(new_ids.tolist(), range(n, n + m)))
-            self._next_id = max(self._next_id, int(new_ids.max()) + 1) if m else self._next_id
+            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+            self._meta_types = types
             self._publish(n + m, meta)
         return new_ids
 
     def remove(self, ids) -> int:
-        """Delete the vectors with these ids (int or sequence); return how many were removed.
+        """Delete the vectors with these ids (an int or a 1-D sequence/array of ints); return
+        how many were removed.
 
         ``KeyError`` names ids that are not stored (nothing is removed then). Costs a copy
         of the store (searches running meanwhile keep their snapshot): batch removals.
         """
-        rm = np.unique(np.atleast_1d(np.asarray(ids)))
-        if rm.size and rm.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got dtype {rm.dtype}")
+        rm = sorted(set(_id_list(ids, self._be.to_numpy)))
         with self._lock:
-            missing = [i for i in rm.tolist() if i not in self._row_of]
+            missing = [i for i in rm if i not in self._row_of]
             if missing:
                 raise KeyError(f"ids not in the index: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-            if not rm.size:
+            if not rm:
                 return 0
             snap = self._snap
             keep = np.ones(snap.n, bool)
-            keep[[self._row_of[i] for i in rm.tolist()]] = False
+            keep[[self._row_of[i] for i in rm]] = False
             kd = self._be.asarray(keep)
-            ids_left = snap.ids[kd]
             self._install(snap.vectors[kd], None if snap.scales is None else snap.scales[kd], snap.norms[kd],
-                          ids_left, {f: c[keep] for f, c in snap.meta.items()})
+                          snap.ids[kd], {f: c[keep] for f, c in snap.meta.items()})
             if self._ann is not None:
-                self._ann.remove(rm)
-        return int(rm.size)
+                self._ann.remove(np.array(rm, np.int64))
+        return len(rm)
 
     def _new_ids(self, ids, m: int) -> np.ndarray:
         if ids is None:
+            if self._next_id + m - 1 > MAX_ID:
+                raise ValueError(f"the default ids are used up (the next would exceed {MAX_ID}); pass ids=")
             return np.arange(self._next_id, self._next_id + m, dtype=np.int64)
-        arr = np.atleast_1d(np.asarray(ids))
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
-        if arr.shape != (m,):
-            raise ValueError(f"ids has shape {arr.shape}, expected ({m},) for {m} vectors")
-        arr = arr.astype(np.int64)
-        if m and int(arr.min()) < 0:
-            raise ValueError("ids must be non-negative (-1 marks a missing result)")
-        if np.unique(arr).size != m:
-            raise ValueError("ids must be unique")
-        taken = [i for i in arr.tolist() if i in self._row_of]
+        values = _id_list(ids, self._be.to_numpy)
+        if len(values) != m:
+            raise ValueError(f"ids has {len(values)} values, expected {m} for {m} vectors")
+        if min(values) < 0 or max(values) > MAX_ID:  # before the int64 conversion, which would overflow
+            raise ValueError(f"ids must be non-negative and at most {MAX_ID} (-1 marks a missing result)")
+        arr = np.array(values, np.int64)
+        _check_new_ids(arr)
+        taken = [i for i in values if i in self._row_of]
         if taken:
             raise ValueError(f"ids already stored: {taken[:10]}")
         return arr
@@ -301,7 +387,7 @@ class VectorIndex:
         if n <= self._vec.shape[0] and getattr(self._vec.flags, "writeable", True):
             return
         xp, cur = self._xp, self._snap.n
-        cap = max(_MIN_CAPACITY, n, 2 * self._vec.shape[0])
+        cap = max(vm.initial_rows(self.dim * self._vec.dtype.itemsize), n, 2 * self._vec.shape[0])
 
         def grow(buf, shape):
             new = xp.empty(shape, buf.dtype)
@@ -320,7 +406,9 @@ class VectorIndex:
         self._row_of = dict(zip(self._be.to_numpy(ids).tolist(), range(int(ids.shape[0]))))
         self._publish(int(ids.shape[0]), meta)
 
-    def _publish(self, n: int, meta) -> None:
+    def _publish(self, n: int, meta: dict[str, np.ndarray]) -> None:
+        for column in meta.values():  # a filter callable gets the columns: it must not be able to edit them
+            column.flags.writeable = False
         self._snap = _Snapshot(
             n, self._vec[:n], None if self._scales is None else self._scales[:n], self._norms[:n],
             self._ids[:n], MappingProxyType(meta), self.metric == "l2", self._xp,
@@ -330,25 +418,26 @@ class VectorIndex:
     def search(self, queries, k: int = 10, filter: Filter | None = None):
         """The ``k`` stored vectors most similar to each query, best first.
 
-        ``queries``: ``(dim,)`` or ``(nq, dim)``. ``filter``: a mapping ``field -> value`` (or
-        a list/tuple/set of accepted values), all fields must match; or a callable that gets
-        the metadata columns (``field -> (len(index),)`` host arrays) and returns a boolean
-        mask. Returns ``(scores, ids)`` of shape ``(k,)`` per query (``(nq, k)`` for a batch)
-        on the backend's device: scores float32 (see the module docstring), ids int64.
+        ``queries``: ``(dim,)`` or ``(nq, dim)``. ``k``: an int in ``[1, len(index)]`` (with a
+        filter up to ``max(len(index), MAX_PADDED_K)``). ``filter``: a mapping ``field ->
+        value`` (or a list/tuple/set of accepted values), all fields must match; or a
+        callable that gets the metadata columns (``field -> (len(index),)`` read-only host
+        arrays) and returns a boolean mask. Returns ``(scores, ids)`` of shape ``(k,)`` per
+        query (``(nq, k)`` for a batch) on the backend's device: scores float32 (see the
+        module docstring), ids int64.
         """
         snap = self._snap
         q, single = self._queries(queries)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_count(k, "k", 1)
         rows = None
         if filter is None:
             if k > snap.n:
                 raise ValueError(f"k={k} exceeds the {snap.n} vectors stored")
             k_eff = k
         else:
+            if k > max(snap.n, MAX_PADDED_K):
+                raise ValueError(f"k={k} exceeds the {snap.n} vectors stored and {MAX_PADDED_K}, "
+                                 "the most a filtered search pads to")
             hits = _filter_rows(snap.meta, snap.n, filter)
             k_eff = min(k, hits.size)
             rows = self._be.asarray(hits)
@@ -363,13 +452,17 @@ class VectorIndex:
         return (scores[0], ids[0]) if single else (scores, ids)
 
     def _queries(self, queries):
-        q, single = _rows_2d(self._be, queries, "queries")
+        q, single = _as_rows(_real_array(self._be, queries, "queries"), "queries")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the index has dim={self.dim}")
         xp = self._xp
         q = xp.ascontiguousarray(q, dtype=np.float32)
         if not bool(xp.isfinite(q).all()):
             raise ValueError("queries contain NaN or infinite values")
+        if self.metric != "cosine":
+            with np.errstate(over="ignore"):
+                if not bool(xp.isfinite(xp.einsum("ij,ij->i", q, q)).all()):
+                    raise ValueError("queries hold a vector whose squared norm overflows float32")
         if self.metric == "cosine":
             q, lengths = self._ops.normalize_rows(q)
             if bool((lengths == 0).any()):
@@ -399,64 +492,172 @@ class VectorIndex:
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write the index to ``path`` atomically (see :mod:`gpu_trader.vector_io`).
+        """Write the index to ``path`` atomically (see :mod:`gpu_trader.vector_io`): an empty
+        index too; through a symbolic link, the file it names; keeping the permission bits
+        of the file it replaces.
 
-        Metadata values must be JSON-serializable (str, int, float, bool, None).
+        ``TypeError`` (nothing written) if a metadata column holds values other than bool,
+        int, float, str and None (an ``object`` column), which JSON cannot store.
         """
         with self._lock:
             snap, to_np = self._snap, self._be.to_numpy
             arrays = {"vectors": to_np(snap.vectors), "norms": to_np(snap.norms), "ids": to_np(snap.ids)}
             if snap.scales is not None:
                 arrays["scales"] = to_np(snap.scales)
-            try:
-                meta = json.dumps({f: c.tolist() for f, c in snap.meta.items()}).encode()
-            except TypeError as exc:
-                raise TypeError(f"metadata must be JSON-serializable to save: {exc}") from exc
+            meta = _metadata_json(snap.meta, self._meta_types)
             config = {
                 "dim": self.dim, "metric": self.metric, "kind": self.kind, "dtype": self.dtype,
                 "params": self._params, "count": snap.n, "next_id": self._next_id,
-                "meta_dtypes": {f: c.dtype.str for f, c in snap.meta.items()},
+                "meta_types": dict(self._meta_types),
+                "meta_dtypes": {f: c.dtype.str for f, c in snap.meta.items()},  # for readers before meta_types
             }
             blob = self._ann.dump() if self._ann is not None else b""
             vector_io.write(path, config, arrays, {"metadata": meta, "ann": blob})
 
     @classmethod
     def load(cls, path, *, backend: str | None = None, mmap: bool = False) -> "VectorIndex":
-        """Read an index written by :meth:`save`; ``VectorIndexFileError`` if it is not valid.
+        """Read an index written by :meth:`save`.
+
+        ``VectorIndexFileError`` if the file is not a valid index: besides what
+        :func:`gpu_trader.vector_io.read` checks, every config field's type and range, the
+        sections' names, dtypes and shapes, ids (unique, in ``[0, MAX_ID]``, below
+        ``next_id``), vectors (finite; unit length for cosine, within the int8 rounding),
+        int8 scales (finite, positive), the metadata columns (one per field, ``count``
+        JSON scalars of one type each) and the HNSW graph (see :mod:`gpu_trader.ann`).
+        Squared norms are recomputed from the vectors. ``OSError`` if the path cannot be
+        opened; ``ValueError``/``ImportError`` if ``backend`` cannot hold this index.
 
         ``mmap=True`` (cpu backend): the vectors stay in the file, memory-mapped read-only, so
         a store larger than RAM can be searched (pages are read as tiles are scanned); the
         first ``add`` after loading copies them into memory.
         """
-        config, sec = vector_io.read(path, mmap=mmap)
+        be = get_backend(backend)
+        config, sections = vector_io.read(path, mmap=check_flag(mmap, "mmap"))
         try:
-            index = cls(config["dim"], config["metric"], config["kind"], backend, config["dtype"], **config["params"])
-            n = int(config["count"])
-            expect = {"vectors": (n, index.dim), "norms": (n,), "ids": (n,)}
-            if index.dtype == "int8":
-                expect["scales"] = (n,)
-            for name, shape in expect.items():
-                if sec[name].shape != shape:
-                    raise VectorIndexFileError(f"{path}: section {name!r} has shape {sec[name].shape}, expected {shape}")
-            columns = json.loads(sec["metadata"])
-            meta = {f: np.array(v, dtype=np.dtype(config["meta_dtypes"][f])) for f, v in columns.items()}
-        except (KeyError, TypeError) as exc:
-            raise VectorIndexFileError(f"{path}: inconsistent header: {exc}") from exc
-        be = index._be
-        index._install(be.asarray(sec["vectors"]), None if index.dtype != "int8" else be.asarray(sec["scales"]),
-                       be.asarray(sec["norms"]), be.asarray(sec["ids"]), meta)
-        index._next_id = int(config["next_id"])
-        if index._ann is not None:
-            if sec["ann"]:
-                index._ann.restore(sec["ann"])
-            elif n:
-                index._ann.add(index._snap.dequantized(), be.to_numpy(index._snap.ids))
+            (dim, metric, kind, dtype, params), n, next_id = _file_settings(config)
+            index = cls(dim, metric, kind, be.name, dtype, **params)
+            vectors, scales, ids = _file_arrays(sections, index, n, next_id)
+            norms = _checked_norms(vectors, scales, index.metric)
+            meta, types = _file_metadata(sections["metadata"], config.get("meta_types"), n)
+            if index._ann is not None and sections["ann"]:
+                index._ann.restore(sections["ann"], ids, vectors)
+            elif sections["ann"]:
+                raise ValueError("an exact index saves no graph, but the file holds one")
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+            raise VectorIndexFileError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        index._install(be.asarray(vectors), None if scales is None else be.asarray(scales), be.asarray(norms),
+                       be.asarray(ids), meta)
+        index._next_id, index._meta_types = next_id, types
+        if index._ann is not None and not sections["ann"] and n:
+            index._ann.add(index._snap.dequantized(), ids)
         return index
 
 
+# -- loading ------------------------------------------------------------------------------
+_ROW_BLOCK_BYTES = 16 << 20  # rows checked at once when loading (bounded temporaries for memmaps)
+
+
+def _file_settings(config: dict[str, Any]):
+    """``((dim, metric, kind, dtype, params), count, next_id)`` of a file's config, checked."""
+    if not isinstance(config.get("params"), dict) or not isinstance(config.get("dtype"), str):
+        raise TypeError("params must be an object and dtype a string")
+    settings = _check_settings(config["dim"], config["metric"], config["kind"], config["dtype"], config["params"])
+    n = check_count(config["count"], "count", 0)
+    next_id = check_count(config["next_id"], "next_id", 0)
+    if next_id > MAX_ID + 1:
+        raise ValueError(f"next_id {next_id} exceeds {MAX_ID + 1}")
+    return settings, n, next_id
+
+
+def _file_arrays(sections: dict[str, Any], index: VectorIndex, n: int, next_id: int):
+    """``(vectors, scales or None, ids)`` of a file: the expected sections with the expected
+    dtypes and shapes, ids unique in ``[0, next_id)``, int8 scales finite and positive."""
+    expect = {"vectors": ("|i1" if index.dtype == "int8" else "<f4", (n, index.dim)), "norms": ("<f4", (n,)),
+              "ids": ("<i8", (n,)), "metadata": (vector_io.BYTES, None), "ann": (vector_io.BYTES, None)}
+    if index.dtype == "int8":
+        expect["scales"] = ("<f4", (n,))
+    if set(sections) != set(expect):
+        raise ValueError(f"the file has sections {sorted(sections)}, expected {sorted(expect)}")
+    for name, (dtype, shape) in expect.items():
+        data = sections[name]
+        got = (vector_io.BYTES, None) if isinstance(data, bytes) else (data.dtype.str, data.shape)
+        if got != (dtype, shape):
+            raise ValueError(f"section {name!r} is {got[0]} {got[1]}, expected {dtype} {shape}")
+    ids = sections["ids"]
+    _check_new_ids(ids)
+    if n and int(ids.max()) >= next_id:
+        raise ValueError(f"next_id {next_id} is not above every stored id (the largest is {int(ids.max())})")
+    scales = sections.get("scales")
+    if scales is not None and not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise ValueError("the int8 scales must be finite and positive")
+    return sections["vectors"], scales, ids
+
+
+def _row_blocks(n: int, row_bytes: int) -> Iterator[slice]:
+    step = max(1, _ROW_BLOCK_BYTES // max(1, row_bytes))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _checked_norms(vectors: np.ndarray, scales, metric: str) -> np.ndarray:
+    """Squared norms (float32 ``(n,)``) of the stored (dequantized) rows, computed in blocks;
+    ``ValueError`` for a non-finite vector or squared norm, or for cosine a row not of unit
+    length (within ``sqrt(dim) * scale / 2`` for int8 codes, the rounding bound, plus 1e-4)."""
+    n, dim = vectors.shape
+    norms = np.empty(n, np.float32)
+    for rows in _row_blocks(n, 4 * dim):
+        block = vectors[rows]
+        if block.dtype == np.float32 and not np.isfinite(block).all():
+            raise ValueError("the vectors contain NaN or infinite values")
+        with np.errstate(over="ignore"):
+            norms[rows] = vm.row_sq_norms(np, block, None if scales is None else scales[rows])
+    if not np.isfinite(norms).all():
+        raise ValueError("the vectors hold one whose squared norm overflows float32")
+    if metric == "cosine":
+        slack = 1e-4 + (0.0 if scales is None else np.sqrt(dim) * scales.astype(np.float64) / 2)
+        if not (np.abs(np.sqrt(norms.astype(np.float64)) - 1.0) <= slack).all():
+            raise ValueError("a cosine index holds a vector that is not of unit length")
+    return norms
+
+
+def _file_metadata(blob: bytes, declared, n: int) -> tuple[dict[str, np.ndarray], dict[str, str | None]]:
+    """The metadata columns of a file and their types (``declared``: the file's ``meta_types``;
+    files written before it existed have their types inferred, mixed ones as ``object``)."""
+    columns = json.loads(blob)
+    if not isinstance(columns, dict):
+        raise TypeError("the metadata section is not a JSON object")
+    if declared is not None and (not isinstance(declared, dict) or set(declared) != set(columns)):
+        raise ValueError("meta_types does not list the metadata fields")
+    out, types = {}, {}
+    for field, values in columns.items():
+        if not isinstance(values, list) or len(values) != n:
+            raise ValueError(f"metadata field {field!r} is not a list of {n} values")
+        if not all(isinstance(v, _SAVABLE) for v in values):
+            raise TypeError(f"metadata field {field!r} holds a value that is not a JSON scalar")
+        want = None if declared is None else declared[field]
+        if want is not None and want not in _COLUMN_TYPES:
+            raise ValueError(f"metadata field {field!r} has type {want!r}, not one of {_COLUMN_TYPES}")
+        if want == "object":
+            out[field], types[field] = _object_array(values), want
+            continue
+        column, kind = _batch_column(field, values, lenient=declared is None)
+        out[field], types[field] = _reconcile(field, want, column, kind)
+    return out, types
+
+
 # -- metadata -----------------------------------------------------------------------------
-def _metadata_columns(metadata, m: int, single: bool) -> dict[str, np.ndarray]:
-    """Normalize ``add``'s metadata argument to ``field -> (m,) array``."""
+_COLUMN_TYPES = ("bool", "int", "float", "str", "object")
+_ARRAY_TYPES = {"b": "bool", "i": "int", "u": "int", "f": "float", "U": "str"}  # NumPy kind -> column type
+_DTYPE_OF = {"bool": np.dtype(bool), "int": np.dtype(np.int64), "float": np.dtype(np.float64)}
+_TO_PYTHON = {"bool": bool, "int": int, "float": float, "str": str}
+_SAVABLE = (type(None), bool, int, float, str)  # what JSON stores and gives back as it was
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_EXACT_INT = 1 << 53  # ints of at most this magnitude are exactly float64s
+_PADDED_STR_MIN = 64  # str columns wider than this stay fixed-width only while padding costs <= 4x
+
+
+def _metadata_columns(metadata, m: int, single: bool) -> dict[str, tuple[np.ndarray, str | None]]:
+    """``add``'s metadata argument as ``field -> (column (m,), its type)`` (see :func:`_batch_column`)."""
     if metadata is None:
         return {}
     if single:
@@ -481,42 +682,166 @@ def _metadata_columns(metadata, m: int, single: bool) -> dict[str, np.ndarray]:
     for field, values in metadata.items():
         if not isinstance(field, str):
             raise TypeError(f"metadata field names must be str, got {field!r}")
-        arr = np.full(m, values) if np.ndim(values) == 0 else _column(values)
-        if arr.shape != (m,):
-            raise ValueError(f"metadata field {field!r} has shape {arr.shape}, expected ({m},)")
-        out[field] = arr
+        values = _column_values(field, values, m)
+        out[str(field)] = _batch_column(field, values)
     return out
 
 
-def _column(values) -> np.ndarray:
-    """A 1-D column: typed when all values are str, all bool or all real numbers, else object."""
-    if isinstance(values, np.ndarray):
-        return values if values.dtype.kind in "biufUO" else values.astype(object)
-    values = list(values)
-    kinds = {"s" if isinstance(v, str) else "b" if isinstance(v, (bool, np.bool_))
-             else "n" if isinstance(v, (int, float, np.integer, np.floating)) else "o" for v in values}
-    if len(kinds) == 1 and "o" not in kinds:
-        return np.asarray(values)
-    arr = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
+def _column_values(field: str, values, m: int):
+    """The ``m`` values of one field: a list/tuple/range or 1-D array as given (length ``m``),
+    a pandas object's values, any other value repeated ``m`` times. Missing entries (masked
+    ones of a masked array, ``pd.NA``/``NaT`` of a pandas extension column) become None."""
+    if isinstance(values, np.ma.MaskedArray):
+        values = np.where(np.ma.getmaskarray(values), None, values.data.astype(object))
+    elif hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):
+        plain = isinstance(values.dtype, np.dtype)  # NumPy-backed: NaN stays a float value
+        values = values.to_numpy() if plain else values.to_numpy(dtype=object, na_value=None)
+    if isinstance(values, np.ndarray) and values.ndim == 0:
+        values = values.item()
+    if not isinstance(values, (list, tuple, range, np.ndarray)):
+        return [values] * m
+    shape = np.shape(values) if isinstance(values, np.ndarray) else (len(values),)
+    if shape != (m,):
+        raise ValueError(f"metadata field {field!r} has shape {shape}, expected ({m},)")
+    return values
+
+
+def _value_type(v) -> str | None:
+    """The column type a value belongs in (None for None)."""
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    if isinstance(v, (int, np.integer)):
+        return "int"
+    if isinstance(v, (float, np.floating)):
+        return "float"
+    return "str" if isinstance(v, str) else "object"
+
+
+def _batch_column(field: str, values, lenient: bool = False) -> tuple[np.ndarray, str | None]:
+    """One field's values as a column and its type: a NumPy array of the type's dtype
+    (``str``: fixed-width unicode) when no value is None, else an object array of Python
+    scalars and None. Ints among floats become floats. Mixed types are a ``TypeError``
+    (``lenient``: an ``object`` column, for files written before types were fixed)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in _ARRAY_TYPES:
+        return _typed_array(field, values), _ARRAY_TYPES[values.dtype.kind]
+    items = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    kinds = [_value_type(v) for v in items]
+    present = set(kinds) - {None}
+    if len(present) <= 1 or "object" in present or present == {"int", "float"}:
+        kind = "object" if "object" in present else "float" if "float" in present else next(iter(present), None)
+    elif lenient:
+        kind = "object"
+    else:
+        raise TypeError(f"metadata field {field!r} mixes {' and '.join(sorted(present))} values; "
+                        "a column holds one type")
+    if kind in _TO_PYTHON:
+        items = [v if k is None else _python_value(field, v, kind) for v, k in zip(items, kinds)]
+    else:  # an object column: NumPy scalars become Python ones, anything else stays as it is
+        items = [_TO_PYTHON[k](v) if k in _TO_PYTHON else v for v, k in zip(items, kinds)]
+    if kind is None or kind == "object" or None in kinds:
+        return _object_array(items), kind
+    return (_str_array(items) if kind == "str" else np.array(items, _DTYPE_OF[kind])), kind
+
+
+def _python_value(field: str, v, kind: str):
+    """``v`` as the Python scalar of column type ``kind`` (ints checked to fit int64, or to be exact floats)."""
+    if kind == "int" and not _INT64_MIN <= v <= _INT64_MAX:
+        raise ValueError(f"metadata field {field!r}: {v} does not fit int64")
+    if kind == "float" and isinstance(v, (int, np.integer)) and abs(int(v)) > _EXACT_INT:
+        raise ValueError(f"metadata field {field!r}: the int {v} has no exact float64 (|value| > 2**53)")
+    return _TO_PYTHON[kind](v)
+
+
+def _typed_array(field: str, values: np.ndarray) -> np.ndarray:
+    """A copy of a bool/int/float/unicode array in its column dtype (int64, float64, native unicode)."""
+    kind = _ARRAY_TYPES[values.dtype.kind]
+    if kind == "str":
+        return values.astype(values.dtype.newbyteorder("="))
+    if kind == "int" and values.size and values.dtype.kind == "u" and int(values.max()) > _INT64_MAX:
+        raise ValueError(f"metadata field {field!r}: {int(values.max())} does not fit int64")
+    return values.astype(_DTYPE_OF[kind])
+
+
+def _object_array(items: list) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
+    for i, v in enumerate(items):  # element by element: a list value must not become a new axis
         arr[i] = v
     return arr
 
 
-def _extend_columns(old: Mapping[str, np.ndarray], n: int, new: dict[str, np.ndarray], m: int) -> dict:
-    """The metadata columns after appending ``m`` rows (new arrays; ``old`` is not touched)."""
-    out = {}
+def _str_array(items: list[str]) -> np.ndarray:
+    """Fixed-width unicode (fast comparisons) unless a value ends in NUL (NumPy would drop it)
+    or the padding would cost more than 4x the text (one long value in a long column)."""
+    longest = max(map(len, items), default=0)
+    if _padding_too_costly(len(items), longest, sum(map(len, items))) or any(s.endswith("\0") for s in items):
+        return _object_array(items)
+    return np.array(items, dtype=f"<U{max(1, longest)}")
+
+
+def _padding_too_costly(n: int, width: int, chars: int) -> bool:
+    return width > _PADDED_STR_MIN and n * width > 4 * chars
+
+
+def _reconcile(field: str, declared: str | None, column: np.ndarray, kind: str | None):
+    """``column`` (type ``kind``) made to fit a column of type ``declared`` and the column's
+    type after it; ``TypeError`` naming the field if it cannot."""
+    if kind is None or declared in (None, kind, "object"):
+        return column, declared or kind
+    if declared == "float" and kind == "int":
+        return _ints_as_floats(field, column), "float"
+    raise TypeError(f"metadata field {field!r} holds {declared} values, got {kind} values "
+                    "(a column keeps the type of its first value)")
+
+
+def _ints_as_floats(field: str, column: np.ndarray) -> np.ndarray:
+    if column.dtype == object:
+        return _object_array([None if v is None else _python_value(field, v, "float") for v in column])
+    if column.size and not ((column >= -_EXACT_INT) & (column <= _EXACT_INT)).all():
+        raise ValueError(f"metadata field {field!r}: an int beyond 2**53 has no exact float64")
+    return column.astype(np.float64)
+
+
+def _concat(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``old`` then ``new`` (both of one column type): typed if both are typed the same way
+    (str within the padding bound), else an object array."""
+    if old.dtype.kind == new.dtype.kind == "U":
+        width = max(old.itemsize, new.itemsize) // 4
+        if width > old.itemsize // 4 and _padding_too_costly(
+                old.size + new.size, width, int(np.char.str_len(old).sum() + np.char.str_len(new).sum())):
+            return np.concatenate([old.astype(object), new.astype(object)])
+        return np.concatenate([old, new])
+    if old.dtype == new.dtype:
+        return np.concatenate([old, new])
+    return np.concatenate([old.astype(object), new.astype(object)])
+
+
+def _extend_columns(old: Mapping[str, np.ndarray], types: Mapping[str, str | None], n: int,
+                    new: dict[str, tuple[np.ndarray, str | None]], m: int):
+    """The metadata columns and their types after appending ``m`` rows (new objects; ``old``
+    and ``types`` are not touched). ``TypeError`` if a value does not fit its column's type."""
+    out, out_types = {}, dict(types)
     for field in dict.fromkeys([*old, *new]):
-        a = old.get(field)
-        b = new.get(field)
-        if a is None and n == 0:
-            out[field] = b
-            continue
-        a = np.full(n, None, dtype=object) if a is None else a
-        b = np.full(m, None, dtype=object) if b is None else b
-        same_family = (a.dtype.kind in "biuf" and b.dtype.kind in "biuf") or a.dtype.kind == b.dtype.kind
-        out[field] = np.concatenate([a, b]) if same_family else np.concatenate([a.astype(object), b.astype(object)])
-    return out
+        column, kind = new.get(field) or (np.full(m, None, dtype=object), None)
+        column, out_types[field] = _reconcile(field, types.get(field), column, kind)
+        before = old.get(field)
+        if before is None and n:
+            before = np.full(n, None, dtype=object)
+        out[field] = column if before is None else _concat(before, column)
+    return out, out_types
+
+
+def _metadata_json(columns: Mapping[str, np.ndarray], types: Mapping[str, str | None]) -> bytes:
+    """The metadata section: UTF-8 JSON ``{field: [values]}``; ``TypeError`` naming a field
+    whose values JSON cannot store (an ``object`` column)."""
+    for field, column in columns.items():
+        if types.get(field) == "object":
+            bad = next((v for v in column if not isinstance(v, _SAVABLE)), None)
+            if bad is not None:
+                raise TypeError(f"metadata must be JSON scalars (bool, int, float, str, None) to save: field "
+                                f"{field!r} holds a {type(bad).__name__}")
+    return json.dumps({f: c.tolist() for f, c in columns.items()}).encode()
 
 
 def _filter_rows(meta: Mapping[str, np.ndarray], n: int, flt) -> np.ndarray:

@@ -140,3 +140,141 @@ def test_env_read_at_import():
     env = {**os.environ, bk.ENV_VAR: "nope"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode != 0 and "nope" in out.stderr
+
+
+# -- GPU_TRADER_BACKEND: a bad value never breaks the import, and the error names it ------------
+def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, bk.ENV_VAR: value}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("value", ["nosuch", "cuda", "jax"])
+def test_env_backend_unknown_or_absent_names_the_variable(value):
+    if value in gt.available_backends():
+        pytest.skip(f"{value!r} is present on this machine")
+    code = (
+        "import numpy as np, gpu_trader as gt\n"
+        "print('imported', gt.available_backends())\n"
+        "try:\n    gt.sma(np.arange(10.0), 3)\n"
+        "except ValueError as exc:\n    print('refused:', exc)\n"
+    )
+    proc = _run_with_env(value, code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported, refused = proc.stdout.strip().splitlines()
+    assert imported.startswith("imported")
+    assert refused.startswith("refused:") and bk.ENV_VAR in refused and repr(value) in refused
+    assert "available backends: cpu" in refused
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t", " CPU "])
+def test_env_backend_blank_is_unset_and_whitespace_is_ignored(value):
+    proc = _run_with_env(value, "import gpu_trader as gt; print(gt.get_backend().name)")
+    assert proc.returncode == 0 and proc.stdout.strip() == "cpu", proc.stderr[-2000:]
+
+
+def test_env_backend_error_after_set_backend_none(monkeypatch):
+    monkeypatch.setenv(bk.ENV_VAR, "gpu9000")
+    gt.set_backend(None)
+    try:
+        with pytest.raises(ValueError, match=rf"{bk.ENV_VAR}='gpu9000' names an unknown backend"):
+            gt.get_backend()
+        assert gt.get_backend("cpu").name == "cpu"  # an explicit name still works
+        monkeypatch.setenv(bk.ENV_VAR, "  ")
+        gt.set_backend(None)
+        assert gt.get_backend().name == "cpu"
+    finally:
+        monkeypatch.delenv(bk.ENV_VAR)
+        gt.set_backend(None)
+
+
+# -- input conversion: one place, before any compiled code -------------------------------------
+def sma_oracle(x, window):
+    """Plain float64 NumPy: the mean of each full window, NaN before."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.shape, np.nan)
+    out[..., window - 1:] = np.lib.stride_tricks.sliding_window_view(x, window, axis=-1).mean(axis=-1)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", ">i8", ">i4", ">u2", "<f2", "?", np.longdouble])
+def test_other_byte_orders_and_real_dtypes_keep_their_values(dtype):
+    x = (np.arange(60) * 7 % 13).astype(dtype)
+    out = gt.sma(x, 4)
+    assert out.dtype == (np.float32 if np.dtype(dtype) == np.dtype(">f4") else np.float64)
+    assert out.dtype.isnative
+    np.testing.assert_allclose(out, sma_oracle(x, 4), rtol=1e-6)
+    assert x.dtype == np.dtype(dtype)  # the input is untouched
+
+
+def test_big_endian_mixed_with_native_inputs():
+    rng = np.random.default_rng(0)
+    close = rng.normal(100.0, 1.0, (2, 50))
+    volume = rng.integers(1, 1000, (2, 50))
+    expected = gt.obv(close, volume.astype(np.float64))
+    np.testing.assert_array_equal(gt.obv(close.astype(">f8"), volume.astype(">i8")), expected)
+    np.testing.assert_array_equal(gt.obv(close, volume.astype(">i4")), expected)
+
+
+@pytest.mark.parametrize("bad", [
+    np.array([1 + 2j, 3j, 1.0]),
+    np.array([object(), 1.0, 2.0]),
+    np.array(["1.0", "2.0", "3.0"]),
+    np.array([b"1", b"2", b"3"]),
+    np.arange(3).astype("datetime64[D]"),
+    np.arange(3).astype("timedelta64[s]"),
+    np.zeros(3, dtype=[("price", "f8"), ("size", "i8")]),
+    [[1.0, 2.0], [3.0]],  # ragged
+])
+def test_non_real_inputs_refused_naming_the_argument(bad):
+    good = np.arange(3.0)
+    with pytest.raises(TypeError, match="x must be a real numeric array"):
+        gt.sma(bad, 2)
+    with pytest.raises(TypeError, match="low must be a real numeric array"):
+        gt.atr(good, bad, good, 2)
+
+
+def test_masked_arrays_are_refused_with_the_fix():
+    x = np.ma.masked_invalid([np.nan, 2.0, 3.0, 5.0])  # a leading gap: skipped, as TA-Lib does
+    with pytest.raises(TypeError, match=r"x is a masked array.*x\.filled\(np\.nan\)"):
+        gt.sma(x, 2)
+    with pytest.raises(TypeError, match="volume is a masked array"):
+        gt.obv(np.arange(4.0), x)
+    np.testing.assert_array_equal(gt.sma(x.filled(np.nan), 2), sma_oracle([np.nan, 2.0, 3.0, 5.0], 2))
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_ndarray_subclasses_become_plain_arrays(tmp_path):
+    x = np.arange(40.0) % 9
+    out = gt.sma(np.matrix(x), 5)
+    assert type(out) is np.ndarray and out.shape == (1, 40)
+    np.testing.assert_array_equal(out[0], gt.sma(x, 5))
+    mm = np.memmap(tmp_path / "x.bin", dtype=np.float64, mode="w+", shape=(40,))
+    mm[:] = x
+    out = gt.sma(mm, 5)
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, gt.sma(x, 5))
+
+
+def test_misaligned_input_is_read_correctly():
+    x = np.arange(30.0)
+    raw = np.zeros(x.nbytes + 1, dtype=np.uint8)
+    raw[1:] = x.view(np.uint8)
+    misaligned = raw[1:].view(np.float64)
+    assert not misaligned.flags.aligned
+    np.testing.assert_array_equal(gt.obv(misaligned, x), gt.obv(x, x))
+    np.testing.assert_array_equal(gt.sma(misaligned, 3), sma_oracle(x, 3))
+
+
+def test_kernel_arrays_share_one_array_type_without_copies():
+    cpu = gt.get_backend("cpu")
+    writable = np.arange(12.0).reshape(3, 4)
+    frozen = np.arange(12.0).reshape(3, 4)
+    frozen.flags.writeable = False
+    strided = np.arange(24.0).reshape(3, 8)[:, ::2]
+    out = cpu.kernel_arrays([frozen, writable, strided], (3, 4))
+    assert [a.flags.writeable for a in out] == [False, False, False]
+    assert all(a.flags.c_contiguous for a in out)
+    assert np.shares_memory(out[0], frozen) and np.shares_memory(out[1], writable)
+    assert writable.flags.writeable  # only the view is read-only
+    same = cpu.kernel_arrays([writable, writable], (12,))
+    assert all(a.flags.writeable for a in same) and all(np.shares_memory(a, writable) for a in same)

@@ -172,3 +172,114 @@ def test_inputs_not_modified(backend):
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call(returns(3, 40, seed=12))
+
+
+# -- zero dispersion: a constant series has NaN correlations, as in pandas ----------------
+# 0.1, 0.003, 1e-5 and 123.456 leave a rounding residue when centred on their float64 mean
+CONSTANTS = (0.0, 0.01, 0.1, 0.003, 1e-5, -0.007, 123.456)
+
+
+def with_constant(value: float, t: int, seed: int, nan_frac: float) -> np.ndarray:
+    r = returns(3, t, seed=seed, nan_frac=nan_frac)
+    r[1] = np.where(np.isnan(r[1]), np.nan, value)
+    r[1, 0] = value
+    return r
+
+
+def pandas_rolling(r: np.ndarray, window: int, min_periods=None) -> np.ndarray:
+    n, t = r.shape
+    ref = pd.DataFrame(r.T).rolling(window, min_periods=min_periods).corr().to_numpy()
+    return ref.reshape(t, n, n).transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("nan_frac", [0.0, 0.2])
+@pytest.mark.parametrize("t", [5, 252, 2520])
+def test_constant_series_correlations_are_nan_like_pandas(backend, t, nan_frac):
+    for i, value in enumerate(CONSTANTS):
+        r = with_constant(value, t, seed=i, nan_frac=nan_frac)
+        rb = on_backend(backend, r)
+        got = gt.to_numpy(corrmod.corr(rb, backend=backend))
+        ref = pd.DataFrame(r.T).corr().to_numpy()
+        assert np.isnan(got[1]).all() and np.isnan(got[:, 1]).all(), (value, got)
+        close(got, ref, rtol=1e-9, atol=1e-12)
+        window = min(t, 10)
+        got = gt.to_numpy(corrmod.rolling_corr(rb, window, min_periods=2, backend=backend))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(pandas_rolling(r, window, 2)), err_msg=str(value))
+        close(got, pandas_rolling(r, window, 2), rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.02, -0.0137])
+def test_constant_stretch_inside_a_varying_series_rolls_to_nan(backend, value):
+    """A window where one series stands still (a halted stock) is NaN there and only there."""
+    r = returns(3, 600, seed=31, nan_frac=0.03)
+    r[0, 200:240] = value
+    r[2, 450:470] = value
+    ref = pandas_rolling(r, 15)
+    got = gt.to_numpy(corrmod.rolling_corr(on_backend(backend, r), 15, backend=backend))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    close(got, ref, rtol=1e-7, atol=1e-8)
+    assert np.isnan(got[0, 1, 240]) and np.isfinite(got[0, 1, 200])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scale=hs.sampled_from([1e-9, 1e-3, 1.0, 1e4]), offset=hs.sampled_from([0.0, 1.0, 1e3]),
+       spread=hs.sampled_from([1e-7, 1e-4, 1.0]), seed=hs.integers(0, 2**32 - 1))
+def test_scaled_and_shifted_series_are_not_taken_for_constants(backend, scale, offset, spread, seed):
+    """The rule is relative to the data: scaling or shifting real variation never zeroes it."""
+    r = offset * scale + scale * returns(4, 60, seed=seed)
+    r[0] = offset * scale + spread * scale * returns(1, 60, seed=seed + 1)[0]  # a quiet, not constant, series
+    got = gt.to_numpy(corrmod.corr(on_backend(backend, r), backend=backend))
+    assert np.isfinite(got).all()
+    close(got, np.corrcoef(r), rtol=1e-6, atol=1e-8)
+
+
+def test_min_periods_and_ddof_past_the_periods_give_nan_like_pandas(backend):
+    r = returns(3, 30, seed=13, nan_frac=0.1)
+    rb = on_backend(backend, r)
+    df = pd.DataFrame(r.T)
+    for mp in (31, 1000, 2**62, np.int64(2**62)):
+        close(corrmod.cov(rb, min_periods=mp, backend=backend), df.cov(min_periods=31).to_numpy())
+        close(corrmod.corr(rb, min_periods=mp, backend=backend), df.corr(min_periods=31).to_numpy())
+    for ddof in (30, 2**62):
+        assert np.isnan(gt.to_numpy(corrmod.cov(rb, ddof=ddof, backend=backend))).all()
+    full = returns(3, 30, seed=13)  # (pandas applies ddof only to complete data)
+    close(corrmod.cov(on_backend(backend, full), ddof=np.int32(0), backend=backend), np.cov(full, ddof=0))
+    with pytest.raises(ValueError, match="min_periods must be <="):
+        corrmod.cov(rb, min_periods=2**64, backend=backend)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: corrmod.corr(np.zeros((40_000, 2))),           # a 40000 x 40000 matrix
+    lambda: corrmod.cov(np.zeros((2, 30_000, 2))),
+    lambda: corrmod.ewma_cov(np.zeros((40_000, 2)), 5.0),
+    lambda: corrmod.ledoit_wolf(np.zeros((40_000, 2))),
+    lambda: corrmod.rolling_corr(np.zeros((600, 2000)), 5),  # 600 x 600 x 2000
+])
+def test_absurd_matrices_are_refused_before_allocating(call):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="working memory"):
+            call()
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20  # the inputs' size, never the matrices'
+    finally:
+        tracemalloc.stop()
+
+
+def test_read_only_arrays_and_copy_on_write_frames(backend):
+    r = returns(3, 80, seed=14, nan_frac=0.05)
+    ro = r.copy()
+    ro.flags.writeable = False
+    mixed = pd.DataFrame({"a": ro[0], "b": r[1].copy(), "c": ro[2].astype(np.float32)})
+    df = pd.DataFrame(r.T)
+    assert not df.to_numpy().flags.writeable
+    for x in (ro, ro[:, ::2], df, mixed):
+        xb = x if isinstance(x, pd.DataFrame) else on_backend(backend, x)
+        for fn in (corrmod.cov, corrmod.corr, lambda a, backend: corrmod.rolling_corr(a, 5, backend=backend),
+                   lambda a, backend: corrmod.ewma_cov(a, 10.0, backend=backend)):
+            fn(xb, backend=backend)
+        corrmod.ledoit_wolf(on_backend(backend, np.nan_to_num(gt.to_numpy(xb))) if not isinstance(x, pd.DataFrame)
+                            else x.fillna(0.0), backend=backend)
+    close(corrmod.corr(df, backend=backend), df.corr().to_numpy())
+    np.testing.assert_array_equal(ro, r)

@@ -83,6 +83,26 @@ def test_unknown_keyword_is_a_type_error(client):
         gtd.var_monte_carlo(client, weights, mu, cov, n_scenario=1000)
 
 
+def test_merge_memory_of_all_partitions_is_refused_before_submitting(client, monkeypatch):
+    """The driver holds every partition's tail: a call the single process could run may be
+    refused for the cluster when the merge would exceed the working-memory limit."""
+    from gpu_trader import mc_engine, validation
+    from gpu_trader.montecarlo import plan_monte_carlo
+
+    weights, mu, cov = _book()
+    kw = dict(level=0.9, n_scenarios=40_000, seed=1, chunk_size=4096)
+    be, plan, _ = plan_monte_carlo(weights, mu, cov, **{**gtd.MONTE_CARLO_DEFAULTS, **kw})
+    single = mc_engine.work_bytes(plan, be.ops("montecarlo"))
+    monkeypatch.setattr(validation, "WORK_MEMORY_LIMIT", single + gtd.merge_bytes(plan, 3))
+    gt.var_monte_carlo(weights, mu, cov, **kw)  # fits
+    gtd.var_monte_carlo(client, weights, mu, cov, partitions=3, **kw)  # fits, just
+    submitted = []
+    monkeypatch.setattr(client, "submit", lambda *a, **k: submitted.append(a))
+    with pytest.raises(ValueError, match="merging 7 partitions' tails .* working memory"):
+        gtd.var_monte_carlo(client, weights, mu, cov, partitions=7, **kw)
+    assert not submitted
+
+
 def test_partition_bounds_cover_the_range_on_chunk_boundaries():
     for n, chunk, parts in [(40_000, 4096, 3), (100, 4096, 5), (12_288, 4096, 3), (12_289, 4096, 10)]:
         bounds = gtd.partition_bounds(n, chunk, parts)

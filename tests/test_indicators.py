@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 import gpu_trader as gt
 from conftest import on_backend, random_ohlcv
+from gpu_trader.indicator_specs import PARAMETERS
+from gpu_trader.validation import MAX_ELEMENTS, MAX_GRID, MAX_WINDOW
 
 AREA = "indicators"  # the backends that implement it run these tests (conftest.py)
 
@@ -422,3 +424,137 @@ def test_features_needs_only_the_fields_its_spec_reads(backend):
     assert_matches(feats["m_hist"], reference("macd", [c], (12, 26, 9))[2])
     with pytest.raises(ValueError, match="volume"):
         gt.features({"close": c}, {"o": ("obv", {})})
+
+
+# -- integer parameter bounds: nothing out of range reaches compiled code -----------------------
+
+INT_PARAMS = [(name, i) for name, table in PARAMETERS.items() for i, (_, _, low) in enumerate(table) if low is not None]
+HOSTILE_INTS = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([2**63, 2**63 - 1, 2**62, 2**32 + 1, 2**31, MAX_WINDOW, MAX_WINDOW + 1, 61, 60, 2, 1, 0, -1]),
+    st.integers(-(2**63), 2**63 - 1).map(np.int64),
+    st.integers(0, 2**64 - 1).map(np.uint64),
+    st.integers(-(2**31), 2**31 - 1).map(np.int32),
+    st.integers(0, 200).map(np.int16),
+    st.sampled_from([True, False, np.True_, np.False_]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=st.sampled_from(INT_PARAMS), value=HOSTILE_INTS)
+def test_integer_parameters_refused_out_of_range_else_talib(case, value):
+    """Any integer-ish value: a TypeError/ValueError naming the parameter exactly when it is a
+    bool or outside [TA-Lib's minimum, 100000]; otherwise TA-Lib's result."""
+    name, i = case
+    pname, _, low = PARAMETERS[name][i]
+    inputs = pick(name, random_ohlcv(2, 60, seed=3))
+    params = list(DEFAULT_PARAMS[name])
+    params[i] = value
+    acceptable = not isinstance(value, (bool, np.bool_)) and low <= int(value) <= MAX_WINDOW
+    if not acceptable:
+        with pytest.raises((TypeError, ValueError), match=pname):
+            FUNCS[name](*inputs, *params)
+        return
+    ours = as_tuple(FUNCS[name](*inputs, *params))
+    params[i] = int(value)
+    for o, r in zip(ours, reference(name, inputs, params)):
+        assert_matches(o, r)
+
+
+def test_windows_near_two_to_the_63_are_refused_in_a_subprocess():
+    """The values that used to reach numba as a garbage int64 (and kill the interpreter) are
+    refused in Python; run where a missed check would crash the process rather than a test."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, gpu_trader as gt
+        x = np.arange(300.0)
+        calls = []
+        for w in (2**63, 2**63 - 1, 2**62, 2**32 + 1, np.uint64(2**64 - 1), -2**63, 100_001):
+            calls += [lambda w=w: gt.sma(x, w), lambda w=w: gt.wma(x, w), lambda w=w: gt.bollinger(x, w),
+                      lambda w=w: gt.ema(x, [5, w]), lambda w=w: gt.stoch(x, x, x, w, 3, 3),
+                      lambda w=w: gt.stoch(x, x, x, 5, 3, w), lambda w=w: gt.macd(x, 12, w, 9),
+                      lambda w=w: gt.vwap(x, x, x, x, w), lambda w=w: gt.features({"close": x}, {"s": ("sma", {"window": w})}),
+                      lambda w=w: gt.FeatureStream(1, {"w": ("wma", {"window": w})}),
+                      lambda w=w: gt.strategies.momentum(x, w, 20), lambda w=w: gt.PatternMemory(w)]
+        refused = 0
+        for call in calls:
+            try:
+                call()
+            except ValueError:
+                refused += 1
+        print(refused, len(calls))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    refused, total = proc.stdout.split()
+    assert refused == total
+
+
+@pytest.mark.parametrize("name", sorted(set(REFERENCE) - {"obv"}))
+def test_every_period_at_talibs_cap_matches_talib(name):
+    inputs = pick(name, random_ohlcv(2, 300, seed=15))
+    params = tuple(MAX_WINDOW if low is not None else DEFAULT_PARAMS[name][i]
+                   for i, (_, _, low) in enumerate(PARAMETERS[name]))
+    ours = as_tuple(FUNCS[name](*inputs, *params))
+    for o, r in zip(ours, reference(name, inputs, params)):
+        assert np.isnan(r).all()
+        assert_matches(o, r)
+
+
+def test_parameter_grids_are_bounded_before_anything_is_built():
+    x = np.arange(300.0)
+    with pytest.raises(ValueError, match=f"window.*at most {MAX_GRID}"):
+        gt.sma(x, range(1, 10**15))  # never materialized
+    with pytest.raises(ValueError, match=f"window.*at most {MAX_GRID}"):
+        gt.sma(x, range(-(10**30), 10**30))  # longer than sys.maxsize
+    with pytest.raises(ValueError, match="macd.*combinations"):
+        gt.macd(x, range(2, 100), range(2, 100), range(1, 100))
+    with pytest.raises(ValueError, match="bollinger.*combinations"):
+        gt.bollinger(x, range(2, 1000), np.linspace(0.5, 3.0, 1000))
+    with pytest.raises(ValueError, match="combinations"):
+        gt.features({"close": x}, {"m": ("macd", {"fast": range(2, 100), "slow": range(2, 100), "signal": range(1, 50)})})
+
+
+def test_grid_output_larger_than_the_limit_is_refused_up_front():
+    """100000 windows over 50000 bars would be 5e9 float64 values (40 GB): refused, not allocated."""
+    with pytest.raises(ValueError, match=f"sma: the output would hold 5000000000 values; at most {MAX_ELEMENTS}"):
+        gt.sma(np.zeros(50_000), range(1, MAX_GRID + 1))
+
+
+def test_output_limit_applies_to_grids_and_features(monkeypatch):
+    from gpu_trader import validation
+
+    _, _, c, v = random_ohlcv(2, 100, seed=16)
+    monkeypatch.setattr(validation, "MAX_ELEMENTS", 1000)
+    with pytest.raises(ValueError, match="ema: the output would hold 1200 values"):
+        gt.ema(c, [5, 10, 20, 30, 40, 50])
+    with pytest.raises(ValueError, match="features: the output"):
+        gt.features({"close": c, "volume": v}, {"o": ("obv", {}), "s": ("sma", {"window": [3, 4, 5, 6, 7]})})
+    assert gt.ema(c, [5, 10]).shape == (2, 2, 100)  # 400 values: under the limit
+
+
+def test_distributed_indicator_checks_parameters_when_the_graph_is_built():
+    da = pytest.importorskip("dask.array")
+    x = da.from_array(np.arange(300.0).reshape(3, 100), chunks=(1, 100))
+    with pytest.raises(ValueError, match="window"):
+        gt.distributed.indicator("sma", x, window=2**63)
+    with pytest.raises(TypeError, match="fastk"):
+        gt.distributed.indicator("stoch", x, x, x, fastk=True)
+    with pytest.raises(TypeError, match=r"input 0 \(close\).*dtype <U1"):
+        gt.distributed.indicator("sma", da.from_array(np.array(["a", "b"])), window=2)
+    with pytest.raises(TypeError, match=r"input 1 \(volume\).*masked"):
+        gt.distributed.indicator("obv", np.arange(3.0), np.ma.masked_equal([1.0, 0.0, 2.0], 0.0))
+    out = gt.distributed.indicator("wma", x, window=np.int32(7)).compute(scheduler="sync")
+    assert_matches(out, reference("wma", [np.arange(300.0).reshape(3, 100)], (7,))[0])
+
+
+def test_jax_backend_refuses_grids_it_would_compile_body_by_body():
+    if "jax" not in gt.available_backends():
+        pytest.skip("jax is not installed")
+    from gpu_trader.jax_backend.indicators import MAX_TRACED_GRID
+
+    with pytest.raises(ValueError, match=f"sma: the jax backend compiles.*{MAX_TRACED_GRID + 1} sets"):
+        gt.sma(np.arange(50.0), range(1, MAX_TRACED_GRID + 2), backend="jax")

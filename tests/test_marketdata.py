@@ -7,12 +7,15 @@ NumPy, and the streaming :class:`BarAggregator`).
 """
 from __future__ import annotations
 
+import datetime
 import functools
+import itertools
 import json
 import math
 import os
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -332,9 +335,6 @@ print("ok")
 """
 
 
-
-
-
 def test_bars_kernel_compiles_to_ptx():
     """The real segment kernel compiled for sm_90 (H100); needs NVVM, not a GPU."""
     assert_compiles_to_ptx("""
@@ -452,3 +452,549 @@ def test_bar_aggregator_rejects_and_flush():
     assert [b.symbol for b in agg.flush(now=start + 60 * NS)] == [0]
     assert agg.flush(now=start + 60 * NS) == []
     assert [b.close for b in agg.flush()] == [11.0]
+
+
+# -- hostile input (issue 13) --------------------------------------------------------
+TICK_BASE = {"symbol": "AAPL", "ts": T0, "price": 189.5, "size": 100.0}
+QUOTE_BASE = {"symbol": "AAPL", "ts": T0, "bid": 99.5, "ask": 100.5, "bid_size": 3.0, "ask_size": 4.0}
+KINDS = {  # base message, price field, size field, single parser, batch parser, ingestor
+    "tick": (TICK_BASE, "price", "size", md.parse_tick, md.parse_ticks, md.TickIngestor),
+    "quote": (QUOTE_BASE, "bid", "bid_size", md.parse_quote, md.parse_quotes, md.QuoteIngestor),
+}
+
+
+def with_raw(base, field, raw):
+    """The JSON text of ``base`` with ``field`` set to the raw JSON ``raw`` (appended when new)."""
+    items = [f"{json.dumps(k)}: {raw if k == field else json.dumps(v)}" for k, v in base.items()]
+    if field not in base:
+        items.append(f"{json.dumps(field)}: {raw}")
+    return "{" + ", ".join(items) + "}"
+
+
+def nested(depth, kind="array"):
+    return "[" * depth + "]" * depth if kind == "array" else '{"a": ' * depth + "1" + "}" * depth
+
+
+def bombs(base, price, size):
+    """(name, message, expected reason): size and depth bombs in every kind of field."""
+    released = memoryview(json.dumps(base).encode())
+    released.release()
+    return [
+        ("deep array, extra field", with_raw(base, "x", nested(1000)).encode(), "too_large"),
+        ("deeper array, extra field", with_raw(base, "x", nested(20_000)).encode(), "too_large"),
+        ("deep object, extra field", with_raw(base, "x", nested(1000, "object")).encode(), "too_large"),
+        ("deep array as the price", with_raw(base, price, nested(1000)).encode(), "invalid_field"),
+        ("deep object as the symbol", with_raw(base, "symbol", nested(1000, "object")).encode(), "invalid_field"),
+        ("long string, extra field", with_raw(base, "x", json.dumps("a" * md.MAX_MESSAGE_BYTES)).encode(),
+         "too_large"),
+        ("long symbol", with_raw(base, "symbol", json.dumps("A" * (md.MAX_SYMBOL_LENGTH + 1))).encode(),
+         "invalid_field"),
+        ("1e999 price", with_raw(base, price, "1e999").encode(), "invalid_field"),
+        ("-1e999 size", with_raw(base, size, "-1e999").encode(), "invalid_field"),
+        ("ts past int64", with_raw(base, "ts", str(2**64)).encode(), "invalid_field"),
+        ("5000-digit ts", with_raw(base, "ts", "9" * 5000).encode(), "invalid_field"),
+        ("int past float as the size", with_raw(base, size, "1" + "0" * 400).encode(), "invalid_field"),
+        ("lone surrogate in a str", with_raw(base, "x", '"\ud800"'), "malformed_json"),
+        ("non-contiguous buffer", memoryview(with_raw(base, "x", "1").encode())[::2], "malformed_json"),
+        ("released buffer", released, "malformed_json"),
+        ("not a message", None, "malformed_json"),
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bombs_are_rejections_and_never_lose_the_batch(kind):
+    base, price, size, parse_one, parse_many, ingestor = KINDS[kind]
+    good = [json.dumps({**base, "ts": T0 + i}).encode() for i in range(2)]
+    for name, bomb, reason in bombs(base, price, size):
+        with pytest.raises(md.MarketDataError) as err:
+            parse_one(bomb)
+        assert err.value.reason == reason, name
+        batch = parse_many([good[0], bomb, good[1]])
+        assert [(r.index, r.reason) for r in batch.rejected] == [(1, reason)], name
+        assert batch.ts.tolist() == [T0, T0 + 1], name
+        ing = ingestor()
+        assert [(r.index, r.reason) for r in ing.extend([good[0], bomb, good[1]])] == [(1, reason)], name
+        with pytest.raises(md.MarketDataError, match=reason):
+            ing.append(bomb)
+        assert len(ing) == 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40_000), st.sampled_from(["array", "object"]), st.sampled_from(["x", *TICK_BASE]))
+def test_nesting_of_any_depth_in_any_field_is_a_rejection(depth, kind, field):
+    bomb = with_raw(TICK_BASE, field, nested(depth, kind)).encode()
+    good = [tick_json(ts=T0), tick_json(ts=T0 + 1)]
+    batch = md.parse_ticks([good[0], bomb, good[1]])
+    if len(bomb) > md.MAX_MESSAGE_BYTES:
+        expected = {"too_large"}
+    elif field != "x":
+        expected = {"invalid_field"}  # a typed field holding an array or object
+    elif depth < 100:
+        expected = {None}  # an ignored extra field of modest depth
+    elif depth >= sys.getrecursionlimit():
+        expected = {"too_large"}
+    else:
+        expected = {None, "too_large"}  # whether the decoder's depth limit is reached depends on the stack
+    got = batch.rejected[0].reason if batch.rejected else None
+    assert got in expected
+    assert [r.index for r in batch.rejected] in ([], [1])
+    assert batch.ts.tolist() == ([T0, T0 + 1] if got else [T0, T0, T0 + 1])
+
+
+@pytest.mark.parametrize("one", [tick_json(), tick_json().decode(), bytearray(tick_json()), memoryview(tick_json())])
+def test_one_message_is_not_a_batch(one):
+    for call in (md.parse_ticks, md.parse_quotes, md.TickIngestor().extend, md.QuoteIngestor().extend):
+        with pytest.raises(TypeError, match="messages"):
+            call(one)
+    assert md.parse_tick(one) == md.Tick("AAPL", T0, 189.5, 100.0)  # as a message it parses
+    with pytest.raises(TypeError, match="messages"):
+        md.parse_ticks(42)
+
+
+@pytest.mark.parametrize("universe", ["AAPL", "A", b"A", bytearray(b"A")])
+def test_symbol_universe_must_be_a_collection_of_names(universe):
+    tick = tick_json("A")
+    quote = json.dumps({**QUOTE_BASE, "symbol": "A"}).encode()
+    calls = [lambda: md.parse_tick(tick, universe), lambda: md.parse_quote(quote, universe),
+             lambda: md.parse_ticks([tick], universe), lambda: md.parse_quotes([quote], universe),
+             lambda: md.TickIngestor(universe), lambda: md.QuoteIngestor(universe),
+             lambda: md.BarAggregator("1min", universe)]
+    for call in calls:
+        with pytest.raises(TypeError, match="symbols"):
+            call()
+
+
+def test_symbol_universe_matches_whole_names():
+    with pytest.raises(md.MarketDataError, match="unknown_symbol"):
+        md.parse_tick(tick_json("B"), symbols=["ABC"])
+    assert md.parse_ticks([tick_json("B")], symbols=["ABC"]).rejected[0].reason == "unknown_symbol"
+    for universe in (["B"], ("X", "B"), {"B"}, frozenset({"B"}), {"B": 1}):
+        assert md.parse_tick(tick_json("B"), symbols=universe).symbol == "B"
+    with pytest.raises(TypeError, match="symbols"):
+        md.parse_tick(tick_json("B"), symbols=[b"B"])
+
+
+# -- streaming bars: types, late ticks -----------------------------------------------
+def python_bars(ticks, tf):
+    """Oracle: {(symbol, start): (open, high, low, close, volume, vwap, count)} of ticks
+    ``(symbol, ts, price, size)`` in arrival order, sums exact (fractions)."""
+    acc = {}
+    for s, t, p, z in ticks:
+        a = acc.setdefault((s, t // tf * tf), [p, p, p, p, Fraction(0), Fraction(0), 0])
+        a[1], a[2], a[3] = max(a[1], p), min(a[2], p), p
+        a[4] += Fraction(z)
+        a[5] += Fraction(p) * Fraction(z)
+        a[6] += 1
+    out = {}
+    for key, (o, h, lo, c, v, pv, n) in acc.items():
+        try:
+            volume = float(v)  # correctly rounded
+        except OverflowError:  # rounds past the float64 maximum
+            volume = math.inf
+        out[key] = (o, h, lo, c, volume, float(pv / v) if v else math.nan, n)
+    return out
+
+
+def assert_bar(got, want, rtol=1e-12):
+    """OHLC and count exact; volume and VWAP to ``rtol`` (NaN == NaN; inf counts as the float64
+    maximum: float sums and the exact sum may round to either side of it)."""
+    assert tuple(got[:4]) == tuple(want[:4]) and got[6] == want[6]
+    top = sys.float_info.max
+    np.testing.assert_allclose(np.minimum(got[4:6], top), np.minimum(want[4:6], top), rtol=rtol)
+
+
+_BAD_UPDATES = [
+    (("A", T0, True, 1.0), "invalid_field"),
+    (("A", T0, np.True_, 1.0), "invalid_field"),
+    (("A", T0, 10.0, True), "invalid_field"),
+    (("A", T0, "10.0", 1.0), "invalid_field"),
+    (("A", T0, None, 1.0), "invalid_field"),
+    (("A", T0, [10.0], 1.0), "invalid_field"),
+    (("A", T0, 10**400, 1.0), "invalid_field"),
+    (("A", T0, 10.0, 10**400), "invalid_field"),
+    (("A", T0, np.float32("nan"), 1.0), "invalid_field"),
+    (("A", T0, 10.0, -0.5), "invalid_field"),
+    (("A", True, 10.0, 1.0), "invalid_field"),
+    (("A", float(T0 + 1), 10.0, 1.0), "invalid_field"),
+    (("A", np.float64(T0 + 1), 10.0, 1.0), "invalid_field"),
+    (("A", str(T0 + 1), 10.0, 1.0), "invalid_field"),
+    (("A", -1, 10.0, 1.0), "invalid_field"),
+    (("A", 2**63, 10.0, 1.0), "invalid_field"),
+    ((True, T0, 10.0, 1.0), "unknown_symbol"),
+    ((np.True_, T0, 10.0, 1.0), "unknown_symbol"),
+    ((0.0, T0, 10.0, 1.0), "unknown_symbol"),
+    (([0], T0, 10.0, 1.0), "unknown_symbol"),
+    (({"A": 0}, T0, 10.0, 1.0), "unknown_symbol"),
+    ((None, T0, 10.0, 1.0), "unknown_symbol"),
+    (("Z", T0, 10.0, 1.0), "unknown_symbol"),
+    ((2, T0, 10.0, 1.0), "unknown_symbol"),
+]
+
+
+def test_bar_aggregator_refusals_are_market_data_errors_and_change_nothing():
+    ts, price, size, sym = random_ticks(200, 2, 20 * 60 * NS, 21)
+    ticks = list(zip(sym.tolist(), ts.tolist(), price.tolist(), size.tolist()))
+    agg = md.BarAggregator("5min", ["A", "B"])
+    emitted = []
+    for k, (s, t, p, z) in enumerate(ticks):
+        args, reason = _BAD_UPDATES[k % len(_BAD_UPDATES)]
+        with pytest.raises(md.MarketDataError) as err:
+            agg.update(*args)
+        assert err.value.reason == reason, args
+        emitted += [b for b in [agg.update("AB"[s], t, p, z)] if b is not None]
+    emitted += agg.flush()
+    want = python_bars(ticks, 300 * NS)
+    assert sorted((b.symbol, b.start) for b in emitted) == sorted(want)
+    for b in emitted:
+        assert_bar(b[2:], want[b.symbol, b.start])
+
+
+def test_bar_aggregator_takes_numpy_scalars():
+    ts, price, size, sym = random_ticks(300, 2, 30 * 60 * NS, 22)
+    plain, typed = md.BarAggregator("5min", 2), md.BarAggregator(np.int64(300 * NS), np.int32(2))
+    got, want = [], []
+    for s, t, p, z in zip(sym, ts, price, size):  # iterating arrays gives NumPy scalars
+        want.append(plain.update(int(s), int(t), float(p), float(z)))
+        got.append(typed.update(np.uint8(s), np.int64(t), np.float64(p), np.float32(z)))
+    assert got + typed.flush() == want + plain.flush()
+    ints = md.BarAggregator("1min", 1)
+    assert ints.update(0, np.uint64(T0), np.int32(7), np.int16(3)) is None  # integer prices and sizes
+    assert ints.flush()[0][2:] == (7.0, 7.0, 7.0, 7.0, 3.0, 7.0, 1)
+
+
+def test_bar_aggregator_refuses_a_tick_in_a_flushed_bar():
+    agg = md.BarAggregator("1min", ["A"])
+    start = T0 // (60 * NS) * 60 * NS
+    assert agg.update("A", start + NS, 10.0, 1.0) is None
+    [bar] = agg.flush(now=start + 60 * NS)
+    assert bar.start == start
+    with pytest.raises(md.MarketDataError) as err:
+        agg.update("A", start + 2 * NS, 11.0, 1.0)
+    assert err.value.reason == "out_of_order"
+    assert agg.flush() == []
+    assert agg.update("A", start + 61 * NS, 12.0, 1.0) is None  # the next bar is open to it
+    assert [b.start for b in agg.flush()] == [start + 60 * NS]
+
+
+_op = st.one_of(
+    st.tuples(st.just("tick"), st.integers(0, 1), st.integers(0, 400), st.floats(0.5, 2.0), st.floats(0, 5)),
+    st.tuples(st.just("flush"), st.integers(0, 420)),
+    st.just(("flush", None)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_op, max_size=60))
+def test_bar_aggregator_emits_each_bar_once(ops):
+    """Whatever the interleaving of ticks and flushes: a tick is refused exactly when it is
+    older than its symbol's latest or falls in a bar already emitted; every bar is emitted
+    once and equals the oracle's bar of the accepted ticks."""
+    tf = 60 * NS
+    agg = md.BarAggregator(tf, 2)
+    accepted, emitted, last = [], [], {}
+    for op in ops:
+        if op[0] == "flush":
+            emitted += agg.flush(None if op[1] is None else T0 + op[1] * NS)
+            continue
+        _, s, dt, p, z = op
+        t = T0 + dt * NS
+        late = t < last.get(s, 0) or any(b.symbol == s and b.start <= t < b.start + tf for b in emitted)
+        try:
+            bar = agg.update(s, t, p, z)
+        except md.MarketDataError as err:
+            assert late and err.reason == "out_of_order"
+            continue
+        assert not late
+        last[s] = t
+        accepted.append((s, t, p, z))
+        emitted += [bar] if bar is not None else []
+    emitted += agg.flush()
+    keys = [(b.symbol, b.start) for b in emitted]
+    want = python_bars(accepted, tf)
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted(want)
+    for b in emitted:
+        assert_bar(b[2:], want[b.symbol, b.start])
+
+
+@pytest.mark.parametrize("now", [True, 1.5, "1", -1, 2**63, np.float64(T0)])
+def test_bar_aggregator_flush_checks_now(now):
+    agg = md.BarAggregator("1min", 1)
+    agg.update(0, T0, 1.0, 1.0)
+    with pytest.raises(md.MarketDataError, match="invalid_field: now"):
+        agg.flush(now)
+    assert len(agg.flush(np.int64(T0 + 60 * NS))) == 1
+
+
+@pytest.mark.parametrize("symbols, error", [(True, TypeError), (0, ValueError), (2**40, ValueError),
+                                            ([], ValueError), (None, TypeError), (["A", "A"], ValueError)])
+def test_bar_aggregator_symbols_checked(symbols, error):
+    with pytest.raises(error, match="symbols"):
+        md.BarAggregator("1min", symbols)
+
+
+# -- bars: memory guard, timestamps, timeframes ------------------------------------
+def test_aggregate_bars_guards_bytes_before_any_allocation(monkeypatch):
+    def kernel_must_not_run(*args):
+        raise AssertionError("the guard let the grid through")
+
+    monkeypatch.setattr(gt.get_backend("cpu").ops("marketdata"), "aggregate_bars", kernel_must_not_run)
+    one = dict(price=[1.0], size=[1.0], timeframe="1min")
+    with pytest.raises(ValueError, match="MAX_BAR_BYTES"):  # 2**31 cells: 7 outputs of 16 GiB each
+        md.aggregate_bars([T0], symbol=[0], n_symbols=2**31, **one)
+    with pytest.raises(ValueError, match="MAX_BAR_BYTES"):  # ~1.7e18 one-nanosecond bars
+        md.aggregate_bars([0, T0], [1.0, 1.0], [1.0, 1.0], timeframe=1)
+    monkeypatch.setattr(md, "MAX_BAR_BYTES", 1 << 20)
+    fits = (md.MAX_BAR_BYTES - mm.bar_workspace_bytes(1, 0, 1)) // mm.BAR_BYTES_PER_CELL
+    assert mm.bar_workspace_bytes(1, fits, 1) <= md.MAX_BAR_BYTES < mm.bar_workspace_bytes(1, fits + 1, 1)
+    with pytest.raises(ValueError, match="MAX_BAR_BYTES"):
+        md.aggregate_bars([T0], symbol=[0], n_symbols=fits + 1, **one)
+    with pytest.raises(AssertionError, match="guard"):
+        md.aggregate_bars([T0], symbol=[0], n_symbols=fits, **one)  # within the limit it goes on
+
+
+@pytest.mark.parametrize("n, n_symbols, span_min", [(40, 300, 200), (6000, 2, 10), (1, 1, 1)])
+def test_bar_memory_bound_covers_the_allocations(n, n_symbols, span_min):
+    """bar_workspace_bytes bounds what both algorithms allocate (traced NumPy allocations)."""
+    import tracemalloc
+
+    ts, price, size, sym = random_ticks(n, n_symbols, span_min * 60 * NS, 23, shuffle=True)
+    tf = 60 * NS
+    first, n_bars = ts.min() // tf, ts.max() // tf - ts.min() // tf + 1
+    bound = mm.bar_workspace_bytes(n, n_symbols, n_bars)
+    runs = (lambda: md.aggregate_bars(ts, price, size, sym, timeframe=tf, n_symbols=n_symbols),
+            lambda: mm.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, n_symbols))
+    for run in runs:
+        run()  # compile first
+        tracemalloc.start()
+        try:
+            run()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= bound
+
+
+@pytest.mark.parametrize(
+    "ts, error",
+    [
+        (np.array(["2023-11-14T22:13:20", "NaT"], dtype="datetime64[ns]"), ValueError),
+        (np.array([T0, -1]), ValueError),
+        (np.array([T0, 2**63], dtype=np.uint64), ValueError),
+        (np.array(["2023-01-01", "3000-01-01"], dtype="datetime64[D]"), ValueError),  # NumPy's cast wraps to 1830
+        (np.array([1, 2], dtype="datetime64[ps]"), ValueError),
+        (np.array([1, 2], dtype="datetime64[M]"), ValueError),
+        (np.array([1.0, 2.0]), TypeError),
+        (np.array([1, 2], dtype="timedelta64[ns]"), TypeError),
+        (np.array([True, False]), TypeError),
+        ([T0, "x"], TypeError),
+        ([[T0], [T0, 1]], TypeError),
+        (np.array([[T0, T0]]), ValueError),
+    ],
+)
+def test_aggregate_bars_refuses_bad_timestamps(ts, error):
+    with pytest.raises(error, match="ts"):
+        md.aggregate_bars(ts, [1.0, 2.0], [1.0, 1.0], timeframe="1min")
+
+
+@pytest.mark.parametrize("unit", ["W", "D", "h", "m", "s", "ms", "us", "ns"])
+def test_aggregate_bars_datetime_units(unit):
+    ts, price, size, sym = random_ticks(300, 2, 40 * 86400 * NS, 24)
+    coarse = ts.astype("datetime64[ns]").astype(f"datetime64[{unit}]")
+    ns = coarse.astype("datetime64[ns]").view(np.int64)  # NumPy's own conversion as the oracle
+    got = md.aggregate_bars(coarse, price, size, sym, timeframe="1d", n_symbols=2)
+    check_bars(got.start, {k: getattr(got, k) for k in FIELDS}, ns, price, size, sym, 2, 86400 * NS)
+
+
+@pytest.mark.parametrize(
+    "timeframe, error",
+    [
+        (np.timedelta64("NaT"), ValueError),
+        (np.timedelta64(10**17, "D"), ValueError),
+        (np.timedelta64(5, "M"), ValueError),
+        (np.timedelta64(5), ValueError),
+        ("99999999999999999999min", ValueError),
+        ("9999999999999999999min", ValueError),
+        ("\uff11min", ValueError),
+        ("1e3min", ValueError),
+        ("0min", ValueError),
+        ("x" * 10**6, ValueError),
+        (datetime.timedelta(days=-1), ValueError),
+        (datetime.timedelta(days=10**8), ValueError),
+        (2**63, ValueError),
+        (-5, ValueError),
+        (True, TypeError),
+        (60.0, TypeError),
+        (np.float64(60 * NS), TypeError),
+        (b"1min", TypeError),
+        (None, TypeError),
+    ],
+)
+def test_parse_timeframe_refuses(timeframe, error):
+    with pytest.raises(error, match="timeframe"):
+        md.parse_timeframe(timeframe)
+    with pytest.raises(error, match="timeframe"):
+        md.BarAggregator(timeframe, 1)
+
+
+def test_parse_timeframe_exact_forms():
+    assert md.parse_timeframe(pd.Timedelta("1500ns")) == 1500
+    assert md.parse_timeframe(np.int32(7)) == 7 and md.parse_timeframe(np.uint64(60 * NS)) == 60 * NS
+    assert md.parse_timeframe(np.timedelta64(1, "W")) == 7 * 86400 * NS
+    assert md.parse_timeframe(" 15 MIN ") == 900 * NS and md.parse_timeframe("h") == 3600 * NS
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(n_symbols=True), TypeError, "n_symbols"),
+        (dict(n_symbols=2.0), TypeError, "n_symbols"),
+        (dict(symbol=None, n_symbols=3), ValueError, "n_symbols"),
+        (dict(symbol=np.array([0, 2**63], np.uint64)), ValueError, "n_symbols|symbol"),
+        (dict(symbol=[0, 1.0]), TypeError, "symbol"),
+        (dict(price=[[1.0], [2.0, 3.0]]), TypeError, "price"),
+        (dict(price=[1.0, 1e309]), ValueError, "price"),
+        (dict(size=["1", "2"]), TypeError, "size"),
+    ],
+)
+def test_aggregate_bars_refuses_bad_arguments(kwargs, error, match):
+    args = dict(ts=np.array([T0, T0 + 1]), price=[1.0, 2.0], size=[1.0, 1.0], symbol=[0, 1], timeframe="1min")
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        md.aggregate_bars(args.pop("ts"), args.pop("price"), args.pop("size"), args.pop("symbol"), **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(now=True), TypeError, "now"),
+        (dict(now=float(T0)), TypeError, "now"),
+        (dict(now=2**63), ValueError, "now"),
+        (dict(max_age=-1), ValueError, "max_age"),
+        (dict(ts=np.array([-5, T0])), ValueError, "ts"),
+        (dict(ts=np.array([T0, 2**63], np.uint64)), ValueError, "ts"),
+        (dict(ts=np.array(["NaT", "NaT"], "datetime64[ns]")), ValueError, "ts"),
+        (dict(ts=np.array([T0, T0, T0])), ValueError, "ts"),
+        (dict(ts=None), ValueError, "ts"),
+    ],
+)
+def test_quote_metrics_refuses_bad_times(kwargs, error, match):
+    args = dict(ts=np.array([T0, T0 + 1]), now=T0 + 10, max_age=5)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        md.quote_metrics(np.array([1.0, 2.0]), np.array([1.5, 2.5]), **args)
+
+
+def test_quote_metrics_staleness_with_numpy_and_datetime_times():
+    ts = np.array([T0, T0 + 7, T0 + 10])
+    want = np.array([md.QUOTE_STALE, md.QUOTE_OK, md.QUOTE_OK], np.int8)  # now - ts > max_age only for the first
+    for t in (ts, ts.astype(np.uint64), ts.astype("datetime64[ns]")):
+        got = md.quote_metrics(np.ones(3), np.full(3, 2.0), ts=t, now=np.int64(T0 + 10), max_age=np.uint8(5))
+        np.testing.assert_array_equal(got.status, want)
+
+
+# -- derived quantities never overflow for finite inputs ------------------------------
+_positive = st.floats(min_value=5e-324, max_value=sys.float_info.max)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_positive, _positive)
+def test_mid_is_the_rounded_midpoint_without_overflow(bid, ask):
+    exact = (Fraction(bid) + Fraction(ask)) / 2
+    lo, hi = min(bid, ask), max(bid, ask)
+    q = md.Quote("X", 0, lo, hi, 1.0, 1.0)
+    assert lo <= q.mid <= hi
+    assert abs(Fraction(q.mid) - exact) <= Fraction(math.ulp(float(exact)))
+    assert math.isfinite(q.spread_bps) and q.spread_bps >= 0
+    m = md.quote_metrics(np.array([lo]), np.array([hi]))
+    assert m.status[0] == md.QUOTE_OK and m.mid[0] == q.mid and m.spread_bps[0] == q.spread_bps
+
+
+def test_mid_at_the_float_maximum():
+    q = md.parse_quote(b'{"symbol":"X","ts":5,"bid":1.7e308,"ask":1.7e308,"bid_size":1,"ask_size":2}')
+    assert (q.mid, q.spread, q.spread_bps) == (1.7e308, 0.0, 0.0)
+    big = np.array([1.7e308, 1.79e308])
+    m = md.quote_metrics(big, big[::-1].copy()[::-1])
+    np.testing.assert_array_equal(m.mid, big)
+
+
+_huge_trades = st.lists(st.tuples(st.floats(1e-3, sys.float_info.max),
+                                  st.one_of(st.just(0.0), st.floats(1e-6, sys.float_info.max))),
+                        min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_huge_trades)
+def test_vwap_finite_and_exact_for_huge_finite_ticks(trades):
+    """Batch and streaming VWAP (and volume) against exact fractions, prices and sizes up to
+    the float64 maximum: VWAP stays in [low, high]; volume is inf only past the maximum."""
+    price, size = (np.array(x) for x in zip(*trades))
+    ts = T0 + np.arange(len(trades)) * 11 * NS  # a few one-minute bars
+    tf = 60 * NS
+    want = python_bars([(0, int(t), float(p), float(z)) for t, p, z in zip(ts, price, size)], tf)
+    batch = md.aggregate_bars(ts, price, size, timeframe=tf)
+    agg = md.BarAggregator(tf, 1)
+    streamed = [b for t, p, z in zip(ts.tolist(), price.tolist(), size.tolist()) if (b := agg.update(0, t, p, z))]
+    streamed += agg.flush()
+    assert [b.start for b in streamed] == sorted(start for _, start in want)
+    for b in streamed:
+        assert_bar(b[2:], want[0, b.start])  # streaming is exact past an overflow
+        k = int(np.searchsorted(batch.start, b.start))
+        got = [getattr(batch, f)[k] for f in FIELDS]
+        assert_bar(got, want[0, b.start], rtol=1e-9)
+        assert got[2] <= got[5] <= got[1] or np.isnan(got[5])
+
+
+def test_vwap_when_the_volume_overflows():
+    price, size = np.array([1e308, 2e307, 5e307]), np.full(3, 1e308)
+    ts = T0 + np.arange(3)
+    bars = md.aggregate_bars(ts, price, size, timeframe="1min")
+    agg = md.BarAggregator("1min", 1)
+    for t, p, z in zip(ts.tolist(), price.tolist(), size.tolist()):
+        agg.update(0, t, p, z)
+    [bar] = agg.flush()
+    exact = float(sum(Fraction(p) for p in price.tolist()) / 3)  # equal sizes: the mean price
+    assert bars.volume[0] == bar.volume == math.inf
+    np.testing.assert_allclose([bars.vwap[0], bar.vwap], exact, rtol=1e-12)
+
+
+# -- read-only and pandas inputs -----------------------------------------------------
+@pytest.mark.parametrize("writable", list(itertools.product([False, True], repeat=4)))
+def test_aggregate_bars_read_only_and_mixed_inputs(writable):
+    ts, price, size, sym = random_ticks(300, 3, 2 * 3600 * NS, 25, shuffle=True)
+    args = [a.copy() for a in (ts, price, size, sym)]
+    for a, w in zip(args, writable):
+        a.flags.writeable = w
+    bars = md.aggregate_bars(*args, timeframe="5min", n_symbols=3)
+    check_bars(bars.start, {k: getattr(bars, k) for k in FIELDS}, ts, price, size, sym, 3, 300 * NS)
+
+
+def test_aggregate_bars_from_pandas_columns():
+    ts, price, size, sym = random_ticks(500, 3, 3 * 3600 * NS, 26)
+    df = pd.DataFrame({"ts": pd.to_datetime(ts), "price": price, "size": size.astype(np.int64),
+                       "sym": sym.astype(np.int16)})
+    columns = [df["ts"].to_numpy(), df["price"].to_numpy(), df["size"].to_numpy().astype(np.float64),
+               df["sym"].to_numpy()]
+    assert not columns[1].flags.writeable and columns[2].flags.writeable  # a mix, as the issue had it
+    for args in (columns, [df["ts"], df["price"], df["size"], df["sym"]]):
+        bars = md.aggregate_bars(*args, timeframe="15min", n_symbols=3)
+        check_bars(bars.start, {k: getattr(bars, k) for k in FIELDS}, ts, price, size, sym, 3, 900 * NS)
+
+
+def test_gpu_algorithm_and_quote_metrics_take_read_only_arrays():
+    ts, price, size, sym = random_ticks(500, 3, 3600 * NS, 27, shuffle=True)
+    for a in (ts, price, size, sym):
+        a.flags.writeable = False
+    tf = 60 * NS
+    first, n_bars = ts.min() // tf, ts.max() // tf - ts.min() // tf + 1
+    out = mm.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, 3)
+    check_bars((np.arange(n_bars) + first) * tf, dict(zip(FIELDS, out)), ts, price, size, sym, 3, tf)
+    ask = price * 1.001
+    ask.flags.writeable = False
+    got = md.quote_metrics(price, ask, size, size, ts=ts, now=int(ts.max()), max_age=1800 * NS)
+    want = md.quote_metrics(price.copy(), ask.copy(), size.copy(), size.copy(), ts=ts.copy(),
+                            now=int(ts.max()), max_age=1800 * NS)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    ok = got.status == md.QUOTE_OK
+    assert ok.sum() > 100
+    np.testing.assert_array_equal(got.mid[ok], ((price + ask) / 2)[ok])  # ask within 2x of bid: bit-equal

@@ -254,9 +254,11 @@ def test_not_positive_definite_cov_is_repaired_with_a_warning():
     (dict(weights=np.ones((2, 3))), ValueError, "weights have 3 assets"),
     (dict(weights=np.ones((2, 2, 4))), ValueError, "weights must have shape"),
     (dict(mu=np.zeros(3)), ValueError, "mu must be a scalar or have shape"),
-    (dict(level=0.0), ValueError, "level must be in"),
-    (dict(level=1.0), ValueError, "level must be in"),
-    (dict(level=1.5), ValueError, "level must be in"),
+    (dict(level=0.0), ValueError, "level must satisfy 0.5 <= level < 1"),
+    (dict(level=1.0), ValueError, "level must satisfy 0.5 <= level < 1"),
+    (dict(level=1.5), ValueError, "level must satisfy 0.5 <= level < 1"),
+    (dict(level=[0.9, 0.99]), TypeError, "level must be one number"),
+    (dict(level=True), TypeError, "level must be a real number"),
     (dict(level="0.99"), TypeError, "level must be a real number"),
     (dict(horizon=0), ValueError, "horizon must be > 0"),
     (dict(dist="t"), ValueError, "needs dof"),
@@ -268,7 +270,9 @@ def test_not_positive_definite_cov_is_repaired_with_a_warning():
     (dict(mu=np.array([0, 0, np.inf, 0])), ValueError, "mu contains NaN or inf"),
     (dict(n_scenarios=500), ValueError, "n_scenarios=500 is too small"),
     (dict(n_scenarios=1.5e4), TypeError, "n_scenarios must be an integer"),
-    (dict(seed=-1), ValueError, "seed must be"),
+    (dict(seed=-1), ValueError, "seed must be >= 0"),
+    (dict(seed=1.5), TypeError, "seed must be an integer"),
+    (dict(horizon=-1), ValueError, "horizon must be > 0"),
     (dict(chunk_size=0), ValueError, "chunk_size must be >= 1"),
     (dict(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
     (dict(weights=np.array(["a", "b", "c", "d"])), TypeError, "weights must be a real numeric array"),
@@ -286,6 +290,15 @@ def test_not_positive_definite_cov_is_repaired_with_a_warning():
     (dict(options=gt.EuropeanOptions(asset=0.5, spot=1.0, strike=1.0, expiry=1.0, vol=0.2, quantity=1.0)),
      TypeError, "integer asset indices"),
     (dict(backend="nope"), ValueError, "available backends"),
+    (dict(n_scenarios=gt.montecarlo.MAX_SCENARIOS + 1), ValueError, "n_scenarios must be <="),
+    (dict(n_scenarios=True), TypeError, "n_scenarios must be an integer"),
+    (dict(chunk_size=gt.montecarlo.MAX_SCENARIOS + 1), ValueError, "chunk_size must be <="),
+    (dict(chunk_size=np.float64(4096)), TypeError, "chunk_size must be an integer"),
+    (dict(seed=2**64), ValueError, "seed must be <="),
+    (dict(seed=np.bool_(True)), TypeError, "seed must be an integer"),
+    (dict(horizon=gt.montecarlo.MAX_HORIZON + 1), ValueError, "horizon must be <="),
+    (dict(horizon=float("inf")), ValueError, "horizon must be finite"),
+    (dict(weights=np.ma.masked_array(np.ones((2, 4)), mask=[[0, 1, 0, 0]] * 2)), TypeError, "masked"),
 ])
 def test_bad_input_is_a_clear_error(kwargs, exc, match):
     args = dict(weights=np.ones((2, 4)), mu=0.0, cov=np.eye(4) * 1e-4, n_scenarios=10_000, seed=0)
@@ -380,6 +393,88 @@ def test_gpu_module_under_cuda_simulator(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text())["max_rel"] < 1e-9
+
+
+
+# -- levels, integer bounds and memory ---------------------------------------------------------
+@pytest.mark.parametrize("level", [0.01, 0.05, 0.4999, np.float64(0.01), np.float32(0.05)])
+def test_tail_probability_as_level_is_refused_with_a_hint(level):
+    with pytest.raises(ValueError, match=r"level must satisfy 0\.5 <= level < 1.*not a tail probability such as 0\.01"):
+        gt.var_monte_carlo(np.ones(3), 0.0, np.eye(3) * 1e-4, level=level, n_scenarios=10_000, seed=0)
+
+
+def test_level_one_half_is_the_median_loss(backend):
+    w, mu, cov = random_problem(n=5, p=2, seed=12)
+    res = gt.var_monte_carlo(w, mu, cov, level=np.float64(0.5), n_scenarios=np.int64(40_000), horizon=np.int32(3),
+                             seed=np.uint64(2**64 - 1), chunk_size=np.int32(5000), backend=backend)
+    exact, _ = closed_form_normal(w, mu, cov, 0.5, 3)  # the median: minus the drift
+    var, se = gt.to_numpy(res.var), gt.to_numpy(res.var_se)
+    assert np.all(np.abs(var - exact) < 4 * se), (var, exact, se)
+    assert res.seed == 2**64 - 1 and res.level == 0.5
+    again = gt.var_monte_carlo(w, mu, cov, level=0.5, n_scenarios=40_000, horizon=3, seed=2**64 - 1, backend=backend)
+    np.testing.assert_allclose(gt.to_numpy(again.var), var, rtol=1e-12)
+
+
+def test_a_tail_too_large_for_memory_is_refused_before_allocating():
+    """The kept tail is n_portfolios x n_scenarios x (1 - level): refused up front when absurd."""
+    import tracemalloc
+
+    w = np.ones((1000, 4))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="tail of .* losses each.*working memory"):
+            gt.var_monte_carlo(w, 0.0, np.eye(4) * 1e-4, level=0.5, n_scenarios=2**36, seed=0)
+        assert tracemalloc.get_traced_memory()[1] < 16 << 20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("P, n_scenarios, level", [(40, 60_000, 0.5), (5, 60_000, 0.999)])
+def test_working_memory_estimate_bounds_the_measured_peak(P, n_scenarios, level):
+    """tracemalloc's peak (NumPy reports to it) stays within mc_engine.work_bytes, and the tail it
+    documents is really held (memory grows with n_scenarios x (1 - level) x P)."""
+    import tracemalloc
+
+    from gpu_trader import mc_engine
+    from gpu_trader.montecarlo import plan_monte_carlo
+
+    w, mu, cov = random_problem(n=8, p=P, seed=14)
+    kw = dict(level=level, n_scenarios=n_scenarios, horizon=1, dist="normal", dof=None, seed=3, options=None,
+              contributions=True, chunk_size=2048, dtype=np.float64, backend="cpu")
+    _, plan, _ = plan_monte_carlo(w, mu, cov, **kw)
+    estimate = mc_engine.work_bytes(plan, cpu_mc)
+    gt.var_monte_carlo(w, mu, cov, **kw)  # compile and load first: only the call's own memory is measured
+    tracemalloc.start()
+    try:
+        gt.var_monte_carlo(w, mu, cov, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    tail = P * plan.keep * 16
+    # 1 MiB for what is not array data: threadpoolctl scans every loaded library (hundreds of KB
+    # of Python objects once jax, faiss and friends are loaded), dispatch and result objects
+    assert tail <= peak <= estimate + (1 << 20), (tail, peak, estimate)
+
+
+def test_read_only_and_pandas_inputs_are_never_written(backend):
+    import pandas as pd
+
+    w, mu, cov = random_problem(n=4, p=2, seed=15)
+    arrays = [a.copy() for a in (w, mu, cov)]
+    for a in arrays:
+        a.flags.writeable = False
+    qty = np.array([2.0, -1.0])
+    qty.flags.writeable = False
+    book = gt.EuropeanOptions(asset=np.array([0, 3]), spot=pd.Series([100.0, 50.0]), strike=100.0, expiry=0.5,
+                              vol=0.2, quantity=qty, call=np.array([True, False]))
+    ref = gt.var_monte_carlo(w, mu, cov, n_scenarios=20_000, seed=5, options=book, backend=backend)
+    got = gt.var_monte_carlo(*arrays, n_scenarios=20_000, seed=5, options=book, backend=backend)
+    np.testing.assert_array_equal(gt.to_numpy(got.var), gt.to_numpy(ref.var))
+    frames = gt.var_monte_carlo(pd.DataFrame(w), pd.Series(mu), pd.DataFrame(cov), n_scenarios=20_000, seed=5,
+                                options=book, backend=backend)
+    np.testing.assert_array_equal(gt.to_numpy(frames.var), gt.to_numpy(ref.var))
+    for a, b in zip(arrays, (w, mu, cov)):
+        np.testing.assert_array_equal(a, b)
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--simulate":

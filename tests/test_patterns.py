@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gpu_trader as gt
 from gpu_trader import vector_math as vm
@@ -126,3 +128,79 @@ def test_errors():
         pm.add_history(ohlcv(100), horizon=0)
     with pytest.raises(ValueError, match="pass more history"):
         PatternMemory(20).embed(ohlcv(30))
+
+
+def test_integer_parameters_are_bounded():
+    from gpu_trader.patterns import MAX_KMEANS_ITER
+    from gpu_trader.validation import MAX_WINDOW
+
+    for bad in (2**63, 2**63 - 1, MAX_WINDOW + 1, np.uint64(2**64 - 1)):
+        with pytest.raises(ValueError, match="window"):
+            PatternMemory(bad)
+    for bad in (True, np.True_, 20.0):
+        with pytest.raises(TypeError, match="window"):
+            PatternMemory(bad)
+    assert PatternMemory(np.int32(5)).window == 5
+    pm = PatternMemory(5)
+    pm.add(np.eye(5), np.arange(5.0))
+    for bad in (6, 2**63, 2**62):
+        with pytest.raises(ValueError, match="k must be <= 5"):
+            pm.query(np.ones(5), k=bad)
+        with pytest.raises(ValueError, match="k must be <= 5"):
+            pm.query(np.ones(5), k=bad, filter=lambda meta: np.ones(5, bool))
+    with pytest.raises(TypeError, match="k"):
+        pm.query(np.ones(5), k=True)
+    scores, ids, outcomes = pm.query(np.eye(5)[2], k=np.int64(2))
+    assert int(ids[0]) == 2 and outcomes[0] == 2.0
+    with pytest.raises(ValueError, match="horizon"):
+        pm.add_history(ohlcv(100), horizon=2**63)
+    with pytest.raises(ValueError, match="n_iter"):
+        pm.distill(2, n_iter=MAX_KMEANS_ITER + 1)
+    with pytest.raises(ValueError, match="seed"):
+        pm.distill(2, seed=-1)
+    with pytest.raises(ValueError, match="tol"):
+        pm.distill(2, tol=float("nan"))
+    with pytest.raises(ValueError, match="empty"):
+        PatternMemory(5).distill(1)
+    with pytest.raises(ValueError, match="window"):
+        window_patterns(np, np.ones((3, 10)), 2**63)
+
+
+@settings(max_examples=30, deadline=None)
+@given(window=st.one_of(st.integers(-(2**70), 2**70), st.integers(2, 12), st.integers(0, 2**64 - 1).map(np.uint64),
+                        st.sampled_from([2**63, 100_000, 100_001, 1, True, np.True_])),
+       k=st.one_of(st.integers(-(2**64), 2**64), st.integers(1, 8).map(np.int16), st.sampled_from([True, 2**63])))
+def test_hostile_integers_refused_or_correct(window, k):
+    from gpu_trader.validation import MAX_WINDOW
+
+    if isinstance(window, (bool, np.bool_)) or not 2 <= int(window) <= MAX_WINDOW:
+        with pytest.raises((TypeError, ValueError), match="window"):
+            PatternMemory(window)
+        return
+    pm = PatternMemory(window)
+    assert pm.window == int(window)
+    pm.add(np.eye(8), np.arange(8.0))
+    if isinstance(k, (bool, np.bool_)) or not 1 <= int(k) <= 8:
+        with pytest.raises((TypeError, ValueError), match="k"):
+            pm.query(np.eye(8)[3], k=k)
+        return
+    _, ids, outcomes = pm.query(np.eye(8)[3], k=k)
+    assert len(ids) == int(k) and int(ids[0]) == 3 and outcomes[0] == 3.0
+
+
+def test_read_only_mixed_and_vendor_named_bars():
+    bars = ohlcv(160, seed=5)
+    frozen = {k.capitalize(): v.copy() for k, v in bars.items()}
+    for k in ("Open", "High", "Close"):
+        frozen[k].flags.writeable = False
+    frozen["Volume"] = bars["volume"].astype(np.int64)  # writable, another dtype
+    a, b = PatternMemory(10, SPEC), PatternMemory(10, SPEC)
+    ids_a = a.add_history(frozen, horizon=2)
+    ids_b = b.add_history({**bars, "volume": bars["volume"].astype(np.int64).astype(np.float64)}, horizon=2)
+    assert len(ids_a) == len(ids_b) > 0
+    np.testing.assert_array_equal(a._outcomes, b._outcomes)
+    np.testing.assert_array_equal(a.embed(frozen), b.embed(bars))
+    with pytest.raises(TypeError, match="outcomes is a masked array"):
+        a.add(np.ones(a.index.dim), np.ma.masked_array([1.0], mask=[True]))
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['volume'\]"):
+        a.add_history({k: v for k, v in frozen.items() if k != "Volume"})

@@ -170,6 +170,8 @@ def test_warmup_continues_the_strategy_state():
     assert got == want and positions(pipe) == pytest.approx(want_pos)
     with pytest.raises(ValueError, match="history"):
         pipe.warmup({"ZZZ": [1.0]})
+    with pytest.raises(TypeError, match="history"):
+        pipe.warmup(None)
 
 
 # -- bad input mixed into valid streams -------------------------------------------------
@@ -245,6 +247,21 @@ def test_non_bytes_input_is_a_rejection():
     assert pipe.stats.events == 4 and pipe.stats.accepted == 0
 
 
+@pytest.mark.parametrize("one", [b'{"s": "A"}', '{"s": "A"}', bytearray(b"{}"), memoryview(b"{}"), 7, None])
+def test_run_refuses_one_message_or_a_non_iterable_in_place_of_a_stream(one):
+    pipe, _ = make_pipeline(MOMENTUM)
+    with pytest.raises(TypeError, match="messages must be an iterable of messages"):
+        asyncio.run(pipe.run(one))
+    assert pipe.stats.events == 0
+
+
+def test_oversized_tick_is_counted_as_too_large():
+    pipe, _ = make_pipeline(MOMENTUM)
+    out = pipe.on_tick(b'{"x": "' + b"a" * (1 << 20) + b'"}')
+    assert isinstance(out, TickRejection) and out.reason == "too_large"
+    assert pipe.stats.rejected == {"too_large": 1}
+
+
 # -- the broker failing or timing out --------------------------------------------------
 class ExplodingBroker:
     """A venue whose every call raises an unexpected exception."""
@@ -259,19 +276,30 @@ class ExplodingBroker:
 
 
 def _booked_and_unresolved(pipe, broker):
-    """Positions implied by the broker's fills the manager reports FILLED, and the
-    statuses of the broker fills it does not (each fill made at most once)."""
+    """Positions implied by the venue's fills the manager has booked (its report shows
+    the venue's cumulative quantity), and the statuses of the venue fills it has not
+    booked (each fill made at most once)."""
     pos = {n: 0.0 for n in pipe.symbols}
     unresolved = []
-    for cid, n in broker.fill_counts.items():
-        assert n == 1
-        order = broker._orders[cid]
-        status = pipe.manager.report(cid).status
-        if status == FILLED:
-            pos[order.symbol] += order.signed_quantity
+    for cid, symbol, signed, _ in broker.fills():
+        assert broker.fill_counts[cid] == 1
+        report = pipe.manager.report(cid)
+        if report.filled_quantity:
+            assert report.filled_quantity == abs(signed) and report.status == FILLED
+            pos[symbol] += signed
         else:
-            unresolved.append(status)
+            unresolved.append(report.status)
     return pos, unresolved
+
+
+def venue_book(broker, names=NAMES):
+    """Positions and cash the venue's fills imply (the oracle of reconciliation)."""
+    pos = {n: 0.0 for n in names}
+    cash = CASH
+    for _, symbol, signed, price in broker.fills():
+        pos[symbol] += signed
+        cash -= signed * price
+    return pos, cash
 
 
 @pytest.mark.parametrize("latency_s", [0.0, 0.002])
@@ -283,24 +311,43 @@ def test_flaky_broker_leaves_the_loop_alive_and_books_only_fills(latency_s, reco
                            failure_threshold=3, cooldown_s=0.01)
     pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=broker.set_price,
                            recover_attempts=recover)
-    stats = asyncio.run(pipe.run([encode(t) for t in ticks], yield_every=8))
+
+    async def go():
+        stats = await pipe.run([encode(t) for t in ticks], yield_every=8)
+        during = _booked_and_unresolved(pipe, broker), positions(pipe)
+        broker.failure_rate = broker.timeout_rate = 0.0  # the network heals: shutdown reconciles
+        for _ in range(5):  # a loaded machine can stall the loop past a timeout: close again
+            await asyncio.sleep(0.02)  # past the breaker's cool-down
+            await pipe.close()
+            if not pipe.manager.unresolved():
+                break
+        return stats, during
+
+    stats, ((booked, unresolved), held) = asyncio.run(go())
     assert stats.events == stats.accepted == len(ticks) and stats.errors == 0
     assert pipe.in_flight == 0
     assert sum(stats.reports.values()) == stats.orders > 0
     failures = {k for k in stats.reports if k != FILLED}
     assert failures & {"rejected:broker_error", "unknown:timeout", "rejected:circuit_open"}
-    booked, unresolved = _booked_and_unresolved(pipe, broker)
-    assert positions(pipe) == pytest.approx(booked)  # the portfolio holds exactly the acknowledged fills
-    assert set(unresolved) <= {"unknown"}  # a fill the manager does not know of is still marked unknown
-    assert sum(n for k, n in stats.reports.items() if k.startswith("unknown")) >= len(unresolved)
-    assert stats.resubmitted <= recover * stats.orders
+    assert held == pytest.approx(booked)  # the portfolio held exactly the acknowledged fills
+    assert set(unresolved) <= {"unknown"}  # a fill the manager did not know of was marked unknown
+    assert stats.resubmitted <= recover * stats.orders and stats.reconciles >= 2
+    # after the shutdown reconciliation the book is the venue's, every fill booked once
+    want_pos, want_cash = venue_book(broker)
+    assert positions(pipe) == pytest.approx(want_pos)
+    assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
+    assert pipe.manager.unresolved() == ()
+    assert _booked_and_unresolved(pipe, broker)[1] == []
 
 
 class FirstAnswerLost:
-    """Processes every request, but the answer to an order's first submission never comes."""
+    """Processes every request, but the answer to an order's first submission never comes.
+    ``status=False``: an adapter without ``status`` (its orders in doubt cannot be asked about)."""
 
-    def __init__(self, inner: SimulatedBroker) -> None:
+    def __init__(self, inner: SimulatedBroker, status: bool = True) -> None:
         self.inner, self.name, self.seen = inner, "lossy", set()
+        if status:
+            self.status = inner.status
 
     async def submit(self, order):
         ack = await self.inner.submit(order)
@@ -313,12 +360,12 @@ class FirstAnswerLost:
         return await self.inner.cancel(cid)
 
 
-@pytest.mark.parametrize("recover", [0, 1])
-def test_unknown_outcomes_are_recovered_by_resubmitting_the_same_id(recover):
+@pytest.mark.parametrize("recover, status", [(0, False), (1, False), (0, True)])
+def test_unknown_outcomes_are_recovered_by_resubmitting_or_reconciling(recover, status):
     ticks = make_ticks(11, n=1500)
     inner = SimulatedBroker("sim", latency_s=0.0)
-    manager = OrderManager(FirstAnswerLost(inner), portfolio=Portfolio(CASH), timeout_s=0.002, max_retries=0,
-                           failure_threshold=10**6)
+    manager = OrderManager(FirstAnswerLost(inner, status), portfolio=Portfolio(CASH), timeout_s=0.002,
+                           max_retries=0, failure_threshold=10**6, resolve_attempts=0)
     pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=inner.set_price,
                            recover_attempts=recover)
     stats = asyncio.run(pipe.run([encode(t) for t in ticks]))
@@ -327,10 +374,18 @@ def test_unknown_outcomes_are_recovered_by_resubmitting_the_same_id(recover):
     if recover:  # every fill is booked once, and the book reaches the oracle's final targets
         assert stats.reports == {FILLED: stats.orders} and stats.resubmitted == stats.orders
         assert positions(pipe) == pytest.approx(oracle(ticks, MOMENTUM)[1])
-    else:  # the broker filled, the manager never heard: nothing booked, every outcome unknown
+    elif status:  # the manager never heard while trading; reconciling (end of run, then here) books every fill
+        assert stats.reports == {"unknown:timeout": stats.orders} and stats.resubmitted == 0
+        asyncio.run(pipe.reconcile())  # the orders of the flushed bars
+        want_pos, want_cash = venue_book(inner)
+        assert any(want_pos.values()) and positions(pipe) == pytest.approx(want_pos)
+        assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
+        assert manager.unresolved() == ()
+    else:  # the broker filled, the manager never heard and cannot ask: nothing booked, all unknown
         assert stats.reports == {"unknown:timeout": stats.orders} and stats.resubmitted == 0
         assert all(q == 0.0 for q in positions(pipe).values())
         assert sum(inner.fill_counts.values()) == stats.orders
+        assert len(manager.unresolved()) == stats.orders
 
 
 def test_broker_raising_is_reported_and_positions_stay_flat():
@@ -400,7 +455,7 @@ def test_bad_arguments_name_the_argument():
         TradingPipeline(["A", "A"], MOMENTUM, manager)
     with pytest.raises(ValueError, match="unit_quantity"):
         TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=float("nan"))
-    with pytest.raises(ValueError, match="unit_quantity"):
+    with pytest.raises(TypeError, match="unit_quantity"):
         TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=True)
     assert TradingPipeline(NAMES, MOMENTUM, manager, unit_quantity=np.float32(2)).unit_quantity == 2.0
     with pytest.raises(ValueError, match="timeframe"):
@@ -424,3 +479,95 @@ def test_bench_recording_has_one_rejected_message_in_200():
     assert stats.n_rejected == 2000 // BAD_EVERY and stats.accepted == 2000 - stats.n_rejected
     assert set(stats.rejected) == {"malformed_json", "unknown_symbol", "out_of_order"}
     assert stats.orders > 0 and stats.errors == 0 and set(stats.reports) == {FILLED}
+
+
+def test_the_pipeline_reconciles_periodically_and_on_close():
+    """Answers are lost and never resubmitted: only the manager's reconciliation (periodic
+    while trading, then at shutdown) books the venue's fills, and then exactly those."""
+    ticks = make_ticks(12, n=1500)
+    inner = SimulatedBroker("sim", latency_s=0.0)
+    manager = OrderManager(FirstAnswerLost(inner), portfolio=Portfolio(CASH), timeout_s=0.002, max_retries=0,
+                           failure_threshold=10**6, resolve_attempts=3, resolve_backoff_s=60.0)
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=inner.set_price,
+                           recover_attempts=0, reconcile_every_s=np.float64(1e-4))
+
+    async def go():
+        booked_while_trading = 0.0
+        for i, message in enumerate(encode(t) for t in ticks):
+            pipe.on_tick(message)
+            if i % 8 == 7:
+                await asyncio.sleep(0.001)
+                booked_while_trading = max(booked_while_trading, sum(map(abs, positions(pipe).values())))
+        pipe.flush()
+        await pipe.close()
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return booked_while_trading, left
+
+    booked_while_trading, left = asyncio.run(go())
+    assert booked_while_trading > 0 and pipe.stats.reconciles >= 3
+    want_pos, want_cash = venue_book(inner)
+    assert positions(pipe) == pytest.approx(want_pos) and pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
+    assert manager.unresolved() == () and pipe.in_flight == 0
+    assert left == []  # close() stopped the manager's background status queries
+    with pytest.raises(ValueError, match="reconcile_every_s"):
+        TradingPipeline(NAMES, MOMENTUM, manager, reconcile_every_s=0.0)
+    with pytest.raises(TypeError, match="recover_attempts"):
+        TradingPipeline(NAMES, MOMENTUM, manager, recover_attempts=2.0)
+    assert TradingPipeline(NAMES, MOMENTUM, manager, recover_attempts=np.int64(2)).recover_attempts == 2
+
+
+class SlowAndDeaf:
+    """A venue adapter that fills at once, but answers only after ``delay_s``, and
+    ignores cancellations while it waits (``deaf``): calls outlive the manager's deadline."""
+
+    name = "slow"
+
+    def __init__(self, inner: SimulatedBroker, delay_s: float, deaf: bool) -> None:
+        self.inner, self.delay_s, self.deaf = inner, delay_s, deaf
+        self.status = inner.status
+
+    async def _wait(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.delay_s
+        while True:
+            try:
+                await asyncio.sleep(max(deadline - asyncio.get_running_loop().time(), 0.0))
+                return
+            except asyncio.CancelledError:
+                if not self.deaf:
+                    raise
+
+    async def submit(self, order):
+        ack = await self.inner.submit(order)
+        await self._wait()
+        return ack
+
+    async def cancel(self, cid):
+        return await self.inner.cancel(cid)
+
+
+@pytest.mark.parametrize("delay_s, deaf", [(0.003, False), (0.05, True)])
+def test_close_with_orders_in_flight_settles_them_and_leaves_nothing_running(delay_s, deaf):
+    """Ticks handed in without ever yielding, then close(): every order in flight is
+    waited for (a deaf venue's calls are abandoned at the deadline), the book ends equal
+    to the venue's fills, and no task is left behind."""
+    ticks = make_ticks(13, n=1200)
+    inner = SimulatedBroker("slow", latency_s=0.0)
+    manager = OrderManager(SlowAndDeaf(inner, delay_s, deaf), portfolio=Portfolio(CASH), timeout_s=0.01,
+                           max_retries=0, failure_threshold=10**6, resolve_backoff_s=0.005)
+    pipe = TradingPipeline(NAMES, MOMENTUM, manager, timeframe=TF, quote_sink=inner.set_price, recover_attempts=1)
+
+    async def go():
+        for message in (encode(t) for t in ticks):
+            pipe.on_tick(message)
+        pipe.flush()
+        in_flight = pipe.in_flight
+        await asyncio.wait_for(pipe.close(), 30.0)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return in_flight, left
+
+    in_flight, left = asyncio.run(go())
+    assert in_flight > 0 and pipe.in_flight == 0 and left == []
+    assert pipe.stats.errors == 0 and manager.unresolved() == ()
+    want_pos, want_cash = venue_book(inner)
+    assert any(want_pos.values()) and positions(pipe) == pytest.approx(want_pos)
+    assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)

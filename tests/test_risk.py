@@ -239,3 +239,168 @@ def test_gpu_formulation_on_numpy():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call(returns(2, 50))
+
+
+# -- zero dispersion: constant series follow empyrical-reloaded ------------------------
+# 0.1, 0.003 and 0.3 leave a rounding residue in the float64 mean of 252 or 2520
+# equal values (a std of ~1e-17 instead of 0); 0.0 makes every ratio 0 / 0.
+CONSTANTS = (0.0, 0.01, -0.01, 0.1, 0.003, -0.007, 1e-5, -2e-4, 0.3)
+
+
+def constant_rows(n_obs: int, dtype, values=CONSTANTS) -> np.ndarray:
+    """One constant series per value, every other one with a NaN (dropped: still constant)."""
+    r = np.repeat(np.asarray(values, dtype=dtype)[:, None], n_obs, axis=1)
+    r[::2, 1] = np.nan
+    return r
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_obs", [3, 252, 2520])
+def test_constant_series_ratios_match_empyrical(backend, n_obs, dtype):
+    r = constant_rows(n_obs, dtype)
+    r64 = r.astype(np.float64)  # the oracle sees the very values we do
+    rb = on_backend(backend, r)
+    tol = dict(rtol=1e-6, atol=0) if dtype == np.float32 else dict(rtol=1e-10, atol=0)
+    for rate in (0.0, 1e-4, 0.01):  # 0.01 equals a constant: 0 / 0 for the float64 rows
+        assert_close(risk.sharpe(rb, 252, rate, backend=backend),
+                     per_series(lambda x: ep.sharpe_ratio(x, risk_free=rate), r64), **tol)
+        assert_close(risk.sortino(rb, 12, rate, backend=backend),
+                     per_series(lambda x: ep.sortino_ratio(x, required_return=rate, annualization=12), r64), **tol)
+        report = risk.risk_report(rb, 0.99, 52, rate, backend=backend)
+        assert_close(report["sharpe"], per_series(lambda x: ep.sharpe_ratio(x, rate, annualization=52), r64), **tol)
+    assert_close(risk.calmar(rb, backend=backend), per_series(ep.calmar_ratio, r64), **tol)
+
+
+def test_constant_series_have_zero_volatility_and_parametric_var_minus_mean(backend):
+    r = constant_rows(252, np.float64)
+    rb = on_backend(backend, r)
+    minus_c = -np.asarray(CONSTANTS)
+    report = risk.risk_report(rb, 0.99, backend=backend)
+    np.testing.assert_array_equal(gt.to_numpy(report["volatility"]), 0.0)
+    for method in ("gaussian", "cornish-fisher"):
+        got = gt.to_numpy(risk.var_parametric(rb, [0.9, 0.99], method=method, backend=backend))
+        np.testing.assert_allclose(got, np.broadcast_to(minus_c, got.shape), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(gt.to_numpy(report["var_cornish_fisher"]), minus_c, rtol=1e-14, atol=0)
+    # the same numbers as the historical VaR of a constant series (its every quantile)
+    np.testing.assert_allclose(gt.to_numpy(risk.var_historical(rb, backend=backend)), minus_c, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("spread", [1e-9, 1e-6, 1e-3])
+def test_nearly_constant_series_keep_their_finite_ratios(backend, spread):
+    """The zero-dispersion rule must not swallow a real (if tiny) variation."""
+    rng = np.random.default_rng(21)
+    c = np.array([0.01, -0.003, 0.1])[:, None]
+    r = c * (1.0 + spread * rng.standard_normal((3, 252)))
+    rb = on_backend(backend, r)
+    got = gt.to_numpy(risk.sharpe(rb, backend=backend))
+    assert np.all(np.isfinite(got))
+    assert_close(got, per_series(ep.sharpe_ratio, r), rtol=1e-6)
+    assert np.all(gt.to_numpy(risk.risk_report(rb, backend=backend)["volatility"]) > 0)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=hs.lists(hs.floats(-0.25, 0.25, width=32, allow_subnormal=False), min_size=1, max_size=6),
+       n_obs=hs.sampled_from([2, 5, 61, 252, 1000]), dtype=hs.sampled_from([np.float64, np.float32]),
+       rate=hs.sampled_from([0.0, 5e-5]))
+def test_any_constant_series_sharpe_is_empyricals(backend, values, n_obs, dtype, rate):
+    """(Values normal in float32 too: XLA flushes float32 subnormals to zero.)"""
+    r = np.repeat(np.asarray(values, dtype=dtype)[:, None], n_obs, axis=1)
+    r64 = r.astype(np.float64)
+    got = gt.to_numpy(risk.sharpe(on_backend(backend, r), 252, rate, backend=backend)).astype(np.float64)
+    np.testing.assert_array_equal(got, per_series(lambda x: ep.sharpe_ratio(x, risk_free=rate), r64))
+
+
+def test_gpu_formulation_on_numpy_constant_series():
+    """The array formulation applies the same zero-dispersion rule as the compiled one."""
+    gpu_like = RiskKernels(np, functools.partial(doubling_running_max, np))
+    cpu = gt.get_backend("cpu").ops("risk").kernels
+    for t in (3, 252, 2520):
+        r = constant_rows(t, np.float64)
+        for a, b in zip(gpu_like.risk_report(r, 0.01, 252, 1e-4).values(), cpu.risk_report(r, 0.01, 252, 1e-4).values()):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+# -- levels and annualization: one rule, NumPy scalars welcome --------------------------
+LEVEL_FUNCTIONS = {
+    "var_historical": risk.var_historical,
+    "cvar": risk.cvar,
+    "var_parametric": risk.var_parametric,
+    "cornish_fisher": functools.partial(risk.var_parametric, method="cornish-fisher"),
+    "risk_report": risk.risk_report,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEVEL_FUNCTIONS))
+@pytest.mark.parametrize("level", [0.01, 0.05, 0.4999, np.float64(0.01), np.float32(0.1), 0, 1, 1.0, -0.99, 99])
+def test_tail_probability_as_level_is_refused_with_a_hint(name, level):
+    with pytest.raises(ValueError, match=r"level must satisfy 0\.5 <= level < 1.*not a tail probability such as 0\.01"):
+        LEVEL_FUNCTIONS[name](returns(2, 50), level)
+
+
+@pytest.mark.parametrize("name", ["var_historical", "cvar", "var_parametric"])
+def test_level_grid_with_a_tail_probability_is_refused(name):
+    with pytest.raises(ValueError, match="not a tail probability"):
+        LEVEL_FUNCTIONS[name](returns(2, 50), [0.95, 0.05])
+
+
+@pytest.mark.parametrize("level", [True, np.bool_(True), "0.99", None, 0.99j])
+def test_level_of_the_wrong_type_is_a_type_error(level):
+    with pytest.raises(TypeError, match="level"):
+        risk.var_historical(returns(2, 50), level)
+
+
+def test_numpy_scalar_levels_and_annualization_are_accepted(backend):
+    r = returns(3, 252, seed=13)
+    rb = on_backend(backend, r)
+    ref = gt.to_numpy(risk.var_historical(rb, 0.5, backend=backend))  # 0.5 is allowed: the median
+    np.testing.assert_allclose(ref, -np.median(r, axis=-1), rtol=1e-12)
+    for level in (np.float64(0.99), np.float32(0.99)):
+        assert_close(risk.cvar(rb, level, backend=backend),
+                     per_series(lambda x: -ep.conditional_value_at_risk(x, 1 - float(level)), r))
+    for ppy in (np.int32(252), np.int64(252), np.float64(252.0), np.float32(252.0)):
+        assert_close(risk.sharpe(rb, ppy, np.float64(0.0), backend=backend), per_series(ep.sharpe_ratio, r))
+    grid = risk.var_parametric(rb, np.array([0.9, 0.99]), backend=backend)
+    assert gt.to_numpy(grid).shape == (2, 3)
+
+
+@pytest.mark.parametrize("ppy, exc", [(risk.MAX_PERIODS_PER_YEAR + 1, ValueError), (1e300, ValueError),
+                                      (float("inf"), ValueError), (0, ValueError), (-252, ValueError),
+                                      (True, TypeError), (np.bool_(True), TypeError), ([252], TypeError)])
+@pytest.mark.parametrize("fn", [risk.sharpe, risk.sortino, risk.calmar, risk.risk_report])
+def test_periods_per_year_is_bounded(fn, ppy, exc):
+    kwargs = {"periods_per_year": ppy}
+    with pytest.raises(exc, match="periods_per_year"):
+        fn(returns(2, 50), **kwargs)
+    assert np.all(np.isfinite(risk.sharpe(returns(2, 50), periods_per_year=risk.MAX_PERIODS_PER_YEAR)))
+
+
+def test_results_beyond_the_memory_limit_are_refused_before_allocating(monkeypatch):
+    from gpu_trader import validation
+
+    r = returns(40, 30)
+    # 40 series x (16 + 2 x 3 levels) float64 values = 7040 bytes
+    monkeypatch.setattr(validation, "WORK_MEMORY_LIMIT", 7000)
+    with pytest.raises(ValueError, match="working memory"):
+        risk.cvar(r, [0.9, 0.95, 0.99])
+    monkeypatch.setattr(validation, "WORK_MEMORY_LIMIT", 7040)
+    assert risk.cvar(r, [0.9, 0.95, 0.99]).shape == (3, 40)
+
+
+# -- read-only inputs (pandas copy-on-write) --------------------------------------------
+def test_read_only_arrays_and_copy_on_write_frames(backend):
+    r = returns(3, 120, seed=17, nan_frac=0.05)
+    ro = r.copy()
+    ro.flags.writeable = False
+    ro32 = r.astype(np.float32)
+    ro32.flags.writeable = False
+    mixed = pd.DataFrame({"a": ro[0], "b": r[1].copy(), "c": ro32[2]})  # read-only next to writable, two dtypes
+    assert not pd.DataFrame(r.T).to_numpy().flags.writeable  # pandas 3 hands out read-only views
+    expected = per_series(lambda x: -ep.conditional_value_at_risk(x, 0.05), r)
+    for x in (ro, ro[:, ::2], pd.DataFrame(r.T), mixed, mixed["a"]):  # every metric reads r through these two
+        xb = x if isinstance(x, pd.DataFrame) else on_backend(backend, x)
+        risk.risk_report(xb, 0.95, backend=backend)
+        risk.var_historical(xb, [0.9, 0.95], backend=backend)
+    got = gt.to_numpy(risk.cvar(mixed, 0.95, backend=backend))
+    np.testing.assert_allclose(got[:2], expected[:2], rtol=1e-10)
+    np.testing.assert_allclose(got[2], expected[2], rtol=1e-5)  # float32 column
+    np.testing.assert_array_equal(ro, r)

@@ -129,6 +129,84 @@ def test_bad_input():
     np.testing.assert_array_equal(close, before)
 
 
+def test_integer_parameters_are_bounded():
+    from gpu_trader.validation import MAX_ELEMENTS, MAX_GRID, MAX_WINDOW
+
+    close = prices(1, 60)
+    for bad in (2**63, 2**63 - 1, MAX_WINDOW + 1, -(2**63), np.uint64(2**64 - 1)):
+        with pytest.raises(ValueError, match="fast"):
+            S.momentum(close, bad, 20)
+        with pytest.raises(ValueError, match="slow"):
+            S.Momentum(5, bad)
+        with pytest.raises(ValueError, match="window"):
+            S.mean_reversion(close, [10, bad])
+        with pytest.raises(ValueError, match="window"):
+            S.MeanReversion(bad)
+    for bad in (True, np.True_, 5.0, [5, 10]):
+        with pytest.raises(TypeError, match="fast"):
+            S.Momentum(bad, 20)
+    with pytest.raises(TypeError, match="nstd"):
+        S.MeanReversion(20, [1.0, 2.0])
+    with pytest.raises(TypeError, match="cost_bps"):
+        S.momentum(close, cost_bps=[1.0, 2.0])
+    with pytest.raises(ValueError, match=f"fast.*at most {MAX_GRID}"):
+        S.momentum(close, range(1, 10**12))  # never materialized
+    with pytest.raises(ValueError, match="momentum.*combinations"):
+        S.momentum(close, range(1, 400), range(2, 400))
+    with pytest.raises(ValueError, match=f"mean_reversion: the output would hold .* at most {MAX_ELEMENTS}"):
+        S.mean_reversion(np.zeros(2**16), range(2, 50_002), [1.0, 2.0])  # 6.6e9 signals: refused up front
+    with pytest.raises(ValueError, match="n_symbols|state"):
+        S.Momentum(5, 20).stream(2**62)
+    # NumPy integers are accepted (and stored as Python ints)
+    m = S.Momentum(np.int32(5), np.int64(20))
+    assert (type(m.fast), m.name) == (int, "momentum(5,20)")
+    r = S.MeanReversion(np.uint16(10), np.float32(1.5))
+    assert (type(r.window), type(r.nstd), r.name) == (int, float, "mean_reversion(10,1.5)")
+    np.testing.assert_array_equal(S.momentum(close, np.int16(5), np.int64(20)).signals[0],
+                                  oracle_momentum(close[0], 5, 20))
+
+
+@settings(max_examples=40, deadline=None)
+@given(fast=st.one_of(st.integers(-(2**70), 2**70), st.integers(1, 30), st.integers(-(2**63), 2**63 - 1).map(np.int64),
+                      st.sampled_from([2**63, 2**63 - 1, 100_000, 100_001, 0, True, np.True_, np.uint64(2**64 - 1)])),
+       slow=st.integers(1, 40).map(np.int32))
+def test_hostile_windows_refused_or_match_the_oracle(fast, slow):
+    from gpu_trader.validation import MAX_WINDOW
+
+    close = prices(2, 60, 11)
+    if isinstance(fast, (bool, np.bool_)) or not 1 <= int(fast) <= MAX_WINDOW:
+        with pytest.raises((TypeError, ValueError), match="fast"):
+            S.momentum(close, fast, slow)
+        with pytest.raises((TypeError, ValueError), match="fast"):
+            S.Momentum(fast, slow)
+        return
+    res = S.momentum(close, fast, slow)
+    check_result(res, close, [((), (int(fast), int(slow)))], oracle_momentum, 0.0)
+    stream = S.Momentum(fast, slow).stream(2)
+    np.testing.assert_array_equal(stream.warmup(close), res.signals[:, -1])
+
+
+def test_read_only_inputs_and_streams():
+    close = prices(2, 120, 9)
+    frozen = close.copy()
+    frozen.flags.writeable = False
+    res = S.momentum(frozen, [5, 8], 20, cost_bps=2.0)
+    check_result(res, close, [((0,), (5, 20)), ((1,), (8, 20))], oracle_momentum, 2.0)
+    runner = S.StrategyRunner([S.Momentum(5, 20), S.MeanReversion(10, 1.0)])
+    out = runner.run(close.astype(">f8"))
+    np.testing.assert_array_equal(out["mean_reversion(10,1)"].signals[1], oracle_reversion(close[1], 10, 1.0))
+    stream = runner.stream(2)
+    stream.warmup(frozen[:, :100])
+    for t in range(100, 120):
+        got = stream.update(frozen[:, t])
+        np.testing.assert_array_equal(got[0], [oracle_momentum(x, 5, 20)[t] for x in close])
+    np.testing.assert_array_equal(frozen, close)
+    with pytest.raises(TypeError, match="close_row is a masked array"):
+        stream.update(np.ma.masked_invalid([1.0, np.nan]))
+    with pytest.raises(TypeError, match="close must be a real numeric array"):
+        S.momentum(close.astype(complex))
+
+
 RUNNER = [S.Momentum(5, 20), S.Momentum(5, 40), S.MeanReversion(20, 2.0), S.MeanReversion(20, 1.0),
           S.MeanReversion(7, 0.5)]
 

@@ -456,6 +456,103 @@ def test_bad_spec(spec, error, match):
         FeatureStream(2, spec)
 
 
+def test_n_symbols_and_windows_are_bounded_before_allocating():
+    from gpu_trader.validation import MAX_ELEMENTS, MAX_WINDOW
+
+    for n in (2**63, 2**62, 10**12, np.uint64(2**64 - 1)):
+        with pytest.raises(ValueError, match="n_symbols|state"):
+            FeatureStream(n)  # never allocated
+    with pytest.raises(ValueError, match=f"state.*at most {MAX_ELEMENTS}"):
+        FeatureStream(2**26, {"w": ("wma", {"window": MAX_WINDOW})})
+    with pytest.raises(TypeError, match="n_symbols"):
+        FeatureStream(np.True_)
+    for window in (2**63, 2**63 - 1, MAX_WINDOW + 1, -(2**63)):
+        with pytest.raises(ValueError, match="window"):
+            FeatureStream(1, {"s": ("sma", {"window": window})})
+    s = FeatureStream(np.int32(2), {"m": ("macd", {"fast": np.int64(3), "slow": np.uint8(7), "signal": np.int16(2)})})
+    H = ohlcv(2, 40, seed=21)
+    assert_same(s.warmup(H[3]), {k: v[:, -1] for k, v in gt.features({"close": H[3]}, s.spec).items()})
+
+
+HOSTILE_WINDOWS = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.integers(1, 40),
+    st.sampled_from([2**63, 2**63 - 1, 2**31, 100_000, 100_001, 0, -1, True, np.True_]),
+    st.integers(-(2**63), 2**63 - 1).map(np.int64),
+    st.integers(0, 2**64 - 1).map(np.uint64),
+)
+SMALL_OR_HOSTILE_COUNTS = st.one_of(
+    st.integers(-3, 6),
+    st.integers(-3, 6).map(np.int32),
+    st.integers(0, 6).map(np.uint8),
+    st.sampled_from([2**63, 2**63 - 1, 2**62, 2**40, 10**12, np.uint64(2**64 - 1), np.int64(-(2**63)),
+                     True, False, np.True_]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=SMALL_OR_HOSTILE_COUNTS, window=HOSTILE_WINDOWS, code=st.sampled_from(["sma", "wma", "rsi", "vwap"]))
+def test_hostile_integers_are_refused_or_give_the_batch_values(n, window, code):
+    from gpu_trader.indicator_specs import PARAMETERS
+    from gpu_trader.validation import MAX_WINDOW
+
+    def valid(v, low, high):
+        return not isinstance(v, (bool, np.bool_)) and low <= int(v) <= high
+
+    spec = {"f": (code, {"window": window})}
+    if not (valid(n, 1, 10**6) and valid(window, PARAMETERS[code][0][2], MAX_WINDOW)):
+        with pytest.raises((TypeError, ValueError), match="n_symbols|window|state"):
+            FeatureStream(n, spec)
+        return
+    stream = FeatureStream(n, spec)
+    H = ohlcv(int(n), 30, seed=int(n))
+    want = gt.features(H, {"f": (code, {"window": int(window)})}, backend="cpu")
+    assert_same(stream.warmup(H), {k: v[:, -1] for k, v in want.items()})
+
+
+def test_read_only_big_endian_and_mixed_inputs():
+    H = ohlcv(2, 60, seed=22)
+    want = {k: v[:, -1] for k, v in gt.features(H, backend="cpu").items()}
+    frozen = H.copy()
+    frozen.flags.writeable = False
+    s = FeatureStream(2)
+    s.warmup(frozen[:, :, :40])
+    for t in range(40, 59):
+        s.update(frozen[:, :, t])
+    row = {"High": H[1, :, 59].astype(">f8"), "low": H[2, :, 59], "Close": frozen[3, :, 59],
+           "VOLUME": H[4, :, 59].astype(">f8")}
+    assert_same(s.update(row), want)
+    s.reset()
+    history = {"high": H[1].astype(">f8"), "low": frozen[2], "close": np.asfortranarray(H[3]),
+               "volume": H[4].astype(np.int64).astype(">i8")}
+    want_int = {k: v[:, -1] for k, v in gt.features({**as_mapping(H), "volume": H[4].astype(np.int64)}).items()}
+    assert_same(s.warmup(history), want_int)
+    np.testing.assert_array_equal(frozen, H)
+
+
+def test_masked_and_non_real_inputs_are_refused():
+    s = FeatureStream(2, {"s": ("sma", {"window": 3})})
+    with pytest.raises(TypeError, match=r"row is a masked array.*filled"):
+        s.update(np.ma.masked_invalid([1.0, np.nan]))
+    with pytest.raises(TypeError, match=r"history is a masked array"):
+        s.warmup(np.ma.masked_invalid(np.ones((2, 5))))
+    with pytest.raises(TypeError, match=r"history\['close'\] is a masked array"):
+        s.warmup({"close": np.ma.masked_invalid(np.ones((2, 5)))})
+    with pytest.raises(TypeError, match=r"row\['close'\].*datetime64"):
+        s.update({"close": np.array(["2024-01-01", "2024-01-02"], dtype="datetime64[D]")})
+    with pytest.raises(TypeError, match="row.*complex"):
+        s.update(np.array([1j, 2j]))
+    assert s.n_bars == 0
+
+
+def test_missing_field_lists_the_expected_names():
+    s = FeatureStream(1)
+    with pytest.raises(ValueError, match=r"row is missing field\(s\) \['volume'\].*high, low, close, volume"):
+        s.update({"High": 2.0, "Low": 1.0, "Close": 1.5, "Adj Close": 1.4})
+    with pytest.raises(ValueError, match="history has field 'close' twice"):
+        s.warmup({"high": [2.0], "low": [1.0], "close": [1.5], "Close": [1.5], "volume": [1.0]})
+
+
 # -- import cost ----------------------------------------------------------------------------------
 
 

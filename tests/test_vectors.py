@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import gpu_trader as gt
@@ -682,3 +682,328 @@ def test_cagra_adapter_with_a_stand_in_cuvs(monkeypatch, kernels_on_numpy, metri
     index.add(db[:5])
     adapter.search(index._snap, qq, 10)
     assert builds[-1][1] == 805  # a new snapshot rebuilds the graph
+
+
+# -- empty indexes on disk -------------------------------------------------------------------
+@pytest.mark.parametrize("metric,dtype,kind", [("cosine", "float32", "exact"), ("l2", "int8", "exact"),
+                                               ("ip", "float32", "hnsw")])
+def test_empty_index_saves_and_loads(backend, tmp_path, metric, dtype, kind):
+    if kind == "hnsw" and backend != "cpu":
+        pytest.skip("hnsw runs on the cpu backend")
+    if kind == "hnsw":
+        pytest.importorskip("hnswlib")
+    path = tmp_path / "empty.gtv"
+    VectorIndex(6, metric, kind=kind, backend=backend, dtype=dtype).save(path)
+    loaded = VectorIndex.load(path, backend=backend, mmap=backend == "cpu")
+    assert (len(loaded), loaded.dim, loaded.metric, loaded.kind, loaded.dtype) == (0, 6, metric, kind, dtype)
+    with pytest.raises(ValueError, match="exceeds the 0"):
+        loaded.search(np.ones(6), 1)
+    db, q = clustered(300, 6, seed=4), clustered(4, 6, seed=5)
+    fresh = VectorIndex(6, metric, kind=kind, backend=backend, dtype=dtype)
+    assert loaded.add(db).tolist() == fresh.add(db).tolist() == list(range(300))
+    got, want = loaded.search(on(backend, q), 5), fresh.search(on(backend, q), 5)
+    np.testing.assert_array_equal(gt.to_numpy(got[1]), gt.to_numpy(want[1]))
+    if kind == "exact" and dtype == "float32":
+        assert_knn_matches(*got, db, q, 5, metric)
+
+
+def test_removing_every_vector_then_saving_replaces_the_old_file(backend, tmp_path):
+    path = tmp_path / "idx.gtv"
+    index = VectorIndex(5, "l2", backend=backend)
+    index.add(clustered(40, 5, seed=2), metadata={"n": np.arange(40), "s": ["a"] * 40})
+    index.save(path)
+    index.remove(np.arange(40))
+    index.save(path)
+    loaded = VectorIndex.load(path, backend=backend)
+    assert len(loaded) == 0 and gt.to_numpy(loaded.vectors()[0]).size == 0
+    assert loaded.add(np.ones(5), metadata={"n": 7}).tolist() == [40]  # ids keep counting up
+    with pytest.raises(TypeError, match="'n'"):  # the column types survive the empty file
+        loaded.add(np.ones(5), metadata={"n": "seven"})
+
+
+# -- metadata column types ---------------------------------------------------------------------
+def _columns(index) -> dict[str, list]:
+    """Each metadata column as a list of (type, value) pairs (True == 1 in Python: compare types too)."""
+    return {f: [(type(v), v) for v in c.tolist()] for f, c in index._snap.meta.items()}
+
+
+def test_metadata_column_types_are_fixed_at_first_insertion():
+    index = VectorIndex(3, "ip")
+    index.add(np.ones((2, 3)), metadata={"n": [1, 2], "f": [0.5, 1.5], "b": [True, False], "s": ["x", "y"]})
+    before = _columns(index)
+    for field, value in (("n", 2.5), ("n", True), ("n", "3"), ("f", "x"), ("f", False), ("b", 1), ("b", 1.0),
+                         ("s", 3), ("n", np.float64(1.0)), ("b", np.int8(1))):
+        with pytest.raises(TypeError, match=f"'{field}'"):
+            index.add(np.ones(3), metadata={field: value})
+    with pytest.raises(TypeError, match="'mixed'"):
+        index.add(np.ones((2, 3)), metadata=[{"mixed": True}, {"mixed": 2}])  # bool + int in one batch
+    with pytest.raises(ValueError, match="'f'"):
+        index.add(np.ones(3), metadata={"f": 2**53 + 1})  # no exact float64
+    assert len(index) == 2 and _columns(index) == before  # refused adds changed nothing
+    index.add(np.ones((2, 3)), metadata={"f": [3, np.int16(-4)], "n": np.array([5, 6], np.uint8)})
+    assert _columns(index)["f"] == [(float, 0.5), (float, 1.5), (float, 3.0), (float, -4.0)]
+    assert index._snap.meta["n"].dtype == np.int64 and index._snap.meta["f"].dtype == np.float64
+    assert _columns(index)["b"][2:] == [(type(None), None)] * 2  # missing values read None
+
+
+def test_numpy_scalars_are_stored_as_python_scalars_and_save(tmp_path):
+    index = VectorIndex(3, "ip")
+    values = {"f32": np.float32(1.1), "f16": np.float16(0.5), "i": np.int64(-3), "u": np.uint32(7),
+              "b": np.bool_(True), "s": np.str_("sym"), "big": np.uint64(2**63 - 1)}
+    index.add(np.ones(3), metadata=values)
+    index.add(np.ones((2, 3)), metadata={"f32": np.array([2.5, 3.5], np.float32), "i": np.array([1, 2], ">i4"),
+                                         "s": np.array(["a", "bb"], ">U2"), "b": np.array([False, True])})
+    want = {f: float(v) if isinstance(v, np.floating) else bool(v) if isinstance(v, np.bool_) else
+            str(v) if isinstance(v, str) else int(v) for f, v in values.items()}
+    cols = _columns(index)
+    for field, value in want.items():
+        assert cols[field][0] == (type(value), value)
+    index.save(tmp_path / "m.gtv")
+    loaded = VectorIndex.load(tmp_path / "m.gtv")
+    assert _columns(loaded) == cols
+    assert loaded._snap.meta["s"].tolist() == ["sym", "a", "bb"]
+    assert loaded.search(np.ones(3), 3, filter={"i": 2, "b": True})[1][0] == 2
+
+
+def test_metadata_values_of_other_kinds_are_kept_but_not_saved(tmp_path):
+    index = VectorIndex(3, "ip")
+    index.add(np.ones((2, 3)), metadata=[{"tags": ["a", "b"]}, {"tags": None}])
+    index.add(np.ones(3), metadata={"tags": 5})  # an object column takes anything
+    assert index._snap.meta["tags"].tolist() == [["a", "b"], None, 5]
+    with pytest.raises(TypeError, match="JSON.*'tags'"):
+        index.save(tmp_path / "o.gtv")
+    assert not os.listdir(tmp_path)
+
+
+metadata_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**62, 2**62), st.floats(allow_nan=False, width=64),
+    st.text(max_size=3), st.integers(-100, 100).map(np.int32), st.floats(width=32, allow_nan=False).map(np.float32),
+    st.booleans().map(np.bool_), st.text(max_size=2).map(np.str_))
+
+
+def _kind(v):
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    return "int" if isinstance(v, (int, np.integer)) else "float" if isinstance(v, (float, np.floating)) else "str"
+
+
+def _python(v, kind):
+    return None if v is None else {"bool": bool, "int": int, "float": float, "str": str}[kind](v)
+
+
+def _model_add(types: dict, columns: dict, n: int, rows: list[dict]):
+    """What add should do with these rows: the new (types, columns), or the exception type expected."""
+    types, columns = dict(types), {f: list(c) for f, c in columns.items()}
+    for field in dict.fromkeys([*columns, *(f for r in rows for f in r)]):
+        batch = [r.get(field) for r in rows]
+        kinds = {_kind(v) for v in batch} - {None}
+        kind = "float" if kinds == {"int", "float"} else next(iter(kinds)) if len(kinds) == 1 else None
+        if len(kinds) > 1 and kind is None:
+            return TypeError
+        if kind == "float" and any(_kind(v) == "int" and abs(int(v)) > 2**53 for v in batch):
+            return ValueError  # the batch's own int/float mix is checked before the column's type
+        declared = types.get(field)
+        if kind is not None and declared not in (None, kind) and not (declared == "float" and kind == "int"):
+            return TypeError
+        kind = declared or kind
+        if kind == "float" and any(_kind(v) == "int" and abs(int(v)) > 2**53 for v in batch):
+            return ValueError
+        types[field] = kind
+        columns[field] = columns.get(field, [None] * n) + [_python(v, kind) for v in batch]
+    return types, columns
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(st.dictionaries(st.sampled_from("abc"), metadata_values, max_size=3),
+                                 min_size=1, max_size=3), min_size=1, max_size=5))
+def test_metadata_types_property(batches):
+    """Random adds against a model of the column rules; the columns and a save/load round trip agree with it."""
+    import tempfile
+
+    index = VectorIndex(2, "ip")
+    types: dict = {}
+    columns: dict = {}
+    for rows in batches:
+        outcome = _model_add(types, columns, len(index), rows)
+        event(outcome.__name__ if isinstance(outcome, type) else "accepted")
+        if isinstance(outcome, type):
+            with pytest.raises(outcome):
+                index.add(np.ones((len(rows), 2)), metadata=rows)
+        else:
+            index.add(np.ones((len(rows), 2)), metadata=rows)
+            types, columns = outcome
+        assert _columns(index) == {f: [(type(v), v) for v in c] for f, c in columns.items()}
+        assert index._meta_types == types
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.gtv")
+        index.save(path)
+        loaded = VectorIndex.load(path)
+    assert _columns(loaded) == _columns(index) and loaded._meta_types == index._meta_types
+
+
+def test_metadata_columns_are_copies_and_read_only():
+    index = VectorIndex(3, "ip")
+    col = np.arange(4)
+    index.add(np.ones((4, 3)), metadata={"n": col})
+    col[:] = 99  # the caller's array is not the column
+    assert index._snap.meta["n"].tolist() == [0, 1, 2, 3]
+
+    def vandal(meta):
+        meta["n"][:] = 0
+        return meta["n"] == 0
+
+    with pytest.raises(ValueError, match="read-only"):
+        index.search(np.ones(3), 2, filter=vandal)
+    assert index._snap.meta["n"].tolist() == [0, 1, 2, 3]
+
+
+def test_one_long_string_does_not_pad_a_string_column():
+    index = VectorIndex(2, "ip")
+    index.add(np.ones((20_000, 2)), metadata={"s": ["ab"] * 20_000})
+    assert index._snap.meta["s"].dtype.kind == "U"
+    long = "x" * 100_000
+    index.add(np.ones((2, 2)), metadata={"s": [long, "ends in NUL\0"]})
+    col = index._snap.meta["s"]
+    assert col.nbytes < 1 << 20  # not 20002 x 100000 x 4 bytes
+    assert col[-2] == long and col[-1] == "ends in NUL\0" and col[0] == "ab"
+    assert index.search(np.ones(2), 1, filter={"s": long})[1][0] == 20_000
+
+
+# -- array inputs: read-only, mixed, any real dtype and byte order ----------------------------
+def _read_only(a):
+    a = np.array(a)
+    a.setflags(write=False)
+    return a
+
+
+def test_read_only_and_mixed_inputs(tmp_path):
+    """Read-only inputs (pandas copy-on-write hands them out), memory maps and broadcasts, alone or
+    mixed with writable ones: the same answers as writable copies; nothing is written into them."""
+    rng = np.random.default_rng(5)
+    db, q = rng.standard_normal((50, 8)), rng.standard_normal((3, 8))
+    np.save(tmp_path / "db.npy", db)
+    mapped = np.load(tmp_path / "db.npy", mmap_mode="r")
+    inputs = {"read-only": _read_only(db), "memmap": mapped, "writable": db.copy()}
+    answers = []
+    for name, arr in inputs.items():
+        before = np.array(arr)
+        index = VectorIndex(8, "cosine")
+        index.add(arr, ids=_read_only(np.arange(50) * 2), metadata={"k": _read_only(np.arange(50) % 3)})
+        answers.append(index.search(_read_only(q), 5, filter={"k": _read_only([0, 1])}))
+        index.remove(_read_only([0, 2]))
+        np.testing.assert_array_equal(np.asarray(arr), before)
+    for got in answers[1:]:
+        np.testing.assert_array_equal(got[1], answers[0][1])
+        np.testing.assert_allclose(got[0], answers[0][0], rtol=1e-6)
+    a, b = _read_only(q[0]), q[1].copy()
+    pairs = [(a, b), (b, a), (a, np.broadcast_to(q[1], (8,))), (_read_only(q), q[::-1].copy()), (q, _read_only(q))]
+    for x, y in pairs:
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        want = (x64 * y64).sum(-1) / np.linalg.norm(x64, axis=-1) / np.linalg.norm(y64, axis=-1)
+        np.testing.assert_allclose(gt.vectors.cosine(x, y), want, rtol=1e-12)
+    np.testing.assert_allclose(gt.vectors.normalize(_read_only(q)), q / np.linalg.norm(q, axis=1, keepdims=True))
+    np.testing.assert_allclose(gt.vectors.normalize(mapped[0]), db[0] / np.linalg.norm(db[0]))
+
+
+REAL_DTYPES = ["<f2", "<f4", "<f8", ">f4", ">f8", "<i4", ">i8", "<u2", "|i1", "longdouble"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(da=st.sampled_from(REAL_DTYPES), db_=st.sampled_from(REAL_DTYPES), ro=st.tuples(st.booleans(), st.booleans()),
+       rows=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**16))
+def test_cosine_and_normalize_take_any_real_dtype(da, db_, ro, rows, seed):
+    """Any real dtype and byte order, read-only or not (never a numba TypingError): equal to
+    float64 NumPy on the values as given."""
+    rng = np.random.default_rng(seed)
+    shape = (7,) if rows is None else (rows, 7)
+    a = (rng.integers(1, 50, shape) * rng.choice([-1, 1], shape)).astype(da)
+    b = (rng.integers(1, 50, shape)).astype(db_)
+    a_in, b_in = (_read_only(a) if ro[0] else a), (_read_only(b) if ro[1] else b)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = (a64 * b64).sum(-1) / np.sqrt((a64 * a64).sum(-1) * (b64 * b64).sum(-1))
+    tol = 1e-3 if "f2" in (da + db_) else 1e-6
+    np.testing.assert_allclose(gt.vectors.cosine(a_in, b_in), want, rtol=tol)
+    n = gt.vectors.normalize(a_in)
+    assert n.dtype == (np.float32 if np.dtype(da).kind == "f" and np.dtype(da).itemsize <= 4 else np.float64)
+    np.testing.assert_allclose(n, a64 / np.linalg.norm(a64, axis=-1, keepdims=True), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(a_in, a)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", "<f2", "longdouble", ">i2"])
+def test_index_takes_any_real_dtype(dtype):
+    db = np.random.default_rng(1).integers(-20, 20, (60, 5)).astype(dtype)
+    db[np.all(db == 0, axis=1), 0] = 1
+    for metric in METRICS:
+        index = VectorIndex(5, metric)
+        index.add(db)
+        scores, ids = index.search(db[:4], 6)
+        assert_knn_matches(scores, ids, db.astype(np.float64), db[:4].astype(np.float64), 6, metric)
+
+
+def test_non_real_inputs_are_type_errors():
+    index = VectorIndex(2, "ip")
+    index.add(np.ones((3, 2)))
+    for bad in (np.ones(2, bool), np.ones(2, complex), np.array(["1", "2"]), np.array([1, None]), [[1, 2], [3]]):
+        with pytest.raises(TypeError, match="vectors"):
+            index.add(bad)
+        with pytest.raises(TypeError, match="queries"):
+            index.search(bad, 1)
+        with pytest.raises(TypeError, match="^x must"):
+            gt.vectors.normalize(bad)
+        with pytest.raises(TypeError, match="^a must"):
+            gt.vectors.cosine(bad, np.ones(2))
+    with pytest.raises(ValueError, match="squared norm"):
+        index.add(np.full(2, 1e30))
+    with pytest.raises(ValueError, match="squared norm"):
+        index.search(np.full(2, 1e30), 1)
+    assert len(index) == 3
+
+
+# -- integer parameters: bounded before any allocation or compiled code ----------------------
+def test_integer_parameters_are_bounded():
+    from gpu_trader.vectors import MAX_DIM, MAX_ID, MAX_PADDED_K
+
+    assert VectorIndex(np.int32(4), M=np.uint8(8), ef_search=np.int64(9)).dim == 4
+    for kwargs, error in (({"dim": MAX_DIM + 1}, ValueError), ({"dim": 2**70}, ValueError), ({"dim": True}, TypeError),
+                          ({"dim": 4.0}, TypeError), ({"M": 1}, ValueError), ({"M": 2**70}, ValueError),
+                          ({"ef_search": 2**64}, ValueError), ({"ef_construction": 0}, ValueError),
+                          ({"ef_construction": np.uint64(2**64 - 1)}, ValueError), ({"M": np.bool_(True)}, TypeError),
+                          ({"metric": ["ip"]}, TypeError), ({"dtype": object()}, TypeError)):
+        name = next(iter(kwargs))
+        with pytest.raises(error, match=name):
+            VectorIndex(**{"dim": 4, **kwargs})
+    index = VectorIndex(3, "ip")
+    index.add(np.eye(3), metadata={"s": ["a", "b", "a"]})
+    assert index.search(np.ones(3), np.uint16(2))[1].shape == (2,)
+    assert index.search(np.ones(3), MAX_PADDED_K, filter={"s": "a"})[1].shape == (MAX_PADDED_K,)
+    for k, error in ((MAX_PADDED_K + 1, ValueError), (2**64, ValueError), (np.bool_(True), TypeError),
+                     (2.0, TypeError)):
+        with pytest.raises(error, match="k"):
+            index.search(np.ones(3), k, filter={"s": "a"})
+    for ids, error in (([MAX_ID + 1], ValueError), ([2**63], ValueError), ([2**64], ValueError), ([True], TypeError),
+                       ([[5]], TypeError), (np.array([[5]]), ValueError), ([1.0], TypeError)):
+        with pytest.raises(error, match="ids"):
+            index.add(np.ones(3), ids=ids)
+    with pytest.raises(ValueError, match="1-D"):
+        index.remove(np.array([[0, 1]]))
+    index.add(np.ones(3), ids=MAX_ID)
+    with pytest.raises(ValueError, match="used up"):
+        index.add(np.ones(3))
+    assert len(index) == 4
+
+
+def test_buffers_start_small_for_wide_vectors():
+    from gpu_trader import vector_math as vm
+    from gpu_trader.vectors import MAX_DIM
+
+    index = VectorIndex(MAX_DIM, "ip")
+    index.add(np.ones(MAX_DIM))
+    assert index._vec.nbytes <= vm.MIN_CAPACITY_BYTES  # not 1024 rows of 256 KiB
+    small = VectorIndex(8, "ip")
+    small.add(np.ones(8))
+    assert small._vec.shape[0] == vm.MIN_CAPACITY
+    pytest.importorskip("hnswlib")
+    graph = VectorIndex(16_384, "ip", kind="hnsw")
+    assert graph._ann._index.get_max_elements() * 16_384 * 4 <= vm.MIN_CAPACITY_BYTES

@@ -133,6 +133,8 @@ def orders_targets() -> tuple[Target, ...]:
                (), _p50_below(20 * _US)),
         Target("orders.submit_sequence", "manager submit/track, 10 in sequence in one loop run", "(none)",
                "< 20 us each", (), _p50_below(200 * _US)),
+        Target("orders.memory", "manager memory per 100K orders (bounded history)", "(none)", "< 20 MB",
+               (), (Check("memory_per_100k_orders_bytes", "<", 20e6),)),
     ]
     return tuple(out)
 

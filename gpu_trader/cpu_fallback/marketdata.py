@@ -12,8 +12,10 @@ from ..jit import njit_cached
 
 
 def quote_metrics(bid, ask, bid_size, ask_size, ts, now, max_age):
-    """See :func:`gpu_trader.market_math.quote_metrics` (``xp = numpy``)."""
-    return mm.quote_metrics(np, bid, ask, bid_size, ask_size, ts, now, max_age)
+    """See :func:`gpu_trader.market_math.quote_metrics` (``xp = numpy``). Invalid quotes (NaN,
+    inf prices) make NaN intermediates that are masked out: NumPy's warning is silenced."""
+    with np.errstate(invalid="ignore"):
+        return mm.quote_metrics(np, bid, ask, bid_size, ask_size, ts, now, max_age)
 
 
 @njit_cached(nogil=True)
@@ -93,9 +95,20 @@ def _bars_loop(ts, price, size, symbol, timeframe, first_bar, n_bars, o, h, lo, 
         rt0 = rt1 = t
 
 
+def _frozen(a, dtype):
+    """``a`` as a C-contiguous, read-only array of ``dtype`` (a view when it already is one):
+    the loop then compiles once, whatever mix of writable, read-only (pandas copy-on-write
+    columns) or strided inputs it gets, and can never write into them."""
+    view = np.ascontiguousarray(a, dtype=dtype).view()
+    view.flags.writeable = False
+    return view
+
+
 def aggregate_bars(ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols):
     """See :func:`gpu_trader.market_math.bars_by_sort` (same arguments less the scatters, same
-    results); ``symbol`` is int64 here."""
+    results); inputs may be read-only or strided (see :func:`_frozen`)."""
+    ts, symbol = _frozen(ts, np.int64), _frozen(symbol, np.int64)
+    price, size = _frozen(price, np.float64), _frozen(size, np.float64)
     n_cells = n_symbols * n_bars
     o, h, lo, c = (np.full(n_cells, np.nan) for _ in range(4))
     v = np.zeros(n_cells)

@@ -34,11 +34,14 @@ from .. import mc_engine
 from .. import option_math as om
 from ..jit import njit_cached
 
-__all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "BLOCK", "THREADS"]
+__all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "BLOCK", "THREADS",
+           "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
 
 xp = np
 BLOCK = 256
 THREADS = max(1, min(os.cpu_count() or 1, 16))
+CHUNKS_IN_FLIGHT = THREADS + 2  # computing on every worker, one queued, one being merged (map_chunks)
+MERGE_SCRATCH = False  # the tail is a heap updated in place
 _worker = threading.local()  # .active: this thread computes a chunk of map_chunks
 
 

@@ -8,8 +8,10 @@ in one compiled loop (valid count, moments, wealth path and drawdown, win/loss
 tallies, and — only when a quantile is asked for — reads of its sorted values,
 sorted by NumPy beforehand),
 and the metrics are finished from that summary with the same closed forms as
-:mod:`gpu_trader.risk_math`. Both formulations are tested against the same oracles
-(empyrical, scipy) and against each other.
+:mod:`gpu_trader.risk_math` (including its zero-dispersion rule,
+:func:`gpu_trader.risk_math.rounding_residue`, compiled into the loop). Both
+formulations are tested against the same oracles (empyrical, scipy) and against
+each other.
 
 Semantics, NaN policy and sign conventions: see :mod:`gpu_trader.risk`.
 """
@@ -22,11 +24,13 @@ from numba import prange
 from numba.extending import register_jitable
 
 from ..jit import njit_cached
-from ..risk_math import cornish_fisher_z, normal_quantile
+from ..risk_math import cornish_fisher_z, normal_quantile, rounding_residue
 
-# columns of a series summary; the per-level quantiles and tail means follow
-N, MEAN, STD, SKEW, KURT, MDD, WEALTH, SORTINO, KELLY = range(9)
-N_FIXED = 9
+# columns of a series summary; the per-level quantiles and tail means follow. EXCESS is the
+# mean of r - mar, DOWNSIDE the root mean square of min(r - mar, 0) (``mar``: summarize's rate)
+N, MEAN, STD, SKEW, KURT, MDD, WEALTH, EXCESS, DOWNSIDE, KELLY = range(10)
+N_FIXED = 10
+_rounding_residue = register_jitable(rounding_residue)
 _PARALLEL_MIN_VALUES = 50_000  # below this many values the thread pool costs more than it saves
 
 
@@ -80,14 +84,21 @@ def _summarize_row(x, sorted_x, qs, mar, buf, out):
         m3 += d2 * d
         m4 += d2 * d2
     var_pop = m2 / n
+    std = math.sqrt(m2 / (n - 1)) if n > 1 else np.nan
     out[N] = n
     out[MEAN] = mean
-    out[STD] = math.sqrt(m2 / (n - 1)) if n > 1 else np.nan
-    out[SKEW] = (m3 / n) / var_pop ** 1.5
-    out[KURT] = (m4 / n) / (var_pop * var_pop) - 3.0
+    if _rounding_residue(std, mean, n):  # a constant series: see risk_math.rounding_residue
+        out[STD] = 0.0
+        out[SKEW] = np.nan
+        out[KURT] = np.nan
+    else:
+        out[STD] = std
+        out[SKEW] = (m3 / n) / var_pop ** 1.5
+        out[KURT] = (m4 / n) / (var_pop * var_pop) - 3.0
     out[MDD] = mdd
     out[WEALTH] = wealth
-    out[SORTINO] = (excess / n) / math.sqrt(down / n)
+    out[EXCESS] = excess / n
+    out[DOWNSIDE] = math.sqrt(down / n)
     if n_win > 0 and n_loss > 0:
         p = n_win / (n_win + n_loss)
         out[KELLY] = p - (1.0 - p) * (loss / n_loss) / (win / n_win)
@@ -144,15 +155,24 @@ def _levels(s: np.ndarray, first: int, nq: int) -> np.ndarray:
 
 
 def _parametric(s: np.ndarray, qs, cornish_fisher: bool) -> np.ndarray:
+    """``-(mean + z std)``; ``-mean`` where the std is 0 (risk_math.RiskKernels.var_parametric_moments)."""
     z = np.asarray([normal_quantile(p) for p in qs]).reshape((len(qs),) + (1,) * (s.ndim - 1))
     if cornish_fisher:
         z = cornish_fisher_z(z, s[..., SKEW], s[..., KURT])
-    return -(s[..., MEAN] + z * s[..., STD])
+    std = s[..., STD]
+    return -(s[..., MEAN] + np.where(std == 0, 0.0, z * std))
 
 
-def _sharpe(s: np.ndarray, ppy: float, rf: float) -> np.ndarray:
+def _sharpe(s: np.ndarray, ppy: float) -> np.ndarray:
+    """From a summary taken with ``mar`` = the risk-free rate."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (s[..., MEAN] - rf) / s[..., STD] * math.sqrt(ppy)
+        return s[..., EXCESS] / s[..., STD] * math.sqrt(ppy)
+
+
+def _sortino(s: np.ndarray, ppy: float) -> np.ndarray:
+    """From a summary taken with ``mar`` = the required return."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return s[..., EXCESS] / s[..., DOWNSIDE] * math.sqrt(ppy)
 
 
 def _calmar(s: np.ndarray, ppy: float) -> np.ndarray:
@@ -180,10 +200,10 @@ class _NumbaRiskKernels:
         return summarize(x)[..., MDD]
 
     def sharpe(self, x, ppy, rf):
-        return _sharpe(summarize(x), ppy, rf)
+        return _sharpe(summarize(x, (), rf), ppy)
 
     def sortino(self, x, ppy, mar):
-        return summarize(x, (), mar)[..., SORTINO] * math.sqrt(ppy)
+        return _sortino(summarize(x, (), mar), ppy)
 
     def calmar(self, x, ppy):
         return _calmar(summarize(x), ppy)
@@ -202,8 +222,8 @@ class _NumbaRiskKernels:
             "var_cornish_fisher": _parametric(s, (q,), True)[0],
             "cvar": -s[..., N_FIXED + 1],
             "max_drawdown": s[..., MDD],
-            "sharpe": _sharpe(s, ppy, rf),
-            "sortino": s[..., SORTINO] * math.sqrt(ppy),
+            "sharpe": _sharpe(s, ppy),
+            "sortino": _sortino(s, ppy),
             "calmar": _calmar(s, ppy),
             "kelly_fraction": s[..., KELLY],
         }

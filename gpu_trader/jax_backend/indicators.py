@@ -73,7 +73,8 @@ outputs is finite, next to NaN and inf bars too.
 Compilation: one :func:`jax.jit` per (indicator, parameter grid, shapes, dtype); the
 parameters are static (window lengths fix the shifts and the seeds' positions), so a grid
 of ``P`` parameter sets compiles ``P`` bodies into one program (a few tenths of a second
-per body on a CPU).
+per body on a CPU). A grid of more than :data:`MAX_TRACED_GRID` sets is therefore a
+``ValueError`` here (run it on ``cpu``/``cuda``, or in parts), before anything is traced.
 """
 from __future__ import annotations
 
@@ -129,6 +130,8 @@ def _window(bars, w: int, merge, fill):
 # Windows up to this length take XLA's reduce_window: O(T * w) work but one vectorized pass,
 # measured 2-3x faster than the O(T log w) doubling on XLA's CPU for w = 5..64 (2000 x 2520).
 DIRECT_WINDOW_MAX = 128
+MAX_TRACED_GRID = 1024
+"""Most parameter sets one call compiles (one traced body each)."""
 
 
 def _window_reduce(x, w: int, op, init):
@@ -448,6 +451,11 @@ def compute(name: str, inputs, params, n_out: int):
     indicator's argument order. params: ``(n_param_sets, n_params)`` float64 NumPy.
     Returns ``(n_out, n_param_sets, n_series, T)`` in the inputs' dtype.
     """
+    if params.shape[0] > MAX_TRACED_GRID:
+        raise ValueError(
+            f"{name}: the jax backend compiles one body per parameter set; {params.shape[0]} sets exceed "
+            f"its {MAX_TRACED_GRID}: use backend='cpu' or 'cuda', or split the grid"
+        )
     grid = tuple(tuple(float(v) for v in row) for row in np.asarray(params, dtype=np.float64))
     return _run(tuple(jnp.asarray(x) for x in inputs), name, grid)
 

@@ -26,10 +26,13 @@ from jax.scipy.special import erfc
 
 from .. import mc_engine
 
-__all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "bs_price", "BLOCK"]
+__all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "bs_price", "BLOCK",
+           "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
 
 xp = jnp
 BLOCK = 4096
+CHUNKS_IN_FLIGHT = 1  # one chunk at a time (map_chunks)
+MERGE_SCRATCH = True  # top_k / merge_tail over (P, m + rows) arrays
 
 
 def run(plan: mc_engine.Plan) -> dict:

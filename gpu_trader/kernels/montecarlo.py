@@ -28,10 +28,13 @@ from .. import mc_engine
 from .. import option_math as om
 from ..mc_engine import merge_tail
 
-__all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "merge_tail", "scatter_add", "BLOCK", "THREADS_PER_BLOCK"]
+__all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "merge_tail", "scatter_add", "BLOCK",
+           "THREADS_PER_BLOCK", "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
 
 BLOCK = 1 << 16
 THREADS_PER_BLOCK = 128
+CHUNKS_IN_FLIGHT = 1  # one chunk at a time (map_chunks)
+MERGE_SCRATCH = True  # merge_tail partitions (P, m + rows) arrays
 
 
 def __getattr__(name: str):

@@ -92,7 +92,7 @@ def _manual_quote(loads, data):
     bid, ask = float(d["bid"]), float(d["ask"])
     if not (0.0 < bid < math.inf and 0.0 < ask < math.inf) or bid > ask:
         raise ValueError("invalid quote")
-    mid = (bid + ask) * 0.5
+    mid = bid + (ask - bid) * 0.5  # the overflow-free midpoint the library computes
     return mid, ask - bid, (ask - bid) / mid * 1e4
 
 
@@ -188,7 +188,7 @@ def quote_arrays(n: int) -> tuple[np.ndarray, ...]:
 
 def _pandas_quotes(df, now, max_age):
     ok = (df.bid > 0) & (df.ask > 0) & (df.bid <= df.ask) & (now - df.ts <= max_age)
-    mid = ((df.bid + df.ask) * 0.5).where(ok)
+    mid = (df.bid + (df.ask - df.bid) * 0.5).where(ok)
     spread = (df.ask - df.bid).where(ok)
     return mid, spread, spread / mid * 1e4
 

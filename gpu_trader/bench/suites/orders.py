@@ -19,6 +19,12 @@ Cases (CPU only: the one-event path has no device part; other backends skip):
   10 orders in sequence inside one loop run (per-order cost = p50 / 10), as a trading
   loop that already runs in the event loop would see it.
 
+* memory: the Python heap (``tracemalloc``) a manager and its portfolio hold after
+  100,000 orders (one in ten refused by a limit) through a venue that remembers
+  nothing, with the default bounded history (``memory_per_100k_orders_bytes``,
+  ``orders_tracked``); its timed call is 10 more orders in sequence at that steady
+  state, eviction included.
+
 Every timed call uses fresh client order ids (a repeated id would be answered from
 the idempotency cache). The cancel case draws resting orders from a pool of 2000,
 refilled inside the call that empties it (one sample in 2000 is a refill).
@@ -27,10 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import tracemalloc
 
-from ...brokers import SimulatedBroker
+from ...brokers import BrokerAck, SimulatedBroker
 from ...order_manager import OrderManager, SymbolRouter
-from ...orders import RiskLimits, limit_order, market_order, stop_order, validate_order
+from ...orders import FILLED, REJECTED, RiskLimits, limit_order, market_order, stop_order, validate_order
 from ...portfolio import Portfolio
 from ..harness import Reference, SkipCase, Workload
 
@@ -43,6 +50,8 @@ VALIDATE_POSITIONS = 50
 CANCEL_POOL = 2000
 SEQUENCE = 10
 PRICE = 100.0
+MEMORY_ORDERS = 100_000
+REFUSED_EVERY = 10  # one order in ten exceeds max_order_quantity
 
 
 def _cpu_only(be) -> None:
@@ -206,11 +215,63 @@ def _route() -> Workload:
                     items=1, unit="order", target="orders.manage")
 
 
+class _ForgetfulVenue:
+    """Fills every order at once and keeps nothing, so only the manager's memory grows."""
+
+    name = "forgetful"
+
+    async def submit(self, order):
+        return BrokerAck(order.client_order_id, FILLED, order.quantity, PRICE, side=order.side)
+
+    async def cancel(self, client_order_id):
+        return BrokerAck(client_order_id, REJECTED, reason="unknown order")
+
+    async def status(self, client_order_id):
+        return BrokerAck(client_order_id, REJECTED, reason="unknown order")
+
+
+def _memory_manager() -> OrderManager:
+    return OrderManager(_ForgetfulVenue(), portfolio=Portfolio(1e15), limits=RiskLimits(max_order_quantity=10))
+
+
+async def _stream(m: OrderManager, n: int) -> None:
+    for i in range(n):
+        await m.submit(market_order("AAPL", "buy", 100 if i % REFUSED_EVERY == 0 else 1), price=PRICE)
+
+
+def _memory_metrics(state, backend=None, policy=None, measured=None) -> dict[str, float]:
+    """Heap held by a fresh manager (and its book) after MEMORY_ORDERS orders."""
+    loop = state["loop"]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        m = _memory_manager()
+        loop.run_until_complete(_stream(m, MEMORY_ORDERS))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return {"memory_per_100k_orders_bytes": held * 100_000 / MEMORY_ORDERS, "orders_tracked": float(len(m))}
+
+
+def _memory() -> Workload:
+    def setup(be):
+        _cpu_only(be)
+        loop = asyncio.new_event_loop()
+        m = _memory_manager()
+        loop.run_until_complete(_stream(m, m.history + 1))  # the history is full: every order evicts one
+        return {"loop": loop, "manager": m}
+
+    return Workload(name=f"manager memory after {MEMORY_ORDERS:,} orders (bounded history); "
+                         f"{SEQUENCE} more in sequence", sizes={"orders": MEMORY_ORDERS}, setup=setup,
+                    run=lambda s: s["loop"].run_until_complete(_stream(s["manager"], SEQUENCE)), items=SEQUENCE,
+                    unit="order", target="orders.memory", extra_metrics=_memory_metrics)
+
+
 def workloads(quick: bool) -> list[Workload]:
     """All cases; ``quick`` keeps them all (sizes are already small) but drops the 50 ms placement."""
     out = [_creation(k) for k in ("market", "limit", "stop")]
     out.append(_validation())
     out.extend(_placement(ms) for ms in PLACE_LATENCIES_MS if not (quick and ms > 10))
     out.extend(_batch(n) for n in BATCH_SIZES)
-    out += [_submit_track(), _submit_sequence(), _cancel(), _route()]
+    out += [_submit_track(), _submit_sequence(), _cancel(), _route(), _memory()]
     return out
