@@ -48,13 +48,7 @@ def check_params(params: Mapping[str, Any]) -> dict[str, int]:
     ``ValueError`` out of range or for a missing or unknown name, naming the parameter."""
     if set(params) != set(HNSW_LIMITS):
         raise ValueError(f"HNSW parameters must be exactly {sorted(HNSW_LIMITS)}, got {sorted(map(str, params))}")
-    out = {}
-    for name, (low, high) in HNSW_LIMITS.items():
-        value = check_count(params[name], name, low)
-        if value > high:
-            raise ValueError(f"{name} must be <= {high}, got {value}")
-        out[name] = value
-    return out
+    return {name: check_count(params[name], name, low, high) for name, (low, high) in HNSW_LIMITS.items()}
 
 
 def make(kind: str, be, dim: int, metric: str, params: dict[str, int]):

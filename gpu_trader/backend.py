@@ -673,6 +673,13 @@ def _is_device_array(x: Any) -> bool:
     return type(x) is not np.ndarray and infer_backend(x) is not _CPU
 
 
+def backend_input(be: Backend, x: Any, name: str):
+    """``x`` as ``be``'s array type, any dtype: a host input is normalised first
+    (:func:`host_input`: ``TypeError`` naming ``name`` for a masked array, a non-real dtype
+    or what cannot become an array); an array of another backend is handed to ``be``."""
+    return be.asarray(x if _is_device_array(x) else host_input(x, name))
+
+
 def as_float_array(be: Backend, x: Any, name: str):
     """Convert ``x`` to ``be``'s array type with a float dtype.
 
@@ -680,7 +687,7 @@ def as_float_array(be: Backend, x: Any, name: str):
     bool and integer inputs are promoted to float64 (float16 and long double to
     float64); anything else raises ``TypeError`` naming the argument. Never mutates ``x``.
     """
-    arr = be.asarray(x if _is_device_array(x) else host_input(x, name))
+    arr = backend_input(be, x, name)
     check_real_dtype(arr.dtype, name)
     if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
         return arr

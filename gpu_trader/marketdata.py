@@ -26,13 +26,14 @@ Validation and rejection
 Single-message functions (:func:`parse_tick`, :func:`parse_quote`) raise
 :class:`MarketDataError` (a ``ValueError``) whose ``reason`` is one of
 ``"malformed_json"`` (not JSON, not bytes/str, invalid UTF-8), ``"too_large"``
-(longer than :data:`MAX_MESSAGE_BYTES`, or arrays/objects nested too deeply to decode,
-in any field), ``"missing_field"``, ``"invalid_field"`` (wrong type, negative, zero or
-out-of-range price or size such as ``1e999``, negative size, ts outside int64 or
-negative, a symbol too long), ``"unknown_symbol"``, whatever the message holds: no
-message makes them raise anything else. Batch functions (:func:`parse_ticks`,
-:func:`parse_quotes`, :class:`TickIngestor`) never raise for a bad message: they drop it
-and report a :class:`Rejection` ``(index, reason, message)``, keeping the others.
+(longer than :data:`MAX_MESSAGE_BYTES`, or an extra field nesting arrays/objects too
+deeply to decode), ``"missing_field"``, ``"invalid_field"`` (wrong type, an array or
+object in a message field included, negative, zero or out-of-range price or size such
+as ``1e999``, negative size, ts outside int64 or negative, a symbol too long),
+``"unknown_symbol"``, whatever the message holds: no message makes them raise anything
+else. Batch functions (:func:`parse_ticks`, :func:`parse_quotes`, :class:`TickIngestor`)
+never raise for a bad message: they drop it and report a :class:`Rejection` ``(index,
+reason, message)``, keeping the others.
 
 A batch is an iterable of messages; one message (a ``str`` or bytes-like object, which
 would iterate as characters or ints) given as a batch is a ``TypeError``. A symbol
@@ -72,10 +73,10 @@ from __future__ import annotations
 
 import datetime
 import math
-import numbers
 import operator
 import re
 import sys
+from collections.abc import Container
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Annotated, Any, Iterable, NamedTuple, Sequence
@@ -84,9 +85,9 @@ import msgspec
 import numpy as np
 
 from . import market_math as _mm
-from .backend import as_host_array, check_input_size, check_same_labels, host_input, infer_backend, select_backend
+from .backend import as_host_array, backend_input, check_input_size, check_same_labels, select_backend
 from .profiling import annotate, annotate_methods
-from .validation import check_count, check_float
+from .validation import check_count, check_float, is_integer
 
 __all__ = [
     "MarketDataError", "Rejection", "iter_messages", "Tick", "Quote", "TickBatch", "QuoteBatch",
@@ -119,6 +120,7 @@ _Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SYMBOL_LENGTH
 _Ts = Annotated[int, msgspec.Meta(ge=0, le=_TS_MAX)]  # fits the int64 ts column
 _INF = math.inf
 _TEXT = (str, bytes, bytearray, memoryview)  # one message: never a batch of them, nor a symbol universe
+_COLLECTIONS = frozenset({frozenset, set, dict, list, tuple})  # universes searched with ``in`` as they are
 
 
 class MarketDataError(ValueError):
@@ -183,11 +185,6 @@ def _brief(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters (error messages may echo hostile input)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
-
-
-def _is_integer(value: Any) -> bool:
-    """A Python or NumPy integer, never a ``bool``/``np.bool_``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _message_size(data: Any) -> int:
@@ -262,9 +259,15 @@ def iter_messages(messages) -> Iterable:
 
 
 def _parse_in_universe(kind, data, symbols):
-    universe = _check_symbols(symbols)
+    """One message whose symbol must be in ``symbols``: a container is searched with ``in``
+    (O(1) for a set or dict) and checked by :func:`_check_symbols` only on a miss, so a
+    universe of non-``str`` names (bytes, say) is still a ``TypeError``, not an
+    ``"unknown_symbol"``, without an O(len(symbols)) pass on every accepted message."""
+    if type(symbols) not in _COLLECTIONS and (isinstance(symbols, _TEXT) or not isinstance(symbols, Container)):
+        symbols = _check_symbols(symbols)  # a bare str, a non-iterable; an iterator is read once
     msg = _decode(_DECODERS[kind], data)
-    if msg.symbol not in universe:
+    if msg.symbol not in symbols:
+        _check_symbols(symbols)
         raise MarketDataError("unknown_symbol", f"symbol {msg.symbol!r} is not in the symbol universe")
     return msg
 
@@ -275,8 +278,10 @@ def parse_tick(data: bytes | str, symbols: Sequence[str] | None = None) -> Tick:
     whatever the message holds.
 
     ``symbols``: the accepted symbol universe (a collection of ``str``; a bare ``str`` is a
-    ``TypeError``), or None. It is checked on every call (O(len(symbols))): for many
-    messages of one universe use :class:`TickIngestor` or :func:`parse_ticks`.
+    ``TypeError``), or None. It is searched with ``in``, so a set or dict costs O(1) a
+    call; when the symbol is not in it, the universe is checked like the batch functions
+    check theirs (``TypeError`` for a name that is not a ``str``, ``ValueError`` for a
+    repeated one) before ``"unknown_symbol"`` is raised.
     """
     if symbols is None:
         return _decode(_TICK_DECODER, data)
@@ -521,9 +526,7 @@ def _as_array(be, x, name: str):
     """``x`` as an array of ``be``: a host input passes :func:`gpu_trader.backend.host_input`
     (``TypeError`` naming the argument for a masked array, a non-real dtype or what cannot
     become an array, such as a ragged list; ``ValueError`` past ``MAX_ELEMENTS`` values)."""
-    if infer_backend(x).name == "cpu":
-        x = host_input(x, name)
-    return be.asarray(x)
+    return backend_input(be, x, name)
 
 
 def _float_arg(be, x, name, shape=None):
@@ -671,7 +674,7 @@ def parse_timeframe(timeframe) -> int:
         if np.isnat(timeframe):
             raise ValueError("timeframe is NaT (not-a-time)")
         ns = int(timeframe.astype(np.int64)) * _numpy_unit_ns(timeframe.dtype, "timeframe")
-    elif _is_integer(timeframe):
+    elif is_integer(timeframe):
         ns = int(timeframe)
     else:
         raise TypeError(f"timeframe must be an int (ns), a str like '5min', a timedelta or a numpy.timedelta64, "
@@ -716,8 +719,9 @@ def aggregate_bars(ts, price, size, symbol=None, *, timeframe, n_symbols=None, b
 
     ts: int64 ns since epoch (>= 0) or datetime64 (units W..ns, no NaT; a pandas column or
     DatetimeIndex too, timezone-aware ones read in UTC), shape (n,), any order; price (> 0,
-    finite), size (>= 0, finite): float (n,); symbol: integer ids (n,) in ``[0, n_symbols)`` (default ``max(symbol) + 1``) or None for one symbol
-    (then ``n_symbols`` must be None); timeframe: see :func:`parse_timeframe`. The grid
+    finite), size (>= 0, finite): float (n,); symbol: integer ids (n,) in
+    ``[0, n_symbols)`` (default ``max(symbol) + 1``) or None for one symbol (then
+    ``n_symbols`` must be None); timeframe: see :func:`parse_timeframe`. The grid
     spans the bars from the earliest to the latest tick (empty bars included).
     Open/close are the prices at the smallest/largest ts of the bar (ties: input
     order), so ticks need not be sorted. Computed in float64; VWAP is
@@ -860,7 +864,7 @@ class BarAggregator:
 
     def __init__(self, timeframe, symbols) -> None:
         self.timeframe = parse_timeframe(timeframe)
-        if _is_integer(symbols):
+        if is_integer(symbols):
             self.symbols = tuple(range(check_count(symbols, "symbols", 1, self.MAX_SYMBOLS)))
             self._ids: dict = {}
         else:
@@ -883,7 +887,7 @@ class BarAggregator:
             sid = symbol
         elif isinstance(symbol, str):
             sid = self._ids.get(symbol, -1)
-        elif _is_integer(symbol):  # NumPy integers (e.g. TickBatch.symbol ids)
+        elif is_integer(symbol):  # NumPy integers (e.g. TickBatch.symbol ids)
             sid = int(symbol)
         else:
             sid = -1

@@ -56,10 +56,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import host_input, infer_backend, select_backend
+from .backend import select_backend, to_numpy
 from .profiling import annotate
 from .risk_math import check_levels
-from .validation import check_count, check_flag, check_float, check_work_memory
+from .validation import check_count, check_flag, check_float, check_work_memory, finite_real_array, real_array
 
 __all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR", "MAX_SCENARIOS",
            "MAX_HORIZON", "MAX_SEED"]
@@ -179,13 +179,13 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
     """Validate the arguments of :func:`var_monte_carlo` into ``(backend, mc_engine.Plan, single)``
     (``single``: the weights were one portfolio). Shared with :mod:`gpu_trader.distributed`."""
     be = select_backend(weights, backend)
-    w = _host(weights, "weights")
+    w = finite_real_array(weights, "weights")
     if w.ndim not in (1, 2) or w.shape[-1] == 0 or w.size == 0:
         raise ValueError(f"weights must have shape (n_assets,) or (n_portfolios, n_assets), got {w.shape}")
     single = w.ndim == 1
     w2 = np.atleast_2d(w)
     n = w2.shape[1]
-    c = _host(cov, "cov")
+    c = finite_real_array(cov, "cov")
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
         raise ValueError(f"cov must be a square (n_assets, n_assets) matrix, got shape {c.shape}")
     if c.shape[0] != n:
@@ -194,7 +194,7 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
         raise ValueError("cov must be symmetric")
     if np.any(np.diag(c) < 0):
         raise ValueError("cov has negative variances on its diagonal")
-    m = _host(mu, "mu")
+    m = finite_real_array(mu, "mu")
     if m.ndim == 0:
         m = np.full(n, float(m))
     if m.shape != (n,):
@@ -252,36 +252,10 @@ def result(plan, res: dict, single: bool, dist: str) -> MonteCarloVaR:
 def _check_finite_losses(res: dict) -> None:
     """``ValueError`` when a VaR or CVaR estimate is not finite: the inputs' magnitudes made the
     simulated losses overflow float64 (finite inputs of ordinary size never do)."""
-    finite = np.isfinite(_to_host(res["var"])).all() and np.isfinite(_to_host(res["cvar"])).all()
+    finite = np.isfinite(to_numpy(res["var"])).all() and np.isfinite(to_numpy(res["cvar"])).all()
     if not finite:
         raise ValueError("the simulated losses overflow float64 (VaR or CVaR is not finite): the magnitudes of "
                          "weights, mu, cov, horizon or the options' spot, strike and quantity are too large")
-
-
-def _to_host(x) -> np.ndarray:
-    return np.asarray(infer_backend(x).to_numpy(x))
-
-
-def _host_real(x, name: str) -> np.ndarray:
-    """``x`` as a host array of a real dtype (bool, integer or float): device arrays are copied
-    to the host, host inputs checked by :func:`gpu_trader.backend.host_input` (no masked
-    array, native byte order). May be ``x`` itself: never write into the result."""
-    if x is None:
-        raise TypeError(f"{name} must be an array, got None")
-    be = infer_backend(x)
-    return host_input(x if be.name == "cpu" else be.to_numpy(x), name)
-
-
-def _host(x, name: str) -> np.ndarray:
-    """``x`` as a finite float64 host array, always a new one (the caller's buffer, read-only or
-    not, is never aliased). ``TypeError`` for booleans: these are amounts, never flags."""
-    arr = _host_real(x, name)
-    if arr.dtype.kind == "b":
-        raise TypeError(f"{name} must hold real numbers (int or float), not bool")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf")
-    return arr
 
 
 def _scenario_dtype(dtype) -> np.dtype:
@@ -338,11 +312,12 @@ def _options(options, n_assets: int, n_portfolios: int, horizon: float):
         return None, None
     if not isinstance(options, EuropeanOptions):
         raise TypeError(f"options must be an EuropeanOptions book, got {type(options).__name__}")
-    asset = _host_real(options.asset, "options.asset")
+    asset = real_array(options.asset, "options.asset")
     if asset.dtype.kind not in "iu":
         raise TypeError(f"options.asset must hold integer asset indices, got dtype {asset.dtype}")
-    fields = {f: _host(getattr(options, f), f"options.{f}") for f in ("spot", "strike", "expiry", "vol", "rate")}
-    call = _host_real(options.call, "options.call")
+    fields = {f: finite_real_array(getattr(options, f), f"options.{f}")
+              for f in ("spot", "strike", "expiry", "vol", "rate")}
+    call = real_array(options.call, "options.call")
     if call.dtype.kind != "b":
         raise TypeError(f"options.call must be boolean, got dtype {call.dtype}")
     try:
@@ -359,7 +334,7 @@ def _options(options, n_assets: int, n_portfolios: int, horizon: float):
             raise ValueError(f"options.{name} must be > 0")
     if np.any(vol < 0):
         raise ValueError("options.vol must be >= 0 (negative volatility)")
-    qty = _host(options.quantity, "options.quantity")
+    qty = finite_real_array(options.quantity, "options.quantity")
     n_opt = asset.shape[0]
     if qty.shape == (n_opt,) or qty.ndim == 0:
         qty = np.broadcast_to(qty, (n_portfolios, n_opt)).copy()

@@ -148,7 +148,7 @@ def _report(cid: str, status: str, code: str = "", reason: str = "", broker: str
     return OrderReport(cid, status, broker=broker, code=code, reason=reason)
 
 
-class _Ack(NamedTuple):
+class _Ack(msgspec.Struct, frozen=True, gc=False):
     """A broker ack that passed the checks: cumulative fill as Python floats."""
 
     status: str
@@ -170,7 +170,7 @@ class _Tracked:
 
     __slots__ = ("order", "report", "venue", "sent_to", "venue_status", "venue_reason", "venue_filled",
                  "venue_price", "booked", "cost", "average", "reserved", "reservation", "submitting", "settled",
-                 "resolving", "cancel_requested")
+                 "resolving", "cancel_requested", "tolerance")
 
     def __init__(self, order: Order) -> None:
         self.order = order
@@ -190,10 +190,7 @@ class _Tracked:
         self.settled = False  # final and fully booked
         self.resolving = False  # a background task is asking the venue about it
         self.cancel_requested = False  # never send it again; cancel it wherever it rests
-
-    @property
-    def tolerance(self) -> float:
-        return _FILL_TOLERANCE * self.order.quantity
+        self.tolerance = _FILL_TOLERANCE * order.quantity  # below it, a fill difference is rounding
 
     @property
     def unbooked(self) -> float:

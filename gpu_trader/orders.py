@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Optional
 
 import msgspec
 
@@ -310,7 +310,7 @@ NO_EXPOSURE = Exposure()
 
 
 @annotate_methods
-class Reservation(NamedTuple):
+class Reservation(msgspec.Struct, frozen=True, gc=False):
     """What an order of ``quantity`` units that passed :func:`check_order` reserves of the
     buying power while it is in flight: ``opening`` of its units need it (every unit of a
     buy, the short-opening units of a sell) at ``price`` each (the reference price,
@@ -344,16 +344,16 @@ def check_order(order: Order, portfolio: "Portfolio | None" = None, limits: Risk
     >= 0; 0 for a sell that only reduces a long, or without a portfolio) the order
     needs, which the caller reserves while the order is in flight.
 
-    ``price`` is the reference price for notional checks (the latest market price; a
-    real number); it defaults to the order's own limit/stop price, then to the
-    portfolio's last price for the symbol; with none of them the order is rejected
-    (``no_price``). ``pending``: the :class:`Exposure` of orders in flight (default:
-    none). Checks, in order: universe, order size, position limits after the order with
-    every pending order in the symbol counted at its worst, buying power (see
-    :class:`RiskLimits`; the commission estimate comes from the portfolio's model).
-    Without a portfolio the position and buying-power checks assume a flat book with
-    unlimited cash. Never raises, for any input: anything malformed (an object that is
-    not an :class:`Order`, a ``bool`` or NaN price, a broken portfolio or commission
+    The reference price for notional checks is the order's own limit/stop price, else
+    ``price`` (the latest market price; a real number), else the portfolio's last price
+    for the symbol; when the one chosen is missing, ``bool``, NaN, infinite or <= 0 the
+    order is rejected (``no_price``). ``pending``: the :class:`Exposure` of orders in
+    flight (default: none). Checks, in order: universe, order size, position limits
+    after the order with every pending order in the symbol counted at its worst, buying
+    power (see :class:`RiskLimits`; the commission estimate comes from the portfolio's
+    model). Without a portfolio the position and buying-power checks assume a flat book
+    with unlimited cash. Never raises, for any input: anything else malformed (an object
+    that is not an :class:`Order`, a bad ``pending``, a broken portfolio or commission
     model) is a Rejection with code ``invalid``. Reads the portfolio without changing it.
     """
     out = reserve_order(order, portfolio, limits, price, pending)
@@ -492,7 +492,7 @@ def order_for_signal(symbol: str, signal: float, price: float, *, portfolio: "Po
                      limits: RiskLimits = NO_LIMITS, unit_quantity: float = 1.0,
                      client_order_id: str | None = None, pending: Exposure | None = None
                      ) -> Order | Rejection | None:
-    """The pipeline's pre-trade risk/position check for one strategy signal (~2 us).
+    """The pipeline's pre-trade risk/position check for one strategy signal (~3 us).
 
     ``signal`` (e.g. -1 short, 0 flat, +1 long; any real scales, NumPy scalars
     included) times ``unit_quantity`` is the target position in ``symbol``; the

@@ -23,11 +23,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backend import get_backend, host_input, infer_backend, to_numpy
+from .backend import get_backend, infer_backend, to_numpy
 from .indicators import features, field_keys, is_mapping, normalize_spec
 from .vectors import VectorIndex, _as_rows, _real_array
 from .profiling import annotate, annotate_methods
-from .validation import MAX_WINDOW, check_allocation, check_count, check_float
+from .validation import MAX_WINDOW, check_allocation, check_count, check_float, finite_real_array
 
 __all__ = ["PatternMemory", "Distilled", "window_patterns"]
 
@@ -142,7 +142,7 @@ class PatternMemory:
         call stores nothing (``TypeError``/``ValueError`` naming the argument)."""
         patterns = _real_array(get_backend(self._index_args["backend"]), patterns, "patterns")
         m, dim = _as_rows(patterns, "patterns")[0].shape
-        out = _outcome_values(outcomes)
+        out = np.atleast_1d(finite_real_array(outcomes, "outcomes"))
         if out.shape != (m,):
             raise ValueError(f"outcomes has shape {out.shape}, expected ({m},)")
         with self._lock:
@@ -207,18 +207,6 @@ class PatternMemory:
     def _check_not_empty(self) -> None:
         if not len(self):
             raise ValueError("the memory is empty: add patterns first")
-
-
-def _outcome_values(outcomes) -> np.ndarray:
-    """``outcomes`` (a real scalar or a 1-D sequence/array) as finite float64 ``(m,)``:
-    ``TypeError`` for booleans or non-real values, ``ValueError`` for NaN or inf."""
-    arr = host_input(to_numpy(outcomes), "outcomes")
-    if arr.dtype.kind == "b":
-        raise TypeError("outcomes must be real numbers (int or float), not bool")
-    out = np.atleast_1d(arr.astype(np.float64))
-    if not np.isfinite(out).all():
-        raise ValueError("outcomes contain NaN or infinite values")
-    return out
 
 
 def _field(ohlcv, name: str):

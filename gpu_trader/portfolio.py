@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import sys
 import threading
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import numpy as np
 from .backend import resolve
 from .commissions import NO_COMMISSION, CommissionModel, commission_for
 from .position_math import fill_step
-from .validation import nonnegative_number, positive_number, real_number
+from .validation import check_count, nonnegative_number, positive_number, real_number
 from .profiling import annotate, annotate_methods
 
 __all__ = ["Position", "PortfolioSnapshot", "Portfolio", "batch_apply_fills", "batch_pnl"]
@@ -50,18 +49,6 @@ def _check_symbol(symbol, name: str = "symbol") -> str:
     return str.__str__(symbol)
 
 
-def _check_price(price, name: str = "price") -> float:
-    return positive_number(price, name)
-
-
-def _check_commission(commission, name: str = "commission") -> float:
-    return nonnegative_number(commission, name)
-
-
-def _check_quantity(quantity, name: str = "quantity") -> float:
-    return real_number(quantity, name)
-
-
 def _check_limit(limit, name: str) -> float | None:
     """A position limit: ``None`` (not checked) or a real number >= 0 (``inf`` allowed)."""
     if limit is None:
@@ -74,14 +61,6 @@ def _check_limit(limit, name: str) -> float | None:
 
 MAX_CAPACITY = 1 << 20
 _INF = math.inf
-
-
-def _check_capacity(capacity) -> int:
-    if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
-        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
-    if not 1 <= capacity <= MAX_CAPACITY:
-        raise ValueError(f"capacity must be in [1, {MAX_CAPACITY}] (the book grows as needed), got {capacity!r}")
-    return int(capacity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +156,10 @@ class Portfolio:
     """
 
     def __init__(self, cash: float = 0.0, *, commission: CommissionModel | None = None, capacity: int = 64) -> None:
-        c = _check_quantity(cash, "cash")
+        c = real_number(cash, "cash")
         if commission is not None and not callable(commission):
             raise TypeError("commission must be a commission model (callable(quantity, price))")
-        cap = _check_capacity(capacity)
+        cap = check_count(capacity, "capacity", 1, MAX_CAPACITY)
         self._lock = threading.Lock()
         self._commission = NO_COMMISSION if commission is None else commission
         self._cash = c
@@ -327,7 +306,7 @@ class Portfolio:
     # -- write -----------------------------------------------------------------------
     def mark(self, symbol: str, price: float) -> None:
         """Set the mark price (a finite real > 0) of a held symbol (unknown symbols are ignored)."""
-        p = _check_price(price)
+        p = positive_number(price, "price")
         with self._lock:
             i = self._slot.get(symbol)
             if i is not None:
@@ -337,7 +316,7 @@ class Portfolio:
         """Set several marks at once (validated in full first; unknown symbols ignored)."""
         if not isinstance(prices, Mapping):
             raise TypeError(f"prices must be a mapping symbol -> price, got {type(prices).__name__}")
-        checked = [(s, _check_price(p, f"prices[{s!r}]")) for s, p in prices.items()]
+        checked = [(s, positive_number(p, f"prices[{s!r}]")) for s, p in prices.items()]
         with self._lock:
             for s, p in checked:
                 i = self._slot.get(s)
@@ -351,9 +330,9 @@ class Portfolio:
         value and no P&L is booked. ``last_price`` defaults to ``avg_cost``.
         """
         symbol = _check_symbol(symbol)
-        q = _check_quantity(quantity)
-        a = _check_price(avg_cost, "avg_cost") if q else 0.0
-        last = _check_price(last_price, "last_price") if last_price is not None else (a or None)
+        q = real_number(quantity, "quantity")
+        a = positive_number(avg_cost, "avg_cost") if q else 0.0
+        last = positive_number(last_price, "last_price") if last_price is not None else (a or None)
         with self._lock:
             i = self._slot.get(symbol)
             if i is None:
@@ -439,9 +418,12 @@ class Portfolio:
         """
         if type(symbol) is not str or not symbol:
             symbol = _check_symbol(symbol)
-        q = quantity if type(quantity) is float and -_INF < quantity < _INF else _check_quantity(quantity)
-        p = price if type(price) is float and 0.0 < price < _INF else _check_price(price)
-        c = commission_for(self._commission, q, p) if commission is None else _check_commission(commission)
+        q = quantity if type(quantity) is float and -_INF < quantity < _INF else real_number(quantity, "quantity")
+        p = price if type(price) is float and 0.0 < price < _INF else positive_number(price, "price")
+        if commission is None:
+            c = commission_for(self._commission, q, p)
+        else:
+            c = nonnegative_number(commission, "commission")
         with self._lock:
             return self._book(symbol, q, p, c)
 
@@ -473,9 +455,9 @@ class Portfolio:
         rows = []
         for k in range(n):
             s = _check_symbol(symbols[k], f"symbols[{k}]")
-            q = _check_quantity(qs[k], f"quantities[{k}]")
-            p = _check_price(ps[k], f"prices[{k}]")
-            c = commission_for(self._commission, q, p) if cs is None else _check_commission(cs[k], f"commissions[{k}]")
+            q = real_number(qs[k], f"quantities[{k}]")
+            p = positive_number(ps[k], f"prices[{k}]")
+            c = commission_for(self._commission, q, p) if cs is None else nonnegative_number(cs[k], f"commissions[{k}]")
             rows.append((s, q, p, c))
         with self._lock:
             return self._book_all(rows)

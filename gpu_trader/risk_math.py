@@ -20,12 +20,11 @@ deviation is no larger than that rounding can make it, and such a deviation is
 taken as 0 (empyrical's rule for exactly equal values, made robust to the order of
 summation of every backend).
 
-The module also holds the two argument rules the public risk, correlation and
-Monte Carlo modules share (:func:`check_levels`).
+The module also holds the argument rule the public risk and Monte Carlo modules
+share (:func:`check_levels`).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Callable
@@ -241,8 +240,12 @@ class RiskKernels:
         """Annualized mean excess return over annualized downside deviation (empyrical's). The
         downside deviation is exactly 0 when no return is below ``required_return`` (no
         rounding residue to clean): then +-inf, or NaN for 0/0."""
+        return self.sortino_excess(self.excess_mean(r, required_return), periods_per_year)
+
+    def sortino_excess(self, excess, periods_per_year: float):
+        """:meth:`sortino` from :meth:`excess_mean`'s ``(mean, adj, n)`` at the required return."""
         xp = self.xp
-        mean, adj, n = self.excess_mean(r, required_return)
+        mean, adj, n = excess
         with _quiet():
             down = xp.minimum(adj, 0.0)
             downside = xp.sqrt((down * down).sum(axis=-1) / n)
@@ -296,6 +299,7 @@ class RiskKernels:
         s = self.sort_valid(r)
         m = self.moments(r)
         w = self.wealth(r)
+        excess = self.excess_mean(r, risk_free)  # Sortino's required return is the risk-free rate
         with _quiet():
             return {
                 "n": m.n,
@@ -306,8 +310,8 @@ class RiskKernels:
                 "var_cornish_fisher": self.var_parametric_moments(m, (q,), True)[0],
                 "cvar": self.cvar_sorted(s, (q,))[0],
                 "max_drawdown": self.max_drawdown_wealth(w, m.n),
-                "sharpe": self.sharpe_moments(m, self.excess_mean(r, risk_free)[0], periods_per_year),
-                "sortino": self.sortino(r, periods_per_year, risk_free),
+                "sharpe": self.sharpe_moments(m, excess[0], periods_per_year),
+                "sortino": self.sortino_excess(excess, periods_per_year),
                 "calmar": self.calmar_wealth(w, m.n, periods_per_year),
                 "kelly_fraction": self.kelly_fraction(r),
             }

@@ -54,7 +54,7 @@ import numpy as np
 from . import strategy_math as _sm
 from .backend import _identity, resolve
 from .indicators import bollinger, ema
-from .streaming import _to_host
+from .streaming import FeatureStream, _to_host
 from .validation import (MAX_GRID, MAX_WINDOW, check_allocation, check_count, check_flag, check_float,
                          check_floats, check_grid_size, check_windows)
 from .profiling import annotate, annotate_methods
@@ -309,7 +309,6 @@ class StrategyStream:
 
     def __init__(self, strategies, n_symbols: int, *, squeeze: bool = False) -> None:
         from .cpu_fallback.strategies import signals_now
-        from .streaming import FeatureStream
 
         self._squeeze = check_flag(squeeze, "squeeze")
         runner = strategies if isinstance(strategies, StrategyRunner) else StrategyRunner(strategies)
@@ -334,7 +333,9 @@ class StrategyStream:
         return out[0] if self._squeeze else out
 
     def update(self, close_row) -> np.ndarray:
-        row = _to_host(close_row, "close_row")
+        row = close_row
+        if type(row) is not np.ndarray or row.dtype.kind not in "fiub":  # the plain cases stay cheap
+            row = np.array(row) if type(row) is float else _to_host(row, "close_row")
         values = self._features.update(row)
         self._close[:] = row
         return self._signals(values)

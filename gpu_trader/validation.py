@@ -30,6 +30,11 @@ WORK_MEMORY_LIMIT = 8 * MAX_ELEMENTS
 _INT64_MAX = 2**63 - 1
 
 
+def is_integer(value: Any) -> bool:
+    """A Python or NumPy integer, never a ``bool``/``np.bool_``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _is_sequence(value: Any) -> bool:
     return isinstance(value, (list, tuple, range)) or (isinstance(value, np.ndarray) and value.ndim == 1)
 
@@ -66,7 +71,7 @@ def check_windows(
     grid = _is_sequence(value)
     out = []
     for v in _grid_items(value, name, grid):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        if not is_integer(v):
             raise TypeError(f"{name} must be an integer (or a sequence of integers), got {v!r}")
         v = int(v)
         if v < minimum:
@@ -122,7 +127,8 @@ def real_number(value: Any, name: str, *, finite: bool = True) -> float:
         if _isfinite(value) or (not finite and value == value):
             return value
         raise ValueError(f"{name} must be {'finite' if finite else 'a number, not NaN'}, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # np.bool_ is not a numbers.Real
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        # (a plain int, a share count, skips the ABC check; np.bool_ is not a numbers.Real)
         raise TypeError(f"{name} must be a real number (int or float, not bool), got {type(value).__name__}")
     try:
         v = float(value)
@@ -185,6 +191,30 @@ def check_flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}"[:200])
     return bool(value)
+
+
+def real_array(x: Any, name: str) -> np.ndarray:
+    """``x`` (a host or device array, a pandas object, a sequence or a scalar) as a host NumPy
+    array of a real dtype (bool, integer or float): device arrays are copied to the host, host
+    inputs pass :func:`gpu_trader.backend.host_input` (``TypeError`` naming ``name`` for
+    ``None``, a masked array or a non-real dtype). May be ``x`` itself: never write into it."""
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    be = _backend.infer_backend(x)
+    return _backend.host_input(x if be.name == "cpu" else be.to_numpy(x), name)
+
+
+def finite_real_array(x: Any, name: str) -> np.ndarray:
+    """:func:`real_array` as a new float64 array of finite values (the caller's buffer,
+    read-only or not, is never aliased). For amounts (weights, quantities, outcomes), never
+    flags: booleans are a ``TypeError``, NaN or inf a ``ValueError``, naming ``name``."""
+    arr = real_array(x, name)
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold real numbers (int or float), not bool")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
 
 
 def check_observations(xp: Any, x: Any, minimum: int, name: str, what: str) -> None:

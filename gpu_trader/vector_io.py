@@ -32,18 +32,16 @@ the config and the sections *mean* is checked by :meth:`VectorIndex.load`.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import math
 import os
-import secrets
-import stat
 import struct
 import zlib
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from .file_io import file_name, open_regular, regular_target, replace_atomically
 
 __all__ = ["FORMAT_VERSION", "ARRAY_DTYPES", "VectorIndexFileError", "write", "read"]
 
@@ -83,35 +81,10 @@ def write(path: str | os.PathLike, config: dict[str, Any], arrays: dict[str, np.
     ``blobs`` (bytes) with ``config`` (JSON-serializable, finite numbers) to ``path`` atomically.
 
     ``ValueError`` if ``path`` exists and is not a regular file (nor a link to one)."""
-    target = _target(path)
+    target = regular_target(path)
     payloads = _payloads(arrays, blobs)
     header = _header(config, payloads)
-    _replace_atomically(target, lambda fh: _write_body(fh, header, payloads))
-
-
-def _target(path) -> str:
-    """The file ``path`` names, through symbolic links; refuses an existing non-regular file."""
-    name = _file_name(path)
-    target = os.path.realpath(name)
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        return target
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"path {name!r} exists and is not a regular file")
-    return target
-
-
-def _file_name(path) -> str:
-    """``path`` (``str``, ``bytes`` or ``os.PathLike``) as a ``str`` file name: ``TypeError`` for
-    anything else, ``ValueError`` for an empty name or one holding a NUL character."""
-    try:
-        name = os.fsdecode(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"path must be a str, bytes or os.PathLike file name, got {type(path).__name__}") from None
-    if not name or "\0" in name:
-        raise ValueError(f"path must be a non-empty file name without NUL characters, got {name!r}")
-    return name
+    replace_atomically(target, lambda fh: _write_body(fh, header, payloads))
 
 
 def _payloads(arrays: dict[str, np.ndarray], blobs: dict[str, bytes]) -> list[tuple[dict[str, Any], Any]]:
@@ -158,62 +131,6 @@ def _write_body(fh: BinaryIO, header: bytes, payloads) -> None:
         fh.write(_byte_view(data))
 
 
-def _replace_atomically(target: str, write_body) -> None:
-    """Write a temporary file next to ``target`` with ``write_body(fh)``, fsync it, rename it
-    over ``target`` and fsync the directory; the temporary file is removed on any failure."""
-    directory = os.path.dirname(target)
-    mode = _existing_mode(target)
-    fd, tmp = _create_temporary(directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if mode is not None:
-                os.fchmod(fh.fileno(), mode)
-            write_body(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _existing_mode(target: str) -> int | None:
-    """Permission bits of the file about to be replaced (None: there is none)."""
-    try:
-        return stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
-        return None
-
-
-def _create_temporary(directory: str) -> tuple[int, str]:
-    """A new file in ``directory`` opened for writing, created with mode ``0o666`` (the
-    kernel applies the umask, as for any new file). Returns ``(fd, path)``."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(directory, f".gtvec-{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:  # pragma: no cover - a 64-bit random name collided
-            continue
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make a rename in ``directory`` durable (POSIX; Windows cannot open a directory, and a
-    file system that cannot sync a directory says EINVAL: nothing more can be done there)."""
-    if os.name == "nt":  # pragma: no cover
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
-
-
 # -- reading ------------------------------------------------------------------------------
 def read(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read and validate a file written by :func:`write` (see the module docstring).
@@ -223,8 +140,8 @@ def read(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], d
     or bytes. Raises :class:`VectorIndexFileError` saying what is wrong; ``OSError`` (e.g.
     ``FileNotFoundError``) where the path cannot be opened at all.
     """
-    name = _file_name(path)
-    with _open_regular(name) as fh:
+    name = file_name(path)
+    with open_regular(name, VectorIndexFileError) as fh:
         size = os.fstat(fh.fileno()).st_size
         head, header_end = _read_header(fh, size, name)
         table = _section_table(head, size, header_end, name)
@@ -233,20 +150,6 @@ def read(path: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, Any], d
                 raise VectorIndexFileError(f"{name}: corrupt section {meta['name']!r} (checksum mismatch)")
         sections = {meta["name"]: _read_section(fh, meta, mmap, name) for meta in table}
     return head["config"], sections
-
-
-def _open_regular(name: str) -> BinaryIO:
-    """``name`` opened for reading without blocking (a FIFO would block a plain open);
-    ``VectorIndexFileError`` unless it is a regular file."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(name, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise VectorIndexFileError(f"{name}: not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _read_header(fh: BinaryIO, size: int, name: str) -> tuple[dict[str, Any], int]:

@@ -47,7 +47,6 @@ concurrent add's vectors (approximate indexes may already see some of them).
 from __future__ import annotations
 
 import json
-import numbers
 import threading
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -58,9 +57,9 @@ import numpy as np
 from . import ann as _ann
 from . import vector_io
 from . import vector_math as vm
-from .backend import MAX_ELEMENTS, Backend, as_host_array, get_backend, host_input, infer_backend, select_backend
+from .backend import MAX_ELEMENTS, Backend, as_host_array, backend_input, get_backend, select_backend
 from .profiling import annotate, annotate_methods
-from .validation import check_count, check_flag
+from .validation import check_count, check_flag, is_integer
 
 __all__ = ["VectorIndex", "VectorIndexFileError", "normalize", "cosine"]
 
@@ -88,12 +87,7 @@ def _real_array(be: Backend, x, name: str):
     if (dt is _FLOAT64 or dt is _FLOAT32) and type(x) is np.ndarray and be.name == "cpu" and x.flags.aligned \
             and x.size <= MAX_ELEMENTS:
         return x  # the common case, kept cheap (the one-vector latency paths)
-    if infer_backend(x).name == "cpu":
-        x = host_input(x, name)
-    try:
-        arr = be.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a real numeric array: {exc}") from exc
+    arr = backend_input(be, x, name)
     dt = arr.dtype
     if dt.kind not in "fiu":
         raise TypeError(f"{name} must be a real numeric array, got dtype {dt}")
@@ -167,9 +161,7 @@ def _dtype_name(dtype) -> str:
 
 def _check_settings(dim, metric, kind, dtype, params: Mapping[str, Any]):
     """``(dim, metric, kind, dtype name, params)`` checked and normalized (see the module docstring)."""
-    dim = check_count(dim, "dim", 1)
-    if dim > MAX_DIM:
-        raise ValueError(f"dim must be <= {MAX_DIM}, got {dim}")
+    dim = check_count(dim, "dim", 1, MAX_DIM)
     metric, kind, dtype_name = _choice(metric, METRICS, "metric"), _choice(kind, KINDS, "kind"), _dtype_name(dtype)
     if kind == "hnsw" and dtype_name == "int8":
         raise ValueError("dtype='int8' is for kind='exact' or 'cagra': hnswlib keeps its own float32 copy of "
@@ -181,11 +173,11 @@ def _check_settings(dim, metric, kind, dtype, params: Mapping[str, Any]):
 def _id_list(ids, to_host) -> list[int]:
     """``ids`` (an int, or a 1-D sequence or array of ints; NumPy integers are ints, bool is
     not) as Python ints; ``to_host`` brings a device array to NumPy."""
-    if isinstance(ids, numbers.Integral) and not isinstance(ids, (bool, np.bool_)):
+    if is_integer(ids):
         return [int(ids)]
     if isinstance(ids, (list, tuple, range)):
         for v in ids:
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            if not is_integer(v):
                 raise TypeError(f"ids must be integers, got {type(v).__name__} {v!r}")
         return [int(v) for v in ids]
     arr = as_host_array(to_host(ids), "ids")
@@ -427,7 +419,7 @@ class VectorIndex:
         module docstring), ids int64.
         """
         snap = self._snap
-        q, single = self._queries(queries)
+        q, single, q_sq = self._queries(queries)
         k = check_count(k, "k", 1)
         rows = None
         if filter is None:
@@ -444,42 +436,46 @@ class VectorIndex:
         if k_eff == 0:
             scores, ids = self._padded(q.shape[0], k, None, None)
         elif self._ann is not None and rows is None:
-            scores, ids = self._approximate(snap, q, k)
+            scores, ids = self._approximate(snap, q, k, q_sq)
         else:
-            scores, ids = self._exact(snap, q, k_eff, rows)
+            scores, ids = self._exact(snap, q, k_eff, rows, q_sq)
             if k_eff < k:
                 scores, ids = self._padded(q.shape[0], k, scores, ids)
         return (scores[0], ids[0]) if single else (scores, ids)
 
     def _queries(self, queries):
+        """``(queries as float32 (nq, dim) rows, normalized for cosine; whether one query was
+        given; their squared norms (nq,) for ip and l2, None for cosine)``."""
         q, single = _as_rows(_real_array(self._be, queries, "queries"), "queries")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the index has dim={self.dim}")
         xp = self._xp
         q = xp.ascontiguousarray(q, dtype=np.float32)
-        if not bool(xp.isfinite(q).all()):
-            raise ValueError("queries contain NaN or infinite values")
-        if self.metric != "cosine":
-            with np.errstate(over="ignore"):
-                if not bool(xp.isfinite(xp.einsum("ij,ij->i", q, q)).all()):
-                    raise ValueError("queries hold a vector whose squared norm overflows float32")
         if self.metric == "cosine":
+            if not bool(xp.isfinite(q).all()):
+                raise ValueError("queries contain NaN or infinite values")
             q, lengths = self._ops.normalize_rows(q)
             if bool((lengths == 0).any()):
                 raise ValueError("queries contain an all-zero vector, which has no cosine similarity")
-        return q, single
+            return q, single, None
+        q_sq = xp.einsum("ij,ij->i", q, q)  # einsum sets no floating-point flags: an overflow is silent here
+        if not bool(xp.isfinite(q_sq).all()):  # one check for NaN, inf and overflow on the valid path
+            if not bool(xp.isfinite(q).all()):
+                raise ValueError("queries contain NaN or infinite values")
+            raise ValueError("queries hold a vector whose squared norm overflows float32")
+        return q, single, q_sq
 
-    def _exact(self, snap: _Snapshot, q, k: int, rows):
+    def _exact(self, snap: _Snapshot, q, k: int, rows, q_sq):
         s, r = self._ops.search(snap.vectors, snap.scales, snap.norms, q, k, snap.l2, rows)
         if snap.l2:
-            s = self._xp.maximum(self._xp.einsum("ij,ij->i", q, q)[:, None] - s, 0.0)
+            s = self._xp.maximum(q_sq[:, None] - s, 0.0)
         return s, snap.ids[r]
 
-    def _approximate(self, snap: _Snapshot, q, k: int):
+    def _approximate(self, snap: _Snapshot, q, k: int, q_sq):
         try:
             return self._ann.search(snap, q, k)
         except RuntimeError:  # hnswlib found fewer than k live neighbours (many deletions): answer exactly
-            return self._exact(snap, q, k, None)
+            return self._exact(snap, q, k, None, q_sq)
 
     def _padded(self, nq: int, k: int, scores, ids):
         xp = self._xp
@@ -563,9 +559,7 @@ def _file_settings(config: dict[str, Any]):
         raise TypeError("params must be an object and dtype a string")
     settings = _check_settings(config["dim"], config["metric"], config["kind"], config["dtype"], config["params"])
     n = check_count(config["count"], "count", 0)
-    next_id = check_count(config["next_id"], "next_id", 0)
-    if next_id > MAX_ID + 1:
-        raise ValueError(f"next_id {next_id} exceeds {MAX_ID + 1}")
+    next_id = check_count(config["next_id"], "next_id", 0, MAX_ID + 1)
     return settings, n, next_id
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: every backend present runs the same tests; absent ones skip cleanly."""
 from __future__ import annotations
 
+import asyncio
 import os
 
 import numpy as np
@@ -47,6 +48,40 @@ def on_backend(backend: str, *arrays):
     be = gt.get_backend(backend)
     out = tuple(be.asarray(a) for a in arrays)
     return out if len(out) > 1 else out[0]
+
+
+class FirstAnswerLost:
+    """A venue adapter around ``inner`` (a :class:`~gpu_trader.brokers.SimulatedBroker`) that
+    processes every request, but whose answer to an order's first submission never comes:
+    the order is in doubt. ``status=False``: an adapter without ``status`` (its orders in
+    doubt cannot be asked about)."""
+
+    def __init__(self, inner, status: bool = True, name: str = "lossy") -> None:
+        self.inner, self.name, self.seen = inner, name, set()
+        if status:
+            self.status = inner.status
+
+    async def submit(self, order):
+        ack = await self.inner.submit(order)
+        if order.client_order_id not in self.seen:
+            self.seen.add(order.client_order_id)
+            await asyncio.sleep(3600)
+        return ack
+
+    async def cancel(self, cid):
+        return await self.inner.cancel(cid)
+
+
+def venue_book(brokers, cash: float, symbols=()):
+    """The oracle of reconciliation: positions (``symbols`` start at 0) and cash (starting
+    from ``cash``, gross of commissions) that the fills recorded by ``brokers`` (simulated
+    venues, or one) imply."""
+    pos, flows = dict.fromkeys(symbols, 0.0), cash
+    for broker in brokers if isinstance(brokers, (list, tuple)) else (brokers,):
+        for _, symbol, signed, price in broker.fills():
+            pos[symbol] = pos.get(symbol, 0.0) + signed
+            flows -= signed * price
+    return pos, flows
 
 
 def random_ohlcv(n_series: int, n_bars: int, seed: int = 0, dtype=np.float64):

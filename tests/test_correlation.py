@@ -276,10 +276,15 @@ def test_read_only_arrays_and_copy_on_write_frames(backend):
     assert not df.to_numpy().flags.writeable
     for x in (ro, ro[:, ::2], df, mixed):
         xb = x if isinstance(x, pd.DataFrame) else on_backend(backend, x)
-        for fn in (corrmod.cov, corrmod.corr, lambda a, backend: corrmod.rolling_corr(a, 5, backend=backend),
-                   lambda a, backend: corrmod.ewma_cov(a, 10.0, backend=backend)):
-            fn(xb, backend=backend)
-        corrmod.ledoit_wolf(on_backend(backend, np.nan_to_num(gt.to_numpy(xb))) if not isinstance(x, pd.DataFrame)
-                            else x.fillna(0.0), backend=backend)
-    close(corrmod.corr(df, backend=backend), df.corr().to_numpy())
+        frame = x if isinstance(x, pd.DataFrame) else pd.DataFrame(x.T)  # the oracle sees the values we do
+        close(corrmod.cov(xb, backend=backend), frame.cov().to_numpy())
+        close(corrmod.corr(xb, backend=backend), frame.corr().to_numpy())
+        rolled = frame.rolling(5).corr().to_numpy()  # rows (time, column), as a DataFrame input gives
+        close(corrmod.rolling_corr(xb, 5, backend=backend),
+              rolled if x is frame else rolled.reshape(-1, 3, 3).transpose(1, 2, 0), rtol=1e-7, atol=1e-8)
+        corrmod.ewma_cov(xb, 10.0, backend=backend)
+        filled = frame.fillna(0.0)
+        cov_, _ = corrmod.ledoit_wolf(filled if x is frame else on_backend(backend, filled.to_numpy().T),
+                                      backend=backend)
+        close(cov_, LedoitWolf().fit(filled.to_numpy()).covariance_)
     np.testing.assert_array_equal(ro, r)

@@ -574,6 +574,29 @@ def test_symbol_universe_matches_whole_names():
         md.parse_tick(tick_json("B"), symbols=[b"B"])
 
 
+class _NoScan(frozenset):
+    """A universe that may be searched (``in``) but not iterated."""
+
+    def __iter__(self):
+        raise AssertionError("the universe was scanned")
+
+
+def test_parse_tick_searches_the_universe_without_scanning_it():
+    """A hit costs one ``in`` (O(1) for a set), not a pass over the universe; a miss checks it."""
+    universe = _NoScan({"A", "B"})
+    assert md.parse_tick(tick_json("B"), symbols=universe).symbol == "B"
+    assert md.parse_quote(json.dumps({**QUOTE_BASE, "symbol": "A"}).encode(), symbols=universe).symbol == "A"
+    with pytest.raises(AssertionError, match="scanned"):  # a miss checks the universe (by iterating it)
+        md.parse_tick(tick_json("C"), symbols=universe)
+    with pytest.raises(TypeError, match="symbols"):  # bytes names: a TypeError, not an unknown symbol
+        md.parse_tick(tick_json("C"), symbols=["A", b"C"])
+    with pytest.raises(ValueError, match="repeat"):
+        md.parse_tick(tick_json("C"), symbols=["A", "A"])
+    with pytest.raises(md.MarketDataError, match="unknown_symbol"):
+        md.parse_tick(tick_json("C"), symbols=iter(["A", "B"]))
+    assert md.parse_tick(tick_json("B"), symbols=(s for s in "AB")).symbol == "B"
+
+
 # -- streaming bars: types, late ticks -----------------------------------------------
 def python_bars(ticks, tf):
     """Oracle: {(symbol, start): (open, high, low, close, volume, vwap, count)} of ticks
@@ -990,11 +1013,13 @@ def test_gpu_algorithm_and_quote_metrics_take_read_only_arrays():
     check_bars((np.arange(n_bars) + first) * tf, dict(zip(FIELDS, out)), ts, price, size, sym, 3, tf)
     ask = price * 1.001
     ask.flags.writeable = False
-    got = md.quote_metrics(price, ask, size, size, ts=ts, now=int(ts.max()), max_age=1800 * NS)
-    want = md.quote_metrics(price.copy(), ask.copy(), size.copy(), size.copy(), ts=ts.copy(),
-                            now=int(ts.max()), max_age=1800 * NS)
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
-    ok = got.status == md.QUOTE_OK
-    assert ok.sum() > 100
-    np.testing.assert_array_equal(got.mid[ok], ((price + ask) / 2)[ok])  # ask within 2x of bid: bit-equal
+    now, max_age = int(ts.max()), 1800 * NS
+    got = md.quote_metrics(price, ask, size, size, ts=ts, now=now, max_age=max_age)
+    stale = now - ts > max_age  # the oracle: every quote is valid and uncrossed, so only staleness
+    np.testing.assert_array_equal(got.status, np.where(stale, md.QUOTE_STALE, md.QUOTE_OK).astype(np.int8))
+    ok = ~stale
+    assert 100 < ok.sum() < len(ts)
+    mid = (price + ask) / 2  # ask within 2x of bid: bit-equal to the overflow-free midpoint
+    for g, w in ((got.mid, mid), (got.spread, ask - price), (got.spread_bps, (ask - price) / mid * 1e4)):
+        np.testing.assert_array_equal(g[ok], w[ok])
+        assert np.isnan(g[stale]).all()

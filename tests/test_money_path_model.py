@@ -46,6 +46,8 @@ from gpu_trader.order_manager import OrderManager
 from gpu_trader.orders import OPEN, OrderReport, RiskLimits, limit_order, market_order
 from gpu_trader.portfolio import Portfolio
 
+from conftest import venue_book
+
 SYMBOLS = {"A": 10.0, "B": 20.0}
 MOVES = (0.97, 0.99, 1.01, 1.03)  # the venue's price stays within these multiples of the reference
 RATE = 0.001  # commission: 10 bps of every fill's notional
@@ -273,19 +275,12 @@ class MoneyPath(RuleBasedStateMachine):
             assert (report.filled_quantity if report else 0.0) == pytest.approx(filled, abs=TOL)
             if order.client_order_id in self.cancelled:
                 assert venue is None or venue.status != OPEN  # every cancel was honoured
-        venue_pos, venue_cash = self.venue_book()
+        venue_pos, venue_cash = venue_book(self.venue, self.cash, SYMBOLS)
         for s in SYMBOLS:
             assert self.pf.quantity(s) == pytest.approx(venue_pos[s], abs=TOL)
         assert self.pf.cash + self.pf.commissions == pytest.approx(venue_cash, abs=TOL)
 
     # -- invariants ------------------------------------------------------------------
-    def venue_book(self):
-        pos, cash = dict.fromkeys(SYMBOLS, 0.0), self.cash
-        for _, symbol, signed, price in self.venue.fills():
-            pos[symbol] += signed
-            cash -= signed * price
-        return pos, cash
-
     def booked(self):
         """Per symbol, the signed quantity the reports say was booked; and the booked
         fills' signed and absolute notional."""
@@ -304,7 +299,7 @@ class MoneyPath(RuleBasedStateMachine):
     def limits_hold_with_pending_orders(self):
         if not hasattr(self, "m"):
             return
-        venue_pos, _ = self.venue_book()
+        venue_pos, _ = venue_book(self.venue, self.cash, SYMBOLS)
         for s in SYMBOLS:
             q, pending = self.pf.quantity(s), self.m.exposure(s)
             worst = max(abs(q + pending.buy), abs(q - pending.sell))

@@ -395,7 +395,6 @@ def test_gpu_module_under_cuda_simulator(tmp_path):
     assert json.loads(out.read_text())["max_rel"] < 1e-9
 
 
-
 # -- levels, integer bounds and memory ---------------------------------------------------------
 @pytest.mark.parametrize("level", [0.01, 0.05, 0.4999, np.float64(0.01), np.float32(0.05)])
 def test_tail_probability_as_level_is_refused_with_a_hint(level):

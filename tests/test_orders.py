@@ -28,6 +28,8 @@ from gpu_trader.orders import (
 )
 from gpu_trader.portfolio import Portfolio
 
+from conftest import FirstAnswerLost, venue_book
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -680,15 +682,6 @@ def test_broker_partial_fills_are_cumulative_and_ioc_keeps_what_filled():
 
 
 # -- issue 13: unknown outcomes are reconciled with the venue ------------------------------
-def _venue_book(brokers, cash):
-    pos, flows = {}, cash
-    for b in brokers:
-        for _, symbol, signed, price in b.fills():
-            pos[symbol] = pos.get(symbol, 0.0) + signed
-            flows -= signed * price
-    return pos, flows
-
-
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), sides=st.lists(st.sampled_from(["buy", "sell"]), min_size=5, max_size=30))
 def test_reconcile_makes_the_book_equal_the_venue(seed, sides):
@@ -708,7 +701,7 @@ def test_reconcile_makes_the_book_equal_the_venue(seed, sides):
 
     first, m, pf, b = run(go())
     assert m.unresolved() == ()
-    pos, cash = _venue_book([b], 1e6)
+    pos, cash = venue_book([b], 1e6)
     assert {s: pf.quantity(s) for s in pos} == pytest.approx(pos) and pf.cash == pytest.approx(cash)
     assert max(b.fill_counts.values(), default=1) == 1 and set(pf.symbols) <= set(pos)
 
@@ -1737,20 +1730,13 @@ async def _answer(value):
     return value
 
 
-class BrokenStatus(LostInTransit):
+class BrokenStatus(FirstAnswerLost):
     """Orders in doubt (the answer to each first submission is lost after the venue took
     it) at a venue whose ``status`` misbehaves in one of several ways until mended."""
 
     def __init__(self, mode):
-        super().__init__()
+        super().__init__(SimulatedBroker("transit", latency_s=0, prices={"X": 10.0}), status=False, name="transit")
         self.mode = mode
-
-    async def submit(self, order):
-        ack = await self.venue.submit(order)
-        if order.client_order_id not in self.first:
-            self.first.add(order.client_order_id)
-            await asyncio.sleep(3600)
-        return ack
 
     async def status(self, cid):
         if self.mode == "raise":
@@ -1767,7 +1753,7 @@ class BrokenStatus(LostInTransit):
                     await asyncio.sleep(3600)
                 except asyncio.CancelledError:
                     continue
-        return await self.venue.status(cid)
+        return await self.inner.status(cid)
 
 
 @pytest.mark.parametrize("mode", ["raise", "garbage", "bad_ack", "hang", "swallow"])

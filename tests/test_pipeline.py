@@ -28,6 +28,8 @@ from gpu_trader.orders import Rejection as RiskRejection
 from gpu_trader.portfolio import Portfolio
 from gpu_trader.strategies import MeanReversion, Momentum, StrategyRunner, momentum
 
+from conftest import FirstAnswerLost, venue_book
+
 NAMES = ("AAA", "BBB", "CCC")
 TF = 1_000  # ns per bar
 CASH = 1e7
@@ -292,16 +294,6 @@ def _booked_and_unresolved(pipe, broker):
     return pos, unresolved
 
 
-def venue_book(broker, names=NAMES):
-    """Positions and cash the venue's fills imply (the oracle of reconciliation)."""
-    pos = {n: 0.0 for n in names}
-    cash = CASH
-    for _, symbol, signed, price in broker.fills():
-        pos[symbol] += signed
-        cash -= signed * price
-    return pos, cash
-
-
 @pytest.mark.parametrize("latency_s", [0.0, 0.002])
 @pytest.mark.parametrize("recover", [0, 3])
 def test_flaky_broker_leaves_the_loop_alive_and_books_only_fills(latency_s, recover):
@@ -333,31 +325,11 @@ def test_flaky_broker_leaves_the_loop_alive_and_books_only_fills(latency_s, reco
     assert set(unresolved) <= {"unknown"}  # a fill the manager did not know of was marked unknown
     assert stats.resubmitted <= recover * stats.orders and stats.reconciles >= 2
     # after the shutdown reconciliation the book is the venue's, every fill booked once
-    want_pos, want_cash = venue_book(broker)
+    want_pos, want_cash = venue_book(broker, CASH, NAMES)
     assert positions(pipe) == pytest.approx(want_pos)
     assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
     assert pipe.manager.unresolved() == ()
     assert _booked_and_unresolved(pipe, broker)[1] == []
-
-
-class FirstAnswerLost:
-    """Processes every request, but the answer to an order's first submission never comes.
-    ``status=False``: an adapter without ``status`` (its orders in doubt cannot be asked about)."""
-
-    def __init__(self, inner: SimulatedBroker, status: bool = True) -> None:
-        self.inner, self.name, self.seen = inner, "lossy", set()
-        if status:
-            self.status = inner.status
-
-    async def submit(self, order):
-        ack = await self.inner.submit(order)
-        if order.client_order_id not in self.seen:
-            self.seen.add(order.client_order_id)
-            await asyncio.sleep(3600)
-        return ack
-
-    async def cancel(self, cid):
-        return await self.inner.cancel(cid)
 
 
 @pytest.mark.parametrize("recover, status", [(0, False), (1, False), (0, True)])
@@ -377,7 +349,7 @@ def test_unknown_outcomes_are_recovered_by_resubmitting_or_reconciling(recover, 
     elif status:  # the manager never heard while trading; reconciling (end of run, then here) books every fill
         assert stats.reports == {"unknown:timeout": stats.orders} and stats.resubmitted == 0
         asyncio.run(pipe.reconcile())  # the orders of the flushed bars
-        want_pos, want_cash = venue_book(inner)
+        want_pos, want_cash = venue_book(inner, CASH, NAMES)
         assert any(want_pos.values()) and positions(pipe) == pytest.approx(want_pos)
         assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
         assert manager.unresolved() == ()
@@ -505,7 +477,7 @@ def test_the_pipeline_reconciles_periodically_and_on_close():
 
     booked_while_trading, left = asyncio.run(go())
     assert booked_while_trading > 0 and pipe.stats.reconciles >= 3
-    want_pos, want_cash = venue_book(inner)
+    want_pos, want_cash = venue_book(inner, CASH, NAMES)
     assert positions(pipe) == pytest.approx(want_pos) and pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
     assert manager.unresolved() == () and pipe.in_flight == 0
     assert left == []  # close() stopped the manager's background status queries
@@ -568,6 +540,6 @@ def test_close_with_orders_in_flight_settles_them_and_leaves_nothing_running(del
     in_flight, left = asyncio.run(go())
     assert in_flight > 0 and pipe.in_flight == 0 and left == []
     assert pipe.stats.errors == 0 and manager.unresolved() == ()
-    want_pos, want_cash = venue_book(inner)
+    want_pos, want_cash = venue_book(inner, CASH, NAMES)
     assert any(want_pos.values()) and positions(pipe) == pytest.approx(want_pos)
     assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)

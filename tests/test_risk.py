@@ -316,7 +316,12 @@ def test_gpu_formulation_on_numpy_constant_series():
     cpu = gt.get_backend("cpu").ops("risk").kernels
     for t in (3, 252, 2520):
         r = constant_rows(t, np.float64)
-        for a, b in zip(gpu_like.risk_report(r, 0.01, 252, 1e-4).values(), cpu.risk_report(r, 0.01, 252, 1e-4).values()):
+        report = gpu_like.risk_report(r, 0.01, 252, 1e-4)
+        assert_close(report["sharpe"], per_series(lambda x: ep.sharpe_ratio(x, risk_free=1e-4), r))
+        assert_close(report["sortino"], per_series(lambda x: ep.sortino_ratio(x, required_return=1e-4), r))
+        np.testing.assert_array_equal(report["volatility"], 0.0)
+        np.testing.assert_allclose(report["var_parametric"], -np.asarray(CONSTANTS), rtol=1e-14, atol=0)
+        for a, b in zip(report.values(), cpu.risk_report(r, 0.01, 252, 1e-4).values()):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15, equal_nan=True)
 
 
@@ -397,9 +402,16 @@ def test_read_only_arrays_and_copy_on_write_frames(backend):
     assert not pd.DataFrame(r.T).to_numpy().flags.writeable  # pandas 3 hands out read-only views
     expected = per_series(lambda x: -ep.conditional_value_at_risk(x, 0.05), r)
     for x in (ro, ro[:, ::2], pd.DataFrame(r.T), mixed, mixed["a"]):  # every metric reads r through these two
-        xb = x if isinstance(x, pd.DataFrame) else on_backend(backend, x)
-        risk.risk_report(xb, 0.95, backend=backend)
-        risk.var_historical(xb, [0.9, 0.95], backend=backend)
+        xb = x if isinstance(x, (pd.DataFrame, pd.Series)) else on_backend(backend, x)
+        values = np.asarray(x, dtype=np.float64)
+        values = values.T if isinstance(x, pd.DataFrame) else values  # the oracle sees the values we do
+        rtol = 1e-5 if x is mixed else 1e-10  # mixed holds a float32 column
+        report = risk.risk_report(xb, 0.95, backend=backend)
+        assert_close(report["cvar"], per_series(lambda v: -ep.conditional_value_at_risk(v, 0.05), values), rtol=rtol)
+        assert_close(report["sharpe"], per_series(ep.sharpe_ratio, values), rtol=rtol)
+        assert_close(risk.var_historical(xb, [0.9, 0.95], backend=backend),
+                     np.stack([per_series(lambda v: -ep.value_at_risk(v, q), values) for q in (0.1, 0.05)]),
+                     rtol=rtol)
     got = gt.to_numpy(risk.cvar(mixed, 0.95, backend=backend))
     np.testing.assert_allclose(got[:2], expected[:2], rtol=1e-10)
     np.testing.assert_allclose(got[2], expected[2], rtol=1e-5)  # float32 column

@@ -28,11 +28,10 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
-import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, TextIO
 
+from ..file_io import open_regular
 from .report import fmt_time
 
 __all__ = [
@@ -101,11 +100,7 @@ def load_run(path: str, what: str = "baseline") -> dict[str, Any]:
 
 def _read_bounded(path: str) -> bytes:
     """The bytes of regular file ``path`` (never blocks on a FIFO; at most ``MAX_FILE_BYTES``)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+    with open_regular(path, lambda message: OSError(errno.EINVAL, "not a regular file")) as fh:
         data = fh.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes")

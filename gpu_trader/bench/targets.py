@@ -1,4 +1,4 @@
-"""The performance targets of ``shared/TARGETS.md`` as data, and their evaluation.
+"""The benchmark cases' performance targets as data, and their evaluation.
 
 Each :class:`Target` carries the published plan's target and our own, each as a
 human-readable text plus machine-checkable :class:`Check` s on a case's metrics.
