@@ -1,13 +1,15 @@
 # Everything a newcomer needs, from a machine with only Python 3.10+:
 #   make bench   -> creates .venv, installs gpu-trader with its dev extras, runs the benchmark
-#   make test    -> same install, runs the test suite
+#   make test    -> same install, runs the test suite (everything, as CI does)
+#   make test-fast -> the same suite without the tests marked slow (simulator/PTX subprocesses,
+#                   notebook, hadolint, the CLI run, the largest hypothesis and JAX gradient runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_ARGS ?=
 
-.PHONY: install bench bench-quick test clean
+.PHONY: install bench bench-quick test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,9 @@ bench-quick: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -17,8 +17,9 @@ __version__ = "0.1.0"
 
 # Trading-loop names, imported on first use (``gpu_trader.Portfolio`` loads only that module).
 _LAZY = {
-    **dict.fromkeys(("Order", "OrderReport", "Rejection", "RiskLimits", "Exposure", "market_order", "limit_order",
-                     "stop_order", "stop_limit_order", "check_order", "validate_order", "order_for_signal"), "orders"),
+    **dict.fromkeys(("Order", "OrderReport", "OrderRejection", "Rejection", "RiskLimits", "Exposure", "market_order",
+                     "limit_order", "stop_order", "stop_limit_order", "check_order", "validate_order",
+                     "order_for_signal"), "orders"),
     **dict.fromkeys(("Broker", "BrokerAck", "SimulatedBroker", "CircuitBreaker", "BrokerError", "BrokerTimeout"),
                     "brokers"),
     **dict.fromkeys(("OrderManager", "SymbolRouter"), "order_manager"),
@@ -26,14 +27,14 @@ _LAZY = {
     **dict.fromkeys(("FixedCommission", "PercentageCommission", "TieredCommission"), "commissions"),
     **dict.fromkeys(("Tick", "Quote", "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor",
                      "QuoteIngestor", "quote_metrics", "aggregate_bars", "Bars", "Bar", "BarAggregator",
-                     "MarketDataError"), "marketdata"),
+                     "MarketDataError", "MessageRejection"), "marketdata"),
     **dict.fromkeys(("Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
                      "StrategyStream"), "strategies"),
     **dict.fromkeys(("TradingPipeline", "PipelineStats"), "pipeline"),
 }
 
 
-# Public modules reachable as attributes (``gt.marketdata.Rejection``), imported on first use.
+# Public modules reachable as attributes (``gt.marketdata.MessageRejection``), imported on first use.
 _MODULES = frozenset(set(_LAZY.values()) | {"distributed"})
 
 

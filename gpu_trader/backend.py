@@ -6,7 +6,7 @@ whether the ``cuda`` (``jax``) backend is available or passes one of its arrays,
 array-type inference only looks at frameworks already present in ``sys.modules``
 (the einops trick), so a NumPy user never pays for a GPU import.
 
-Resolution order for one call (DESIGN.md section 2):
+Resolution order for one call (docs/design.md#backends-and-areas):
 explicit ``backend=`` keyword > :func:`use_backend` context > :func:`set_backend`
 or the ``GPU_TRADER_BACKEND`` environment variable (read on import and again by
 ``set_backend(None)``) > the type of the input array
@@ -37,9 +37,12 @@ import contextvars
 import importlib
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._internal import areas as _areas
 
 __all__ = [
     "Backend",
@@ -56,7 +59,7 @@ ENV_VAR = "GPU_TRADER_BACKEND"
 
 MAX_ELEMENTS = 2**32
 """Most values one array may hold, as an input or as one output allocation (32 GiB of
-float64); re-exported as :data:`gpu_trader.validation.MAX_ELEMENTS`. An input past it (a
+float64); re-exported as :data:`gpu_trader._internal.validation.MAX_ELEMENTS`. An input past it (a
 zero-stride ``np.broadcast_to`` view, say, that costs no memory until it is copied) is a
 ``ValueError`` before anything is allocated."""
 
@@ -69,6 +72,19 @@ def _read_env() -> str | None:
 _ENV = [_read_env()]  # read on import and by set_backend(None); checked on first use
 
 
+DISPATCHED_AREAS = frozenset(
+    {"indicators", "risk", "correlation", "montecarlo", "vectors", "marketdata", "portfolio", "strategies"}
+)
+"""Public areas whose calls run on the backend they resolve (``backend=``, the context, the
+default, the input's type)."""
+HOST_AREAS = frozenset({"streaming"})
+"""Areas that run on the ``cpu`` backend whatever backend is current: the compiled kernels of
+:class:`gpu_trader.streaming.FeatureStream`, which updates host state one bar at a time."""
+AREAS = DISPATCHED_AREAS | HOST_AREAS
+"""Every area a backend may implement; what each area's module provides is stated by
+:data:`gpu_trader._internal.areas.AREA_PROTOCOLS`."""
+
+
 class AreaNotImplemented(ValueError):
     """A backend was asked for a public area it does not implement (a ``ValueError``)."""
 
@@ -76,18 +92,35 @@ class AreaNotImplemented(ValueError):
 class Backend:
     """One compute backend: its array module, its device, and its kernel modules.
 
-    Subclasses set ``name``, ``ops_package`` (the package holding one module per
-    public area, e.g. ``gpu_trader.cpu_fallback``) and ``array_module`` (the
-    top-level module name of its array type, used for type inference).
+    Subclasses set:
+
+    * ``name``: the registry key (``backend="cpu"``); a label only, never branched on:
+      code that depends on what a backend can do reads one of the capability flags below;
+    * ``ops_package``: the package holding one module per area it implements, e.g.
+      ``gpu_trader.cpu_fallback`` (:meth:`ops`);
+    * ``array_module``: the top-level module name of its array type (type inference).
+
+    Capabilities:
+
+    * ``areas``: the areas (:data:`AREAS`) it implements, each a module of
+      ``ops_package`` that provides what :data:`gpu_trader._internal.areas.AREA_PROTOCOLS`
+      states for the area;
+    * ``host_memory``: its arrays are plain ``numpy.ndarray`` in host memory, so host code
+      (NumPy checks, hnswlib) reads them as they are, without a copy to the host;
+    * ``mutable_arrays``: its arrays can be written in place (``out=``, ``copyto``); JAX's
+      cannot;
+    * ``ann_kinds``: the approximate nearest-neighbour index kinds a
+      :class:`gpu_trader.vectors.VectorIndex` can build on it (``"hnsw"``: hnswlib on host
+      arrays; ``"cagra"``: cuVS on CuPy arrays); ``"exact"`` is always possible.
     """
 
     name: str = ""
     ops_package: str = ""
     array_module: str = ""
-    # the public areas this backend implements (None: all of them)
-    areas: frozenset[str] | None = None
-    # whether its arrays can be written in place (``out=``, ``copyto``); JAX's cannot
+    areas: frozenset[str] = frozenset()
+    host_memory: bool = False
     mutable_arrays: bool = True
+    ann_kinds: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self._ops: dict[str, Any] = {}
@@ -147,22 +180,51 @@ class Backend:
         return [self.contiguous(a.reshape(shape)) for a in arrays]
 
     def supports(self, area: str) -> bool:
-        """Whether this backend implements the public area ``area`` (``"indicators"``, ...)."""
-        return self.areas is None or area in self.areas
+        """Whether this backend implements the area ``area`` (``"indicators"``, ...; see :data:`AREAS`)."""
+        return area in self.areas
 
     def device_name(self) -> str:
         raise NotImplementedError
 
     # -- kernels ----------------------------------------------------------------
-    def ops(self, area: str):
-        """The kernel module for one public area (``"indicators"``, ...), imported once."""
+    @overload
+    def ops(self, area: Literal["indicators"]) -> _areas.IndicatorsOps: ...
+    @overload
+    def ops(self, area: Literal["risk"]) -> _areas.RiskOps: ...
+    @overload
+    def ops(self, area: Literal["correlation"]) -> _areas.CorrelationOps: ...
+    @overload
+    def ops(self, area: Literal["montecarlo"]) -> _areas.MontecarloOps: ...
+    @overload
+    def ops(self, area: Literal["vectors"]) -> _areas.VectorsOps: ...
+    @overload
+    def ops(self, area: Literal["marketdata"]) -> _areas.MarketdataOps: ...
+    @overload
+    def ops(self, area: Literal["portfolio"]) -> _areas.PortfolioOps: ...
+    @overload
+    def ops(self, area: Literal["strategies"]) -> _areas.StrategiesOps: ...
+    @overload
+    def ops(self, area: Literal["streaming"]) -> _areas.StreamingOps: ...
+    @overload
+    def ops(self, area: str) -> Any: ...
+
+    def ops(self, area: str) -> Any:
+        """The module of ``ops_package`` for the area ``area``, imported on first use.
+
+        It provides what the area's protocol in :mod:`gpu_trader._internal.areas` states
+        (:data:`~gpu_trader._internal.areas.AREA_PROTOCOLS`; the overloads type the result
+        per area). ``AreaNotImplemented`` naming the backends that have the area when this
+        one does not implement it; ``ValueError`` for a name that is not an area.
+        """
         mod = self._ops.get(area)
         if mod is None:
             if not self.supports(area):
+                if area not in AREAS:
+                    raise ValueError(f"unknown area {area!r}; the areas are {', '.join(sorted(AREAS))}")
                 others = [n for n, be in _REGISTRY.items() if be.supports(area) and be.is_available()]
                 raise AreaNotImplemented(
                     f"backend {self.name!r} does not implement {area} (it implements "
-                    f"{', '.join(sorted(self.areas or ()))}); use backend= one of {', '.join(others)}"
+                    f"{', '.join(sorted(self.areas))}); use backend= one of {', '.join(others)}"
                 )
             mod = importlib.import_module(f"{self.ops_package}.{area}")
             self._ops[area] = mod
@@ -176,6 +238,9 @@ class CpuBackend(Backend):
     name = "cpu"
     ops_package = "gpu_trader.cpu_fallback"
     array_module = "numpy"
+    areas = AREAS
+    host_memory = True
+    ann_kinds = frozenset({"hnsw"})
 
     def _probe(self) -> bool:
         return True
@@ -221,6 +286,8 @@ class CudaBackend(Backend):
     name = "cuda"
     ops_package = "gpu_trader.kernels"
     array_module = "cupy"
+    areas = DISPATCHED_AREAS
+    ann_kinds = frozenset({"cagra"})
 
     def _probe(self) -> bool:
         try:
@@ -330,7 +397,7 @@ class JaxBackend(Backend):
         dev = jax.devices()[0]
         return f"JAX {jax.__version__} on {dev.platform}: {dev.device_kind}"
 
-    def ops(self, area: str):
+    def ops(self, area: str) -> Any:
         enable_x64()
         return super().ops(area)
 
@@ -377,9 +444,15 @@ _global: Backend | None = None
 
 def available_backends(*, every_area: bool = False) -> tuple[str, ...]:
     """Names of the backends usable now, ``"cpu"`` first; ``every_area``: only those that
-    implement every public area (backends that do not are not even probed)."""
+    implement every area a public call dispatches (:data:`DISPATCHED_AREAS`; the host areas
+    run on ``cpu`` whatever the backend), and backends that do not are not even probed."""
     return tuple(name for name, be in _REGISTRY.items()
-                 if (be.areas is None or not every_area) and be.is_available())
+                 if (not every_area or DISPATCHED_AREAS <= be.areas) and be.is_available())
+
+
+def registered_backends() -> tuple[Backend, ...]:
+    """Every registered backend, present on this machine or not, in registration order."""
+    return tuple(_REGISTRY.values())
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:
@@ -469,7 +542,7 @@ def select_backend(x: Any, backend: str | Backend | None = None) -> Backend:
 
 
 # -- conversions --------------------------------------------------------------
-def _is_pandas(x: Any) -> bool:
+def is_pandas(x: Any) -> bool:
     pd = sys.modules.get("pandas")
     return pd is not None and isinstance(x, (pd.Series, pd.DataFrame))
 
@@ -494,7 +567,7 @@ def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     A Series is one series; a DataFrame has time along its index and one column per
     symbol, so its values are transposed to (n_symbols, T).
     """
-    if not _is_pandas(x):
+    if not is_pandas(x):
         return x, None
     import pandas as pd
 
@@ -537,7 +610,7 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
     ``kind="matrix_path"`` for a matrix at every time step, ``(n, n, T)``, which becomes
     pandas' own rolling-pairwise layout: rows ``(time, column)``, one column per column.
     """
-    if not _is_pandas(x):
+    if not is_pandas(x):
         return x, None
     import pandas as pd
 
@@ -567,7 +640,7 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
 def _host_array(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
-    if _is_pandas(x):
+    if is_pandas(x):
         return _pandas_values(x)
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(x, cupy.ndarray):
@@ -585,19 +658,6 @@ def to_numpy(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: to_numpy(v) for k, v in x.items()}
     return _host_array(x)
-
-
-def host_bool(x: Any) -> bool | None:
-    """``bool(x)`` of a 0-d array, read on the host; ``None`` inside a ``jax.jit`` trace, where
-    the value does not exist yet (callers then skip a data-dependent check, or take the
-    branch that is right for any data)."""
-    try:
-        return bool(x)
-    except Exception as exc:
-        jax = sys.modules.get("jax")
-        if jax is not None and isinstance(exc, jax.errors.ConcretizationTypeError):
-            return None
-        raise
 
 
 def _read_only_view(a: np.ndarray) -> np.ndarray:
@@ -642,7 +702,7 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
     :func:`check_not_masked`) or what cannot become an array (a ragged list, ...)."""
     check_not_masked(x, name)
     try:
-        return _pandas_values(x) if _is_pandas(x) else np.asarray(x)
+        return _pandas_values(x) if is_pandas(x) else np.asarray(x)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a real numeric array, got {type(x).__name__}: {exc}") from None
 
@@ -696,12 +756,13 @@ def as_float_array(be: Backend, x: Any, name: str):
 
 def resolve(
     arrays: tuple[Any, ...], names: tuple[str, ...], backend: str | Backend | None = None
-) -> tuple[Backend, list[Any], Callable[[Any], Any]]:
+) -> tuple[Backend, list[Any], Callable[[Any], Any] | None]:
     """Pick the backend for a call, convert its array inputs, and remember pandas wrapping.
 
     Returns ``(backend, arrays converted to that backend's float arrays, restore)``
-    where ``restore(result)`` rewraps a result like the first input (pandas) or
-    returns it unchanged. The arrays share one dtype (float64 when the inputs'
+    where ``restore(result)`` rewraps a result like the first input when that is a
+    pandas object, and ``restore`` is ``None`` when there is nothing to rewrap (the
+    caller returns its result as it is). The arrays share one dtype (float64 when the inputs'
     differ); host inputs are normalised by :func:`host_input` (plain, native byte
     order, aligned; ``TypeError`` naming the argument for masked or non-real input);
     read-only inputs stay read-only views (see :meth:`Backend.kernel_arrays` for
@@ -721,7 +782,7 @@ def resolve(
         and first.flags.aligned
         and _default_backend() is None
     ):  # the one-NumPy-series latency path
-        return _CPU, [first], _identity
+        return _CPU, [first], None
     first, rewrap = _unwrap_pandas(first)
     be = select_backend(first, backend)
     if len(arrays) > 1:
@@ -743,7 +804,7 @@ def resolve(
         dtypes = {a.dtype for a in out}
         if len(dtypes) > 1:
             out = [a.astype(np.float64) for a in out]
-    return be, out, (rewrap or _identity)
+    return be, out, rewrap
 
 
 _FAST_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -756,7 +817,7 @@ def check_same_labels(arrays: tuple[Any, ...], names: tuple[str, ...]) -> None:
     carries no labels and matches any axis of its length."""
     ref = None
     for a, name in zip(arrays, names):
-        if not _is_pandas(a):
+        if not is_pandas(a):
             continue
         if ref is None:
             ref = (a, name)
@@ -776,7 +837,3 @@ def check_same_labels(arrays: tuple[Any, ...], names: tuple[str, ...]) -> None:
 def _positional(labels: Any) -> bool:
     """Whether a pandas axis is the default ``RangeIndex`` 0, 1, ..., n-1 (no labels)."""
     return type(labels).__name__ == "RangeIndex" and labels.start == 0 and labels.step == 1
-
-
-def _identity(x: Any) -> Any:
-    return x

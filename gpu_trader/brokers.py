@@ -46,7 +46,7 @@ from typing import Callable, Protocol
 import msgspec
 
 from .orders import BUY, CANCELLED, FILLED, LIMIT, MARKET, OPEN, REJECTED, STOP, Order
-from .validation import check_count, nonnegative_number, positive_number, real_number
+from ._internal.validation import check_count, nonnegative_number, positive_number, real_number
 from .profiling import annotate_methods
 
 __all__ = ["Broker", "BrokerError", "BrokerTimeout", "BrokerAck", "SimulatedBroker", "CircuitBreaker"]

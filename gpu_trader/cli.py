@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpu-trader", description="Batched trading compute on GPU and CPU.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = sub.add_parser(
-        "bench", help="run the benchmark suites and check the targets of TARGETS.md",
+        "bench", help="run the benchmark suites and check their targets (docs/design.md#benchmarks-and-targets)",
         description="Time the benchmark suites; print p50/p95/p99, reference ratios and target PASS/FAIL.",
         epilog=_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -16,7 +16,7 @@ import bisect
 import math
 from typing import Callable, Sequence
 
-from .validation import nonnegative_number, real_number
+from ._internal.validation import nonnegative_number, real_number
 from .profiling import annotate, annotate_methods
 
 __all__ = ["CommissionModel", "FixedCommission", "PercentageCommission", "TieredCommission", "NO_COMMISSION",

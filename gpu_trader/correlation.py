@@ -11,11 +11,11 @@ gives NaN (so does any ``min_periods`` above the number of periods). A series
 without any valid value, or fewer periods than a rolling window, is a ``ValueError``.
 A series that is constant over the periods a correlation uses has NaN correlations
 (pandas' result), also where floating-point rounding leaves its deviations a tiny
-residue instead of exact zeros (:mod:`gpu_trader.correlation_math`). float32 in
+residue instead of exact zeros (:mod:`gpu_trader._internal.correlation_xp`). float32 in
 gives float32 out; the arithmetic is float64. Inputs are never modified; read-only
 arrays and pandas' copy-on-write columns are accepted. A call whose ``n x n``
 matrices (``n x n x T`` for :func:`rolling_corr`) would exceed
-:data:`gpu_trader.validation.WORK_MEMORY_LIMIT` is refused before they are allocated.
+:data:`gpu_trader._internal.validation.WORK_MEMORY_LIMIT` is refused before they are allocated.
 Oracles in the tests: ``numpy.cov``/``corrcoef``, pandas ``DataFrame.cov``/``corr``/
 ``rolling().corr``/``ewm``, scikit-learn's ``LedoitWolf``.
 """
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import host_bool
-from .validation import check_count, check_float, check_work_memory
-from .series_input import SeriesInput
+from ._internal.host import host_bool
+from ._internal.validation import check_count, check_float, check_work_memory
+from ._internal.series_input import SeriesInput
 from .profiling import annotate
 
 __all__ = ["cov", "corr", "rolling_corr", "ewma_cov", "ledoit_wolf"]
@@ -42,8 +42,13 @@ class _Call(SeriesInput):
     MATRIX_COPIES = 8
     PATH_COPIES = 12  # rolling_corr: arrays of (..., n, n, T)
 
+    @staticmethod
+    def formulas_of(be: Any) -> Any:
+        """The backend's :class:`gpu_trader._internal.correlation_xp.CorrelationEstimators`."""
+        return be.ops("correlation").estimators
+
     def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1, path: bool = False) -> None:
-        super().__init__(r, backend, "correlation", what, minimum, matrix=True)
+        super().__init__(r, backend, what, minimum, matrix=True)
         n, t = self.x.shape[-2], self.x.shape[-1]
         matrices = (self.x.size // (n * t)) * n * n * (t if path else 1)
         copies = self.PATH_COPIES if path else self.MATRIX_COPIES
@@ -68,8 +73,8 @@ def cov(r: Any, *, min_periods: int = 1, ddof: int = 1, backend: Any = None) -> 
     min_periods = check_count(min_periods, "min_periods", 1)
     ddof = check_count(ddof, "ddof", 0)
     c = _Call(r, backend, "cov")
-    # past the number of periods every value gives all NaN: pass the kernels a small one
-    return c.out(c.kernels.cov(c.x, min(min_periods, c.periods + 1), min(ddof, c.periods)))
+    # past the number of periods every value gives all NaN: pass the estimators a small one
+    return c.out(c.formulas.cov(c.x, min(min_periods, c.periods + 1), min(ddof, c.periods)))
 
 
 @annotate
@@ -83,7 +88,7 @@ def corr(r: Any, *, min_periods: int = 1, backend: Any = None) -> Any:
     """
     min_periods = check_count(min_periods, "min_periods", 1)
     c = _Call(r, backend, "corr")
-    return c.out(c.kernels.corr(c.x, min(min_periods, c.periods + 1)))
+    return c.out(c.formulas.corr(c.x, min(min_periods, c.periods + 1)))
 
 
 @annotate
@@ -106,7 +111,7 @@ def rolling_corr(r: Any, window: int, *, min_periods: int | None = None, backend
     c = _Call(r, backend, f"rolling_corr with window={window}", path=True)
     if c.periods < window:
         raise ValueError(f"r has {c.periods} periods, fewer than window={window}")
-    return c.out(c.kernels.rolling_corr(c.x, window, min_periods), "matrix_path")
+    return c.out(c.formulas.rolling_corr(c.x, window, min_periods), "matrix_path")
 
 
 @annotate
@@ -122,7 +127,7 @@ def ewma_cov(r: Any, halflife: float, *, backend: Any = None) -> Any:
     """
     h = check_float(halflife, "halflife", positive=True)
     c = _Call(r, backend, "ewma_cov")
-    return c.out(c.kernels.ewma_cov(c.x, 0.5 ** (1.0 / h)))
+    return c.out(c.formulas.ewma_cov(c.x, 0.5 ** (1.0 / h)))
 
 
 @annotate
@@ -135,10 +140,10 @@ def ledoit_wolf(r: Any, *, backend: Any = None) -> tuple[Any, Any]:
     ``ValueError`` (drop or fill them first; shrinkage has no pairwise form).
     """
     c = _Call(r, backend, "ledoit_wolf", 2)
-    xp = c.kernels.xp
+    xp = c.formulas.xp
     if host_bool(xp.isnan(c.x).any()):  # None inside a jax.jit trace: not checkable there
         raise ValueError("r must not contain NaN for ledoit_wolf (drop or fill missing periods first)")
-    cov_, shrink = c.kernels.ledoit_wolf(c.x)
+    cov_, shrink = c.formulas.ledoit_wolf(c.x)
     if c.dtype != np.float64:
         shrink = shrink.astype(c.dtype)
     return c.out(cov_), (shrink[()] if shrink.ndim == 0 else shrink)

@@ -6,7 +6,7 @@ GPUs also ``dask-cuda``). Nothing here is imported by ``import gpu_trader``.
 **Monte Carlo VaR** (:func:`var_monte_carlo`): the scenario range ``0 .. N-1`` is cut
 into contiguous partitions on chunk boundaries; each worker simulates its partitions
 with the same counter-based random streams a single process uses (block ``b`` is keyed
-by ``(seed, b)``, see :mod:`gpu_trader.mc_engine`) and sends back only each
+by ``(seed, b)``, see :mod:`gpu_trader._internal.montecarlo_xp`) and sends back only each
 portfolio's worst ``k + b`` losses and their scenario numbers. The driver merges those
 tails and computes VaR, CVaR, the standard error and the Euler contributions (re-drawing
 the few scenarios of the band by number). The chunks are the single process's chunks,
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from . import mc_engine
-from .backend import _is_pandas, check_real_dtype, get_backend, host_input, to_numpy
+from ._internal import montecarlo_xp
+from .backend import is_pandas, check_real_dtype, get_backend, host_input, to_numpy
 from .montecarlo import MONTE_CARLO_DEFAULTS, MonteCarloVaR, plan_monte_carlo, result
 from .profiling import annotate
-from .validation import MAX_GRID, check_count, check_work_memory
+from ._internal.validation import MAX_GRID, check_count, check_work_memory
 
 __all__ = ["var_monte_carlo", "merge_bytes", "indicator"]
 
@@ -55,10 +55,10 @@ def partition_bounds(n_scenarios: int, chunk: int, partitions: int) -> list[tupl
     return [(a * chunk, min(b * chunk, n_scenarios)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def _partition_tail(plan: mc_engine.Plan, start: int, stop: int, backend: str):
+def _partition_tail(plan: montecarlo_xp.Plan, start: int, stop: int, backend: str):
     """Run on a worker: the tail of scenarios ``start .. stop - 1``, as host arrays."""
     ops = get_backend(backend).ops("montecarlo")
-    vals, idx = mc_engine.tail(plan, ops, start, stop)
+    vals, idx = montecarlo_xp.tail(plan, ops, start, stop)
     return to_numpy(vals), to_numpy(idx)
 
 
@@ -76,8 +76,8 @@ def var_monte_carlo(client: Any, weights, mu, cov, *, partitions: int | None = N
 
     The driver holds every partition's tail before merging them: about
     :func:`merge_bytes` on top of the single process's
-    :func:`gpu_trader.mc_engine.work_bytes`; a call whose total exceeds
-    :data:`gpu_trader.validation.WORK_MEMORY_LIMIT` is refused (``ValueError``) before
+    :func:`gpu_trader._internal.montecarlo_xp.work_bytes`; a call whose total exceeds
+    :data:`gpu_trader._internal.validation.WORK_MEMORY_LIMIT` is refused (``ValueError``) before
     anything is sent to the cluster.
     """
     missing = [m for m in ("scheduler_info", "scatter", "submit", "gather") if not callable(getattr(client, m, None))]
@@ -93,21 +93,21 @@ def var_monte_carlo(client: Any, weights, mu, cov, *, partitions: int | None = N
     partitions = check_count(partitions, "partitions", 1, MAX_GRID)
     bounds = partition_bounds(plan.n_scenarios, plan.chunk, partitions)
     ops = be.ops("montecarlo")
-    check_work_memory(merge_bytes(plan, len(bounds)) + mc_engine.work_bytes(plan, ops),
+    check_work_memory(merge_bytes(plan, len(bounds)) + montecarlo_xp.work_bytes(plan, ops),
                       f"distributed var_monte_carlo merging {len(bounds)} partitions' tails")
     shared = client.scatter(plan, broadcast=True, hash=False)  # a fresh key: never a released one
     futures = [client.submit(_partition_tail, shared, start, stop, be.name, pure=False) for start, stop in bounds]
     tails = client.gather(futures)
-    vals, idx = mc_engine.merge_tails(plan, ops, tails)
-    return result(plan, mc_engine.finish(plan, ops, vals, idx), single, kwargs.get("dist", MONTE_CARLO_DEFAULTS["dist"]))
+    vals, idx = montecarlo_xp.merge_tails(plan, ops, tails)
+    return result(plan, montecarlo_xp.finish(plan, ops, vals, idx), single, kwargs.get("dist", MONTE_CARLO_DEFAULTS["dist"]))
 
 
 @annotate
 def merge_bytes(plan: Any, n_partitions: int) -> int:
     """Bytes the driver holds to merge ``n_partitions`` tails of ``plan``: each partition's
     ``(P, keep)`` losses and scenario numbers, their concatenation and its sort order."""
-    if not isinstance(plan, mc_engine.Plan):
-        raise TypeError(f"plan must be a gpu_trader.mc_engine.Plan, got {type(plan).__name__}")
+    if not isinstance(plan, montecarlo_xp.Plan):
+        raise TypeError(f"plan must be a gpu_trader._internal.montecarlo_xp.Plan, got {type(plan).__name__}")
     n_partitions = check_count(n_partitions, "n_partitions", 1)
     P, m = plan.weights.shape[0], plan.keep
     return 2 * n_partitions * P * m * (plan.dtype.itemsize + 8) + 8 * n_partitions * P * m
@@ -179,7 +179,7 @@ def _array_to_frame(x, frame: _Frame):
 def _from_pandas(a):
     """A pandas DataFrame or Series as a one-partition dask one (time along the index, as
     everywhere in the package); anything else as it is."""
-    if not _is_pandas(a):
+    if not is_pandas(a):
         return a
     import dask.dataframe as dd
 
@@ -224,14 +224,14 @@ def indicator(name: str, *arrays, backend: str | None = None, **params):
     """
     import dask.array as da
 
-    from .indicator_specs import INPUT_FIELDS, SPECS, check_name
-    from .indicators import _validated_params
+    from ._internal.indicator_specs import INPUT_FIELDS, SPECS, check_name
+    from ._internal.indicator_params import check_params_by_name
 
     check_name(name, "indicator")
     n_in = SPECS[name][1]
     if len(arrays) != n_in:
         raise TypeError(f"indicator {name!r} takes {n_in} input array(s), got {len(arrays)}")
-    for key, (_, is_grid) in zip(SPECS[name][3], _validated_params(name, params, f"indicator {name!r}")):
+    for key, (_, is_grid) in zip(SPECS[name][3], check_params_by_name(name, params, f"indicator {name!r}")):
         if is_grid:
             raise TypeError(f"{key} must be one value here (a parameter grid is not supported over Dask)")
     arrays = tuple(_from_pandas(a) for a in arrays)

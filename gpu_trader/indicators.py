@@ -1,6 +1,6 @@
 """Technical indicators, batched, TA-Lib-exact in float64.
 
-Conventions shared by every function here (DESIGN.md section 3):
+Conventions shared by every function here (docs/design.md#conventions):
 
 * time is the **last** axis; leading axes are batch axes (symbols, ...); 1-D input
   is one series;
@@ -18,10 +18,10 @@ Conventions shared by every function here (DESIGN.md section 3):
   order or memory layout, and are never written; masked arrays and non-real dtypes
   are refused (see :mod:`gpu_trader.backend`);
 * limits, checked before any compiled code runs: every window/period is an integer in
-  ``[minimum, 100000]`` (TA-Lib's range, :data:`~gpu_trader.validation.MAX_WINDOW`; a
+  ``[minimum, 100000]`` (TA-Lib's range, :data:`~gpu_trader._internal.validation.MAX_WINDOW`; a
   window longer than the series gives all-NaN output, as in TA-Lib), a call runs at
-  most :data:`~gpu_trader.validation.MAX_GRID` parameter sets, and a parameter grid's
-  output holds at most :data:`~gpu_trader.validation.MAX_ELEMENTS` values (``ValueError``
+  most :data:`~gpu_trader._internal.validation.MAX_GRID` parameter sets, and a parameter grid's
+  output holds at most :data:`~gpu_trader._internal.validation.MAX_ELEMENTS` values (``ValueError``
   otherwise).
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import indicator_specs as _im
-from .backend import _identity, resolve
-from .validation import MAX_WINDOW, check_allocation, check_floats, check_grid_size, check_windows
+from ._internal import indicator_specs
+from .backend import resolve
+from ._internal.indicator_params import check_params, check_params_by_name
+from ._internal.validation import check_allocation
 from .profiling import annotate
 
 __all__ = [
@@ -42,8 +43,8 @@ __all__ = [
     "features", "DEFAULT_FEATURES", "OUTPUT_NAMES",
 ]
 
-OUTPUT_NAMES = _im.OUTPUT_NAMES
-_INPUTS = _im.INPUT_FIELDS
+OUTPUT_NAMES = indicator_specs.OUTPUT_NAMES
+_INPUTS = indicator_specs.INPUT_FIELDS
 
 
 _GRID_CACHE: dict = {}
@@ -81,7 +82,7 @@ def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ..
     Returns a tuple of outputs, each ``(*grid, *batch, T)`` on ``be``.
     """
     grid_params, grid_shape = grid
-    n_out = _im.SPECS[name][2]
+    n_out = indicator_specs.SPECS[name][2]
     shape = arrays[0].shape
     batch, T = shape[:-1], shape[-1]
     n = math.prod(batch)
@@ -98,18 +99,6 @@ def _run(name: str, be, arrays: list[Any], grid: tuple[np.ndarray, tuple[int, ..
     return be.unstack(out)
 
 
-def _params(name: str, *values) -> list[tuple[tuple[float, ...], bool]]:
-    """Validate an indicator's parameter values (given in signature order) against the table."""
-    out = []
-    for (pname, _, minimum), value in zip(_im.PARAMETERS[name], values):
-        if minimum is None:
-            out.append(check_floats(value, pname))
-        else:
-            out.append(check_windows(value, pname, minimum, MAX_WINDOW))
-    check_grid_size([len(v) for v, _ in out], name)
-    return out
-
-
 _PREPARED: dict = {}
 
 
@@ -121,7 +110,7 @@ def _prepared(name: str, *values) -> tuple[np.ndarray, tuple[int, ...]]:
         return _PREPARED[key]
     except (KeyError, TypeError):
         pass
-    grid = _param_grid(_params(name, *values))
+    grid = _param_grid(check_params(name, *values))
     try:
         if len(_PREPARED) > 4096:
             _PREPARED.clear()
@@ -135,7 +124,7 @@ def _indicator(name, arrays, arg_names, values, backend):
     grid = _prepared(name, *values)
     be, arrs, restore = resolve(arrays, arg_names, backend)
     outs = _run(name, be, arrs, grid)
-    if restore is not _identity:
+    if restore is not None:
         outs = tuple([restore(o) for o in outs])
     return outs[0] if len(outs) == 1 else outs
 
@@ -237,25 +226,6 @@ DEFAULT_FEATURES: dict[str, tuple[str, dict[str, Any]]] = {
 _FIELDS = ("open", "high", "low", "close", "volume")
 
 
-def _validated_params(
-    fn_name: str, params: Mapping[str, Any], where: str = "spec"
-) -> list[tuple[tuple[float, ...], bool]]:
-    """Check one spec entry's parameters exactly as the public function would (``where``
-    prefixes the messages about unknown or missing parameter names)."""
-    table = _im.PARAMETERS[fn_name]
-    names = [p[0] for p in table]
-    unknown = set(params) - set(names)
-    if unknown:
-        raise ValueError(f"{where}: unknown parameter(s) {sorted(unknown)} for {fn_name}; expected {names}")
-    values = []
-    for pname, default, _ in table:
-        value = params.get(pname, default)
-        if value is None:
-            raise ValueError(f"{where}: {fn_name} needs parameter {pname!r}")
-        values.append(value)
-    return _params(fn_name, *values)
-
-
 def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, tuple[str, dict[str, Any]]]:
     """Validate a feature spec: ``{key: (indicator_name, {param: value})}``."""
     if spec is None:
@@ -268,8 +238,8 @@ def normalize_spec(spec: Mapping[str, Any] | None) -> dict[str, tuple[str, dict[
         if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not isinstance(entry[1], Mapping):
             raise TypeError(f"spec[{key!r}] must be (indicator_name, {{params}}), got {entry!r}")
         fn_name, params = entry
-        _im.check_name(fn_name, f"spec[{key!r}]")
-        _validated_params(fn_name, params)
+        indicator_specs.check_name(fn_name, f"spec[{key!r}]")
+        check_params_by_name(fn_name, params)
         for name in _output_keys(str(key), fn_name):  # one output per key: none may overwrite another
             if name in outputs:
                 raise ValueError(f"spec[{key!r}] gives the output key {name!r}, which spec[{outputs[name]!r}] "
@@ -294,7 +264,7 @@ def _plan(spec: Mapping[str, Any] | None):
     whose middle band is this SMA or -1)]``; the default spec's plan is built once."""
     if spec is None and _DEFAULT_PLAN:
         return _DEFAULT_PLAN
-    entries = [(key, fn, _validated_params(fn, params)) for key, (fn, params) in normalize_spec(spec).items()]
+    entries = [(key, fn, check_params_by_name(fn, params)) for key, (fn, params) in normalize_spec(spec).items()]
     plan = []
     for key, fn, params in entries:
         shared = -1
@@ -391,12 +361,12 @@ def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
     todo = [i for i, entry in enumerate(plan) if entry[3] < 0]  # shared SMAs are not computed
     fns = [plan[i][1] for i in todo]
     grids = [_param_grid(plan[i][2]) for i in todo]
-    rows = sum(_im.SPECS[fn][2] * g.shape[0] for fn, (g, _) in zip(fns, grids))
+    rows = sum(indicator_specs.SPECS[fn][2] * g.shape[0] for fn, (g, _) in zip(fns, grids))
     check_allocation(rows * n * T, "features")
     flat = dict(zip(names, _flatten(be, arrs, n, T)))
     if T == 0 or n == 0:
         dtype = arrs[0].dtype
-        outs = [be.xp.empty((_im.SPECS[fn][2], g.shape[0], n, T), dtype=dtype) for fn, (g, _) in zip(fns, grids)]
+        outs = [be.xp.empty((indicator_specs.SPECS[fn][2], g.shape[0], n, T), dtype=dtype) for fn, (g, _) in zip(fns, grids)]
     else:
         outs = be.ops("indicators").compute_many(fns, [g for g, _ in grids], flat)
     computed = {
@@ -406,5 +376,5 @@ def features(ohlcv, spec=None, *, backend=None) -> dict[str, Any]:
     for i, (keys, _, _, shared) in enumerate(plan):
         values = computed[shared][1:2] if shared >= 0 else computed[i]  # [1] of a Bollinger is its middle band
         for key, value in zip(keys, be.unstack(values)):
-            result[key] = value if restore is _identity else restore(value)
+            result[key] = value if restore is None else restore(value)
     return result

@@ -32,7 +32,7 @@ object in a message field included, negative, zero or out-of-range price or size
 as ``1e999``, negative size, ts outside int64 or negative, a symbol too long),
 ``"unknown_symbol"``, whatever the message holds: no message makes them raise anything
 else. Batch functions (:func:`parse_ticks`, :func:`parse_quotes`, :class:`TickIngestor`)
-never raise for a bad message: they drop it and report a :class:`Rejection` ``(index,
+never raise for a bad message: they drop it and report a :class:`MessageRejection` ``(index,
 reason, message)``, keeping the others.
 
 A batch is an iterable of messages; one message (a ``str`` or bytes-like object, which
@@ -56,7 +56,7 @@ Batched compute (``cpu`` and ``cuda``)
   the memory of a call is bounded by :data:`MAX_BAR_BYTES`, checked first.
 
 Derived prices never overflow for finite inputs: the mid is ``bid + (ask - bid) / 2``
-(:func:`gpu_trader.market_math.midpoint`), and a VWAP whose float sums overflow is
+(:func:`gpu_trader._internal.market_xp.midpoint`), and a VWAP whose float sums overflow is
 computed scaled (batch) or exactly (streaming). Every function accepts read-only
 arrays (pandas copy-on-write columns) and never writes into its inputs; array inputs are
 checked like every other input of the package (:func:`gpu_trader.backend.host_input`:
@@ -84,13 +84,13 @@ from typing import Annotated, Any, Iterable, NamedTuple, Sequence
 import msgspec
 import numpy as np
 
-from . import market_math as _mm
+from ._internal import market_xp
 from .backend import as_host_array, backend_input, check_input_size, check_same_labels, select_backend
 from .profiling import annotate, annotate_methods
-from .validation import check_count, check_float, is_integer
+from ._internal.validation import check_count, check_float, is_integer
 
 __all__ = [
-    "MarketDataError", "Rejection", "iter_messages", "Tick", "Quote", "TickBatch", "QuoteBatch",
+    "MarketDataError", "MessageRejection", "Rejection", "iter_messages", "Tick", "Quote", "TickBatch", "QuoteBatch",
     "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor", "QuoteIngestor",
     "QuoteMetrics", "quote_metrics", "QUOTE_REASONS", "QUOTE_OK", "QUOTE_INVALID", "QUOTE_CROSSED", "QUOTE_STALE",
     "Bars", "aggregate_bars", "parse_timeframe", "Bar", "BarAggregator",
@@ -98,8 +98,8 @@ __all__ = [
 ]
 
 QUOTE_OK, QUOTE_INVALID, QUOTE_CROSSED, QUOTE_STALE = (
-    _mm.QUOTE_OK, _mm.QUOTE_INVALID, _mm.QUOTE_CROSSED, _mm.QUOTE_STALE)
-QUOTE_REASONS = _mm.QUOTE_REASONS  # status code -> name: ("ok", "invalid", "crossed", "stale")
+    market_xp.QUOTE_OK, market_xp.QUOTE_INVALID, market_xp.QUOTE_CROSSED, market_xp.QUOTE_STALE)
+QUOTE_REASONS = market_xp.QUOTE_REASONS  # status code -> name: ("ok", "invalid", "crossed", "stale")
 
 MAX_MESSAGE_BYTES = 1 << 16
 """Longest message accepted (bytes; characters for a ``str``): longer ones are rejected
@@ -110,7 +110,7 @@ MAX_CAPACITY = 1 << 20
 """Largest initial row capacity of an ingestor (it grows by doubling past it)."""
 MAX_BAR_BYTES = 4 << 30
 """Most bytes one :func:`aggregate_bars` call may allocate (outputs and work arrays,
-:func:`gpu_trader.market_math.bar_workspace_bytes`); a larger grid is a ``ValueError``
+:func:`gpu_trader._internal.market_xp.bar_workspace_bytes`); a larger grid is a ``ValueError``
 before anything is allocated. Raise it on a machine with more memory."""
 
 _TS_MAX = 2**63 - 1  # timestamps are int64 ns in [0, _TS_MAX]
@@ -131,12 +131,16 @@ class MarketDataError(ValueError):
         self.reason = reason
 
 
-class Rejection(NamedTuple):
+class MessageRejection(NamedTuple):
     """A dropped message of a batch: its position in the batch, the reason code, details."""
 
     index: int
     reason: str
     message: str
+
+
+Rejection = MessageRejection
+"""The former name of :class:`MessageRejection`, kept for existing code."""
 
 
 class Tick(msgspec.Struct, frozen=True, gc=False):
@@ -152,7 +156,7 @@ class Tick(msgspec.Struct, frozen=True, gc=False):
 class Quote(msgspec.Struct, frozen=True, gc=False):
     """Top of book: ``symbol``, ``ts`` (int ns), ``bid``/``ask`` (> 0), ``bid_size``/``ask_size`` (>= 0).
 
-    ``mid`` is :func:`gpu_trader.market_math.midpoint` (finite for every valid quote, even
+    ``mid`` is :func:`gpu_trader._internal.market_xp.midpoint` (finite for every valid quote, even
     near the float64 maximum), ``spread = ask - bid``, ``spread_bps = spread / mid * 1e4``.
     """
 
@@ -165,7 +169,7 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def mid(self) -> float:
-        return _mm.midpoint(self.bid, self.ask)
+        return market_xp.midpoint(self.bid, self.ask)
 
     @property
     def spread(self) -> float:
@@ -173,7 +177,7 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def spread_bps(self) -> float:
-        return (self.ask - self.bid) / _mm.midpoint(self.bid, self.ask) * 1e4
+        return (self.ask - self.bid) / market_xp.midpoint(self.bid, self.ask) * 1e4
 
 
 _TICK_DECODER, _QUOTE_DECODER = msgspec.json.Decoder(Tick), msgspec.json.Decoder(Quote)
@@ -309,7 +313,7 @@ class TickBatch:
     ts: np.ndarray
     price: np.ndarray
     size: np.ndarray
-    rejected: tuple[Rejection, ...] = ()
+    rejected: tuple[MessageRejection, ...] = ()
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -330,7 +334,7 @@ class QuoteBatch:
     ask: np.ndarray
     bid_size: np.ndarray
     ask_size: np.ndarray
-    rejected: tuple[Rejection, ...] = ()
+    rejected: tuple[MessageRejection, ...] = ()
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -425,7 +429,7 @@ class _Ingestor:
             cols[f] = [getattr(m, f) for m in msgs]
         self._cols.append(cols)
 
-    def extend(self, messages: Iterable[bytes | str]) -> tuple[Rejection, ...]:
+    def extend(self, messages: Iterable[bytes | str]) -> tuple[MessageRejection, ...]:
         """Parse, validate and store many messages; returns the rejected ones. Never raises for
         a bad message, whatever it holds; ``TypeError`` when ``messages`` is one message
         (``str``/bytes-like) or not iterable. Accepted messages keep their arrival order
@@ -437,17 +441,19 @@ class _Ingestor:
                 try:
                     msg = _decode(decoder, data)
                 except MarketDataError as err:
-                    rejected.append(Rejection(i, err.reason, str(err)))
+                    rejected.append(MessageRejection(i, err.reason, str(err)))
                     continue
                 sid = index.get(msg.symbol)
                 if sid is None:
                     if fixed:
-                        rejected.append(Rejection(i, "unknown_symbol", f"symbol {msg.symbol!r} is not in the universe"))
+                        rejected.append(
+                            MessageRejection(i, "unknown_symbol", f"symbol {msg.symbol!r} is not in the universe"))
                         continue
                     sid = self._symbol_id(msg.symbol)
                 ts = msg.ts
                 if ts < last[sid]:
-                    rejected.append(Rejection(i, "out_of_order", f"ts {ts} of {msg.symbol!r} is before {last[sid]}"))
+                    rejected.append(
+                        MessageRejection(i, "out_of_order", f"ts {ts} of {msg.symbol!r} is before {last[sid]}"))
                     continue
                 last[sid] = ts
                 accepted.append(msg)
@@ -727,14 +733,14 @@ def aggregate_bars(ts, price, size, symbol=None, *, timeframe, n_symbols=None, b
     order), so ticks need not be sorted. Computed in float64; VWAP is
     ``sum(price * size) / sum(size)`` clipped to ``[low, high]`` (rounding), and where
     those sums overflow float64 it is computed scaled
-    (:func:`gpu_trader.market_math.scaled_vwap`), so it is finite for any finite input
+    (:func:`gpu_trader._internal.market_xp.scaled_vwap`), so it is finite for any finite input
     (volume is inf only where the sizes of a bar sum past the float64 maximum).
     Inputs may be read-only (pandas copy-on-write columns), of mixed writability,
     strided or pandas Series (with one index: they are matched by position), and are never
     modified; masked arrays are a ``TypeError``.
     Returns :class:`Bars`. ``TypeError``/``ValueError`` name the argument for a bad
     ts/price/size/symbol/timeframe, and a grid whose outputs and work arrays
-    (:func:`gpu_trader.market_math.bar_workspace_bytes`) exceed :data:`MAX_BAR_BYTES` is
+    (:func:`gpu_trader._internal.market_xp.bar_workspace_bytes`) exceed :data:`MAX_BAR_BYTES` is
     a ``ValueError`` before anything is allocated.
     """
     tf = parse_timeframe(timeframe)
@@ -751,7 +757,7 @@ def aggregate_bars(ts, price, size, symbol=None, *, timeframe, n_symbols=None, b
     sym, n_sym = _symbol_ids(be, symbol, n, n_symbols)
     first_bar = int(t.min()) // tf if n else 0
     n_bars = int(t.max()) // tf - first_bar + 1 if n else 0
-    need = _mm.bar_workspace_bytes(n, n_sym, n_bars)
+    need = market_xp.bar_workspace_bytes(n, n_sym, n_bars)
     if need > MAX_BAR_BYTES:
         raise ValueError(f"{n_sym} symbols (n_symbols) x {n_bars} bars of timeframe={tf} ns and {n} ticks need about "
                          f"{need} bytes, more than MAX_BAR_BYTES={MAX_BAR_BYTES}; split the ticks or use a longer "
@@ -791,7 +797,7 @@ def _symbol_ids(be, symbol, n: int, n_symbols):
 
 def _finish_vwap(be, vwap, volume, high, low, ticks, tf: int, first_bar: int, n_bars: int) -> None:
     """In place: recompute the VWAP of the bars whose float sums overflowed (VWAP or volume
-    not finite where the volume is positive) with :func:`gpu_trader.market_math.scaled_vwap`
+    not finite where the volume is positive) with :func:`gpu_trader._internal.market_xp.scaled_vwap`
     on the host, then clip every VWAP to the bar's ``[low, high]`` (``sum(price * size) /
     sum(size)`` can round an ulp outside). Two elementwise passes over the grid when
     nothing overflowed."""
@@ -800,7 +806,7 @@ def _finish_vwap(be, vwap, volume, high, low, ticks, tf: int, first_bar: int, n_
     if bool(bad.any()):
         t, p, s, sym = (be.to_numpy(a) for a in ticks)
         cells = np.flatnonzero(be.to_numpy(bad))
-        fixed = _mm.scaled_vwap(_mm.bar_cells(np, t, sym, tf, first_bar, n_bars), p, s, cells)
+        fixed = market_xp.scaled_vwap(market_xp.bar_cells(np, t, sym, tf, first_bar, n_bars), p, s, cells)
         vwap.reshape(-1)[be.asarray(cells)] = be.asarray(fixed)
     xp.clip(vwap, low, high, out=vwap)
 

@@ -21,7 +21,7 @@ Model and conventions (every backend):
   return as the linear position; at or below -100 % the option takes its
   zero-spot limit), time to expiry shrinks by ``horizon / 252`` years, volatility and
   rate stay as given, and the option is repriced with Black-Scholes.
-* **Estimators** (details in :mod:`gpu_trader.mc_engine`): ``var`` is the
+* **Estimators** (details in :mod:`gpu_trader._internal.montecarlo_xp`): ``var`` is the
   ``k``-th largest of the ``N`` simulated losses, ``k = ceil(N (1 - level))``; ``cvar``
   the mean of the ``k`` largest (both positive numbers for losses). ``var_se`` is the
   standard error of ``var`` from the distribution-free order-statistic band (ranks
@@ -37,10 +37,10 @@ Model and conventions (every backend):
 * **Memory.** Scenarios are processed ``chunk_size`` at a time and only each portfolio's
   worst ``m = k + b`` losses are kept, so the scenarios themselves are never stored, but
   that tail grows with ``n_scenarios * (1 - level) * n_portfolios``: the working memory
-  is :func:`gpu_trader.mc_engine.work_bytes` (about ``P * m * (3 * itemsize + 32)`` bytes
+  is :func:`gpu_trader._internal.montecarlo_xp.work_bytes` (about ``P * m * (3 * itemsize + 32)`` bytes
   for the tail and its final sort, plus the chunks in flight and, on the GPU, the merge
   of each chunk into the tail). A call whose estimate exceeds
-  :data:`gpu_trader.validation.WORK_MEMORY_LIMIT` is refused before anything is
+  :data:`gpu_trader._internal.validation.WORK_MEMORY_LIMIT` is refused before anything is
   allocated (``ValueError``): split the portfolios into batches, or draw fewer scenarios.
 * **Limits.** ``0.5 <= level < 1`` (a confidence such as 0.99; a tail probability such as
   0.01 is refused with a hint), ``n_scenarios`` and ``chunk_size`` at most
@@ -58,8 +58,8 @@ import numpy as np
 
 from .backend import select_backend, to_numpy
 from .profiling import annotate
-from .risk_math import check_levels
-from .validation import check_count, check_flag, check_float, check_work_memory, finite_real_array, real_array
+from ._internal.risk_xp import check_levels
+from ._internal.validation import check_count, check_flag, check_float, check_work_memory, finite_real_array, real_array
 
 __all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_PER_YEAR", "MAX_SCENARIOS",
            "MAX_HORIZON", "MAX_SEED"]
@@ -176,7 +176,7 @@ def var_monte_carlo(
 
 def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof, seed, options, contributions,
                      chunk_size, dtype, backend):
-    """Validate the arguments of :func:`var_monte_carlo` into ``(backend, mc_engine.Plan, single)``
+    """Validate the arguments of :func:`var_monte_carlo` into ``(backend, montecarlo_xp.Plan, single)``
     (``single``: the weights were one portfolio). Shared with :mod:`gpu_trader.distributed`."""
     be = select_backend(weights, backend)
     w = finite_real_array(weights, "weights")
@@ -222,21 +222,21 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS // n)
     chunk = -(-check_count(chunk_size, "chunk_size", 1, MAX_SCENARIOS) // ops.BLOCK) * ops.BLOCK
-    from . import mc_engine
+    from ._internal import montecarlo_xp
 
-    band = mc_engine.band_for(n_scenarios, level)
-    plan = mc_engine.Plan(
+    band = montecarlo_xp.band_for(n_scenarios, level)
+    plan = montecarlo_xp.Plan(
         n_scenarios=n_scenarios, level=level, n_tail=k, band=band, keep=min(n_scenarios, k + band),
         horizon=horizon, dof=dof, seed=seed, chunk=chunk, dtype=dt, factor=_factor(c), mu=m,
         weights=w2, options=opts, quantity=qty, contributions=bool(contributions),
     )
-    check_work_memory(mc_engine.work_bytes(plan, ops), f"var_monte_carlo of {w2.shape[0]} portfolios x "
+    check_work_memory(montecarlo_xp.work_bytes(plan, ops), f"var_monte_carlo of {w2.shape[0]} portfolios x "
                       f"{n_scenarios} scenarios at level={level} (a tail of {plan.keep} losses each)")
     return be, plan, single
 
 
 def result(plan, res: dict, single: bool, dist: str) -> MonteCarloVaR:
-    """Wrap the engine's estimates (:func:`gpu_trader.mc_engine.finish`) as a :class:`MonteCarloVaR`."""
+    """Wrap the engine's estimates (:func:`gpu_trader._internal.montecarlo_xp.finish`) as a :class:`MonteCarloVaR`."""
     _check_finite_losses(res)
     pick = (lambda a: a[0]) if single else (lambda a: a)
     opt_c = res["option_contributions"]
@@ -347,8 +347,8 @@ def _options(options, n_assets: int, n_portfolios: int, horizon: float):
 
 def _option_arrays(asset, fields, horizon: float):
     """Engine arrays for an option book: underlyings, shortened expiry, today's prices."""
-    from .mc_engine import OptionArrays
-    from .option_math import bs_price
+    from ._internal.montecarlo_xp import OptionArrays
+    from ._internal.option_loops import bs_price
 
     spot, strike, expiry, vol, rate, call = fields
     assets, under = np.unique(asset, return_inverse=True)

@@ -96,9 +96,9 @@ import msgspec
 from .brokers import BrokerAck, BrokerError, BrokerTimeout, CircuitBreaker
 from .orders import (
     BUY, CANCELLED, FILLED, MAX_ID_LENGTH, NO_LIMITS, NO_RESERVATION, OPEN, REJECTED, SELL, UNKNOWN, Exposure, Order,
-    OrderReport, Rejection, RiskLimits, client_order_id_of, describe_exception, id_text, reserve_order,
+    OrderReport, OrderRejection, RiskLimits, client_order_id_of, describe_exception, id_text, reserve_order,
 )
-from .validation import check_count, positive_number, real_number
+from ._internal.validation import check_count, positive_number, real_number
 from .profiling import annotate_methods
 
 __all__ = ["OrderManager", "SymbolRouter"]
@@ -453,7 +453,7 @@ class OrderManager:
             self._set(tr, _report(cid, CANCELLED, reason="cancelled before it was sent"))
             return tr
         out = reserve_order(order, self.portfolio, self.limits, price, self._reservations.exposure(order.symbol))
-        if type(out) is Rejection:
+        if type(out) is OrderRejection:
             self._set(tr, _report(cid, REJECTED, out.code, out.reason))
         else:
             tr.reservation = out

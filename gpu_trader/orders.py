@@ -11,7 +11,7 @@ and are stored as Python floats.
 
 :func:`validate_order` checks an order against :class:`RiskLimits`, a
 :class:`~gpu_trader.portfolio.Portfolio` and the :class:`Exposure` that orders still in
-flight have reserved, and returns a :class:`Rejection` (with a machine-readable ``code``
+flight have reserved, and returns an :class:`OrderRejection` (with a machine-readable ``code``
 and a human ``reason``) or ``None``; :func:`check_order` does the same and also says how
 much buying power the order reserves (:func:`reserve_order`: the :class:`Reservation`
 itself). None of them raises, for any input, or changes the portfolio.
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Optional
 import msgspec
 
 from .commissions import commission_for
-from .validation import nonnegative_number, positive_number, real_number
+from ._internal.validation import nonnegative_number, positive_number, real_number
 from .profiling import annotate, annotate_methods
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BUY", "SELL", "MARKET", "LIMIT", "STOP", "STOP_LIMIT",
     "FILLED", "OPEN", "CANCELLED", "REJECTED", "UNKNOWN",
-    "Order", "Rejection", "OrderReport", "RiskLimits", "Exposure",
+    "Order", "OrderRejection", "Rejection", "OrderReport", "RiskLimits", "Exposure",
     "market_order", "limit_order", "stop_order", "stop_limit_order", "new_client_order_id",
     "Reservation", "check_order", "reserve_order", "validate_order", "order_for_signal",
 ]
@@ -205,7 +205,7 @@ def stop_limit_order(symbol: str, side: str, quantity: float, stop_price: float,
                  stop_price, time_in_force)
 
 
-class Rejection(msgspec.Struct, frozen=True):
+class OrderRejection(msgspec.Struct, frozen=True):
     """Why a pre-trade check refused an order. ``code``: ``invalid``, ``unknown_symbol``,
     ``no_price``, ``order_size``, ``position_limit`` or ``buying_power``."""
 
@@ -214,13 +214,17 @@ class Rejection(msgspec.Struct, frozen=True):
     reason: str
 
 
+Rejection = OrderRejection
+"""The former name of :class:`OrderRejection` (``gpu_trader.Rejection``), kept for existing code."""
+
+
 class OrderReport(msgspec.Struct, frozen=True):
     """The manager's answer for one order: ``status`` is one of FILLED, OPEN, CANCELLED,
     REJECTED, UNKNOWN; ``filled_quantity`` (unsigned) is what has been booked into the
     portfolio so far (partial fills included), at the average ``fill_price`` (NaN when
     nothing is filled); ``broker`` the venue's name (``""`` when none was reached);
     ``code`` and ``reason`` explain a rejection, a timeout or a refused cancel: a
-    :class:`Rejection` code, or one of the manager's: ``duplicate_id``, ``circuit_open``,
+    :class:`OrderRejection` code, or one of the manager's: ``duplicate_id``, ``circuit_open``,
     ``broker_error``, ``broker_rejected``, ``bad_ack``, ``timeout``, ``not_found``,
     ``not_cancellable``, ``internal``."""
 
@@ -339,8 +343,8 @@ NO_RESERVATION = Reservation(0.0, 0.0, 0.0, 0.0)
 
 @annotate
 def check_order(order: Order, portfolio: "Portfolio | None" = None, limits: RiskLimits = NO_LIMITS,
-                price: float | None = None, pending: Exposure | None = None) -> Rejection | float:
-    """Pre-trade check of ``order``: a :class:`Rejection`, or the buying power (currency,
+                price: float | None = None, pending: Exposure | None = None) -> OrderRejection | float:
+    """Pre-trade check of ``order``: an :class:`OrderRejection`, or the buying power (currency,
     >= 0; 0 for a sell that only reduces a long, or without a portfolio) the order
     needs, which the caller reserves while the order is in flight.
 
@@ -354,21 +358,21 @@ def check_order(order: Order, portfolio: "Portfolio | None" = None, limits: Risk
     model). Without a portfolio the position and buying-power checks assume a flat book
     with unlimited cash. Never raises, for any input: anything else malformed (an object
     that is not an :class:`Order`, a bad ``pending``, a broken portfolio or commission
-    model) is a Rejection with code ``invalid``. Reads the portfolio without changing it.
+    model) is an OrderRejection with code ``invalid``. Reads the portfolio without changing it.
     """
     out = reserve_order(order, portfolio, limits, price, pending)
-    return out if type(out) is Rejection else out.power(order.quantity)
+    return out if type(out) is OrderRejection else out.power(order.quantity)
 
 
 @annotate
 def reserve_order(order: Order, portfolio: "Portfolio | None" = None, limits: RiskLimits = NO_LIMITS,
-                  price: float | None = None, pending: Exposure | None = None) -> Rejection | Reservation:
+                  price: float | None = None, pending: Exposure | None = None) -> OrderRejection | Reservation:
     """:func:`check_order`, answering the :class:`Reservation` itself (what the order
     manager holds while the order is in flight) instead of its total. Never raises."""
     try:
         return _check(order, portfolio, limits, price, NO_EXPOSURE if pending is None else pending)
     except Exception as exc:  # a malformed order or a broken portfolio: refuse, never raise
-        return Rejection(client_order_id_of(order), "invalid", f"cannot validate order: {describe_exception(exc)}")
+        return OrderRejection(client_order_id_of(order), "invalid", f"cannot validate order: {describe_exception(exc)}")
 
 
 def client_order_id_of(obj) -> str:
@@ -387,7 +391,7 @@ def id_text(value) -> str:
     return str.__str__(value)[:MAX_ID_LENGTH] if isinstance(value, str) else ""
 
 
-def _check(order: Order, portfolio, limits: RiskLimits, price, pending: Exposure) -> Rejection | Reservation:
+def _check(order: Order, portfolio, limits: RiskLimits, price, pending: Exposure) -> OrderRejection | Reservation:
     if not isinstance(order, Order):
         raise TypeError(f"order must be an Order, got {type(order).__name__}")
     if not isinstance(limits, RiskLimits):
@@ -396,18 +400,18 @@ def _check(order: Order, portfolio, limits: RiskLimits, price, pending: Exposure
     cid = order.client_order_id
     symbol = order.symbol
     if limits.symbols is not None and symbol not in limits.symbols:
-        return Rejection(cid, "unknown_symbol", f"{symbol!r} is not in the tradable universe")
+        return OrderRejection(cid, "unknown_symbol", f"{symbol!r} is not in the tradable universe")
     px = _reference_price(order, portfolio, price)
     if px is None:
-        return Rejection(cid, "no_price", f"no valid reference price for {symbol!r} (got {_short(price)})")
+        return OrderRejection(cid, "no_price", f"no valid reference price for {symbol!r} (got {_short(price)})")
     qty = order.quantity
     if qty > limits.max_order_quantity:
-        return Rejection(cid, "order_size",
-                         f"quantity {qty:g} exceeds max_order_quantity {limits.max_order_quantity:g}")
+        return OrderRejection(cid, "order_size",
+                              f"quantity {qty:g} exceeds max_order_quantity {limits.max_order_quantity:g}")
     notional = qty * px
     if not notional <= limits.max_order_notional or notional == math.inf:  # so is an overflow to inf
-        return Rejection(cid, "order_size",
-                         f"notional {notional:.2f} exceeds max_order_notional {limits.max_order_notional:g}")
+        return OrderRejection(cid, "order_size",
+                              f"notional {notional:.2f} exceeds max_order_notional {limits.max_order_notional:g}")
     current = _finite(portfolio.quantity(symbol), "portfolio quantity") if portfolio is not None else 0.0
     buy = order.side == BUY
     # the worst position the book can reach before this order: every pending order on its side fills
@@ -418,11 +422,12 @@ def _check(order: Order, portfolio, limits: RiskLimits, price, pending: Exposure
         before = current - pending_sell
         after = before - qty
     if abs(after) > limits.max_position_quantity:
-        return Rejection(cid, "position_limit", f"position {after:g} in {symbol!r} (orders in flight included) "
-                         f"would exceed max_position_quantity {limits.max_position_quantity:g}")
+        return OrderRejection(cid, "position_limit", f"position {after:g} in {symbol!r} (orders in flight included) "
+                              f"would exceed max_position_quantity {limits.max_position_quantity:g}")
     if not abs(after) * px <= limits.max_position_notional:
-        return Rejection(cid, "position_limit", f"position notional {abs(after) * px:.2f} in {symbol!r} (orders "
-                         f"in flight included) would exceed max_position_notional {limits.max_position_notional:g}")
+        return OrderRejection(cid, "position_limit", f"position notional {abs(after) * px:.2f} in {symbol!r} "
+                              f"(orders in flight included) would exceed max_position_notional "
+                              f"{limits.max_position_notional:g}")
     if portfolio is None:
         return NO_RESERVATION
     # the units that need buying power: all of a buy; the part of a sell beyond what it closes of a long
@@ -433,8 +438,8 @@ def _check(order: Order, portfolio, limits: RiskLimits, price, pending: Exposure
     need = opening * px + fee
     power = limits.leverage * _finite(portfolio.cash, "portfolio cash") - reserved
     if not need <= power:
-        return Rejection(cid, "buying_power", f"needs {need:.2f} of buying power, has {power:.2f}"
-                         + (f" ({reserved:.2f} reserved by orders in flight)" if reserved else ""))
+        return OrderRejection(cid, "buying_power", f"needs {need:.2f} of buying power, has {power:.2f}"
+                              + (f" ({reserved:.2f} reserved by orders in flight)" if reserved else ""))
     return Reservation(qty, opening, px, fee)
 
 
@@ -476,22 +481,22 @@ def _reference_price(order: Order, portfolio, price) -> float | None:
 
 @annotate
 def validate_order(order: Order, portfolio: "Portfolio | None" = None, limits: RiskLimits = NO_LIMITS,
-                   price: float | None = None, pending: Exposure | None = None) -> Rejection | None:
-    """Pre-trade check of ``order``; ``None`` when it may go out, else a :class:`Rejection`.
+                   price: float | None = None, pending: Exposure | None = None) -> OrderRejection | None:
+    """Pre-trade check of ``order``; ``None`` when it may go out, else an :class:`OrderRejection`.
 
     The same check as :func:`check_order` (``price``, ``pending`` and the rules are
     described there), without the buying-power figure. Never raises; reads the
     portfolio without changing it.
     """
     out = reserve_order(order, portfolio, limits, price, pending)
-    return out if type(out) is Rejection else None
+    return out if type(out) is OrderRejection else None
 
 
 @annotate
 def order_for_signal(symbol: str, signal: float, price: float, *, portfolio: "Portfolio | None" = None,
                      limits: RiskLimits = NO_LIMITS, unit_quantity: float = 1.0,
                      client_order_id: str | None = None, pending: Exposure | None = None
-                     ) -> Order | Rejection | None:
+                     ) -> Order | OrderRejection | None:
     """The pipeline's pre-trade risk/position check for one strategy signal (~3 us).
 
     ``signal`` (e.g. -1 short, 0 flat, +1 long; any real scales, NumPy scalars
@@ -499,9 +504,9 @@ def order_for_signal(symbol: str, signal: float, price: float, *, portfolio: "Po
     difference to the portfolio's current position (a flat book when ``portfolio`` is
     ``None``) becomes a market order checked by :func:`validate_order` at ``price``,
     with ``pending`` the :class:`Exposure` of orders in flight. Returns the
-    :class:`Order` to send, a :class:`Rejection`, or ``None`` when the book is already
+    :class:`Order` to send, an :class:`OrderRejection`, or ``None`` when the book is already
     at target. Never raises: a missing, ``bool``, NaN or non-finite signal, price or
-    unit quantity, a bad symbol or id, or a broken portfolio gives a Rejection
+    unit quantity, a bad symbol or id, or a broken portfolio gives an OrderRejection
     (code ``invalid``, unless a limit refused the order).
     """
     cid = ""
@@ -516,5 +521,5 @@ def order_for_signal(symbol: str, signal: float, price: float, *, portfolio: "Po
             return None
         order = Order(cid, symbol, BUY if delta > 0 else SELL, abs(delta))
     except Exception as exc:  # bad arguments or a broken portfolio: refuse, never raise
-        return Rejection(cid if type(cid) is str else "", "invalid", describe_exception(exc))
+        return OrderRejection(cid if type(cid) is str else "", "invalid", describe_exception(exc))
     return validate_order(order, portfolio, limits, px, pending) or order

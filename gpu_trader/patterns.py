@@ -13,7 +13,7 @@ bars (columns in any case, ``Close`` or ``close``; read-only pandas columns fine
 ``(5, T)`` array in OHLCV order. Limits (``ValueError``; bools and non-integers are a
 ``TypeError``): ``window`` 2 to 100000 bars, ``horizon`` 1 to 100000 bars, a query's ``k``
 1 to the patterns stored, ``n_iter`` at most :data:`MAX_KMEANS_ITER`, and one call's
-patterns at most :data:`gpu_trader.validation.MAX_ELEMENTS` values.
+patterns at most :data:`gpu_trader._internal.validation.MAX_ELEMENTS` values.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .backend import get_backend, infer_backend, to_numpy
 from .indicators import features, field_keys, is_mapping, normalize_spec
 from .vectors import VectorIndex, _as_rows, _real_array
 from .profiling import annotate, annotate_methods
-from .validation import MAX_WINDOW, check_allocation, check_count, check_float, finite_real_array
+from ._internal.validation import MAX_WINDOW, check_allocation, check_count, check_float, finite_real_array
 
 __all__ = ["PatternMemory", "Distilled", "window_patterns"]
 
@@ -43,7 +43,7 @@ def window_patterns(xp, feats, window: int):
     bar ``j + window - 1``, each feature z-scored over the window (population std; a
     constant feature gives zeros). Written against ``xp`` (NumPy or CuPy). ``window``: an
     integer in ``[1, T]``; ``ValueError`` when the result would exceed
-    :data:`gpu_trader.validation.MAX_ELEMENTS` values.
+    :data:`gpu_trader._internal.validation.MAX_ELEMENTS` values.
     """
     if getattr(feats, "ndim", None) != 2:
         raise ValueError(f"feats must have shape (n_features, T), got shape {getattr(feats, 'shape', None)}")

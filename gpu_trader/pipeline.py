@@ -14,7 +14,7 @@ CPU:
 4. pre-trade risk/position check (:func:`~gpu_trader.orders.order_for_signal`): the
    target position ``unit_quantity * signal`` (summed over the strategies of a
    :class:`~gpu_trader.strategies.StrategyRunner`) minus the current position becomes
-   a market order, or a :class:`~gpu_trader.orders.Rejection`, or nothing;
+   a market order, or an :class:`~gpu_trader.orders.OrderRejection`, or nothing;
 5. hand the order to the :class:`~gpu_trader.order_manager.OrderManager`
    (:meth:`~gpu_trader.order_manager.OrderManager.submit_nowait`): the broker round trip
    runs as an asyncio task while the loop goes on; fills update the portfolio.
@@ -27,7 +27,7 @@ which also lets the event loop progress the broker tasks.
 Bad input never stops the loop and never changes a position: a malformed message,
 missing or invalid field (NaN, negative, zero price; negative size), an unknown symbol
 or an out-of-order timestamp (policy: **reject**, per symbol, as in
-:mod:`gpu_trader.marketdata`) returns a :class:`~gpu_trader.marketdata.Rejection` with
+:mod:`gpu_trader.marketdata`) returns a :class:`~gpu_trader.marketdata.MessageRejection` with
 its reason, counted in :attr:`TradingPipeline.stats`; an unexpected exception after a tick
 was accepted (a bug) is counted as ``internal`` and the loop goes on. Broker failures and
 timeouts come back as reports (the manager never raises), counted by status and code; an
@@ -61,11 +61,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .marketdata import BarAggregator, MarketDataError, Rejection, iter_messages, parse_tick
+from .marketdata import BarAggregator, MarketDataError, MessageRejection, iter_messages, parse_tick
 from .order_manager import OrderManager
-from .orders import UNKNOWN, Order, RiskLimits, describe_exception, order_for_signal
-from .orders import Rejection as RiskRejection
-from .validation import check_count, positive_number
+from .orders import UNKNOWN, Order, OrderRejection, RiskLimits, describe_exception, order_for_signal
+from ._internal.validation import check_count, positive_number
 from .strategies import MeanReversion, Momentum, StrategyRunner
 from .profiling import annotate_methods
 
@@ -140,7 +139,7 @@ class TradingPipeline:
     of :meth:`run` and in :meth:`close`). Counts accept NumPy integers, numbers NumPy
     scalars (never ``bool``).
 
-    * ``on_tick(data) -> Order | Rejection | RiskRejection | None`` -- one event (sync);
+    * ``on_tick(data) -> Order | MessageRejection | OrderRejection | None`` -- one event (sync);
     * ``flush(now=None) -> list`` -- complete open bars (all, or those ending by ``now``
       ns) and run them through the strategy and risk path;
     * ``await run(messages, yield_every=64) -> PipelineStats`` -- a stream, then reconcile;
@@ -182,7 +181,7 @@ class TradingPipeline:
         self._inflight: dict[int, asyncio.Task] = {}
         self._deferred: dict[int, tuple[float, float]] = {}  # sid -> (signal, close) held while in flight
         self.stats = PipelineStats()
-        self.recent_rejections: collections.deque[Rejection] = collections.deque(maxlen=max_log)
+        self.recent_rejections: collections.deque[MessageRejection] = collections.deque(maxlen=max_log)
         self._next_reconcile = (math.inf if self.reconcile_every_s is None
                                 else time.monotonic() + self.reconcile_every_s)
         self._reconciling: asyncio.Task | None = None
@@ -190,8 +189,8 @@ class TradingPipeline:
     # -- one event -------------------------------------------------------------------
     def on_tick(self, data: bytes | str):
         """Process one tick message; returns the :class:`~gpu_trader.orders.Order` handed to
-        the manager, a :class:`~gpu_trader.marketdata.Rejection` (bad tick; ``index`` is the
-        event number), a :class:`~gpu_trader.orders.Rejection` (the risk check refused the
+        the manager, a :class:`~gpu_trader.marketdata.MessageRejection` (bad tick; ``index`` is the
+        event number), an :class:`~gpu_trader.orders.OrderRejection` (the risk check refused the
         order) or ``None``. Never raises."""
         stats = self.stats
         index = stats.events
@@ -208,9 +207,9 @@ class TradingPipeline:
             return None
         return self._on_bar(bar.symbol, bar.close)
 
-    def _reject(self, index: int, reason: str, message: str) -> Rejection:
+    def _reject(self, index: int, reason: str, message: str) -> MessageRejection:
         _bump(self.stats.rejected, reason)
-        rej = Rejection(index, reason, message)
+        rej = MessageRejection(index, reason, message)
         self.recent_rejections.append(rej)
         return rej
 
@@ -239,7 +238,7 @@ class TradingPipeline:
                                unit_quantity=self.unit_quantity, pending=self.manager.exposure(name))
         if out is None:
             return None
-        if isinstance(out, RiskRejection):
+        if isinstance(out, OrderRejection):
             _bump(self.stats.risk_rejected, out.code)
             return out
         self._send(sid, out, close, 0)

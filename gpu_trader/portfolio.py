@@ -31,8 +31,8 @@ import numpy as np
 
 from .backend import resolve
 from .commissions import NO_COMMISSION, CommissionModel, commission_for
-from .position_math import fill_step
-from .validation import check_count, nonnegative_number, positive_number, real_number
+from ._internal.position_loops import fill_step
+from ._internal.validation import check_count, nonnegative_number, positive_number, real_number
 from .profiling import annotate, annotate_methods
 
 __all__ = ["Position", "PortfolioSnapshot", "Portfolio", "batch_apply_fills", "batch_pnl"]
@@ -410,7 +410,7 @@ class Portfolio:
 
         ``commission`` (>= 0) defaults to the portfolio's model. Cash falls by
         ``quantity * price + commission``; the position follows
-        :func:`~gpu_trader.position_math.fill_step`. Everything, the model's commission
+        :func:`~gpu_trader._internal.position_loops.fill_step`. Everything, the model's commission
         included, is checked before anything is written, and so is the book after the fill
         (a fill so large that cash, the position, its cost or P&L would overflow the
         float64 range is a ``ValueError``): on ``TypeError``/``ValueError`` the book is

@@ -1,6 +1,6 @@
 """Risk and performance metrics over batches of return series.
 
-Conventions (DESIGN.md sections 3-4):
+Conventions (docs/design.md#conventions):
 
 * ``r`` holds **simple returns as fractions** (0.01 = +1 %), shape ``(..., T)`` with
   time on the last axis; every metric reduces that axis, so the result has shape
@@ -20,7 +20,7 @@ Conventions (DESIGN.md sections 3-4):
   loss, a ratio 0 / 0.
 * **Zero dispersion** (as empyrical-reloaded): a constant series has a standard
   deviation of exactly 0, also where the floating-point mean leaves a rounding residue
-  of about 1e-18 (:func:`gpu_trader.risk_math.rounding_residue`: ``std <= n * eps *
+  of about 1e-18 (:func:`gpu_trader._internal.risk_xp.rounding_residue`: ``std <= n * eps *
   |mean|``). So its Sharpe ratio is ``+inf``/``-inf`` by the sign of its mean excess
   return, or NaN when that is 0 (never an arbitrary 1e16); its ``volatility`` is 0,
   its parametric VaR (both methods) ``-mean`` and its skewness-based terms NaN. Sortino's
@@ -28,11 +28,11 @@ Conventions (DESIGN.md sections 3-4):
   (``+inf``, or NaN for 0 / 0), and Calmar is NaN without a drawdown.
 * ``level`` is a confidence with ``0.5 <= level < 1`` (0.99, not a tail probability
   such as 0.01: that is refused with a hint). It may be a sequence (at most
-  :data:`gpu_trader.validation.MAX_GRID` levels): that adds a leading axis.
+  :data:`gpu_trader._internal.validation.MAX_GRID` levels): that adds a leading axis.
 * ``periods_per_year`` (annualization) is a real number in ``(0, MAX_PERIODS_PER_YEAR]``
   (one period per second of a leap year); rates are per period.
 * A call whose per-series results would exceed
-  :data:`gpu_trader.validation.WORK_MEMORY_LIMIT` (16 + 2 x levels float64 values per
+  :data:`gpu_trader._internal.validation.WORK_MEMORY_LIMIT` (16 + 2 x levels float64 values per
   series) is refused before they are allocated.
 * float32 in gives float32 out; all arithmetic is float64. Inputs are never modified;
   read-only arrays (e.g. pandas' copy-on-write columns) are accepted.
@@ -50,17 +50,17 @@ import numpy as np
 
 from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
 from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
-from .risk_math import check_levels
-from .validation import check_float, check_work_memory
-from .series_input import SeriesInput
+from ._internal.risk_xp import check_levels
+from ._internal.validation import check_float, check_work_memory
+from ._internal.series_input import SeriesInput
 from .profiling import annotate
 
 __all__ = [
     "var_historical", "var_parametric", "cvar", "max_drawdown", "sharpe", "sortino", "calmar",
     "kelly_fraction", "risk_report", "REPORT_FIELDS", "MAX_PERIODS_PER_YEAR",
-    # correlation and covariance live in gpu_trader.correlation; re-exported here (DESIGN.md section 4)
+    # correlation and covariance live in gpu_trader.correlation; re-exported here (docs/design.md#public-api)
     "corr", "cov", "rolling_corr", "ewma_cov", "ledoit_wolf",
-    # Monte Carlo VaR lives in gpu_trader.montecarlo; re-exported here (DESIGN.md section 4)
+    # Monte Carlo VaR lives in gpu_trader.montecarlo; re-exported here (docs/design.md#public-api)
     "var_monte_carlo", "EuropeanOptions", "MonteCarloVaR",
 ]
 
@@ -97,8 +97,13 @@ class _Call(SeriesInput):
 
     __slots__ = ()
 
+    @staticmethod
+    def formulas_of(be: Any) -> Any:
+        """The backend's :class:`gpu_trader._internal.risk_xp.RiskMetrics` (or its CPU twin)."""
+        return be.ops("risk").metrics
+
     def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1, n_levels: int = 0) -> None:
-        super().__init__(r, backend, "risk", what, minimum)
+        super().__init__(r, backend, what, minimum)
         self.check_summary_memory(n_levels, what)
 
     def check_summary_memory(self, n_levels: int, what: str) -> None:
@@ -132,7 +137,7 @@ def var_historical(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     """
     q, grid = _tail_probabilities(level)
     c = _Call(r, backend, "var_historical", n_levels=len(q))
-    return c.out(c.kernels.var_historical(c.x, q), grid, level)
+    return c.out(c.formulas.var_historical(c.x, q), grid, level)
 
 
 @annotate
@@ -145,7 +150,7 @@ def cvar(r: Any, level: Any = 0.99, *, backend: Any = None) -> Any:
     """
     q, grid = _tail_probabilities(level)
     c = _Call(r, backend, "cvar", n_levels=len(q))
-    return c.out(c.kernels.cvar(c.x, q), grid, level)
+    return c.out(c.formulas.cvar(c.x, q), grid, level)
 
 
 @annotate
@@ -164,7 +169,7 @@ def var_parametric(r: Any, level: Any = 0.99, *, method: str = "gaussian", backe
         raise ValueError(f"method must be one of {_PARAMETRIC_METHODS}, got {method!r}")
     q, grid = _tail_probabilities(level)
     c = _Call(r, backend, "var_parametric (mean and standard deviation)", 2, len(q))
-    return c.out(c.kernels.var_parametric(c.x, q, method == "cornish-fisher"), grid, level)
+    return c.out(c.formulas.var_parametric(c.x, q, method == "cornish-fisher"), grid, level)
 
 
 @annotate
@@ -176,7 +181,7 @@ def max_drawdown(r: Any, *, backend: Any = None) -> Any:
     a path that never falls.
     """
     c = _Call(r, backend, "max_drawdown")
-    return c.out(c.kernels.max_drawdown(c.x))
+    return c.out(c.formulas.max_drawdown(c.x))
 
 
 @annotate
@@ -191,7 +196,7 @@ def sharpe(r: Any, periods_per_year: float = 252, risk_free: float = 0.0, *, bac
     ppy = _periods_per_year(periods_per_year)
     rf = check_float(risk_free, "risk_free")
     c = _Call(r, backend, "sharpe (standard deviation)", 2)
-    return c.out(c.kernels.sharpe(c.x, ppy, rf))
+    return c.out(c.formulas.sharpe(c.x, ppy, rf))
 
 
 @annotate
@@ -207,7 +212,7 @@ def sortino(r: Any, periods_per_year: float = 252, required_return: float = 0.0,
     ppy = _periods_per_year(periods_per_year)
     mar = check_float(required_return, "required_return")
     c = _Call(r, backend, "sortino")
-    return c.out(c.kernels.sortino(c.x, ppy, mar))
+    return c.out(c.formulas.sortino(c.x, ppy, mar))
 
 
 @annotate
@@ -219,7 +224,7 @@ def calmar(r: Any, periods_per_year: float = 252, *, backend: Any = None) -> Any
     """
     ppy = _periods_per_year(periods_per_year)
     c = _Call(r, backend, "calmar")
-    return c.out(c.kernels.calmar(c.x, ppy))
+    return c.out(c.formulas.calmar(c.x, ppy))
 
 
 @annotate
@@ -230,7 +235,7 @@ def kelly_fraction(r: Any, *, backend: Any = None) -> Any:
     NaN when a series has no win or no loss. May be negative (the bet loses).
     """
     c = _Call(r, backend, "kelly_fraction")
-    return c.out(c.kernels.kelly_fraction(c.x))
+    return c.out(c.formulas.kelly_fraction(c.x))
 
 
 @annotate
@@ -259,5 +264,5 @@ def risk_report(
     ppy = _periods_per_year(periods_per_year)
     rf = check_float(risk_free, "risk_free")
     c = _Call(r, backend, "risk_report (standard deviation)", 2, 1)
-    report = c.kernels.risk_report(c.x, q, ppy, rf)
+    report = c.formulas.risk_report(c.x, q, ppy, rf)
     return {k: c.out(v) for k, v in report.items()}

@@ -1,6 +1,6 @@
 """Trading strategies on the indicators: long/short/flat signals and a simple backtest.
 
-Strategies (rules in :mod:`gpu_trader.strategy_math`; a NaN input, e.g. during an
+Strategies (rules in :mod:`gpu_trader._internal.strategy_loops`; a NaN input, e.g. during an
 indicator's lookback, gives 0 = flat):
 
 * :class:`Momentum` ``(fast, slow)``: long when EMA(fast) > EMA(slow), short when below.
@@ -10,8 +10,8 @@ indicator's lookback, gives 0 = flat):
 
 Batch, parameter grids (``cpu`` and ``cuda``): :func:`momentum` and
 :func:`mean_reversion` take ``close`` of shape ``(..., T)`` (time last) and scalar or
-sequence parameters; sequences form an outer-product grid of leading axes (DESIGN.md
-section 3), so ``momentum(close, fast=range(5, 25), slow=range(30, 130, 2))`` runs
+sequence parameters; sequences form an outer-product grid of leading axes
+(docs/design.md#conventions), so ``momentum(close, fast=range(5, 25), slow=range(30, 130, 2))`` runs
 1000 parameter sets over every symbol in one call: the distinct EMA windows are
 computed once (one batched indicator call) and one kernel derives every set's
 signals and P&L. They return :class:`StrategyResult` ``(signals, pnl)``: signals int8
@@ -38,8 +38,8 @@ indicators exactly.
 
 Limits (``ValueError``, checked before anything is computed): windows are integers in
 ``[1, 100000]`` (``[2, 100000]`` for mean reversion; TA-Lib's cap), a call runs at most
-:data:`gpu_trader.validation.MAX_GRID` parameter sets or strategies, and its signals
-hold at most :data:`gpu_trader.validation.MAX_ELEMENTS` values. Inputs may be read-only
+:data:`gpu_trader._internal.validation.MAX_GRID` parameter sets or strategies, and its signals
+hold at most :data:`gpu_trader._internal.validation.MAX_ELEMENTS` values. Inputs may be read-only
 (pandas' copy-on-write columns) and are never written.
 """
 from __future__ import annotations
@@ -51,11 +51,12 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from . import strategy_math as _sm
-from .backend import _identity, resolve
+from ._internal import strategy_loops
+from .backend import get_backend, resolve
 from .indicators import bollinger, ema
-from .streaming import FeatureStream, _to_host
-from .validation import (MAX_GRID, MAX_WINDOW, check_allocation, check_count, check_flag, check_float,
+from ._internal.stream_input import host_rows
+from .streaming import FeatureStream
+from ._internal.validation import (MAX_GRID, MAX_WINDOW, check_allocation, check_count, check_flag, check_float,
                          check_floats, check_grid_size, check_windows)
 from .profiling import annotate, annotate_methods
 
@@ -97,7 +98,7 @@ class Momentum:
 
     def _rule(self, rows) -> tuple:
         """(kind, row of a, row of b, k) given the feature-row lookup of :func:`_feature_rows`."""
-        return _sm.MOMENTUM, rows["ema", self.fast], rows["ema", self.slow], 0.0
+        return strategy_loops.MOMENTUM, rows["ema", self.fast], rows["ema", self.slow], 0.0
 
     def stream(self, n_symbols: int) -> "StrategyStream":
         """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
@@ -121,7 +122,7 @@ class MeanReversion:
         return f"mean_reversion({self.window},{self.nstd:g})"
 
     def _rule(self, rows) -> tuple:
-        return _sm.MEAN_REVERSION, rows["mid", self.window], rows["sd", self.window], float(self.nstd)
+        return strategy_loops.MEAN_REVERSION, rows["mid", self.window], rows["sd", self.window], float(self.nstd)
 
     def stream(self, n_symbols: int) -> "StrategyStream":
         """A one-bar-at-a-time form; ``update(close_row)`` returns int8 ``(n_symbols,)``."""
@@ -200,7 +201,8 @@ def _backtest(be, close, ema_windows: tuple, bb_windows: tuple, rules, cost, gri
 
 
 def _restore(restore, result: StrategyResult) -> StrategyResult:
-    if restore is _identity:
+    """``result`` with its signals rewrapped by :func:`resolve`'s ``restore`` (None: arrays in)."""
+    if restore is None:
         return result
     return StrategyResult(restore(result.signals), result.pnl)
 
@@ -220,7 +222,7 @@ def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> Strategy
     be, (c,), restore = resolve((close,), ("close",), backend)
     windows = tuple(sorted(set(fasts) | set(slows)))
     rows = _feature_rows(windows, ())
-    rules = [(_sm.MOMENTUM, rows["ema", f], rows["ema", s], 0.0) for f, s in itertools.product(fasts, slows)]
+    rules = [(strategy_loops.MOMENTUM, rows["ema", f], rows["ema", s], 0.0) for f, s in itertools.product(fasts, slows)]
     grid = tuple(len(v) for v, g in ((fasts, fast_grid), (slows, slow_grid)) if g)
     return _restore(restore, _backtest(be, c, windows, (), rules, cost, grid, "momentum"))
 
@@ -240,7 +242,7 @@ def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) ->
     be, (c,), restore = resolve((close,), ("close",), backend)
     uniq = tuple(sorted(set(windows)))
     rows = _feature_rows((), uniq)
-    rules = [(_sm.MEAN_REVERSION, rows["mid", w], rows["sd", w], k) for w, k in itertools.product(windows, nstds)]
+    rules = [(strategy_loops.MEAN_REVERSION, rows["mid", w], rows["sd", w], k) for w, k in itertools.product(windows, nstds)]
     grid = tuple(len(v) for v, g in ((windows, window_grid), (nstds, nstd_grid)) if g)
     return _restore(restore, _backtest(be, c, (), uniq, rules, cost, grid, "mean_reversion"))
 
@@ -308,8 +310,6 @@ class StrategyStream:
     """
 
     def __init__(self, strategies, n_symbols: int, *, squeeze: bool = False) -> None:
-        from .cpu_fallback.strategies import signals_now
-
         self._squeeze = check_flag(squeeze, "squeeze")
         runner = strategies if isinstance(strategies, StrategyRunner) else StrategyRunner(strategies)
         self._features = FeatureStream(n_symbols, _stream_spec(runner._ema, runner._bb))
@@ -319,7 +319,7 @@ class StrategyStream:
         self._rules = _rule_arrays(runner._rules)
         self._feats = np.empty((len(self._keys), self.n_symbols), dtype=np.float64)
         self._close = np.empty(self.n_symbols, dtype=np.float64)
-        self._signals_now = signals_now
+        self._signals_now = get_backend("cpu").ops("strategies").signals_now  # looked up once
 
     def reset(self) -> None:
         self._features.reset()
@@ -335,7 +335,7 @@ class StrategyStream:
     def update(self, close_row) -> np.ndarray:
         row = close_row
         if type(row) is not np.ndarray or row.dtype.kind not in "fiub":  # the plain cases stay cheap
-            row = np.array(row) if type(row) is float else _to_host(row, "close_row")
+            row = np.array(row) if type(row) is float else host_rows(row, "close_row")
         values = self._features.update(row)
         self._close[:] = row
         return self._signals(values)
@@ -343,7 +343,7 @@ class StrategyStream:
     def warmup(self, history) -> np.ndarray:
         """Feed closes ``(n_symbols, T)`` (``(T,)`` when ``n_symbols == 1``; a DataFrame has time
         along its index, one column per symbol); returns the last bar's signals."""
-        hist = _to_host(history, "history")
+        hist = host_rows(history, "history")
         if hist.ndim == 1:
             hist = hist.reshape(1, -1)
         values = self._features.warmup({"close": hist})

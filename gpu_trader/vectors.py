@@ -10,9 +10,9 @@ Scores (``search`` returns ``(scores, ids)``, best first, on the backend's devic
   ``IndexFlatIP`` / ``IndexFlatL2`` report them.
 
 Exact search (``kind="exact"``, the default on every backend) is a GEMM per database tile
-plus a top-k selection (see :mod:`gpu_trader.vector_math`). ``kind="hnsw"`` (cpu backend)
+plus a top-k selection (see :mod:`gpu_trader._internal.vector_xp`). ``kind="hnsw"`` (cpu backend)
 answers unfiltered queries from an hnswlib graph; ``kind="cagra"`` (cuda backend) from a
-cuVS CAGRA graph; both fall back to exact search for filtered queries (see :mod:`gpu_trader.ann`).
+cuVS CAGRA graph; both fall back to exact search for filtered queries (see :mod:`gpu_trader._internal.ann`).
 ``dtype="int8"`` stores per-vector scalar-quantized codes (4x less memory; scores are
 those of the dequantized vectors) for exact and CAGRA search; with ``kind="hnsw"`` it is a
 ``ValueError`` (hnswlib stores float32 vectors itself).
@@ -20,7 +20,7 @@ those of the dequantized vectors) for exact and CAGRA search; with ``kind="hnsw"
 Rules (``TypeError`` for an argument of the wrong kind, ``ValueError`` out of range, each
 naming the argument; NumPy integers are ints, ``bool`` is not): ``dim`` is an int in
 ``[1, MAX_DIM]``; ``M``, ``ef_construction``, ``ef_search`` within
-:data:`gpu_trader.ann.HNSW_LIMITS`. ``k`` is an int in ``[1, len(index)]``; with a
+:data:`gpu_trader._internal.ann.HNSW_LIMITS`. ``k`` is an int in ``[1, len(index)]``; with a
 ``filter`` fewer than ``k`` vectors may match, the rows are then padded with id ``-1`` and
 score ``-inf`` (``+inf`` for l2), and ``k`` may exceed ``len(index)`` up to
 ``MAX_PADDED_K``. Ids are unique ints in ``[0, MAX_ID]``; by default they count up from 0.
@@ -54,12 +54,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import ann as _ann
-from . import vector_io
-from . import vector_math as vm
+from ._internal import ann
+from ._internal import vector_io
+from ._internal import vector_xp
 from .backend import MAX_ELEMENTS, Backend, as_host_array, backend_input, get_backend, select_backend
 from .profiling import annotate, annotate_methods
-from .validation import check_count, check_flag, is_integer
+from ._internal.validation import check_count, check_flag, is_integer
 
 __all__ = ["VectorIndex", "VectorIndexFileError", "normalize", "cosine"]
 
@@ -84,7 +84,7 @@ def _real_array(be: Backend, x, name: str):
     array or a non-array; ``ValueError`` past :data:`gpu_trader.backend.MAX_ELEMENTS`
     values); ``TypeError`` naming ``name`` for a non-real dtype (bool, complex, str, object)."""
     dt = getattr(x, "dtype", None)
-    if (dt is _FLOAT64 or dt is _FLOAT32) and type(x) is np.ndarray and be.name == "cpu" and x.flags.aligned \
+    if (dt is _FLOAT64 or dt is _FLOAT32) and type(x) is np.ndarray and be.host_memory and x.flags.aligned \
             and x.size <= MAX_ELEMENTS:
         return x  # the common case, kept cheap (the one-vector latency paths)
     arr = backend_input(be, x, name)
@@ -166,7 +166,7 @@ def _check_settings(dim, metric, kind, dtype, params: Mapping[str, Any]):
     if kind == "hnsw" and dtype_name == "int8":
         raise ValueError("dtype='int8' is for kind='exact' or 'cagra': hnswlib keeps its own float32 copy of "
                          "every vector, so int8 would save no memory and its scores would not be the codes'")
-    return dim, metric, kind, dtype_name, _ann.check_params(params)
+    return dim, metric, kind, dtype_name, ann.check_params(params)
 
 
 # -- ids ----------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class VectorIndex:
         self._be = get_backend(backend)
         self._ops = self._be.ops("vectors")
         self._xp = self._be.xp
-        self._ann = _ann.make(self.kind, self._be, self.dim, self.metric, self._params)
+        self._ann = ann.make(self.kind, self._be, self.dim, self.metric, self._params)
         self._lock = threading.Lock()
         self._row_of: dict[int, int] = {}
         self._next_id = 0
@@ -379,7 +379,7 @@ class VectorIndex:
         if n <= self._vec.shape[0] and getattr(self._vec.flags, "writeable", True):
             return
         xp, cur = self._xp, self._snap.n
-        cap = max(vm.initial_rows(self.dim * self._vec.dtype.itemsize), n, 2 * self._vec.shape[0])
+        cap = max(vector_xp.initial_rows(self.dim * self._vec.dtype.itemsize), n, 2 * self._vec.shape[0])
 
         def grow(buf, shape):
             new = xp.empty(shape, buf.dtype)
@@ -488,7 +488,7 @@ class VectorIndex:
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write the index to ``path`` atomically (see :mod:`gpu_trader.vector_io`): an empty
+        """Write the index to ``path`` atomically (see :mod:`gpu_trader._internal.vector_io`): an empty
         index too; through a symbolic link, the file it names; keeping the permission bits
         of the file it replaces.
 
@@ -515,11 +515,11 @@ class VectorIndex:
         """Read an index written by :meth:`save`.
 
         ``VectorIndexFileError`` if the file is not a valid index: besides what
-        :func:`gpu_trader.vector_io.read` checks, every config field's type and range, the
+        :func:`gpu_trader._internal.vector_io.read` checks, every config field's type and range, the
         sections' names, dtypes and shapes, ids (unique, in ``[0, MAX_ID]``, below
         ``next_id``), vectors (finite; unit length for cosine, within the int8 rounding),
         int8 scales (finite, positive), the metadata columns (one per field, ``count``
-        JSON scalars of one type each) and the HNSW graph (see :mod:`gpu_trader.ann`).
+        JSON scalars of one type each) and the HNSW graph (see :mod:`gpu_trader._internal.ann`).
         Squared norms are recomputed from the vectors. ``OSError`` if the path cannot be
         opened; ``ValueError``/``ImportError`` if ``backend`` cannot hold this index.
 
@@ -604,7 +604,7 @@ def _checked_norms(vectors: np.ndarray, scales, metric: str) -> np.ndarray:
         if block.dtype == np.float32 and not np.isfinite(block).all():
             raise ValueError("the vectors contain NaN or infinite values")
         with np.errstate(over="ignore"):
-            norms[rows] = vm.row_sq_norms(np, block, None if scales is None else scales[rows])
+            norms[rows] = vector_xp.row_sq_norms(np, block, None if scales is None else scales[rows])
     if not np.isfinite(norms).all():
         raise ValueError("the vectors hold one whose squared norm overflows float32")
     if metric == "cosine":

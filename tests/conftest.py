@@ -22,17 +22,22 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 ALL_BACKENDS = ("cpu", "cuda", "jax")
+# The shared suite's jax cases compile with XLA per shape and parameter set (seconds each, no
+# cache across processes): `make test-fast` leaves them out (the jax backend keeps its quick
+# cases in test_jax_backend.py and test_jax_indicators.py); `make test` and CI run them all.
+SLOW_BACKENDS = {"jax": pytest.mark.slow}
 
 
 def pytest_generate_tests(metafunc):
     """Parametrize ``backend`` over every backend that implements the test module's ``AREA``
     (a module without one runs on every backend): a backend that lacks an area is not
-    collected for it at all, rather than skipped."""
+    collected for it at all, rather than skipped. Cases of a backend in ``SLOW_BACKENDS`` are
+    marked ``slow``."""
     if "backend" not in metafunc.fixturenames:
         return
     area = getattr(metafunc.module, "AREA", None)
     names = [n for n in ALL_BACKENDS if area is None or _REGISTRY[n].supports(area)]
-    metafunc.parametrize("backend", names, indirect=True)
+    metafunc.parametrize("backend", [pytest.param(n, marks=SLOW_BACKENDS.get(n, ())) for n in names], indirect=True)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Backend registry, resolution order and conversions (DESIGN.md section 2)."""
+"""Backend registry, resolution order and conversions (docs/design.md#backends-and-areas)."""
 from __future__ import annotations
 
 import os
@@ -278,3 +278,73 @@ def test_kernel_arrays_share_one_array_type_without_copies():
     assert writable.flags.writeable  # only the view is read-only
     same = cpu.kernel_arrays([writable, writable], (12,))
     assert all(a.flags.writeable for a in same) and all(np.shares_memory(a, writable) for a in same)
+
+
+# -- areas and capability flags --------------------------------------------------------------------
+def _registered(name):
+    return next(be for be in bk.registered_backends() if be.name == name)
+
+
+def test_each_backend_declares_its_areas():
+    cpu, cuda, jax = (_registered(n) for n in ("cpu", "cuda", "jax"))
+    assert len(bk.AREAS) == 9 and bk.AREAS == bk.DISPATCHED_AREAS | {"streaming"}
+    assert cpu.areas == bk.AREAS
+    assert cuda.areas == bk.AREAS - {"streaming"}
+    assert jax.areas == {"indicators", "risk", "correlation", "montecarlo"}
+    assert all(cpu.supports(area) for area in bk.AREAS)
+    assert not cuda.supports("streaming") and not jax.supports("vectors") and not cpu.supports("scan")
+
+
+def test_every_area_counts_the_dispatched_areas_only(monkeypatch):
+    """A backend lacking only the host-only streaming area (cuda) implements "every area" for
+    the bench's default; one lacking a dispatched area (jax) does not, and is never probed."""
+    probed = []
+
+    class DispatchedOnly(bk.CpuBackend):
+        name, areas = "dispatched", bk.DISPATCHED_AREAS
+
+    class Partial(bk.CpuBackend):
+        name, areas = "partial", bk.DISPATCHED_AREAS - {"vectors"}
+
+        def _probe(self):
+            probed.append(self.name)
+            return True
+
+    monkeypatch.setitem(bk._REGISTRY, "dispatched", DispatchedOnly())
+    monkeypatch.setitem(bk._REGISTRY, "partial", Partial())
+    complete = bk.available_backends(every_area=True)
+    assert complete[0] == "cpu" and "dispatched" in complete
+    assert "partial" not in complete and "jax" not in complete and not probed
+    assert "partial" in bk.available_backends() and probed == ["partial"]
+
+
+def test_area_errors_name_the_backends_that_have_it():
+    message = (r"^backend 'cuda' does not implement streaming \(it implements correlation, indicators, marketdata, "
+               r"montecarlo, portfolio, risk, strategies, vectors\); use backend= one of cpu$")
+    with pytest.raises(bk.AreaNotImplemented, match=message):
+        _registered("cuda").ops("streaming")
+    with pytest.raises(ValueError, match="unknown area 'indicator'; the areas are correlation, indicators") as info:
+        gt.get_backend("cpu").ops("indicator")
+    assert not isinstance(info.value, bk.AreaNotImplemented)
+
+
+def test_capability_flags():
+    cpu, cuda, jax = (_registered(n) for n in ("cpu", "cuda", "jax"))
+    assert (cpu.host_memory, cuda.host_memory, jax.host_memory) == (True, False, False)
+    assert (cpu.mutable_arrays, cuda.mutable_arrays, jax.mutable_arrays) == (True, True, False)
+    assert (cpu.ann_kinds, cuda.ann_kinds, jax.ann_kinds) == ({"hnsw"}, {"cagra"}, frozenset())
+
+
+def test_ann_kinds_decide_where_an_index_is_built(monkeypatch):
+    """The flag decides, not the backend's name: a cpu backend without graphs refuses hnsw,
+    and the message names the backends that can build it and the kinds this one can."""
+
+    class NoGraphs(bk.CpuBackend):
+        name, ann_kinds = "nographs", frozenset()
+
+    monkeypatch.setitem(bk._REGISTRY, "nographs", NoGraphs())
+    with pytest.raises(ValueError, match=r"^kind='hnsw' runs on the cpu backend; on 'nographs' use 'exact'$"):
+        gt.VectorIndex(8, kind="hnsw", backend="nographs")
+    with pytest.raises(ValueError, match=r"^kind='cagra' runs on the cuda backend; on 'cpu' use 'exact' or 'hnsw'$"):
+        gt.VectorIndex(8, kind="cagra", backend="cpu")
+    assert len(gt.VectorIndex(8, backend="nographs")) == 0  # exact search needs no flag

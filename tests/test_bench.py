@@ -245,11 +245,13 @@ def quick_run(tmp_path_factory):
     return code, out.getvalue(), json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_cli_quick_run_exits_zero(quick_run):
     code, _, _ = quick_run
     assert code == 0
 
 
+@pytest.mark.slow
 def test_quick_run_has_every_case_with_finite_numbers(quick_run):
     _, _, doc = quick_run
     results = doc["results"]
@@ -274,6 +276,7 @@ def test_quick_run_has_every_case_with_finite_numbers(quick_run):
             assert math.isfinite(r["bw_fraction"]) and r["bw_fraction"] > 0
 
 
+@pytest.mark.slow
 def test_quick_run_json_records_device_and_versions(quick_run):
     _, _, doc = quick_run
     assert doc["schema"] == 1 and doc["quick"] is True and doc["timestamp"]
@@ -287,6 +290,7 @@ def test_quick_run_json_records_device_and_versions(quick_run):
     assert env["threads"]["numba_num_threads"] >= 1
 
 
+@pytest.mark.slow
 def test_quick_run_prints_table_with_targets_and_baseline(quick_run):
     _, text, _ = quick_run
     assert "p50" in text and "plan" in text and "ours" in text

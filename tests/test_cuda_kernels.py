@@ -5,7 +5,7 @@ The same cases run three ways, each compared with ``cpu_fallback.indicators.comp
 inf positions identical):
 
 * **twin** (in process): the scan path's bodies compiled for the CPU by numba
-  (``scan_math.twin_compute``);
+  (``cpu_fallback.scan.twin_compute``);
 * **simulator** (a subprocess, because ``NUMBA_ENABLE_CUDASIM`` must be set before
   numba is first imported): the real launcher -- kernels, time-major transposes,
   chunked layout, carry scan -- on NumPy arrays in numba's CUDA simulator;
@@ -35,7 +35,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from conftest import random_ohlcv  # noqa: E402
-from gpu_trader.indicator_specs import SPECS  # noqa: E402
+from gpu_trader._internal.indicator_specs import SPECS  # noqa: E402
 
 # name -> (inputs picked from h, l, c, v; parameter grid used by the cases)
 INDICATORS = {
@@ -150,7 +150,7 @@ def test_rows_never_read_past_the_series_end(name):
     Runs the shared row bodies as plain Python on short, all-NaN and partly-NaN
     series with windows longer than the series.
     """
-    from gpu_trader import indicator_math as im
+    from gpu_trader._internal import indicator_loops
 
     code, _, n_out, pnames = SPECS[name]
     for T in range(1, 7):
@@ -161,18 +161,19 @@ def test_rows_never_read_past_the_series_end(name):
                 params = np.array([max(window, 2)] * len(pnames) + [0.0] * (3 - len(pnames)), dtype=np.float64)
                 if name == "bollinger":
                     params[1] = 2.0
-                im.dispatch(code, x, x, x, x, params, np.empty((n_out, T)))
+                indicator_loops.dispatch(code, x, x, x, x, params, np.empty((n_out, T)))
 
 
 # -- twin: the scan bodies compiled for the CPU -------------------------------------------
 @pytest.mark.parametrize("case_id", [k for k in CASES if "-scan" in k])
 def test_twin_scan_matches_cpu(case_id):
-    from gpu_trader import scan_math as sm
+    from gpu_trader.cpu_fallback.scan import twin_compute
+    from gpu_trader.kernels.scan import PAIR_BLOCK
 
     case = CASES[case_id]
     with np.errstate(all="ignore"):
-        got = sm.twin_compute(case["name"], case["inputs"], case["params"], case["n_out"],
-                              chunk=case["chunk"], pair_block=case["pair_block"] or sm.PAIR_BLOCK)
+        got = twin_compute(case["name"], case["inputs"], case["params"], case["n_out"],
+                           chunk=case["chunk"], pair_block=case["pair_block"] or PAIR_BLOCK)
     assert_close_to_cpu(got, cpu_reference(case))
 
 
@@ -180,7 +181,7 @@ def test_twin_scan_atr_window_one_inf_at_chunk_boundaries():
     """ATR(1) is TA-Lib's ``1 * tr + 0 * prev``: an infinite true range is inf for one bar, then
     NaN for good (0 * inf). A chunk boundary right after it must carry that (a clamped
     carry coefficient would give inf instead)."""
-    from gpu_trader import scan_math as sm
+    from gpu_trader.cpu_fallback.scan import twin_compute
 
     talib = pytest.importorskip("talib")
     h, l, c, _ = (np.ascontiguousarray(a) for a in random_ohlcv(6, 40, seed=3))
@@ -188,7 +189,7 @@ def test_twin_scan_atr_window_one_inf_at_chunk_boundaries():
         h[i, t] = np.inf
     params = np.array([[1.0]])
     with np.errstate(all="ignore"):
-        got = sm.twin_compute("atr", [h, l, c], params, 1, chunk=7, pair_block=2)
+        got = twin_compute("atr", [h, l, c], params, 1, chunk=7, pair_block=2)
         ref = np.stack([talib.ATR(h[i], l[i], c[i], 1) for i in range(6)])
     assert_close_to_cpu(got, cpu_reference(dict(name="atr", inputs=[h, l, c], params=params, n_out=1)))
     np.testing.assert_array_equal(got[0, 0], ref)
@@ -198,7 +199,7 @@ def test_twin_scan_atr_window_one_inf_at_chunk_boundaries():
 @pytest.mark.parametrize("n_bars", [1, 2, 9])
 def test_twin_scan_short_series(name, n_bars):
     """Series shorter than the windows, single bars, chunk length 1 and 3."""
-    from gpu_trader import scan_math as sm
+    from gpu_trader.cpu_fallback.scan import twin_compute
 
     pick, grid = INDICATORS[name]
     data = ragged(4, n_bars, 5, np.float64)
@@ -207,32 +208,34 @@ def test_twin_scan_short_series(name, n_bars):
     case = dict(name=name, inputs=inputs, params=params, n_out=N_OUT.get(name, 1))
     for chunk in (1, 3):
         with np.errstate(all="ignore"):
-            got = sm.twin_compute(name, inputs, params, case["n_out"], chunk=chunk, pair_block=2)
+            got = twin_compute(name, inputs, params, case["n_out"], chunk=chunk, pair_block=2)
         assert_close_to_cpu(got, cpu_reference(case))
 
 
 @pytest.mark.parametrize("name", SCAN)
 def test_twin_long_series_default_chunks(name):
     """300k bars, the whole parameter grid, the automatic chunk length (thousands of chunks)."""
-    from gpu_trader import scan_math as sm
+    from gpu_trader.cpu_fallback.scan import twin_compute
+    from gpu_trader.kernels.scan import choose_chunk
 
     pick, grid = INDICATORS[name]
     data = random_ohlcv(1, 300_000, 8)
     inputs = [data["hlcv".index(k)] for k in pick]
     params = np.array(grid, dtype=np.float64).reshape(len(grid), -1)
-    chunk = sm.choose_chunk(name, params, params.shape[0], 300_000)
-    got = sm.twin_compute(name, inputs, params, N_OUT.get(name, 1), chunk=chunk)
+    chunk = choose_chunk(name, params, params.shape[0], 300_000)
+    got = twin_compute(name, inputs, params, N_OUT.get(name, 1), chunk=chunk)
     assert_close_to_cpu(got, cpu_reference(dict(name=name, inputs=inputs, params=params, n_out=N_OUT.get(name, 1))))
 
 
 def test_exclusive_affine_scan_matches_sequential():
-    from gpu_trader import scan_math as sm
+    from gpu_trader.cpu_fallback.scan import CpuScanExecutor
+    from gpu_trader.kernels.scan import exclusive_affine_scan
 
     rng = np.random.default_rng(3)
     Q, m = 3, 1000
     A = rng.uniform(0.5, 1.0, (Q, m))
     B = rng.normal(size=(Q, m))
-    Ain, Bin = sm.exclusive_affine_scan(A, B, np, sm.CpuScanExecutor(), blk=4)
+    Ain, Bin = exclusive_affine_scan(A, B, np, CpuScanExecutor(), blk=4)
     y0 = rng.normal(size=Q)
     y = y0.copy()
     for c in range(m):
@@ -241,20 +244,29 @@ def test_exclusive_affine_scan_matches_sequential():
 
 
 def test_path_choice_and_chunk_length():
-    from gpu_trader import scan_math as sm
+    from gpu_trader.kernels import scan
 
-    assert sm.use_scan("ema", 1, sm.SCAN_MIN_T)
-    assert not sm.use_scan("ema", 1, sm.SCAN_MIN_T - 1)
-    assert not sm.use_scan("ema", sm.SCAN_MAX_ROWS, 10**7)
-    assert not sm.use_scan("stoch", 1, 10**7)
+    assert scan.use_scan("ema", 1, scan.SCAN_MIN_T)
+    assert not scan.use_scan("ema", 1, scan.SCAN_MIN_T - 1)
+    assert not scan.use_scan("ema", scan.SCAN_MAX_ROWS, 10**7)
+    assert not scan.use_scan("stoch", 1, 10**7)
     p = np.array([[20.0]])
     # one 10M-bar series: ~TARGET_THREADS chunks
-    L = sm.choose_chunk("ema", p, 1, 10_000_000)
-    assert sm.MIN_CHUNK <= L and abs(-(-10_000_000 // L) - sm.TARGET_THREADS) < sm.TARGET_THREADS // 8
-    assert sm.choose_chunk("ema", p, 1, 5000) == sm.MIN_CHUNK
-    assert sm.choose_chunk("sma", np.array([[200.0]]), 1, 10**6) == 400
-    assert sm.choose_chunk("wma", np.array([[200.0]]), 1, 10**6) == 1600
-    assert sm.choose_chunk("ema", p, 1, 10) == 10
+    L = scan.choose_chunk("ema", p, 1, 10_000_000)
+    assert scan.MIN_CHUNK <= L and abs(-(-10_000_000 // L) - scan.TARGET_THREADS) < scan.TARGET_THREADS // 8
+    assert scan.choose_chunk("ema", p, 1, 5000) == scan.MIN_CHUNK
+    assert scan.choose_chunk("sma", np.array([[200.0]]), 1, 10**6) == 400
+    assert scan.choose_chunk("wma", np.array([[200.0]]), 1, 10**6) == 1600
+    assert scan.choose_chunk("ema", p, 1, 10) == 10
+
+
+def test_scan_names_are_the_indicators_with_scan_bodies():
+    """Every indicator but STOCH has a scan path; SMA, WMA, Bollinger and VWAP are windowed
+    (phase 3 only), the others affine (phase 1, carry scan, phase 3)."""
+    from gpu_trader._internal import scan_loops
+
+    assert scan_loops.SCAN_NAMES == set(SCAN)
+    assert scan_loops.WINDOWED_NAMES == {"sma", "wma", "bollinger", "vwap"}
 
 
 # -- simulator: the CUDA launcher on NumPy arrays, in a subprocess ----------------------------
@@ -318,6 +330,7 @@ def simulated(_children):
     return results, errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_simulator_matches_cpu(simulated, case_id):
     results, errors = simulated
@@ -332,11 +345,12 @@ def _simulate_main(out_dir):
 
     assert config.ENABLE_CUDASIM, "run with NUMBA_ENABLE_CUDASIM=1"
     from gpu_trader.kernels import indicators as ki
+    from gpu_trader.kernels.launch import CudaExecutor
 
     results, errors = {}, {}
     for case_id, case in CASES.items():
         try:
-            results[case_id] = run_case(case, np, ki.compute_xp, ki.CudaExecutor)
+            results[case_id] = run_case(case, np, ki.compute_xp, CudaExecutor)
         except Exception:  # reported per case by the parent
             errors[case_id] = traceback.format_exc()[-4000:]
     np.savez(Path(out_dir) / "results.npz", **results)
@@ -344,6 +358,7 @@ def _simulate_main(out_dir):
 
 
 # -- PTX for a real GPU -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_kernels_compile_to_ptx(_children):
     rc, out, err = _children["ptx"].result()
     if rc == 3:
@@ -363,9 +378,10 @@ def _ptx_main():
         print(f"{type(exc).__name__}: {exc}")
         sys.exit(3)
     from gpu_trader.kernels import indicators as ki
+    from gpu_trader.kernels.launch import PtxExecutor
 
     failed = []
-    exe = ki.PtxExecutor(cc=(9, 0))
+    exe = PtxExecutor(cc=(9, 0))
     # every kernel with the float64 argument types, the batch kernels and MACD's scan with float32 too
     for case_id, case in CASES.items():
         if not (case_id.endswith("float64-rows") or case_id.endswith("float64-scan1")
@@ -398,7 +414,9 @@ def _cuda_or_skip():
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_device_matches_cpu(case_id):
     cupy, ki = _cuda_or_skip()
-    got = run_case(CASES[case_id], cupy, ki.compute_xp, ki.CudaExecutor)
+    from gpu_trader.kernels.launch import CudaExecutor
+
+    got = run_case(CASES[case_id], cupy, ki.compute_xp, CudaExecutor)
     assert_close_to_cpu(cupy.asnumpy(got), cpu_reference(CASES[case_id]))
 
 

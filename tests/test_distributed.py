@@ -86,13 +86,13 @@ def test_unknown_keyword_is_a_type_error(client):
 def test_merge_memory_of_all_partitions_is_refused_before_submitting(client, monkeypatch):
     """The driver holds every partition's tail: a call the single process could run may be
     refused for the cluster when the merge would exceed the working-memory limit."""
-    from gpu_trader import mc_engine, validation
+    from gpu_trader._internal import montecarlo_xp, validation
     from gpu_trader.montecarlo import plan_monte_carlo
 
     weights, mu, cov = _book()
     kw = dict(level=0.9, n_scenarios=40_000, seed=1, chunk_size=4096)
     be, plan, _ = plan_monte_carlo(weights, mu, cov, **{**gtd.MONTE_CARLO_DEFAULTS, **kw})
-    single = mc_engine.work_bytes(plan, be.ops("montecarlo"))
+    single = montecarlo_xp.work_bytes(plan, be.ops("montecarlo"))
     monkeypatch.setattr(validation, "WORK_MEMORY_LIMIT", single + gtd.merge_bytes(plan, 3))
     gt.var_monte_carlo(weights, mu, cov, **kw)  # fits
     gtd.var_monte_carlo(client, weights, mu, cov, partitions=3, **kw)  # fits, just
@@ -113,14 +113,14 @@ def test_partition_bounds_cover_the_range_on_chunk_boundaries():
 
 
 def test_engine_tail_refuses_a_start_off_the_chunk_grid():
-    from gpu_trader import mc_engine
+    from gpu_trader._internal import montecarlo_xp
 
     weights, mu, cov = _book()
     _, plan, _ = gt.montecarlo.plan_monte_carlo(
         weights, mu, cov, level=0.99, n_scenarios=10_000, horizon=1, dist="normal", dof=None, seed=1, options=None,
         contributions=False, chunk_size=1024, dtype=np.float64, backend="cpu")
     with pytest.raises(ValueError, match="multiple of the chunk size"):
-        mc_engine.tail(plan, gt.get_backend("cpu").ops("montecarlo"), 100, 5000)
+        montecarlo_xp.tail(plan, gt.get_backend("cpu").ops("montecarlo"), 100, 5000)
 
 
 @pytest.mark.parametrize("name, fields, params", [

@@ -40,12 +40,14 @@ def _hadolint() -> str:
     return exe
 
 
+@pytest.mark.slow
 def test_hadolint_finds_nothing():
     proc = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_hadolint_can_fail(tmp_path):
     """The linter really runs: a file with known findings fails."""
     bad = tmp_path / "Dockerfile"

@@ -294,6 +294,7 @@ def _check_refusals(t: Target, a: np.ndarray) -> None:
         _assert_untouched(v, snap, f"{t.id} with a {name} {t.arg}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t", TARGETS, ids=[t.id for t in TARGETS])
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), gaps=st.booleans())

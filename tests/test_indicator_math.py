@@ -1,4 +1,4 @@
-"""The one-step primitives of ``gpu_trader.indicator_math``.
+"""The one-step primitives of ``gpu_trader._internal.indicator_loops``.
 
 The row bodies, the chunked scans and the streaming updates all call these, so
 their results are checked end to end elsewhere (TA-Lib, stream vs batch, scan vs
@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import pytest
 
-from gpu_trader import indicator_math as im
+from gpu_trader._internal import indicator_loops
 
 SPECIAL = [0.0, -0.0, 1.0, -2.5, 1e-300, 3e300, math.inf, -math.inf, math.nan]
 
@@ -67,7 +67,7 @@ def _bits(value):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_compiled_equals_python_bitwise(name):
-    fn = getattr(im, name)
+    fn = getattr(indicator_loops, name)
     compiled = numba.njit(fn)
     with np.errstate(all="ignore"):
         for args in CASES[name]:
@@ -79,21 +79,21 @@ def test_compiled_equals_python_bitwise(name):
 
 
 def test_edge_semantics():
-    assert im.stoch_k(5.0, 1.0, 0.0) == 0.0  # flat window
-    assert math.isnan(im.vwap_value(1.0, 2.0, 1))  # a non-finite bar in the window
-    assert math.isnan(im.vwap_value(1.0, 0.0, 0))  # no volume
-    assert im.vwap_add(1.0, 2.0, 0, math.nan, 3.0) == (1.0, 2.0, 1)
-    assert im.vwap_remove(1.0, 2.0, 1, math.inf, 3.0) == (1.0, 2.0, 0)
-    assert im.true_range(3.0, 1.0, math.nan) == 2.0  # NaN terms lose the comparisons
-    alpha, beta = im.atr_coefficients(14)
+    assert indicator_loops.stoch_k(5.0, 1.0, 0.0) == 0.0  # flat window
+    assert math.isnan(indicator_loops.vwap_value(1.0, 2.0, 1))  # a non-finite bar in the window
+    assert math.isnan(indicator_loops.vwap_value(1.0, 0.0, 0))  # no volume
+    assert indicator_loops.vwap_add(1.0, 2.0, 0, math.nan, 3.0) == (1.0, 2.0, 1)
+    assert indicator_loops.vwap_remove(1.0, 2.0, 1, math.inf, 3.0) == (1.0, 2.0, 0)
+    assert indicator_loops.true_range(3.0, 1.0, math.nan) == 2.0  # NaN terms lose the comparisons
+    alpha, beta = indicator_loops.atr_coefficients(14)
     assert alpha + beta == 1.0
     # re-seed: a variance below 1e-12 of var2 / period (cancellation residue) is floored to 0
-    assert im.shifted_variance(1.0, 1.0 + 2.0**-52, 1.0) > 0.0
-    assert im.bbands_reseeded(1.0, 1.0 + 2.0**-52, 0.0, 0.0, 1.0)[2] == 0.0
-    upper, middle, lower = im.bbands_bands(10.0, 4.0, 1.5)
+    assert indicator_loops.shifted_variance(1.0, 1.0 + 2.0**-52, 1.0) > 0.0
+    assert indicator_loops.bbands_reseeded(1.0, 1.0 + 2.0**-52, 0.0, 0.0, 1.0)[2] == 0.0
+    upper, middle, lower = indicator_loops.bbands_bands(10.0, 4.0, 1.5)
     assert (upper, middle, lower) == (13.0, 10.0, 7.0)
     # the drift test fires when a large value leaves the window
-    *_, drifted = im.bbands_step(0.0, 0.0, 0.0, 1.0, 0.0, 1e9, 2, 0.5)
+    *_, drifted = indicator_loops.bbands_step(0.0, 0.0, 0.0, 1.0, 0.0, 1e9, 2, 0.5)
     assert drifted
 
 
@@ -110,6 +110,6 @@ def test_stoch_direct_extremes_equal_tracked_bit_for_bit(fastk):
     high[200] = np.inf
     direct = np.full((2, 400), -1.0)
     tracked = np.full((2, 400), -1.0)
-    im.stoch_raw_direct(high, low, close, fastk - 1, fastk, direct)
-    im.stoch_raw_tracked(high, low, close, 0, fastk - 1, tracked)
+    indicator_loops.stoch_raw_direct(high, low, close, fastk - 1, fastk, direct)
+    indicator_loops.stoch_raw_tracked(high, low, close, 0, fastk - 1, tracked)
     np.testing.assert_array_equal(direct.view(np.int64), tracked.view(np.int64))

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import gpu_trader as gt
 from conftest import on_backend, random_ohlcv
-from gpu_trader.indicator_specs import PARAMETERS
-from gpu_trader.validation import MAX_ELEMENTS, MAX_GRID, MAX_WINDOW
+from gpu_trader._internal.indicator_specs import PARAMETERS
+from gpu_trader._internal.validation import MAX_ELEMENTS, MAX_GRID, MAX_WINDOW
 
 AREA = "indicators"  # the backends that implement it run these tests (conftest.py)
 
@@ -177,6 +177,7 @@ def test_float32_in_float32_out(backend, name):
         assert_matches(o, r, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_float32_long_series_stays_accurate(backend):
     """A float32 running sum over 1M bars would drift; ours accumulates in float64."""
     x = (1000.0 + np.cumsum(np.random.default_rng(0).normal(0, 0.5, 1_000_000))).astype(np.float32)
@@ -461,6 +462,7 @@ def test_integer_parameters_refused_out_of_range_else_talib(case, value):
         assert_matches(o, r)
 
 
+@pytest.mark.slow
 def test_windows_near_two_to_the_63_are_refused_in_a_subprocess():
     """The values that used to reach numba as a garbage int64 (and kill the interpreter) are
     refused in Python; run where a missed check would crash the process rather than a test."""
@@ -525,7 +527,7 @@ def test_grid_output_larger_than_the_limit_is_refused_up_front():
 
 
 def test_output_limit_applies_to_grids_and_features(monkeypatch):
-    from gpu_trader import validation
+    from gpu_trader._internal import validation
 
     _, _, c, v = random_ohlcv(2, 100, seed=16)
     monkeypatch.setattr(validation, "MAX_ELEMENTS", 1000)

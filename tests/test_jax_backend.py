@@ -138,7 +138,7 @@ def test_random_blocks_are_counter_based_and_standard():
 
 
 def test_array_black_scholes_matches_the_scalar_one():
-    from gpu_trader.option_math import bs_price
+    from gpu_trader._internal.option_loops import bs_price
 
     rng = np.random.default_rng(6)
     n = 400

@@ -31,6 +31,7 @@ GRAD_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GRAD_CASES))
 def test_gradient_matches_central_differences(name):
     """d/dclose of a weighted sum of every output, by jax.grad and by central differences
@@ -66,6 +67,7 @@ def test_gradient_matches_central_differences(name):
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5 * np.abs(fd).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DEFAULT_PARAMS))
 def test_gradient_stays_finite_around_nans_and_infs(name):
     """Late listings, an all-NaN series, NaN and inf bars: the gradient of the sum of the finite
@@ -89,6 +91,7 @@ def test_gradient_stays_finite_around_nans_and_infs(name):
     assert np.abs(grad).sum() > 0
 
 
+@pytest.mark.slow
 def test_gradient_through_jit_and_of_a_plain_sum():
     """``jax.grad(gt.ema(x, 10).sum())`` is finite although the output starts with NaNs, and
     the indicators compose with an outer jax.jit."""
@@ -101,6 +104,7 @@ def test_gradient_through_jit_and_of_a_plain_sum():
 
 
 # -- NaN and inf cases against TA-Lib ---------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [(2, 3, 3), (5, 3, 3), (14, 1, 4), (9, 4, 1)])
 def test_stoch_nan_inside_highs_and_lows_matches_talib(params):
     """TA-Lib's tracked extremes: a NaN high or low is skipped unless a rescan starts on it."""
@@ -114,6 +118,7 @@ def test_stoch_nan_inside_highs_and_lows_matches_talib(params):
         assert_matches(o, r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [np.inf, -np.inf])
 @pytest.mark.parametrize("name", sorted(set(DEFAULT_PARAMS) - {"stoch"}))
 def test_infinities_match_talib(name, value):
@@ -159,6 +164,7 @@ def test_wma_recovers_at_its_reanchor(window):
     assert_matches(ours, reference("wma", [c], (window,))[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,params", [("sma", (150,)), ("vwap", (131,)), ("stoch", (129, 2, 3))])
 def test_windows_longer_than_the_direct_reduction(name, params):
     """Windows above DIRECT_WINDOW_MAX take the doubling instead of reduce_window."""

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import gpu_trader as gt
 from conftest import assert_compiles_to_ptx
-from gpu_trader import market_math as mm
+from gpu_trader._internal import market_xp
 from gpu_trader import marketdata as md
 
 AREA = "marketdata"  # the backends that implement it run these tests (conftest.py)
@@ -160,7 +160,7 @@ def test_ingestor_keeps_order_across_calls_and_grows():
 
 
 def test_memory_per_connection_under_10mb():
-    """An ingestor holding 10K ticks (TARGETS.md: memory per connection < 10 MB)."""
+    """An ingestor holding 10K ticks (target: memory per connection < 10 MB, docs/design.md#benchmarks-and-targets)."""
     import tracemalloc
 
     msgs = [tick_json("S%d" % (i % 50), T0 + i, 100.0 + i % 7, 10.0) for i in range(10_000)]
@@ -316,7 +316,7 @@ def test_segmented_reduction_algorithm_on_numpy(shuffle):
     ts, price, size, sym = random_ticks(2000, 4, 3 * 3600 * NS, 2, shuffle)
     tf = 60 * NS
     first, n_bars = ts.min() // tf, ts.max() // tf - ts.min() // tf + 1
-    out = mm.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, 4)
+    out = market_xp.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, 4)
     check_bars((np.arange(n_bars) + first) * tf, dict(zip(FIELDS, out)), ts, price, size, sym, 4, tf)
 
 
@@ -335,10 +335,11 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_bars_kernel_compiles_to_ptx():
     """The real segment kernel compiled for sm_90 (H100); needs NVVM, not a GPU."""
     assert_compiles_to_ptx("""
-        from gpu_trader.kernels.indicators import PtxExecutor
+        from gpu_trader.kernels.launch import PtxExecutor
         from gpu_trader.kernels.marketdata import aggregate_bars_xp
         exe = PtxExecutor(cc=(9, 0))
         ts = np.arange(10, dtype=np.int64)
@@ -347,6 +348,7 @@ def test_bars_kernel_compiles_to_ptx():
     """)
 
 
+@pytest.mark.slow
 def test_bars_kernel_in_cuda_simulator():
     """The real launcher and CUDA kernel in numba's simulator (a subprocess: the flag must be
     set before numba is imported)."""
@@ -564,6 +566,13 @@ def test_symbol_universe_must_be_a_collection_of_names(universe):
             call()
 
 
+def test_a_dropped_message_is_a_message_rejection_also_under_its_old_name():
+    rejected = md.parse_ticks([tick_json("B")], symbols=["ABC"]).rejected[0]
+    assert type(rejected) is md.MessageRejection and md.Rejection is md.MessageRejection
+    assert gt.MessageRejection is md.MessageRejection
+    assert gt.Rejection is not md.MessageRejection  # the package-level name is the order rejection
+
+
 def test_symbol_universe_matches_whole_names():
     with pytest.raises(md.MarketDataError, match="unknown_symbol"):
         md.parse_tick(tick_json("B"), symbols=["ABC"])
@@ -767,8 +776,8 @@ def test_aggregate_bars_guards_bytes_before_any_allocation(monkeypatch):
     with pytest.raises(ValueError, match="MAX_BAR_BYTES"):  # ~1.7e18 one-nanosecond bars
         md.aggregate_bars([0, T0], [1.0, 1.0], [1.0, 1.0], timeframe=1)
     monkeypatch.setattr(md, "MAX_BAR_BYTES", 1 << 20)
-    fits = (md.MAX_BAR_BYTES - mm.bar_workspace_bytes(1, 0, 1)) // mm.BAR_BYTES_PER_CELL
-    assert mm.bar_workspace_bytes(1, fits, 1) <= md.MAX_BAR_BYTES < mm.bar_workspace_bytes(1, fits + 1, 1)
+    fits = (md.MAX_BAR_BYTES - market_xp.bar_workspace_bytes(1, 0, 1)) // market_xp.BAR_BYTES_PER_CELL
+    assert market_xp.bar_workspace_bytes(1, fits, 1) <= md.MAX_BAR_BYTES < market_xp.bar_workspace_bytes(1, fits + 1, 1)
     with pytest.raises(ValueError, match="MAX_BAR_BYTES"):
         md.aggregate_bars([T0], symbol=[0], n_symbols=fits + 1, **one)
     with pytest.raises(AssertionError, match="guard"):
@@ -783,9 +792,9 @@ def test_bar_memory_bound_covers_the_allocations(n, n_symbols, span_min):
     ts, price, size, sym = random_ticks(n, n_symbols, span_min * 60 * NS, 23, shuffle=True)
     tf = 60 * NS
     first, n_bars = ts.min() // tf, ts.max() // tf - ts.min() // tf + 1
-    bound = mm.bar_workspace_bytes(n, n_symbols, n_bars)
+    bound = market_xp.bar_workspace_bytes(n, n_symbols, n_bars)
     runs = (lambda: md.aggregate_bars(ts, price, size, sym, timeframe=tf, n_symbols=n_symbols),
-            lambda: mm.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, n_symbols))
+            lambda: market_xp.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, n_symbols))
     for run in runs:
         run()  # compile first
         tracemalloc.start()
@@ -1009,7 +1018,7 @@ def test_gpu_algorithm_and_quote_metrics_take_read_only_arrays():
         a.flags.writeable = False
     tf = 60 * NS
     first, n_bars = ts.min() // tf, ts.max() // tf - ts.min() // tf + 1
-    out = mm.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, 3)
+    out = market_xp.bars_by_sort(np, _segments_on_cpu(), ts, price, size, sym, tf, first, n_bars, 3)
     check_bars((np.arange(n_bars) + first) * tf, dict(zip(FIELDS, out)), ts, price, size, sym, 3, tf)
     ask = price * 1.001
     ask.flags.writeable = False

@@ -33,7 +33,7 @@ from scipy import stats
 import gpu_trader as gt
 from gpu_trader.cpu_fallback import montecarlo as cpu_mc
 from gpu_trader.kernels import montecarlo as gpu_mc
-from gpu_trader.mc_engine import band_for
+from gpu_trader._internal.montecarlo_xp import band_for
 
 AREA = "montecarlo"  # the backends that implement it run these tests (conftest.py)
 
@@ -57,6 +57,7 @@ def closed_form_normal(w, mu, cov, level, h):
     return -h * (w @ mu) + stats.norm.ppf(level) * sd, sd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_linear_gaussian_matches_closed_form(backend, dtype):
     w, mu, cov = random_problem()
@@ -96,6 +97,7 @@ def test_euler_contributions_match_closed_form_and_sum_to_var(backend):
     assert np.all(np.abs(c - euler) < 4 * noise), np.abs(c - euler) / noise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dof", [3.5, 6.0])
 def test_student_t_linear_portfolio_is_a_scaled_t(backend, dof):
     w, mu, cov = random_problem(p=3, seed=2)
@@ -165,7 +167,7 @@ def test_options_match_brute_force_revaluation(dist, dof):
 
 
 def test_black_scholes_shared_math_matches_scipy():
-    from gpu_trader.option_math import bs_price
+    from gpu_trader._internal.option_loops import bs_price
 
     rng = np.random.default_rng(4)
     for _ in range(200):
@@ -178,6 +180,7 @@ def test_black_scholes_shared_math_matches_scipy():
     assert bs_price(0.0, 100.0, 1.0, 0.05, 0.2, True) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist,dof", [("normal", None), ("t", 5.0)])
 def test_chunk_size_does_not_change_the_result(backend, dist, dof):
     w, mu, cov = random_problem(p=2, seed=5)
@@ -343,7 +346,7 @@ def test_random_blocks_are_counter_based():
 def _simulated() -> dict:
     """Run in a subprocess with NUMBA_ENABLE_CUDASIM=1: the BS kernel and the whole engine with the GPU
     module's kernel and tail merge (NumPy arrays) against the CPU backend."""
-    import gpu_trader.mc_engine as eng
+    import gpu_trader._internal.montecarlo_xp as eng
     from gpu_trader import montecarlo as pub
 
     class Ops:
@@ -386,6 +389,7 @@ def _simulated() -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_gpu_module_under_cuda_simulator(tmp_path):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
     out = tmp_path / "sim.json"
@@ -402,6 +406,7 @@ def test_tail_probability_as_level_is_refused_with_a_hint(level):
         gt.var_monte_carlo(np.ones(3), 0.0, np.eye(3) * 1e-4, level=level, n_scenarios=10_000, seed=0)
 
 
+@pytest.mark.slow
 def test_level_one_half_is_the_median_loss(backend):
     w, mu, cov = random_problem(n=5, p=2, seed=12)
     res = gt.var_monte_carlo(w, mu, cov, level=np.float64(0.5), n_scenarios=np.int64(40_000), horizon=np.int32(3),
@@ -430,18 +435,18 @@ def test_a_tail_too_large_for_memory_is_refused_before_allocating():
 
 @pytest.mark.parametrize("P, n_scenarios, level", [(40, 60_000, 0.5), (5, 60_000, 0.999)])
 def test_working_memory_estimate_bounds_the_measured_peak(P, n_scenarios, level):
-    """tracemalloc's peak (NumPy reports to it) stays within mc_engine.work_bytes, and the tail it
+    """tracemalloc's peak (NumPy reports to it) stays within montecarlo_xp.work_bytes, and the tail it
     documents is really held (memory grows with n_scenarios x (1 - level) x P)."""
     import tracemalloc
 
-    from gpu_trader import mc_engine
+    from gpu_trader._internal import montecarlo_xp
     from gpu_trader.montecarlo import plan_monte_carlo
 
     w, mu, cov = random_problem(n=8, p=P, seed=14)
     kw = dict(level=level, n_scenarios=n_scenarios, horizon=1, dist="normal", dof=None, seed=3, options=None,
               contributions=True, chunk_size=2048, dtype=np.float64, backend="cpu")
     _, plan, _ = plan_monte_carlo(w, mu, cov, **kw)
-    estimate = mc_engine.work_bytes(plan, cpu_mc)
+    estimate = montecarlo_xp.work_bytes(plan, cpu_mc)
     gt.var_monte_carlo(w, mu, cov, **kw)  # compile and load first: only the call's own memory is measured
     tracemalloc.start()
     try:

@@ -23,7 +23,7 @@ from gpu_trader.brokers import BrokerAck, BrokerError, CircuitBreaker, Simulated
 from gpu_trader.commissions import FixedCommission
 from gpu_trader.order_manager import OrderManager, SymbolRouter
 from gpu_trader.orders import (
-    CANCELLED, FILLED, NO_LIMITS, OPEN, REJECTED, UNKNOWN, Exposure, Order, Rejection, RiskLimits, check_order,
+    CANCELLED, FILLED, NO_LIMITS, OPEN, REJECTED, UNKNOWN, Exposure, Order, OrderRejection, RiskLimits, check_order,
     limit_order, market_order, order_for_signal, stop_limit_order, stop_order, validate_order,
 )
 from gpu_trader.portfolio import Portfolio
@@ -148,8 +148,17 @@ def test_order_for_signal_targets_a_position():
     assert (o.side, o.quantity) == ("sell", 200)
     r = order_for_signal("X", -1, 10.0, portfolio=pf, unit_quantity=100,
                          limits=RiskLimits(max_position_quantity=50))
-    assert isinstance(r, Rejection) and r.code == "position_limit"
+    assert isinstance(r, OrderRejection) and r.code == "position_limit"
     assert order_for_signal("X", float("nan"), 10.0, portfolio=pf).code == "invalid"
+
+
+def test_a_refused_order_is_an_order_rejection_also_under_its_old_names():
+    import gpu_trader as gt
+    from gpu_trader import orders
+
+    r = validate_order(market_order("X", "buy", 10), Portfolio(1e6), RiskLimits(max_order_quantity=1), price=10.0)
+    assert type(r) is OrderRejection and r.code == "order_size"
+    assert orders.Rejection is OrderRejection and gt.Rejection is OrderRejection and gt.OrderRejection is OrderRejection
 
 
 # -- circuit breaker ---------------------------------------------------------------------
@@ -1021,13 +1030,13 @@ anything = st.one_of(
 def test_order_for_signal_and_validate_order_never_raise(symbol, signal, price, unit, portfolio, cid):
     pf = {"real": Portfolio(1e6), None: None, "broken": BrokenPortfolio(), "garbage": 42}[portfolio]
     out = order_for_signal(symbol, signal, price, portfolio=pf, unit_quantity=unit, client_order_id=cid)
-    assert out is None or isinstance(out, (Order, Rejection))
-    if isinstance(out, Rejection):
+    assert out is None or isinstance(out, (Order, OrderRejection))
+    if isinstance(out, OrderRejection):
         assert type(out.client_order_id) is str and out.code in {"invalid", "no_price", "order_size",
                                                                  "position_limit", "buying_power"}
     o = market_order("X", "buy", 1)
     for args in ((signal, pf), (o, pf, signal), (o, pf, NO_LIMITS, price), (o, pf, NO_LIMITS, 1.0, signal)):
-        assert validate_order(*args) is None or isinstance(validate_order(*args), Rejection)
+        assert validate_order(*args) is None or isinstance(validate_order(*args), OrderRejection)
 
 
 def test_pending_exposure_is_counted_and_a_negative_one_is_refused():
@@ -1047,7 +1056,7 @@ def test_validate_order_refuses_a_broken_commission_model():
     for fee in BAD_FEES:
         pf = Portfolio(1e6, commission=SwitchableFee(fee))
         r = validate_order(market_order("X", "buy", 1), pf, price=10.0)
-        assert isinstance(r, Rejection) and r.code == "invalid" and "commission" in r.reason
+        assert isinstance(r, OrderRejection) and r.code == "invalid" and "commission" in r.reason
 
 
 class DeafBroker:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpu_trader as gt
-from gpu_trader import vector_math as vm
+from gpu_trader._internal import vector_xp
 from gpu_trader.patterns import PatternMemory, window_patterns
 
 AREA = "vectors"  # the backends that implement it run these tests (conftest.py)
@@ -106,7 +106,7 @@ def test_distill_objective_vs_sklearn(backend):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kmeans_on_random_data_close_to_sklearn(seed):
     x = np.random.default_rng(seed).standard_normal((400, 8))
-    _, _, inertia = vm.kmeans(np, x, 10, 100, seed, 0.0, np.asarray)
+    _, _, inertia = vector_xp.kmeans(np, x, 10, 100, seed, 0.0, np.asarray)
     best = sklearn_cluster.KMeans(10, n_init=10, random_state=seed).fit(x).inertia_
     assert inertia <= 1.05 * best
 
@@ -132,7 +132,7 @@ def test_errors():
 
 def test_integer_parameters_are_bounded():
     from gpu_trader.patterns import MAX_KMEANS_ITER
-    from gpu_trader.validation import MAX_WINDOW
+    from gpu_trader._internal.validation import MAX_WINDOW
 
     for bad in (2**63, 2**63 - 1, MAX_WINDOW + 1, np.uint64(2**64 - 1)):
         with pytest.raises(ValueError, match="window"):
@@ -171,7 +171,7 @@ def test_integer_parameters_are_bounded():
                         st.sampled_from([2**63, 100_000, 100_001, 1, True, np.True_])),
        k=st.one_of(st.integers(-(2**64), 2**64), st.integers(1, 8).map(np.int16), st.sampled_from([True, 2**63])))
 def test_hostile_integers_refused_or_correct(window, k):
-    from gpu_trader.validation import MAX_WINDOW
+    from gpu_trader._internal.validation import MAX_WINDOW
 
     if isinstance(window, (bool, np.bool_)) or not 2 <= int(window) <= MAX_WINDOW:
         with pytest.raises((TypeError, ValueError), match="window"):

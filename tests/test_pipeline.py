@@ -20,11 +20,9 @@ from hypothesis import strategies as st
 
 from gpu_trader import TradingPipeline
 from gpu_trader.brokers import SimulatedBroker
-from gpu_trader.marketdata import Rejection as TickRejection
-from gpu_trader.marketdata import aggregate_bars
+from gpu_trader.marketdata import MessageRejection, aggregate_bars
 from gpu_trader.order_manager import OrderManager
-from gpu_trader.orders import FILLED, Order, RiskLimits
-from gpu_trader.orders import Rejection as RiskRejection
+from gpu_trader.orders import FILLED, Order, OrderRejection, RiskLimits
 from gpu_trader.portfolio import Portfolio
 from gpu_trader.strategies import MeanReversion, Momentum, StrategyRunner, momentum
 
@@ -152,7 +150,7 @@ def test_risk_limits_refuse_orders_and_never_move_positions():
     pipe, _ = make_pipeline(strategy, limits=limits)
     got, outcomes = asyncio.run(replay_settled(pipe, [encode(t) for t in ticks]))
     want, want_pos, want_cash = oracle(ticks, strategy, limits=limits)
-    risk = [o for o in outcomes if isinstance(o, RiskRejection)]
+    risk = [o for o in outcomes if isinstance(o, OrderRejection)]
     assert risk and {r.code for r in risk} <= {"order_size", "position_limit"}
     assert got == want
     assert positions(pipe) == pytest.approx(want_pos)
@@ -233,19 +231,19 @@ def test_bad_ticks_are_rejected_and_never_change_orders_or_positions(bad):
     assert got == want
     assert positions(pipe) == pytest.approx(want_pos)
     assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
-    rejected = {o.index: o.reason for o in outcomes if isinstance(o, TickRejection)}
+    rejected = {o.index: o.reason for o in outcomes if isinstance(o, MessageRejection)}
     assert set(rejected) == {i for i, _ in expected}
     for i, reasons in expected:
         assert rejected[i] in reasons, (messages[i], rejected[i])
     assert pipe.stats.n_rejected == len(expected) and pipe.stats.accepted == len(VALID)
-    assert list(pipe.recent_rejections) == [o for o in outcomes if isinstance(o, TickRejection)]
+    assert list(pipe.recent_rejections) == [o for o in outcomes if isinstance(o, MessageRejection)]
 
 
 def test_non_bytes_input_is_a_rejection():
     pipe, _ = make_pipeline(MOMENTUM)
     for bad in (None, 42, 3.5, object()):
         out = pipe.on_tick(bad)
-        assert isinstance(out, TickRejection) and out.reason == "malformed_json"
+        assert isinstance(out, MessageRejection) and out.reason == "malformed_json"
     assert pipe.stats.events == 4 and pipe.stats.accepted == 0
 
 
@@ -260,7 +258,7 @@ def test_run_refuses_one_message_or_a_non_iterable_in_place_of_a_stream(one):
 def test_oversized_tick_is_counted_as_too_large():
     pipe, _ = make_pipeline(MOMENTUM)
     out = pipe.on_tick(b'{"x": "' + b"a" * (1 << 20) + b'"}')
-    assert isinstance(out, TickRejection) and out.reason == "too_large"
+    assert isinstance(out, MessageRejection) and out.reason == "too_large"
     assert pipe.stats.rejected == {"too_large": 1}
 
 
@@ -406,7 +404,7 @@ def test_reset_starts_a_new_session_and_keeps_positions():
     messages = [encode(t) for t in ticks]
     asyncio.run(pipe.run(messages))
     before = positions(pipe)
-    assert isinstance(pipe.on_tick(messages[0]), TickRejection)  # out of order in the old session
+    assert isinstance(pipe.on_tick(messages[0]), MessageRejection)  # out of order in the old session
     pipe.reset()
     assert positions(pipe) == before
     assert pipe.on_tick(messages[0]) is None

@@ -405,6 +405,7 @@ def test_batch_pnl_bad_shapes():
         batch_pnl(np.ones(3), np.ones(3), np.ones(3))
 
 
+@pytest.mark.slow
 def test_cuda_kernel_under_simulator(tmp_path):
     """The GPU launcher and kernel (kernels.portfolio) run in numba's CUDA simulator, in a
     subprocess because NUMBA_ENABLE_CUDASIM must be set before numba is imported."""
@@ -430,6 +431,7 @@ def test_cuda_kernel_under_simulator(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_cuda_kernel_compiles_to_ptx():
     """The real (non-simulated) kernel, with the argument types a launch uses, compiles for
     sm_90 (H100); needs NVVM, not a GPU."""

@@ -13,7 +13,7 @@ from hypothesis import strategies as hs
 
 import gpu_trader as gt
 from gpu_trader import risk
-from gpu_trader.risk_math import RiskKernels, doubling_running_max
+from gpu_trader._internal.risk_xp import RiskMetrics, doubling_running_max
 
 from conftest import on_backend
 
@@ -211,8 +211,8 @@ def test_pandas_in_pandas_out():
 def test_gpu_formulation_on_numpy():
     """The cuda backend's array formulation (sort + reductions, doubling-scan running max),
     run on NumPy, agrees with the CPU backend's compiled per-series pass."""
-    gpu_like = RiskKernels(np, functools.partial(doubling_running_max, np))
-    cpu = gt.get_backend("cpu").ops("risk").kernels
+    gpu_like = RiskMetrics(np, functools.partial(doubling_running_max, np))
+    cpu = gt.get_backend("cpu").ops("risk").metrics
     for t in (1, 2, 3, 7, 64, 253):
         r = returns(4, t, seed=t, nan_frac=0.1)
         np.testing.assert_array_equal(doubling_running_max(np, r), np.maximum.accumulate(r, axis=-1))
@@ -312,8 +312,8 @@ def test_any_constant_series_sharpe_is_empyricals(backend, values, n_obs, dtype,
 
 def test_gpu_formulation_on_numpy_constant_series():
     """The array formulation applies the same zero-dispersion rule as the compiled one."""
-    gpu_like = RiskKernels(np, functools.partial(doubling_running_max, np))
-    cpu = gt.get_backend("cpu").ops("risk").kernels
+    gpu_like = RiskMetrics(np, functools.partial(doubling_running_max, np))
+    cpu = gt.get_backend("cpu").ops("risk").metrics
     for t in (3, 252, 2520):
         r = constant_rows(t, np.float64)
         report = gpu_like.risk_report(r, 0.01, 252, 1e-4)
@@ -380,7 +380,7 @@ def test_periods_per_year_is_bounded(fn, ppy, exc):
 
 
 def test_results_beyond_the_memory_limit_are_refused_before_allocating(monkeypatch):
-    from gpu_trader import validation
+    from gpu_trader._internal import validation
 
     r = returns(40, 30)
     # 40 series x (16 + 2 x 3 levels) float64 values = 7040 bytes

@@ -130,7 +130,7 @@ def test_bad_input():
 
 
 def test_integer_parameters_are_bounded():
-    from gpu_trader.validation import MAX_ELEMENTS, MAX_GRID, MAX_WINDOW
+    from gpu_trader._internal.validation import MAX_ELEMENTS, MAX_GRID, MAX_WINDOW
 
     close = prices(1, 60)
     for bad in (2**63, 2**63 - 1, MAX_WINDOW + 1, -(2**63), np.uint64(2**64 - 1)):
@@ -171,7 +171,7 @@ def test_integer_parameters_are_bounded():
                       st.sampled_from([2**63, 2**63 - 1, 100_000, 100_001, 0, True, np.True_, np.uint64(2**64 - 1)])),
        slow=st.integers(1, 40).map(np.int32))
 def test_hostile_windows_refused_or_match_the_oracle(fast, slow):
-    from gpu_trader.validation import MAX_WINDOW
+    from gpu_trader._internal.validation import MAX_WINDOW
 
     close = prices(2, 60, 11)
     if isinstance(fast, (bool, np.bool_)) or not 1 <= int(fast) <= MAX_WINDOW:
@@ -273,6 +273,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_cuda_kernel_in_simulator():
     close = prices(3, 40, 6)
     ema = np.stack([talib.EMA(c, w) for w in (3, 9) for c in close]).reshape(2, 3, 40)
@@ -287,10 +288,11 @@ def test_cuda_kernel_in_simulator():
 
 
 
+@pytest.mark.slow
 def test_cuda_kernel_compiles_to_ptx():
     """The real kernel compiled for sm_90 (H100) with float64 and float32 inputs; needs NVVM."""
     assert_compiles_to_ptx("""
-        from gpu_trader.kernels.indicators import PtxExecutor
+        from gpu_trader.kernels.launch import PtxExecutor
         from gpu_trader.kernels.strategies import backtest_xp
         exe = PtxExecutor(cc=(9, 0))
         i = np.zeros(2, np.int64)

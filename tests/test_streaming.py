@@ -457,7 +457,7 @@ def test_bad_spec(spec, error, match):
 
 
 def test_n_symbols_and_windows_are_bounded_before_allocating():
-    from gpu_trader.validation import MAX_ELEMENTS, MAX_WINDOW
+    from gpu_trader._internal.validation import MAX_ELEMENTS, MAX_WINDOW
 
     for n in (2**63, 2**62, 10**12, np.uint64(2**64 - 1)):
         with pytest.raises(ValueError, match="n_symbols|state"):
@@ -493,8 +493,8 @@ SMALL_OR_HOSTILE_COUNTS = st.one_of(
 @settings(max_examples=40, deadline=None)
 @given(n=SMALL_OR_HOSTILE_COUNTS, window=HOSTILE_WINDOWS, code=st.sampled_from(["sma", "wma", "rsi", "vwap"]))
 def test_hostile_integers_are_refused_or_give_the_batch_values(n, window, code):
-    from gpu_trader.indicator_specs import PARAMETERS
-    from gpu_trader.validation import MAX_WINDOW
+    from gpu_trader._internal.indicator_specs import PARAMETERS
+    from gpu_trader._internal.validation import MAX_WINDOW
 
     def valid(v, low, high):
         return not isinstance(v, (bool, np.bool_)) and low <= int(v) <= high
@@ -551,6 +551,33 @@ def test_missing_field_lists_the_expected_names():
         s.update({"High": 2.0, "Low": 1.0, "Close": 1.5, "Adj Close": 1.4})
     with pytest.raises(ValueError, match="history has field 'close' twice"):
         s.warmup({"high": [2.0], "low": [1.0], "close": [1.5], "Close": [1.5], "volume": [1.0]})
+
+
+# -- the streaming area's kernels ------------------------------------------------------------------
+
+
+def test_kernels_stay_inside_the_state_layout():
+    """The cpu backend's ``streaming`` kernels run as plain Python (NumPy raises on an index past
+    an array's end) on state arrays sized exactly by the area's ``state_size``: no slot outside
+    them is read or written, and the values equal the compiled kernels' bar by bar (past WMA's
+    re-anchoring and Bollinger's re-seeding, with leading and interior NaNs)."""
+    ops = gt.get_backend("cpu").ops("streaming")
+    n, T = 3, 80
+    H = ohlcv(n, T, seed=5)
+    H[:, 1, :4] = np.nan
+    H[3, 2, 30] = np.nan
+    ref = FeatureStream(n, ALL_SPEC)
+    f_size = sum(ops.state_size(*row[[0, 2, 3, 4]])[0] for row in ref._prog)
+    i_size = ops.N_GROUPS + sum(ops.state_size(*row[[0, 2, 3, 4]])[1] for row in ref._prog)
+    fs = np.zeros((n, f_size))
+    ist = np.zeros((n, i_size), dtype=np.int64)
+    ist[:, : ops.N_GROUPS] = -1
+    out = np.full((sum(int(row[8]) for row in ref._prog), n), np.nan)
+    with np.errstate(all="ignore"):
+        for t in range(T):
+            ops.update_kernel.py_func(np.ascontiguousarray(H[1:, :, t]), ref._prog, ref._fprog, fs, ist, out)
+            want = ref.update(H[:, :, t])
+            np.testing.assert_array_equal(out, np.stack([want[k] for k in ref.keys]), err_msg=f"bar {t}")
 
 
 # -- import cost ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gpu_trader import ann, vector_io
+from gpu_trader._internal import ann, vector_io
 from gpu_trader.vectors import MAX_ID, VectorIndex, VectorIndexFileError
 
 PREFIX = vector_io._PREFIX

@@ -12,8 +12,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import gpu_trader as gt
-from gpu_trader import vector_io
-from gpu_trader import vector_math as vm
+from gpu_trader._internal import vector_io
+from gpu_trader._internal import vector_xp
 from gpu_trader.vectors import VectorIndex, VectorIndexFileError
 
 AREA = "vectors"  # the backends that implement it run these tests (conftest.py)
@@ -143,7 +143,7 @@ def test_group_max_selection_is_exact(n, k):
     """The GPU top-k algorithm, run with xp=numpy: the selected values are the k largest, with ties."""
     rng = np.random.default_rng(n + k)
     s = rng.integers(-50, 50, (3, n)).astype(np.float32)  # many ties
-    sel = vm.select_by_group_max(np, s, k)
+    sel = vector_xp.select_by_group_max(np, s, k)
     assert sel.shape == (3, k)
     assert all(len(set(r.tolist())) == k for r in sel)
     got = np.sort(np.take_along_axis(s, sel, axis=1), axis=1)
@@ -172,9 +172,9 @@ def test_gpu_search_algorithm_on_numpy(metric):
     db, q = uniform(9000, 24, seed=5), uniform(6, 24, seed=6)
     index = build("cpu", db, metric)
     snap = index._snap
-    select = functools.partial(vm.select_by_group_max, np)
+    select = functools.partial(vector_xp.select_by_group_max, np)
     qq = q / np.linalg.norm(q, axis=1, keepdims=True) if metric == "cosine" else q
-    s, rows = vm.search(np, select, snap.vectors, snap.scales, snap.norms, qq, 10, metric == "l2", 1 << 16)
+    s, rows = vector_xp.search(np, select, snap.vectors, snap.scales, snap.norms, qq, 10, metric == "l2", 1 << 16)
     if metric == "l2":
         s = (qq * qq).sum(1)[:, None] - s
     assert_knn_matches(s, rows, db, q, 10, metric)
@@ -275,7 +275,7 @@ def test_int8_storage_recall_and_memory(backend, metric):
 
 def test_quantize_int8_error_bound():
     x = np.random.default_rng(0).standard_normal((100, 33)).astype(np.float32)
-    codes, scales = vm.quantize_int8(np, x)
+    codes, scales = vector_xp.quantize_int8(np, x)
     assert codes.dtype == np.int8 and scales.shape == (100,)
     assert np.all(np.abs(codes.astype(np.float32) * scales[:, None] - x) <= scales[:, None] / 2 + 1e-6)
 
@@ -617,7 +617,7 @@ def test_gpu_module_runs_on_a_numpy_shim(kernels_on_numpy):
 
 def test_read_write_lock():
     """Readers share the lock (both get inside at once); a writer waits for them and runs alone."""
-    from gpu_trader.ann import _ReadWriteLock
+    from gpu_trader._internal.ann import _ReadWriteLock
 
     lock = _ReadWriteLock()
     inside = threading.Barrier(2, timeout=5)
@@ -651,7 +651,7 @@ def test_cagra_adapter_with_a_stand_in_cuvs(monkeypatch, kernels_on_numpy, metri
     import sys
     import types
 
-    from gpu_trader import ann
+    from gpu_trader._internal import ann
 
     builds = []
 
@@ -668,7 +668,7 @@ def test_cagra_adapter_with_a_stand_in_cuvs(monkeypatch, kernels_on_numpy, metri
                                   SearchParams=lambda: None, build=build_graph, search=search)
     monkeypatch.setitem(sys.modules, "cuvs", types.ModuleType("cuvs"))
     monkeypatch.setitem(sys.modules, "cuvs.neighbors", types.SimpleNamespace(cagra=cagra))
-    adapter = ann.make("cagra", types.SimpleNamespace(name="cuda"), 24, metric, {})
+    adapter = ann.make("cagra", types.SimpleNamespace(name="cuda", ann_kinds=frozenset({"cagra"})), 24, metric, {})
     db, q = clustered(800, 24, seed=31), clustered(6, 24, seed=32)
     index = build("cpu", db, metric, dtype="int8" if metric == "l2" else "float32")
     qq = q / np.linalg.norm(q, axis=1, keepdims=True) if metric == "cosine" else q
@@ -1012,15 +1012,15 @@ def test_integer_parameters_are_bounded():
 
 
 def test_buffers_start_small_for_wide_vectors():
-    from gpu_trader import vector_math as vm
+    from gpu_trader._internal import vector_xp
     from gpu_trader.vectors import MAX_DIM
 
     index = VectorIndex(MAX_DIM, "ip")
     index.add(np.ones(MAX_DIM))
-    assert index._vec.nbytes <= vm.MIN_CAPACITY_BYTES  # not 1024 rows of 256 KiB
+    assert index._vec.nbytes <= vector_xp.MIN_CAPACITY_BYTES  # not 1024 rows of 256 KiB
     small = VectorIndex(8, "ip")
     small.add(np.ones(8))
-    assert small._vec.shape[0] == vm.MIN_CAPACITY
+    assert small._vec.shape[0] == vector_xp.MIN_CAPACITY
     pytest.importorskip("hnswlib")
     graph = VectorIndex(16_384, "ip", kind="hnsw")
-    assert graph._ann._index.get_max_elements() * 16_384 * 4 <= vm.MIN_CAPACITY_BYTES
+    assert graph._ann._index.get_max_elements() * 16_384 * 4 <= vector_xp.MIN_CAPACITY_BYTES

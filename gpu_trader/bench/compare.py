@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, TextIO
 
-from ..file_io import open_regular
+from .._internal.file_io import open_regular
 from .report import fmt_time
 
 __all__ = [

@@ -4,7 +4,7 @@ A benchmark run takes minutes, so its output paths are checked before it starts
 (:func:`output_problem`): the target must not be a directory or another non-file,
 and its directory must exist and accept a new file (tested by creating and removing
 one, which is what the write needs). The write itself (:func:`write_text_atomic`)
-goes through :func:`gpu_trader.file_io.replace_atomically`: a temporary file in the
+goes through :func:`gpu_trader._internal.file_io.replace_atomically`: a temporary file in the
 same directory, flushed to disk, then renamed over the target, so a failure never
 leaves a truncated file; a symbolic link is followed (its target is replaced, the link
 kept) and an existing file keeps its permission bits.
@@ -15,7 +15,7 @@ import os
 import stat
 import tempfile
 
-from ..file_io import regular_target, replace_atomically
+from .._internal.file_io import regular_target, replace_atomically
 
 __all__ = ["output_problem", "write_text_atomic"]
 
@@ -41,7 +41,7 @@ def output_problem(path: str) -> str | None:
 
 def write_text_atomic(path: str, text: str) -> None:
     """Replace the file at ``path`` (a link: its target) by ``text`` (UTF-8) in one rename
-    (:func:`gpu_trader.file_io.replace_atomically`). Raises ``OSError`` when the file
+    (:func:`gpu_trader._internal.file_io.replace_atomically`). Raises ``OSError`` when the file
     cannot be written; the old content is then intact."""
     data = text.encode("utf-8")
     replace_atomically(regular_target(path), lambda fh: fh.write(data))

@@ -93,7 +93,7 @@ def print_table(results: list[CaseResult], out: TextIO | None = None) -> None:
 def _print_notes(results: list[CaseResult], out: TextIO) -> None:
     keys = list(dict.fromkeys(r.target for r in results if r.target))
     if keys:
-        print("\nTargets (TARGETS.md): key: case | plan | ours", file=out)
+        print("\nTargets (gpu_trader/bench/targets.py): key: case | plan | ours", file=out)
         for k in keys:
             t = TARGETS[k]
             print(f"  {k}: {t.case} | {t.plan_text} | {t.ours_text}", file=out)

@@ -50,7 +50,8 @@ class Check:
 
 @dataclass(frozen=True)
 class Target:
-    """One row of TARGETS.md: what the plan asks and what we ask of ourselves."""
+    """One case's targets: what the plan asks and what we ask of ourselves
+    (docs/design.md#benchmarks-and-targets)."""
 
     key: str
     case: str
@@ -115,7 +116,7 @@ def _overhead_within(latency_s: float, budget_s: float) -> tuple[Check, ...]:
 
 
 def orders_targets() -> tuple[Target, ...]:
-    """TARGETS.md section 4."""
+    """The ``orders`` suite's targets."""
     out = [
         Target("orders.create", "order creation (market, limit, stop)", "< 1 ms", "< 5 us",
                _p50_below(1000 * _US), _p50_below(5 * _US)),
@@ -140,7 +141,7 @@ def orders_targets() -> tuple[Target, ...]:
 
 
 def market_data_targets() -> tuple[Target, ...]:
-    """TARGETS.md section 1 (memory per connection is checked by the tests, not timed)."""
+    """The ``market_data`` suite's targets (memory per connection is checked by the tests, not timed)."""
     out = [
         Target(f"market_data.ingest_{n}", f"tick ingestion (parse + validate + append), {n} ticks",
                "< 100 us / tick", "< 2 us / tick", _p50_below(n * 100 * _US), _p50_below(n * 2 * _US))
@@ -168,7 +169,7 @@ def market_data_targets() -> tuple[Target, ...]:
 
 
 def strategies_targets() -> tuple[Target, ...]:
-    """TARGETS.md section 3."""
+    """The ``strategies`` suite's targets."""
     return (
         Target("strategies.signal", "momentum / mean-reversion, 100 bars", "< 5 ms (signal)", "< 100 us",
                _p50_below(5e-3), _p50_below(100 * _US)),
@@ -183,7 +184,7 @@ def strategies_targets() -> tuple[Target, ...]:
 
 
 def end_to_end_targets() -> tuple[Target, ...]:
-    """TARGETS.md "End to end": per-event latency (tick bytes in -> order handed to the
+    """The ``end_to_end`` suite's targets: per-event latency (tick bytes in -> order handed to the
     manager) from the ``event_*`` metrics the suite records inside each replay, events/s,
     and a fresh process's cold start and resident memory."""
     return (

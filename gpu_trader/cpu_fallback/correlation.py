@@ -1,10 +1,10 @@
-"""Covariance and correlation on the CPU: :class:`gpu_trader.correlation_math.CorrelationKernels`
+"""Covariance and correlation on the CPU: :class:`gpu_trader._internal.correlation_xp.CorrelationEstimators`
 over NumPy, with small products on one BLAS thread (see :mod:`.blas`)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..correlation_math import CorrelationKernels
+from .._internal.correlation_xp import CorrelationEstimators
 from .blas import blas_threads_for
 
 
@@ -14,7 +14,7 @@ def _gemm_flops(x) -> float:
     return 2.0 * n * n * t * (x.size // (n * t))
 
 
-class _CpuCorrelationKernels(CorrelationKernels):
+class _CpuCorrelationEstimators(CorrelationEstimators):
     def cov(self, x, min_periods, ddof):
         with blas_threads_for(_gemm_flops(x)):
             return super().cov(x, min_periods, ddof)
@@ -32,4 +32,4 @@ class _CpuCorrelationKernels(CorrelationKernels):
             return super().ledoit_wolf(x)
 
 
-kernels = _CpuCorrelationKernels(np)
+estimators = _CpuCorrelationEstimators(np)

@@ -1,13 +1,13 @@
 """CPU twin of the indicator kernels: numba drivers over (series x work rows).
 
-The per-series math lives in :mod:`gpu_trader.indicator_math` and is shared with
+The per-series math lives in :mod:`gpu_trader._internal.indicator_loops` and is shared with
 the GPU kernels; this module only maps it over a batch. One call runs a whole
 *plan*: a list of (indicator, parameter set) rows over the same OHLCV inputs, so
 ``features`` computes every indicator of a symbol back to back while its bars
 are in cache, in a single compiled call. The work is split across threads over
 (series, row) pairs with ``prange`` (series-major, so one thread keeps a symbol);
 a serial driver serves tiny batches, where waking the thread pool costs more than
-the work. Compiled code is cached on disk (:mod:`gpu_trader.jit`), so only the
+the work. Compiled code is cached on disk (:mod:`gpu_trader._internal.jit`), so only the
 first call after installing or changing the package pays for compilation.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
-from .. import indicator_math as im
-from ..indicator_specs import INPUT_FIELDS, SPECS
-from ..jit import njit_cached
+from .._internal import indicator_loops
+from .._internal.indicator_specs import INPUT_FIELDS, SPECS
+from .._internal.jit import njit_cached
 
 # Batches with fewer elements (series x bars x rows) than this run on the calling thread.
 SERIAL_MAX_ELEMENTS = 20_000
@@ -33,7 +33,7 @@ def _plan_item(j, rows, params, ins, out):
     i = j // n_rows
     r = j - i * n_rows
     code, f0, f1, f2, f3, o, w = rows[r]
-    im.dispatch(code, ins[f0][i], ins[f1][i], ins[f2][i], ins[f3][i], params[r], out[o : o + w, i])
+    indicator_loops.dispatch(code, ins[f0][i], ins[f1][i], ins[f2][i], ins[f3][i], params[r], out[o : o + w, i])
 
 
 @njit_cached(parallel=True, nogil=True)

@@ -1,21 +1,21 @@
 """CPU twin of the market-data kernels: NumPy quote math and a one-pass numba bar loop.
 
 Same contract as :mod:`gpu_trader.kernels.marketdata` (see
-:mod:`gpu_trader.market_math` for the shared math and the shapes).
+:mod:`gpu_trader._internal.market_xp` for the shared math and the shapes).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import market_math as mm
-from ..jit import njit_cached
+from .._internal import market_xp
+from .._internal.jit import njit_cached
 
 
 def quote_metrics(bid, ask, bid_size, ask_size, ts, now, max_age):
-    """See :func:`gpu_trader.market_math.quote_metrics` (``xp = numpy``). Invalid quotes (NaN,
+    """See :func:`gpu_trader._internal.market_xp.quote_metrics` (``xp = numpy``). Invalid quotes (NaN,
     inf prices) make NaN intermediates that are masked out: NumPy's warning is silenced."""
     with np.errstate(invalid="ignore"):
-        return mm.quote_metrics(np, bid, ask, bid_size, ask_size, ts, now, max_age)
+        return market_xp.quote_metrics(np, bid, ask, bid_size, ask_size, ts, now, max_age)
 
 
 @njit_cached(nogil=True)
@@ -105,7 +105,7 @@ def _frozen(a, dtype):
 
 
 def aggregate_bars(ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols):
-    """See :func:`gpu_trader.market_math.bars_by_sort` (same arguments less the scatters, same
+    """See :func:`gpu_trader._internal.market_xp.bars_by_sort` (same arguments less the scatters, same
     results); inputs may be read-only or strided (see :func:`_frozen`)."""
     ts, symbol = _frozen(ts, np.int64), _frozen(symbol, np.int64)
     price, size = _frozen(price, np.float64), _frozen(size, np.float64)

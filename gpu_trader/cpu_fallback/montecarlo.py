@@ -1,4 +1,4 @@
-"""CPU primitives of the Monte Carlo VaR driver (:mod:`gpu_trader.mc_engine`): NumPy + BLAS + numba.
+"""CPU primitives of the Monte Carlo VaR driver (:mod:`gpu_trader._internal.montecarlo_xp`): NumPy + BLAS + numba.
 
 * parallelism: whole chunks are computed on :data:`THREADS` worker threads
   (:func:`map_chunks`), each single-threaded -- its random numbers, its GEMMs (BLAS is
@@ -12,7 +12,7 @@
   of :data:`BLOCK` scenarios uses the key derived from the seed and starts its counter
   at ``b * 2**128``, so its numbers never overlap another block's and do not depend
   on how the scenarios are chunked (NumPy's generators release the GIL);
-* Black-Scholes revaluation: :func:`gpu_trader.option_math.option_pnl_item` compiled by
+* Black-Scholes revaluation: :func:`gpu_trader._internal.option_loops.option_pnl_item` compiled by
   numba over (option, scenario);
 * the tail: one binary min-heap of the ``m`` largest losses per portfolio, so a chunk
   costs one comparison per loss plus ``O(log m)`` per loss that enters the tail.
@@ -30,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import prange
 
-from .. import mc_engine
-from .. import option_math as om
-from ..jit import njit_cached
+from .._internal import montecarlo_xp
+from .._internal import option_loops
+from .._internal.jit import njit_cached
 
 __all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "BLOCK", "THREADS",
            "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
@@ -45,9 +45,9 @@ MERGE_SCRATCH = False  # the tail is a heap updated in place
 _worker = threading.local()  # .active: this thread computes a chunk of map_chunks
 
 
-def run(plan: mc_engine.Plan) -> dict:
-    """Execute a validated plan (see :func:`gpu_trader.mc_engine.run`)."""
-    return mc_engine.run(plan, sys.modules[__name__])
+def run(plan: montecarlo_xp.Plan) -> dict:
+    """Execute a validated plan (see :func:`gpu_trader._internal.montecarlo_xp.run`)."""
+    return montecarlo_xp.run(plan, sys.modules[__name__])
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,14 +124,14 @@ def normals(seed: int, first: int, rows: int, n: int, dtype, dof: float | None):
 def _option_pnl_parallel(returns, drift, under, spot, strike, tau, rate, vol, is_call, value0, out):
     rows = returns.shape[1]
     for j in prange(out.shape[0] * rows):
-        om.option_pnl_item(j, rows, returns, drift, under, spot, strike, tau, rate, vol, is_call, value0, out)
+        option_loops.option_pnl_item(j, rows, returns, drift, under, spot, strike, tau, rate, vol, is_call, value0, out)
 
 
 @njit_cached(nogil=True)
 def _option_pnl_serial(returns, drift, under, spot, strike, tau, rate, vol, is_call, value0, out):
     rows = returns.shape[1]
     for j in range(out.shape[0] * rows):
-        om.option_pnl_item(j, rows, returns, drift, under, spot, strike, tau, rate, vol, is_call, value0, out)
+        option_loops.option_pnl_item(j, rows, returns, drift, under, spot, strike, tau, rate, vol, is_call, value0, out)
 
 
 def option_pnl(returns: np.ndarray, o: dict, dtype) -> np.ndarray:

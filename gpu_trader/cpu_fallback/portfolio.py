@@ -7,7 +7,7 @@ last axis (a zero quantity is no fill). Accounting runs in float64; returns new
 float64 ``(qty, avg, realized)`` arrays; the inputs are not modified. Rows run in
 parallel (``prange``) above :data:`SERIAL_MAX_FILLS` fills, on the calling thread below.
 
-``mark_to_market(qty, avg, prices)``: :func:`gpu_trader.position_math.mark_to_market`
+``mark_to_market(qty, avg, prices)``: :func:`gpu_trader._internal.position_loops.mark_to_market`
 on NumPy.
 """
 from __future__ import annotations
@@ -15,14 +15,14 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .. import position_math as pm
-from ..jit import njit_cached
+from .._internal import position_loops
+from .._internal.jit import njit_cached
 
 __all__ = ["apply_fills", "mark_to_market"]
 
 SERIAL_MAX_FILLS = 50_000
 
-_fill_row = pm.jitable()
+_fill_row = position_loops.jitable()
 
 
 @njit_cached(parallel=True, nogil=True)
@@ -47,4 +47,4 @@ def apply_fills(qty, avg, realized, fill_qty, fill_price):
 
 
 def mark_to_market(qty, avg, prices):
-    return pm.mark_to_market(np, qty, avg, prices)
+    return position_loops.mark_to_market(np, qty, avg, prices)

@@ -1,15 +1,15 @@
 """Risk metrics on the CPU: one numba pass per series, parallel over series.
 
 The GPU (:mod:`gpu_trader.kernels.risk`) runs the array formulation of
-:class:`gpu_trader.risk_math.RiskKernels` on CuPy (one segmented sort for all
+:class:`gpu_trader._internal.risk_xp.RiskMetrics` on CuPy (one segmented sort for all
 series, then reductions). On the CPU that formulation costs ~15 NumPy calls per
 metric, too slow for a one-series latency path, so here each series is summarized
 in one compiled loop (valid count, moments, wealth path and drawdown, win/loss
 tallies, and — only when a quantile is asked for — reads of its sorted values,
 sorted by NumPy beforehand),
 and the metrics are finished from that summary with the same closed forms as
-:mod:`gpu_trader.risk_math` (including its zero-dispersion rule,
-:func:`gpu_trader.risk_math.rounding_residue`, compiled into the loop). Both
+:mod:`gpu_trader._internal.risk_xp` (including its zero-dispersion rule,
+:func:`gpu_trader._internal.risk_xp.rounding_residue`, compiled into the loop). Both
 formulations are tested against the same oracles (empyrical, scipy) and against
 each other.
 
@@ -23,8 +23,8 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
-from ..jit import njit_cached
-from ..risk_math import cornish_fisher_z, normal_quantile, rounding_residue
+from .._internal.jit import njit_cached
+from .._internal.risk_xp import cornish_fisher_z, normal_quantile, rounding_residue
 
 # columns of a series summary; the per-level quantiles and tail means follow. EXCESS is the
 # mean of r - mar, DOWNSIDE the root mean square of min(r - mar, 0) (``mar``: summarize's rate)
@@ -155,7 +155,8 @@ def _levels(s: np.ndarray, first: int, nq: int) -> np.ndarray:
 
 
 def _parametric(s: np.ndarray, qs, cornish_fisher: bool) -> np.ndarray:
-    """``-(mean + z std)``; ``-mean`` where the std is 0 (risk_math.RiskKernels.var_parametric_moments)."""
+    """``-(mean + z std)``; ``-mean`` where the std is 0, as
+    :meth:`gpu_trader._internal.risk_xp.RiskMetrics.var_parametric_moments`."""
     z = np.asarray([normal_quantile(p) for p in qs]).reshape((len(qs),) + (1,) * (s.ndim - 1))
     if cornish_fisher:
         z = cornish_fisher_z(z, s[..., SKEW], s[..., KURT])
@@ -182,8 +183,8 @@ def _calmar(s: np.ndarray, ppy: float) -> np.ndarray:
         return np.where(mdd > 0, annual / mdd, np.nan)
 
 
-class _NumbaRiskKernels:
-    """Same methods and results as :class:`gpu_trader.risk_math.RiskKernels`."""
+class _NumbaRiskMetrics:
+    """Same methods and results as :class:`gpu_trader._internal.risk_xp.RiskMetrics`."""
 
     xp = np
 
@@ -229,4 +230,4 @@ class _NumbaRiskKernels:
         }
 
 
-kernels = _NumbaRiskKernels()
+metrics = _NumbaRiskMetrics()

@@ -1,4 +1,4 @@
-"""CPU twin of the strategy kernels: :func:`gpu_trader.strategy_math.backtest_row` mapped
+"""CPU twin of the strategy kernels: :func:`gpu_trader._internal.strategy_loops.backtest_row` mapped
 over (parameter set, series) rows with numba (``prange``; serial for tiny batches).
 
 Work items are series-major (item ``j = i * P + p``), so one thread runs every
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .. import strategy_math as sm
-from ..jit import njit_cached
+from .._internal import strategy_loops
+from .._internal.jit import njit_cached
 
 # Batches with fewer elements (rows x bars) than this run on the calling thread.
 SERIAL_MAX_ELEMENTS = 50_000
@@ -23,7 +23,7 @@ def _rows_parallel(close, ret, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
     for j in prange(P * close.shape[0]):
         i = j // P
         p = j - i * P
-        pnl[p, i] = sm.backtest_row(kinds[p], close[i], ret[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p],
+        pnl[p, i] = strategy_loops.backtest_row(kinds[p], close[i], ret[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p],
                                     cost, sig[p, i])
 
 
@@ -33,7 +33,7 @@ def _rows_serial(close, ret, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
     for j in range(P * close.shape[0]):
         i = j // P
         p = j - i * P
-        pnl[p, i] = sm.backtest_row(kinds[p], close[i], ret[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p],
+        pnl[p, i] = strategy_loops.backtest_row(kinds[p], close[i], ret[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p],
                                     cost, sig[p, i])
 
 
@@ -42,7 +42,7 @@ def signals_now(kinds, a_idx, b_idx, ks, close, feats, out):
     """One bar of every rule for every symbol: close (n,), feats (R, n) -> out (P, n) int8."""
     for p in range(kinds.shape[0]):
         for i in range(close.shape[0]):
-            out[p, i] = sm.bar_signal(kinds[p], close[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p])
+            out[p, i] = strategy_loops.bar_signal(kinds[p], close[i], feats[a_idx[p], i], feats[b_idx[p], i], ks[p])
 
 
 def backtest(close, feats, kinds, a_idx, b_idx, ks, cost):
@@ -58,5 +58,5 @@ def backtest(close, feats, kinds, a_idx, b_idx, ks, cost):
     sig = np.empty((P, n, T), dtype=np.int8)
     pnl = np.empty((P, n), dtype=np.float64)
     run = _rows_serial if P * n * T < SERIAL_MAX_ELEMENTS else _rows_parallel
-    run(close, sm.bar_returns(np, close), feats, kinds, a_idx, b_idx, ks, cost, sig, pnl)
+    run(close, strategy_loops.bar_returns(np, close), feats, kinds, a_idx, b_idx, ks, cost, sig, pnl)
     return sig, pnl

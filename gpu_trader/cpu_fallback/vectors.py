@@ -1,6 +1,6 @@
 """CPU twin of :mod:`gpu_trader.kernels.vectors`: NumPy/BLAS GEMMs plus a one-pass top-k.
 
-The tiled search and k-means are :mod:`gpu_trader.vector_math` instantiated with NumPy; the
+The tiled search and k-means are :mod:`gpu_trader._internal.vector_xp` instantiated with NumPy; the
 top-k of each score tile is a numba insertion scan (one comparison for nearly every score),
 or ``numpy.argpartition`` (introselect) for ``k > 128``. Normalizing
 rows and the cosine of vector pairs are numba loops (accumulating in float64), which are
@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from .. import vector_math as vm
-from ..jit import njit_cached
+from .._internal import vector_xp
+from .._internal.jit import njit_cached
 
 # Bytes of scores plus dequantized rows per database tile (fits a server's L3 share).
 TILE_BYTES = 32 << 20
@@ -69,8 +69,8 @@ def select_topk(s: np.ndarray, k: int) -> np.ndarray:
 
 
 def search(db, scales, norms, queries, k, l2, rows=None):
-    """See :func:`gpu_trader.vector_math.search`."""
-    return vm.search(np, select_topk, db, scales, norms, queries, k, l2, TILE_BYTES, rows)
+    """See :func:`gpu_trader._internal.vector_xp.search`."""
+    return vector_xp.search(np, select_topk, db, scales, norms, queries, k, l2, TILE_BYTES, rows)
 
 
 @njit_cached(nogil=True)
@@ -136,10 +136,10 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-quantize_int8 = functools.partial(vm.quantize_int8, np)
-row_sq_norms = functools.partial(vm.row_sq_norms, np)
+quantize_int8 = functools.partial(vector_xp.quantize_int8, np)
+row_sq_norms = functools.partial(vector_xp.row_sq_norms, np)
 
 
 def kmeans(x, n_clusters, n_iter, seed, tol):
-    """See :func:`gpu_trader.vector_math.kmeans`."""
-    return vm.kmeans(np, x, n_clusters, n_iter, seed, tol, np.asarray)
+    """See :func:`gpu_trader._internal.vector_xp.kmeans`."""
+    return vector_xp.kmeans(np, x, n_clusters, n_iter, seed, tol, np.asarray)

@@ -1,8 +1,8 @@
-"""JAX implementations of the backend areas (DESIGN.md section 1: ``jax_backend/``).
+"""JAX implementations of the backend areas (docs/architecture.md#layers).
 
 Each module here is the JAX twin of the ``cpu_fallback``/``kernels`` module of the
 same name and has the same contract. The array formulations shared with CuPy
-(:mod:`gpu_trader.risk_math`, :mod:`gpu_trader.correlation_math`) run on
+(:mod:`gpu_trader._internal.risk_xp`, :mod:`gpu_trader._internal.correlation_xp`) run on
 ``jax.numpy`` with their public methods compiled by :func:`jax.jit`
 (:func:`jit_methods`); indicators have formulations of their own (parallel scans,
 :mod:`.indicators`); Monte Carlo draws with ``jax.random`` (:mod:`.montecarlo`).
@@ -43,11 +43,11 @@ def jit_static_tail(fn: Callable[..., Any], static_floats: Iterable[int] = ()) -
     return call
 
 
-def jit_methods(kernels: Any, names: Iterable[str], static_floats: dict[str, Iterable[int]] | None = None) -> Any:
-    """Replace the methods ``names`` of the instance ``kernels`` by jitted versions
+def jit_methods(obj: Any, names: Iterable[str], static_floats: dict[str, Iterable[int]] | None = None) -> Any:
+    """Replace the methods ``names`` of the instance ``obj`` by jitted versions
     (:func:`jit_static_tail`, with ``static_floats[name]``); calls between methods then go
     through the compiled ones."""
     static_floats = static_floats or {}
     for name in names:
-        setattr(kernels, name, jit_static_tail(getattr(kernels, name), static_floats.get(name, ())))
-    return kernels
+        setattr(obj, name, jit_static_tail(getattr(obj, name), static_floats.get(name, ())))
+    return obj

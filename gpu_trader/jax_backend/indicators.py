@@ -7,7 +7,7 @@ in the inputs' dtype. All arithmetic is float64; only the result is rounded (and
 the row bodies, STOCH's staged raw and slow %K). ``compute_many`` runs several names over
 one dict of OHLCV fields.
 
-Semantics are TA-Lib's, as :mod:`gpu_trader.indicator_math` implements them, but the
+Semantics are TA-Lib's, as :mod:`gpu_trader._internal.indicator_loops` implements them, but the
 formulation is parallel in time rather than a loop over bars:
 
 * **ragged starts.** ``begin`` (per series) is the first bar where every input is
@@ -85,7 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..indicator_specs import INPUT_FIELDS, SPECS, lookback
+from .._internal.indicator_specs import INPUT_FIELDS, SPECS, lookback
 
 __all__ = ["compute", "compute_many"]
 

@@ -1,4 +1,4 @@
-"""JAX primitives of the Monte Carlo VaR driver (:mod:`gpu_trader.mc_engine`): ``jax.random``,
+"""JAX primitives of the Monte Carlo VaR driver (:mod:`gpu_trader._internal.montecarlo_xp`): ``jax.random``,
 XLA GEMMs, a vectorized Black-Scholes and ``lax.top_k``, each compiled by :func:`jax.jit`.
 
 * random numbers: ``jax.random`` (threefry, counter-based). Block ``b`` of :data:`BLOCK`
@@ -7,7 +7,7 @@ XLA GEMMs, a vectorized Black-Scholes and ``lax.top_k``, each compiled by :func:
   CPU and CUDA backends', which use their own generators). Student-t mixing factors
   ``sqrt((dof - 2) / chi2_dof)`` come from ``2 * gamma(dof / 2)`` on a second key of
   the block;
-* Black-Scholes: :func:`bs_price`, the array form of :func:`gpu_trader.option_math.bs_price`
+* Black-Scholes: :func:`bs_price`, the array form of :func:`gpu_trader._internal.option_loops.bs_price`
   (the same cases, as masks), fused by XLA with the drift and the value change;
 * the tail: per portfolio, ``lax.top_k`` of the kept losses and the chunk's (on JAX's CPU
   device NumPy's ``argpartition``, see :func:`tail_update`);
@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import erfc
 
-from .. import mc_engine
+from .._internal import montecarlo_xp
 
 __all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "bs_price", "BLOCK",
            "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
@@ -35,9 +35,9 @@ CHUNKS_IN_FLIGHT = 1  # one chunk at a time (map_chunks)
 MERGE_SCRATCH = True  # top_k / merge_tail over (P, m + rows) arrays
 
 
-def run(plan: mc_engine.Plan) -> dict:
-    """Execute a validated plan on JAX's default device (see :func:`gpu_trader.mc_engine.run`)."""
-    return mc_engine.run(plan, sys.modules[__name__])
+def run(plan: montecarlo_xp.Plan) -> dict:
+    """Execute a validated plan on JAX's default device (see :func:`gpu_trader._internal.montecarlo_xp.run`)."""
+    return montecarlo_xp.run(plan, sys.modules[__name__])
 
 
 def map_chunks(fn, firsts):
@@ -76,7 +76,7 @@ def _norm_cdf(x):
 
 def bs_price(spot, strike, tau, rate, vol, is_call):
     """Black-Scholes price of European calls (``is_call``) and puts, element-wise; the cases
-    of :func:`gpu_trader.option_math.bs_price` (expired, spot <= 0, zero volatility) as masks."""
+    of :func:`gpu_trader._internal.option_loops.bs_price` (expired, spot <= 0, zero volatility) as masks."""
     df = jnp.exp(-rate * tau)
     live = tau > 0.0
     sd = vol * jnp.sqrt(jnp.where(live, tau, 1.0))
@@ -126,9 +126,9 @@ def tail_update(vals, idx, loss, first: int):
 
     ``lax.top_k`` on an accelerator. XLA's CPU sort is slow (about 120 ns an element: 20x
     NumPy's ``argpartition``), so on JAX's CPU device the losses, already in host memory,
-    are merged by NumPy (:func:`gpu_trader.mc_engine.merge_tail`) instead."""
+    are merged by NumPy (:func:`gpu_trader._internal.montecarlo_xp.merge_tail`) instead."""
     if _on_cpu(loss):
-        v, i = mc_engine.merge_tail(np, np.asarray(vals), np.asarray(idx), np.asarray(loss), first)
+        v, i = montecarlo_xp.merge_tail(np, np.asarray(vals), np.asarray(idx), np.asarray(loss), first)
         return jnp.asarray(v), jnp.asarray(i)
     return _merge(vals, idx, loss, jnp.int64(first))
 

@@ -1,4 +1,4 @@
-"""Risk metrics on JAX: :class:`gpu_trader.risk_math.RiskKernels` over ``jax.numpy``, jitted.
+"""Risk metrics on JAX: :class:`gpu_trader._internal.risk_xp.RiskMetrics` over ``jax.numpy``, jitted.
 
 Sorting is XLA's batched sort; the drawdown's running maximum is ``lax.cummax``.
 Everything is differentiable where the metric is (e.g. the gradient of a parametric
@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from ..risk_math import RiskKernels
+from .._internal.risk_xp import RiskMetrics
 from . import jit_methods
 
 
@@ -19,8 +19,8 @@ def running_max(x):
     return lax.cummax(x, axis=x.ndim - 1)
 
 
-kernels = jit_methods(
-    RiskKernels(jnp, running_max),
+metrics = jit_methods(
+    RiskMetrics(jnp, running_max),
     ("var_historical", "cvar", "var_parametric", "sharpe", "sortino", "max_drawdown", "calmar",
      "kelly_fraction", "risk_report"),
     static_floats={"risk_report": (1,)},  # its level becomes a normal quantile on the host

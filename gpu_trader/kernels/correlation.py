@@ -1,8 +1,8 @@
-"""Covariance and correlation on the GPU: :class:`gpu_trader.correlation_math.CorrelationKernels` over CuPy (cuBLAS)."""
+"""Covariance and correlation on the GPU: :class:`gpu_trader._internal.correlation_xp.CorrelationEstimators` over CuPy (cuBLAS)."""
 from __future__ import annotations
 
 import cupy as cp
 
-from ..correlation_math import CorrelationKernels
+from .._internal.correlation_xp import CorrelationEstimators
 
-kernels = CorrelationKernels(cp)
+estimators = CorrelationEstimators(cp)

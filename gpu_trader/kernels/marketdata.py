@@ -1,7 +1,7 @@
 """GPU market-data kernels: elementwise quote math (CuPy) and bars by segmented reductions.
 
 Same contract as :mod:`gpu_trader.cpu_fallback.marketdata`. The math is
-:mod:`gpu_trader.market_math` with ``xp = cupy``: bars sort the ticks on the device
+:mod:`gpu_trader._internal.market_xp` with ``xp = cupy``: bars sort the ticks on the device
 (``cupy.lexsort``) and reduce each (symbol, bar) segment with one CUDA thread
 (:func:`reduce_segment`, a numba ``register_jitable`` body compiled by numba.cuda), so there
 are no atomics and the results are deterministic. :func:`aggregate_bars_xp` runs
@@ -14,8 +14,8 @@ import functools
 from numba import cuda
 from numba.extending import register_jitable
 
-from .. import market_math as mm
-from .indicators import CudaExecutor
+from .._internal import market_xp
+from .launch import CudaExecutor
 
 THREADS_PER_BLOCK = 128
 
@@ -62,10 +62,10 @@ def _segments_kernel():
 
 
 def quote_metrics(bid, ask, bid_size, ask_size, ts, now, max_age):
-    """See :func:`gpu_trader.market_math.quote_metrics` (``xp = cupy``)."""
+    """See :func:`gpu_trader._internal.market_xp.quote_metrics` (``xp = cupy``)."""
     import cupy
 
-    return mm.quote_metrics(cupy, bid, ask, bid_size, ask_size, ts, now, max_age)
+    return market_xp.quote_metrics(cupy, bid, ask, bid_size, ask_size, ts, now, max_age)
 
 
 def aggregate_bars_xp(ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols, *, xp, exe=None):
@@ -75,13 +75,13 @@ def aggregate_bars_xp(ts, price, size, symbol, timeframe, first_bar, n_bars, n_s
     exe = exe or CudaExecutor(xp, THREADS_PER_BLOCK)
 
     def reduce_segments(n_segments, *args):
-        exe._launch(_segments_kernel(), n_segments, args)
+        exe.launch(_segments_kernel(), n_segments, args)
 
-    return mm.bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols)
+    return market_xp.bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols)
 
 
 def aggregate_bars(ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols):
-    """See :func:`gpu_trader.market_math.bars_by_sort`."""
+    """See :func:`gpu_trader._internal.market_xp.bars_by_sort`."""
     import cupy
 
     return aggregate_bars_xp(ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols, xp=cupy)

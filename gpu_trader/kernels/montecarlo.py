@@ -1,4 +1,4 @@
-"""GPU primitives of the Monte Carlo VaR driver (:mod:`gpu_trader.mc_engine`): CuPy, cuRAND, cuBLAS, numba.cuda.
+"""GPU primitives of the Monte Carlo VaR driver (:mod:`gpu_trader._internal.montecarlo_xp`): CuPy, cuRAND, cuBLAS, numba.cuda.
 
 * random numbers: cuRAND's Philox4_32_10 through ``cupy.random.RandomState``; block
   ``b`` of :data:`BLOCK` scenarios has its own generator seeded with a 64-bit key
@@ -6,7 +6,7 @@
   the numbers. The GPU draws different numbers from the CPU backend;
 * GEMMs: CuPy ``matmul`` (cuBLAS);
 * Black-Scholes revaluation: one numba.cuda kernel per chunk, one thread per
-  (option, scenario), running :func:`gpu_trader.option_math.option_pnl_item` -- the
+  (option, scenario), running :func:`gpu_trader._internal.option_loops.option_pnl_item` -- the
   same source the CPU backend compiles -- on the GEMM's output, so the underlyings'
   returns are read once and the value changes written once;
 * the tail: :func:`merge_tail`, an ``argpartition`` of the kept losses and the chunk's
@@ -24,9 +24,9 @@ import sys
 import numpy as np
 from numba import cuda
 
-from .. import mc_engine
-from .. import option_math as om
-from ..mc_engine import merge_tail
+from .._internal import montecarlo_xp
+from .._internal import option_loops
+from .._internal.montecarlo_xp import merge_tail
 
 __all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "merge_tail", "scatter_add", "BLOCK",
            "THREADS_PER_BLOCK", "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
@@ -46,9 +46,9 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def run(plan: mc_engine.Plan) -> dict:
+def run(plan: montecarlo_xp.Plan) -> dict:
     """Execute a validated plan on the current CUDA device."""
-    return mc_engine.run(plan, sys.modules[__name__])
+    return montecarlo_xp.run(plan, sys.modules[__name__])
 
 
 def map_chunks(fn, firsts):
@@ -84,7 +84,7 @@ def _pnl_kernel():
     def kernel(n_items, returns, drift, under, spot, strike, tau, rate, vol, is_call, value0, out):
         j = cuda.grid(1)
         if j < n_items:
-            om.option_pnl_item(j, returns.shape[1], returns, drift, under, spot, strike, tau, rate, vol,
+            option_loops.option_pnl_item(j, returns.shape[1], returns, drift, under, spot, strike, tau, rate, vol,
                                is_call, value0, out)
 
     return kernel

@@ -1,10 +1,10 @@
 """GPU twin of :mod:`gpu_trader.cpu_fallback.portfolio` on CuPy arrays.
 
 ``apply_fills``: one numba.cuda thread per row (position) runs the very same loop body
-as the CPU backend (:func:`gpu_trader.position_math.fill_row`, compiled as device
+as the CPU backend (:func:`gpu_trader._internal.position_loops.fill_row`, compiled as device
 code), applying that row's K fills in order; float64 throughout; 1-D grid of
 :data:`THREADS_PER_BLOCK` threads. ``mark_to_market``: one cuBLAS GEMM/GEMV plus a row
-sum via :func:`gpu_trader.position_math.mark_to_market` on CuPy.
+sum via :func:`gpu_trader._internal.position_loops.mark_to_market` on CuPy.
 
 :func:`apply_fills_xp` takes the array module, so the tests run the real launcher on
 NumPy arrays under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
@@ -15,7 +15,7 @@ import functools
 
 from numba import cuda
 
-from .. import position_math as pm
+from .._internal import position_loops
 
 __all__ = ["apply_fills", "apply_fills_xp", "mark_to_market", "THREADS_PER_BLOCK"]
 
@@ -24,7 +24,7 @@ THREADS_PER_BLOCK = 128
 
 @functools.lru_cache(maxsize=1)
 def _kernel():
-    fill_row = pm.jitable()
+    fill_row = position_loops.jitable()
 
     @cuda.jit
     def rows(qty, avg, realized, fill_qty, fill_price):
@@ -56,4 +56,4 @@ def apply_fills(qty, avg, realized, fill_qty, fill_price):
 def mark_to_market(qty, avg, prices):
     import cupy
 
-    return pm.mark_to_market(cupy, qty, avg, prices)
+    return position_loops.mark_to_market(cupy, qty, avg, prices)

@@ -1,4 +1,4 @@
-"""Risk metrics on the GPU: :class:`gpu_trader.risk_math.RiskKernels` over CuPy.
+"""Risk metrics on the GPU: :class:`gpu_trader._internal.risk_xp.RiskMetrics` over CuPy.
 
 Sorting is CuPy's segmented sort (one call for all series); the running maximum
 of the drawdown is a log-depth doubling scan, since CuPy's ``maximum`` has no
@@ -10,6 +10,6 @@ import functools
 
 import cupy as cp
 
-from ..risk_math import RiskKernels, doubling_running_max
+from .._internal.risk_xp import RiskMetrics, doubling_running_max
 
-kernels = RiskKernels(cp, functools.partial(doubling_running_max, cp))
+metrics = RiskMetrics(cp, functools.partial(doubling_running_max, cp))

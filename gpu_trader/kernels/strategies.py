@@ -1,4 +1,4 @@
-"""GPU strategy kernel: :func:`gpu_trader.strategy_math.backtest_row` as numba.cuda device code.
+"""GPU strategy kernel: :func:`gpu_trader._internal.strategy_loops.backtest_row` as numba.cuda device code.
 
 Same contract as :func:`gpu_trader.cpu_fallback.strategies.backtest`, CuPy arrays in
 and out. One thread per (parameter set, series) row, ``THREADS_PER_BLOCK`` threads a
@@ -16,8 +16,8 @@ import functools
 
 from numba import cuda
 
-from .. import strategy_math as sm
-from .indicators import CudaExecutor
+from .._internal import strategy_loops
+from .launch import CudaExecutor
 
 THREADS_PER_BLOCK = 128
 
@@ -31,7 +31,7 @@ def _rows_kernel():
             n = close.shape[1]
             p = j // n
             i = j - p * n
-            pnl[p, i] = sm.backtest_row(kinds[p], close[:, i], ret[:, i], feats[a_idx[p], :, i],
+            pnl[p, i] = strategy_loops.backtest_row(kinds[p], close[:, i], ret[:, i], feats[a_idx[p], :, i],
                                         feats[b_idx[p], :, i], ks[p], cost, sig[p, :, i])
 
     return rows
@@ -44,13 +44,13 @@ def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp, exe=None):
     n, T = close.shape
     P = int(kinds.shape[0])
     close_tm = xp.ascontiguousarray(close.T)
-    ret_tm = xp.ascontiguousarray(sm.bar_returns(xp, close).T)
+    ret_tm = xp.ascontiguousarray(strategy_loops.bar_returns(xp, close).T)
     feats_tm = xp.ascontiguousarray(feats.transpose(0, 2, 1))
     sig = xp.empty((P, T, n), dtype=xp.int8)
     pnl = xp.empty((P, n), dtype=xp.float64)
     args = (close_tm, ret_tm, feats_tm, xp.asarray(kinds), xp.asarray(a_idx), xp.asarray(b_idx), xp.asarray(ks),
             float(cost), sig, pnl)
-    (exe or CudaExecutor(xp, THREADS_PER_BLOCK))._launch(_rows_kernel(), P * n, args)
+    (exe or CudaExecutor(xp, THREADS_PER_BLOCK)).launch(_rows_kernel(), P * n, args)
     return xp.ascontiguousarray(sig.transpose(0, 2, 1)), pnl
 
 

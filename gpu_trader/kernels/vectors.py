@@ -1,9 +1,9 @@
 """GPU k-NN and k-means on CuPy arrays (twin of :mod:`gpu_trader.cpu_fallback.vectors`).
 
-Exact search is :func:`gpu_trader.vector_math.search` on CuPy: one cuBLAS GEMM per database
+Exact search is :func:`gpu_trader._internal.vector_xp.search` on CuPy: one cuBLAS GEMM per database
 tile (up to ``TILE_BYTES`` of scores plus dequantized rows, so a store of millions of vectors
 never needs a score matrix of its full size) and a top-k that never sorts whole score rows:
-:func:`gpu_trader.vector_math.select_by_group_max` (a max-reduction over groups of 64 scores,
+:func:`gpu_trader._internal.vector_xp.select_by_group_max` (a max-reduction over groups of 64 scores,
 a selection among the group maxima, then among the 64 k candidates). ``cupy.argpartition``
 is not used: CuPy implements it as a full sort. Normalization and cosine are vectorized
 CuPy expressions (float32 inputs accumulate in float32 here, float64 on the CPU twin).
@@ -14,19 +14,19 @@ import functools
 
 import cupy as cp
 
-from .. import vector_math as vm
+from .._internal import vector_xp
 
 # Bytes of scores plus dequantized rows per database tile.
 TILE_BYTES = 1 << 30
 
 __all__ = ["search", "select_topk", "normalize_vector", "normalize_rows", "cosine_pair", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
 
-select_topk = functools.partial(vm.select_by_group_max, cp)
+select_topk = functools.partial(vector_xp.select_by_group_max, cp)
 
 
 def search(db, scales, norms, queries, k, l2, rows=None):
-    """See :func:`gpu_trader.vector_math.search`."""
-    return vm.search(cp, select_topk, db, scales, norms, queries, k, l2, TILE_BYTES, rows)
+    """See :func:`gpu_trader._internal.vector_xp.search`."""
+    return vector_xp.search(cp, select_topk, db, scales, norms, queries, k, l2, TILE_BYTES, rows)
 
 
 def normalize_rows(x):
@@ -51,10 +51,10 @@ def cosine_pair(a, b) -> float:
     return float(cosine_rows(a[None], b[None])[0])
 
 
-quantize_int8 = functools.partial(vm.quantize_int8, cp)
-row_sq_norms = functools.partial(vm.row_sq_norms, cp)
+quantize_int8 = functools.partial(vector_xp.quantize_int8, cp)
+row_sq_norms = functools.partial(vector_xp.row_sq_norms, cp)
 
 
 def kmeans(x, n_clusters, n_iter, seed, tol):
-    """See :func:`gpu_trader.vector_math.kmeans`."""
-    return vm.kmeans(cp, x, n_clusters, n_iter, seed, tol, cp.asnumpy)
+    """See :func:`gpu_trader._internal.vector_xp.kmeans`."""
+    return vector_xp.kmeans(cp, x, n_clusters, n_iter, seed, tol, cp.asnumpy)

@@ -13,7 +13,7 @@ from ..harness import Workload
 __all__ = ["SUITES", "workloads"]
 
 # suite name -> module defining ``workloads(quick)``
-SUITES: dict[str, str] = {  # in the order of TARGETS.md's sections
+SUITES: dict[str, str] = {  # in the order of docs/design.md#benchmarks-and-targets
     "market_data": "gpu_trader.bench.suites.market_data",
     "features": "gpu_trader.bench.suites.features",
     "strategies": "gpu_trader.bench.suites.strategies",

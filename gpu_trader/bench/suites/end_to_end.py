@@ -1,4 +1,4 @@
-"""The ``end_to_end`` suite: tick in -> bar -> signal -> risk check -> order out (TARGETS.md, "End to end").
+"""The ``end_to_end`` suite: tick in -> bar -> signal -> risk check -> order out (docs/design.md#benchmarks-and-targets).
 
 What one event is and what is timed (CPU only; other backends skip):
 
@@ -9,7 +9,7 @@ What one event is and what is timed (CPU only; other backends skip):
   per symbol), pre-trade risk check against the portfolio (every limit active) and
   ``OrderManager.submit_nowait`` of the resulting order. The broker round trip runs
   later as an asyncio task and is not part of the event (the simulated broker answers
-  with ``latency_s=0``; TARGETS.md excludes the network).
+  with ``latency_s=0``; the targets exclude the network).
 * **throughput** = events / wall time of replaying a recorded stream: one timed call
   is ``pipeline.reset()`` (a new session, so the same recording can be replayed) + the
   whole stream through ``on_tick`` (each call bracketed by ``perf_counter_ns``), an

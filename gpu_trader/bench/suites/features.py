@@ -1,4 +1,4 @@
-"""The ``features`` suite: indicators (TARGETS.md section 2).
+"""The ``features`` suite: indicators (docs/design.md#benchmarks-and-targets).
 
 Cases: each indicator on one series of 20, 100 and 1000 bars; the full
 ``features()`` pipeline on 100 bars; one ``FeatureStream.update``; and each

@@ -1,4 +1,4 @@
-"""The ``market_data`` suite: tick ingestion, JSON parsing, quotes, bars (TARGETS.md section 1).
+"""The ``market_data`` suite: tick ingestion, JSON parsing, quotes, bars (docs/design.md#benchmarks-and-targets).
 
 Cases and their references (timed in the same run, on the host):
 

@@ -1,4 +1,4 @@
-"""The ``orders`` suite: creation, validation, placement with a simulated broker (TARGETS.md section 4).
+"""The ``orders`` suite: creation, validation, placement with a simulated broker (docs/design.md#benchmarks-and-targets).
 
 Cases (CPU only: the one-event path has no device part; other backends skip):
 

@@ -1,6 +1,6 @@
-"""The ``portfolio`` suite: positions, P&L, trades, snapshots, concurrency, commissions
-(TARGETS.md section 6), the position-limit check (section 5), and batched P&L over many
-portfolios.
+"""The ``portfolio`` suite: positions, P&L, trades, snapshots, concurrency, commissions,
+the position-limit check, and batched P&L over many portfolios
+(docs/design.md#benchmarks-and-targets).
 
 One-event cases run on the CPU backend only (other backends skip): position update
 and add + remove (two operations per call), unrealized P&L of one position, total P&L

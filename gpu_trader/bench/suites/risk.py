@@ -1,4 +1,4 @@
-"""The ``risk`` suite (TARGETS.md section 5).
+"""The ``risk`` suite (docs/design.md#benchmarks-and-targets).
 
 Cases: historical, parametric and conditional VaR and Sharpe of one 252-day
 series (empyrical / scipy timed on the same data); correlation matrices of 5..50
@@ -205,7 +205,7 @@ def _ledoit_wolf(shape: tuple[int, int]) -> Workload:
 
 
 def workloads(quick: bool) -> list[Workload]:
-    """All cases; ``quick`` shrinks the batched ones (never the TARGETS.md sizes)."""
+    """All cases; ``quick`` shrinks the batched ones (never the sizes the targets name)."""
     out = _singles()
     out.extend(_corr(n) for n in CORR_ASSETS)
     out.append(_full_report())

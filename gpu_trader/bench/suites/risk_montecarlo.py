@@ -1,4 +1,4 @@
-"""Monte Carlo VaR cases of the ``risk`` suite (TARGETS.md section 5, last row).
+"""Monte Carlo VaR cases of the ``risk`` suite (target ``risk.monte_carlo``; docs/design.md#benchmarks-and-targets).
 
 Cases: :func:`gpu_trader.var_monte_carlo` (normal, 99 %, one day, float64, Euler
 contributions included, as a user gets it by default) at 1000 assets x 1,000,000

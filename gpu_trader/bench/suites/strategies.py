@@ -1,4 +1,4 @@
-"""The ``strategies`` suite: signals, multi-strategy, streaming, parameter sweep (TARGETS.md section 3).
+"""The ``strategies`` suite: signals, multi-strategy, streaming, parameter sweep (docs/design.md#benchmarks-and-targets).
 
 Cases and references (timed in the same run, on the host):
 

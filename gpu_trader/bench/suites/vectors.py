@@ -1,4 +1,4 @@
-"""The ``vectors`` suite: pattern memory and k-NN (TARGETS.md section 7).
+"""The ``vectors`` suite: pattern memory and k-NN (docs/design.md#benchmarks-and-targets).
 
 Every case has FAISS (faiss-cpu, on the host) doing the same work as its reference, timed
 in the same run (``ratio:faiss`` = FAISS p50 / ours), except the 1M-vector GPU case,
@@ -288,7 +288,7 @@ def _approx(n: int) -> Workload:
     def ref_setup():
         import faiss
 
-        from gpu_trader.ann import HNSW_DEFAULTS
+        from gpu_trader._internal.ann import HNSW_DEFAULTS
 
         _pin_threads()
         index = faiss.IndexHNSWFlat(DIM, HNSW_DEFAULTS["M"], faiss.METRIC_INNER_PRODUCT)

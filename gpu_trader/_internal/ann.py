@@ -7,9 +7,11 @@
 * ``cagra``: NVIDIA cuVS's CAGRA graph on the GPU, built from the stored vectors on the
   first search after a change (CAGRA graphs are built in bulk), results re-scored exactly.
 
-Both expose ``add(vectors, ids)``, ``remove(ids)``, ``search(snapshot, queries, k) ->
-(scores, ids)`` (scores in the public convention: similarity for ip/cosine, squared
-distance for l2), ``dump() -> bytes`` and ``restore(blob, ids, vectors)``. hnswlib trusts the
+A backend declares the kinds it can build in ``Backend.ann_kinds`` (``hnsw`` on ``cpu``,
+``cagra`` on ``cuda``); :func:`make` refuses the others. Both expose ``add(vectors, ids)``,
+``remove(ids)``, ``search(snapshot, queries, k) -> (scores, ids)`` (scores in the public
+convention: similarity for ip/cosine, squared distance for l2), ``dump() -> bytes`` and
+``restore(blob, ids, vectors)``. hnswlib trusts the
 graph it loads (a link out of range crashes the process), so ``restore`` first checks the
 blob against hnswlib's layout and the index's own live ids and vectors (``ValueError`` says
 what is wrong). The hnswlib graph is guarded
@@ -29,10 +31,11 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from . import vector_math as vm
+from ..backend import registered_backends
+from . import vector_xp
 from .validation import check_count
 
-__all__ = ["HNSW_DEFAULTS", "HNSW_LIMITS", "check_params", "make"]
+__all__ = ["APPROXIMATE_KINDS", "HNSW_DEFAULTS", "HNSW_LIMITS", "check_params", "make"]
 
 # M (graph degree), construction beam, search beam: recall@10 >= 0.95 at 100K x 384 (docs/ann_comparison.md)
 HNSW_DEFAULTS = {"M": 16, "ef_construction": 128, "ef_search": 64}
@@ -40,6 +43,7 @@ HNSW_DEFAULTS = {"M": 16, "ef_construction": 128, "ef_search": 64}
 # distribution divides by log M), 2 M links per element fit hnswlib's 16-bit count.
 HNSW_LIMITS = {"M": (2, 2048), "ef_construction": (1, 1 << 20), "ef_search": (1, 1 << 20)}
 _PARALLEL_ADD = 1024  # vectors per add from which hnswlib builds with all cores
+APPROXIMATE_KINDS = ("hnsw", "cagra")  # what a backend's ``ann_kinds`` may hold
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, int]:
@@ -52,16 +56,22 @@ def check_params(params: Mapping[str, Any]) -> dict[str, int]:
 
 
 def make(kind: str, be, dim: int, metric: str, params: dict[str, int]):
-    """The approximate index for ``kind`` (None for ``"exact"``); ImportError/ValueError say what is missing."""
+    """The approximate index for ``kind`` on the backend ``be`` (None for ``"exact"``).
+
+    ``ValueError`` for an unknown kind, or one ``be`` cannot build (not in its
+    ``ann_kinds``: the message names the backends that can and the kinds ``be`` can);
+    ``ImportError`` when the kind's library is missing."""
     if kind == "exact":
         return None
+    if kind not in APPROXIMATE_KINDS:
+        raise ValueError(f"kind must be 'exact', 'hnsw' or 'cagra', got {kind!r}")
+    if kind not in be.ann_kinds:
+        hosts = " or ".join(other.name for other in registered_backends() if kind in other.ann_kinds)
+        usable = " or ".join(repr(k) for k in ("exact", *sorted(be.ann_kinds)))
+        raise ValueError(f"kind={kind!r} runs on the {hosts} backend; on {be.name!r} use {usable}")
     if kind == "hnsw":
-        if be.name != "cpu":
-            raise ValueError(f"kind='hnsw' runs on the cpu backend; on {be.name!r} use 'exact' or 'cagra'")
         return _Hnsw(dim, metric, params)
-    if kind == "cagra":
-        return _Cagra(be, metric)
-    raise ValueError(f"kind must be 'exact', 'hnsw' or 'cagra', got {kind!r}")
+    return _Cagra(metric)
 
 
 class _ReadWriteLock:
@@ -114,7 +124,7 @@ class _Hnsw:
         self._lock = _ReadWriteLock()
         self._index = hnswlib.Index(space=self._space, dim=dim)
         element_bytes = 4 * dim + 8 * params["M"] + 12  # level-0 record: links, vector, label
-        self._index.init_index(max_elements=vm.initial_rows(element_bytes),
+        self._index.init_index(max_elements=vector_xp.initial_rows(element_bytes),
                                ef_construction=params["ef_construction"], M=params["M"])
         self._index.set_ef(params["ef_search"])
 
@@ -161,9 +171,7 @@ class _Hnsw:
 
 
 class _Cagra:
-    def __init__(self, be, metric: str):
-        if be.name != "cuda":
-            raise ValueError(f"kind='cagra' runs on the cuda backend, not {be.name!r}")
+    def __init__(self, metric: str):
         try:
             from cuvs.neighbors import cagra
         except ImportError as exc:

@@ -28,7 +28,7 @@ listed in :data:`SPECS`.
 The arithmetic of each recurrence step (``sma_step``, ``ema_step``, ``rsi_step``,
 ``atr_step``, ``bbands_step``, ``true_range``, ...) is a small primitive of its own,
 defined once here and called by the row bodies, by the chunked scans of
-:mod:`gpu_trader.scan_math` and by the streaming updates of
+:mod:`gpu_trader._internal.scan_loops` and by the streaming updates of
 :mod:`gpu_trader.streaming`, which is what keeps the three bit-identical (a change
 to a step's operations changes all three).
 """
@@ -91,7 +91,7 @@ def fill_nan(out, k, stop):
 
 # ---------------------------------------------------------------------------------
 # One-step primitives: the arithmetic of each recurrence, written once. The row
-# bodies below, the chunked scans (gpu_trader.scan_math) and the streaming updates
+# bodies below, the chunked scans (gpu_trader._internal.scan_loops) and the streaming updates
 # (gpu_trader.streaming) all call these, so the float64 operation sequence of each
 # step exists in one place (each mirrors TA-Lib 0.8's C code, operation for
 # operation; only where the values come from differs between the three).

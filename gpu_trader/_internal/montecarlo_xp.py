@@ -17,7 +17,7 @@ must provide:
   None), the per-scenario mixing factor ``g = sqrt((dof - 2) / chi2_dof)`` as
   ``(rows,)`` (else None); ``first`` is a multiple of ``BLOCK``;
 * ``option_pnl(returns, plan_options, dtype) -> (n_options, rows)`` -- the fused
-  Black-Scholes revaluation (:func:`gpu_trader.option_math.option_pnl_item`);
+  Black-Scholes revaluation (:func:`gpu_trader._internal.option_loops.option_pnl_item`);
 * ``tail_update(vals, idx, loss, first) -> (vals, idx)`` -- keep, per portfolio (row),
   the ``m`` largest losses seen so far and their scenario numbers;
 * ``scatter_add(acc, rows, values) -> acc`` -- ``acc[rows[i]] += values[i]`` with repeats

@@ -1,10 +1,15 @@
 """Risk metrics over return series, written once against an array namespace ``xp``.
 
-The same code runs on NumPy (``cpu``) and CuPy (``cuda``): each backend module
-instantiates :class:`RiskKernels` with its namespace and a running-maximum
-primitive (NumPy has ``maximum.accumulate``; on CuPy a log-depth doubling scan,
-:func:`doubling_running_max`, is used). The kernels validate no input; the public
-module :mod:`gpu_trader.risk` does.
+:class:`RiskMetrics` is the array formulation (a batched sort, then reductions) that the
+``cuda`` and ``jax`` backends run: :mod:`gpu_trader.kernels.risk` instantiates it over CuPy
+with :func:`doubling_running_max` (a log-depth scan: CuPy's ``maximum`` has no
+``accumulate``), :mod:`gpu_trader.jax_backend.risk` over ``jax.numpy`` with ``lax.cummax``,
+jitted. The ``cpu`` backend does not use it: :mod:`gpu_trader.cpu_fallback.risk` summarizes
+each series in one numba pass and finishes the metrics with this module's scalar pieces
+(:func:`normal_quantile`, :func:`cornish_fisher_z`; :func:`rounding_residue` is compiled
+into the pass). The tests run :class:`RiskMetrics` over NumPy against the CPU backend, and
+both against the same oracles. Nothing here validates input; the public module
+:mod:`gpu_trader.risk` does.
 
 Shapes: ``r`` is ``(..., T)`` with time last; every metric reduces the last axis.
 A level grid ``q`` (tail probabilities ``1 - level``, a 1-D tuple) adds a leading
@@ -34,7 +39,7 @@ import numpy as np
 from .validation import check_floats
 
 __all__ = [
-    "RiskKernels", "doubling_running_max", "normal_quantile", "cornish_fisher_z", "rounding_residue",
+    "RiskMetrics", "doubling_running_max", "normal_quantile", "cornish_fisher_z", "rounding_residue",
     "check_levels", "LEVEL_HINT",
 ]
 
@@ -50,7 +55,7 @@ def check_levels(level: Any, name: str = "level") -> tuple[tuple[float, ...], bo
     ``0.5 <= level < 1``: a level below 0.5 is almost always a tail probability
     written where a confidence belongs, so the ``ValueError`` says so
     (:data:`LEVEL_HINT`). Returns ``(levels, is_grid)`` like
-    :func:`gpu_trader.validation.check_floats` (which also bounds a grid's length).
+    :func:`gpu_trader._internal.validation.check_floats` (which also bounds a grid's length).
     """
     levels, grid = check_floats(level, name)
     for v in levels:
@@ -126,7 +131,7 @@ class _Moments:
     kurt: Any      # biased excess kurtosis (scipy.stats.kurtosis default); NaN where std is 0
 
 
-class RiskKernels:
+class RiskMetrics:
     """The risk metrics for one array namespace.
 
     ``xp``: NumPy-compatible module; ``running_max(x)``: running maximum along the

@@ -15,7 +15,7 @@ one-pass sums free of cancellation.
 Zero dispersion: a correlation divides by both series' sums of squared deviations
 ``V = Q - S^2 / N``. For a series that is constant over the periods used, ``V`` is 0
 in exact arithmetic but a rounding residue in floating point, which would make an
-arbitrary correlation (often +-1) out of noise. :meth:`CorrelationKernels.rounding_zero`
+arbitrary correlation (often +-1) out of noise. :meth:`CorrelationEstimators.rounding_zero`
 bounds that residue from the sums themselves (their length and magnitude) and a
 ``V`` within it counts as 0, so the correlation is NaN (pandas' result for a
 constant series).
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import host_bool
+from .host import host_bool
 
-__all__ = ["CorrelationKernels"]
+__all__ = ["CorrelationEstimators"]
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -47,7 +47,7 @@ class _PairSums:
     p: Any   # P[i, j]: sum of x_i x_j
 
 
-class CorrelationKernels:
+class CorrelationEstimators:
     """The covariance estimators for one array namespace ``xp``."""
 
     def __init__(self, xp: Any) -> None:

@@ -1,11 +1,13 @@
 """numba compilation with an on-disk cache that follows the package's source.
 
 numba's own cache is keyed by the source file of the jitted function only, so a
-driver compiled against an older version of :mod:`gpu_trader.indicator_math`
+driver compiled against an older version of :mod:`gpu_trader._internal.indicator_loops`
 would keep being loaded after that module changed. :func:`njit_cached` compiles
-with ``cache=True`` into a directory named after a hash of the package's compute
-modules (all but the benchmark harness and the CLI, which hold no jitted code),
-so any change to them (an upgrade, a local edit) starts a fresh cache.
+with ``cache=True`` into a directory named after a hash of the packages that hold
+compiled code and everything it reads (``_internal/``, ``cpu_fallback/``,
+``kernels/``: the public modules hold none, see docs/architecture.md), so any change
+to them (an upgrade, a local edit) starts a fresh cache, and an edit of a public
+module keeps it.
 
 The cache root is ``$GPU_TRADER_CACHE_DIR`` if set (an empty value counts as
 unset), else ``~/.cache/gpu-trader/numba``; the cache lives in ``<root>/<hash>``.
@@ -29,8 +31,10 @@ from pathlib import Path
 __all__ = ["CacheDirWarning", "ENV_VAR", "cache_dir", "njit_cached"]
 
 ENV_VAR = "GPU_TRADER_CACHE_DIR"
-_PACKAGE = Path(__file__).resolve().parent
-_NOT_HASHED = ("bench", "cli.py")  # no jitted code there: editing them keeps the cache
+_PACKAGE = Path(__file__).resolve().parent.parent
+# The packages whose source compiled code can depend on. Jitted functions live only there and
+# import nothing from the public modules (tests/test_jit_cache.py checks both).
+HASHED_PACKAGES = ("_internal", "cpu_fallback", "kernels")
 
 
 class CacheDirWarning(UserWarning):
@@ -39,9 +43,7 @@ class CacheDirWarning(UserWarning):
 
 def _source_hash() -> str:
     digest = hashlib.sha1()
-    for path in sorted(_PACKAGE.rglob("*.py")):
-        if path.relative_to(_PACKAGE).parts[0] in _NOT_HASHED:
-            continue
+    for path in sorted(p for name in HASHED_PACKAGES for p in (_PACKAGE / name).rglob("*.py")):
         digest.update(path.relative_to(_PACKAGE).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

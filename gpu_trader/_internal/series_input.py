@@ -10,24 +10,31 @@ from typing import Any
 
 import numpy as np
 
-from .backend import resolve, unwrap_pandas_columns
+from ..backend import Backend, resolve, unwrap_pandas_columns
 from .validation import check_observations
 
 __all__ = ["SeriesInput"]
 
 
 class SeriesInput:
-    """``kernels``: ``backend.ops(area).kernels``; ``x``: float64 ``(..., T)``; ``dtype``: the
-    input's float dtype; ``rewrap(res, kind, ...)``: pandas rewrapping (None for arrays).
+    """``formulas``: the area's computations on the resolved backend (:meth:`formulas_of`);
+    ``x``: float64 ``(..., T)``; ``dtype``: the input's float dtype; ``rewrap(res, kind, ...)``:
+    pandas rewrapping (None for arrays).
 
     ``what`` names the computation and ``minimum`` the valid observations it needs per
     series (fewer is a ``ValueError`` naming ``r``); ``matrix=True`` requires
     ``(..., n_series, T)`` with at least one series and one period.
     """
 
-    __slots__ = ("kernels", "x", "dtype", "rewrap")
+    __slots__ = ("formulas", "x", "dtype", "rewrap")
 
-    def __init__(self, r: Any, backend: Any, area: str, what: str, minimum: int = 1, matrix: bool = False) -> None:
+    @staticmethod
+    def formulas_of(be: Backend) -> Any:
+        """The object whose methods compute this area on ``be`` (each subclass names it, e.g.
+        ``be.ops("risk").metrics``)."""
+        raise NotImplementedError
+
+    def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1, matrix: bool = False) -> None:
         values, self.rewrap = unwrap_pandas_columns(r)
         be, (arr,), _ = resolve((values,), ("r",), backend)
         if matrix:
@@ -35,7 +42,7 @@ class SeriesInput:
                 raise ValueError(f"r must have shape (..., n_series, T) (time last), got shape {arr.shape}")
             if arr.shape[-1] == 0 or arr.shape[-2] == 0:
                 raise ValueError(f"r must have at least one series and one period, got shape {arr.shape}")
-        self.kernels = be.ops(area).kernels
-        check_observations(self.kernels.xp, arr, minimum, "r", what)
+        self.formulas = self.formulas_of(be)
+        check_observations(self.formulas.xp, arr, minimum, "r", what)
         self.dtype = arr.dtype
         self.x = arr if arr.dtype == np.float64 else arr.astype(np.float64)

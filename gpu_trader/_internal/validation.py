@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from . import backend as _backend
-from .backend import host_bool
+from .. import backend
+from .host import host_bool
 
 _isfinite = math.isfinite
 
@@ -22,7 +22,7 @@ MAX_WINDOW = 100_000
 """Largest window / period of an indicator or strategy parameter (TA-Lib's own cap)."""
 MAX_GRID = 100_000
 """Most parameter sets one call may run (the product of the lengths of its parameter grids)."""
-MAX_ELEMENTS = _backend.MAX_ELEMENTS
+MAX_ELEMENTS = backend.MAX_ELEMENTS
 """Most values one input array or one output allocation may hold (2**32, 32 GiB of
 float64): a larger request is an error up front, never an attempt to allocate it."""
 WORK_MEMORY_LIMIT = 8 * MAX_ELEMENTS
@@ -200,8 +200,8 @@ def real_array(x: Any, name: str) -> np.ndarray:
     ``None``, a masked array or a non-real dtype). May be ``x`` itself: never write into it."""
     if x is None:
         raise TypeError(f"{name} must be an array, got None")
-    be = _backend.infer_backend(x)
-    return _backend.host_input(x if be.name == "cpu" else be.to_numpy(x), name)
+    be = backend.infer_backend(x)
+    return backend.host_input(x if be.host_memory else be.to_numpy(x), name)
 
 
 def finite_real_array(x: Any, name: str) -> np.ndarray:

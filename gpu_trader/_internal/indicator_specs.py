@@ -24,7 +24,7 @@ SPECS = {
 
 # name -> ((parameter, default or None when required, minimum or None for reals), ...)
 # Minimums follow TA-Lib's accepted ranges; every integer parameter is also at most TA-Lib's
-# 100000 (gpu_trader.validation.MAX_WINDOW), checked before any compiled code sees it.
+# 100000 (gpu_trader._internal.validation.MAX_WINDOW), checked before any compiled code sees it.
 PARAMETERS = {
     "sma": (("window", None, 1),),
     "ema": (("window", None, 1),),

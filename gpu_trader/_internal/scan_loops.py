@@ -1,4 +1,5 @@
-"""Chunked parallel-in-time scans for the indicator recurrences (the GPU's long-series path).
+"""Loop bodies of the chunked parallel-in-time scans for the indicator recurrences (the GPU's
+long-series path).
 
 The batch kernels run one thread per (parameter set, series) and walk the series in
 time order. That leaves a GPU idle when there are few series and many bars (one
@@ -15,10 +16,11 @@ time order. That leaves a GPU idle when there are few series and many bars (one
      map ``y_out = A*y_in + B``. The chunk holding the series' ``start`` bar also
      computes the TA-Lib seed (the mean of the first window), exactly like the row
      body;
-  2. an exclusive scan composes the chunk maps (:func:`exclusive_affine_scan`: a
-     recursive blocked scan -- blocks of ``pair_block`` maps are composed by one
-     thread each, the block maps are scanned the same way, then expanded), giving
-     every chunk its carry-in ``A_in * seed + B_in``;
+  2. an exclusive scan composes the chunk maps
+     (:func:`gpu_trader.kernels.scan.exclusive_affine_scan` over :func:`pairs_reduce`,
+     :func:`pairs_expand` and :func:`pairs_serial`: a recursive blocked scan -- blocks of
+     ``pair_block`` maps are composed by one thread each, the block maps are scanned the
+     same way, then expanded), giving every chunk its carry-in ``A_in * seed + B_in``;
   3. each chunk re-runs the exact row-body recurrence (same operations, same order)
      from its carry-in and writes its outputs. Only the carry-ins differ from the
      sequential states, by rounding (~1e-16 relative: these recurrences contract).
@@ -53,16 +55,18 @@ each step the threads of a warp (consecutive chunks) touch consecutive addresses
 Outputs use the same layout per row ``r = p*n_series + i``: ``(n_out, L, rows*nc)``.
 
 Every loop body here is a plain function decorated with ``register_jitable``, so
-the same steps compile for CUDA (``gpu_trader.kernels.indicators``), for the CPU
-(:func:`twin_compute`, the "twin" that tests the scan without a GPU) and run as
-plain Python (numba's CUDA simulator). The array glue is written against an ``xp``
-module (CuPy or NumPy) and an executor that launches a body over ``nthreads``
-thread indices. These bodies do their arithmetic with the one-step primitives of
-:mod:`gpu_trader.indicator_math` (``im.ema_step``, ``im.rsi_step``, ``im.bbands_step``,
-...), the very functions the row bodies call, so a step is computed exactly as in the
-row body; only the bookkeeping (chunk bounds, carries, the chunked layout: ``at``,
-``*_c`` window sums) is written here (the tests compare both paths with the CPU
-backend).
+the same steps compile for CUDA (launched by :mod:`gpu_trader.kernels.indicators`),
+for the CPU (:mod:`gpu_trader.cpu_fallback.scan`, the "twin" that tests the scan
+without a GPU) and run as plain Python (numba's CUDA simulator). The per-thread entry
+points (:data:`PHASE1`, :data:`PHASE3`, the ``pairs_*`` carry-scan steps) take a thread
+index ``j``; the path policy (when to scan, the chunk length) and the array glue that
+lays the series out in chunks and runs the three phases live in
+:mod:`gpu_trader.kernels.scan`. These bodies do their arithmetic with the one-step
+primitives of :mod:`gpu_trader._internal.indicator_loops` (``indicator_loops.ema_step``,
+``indicator_loops.rsi_step``, ``indicator_loops.bbands_step``, ...), the very functions the
+row bodies call, so a step is computed exactly as in the row body; only the bookkeeping
+(chunk bounds, carries, the chunked layout: ``at``, ``*_c`` window sums) is written here
+(the tests compare both paths with the CPU backend).
 
 Not mirrored: sums that overflow to inf from finite inputs (only non-finite input
 bars count as poison for SMA/Bollinger), and a rolling VWAP volume that is exactly
@@ -70,46 +74,24 @@ bars count as poison for SMA/Bollinger), and a rolling VWAP volume that is exact
 """
 from __future__ import annotations
 
-import functools
 import math
 
-import numpy as np
 from numba import float64 as f64
 from numba.extending import register_jitable
 
-from . import indicator_math as im
+from . import indicator_loops
 from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, SPECS, VWAP, WMA
 
 __all__ = [
-    "MACD_SIGNAL", "SCAN_NAMES", "SCAN_MAX_ROWS", "SCAN_MIN_T", "TARGET_THREADS", "MIN_CHUNK",
-    "PAIR_BLOCK", "use_scan", "choose_chunk", "scan_compute", "twin_compute", "CpuScanExecutor",
+    "MACD_SIGNAL", "N_STATES", "TINY", "PHASE1", "PHASE3", "SCAN_NAMES", "WINDOWED_NAMES",
+    "pairs_reduce", "pairs_expand", "pairs_serial",
 ]
 
 # Internal code of MACD's second pass (the signal EMA over the MACD line).
 MACD_SIGNAL = 100
 
-# Indicators with a scan path. STOCH has none (its rolling min/max + two SMAs run
-# on the batch path whatever the shape).
-SCAN_NAMES = frozenset({"ema", "rsi", "atr", "obv", "macd", "sma", "wma", "bollinger", "vwap"})
-WINDOWED_NAMES = frozenset({"sma", "wma", "bollinger", "vwap"})
-# Number of affine states carried per row by each affine pass.
+# Number of affine states each phase-1 body carries per row (the leading axis of its A, B, seed).
 N_STATES = {EMA: 1, RSI: 2, ATR: 1, OBV: 1, MACD: 2, MACD_SIGNAL: 1}
-
-# --- automatic path choice -----------------------------------------------------------
-# The batch path has rows = P * n_series threads; below SCAN_MAX_ROWS an H100
-# (132 SMs x 2048 resident threads) is mostly idle, so when the series are also
-# long (T >= SCAN_MIN_T) the chunked scan is used. The chunk length is chosen so
-# that rows * n_chunks ~ TARGET_THREADS (~1 thread per resident slot on an H100),
-# never below MIN_CHUNK bars (the per-chunk overhead -- carry math, seed, the
-# overlapping window of windowed indicators -- must stay small next to L) and, for
-# windowed indicators, never below 2 windows (so re-reading the preceding window
-# costs at most half the chunk).
-SCAN_MAX_ROWS = 4096
-SCAN_MIN_T = 4096
-TARGET_THREADS = 1 << 17
-MIN_CHUNK = 64
-# Maps composed per thread in each level of the carry scan.
-PAIR_BLOCK = 32
 
 # Smallest positive normal float64: chunk maps' A are clamped to it so that an
 # underflowed product never turns inf * 0 into NaN (TA-Lib keeps an inf Wilder
@@ -118,26 +100,10 @@ PAIR_BLOCK = 32
 TINY = 2.2250738585072014e-308
 
 
-def use_scan(name: str, n_rows: int, T: int) -> bool:
-    """True when ``name`` over ``n_rows`` rows of ``T`` bars should take the scan path."""
-    return name in SCAN_NAMES and n_rows < SCAN_MAX_ROWS and T >= SCAN_MIN_T
-
-
-def choose_chunk(name: str, params: np.ndarray, n_rows: int, T: int) -> int:
-    """Chunk length for the scan path (see the constants above)."""
-    L = max(MIN_CHUNK, -(-(n_rows * T) // TARGET_THREADS))
-    if name in WINDOWED_NAMES and params.size:
-        # WMA replays up to 8 windows from its last re-anchor; the others re-read one window
-        L = max(L, (8 if name == "wma" else 2) * int(np.max(params[:, 0])))
-    return int(max(1, min(L, T)))
-
-
-# =====================================================================================
-# Loop bodies (register_jitable: CPU njit, CUDA device code, plain Python)
-# =====================================================================================
 @register_jitable
 def at(x, col0, t):
-    """Bar ``t`` (read as float64, like im.f64) of the series stored in chunk columns ``col0, col0+1, ...`` of x."""
+    """Bar ``t`` (read as float64, like indicator_loops.f64) of the series stored in chunk
+    columns ``col0, col0+1, ...`` of x."""
     L = x.shape[0]
     q = t // L
     return f64(x[t - q * L, col0 + q])
@@ -190,7 +156,7 @@ def nan_prefix(out, k, lo, hi, start, oc):
 @register_jitable
 def ema_p1(x, col0, cc, lo, hi, seed_begin, period, A, B, seed, s, r):
     """Phase 1 of an EMA of ``period`` seeded at ``start = seed_begin + period - 1`` with
-    the mean of x[seed_begin : seed_begin + period] (im.ema_seed)."""
+    the mean of x[seed_begin : seed_begin + period] (indicator_loops.ema_seed)."""
     start = seed_begin + period - 1
     if lo <= start < hi:
         total = 0.0
@@ -203,8 +169,8 @@ def ema_p1(x, col0, cc, lo, hi, seed_begin, period, A, B, seed, s, r):
     col = col0 + cc
     t0 = at_least(start + 1, lo)
     for t in range(t0, hi):
-        bb = im.ema_step(bb, f64(x[t - lo, col]), k)
-        aa = clamp_a(im.ema_step(aa, 0.0, k))
+        bb = indicator_loops.ema_step(bb, f64(x[t - lo, col]), k)
+        aa = clamp_a(indicator_loops.ema_step(aa, 0.0, k))
     A[s, r, cc] = aa
     B[s, r, cc] = bb
 
@@ -229,7 +195,7 @@ def ema_p3(x, col0, cc, lo, hi, seed_begin, period, Ain, Bin, seed, r, out, oc):
     k = 2.0 / (period + 1)
     y, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out, oc)
     for t in range(t0, hi):
-        y = im.ema_step(y, f64(x[t - lo, col]), k)
+        y = indicator_loops.ema_step(y, f64(x[t - lo, col]), k)
         out[0, t - lo, oc] = y
 
 
@@ -244,7 +210,7 @@ def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
         loss = 0.0
         for t in range(begin + 1, start + 1):
             v = at(x, col0, t)
-            gain, loss = im.rsi_add(gain, loss, v - prev)
+            gain, loss = indicator_loops.rsi_add(gain, loss, v - prev)
             prev = v
         loss *= inv_period
         gain *= inv_period
@@ -259,7 +225,7 @@ def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
         prev = at(x, col0, t0 - 1)
         for t in range(t0, hi):
             v = f64(x[t - lo, col])
-            gg, ll = im.rsi_step(gg, ll, v - prev, period, inv_period)
+            gg, ll = indicator_loops.rsi_step(gg, ll, v - prev, period, inv_period)
             prev = v
             aa *= period - 1
             aa *= inv_period
@@ -280,7 +246,7 @@ def rsi_p3(x, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc):
     if lo <= start:
         gain = seed[0, r]
         loss = seed[1, r]
-        out[0, start - lo, oc] = im.rsi_ratio(gain, loss)
+        out[0, start - lo, oc] = indicator_loops.rsi_ratio(gain, loss)
         t0 = start + 1
     else:
         gain = carry_in(Ain, Bin, seed, 0, r, cc)
@@ -291,9 +257,9 @@ def rsi_p3(x, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc):
         prev = at(x, col0, t0 - 1)
         for t in range(t0, hi):
             v = f64(x[t - lo, col])
-            gain, loss = im.rsi_step(gain, loss, v - prev, period, inv_period)
+            gain, loss = indicator_loops.rsi_step(gain, loss, v - prev, period, inv_period)
             prev = v
-            out[0, t - lo, oc] = im.rsi_ratio(gain, loss)
+            out[0, t - lo, oc] = indicator_loops.rsi_ratio(gain, loss)
 
 
 # ---- ATR (TA-Lib >= 0.8 Wilder step: prev = alpha*tr + beta*prev) -------------------------
@@ -302,11 +268,11 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
     start = begin + period
     aa = 1.0
     bb = 0.0
-    alpha, beta = im.atr_coefficients(period)
+    alpha, beta = indicator_loops.atr_coefficients(period)
     if lo <= start < hi:
         total = 0.0
         for t in range(begin + 1, start + 1):
-            total += im.true_range(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
+            total += indicator_loops.true_range(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
         seed[0, r] = total / period
     t0 = at_least(start + 1, lo)
     if t0 < hi:
@@ -314,9 +280,9 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
         pc = at(c, col0, t0 - 1)
         for t in range(t0, hi):
             u = t - lo
-            tr = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
+            tr = indicator_loops.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
             pc = f64(c[u, col])
-            bb = im.atr_step(bb, tr, alpha, beta)
+            bb = indicator_loops.atr_step(bb, tr, alpha, beta)
             aa = clamp_a(beta * aa)
     A[0, r, cc] = aa
     B[0, r, cc] = bb
@@ -329,15 +295,15 @@ def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc
     if start >= hi:
         return
     col = col0 + cc
-    alpha, beta = im.atr_coefficients(period)
+    alpha, beta = indicator_loops.atr_coefficients(period)
     prev, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out, oc)
     if t0 < hi:
         pc = at(c, col0, t0 - 1)
         for t in range(t0, hi):
             u = t - lo
-            tr = im.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
+            tr = indicator_loops.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
             pc = f64(c[u, col])
-            prev = im.atr_step(prev, tr, alpha, beta)
+            prev = indicator_loops.atr_step(prev, tr, alpha, beta)
             out[0, u, oc] = prev
 
 
@@ -354,7 +320,7 @@ def obv_p1(cl, vo, col0, cc, lo, hi, begin, A, B, seed, r):
         for t in range(t0, hi):
             u = t - lo
             cv = f64(cl[u, col])
-            bb = im.obv_step(bb, prev, cv, f64(vo[u, col]))
+            bb = indicator_loops.obv_step(bb, prev, cv, f64(vo[u, col]))
             prev = cv
     A[0, r, cc] = 1.0
     B[0, r, cc] = bb
@@ -372,7 +338,7 @@ def obv_p3(cl, vo, col0, cc, lo, hi, begin, Ain, Bin, seed, r, out, oc):
         for t in range(t0, hi):
             u = t - lo
             cv = f64(cl[u, col])
-            obv = im.obv_step(obv, prev, cv, f64(vo[u, col]))
+            obv = indicator_loops.obv_step(obv, prev, cv, f64(vo[u, col]))
             out[0, u, oc] = obv
             prev = cv
 
@@ -409,8 +375,8 @@ def macd_line_p3(x, col0, cc, lo, hi, begin, fast, slow, Ain, Bin, seed, r, out,
         t0 = lo
     for t in range(t0, hi):
         v = f64(x[t - lo, col])
-        ema_fast = im.ema_step(ema_fast, v, k_fast)
-        ema_slow = im.ema_step(ema_slow, v, k_slow)
+        ema_fast = indicator_loops.ema_step(ema_fast, v, k_fast)
+        ema_slow = indicator_loops.ema_step(ema_slow, v, k_slow)
         out[0, t - lo, oc] = ema_fast - ema_slow
 
 
@@ -437,7 +403,7 @@ def macd_signal_p3(line, col0, cc, lo, hi, first, signal, Ain, Bin, seed, r, out
     for t in range(t0, hi):
         u = t - lo
         v = f64(line[u, col])
-        sig = v if signal == 1 else im.ema_step(sig, v, k_sig)
+        sig = v if signal == 1 else indicator_loops.ema_step(sig, v, k_sig)
         out[0, u, oc] = v
         out[1, u, oc] = sig
         out[2, u, oc] = v - sig
@@ -461,7 +427,7 @@ def sma_p3(x, col0, cc, lo, hi, begin, ff, period, out, oc):
     tu = bp - tq * L
     col = col0 + cc
     for t in range(t0, hi):
-        total, out[0, t - lo, oc] = im.sma_step(total, f64(x[t - lo, col]), f64(x[tu, col0 + tq]), period)
+        total, out[0, t - lo, oc] = indicator_loops.sma_step(total, f64(x[t - lo, col]), f64(x[tu, col0 + tq]), period)
         tu += 1
         if tu == L:
             tu = 0
@@ -470,17 +436,17 @@ def sma_p3(x, col0, cc, lo, hi, begin, ff, period, out, oc):
 
 @register_jitable
 def wma_sums_c(x, col0, first, period):
-    """im.wma_sums on the chunked layout."""
+    """indicator_loops.wma_sums on the chunked layout."""
     total = 0.0
     weighted = 0.0
     for w in range(1, period + 1):
-        total, weighted = im.wma_add(total, weighted, at(x, col0, first + w - 1), w)
+        total, weighted = indicator_loops.wma_add(total, weighted, at(x, col0, first + w - 1), w)
     return total, weighted
 
 
 @register_jitable
 def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
-    """TA_WMA (im.wma_row), bit-exact: the running sums are re-anchored on a fixed schedule
+    """TA_WMA (indicator_loops.wma_row), bit-exact: the running sums are re-anchored on a fixed schedule
     (every 8 * period bars after ``start``), so the chunk rebuilds the exact sequential state
     from the last re-anchor before its first output (or from ``begin``) and replays to it."""
     start = begin + period - 1
@@ -492,7 +458,7 @@ def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
         for t in range(t0, hi):
             out[0, t - lo, oc] = x[t - lo, col]
         return
-    divider = im.wma_divider(period)
+    divider = indicator_loops.wma_divider(period)
     every = 8 * period
     m = (t0 - start) // every
     if m == 0:
@@ -516,7 +482,7 @@ def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
             v = at(x, col0, t)
         else:
             v = f64(x[t - lo, col])
-        period_sub, period_sum = im.wma_push(period_sub, period_sum, v, trailing_value, period)
+        period_sub, period_sum = indicator_loops.wma_push(period_sub, period_sum, v, trailing_value, period)
         countdown -= 1
         if countdown <= 0:
             countdown = every
@@ -533,29 +499,29 @@ def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
 
 @register_jitable
 def shifted_moments_c(x, col0, first, last, shift):
-    """im.shifted_moments on the chunked layout."""
+    """indicator_loops.shifted_moments on the chunked layout."""
     s1 = 0.0
     s2 = 0.0
     for t in range(first, last + 1):
-        s1, s2 = im.shifted_add(s1, s2, at(x, col0, t), shift)
+        s1, s2 = indicator_loops.shifted_add(s1, s2, at(x, col0, t), shift)
     return s1, s2
 
 
 @register_jitable
 def bbands_reseed_c(x, col0, first, last, inv_period):
-    """im.bbands_reseed on the chunked layout."""
+    """indicator_loops.bbands_reseed on the chunked layout."""
     total = 0.0
     for t in range(first, last + 1):
         total += at(x, col0, t)
     shift = total * inv_period
     var1, var2 = shifted_moments_c(x, col0, first, last, shift)
-    var1, var2, variance = im.bbands_reseeded(var1, var2, at(x, col0, first), shift, inv_period)
+    var1, var2, variance = indicator_loops.bbands_reseeded(var1, var2, at(x, col0, first), shift, inv_period)
     return shift, var1, var2, variance
 
 
 @register_jitable
 def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
-    """im.bbands_row from the chunk's first output. The chunk holding ``start`` starts exactly
+    """indicator_loops.bbands_row from the chunk's first output. The chunk holding ``start`` starts exactly
     like the row body; a later chunk starts as if the variance sums had just been re-seeded at
     the bar before it (TA-Lib re-seeds on a data-dependent schedule, so the variance agrees with
     the sequential one to rounding), and its SMA sum is poisoned like TA-Lib's when a
@@ -586,7 +552,7 @@ def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
     tu = trailing - tq * L
     col = col0 + cc
     for t in range(t0, hi):
-        ma_total, var1, var2, mean, variance, drifted = im.bbands_step(
+        ma_total, var1, var2, mean, variance, drifted = indicator_loops.bbands_step(
             ma_total, shift, var1, var2, f64(x[t - lo, col]), f64(x[tu, col0 + tq]), period, inv_period)
         tu += 1
         if tu == L:
@@ -597,12 +563,12 @@ def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
             countdown = 32 * period
             shift, var1, var2, variance = bbands_reseed_c(x, col0, t - period + 1, t, inv_period)
         u = t - lo
-        out[0, u, oc], out[1, u, oc], out[2, u, oc] = im.bbands_bands(mean, variance, nstd)
+        out[0, u, oc], out[1, u, oc], out[2, u, oc] = indicator_loops.bbands_bands(mean, variance, nstd)
 
 
 @register_jitable
 def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
-    """im.vwap_row from the chunk's first output: window sums of the finite bars and a count
+    """indicator_loops.vwap_row from the chunk's first output: window sums of the finite bars and a count
     of the non-finite ones, rebuilt over the bars before it."""
     start = begin + period - 1
     t0 = first_output(out, 1, lo, hi, start, oc)
@@ -614,8 +580,8 @@ def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
     n_bad = 0
     for t in range(bp, t0):
         v = at(vo, col0, t)
-        tpv = im.typical_pv(at(h, col0, t), at(lw, col0, t), at(c, col0, t), v)
-        pv, vol, n_bad = im.vwap_add(pv, vol, n_bad, tpv, v)
+        tpv = indicator_loops.typical_pv(at(h, col0, t), at(lw, col0, t), at(c, col0, t), v)
+        pv, vol, n_bad = indicator_loops.vwap_add(pv, vol, n_bad, tpv, v)
     L = h.shape[0]
     tq = bp // L
     tu = bp - tq * L
@@ -623,13 +589,13 @@ def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
     for t in range(t0, hi):
         u = t - lo
         v = f64(vo[u, col])
-        tpv = im.typical_pv(f64(h[u, col]), f64(lw[u, col]), f64(c[u, col]), v)
-        pv, vol, n_bad = im.vwap_add(pv, vol, n_bad, tpv, v)
-        out[0, u, oc] = im.vwap_value(pv, vol, n_bad)
+        tpv = indicator_loops.typical_pv(f64(h[u, col]), f64(lw[u, col]), f64(c[u, col]), v)
+        pv, vol, n_bad = indicator_loops.vwap_add(pv, vol, n_bad, tpv, v)
+        out[0, u, oc] = indicator_loops.vwap_value(pv, vol, n_bad)
         tc = col0 + tq
         v = f64(vo[tu, tc])
-        tpv = im.typical_pv(f64(h[tu, tc]), f64(lw[tu, tc]), f64(c[tu, tc]), v)
-        pv, vol, n_bad = im.vwap_remove(pv, vol, n_bad, tpv, v)
+        tpv = indicator_loops.typical_pv(f64(h[tu, tc]), f64(lw[tu, tc]), f64(c[tu, tc]), v)
+        pv, vol, n_bad = indicator_loops.vwap_remove(pv, vol, n_bad, tpv, v)
         tu += 1
         if tu == L:
             tu = 0
@@ -771,6 +737,13 @@ PHASE3 = {
 }
 
 
+# Indicators with a scan path: those with a phase-3 body. STOCH has none (its rolling
+# min/max + two SMAs run on the batch path whatever the shape). The windowed ones have no
+# affine pass (no phase 1): each chunk rebuilds its window state itself.
+SCAN_NAMES = frozenset(name for name, spec in SPECS.items() if spec[0] in PHASE3)
+WINDOWED_NAMES = frozenset(name for name in SCAN_NAMES if SPECS[name][0] not in PHASE1)
+
+
 # ---- carry scan over chunk maps: y -> A*y + B, composed left to right -------------------
 @register_jitable
 def pairs_reduce(j, m, blk, A, B, A2, B2):
@@ -823,181 +796,3 @@ def pairs_serial(j, m, A, B, Ain, Bin):
         ac = A[j, ci]
         bb = ac * bb + B[j, ci]
         aa = clamp_a(ac * aa)
-
-
-# =====================================================================================
-# Array glue (xp = numpy or cupy) and the CPU twin executor
-# =====================================================================================
-def to_chunked(x, L: int, nc: int, xp):
-    """(n, T) -> (L, n*nc) chunk-major transposed copy, padded with NaN to nc*L bars."""
-    n, T = x.shape
-    Tp = nc * L
-    if Tp != T:
-        xpad = xp.empty((n, Tp), dtype=x.dtype)
-        xpad[:, :T] = x
-        xpad[:, T:] = np.nan
-        x = xpad
-    return xp.ascontiguousarray(x.reshape(n, nc, L).transpose(2, 0, 1)).reshape(L, n * nc)
-
-
-def from_chunked(oc, P: int, n: int, nc: int, T: int, xp):
-    """(n_out, L, P*n*nc) -> (n_out, P, n, T) C-contiguous."""
-    n_out, L = oc.shape[0], oc.shape[1]
-    o = xp.ascontiguousarray(oc.reshape(n_out, L, P, n, nc).transpose(0, 2, 3, 4, 1))
-    o = o.reshape(n_out, P, n, nc * L)
-    if nc * L != T:
-        o = xp.ascontiguousarray(o[..., :T])
-    return o
-
-
-def series_info(name: str, inputs, xp):
-    """(n, 2) int64 per series: [begin (im.first_valid* semantics), ff].
-
-    ``ff`` (SMA and Bollinger only, else 0) is the first index >= begin holding a
-    non-finite value, T when none: TA-Lib's SMA running sum stays NaN from the bar
-    where such a value leaves the window.
-    """
-    x0 = inputs[0]
-    n, T = x0.shape
-    valid = x0 == x0
-    for x in inputs[1:]:
-        valid = valid & (x == x)
-    begin = xp.where(valid.any(axis=1), xp.argmax(valid, axis=1), T - 1).astype(np.int64)
-    info = xp.zeros((n, 2), dtype=np.int64)
-    info[:, 0] = begin
-    if name in ("sma", "bollinger"):
-        idx = xp.arange(T, dtype=np.int64)
-        bad = ~xp.isfinite(x0) & (idx[None, :] >= begin[:, None])
-        info[:, 1] = xp.where(bad.any(axis=1), xp.argmax(bad, axis=1), T)
-    return info
-
-
-def exclusive_affine_scan(A, B, xp, exe, blk: int = PAIR_BLOCK):
-    """Exclusive left-to-right composition of the maps y -> A*y + B along axis 1.
-
-    A, B: (Q, m) float64. Returns (Ain, Bin): the map of chunks [0, c) for each c.
-    """
-    Q, m = A.shape
-    Ain = xp.empty_like(A)
-    Bin = xp.empty_like(B)
-    if m <= blk:
-        exe.pairs_serial(Q, m, A, B, Ain, Bin)
-        return Ain, Bin
-    mb = -(-m // blk)
-    A2 = xp.empty((Q, mb), dtype=np.float64)
-    B2 = xp.empty((Q, mb), dtype=np.float64)
-    exe.pairs_reduce(Q * mb, m, blk, A, B, A2, B2)
-    A2in, B2in = exclusive_affine_scan(A2, B2, xp, exe, blk)
-    exe.pairs_expand(Q * mb, m, blk, A, B, A2in, B2in, Ain, Bin)
-    return Ain, Bin
-
-
-def _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, blk):
-    S = N_STATES[code]
-    A = xp.empty((S, R, nc), dtype=np.float64)
-    B = xp.empty((S, R, nc), dtype=np.float64)
-    seed = xp.zeros((S, R), dtype=np.float64)
-    exe.phase1(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info, A, B, seed)
-    Ain, Bin = exclusive_affine_scan(A.reshape(S * R, nc), B.reshape(S * R, nc), xp, exe, blk)
-    exe.phase3(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info,
-               Ain.reshape(S, R, nc), Bin.reshape(S, R, nc), seed, out)
-
-
-def scan_compute(name: str, inputs, params, n_out: int, xp, exe, chunk: int | None = None,
-                 pair_block: int = PAIR_BLOCK):
-    """Scan path of ``compute``: inputs (n, T) arrays of ``xp``, params (P, k) float64 ``xp`` array.
-
-    Returns (n_out, P, n, T) in the inputs' dtype.
-    """
-    if name not in SCAN_NAMES:
-        raise ValueError(f"{name!r} has no scan path")
-    code = SPECS[name][0]
-    x0 = inputs[0]
-    n, T = x0.shape
-    P = params.shape[0]
-    R = P * n
-    if chunk is None:
-        host_params = params if isinstance(params, np.ndarray) else xp.asnumpy(params)
-        chunk = choose_chunk(name, host_params, R, T)
-    L = int(max(1, min(int(chunk), T)))
-    nc = -(-T // L)
-    info = series_info(name, inputs, xp)
-    xs = [to_chunked(x, L, nc, xp) for x in inputs]
-    xs = xs + [xs[0]] * (4 - len(xs))
-    out = xp.empty((n_out, L, R * nc), dtype=x0.dtype)
-    if name in WINDOWED_NAMES:
-        dummy3 = xp.zeros((1, 1, 1), dtype=np.float64)
-        dummy2 = xp.zeros((1, 1), dtype=np.float64)
-        exe.phase3(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info,
-                   dummy3, dummy3, dummy2, out)
-    elif code == MACD:
-        line = xp.empty((1, L, R * nc), dtype=np.float64)
-        _affine_pass(MACD, nc, T, xs, params, info, line, R, xp, exe, pair_block)
-        lx = line[0]
-        _affine_pass(MACD_SIGNAL, nc, T, [lx, lx, lx, lx], params, info, out, R, xp, exe, pair_block)
-    else:
-        _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, pair_block)
-    return from_chunked(out, P, n, nc, T, xp)
-
-
-# ---- CPU twin: the same bodies, driven by serial numba loops -------------------------------
-# One driver per (entry point, indicator code), closing over that indicator's body, so
-# each compiled driver holds one indicator only (as the CUDA kernels do).
-@functools.lru_cache(maxsize=None)
-def _cpu_driver(kind: str, code: int):
-    from .jit import njit_cached
-
-    if kind == "phase1":
-        body = PHASE1[code]
-
-        def drive(nthreads, nc, T, a, b, c, d, params, info, A, B, seed):
-            for j in range(nthreads):
-                body(j, nc, T, a, b, c, d, params, info, A, B, seed)
-    elif kind == "phase3":
-        body = PHASE3[code]
-
-        def drive(nthreads, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-            for j in range(nthreads):
-                body(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out)
-    elif kind == "pairs_reduce":
-        def drive(nthreads, m, blk, A, B, A2, B2):
-            for j in range(nthreads):
-                pairs_reduce(j, m, blk, A, B, A2, B2)
-    elif kind == "pairs_expand":
-        def drive(nthreads, m, blk, A, B, A2in, B2in, Ain, Bin):
-            for j in range(nthreads):
-                pairs_expand(j, m, blk, A, B, A2in, B2in, Ain, Bin)
-    else:
-        def drive(nthreads, m, A, B, Ain, Bin):
-            for j in range(nthreads):
-                pairs_serial(j, m, A, B, Ain, Bin)
-    return njit_cached(nogil=True)(drive)
-
-
-class CpuScanExecutor:
-    """Runs the scan bodies on the CPU, one loop iteration per GPU thread index."""
-
-    xp = np
-
-    def phase1(self, code, nthreads, *args):
-        _cpu_driver("phase1", code)(nthreads, *args)
-
-    def phase3(self, code, nthreads, *args):
-        _cpu_driver("phase3", code)(nthreads, *args)
-
-    def pairs_reduce(self, nthreads, *args):
-        _cpu_driver("pairs_reduce", 0)(nthreads, *args)
-
-    def pairs_expand(self, nthreads, *args):
-        _cpu_driver("pairs_expand", 0)(nthreads, *args)
-
-    def pairs_serial(self, nthreads, *args):
-        _cpu_driver("pairs_serial", 0)(nthreads, *args)
-
-
-def twin_compute(name: str, inputs, params: np.ndarray, n_out: int, chunk: int | None = None,
-                 pair_block: int = PAIR_BLOCK) -> np.ndarray:
-    """The scan path on NumPy arrays with CPU-compiled bodies (same signature as ``compute``)."""
-    params = np.ascontiguousarray(params, dtype=np.float64)
-    return scan_compute(name, [np.ascontiguousarray(x) for x in inputs], params, n_out, np,
-                        CpuScanExecutor(), chunk, pair_block)
