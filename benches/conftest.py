@@ -3,7 +3,8 @@
 A test module sets ``SUITE = "<name>"`` and takes the fixtures below:
 
 * ``workload``: each workload of that suite (quick sizes under ``--benchmark-disable``,
-  where every test runs once, so the mirror doubles as a fast smoke test);
+  where every test runs once, so the mirror doubles as a fast smoke test; otherwise the
+  standard sizes of ``gpu-trader bench``'s default run);
 * ``reference``: each ``(workload, reference)`` pair of that suite;
 * ``backend``: each backend name, skipped where the backend is absent.
 """
@@ -17,15 +18,15 @@ from gpu_trader.bench import workloads
 ALL_BACKENDS = ("cpu", "cuda")
 
 
-def _quick(config) -> bool:
-    return bool(config.getoption("benchmark_disable"))
+def _size(config) -> str:
+    return "quick" if config.getoption("benchmark_disable") else "standard"
 
 
 def pytest_generate_tests(metafunc):
     names = metafunc.fixturenames
     if "workload" not in names and "reference" not in names:
         return
-    wls = workloads(metafunc.module.SUITE, _quick(metafunc.config))
+    wls = workloads(metafunc.module.SUITE, _size(metafunc.config))
     if "workload" in names:
         metafunc.parametrize("workload", wls, ids=[w.name for w in wls])
     if "reference" in names:

@@ -29,7 +29,7 @@ _LAZY = {
                      "QuoteIngestor", "quote_metrics", "aggregate_bars", "Bars", "Bar", "BarAggregator",
                      "MarketDataError", "MessageRejection"), "marketdata"),
     **dict.fromkeys(("Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
-                     "StrategyStream"), "strategies"),
+                     "StrategyStream", "SweepResult", "momentum_sweep", "mean_reversion_sweep"), "strategies"),
     **dict.fromkeys(("TradingPipeline", "PipelineStats"), "pipeline"),
 }
 

@@ -245,6 +245,12 @@ class CpuBackend(Backend):
     def _probe(self) -> bool:
         return True
 
+    def configure_process(self) -> None:
+        """The CPU thread policy (docs/design.md#cpu-threads), which the ops package also applies
+        when first imported: idle OpenMP workers sleep unless the user chose otherwise
+        (``OMP_WAIT_POLICY``; effective before numba starts its thread pool)."""
+        importlib.import_module(self.ops_package).prefer_passive_waits()
+
     def owns(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
 
@@ -464,7 +470,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     if name is None:
-        return _default_backend() or _CPU
+        return default_backend() or _CPU
     if not isinstance(name, str):
         raise TypeError(f"backend must be a backend name (str), got {type(name).__name__}")
     be = _REGISTRY.get(name.lower())
@@ -500,7 +506,10 @@ def use_backend(name: str) -> Iterator[Backend]:
         _context.reset(token)
 
 
-def _default_backend() -> Backend | None:
+def default_backend() -> Backend | None:
+    """The backend chosen by ``use_backend`` (this context), ``set_backend`` or
+    ``GPU_TRADER_BACKEND``, in that order; ``None`` when none is, and a call follows its
+    arrays' type."""
     be = _context.get()
     if be is not None:
         return be
@@ -538,7 +547,7 @@ def select_backend(x: Any, backend: str | Backend | None = None) -> Backend:
     """Apply the resolution order of the module docstring to one call."""
     if backend is not None:
         return get_backend(backend)
-    return _default_backend() or infer_backend(_unwrap_pandas(x)[0])
+    return default_backend() or infer_backend(_unwrap_pandas(x)[0])
 
 
 # -- conversions --------------------------------------------------------------
@@ -773,15 +782,14 @@ def resolve(
     """
     first = arrays[0]
     if (
-        backend is None
-        and type(first) is np.ndarray
+        type(first) is np.ndarray
         and len(arrays) == 1
         and first.dtype in _FAST_DTYPES
         and first.ndim
         and first.size <= MAX_ELEMENTS
         and first.flags.aligned
-        and _default_backend() is None
-    ):  # the one-NumPy-series latency path
+        and (default_backend() is None if backend is None else backend is _CPU or backend == "cpu")
+    ):  # the one-NumPy-series latency path, on the CPU by default or by name
         return _CPU, [first], None
     first, rewrap = _unwrap_pandas(first)
     be = select_backend(first, backend)

@@ -1,10 +1,15 @@
 """The ``gpu-trader`` command line.
 
-Usage: ``gpu-trader bench [--backend NAME ...] [--suite NAME ...] [--quick]
-[--json PATH] [--baseline PATH [--fail-on-regression] [--min-change F]] [--report PATH.md]``
-runs the suites; ``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--min-change F]
-[--report PATH.md]``
+Usage: ``gpu-trader bench [--backend NAME ...] [--suite NAME ...] [--case NAME ...] [-k TEXT ...]
+[--quick | --full] [--list] [--json PATH] [--baseline PATH [--fail-on-regression] [--min-change F]]
+[--report PATH.md]`` runs the suites (``--list``: prints the cases it would run, without timing);
+``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--min-change F] [--report PATH.md]``
 applies the regression gate (:mod:`gpu_trader.bench.compare`) to two ``--json`` files.
+
+Sizes: the default run is ``standard`` (every case of every suite; batches and stores smaller
+than the published sizes, so that the whole run takes a few minutes on 2 cores, GPU runs
+included: the references run on the host); ``--full`` runs the published sizes the
+targets name (about 15 minutes on 2 cores), ``--quick`` the CI smoke sizes.
 
 Exit status: 0 when every case ran (or was skipped) and, with ``--fail-on-regression``,
 none regressed against the baseline; 1 when a case raised an error (this wins over 3 and
@@ -19,7 +24,6 @@ import argparse
 import datetime
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -54,13 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "every area: cpu, and cuda where present; jax only when named)")
     bench.add_argument("--suite", action="extend", nargs="+", metavar="NAME",
                        help="suite(s) to run (default: all)")
-    bench.add_argument("--quick", action="store_true", help="small sizes and short timing (CI)")
+    bench.add_argument("--case", action="append", metavar="NAME",
+                       help="run only the case of this full name, as --list prints it, with or without "
+                            "'suite/' (repeatable)")
+    bench.add_argument("-k", action="append", dest="keyword", metavar="TEXT",
+                       help="run only the cases whose 'suite/name' contains TEXT, ignoring case (repeatable; "
+                            "with --case, a case runs when it matches any of them)")
+    sizes = bench.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_const", dest="size", const="quick",
+                       help="small sizes and short timing (CI smoke)")
+    sizes.add_argument("--full", action="store_const", dest="size", const="full",
+                       help="the published sizes the targets name, longer timing (about 15 minutes on 2 cores; "
+                            "default: standard sizes, every case in a few minutes)")
+    bench.add_argument("--list", action="store_true",
+                       help="print the cases the run would time (suite, case, sizes, target) and exit")
     bench.add_argument("--json", metavar="PATH", help="also write all results and the environment to PATH")
     bench.add_argument("--baseline", metavar="PATH",
                        help="earlier --json file: compare p50 per case, marking REGRESSED/IMPROVED beyond "
                             "max(5%%, the measured noise)")
     _gate_arguments(bench)
-    bench.set_defaults(func=lambda args: _bench(args, bench))
+    bench.set_defaults(func=lambda args: _bench(args, bench), size="standard")
     comp = sub.add_parser(
         "compare", help="regression gate between two --json files",
         description="Compare NEW against OLD case by case (suite, case, backend): REGRESSED / IMPROVED\n"
@@ -150,7 +167,8 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     comparisons = compare.compare(new["results"], old["results"], args.min_change or compare.MIN_CHANGE)
-    meta = {"run": args.new, "baseline": args.old, "timestamp": new.get("timestamp"), "quick": new.get("quick")}
+    meta = {"run": args.new, "baseline": args.old, "timestamp": new.get("timestamp"),
+            "size": new.get("size", "quick" if new.get("quick") else "full")}
     regressed = _gate(comparisons, args)
     written = _write_outputs([(args.report, lambda: markdown.write_report(args.report, new["results"],
                                                                           comparisons, meta))]
@@ -158,10 +176,19 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return _exit_status(any(r.get("status") == "error" for r in new["results"]), regressed, written)
 
 
+_SIZE_NOTES = {
+    "quick": "--quick: smaller batches and short timing, for CI; the targets are set for the full sizes.",
+    "standard": "standard sizes: the batched cases run smaller than the published sizes (--full runs those); "
+                "targets on ratios hold at both, absolute times are set for the full sizes.",
+    "full": "",
+}
+
+
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import bench
     from .backend import available_backends, get_backend
     from .bench import compare, markdown, report
+    from .bench.progress import Progress
 
     suites = list(dict.fromkeys(args.suite or bench.SUITES))
     unknown = [s for s in suites if s not in bench.SUITES]
@@ -173,8 +200,15 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             get_backend(name).configure_process()  # e.g. JAX's 64-bit mode, without a warning
         except ValueError as exc:
             parser.error(f"--backend: {exc}")
+    try:
+        plan = bench.plan_cases(suites, backends, args.size, args.case or (), args.keyword or ())
+    except ValueError as exc:
+        parser.error(f"--case/-k: {exc}")
+    if args.list:
+        report.print_plan(plan, args.size)
+        return EXIT_OK
     _check_outputs(parser, args)
-    if "vectors" in suites:
+    if any(c.suite == "vectors" for c in plan):
         from .bench.suites.vectors import bench_threads
 
         try:
@@ -192,19 +226,11 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"--baseline: {exc}")
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    last = time.perf_counter()
-
-    def progress(res: bench.CaseResult) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        print(f"  {res.suite}/{res.backend}: {res.name} ... {res.status} ({now - last:.1f} s)",
-              file=sys.stderr, flush=True)
-        last = now
-
-    results = bench.run(suites, backends, quick=args.quick, on_result=progress)
+    progress = Progress(plan)
+    results = bench.run(plan, args.size, on_result=progress.case_done, on_suite_done=progress.suite_done)
     report.print_table(results)
-    if args.quick:
-        print("\n--quick: smaller batches and short timing, for CI; the targets are set for the full sizes.")
+    if _SIZE_NOTES[args.size]:
+        print("\n" + _SIZE_NOTES[args.size])
     if load_before > BUSY_LOAD_PER_CPU * (os.cpu_count() or 1):
         print(f"\nwarning: the 1-minute load average was {load_before:.2f} on {os.cpu_count()} CPUs before the "
               "run: other processes competed for the CPUs, so these timings are suspect.")
@@ -212,12 +238,12 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     comparisons = (None if baseline is None
                    else compare.compare(records, baseline["results"], args.min_change or compare.MIN_CHANGE))
     meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "quick": args.quick, "devices": ", ".join(dict.fromkeys(f"{r.backend}: {r.device}" for r in results)),
+            "size": args.size, "devices": ", ".join(dict.fromkeys(f"{r.backend}: {r.device}" for r in results)),
             "baseline": args.baseline or "-"}
     regressed = _gate(comparisons, args)
     writers = []
     if args.json:
-        writers.append((args.json, lambda: report.write_json(args.json, results, args.quick, load_before)))
+        writers.append((args.json, lambda: report.write_json(args.json, results, args.size, load_before)))
     if args.report:
         writers.append((args.report, lambda: markdown.write_report(args.report, records, comparisons, meta)))
     written = _write_outputs(writers)

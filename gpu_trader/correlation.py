@@ -74,7 +74,7 @@ def cov(r: Any, *, min_periods: int = 1, ddof: int = 1, backend: Any = None) -> 
     ddof = check_count(ddof, "ddof", 0)
     c = _Call(r, backend, "cov")
     # past the number of periods every value gives all NaN: pass the estimators a small one
-    return c.out(c.formulas.cov(c.x, min(min_periods, c.periods + 1), min(ddof, c.periods)))
+    return c.out(c.formulas.cov(c.x, min(min_periods, c.periods + 1), min(ddof, c.periods), c.has_nan))
 
 
 @annotate
@@ -88,7 +88,7 @@ def corr(r: Any, *, min_periods: int = 1, backend: Any = None) -> Any:
     """
     min_periods = check_count(min_periods, "min_periods", 1)
     c = _Call(r, backend, "corr")
-    return c.out(c.formulas.corr(c.x, min(min_periods, c.periods + 1)))
+    return c.out(c.formulas.corr(c.x, min(min_periods, c.periods + 1), c.has_nan))
 
 
 @annotate
@@ -141,7 +141,8 @@ def ledoit_wolf(r: Any, *, backend: Any = None) -> tuple[Any, Any]:
     """
     c = _Call(r, backend, "ledoit_wolf", 2)
     xp = c.formulas.xp
-    if host_bool(xp.isnan(c.x).any()):  # None inside a jax.jit trace: not checkable there
+    # has_nan is also True inside a jax.jit trace, where host_bool gives None: not checkable there
+    if c.has_nan and host_bool(xp.isnan(c.x).any()):
         raise ValueError("r must not contain NaN for ledoit_wolf (drop or fill missing periods first)")
     cov_, shrink = c.formulas.ledoit_wolf(c.x)
     if c.dtype != np.float64:

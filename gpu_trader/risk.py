@@ -73,11 +73,22 @@ _PARAMETRIC_METHODS = ("gaussian", "cornish-fisher")
 MAX_PERIODS_PER_YEAR = 366 * 24 * 3600  # one period per second of a leap year
 
 
+_ONE_LEVEL: dict[float, tuple[tuple[float, ...], bool]] = {}
+""":func:`_tail_probabilities` of the single float levels seen (at most 256): calls repeat them."""
+
+
 def _tail_probabilities(level: Any) -> tuple[tuple[float, ...], bool]:
     """Validate ``level`` (one confidence or a sequence, :func:`check_levels`) -> tail
     probabilities ``1 - level``."""
-    if type(level) is float and 0.5 <= level < 1.0:  # the common case, kept cheap
-        return (round(1.0 - level, 15),), False
+    if type(level) is float:  # the common case, kept cheap
+        known = _ONE_LEVEL.get(level)
+        if known is not None:
+            return known
+        if 0.5 <= level < 1.0:
+            known = (round(1.0 - level, 15),), False
+            if len(_ONE_LEVEL) < 256:
+                _ONE_LEVEL[level] = known
+            return known
     levels, grid = check_levels(level)
     # 1 - 0.9 is 0.09999999999999998 in binary; rounding gives the tail a user means
     # (the same cutoff empyrical is called with), which matters where n * q is whole

@@ -24,6 +24,17 @@ signal of bar t (known at its close) is held over t -> t+1 and earns
 returns earn 0. Average over symbols for a per-parameter-set figure:
 ``result.pnl.mean(axis=-1)``.
 
+Memory-bounded sweeps (``cpu`` and ``cuda``): :func:`momentum_sweep` and
+:func:`mean_reversion_sweep` take the arguments of :func:`momentum` and :func:`mean_reversion`
+(plus ``periods_per_year`` and ``max_memory``) and return a :class:`SweepResult` of
+per-(parameter set, series) statistics -- P&L (equal to :func:`momentum`'s), Sharpe ratio,
+maximum drawdown, turnover, hit rate -- without materializing the signals: they run in chunks
+of the parameter grid and of the series whose working memory stays within ``max_memory``
+bytes (default :data:`SWEEP_MEMORY`), so a 10,000-set grid over 500 symbols x 2520 bars needs
+no more memory than its statistics plus one chunk. The result does not depend on the
+chunking (on ``cuda``, up to the rounding of the indicators' scan path, which a small chunk
+of long series may take).
+
 Several strategies at once: :class:`StrategyRunner` computes the union of their
 features once (an EMA shared by two strategies is computed once; all EMA windows in
 one batched indicator call, all Bollinger windows in another) and all signals in one
@@ -51,17 +62,22 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from ._internal import strategy_loops
+from ._internal import strategy_loops, sweep_plan
 from .backend import get_backend, resolve
 from .indicators import bollinger, ema
 from ._internal.stream_input import host_rows
 from .streaming import FeatureStream
-from ._internal.validation import (MAX_GRID, MAX_WINDOW, check_allocation, check_count, check_flag, check_float,
-                         check_floats, check_grid_size, check_windows)
+from ._internal.validation import (MAX_GRID, MAX_WINDOW, WORK_MEMORY_LIMIT, check_allocation, check_count,
+                                   check_flag, check_float, check_floats, check_grid_size, check_windows,
+                                   check_work_memory, positive_number)
 from .profiling import annotate, annotate_methods
+from .risk import MAX_PERIODS_PER_YEAR
 
 __all__ = ["Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
-           "StrategyStream"]
+           "StrategyStream", "SweepResult", "momentum_sweep", "mean_reversion_sweep", "SWEEP_MEMORY"]
+
+SWEEP_MEMORY = 1 << 30
+"""Default ``max_memory`` of :func:`momentum_sweep` and :func:`mean_reversion_sweep`: 1 GiB."""
 
 
 class StrategyResult(NamedTuple):
@@ -70,6 +86,37 @@ class StrategyResult(NamedTuple):
 
     signals: Any
     pnl: Any
+
+
+class SweepResult(NamedTuple):
+    """Statistics of :func:`momentum_sweep` / :func:`mean_reversion_sweep` on the backend's device.
+
+    Per (parameter set, series), with ``s[t]`` the signal of bar ``t`` (``s[-1] = 0``) and
+    ``x[t] = s[t-1] * ret[t] - cost * |s[t] - s[t-1]|`` the P&L of bar ``t`` (``t = 0 .. T-1``;
+    ``ret`` the bar's simple return, 0 where not finite and at ``t = 0``; ``cost = cost_bps / 1e4``),
+    each float64 of shape ``(*grid, *batch)`` like :func:`momentum`'s ``pnl``:
+
+    * ``pnl``: ``sum(x)`` per unit notional, :func:`momentum`'s ``pnl`` (the same loop body and
+      order of summation: bit for bit on ``cpu``);
+    * ``sharpe``: ``mean(x) / std(x, ddof=1) * sqrt(periods_per_year)`` over all ``T`` bars
+      (flat bars count, as zero returns); NaN when ``T < 2``; a zero ``std`` (a constant ``x``,
+      its rounding residue included, as in :func:`gpu_trader.risk.sharpe`) gives ``+inf`` or
+      ``-inf`` by the sign of the mean, and NaN for ``0 / 0`` (never in the market, no cost);
+    * ``max_drawdown``: the largest fall of the cumulative P&L ``x[0] + .. + x[t]`` below its
+      running maximum, the start (0) counting as a peak; >= 0, in P&L units (returns summed,
+      not a fraction of compounded wealth); 0 when it never falls;
+    * ``turnover``: ``sum(|s[t] - s[t-1]|)``, units of position traded per unit notional over
+      the series (entering from flat counts; the P&L paid ``cost * turnover``);
+    * ``hit_rate``: the fraction of the bars held in a position (``s[t-1] != 0``) whose gross
+      return ``s[t-1] * ret[t]`` is > 0 (a bar without a finite return is a miss); NaN when
+      the series is never in the market.
+    """
+
+    pnl: Any
+    sharpe: Any
+    max_drawdown: Any
+    turnover: Any
+    hit_rate: Any
 
 
 def _check_cost(cost_bps) -> float:
@@ -169,14 +216,18 @@ def _stream_feature(values: dict, key: tuple[str, int]):
 _RULES: dict = {}
 
 
+def _rule_columns(rules) -> tuple[np.ndarray, ...]:
+    """``(kinds, a_idx, b_idx, ks)`` arrays of a rule list ``[(kind, a row, b row, k)]``."""
+    return tuple(np.array(v, dtype=dt) for v, dt in zip(zip(*rules), (np.int64,) * 3 + (np.float64,)))
+
+
 def _rule_arrays(rules: tuple) -> tuple[np.ndarray, ...]:
-    """``(kinds, a_idx, b_idx, ks)`` arrays of a rule list (memoized: rule lists repeat)."""
+    """:func:`_rule_columns`, memoized (rule lists of the batch calls and streams repeat)."""
     hit = _RULES.get(rules)
     if hit is None:
         if len(_RULES) > 1024:
             _RULES.clear()
-        cols = zip(*rules)
-        hit = _RULES[rules] = tuple(np.array(v, dtype=dt) for v, dt in zip(cols, (np.int64,) * 3 + (np.float64,)))
+        hit = _RULES[rules] = _rule_columns(rules)
     return hit
 
 
@@ -207,6 +258,23 @@ def _restore(restore, result: StrategyResult) -> StrategyResult:
     return StrategyResult(restore(result.signals), result.pnl)
 
 
+def _momentum_tile(fasts: tuple, slows: tuple) -> tuple:
+    """``(EMA windows, Bollinger windows, rules)`` of momentum over ``fasts x slows`` (the
+    rules' rows index :func:`_feature_rows` of those windows)."""
+    windows = tuple(sorted(set(fasts) | set(slows)))
+    rows = _feature_rows(windows, ())
+    return windows, (), [(strategy_loops.MOMENTUM, rows["ema", f], rows["ema", s], 0.0)
+                         for f, s in itertools.product(fasts, slows)]
+
+
+def _reversion_tile(windows: tuple, nstds: tuple) -> tuple:
+    """The same for mean reversion over ``windows x nstds``."""
+    uniq = tuple(sorted(set(windows)))
+    rows = _feature_rows((), uniq)
+    return (), uniq, [(strategy_loops.MEAN_REVERSION, rows["mid", w], rows["sd", w], k)
+                      for w, k in itertools.product(windows, nstds)]
+
+
 @annotate
 def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> StrategyResult:
     """EMA-crossover signals and backtest P&L over a parameter grid (see module docstring).
@@ -220,11 +288,9 @@ def momentum(close, fast=10, slow=30, *, cost_bps=0.0, backend=None) -> Strategy
     check_grid_size((len(fasts), len(slows)), "momentum")
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
-    windows = tuple(sorted(set(fasts) | set(slows)))
-    rows = _feature_rows(windows, ())
-    rules = [(strategy_loops.MOMENTUM, rows["ema", f], rows["ema", s], 0.0) for f, s in itertools.product(fasts, slows)]
+    ema_windows, _, rules = _momentum_tile(fasts, slows)
     grid = tuple(len(v) for v, g in ((fasts, fast_grid), (slows, slow_grid)) if g)
-    return _restore(restore, _backtest(be, c, windows, (), rules, cost, grid, "momentum"))
+    return _restore(restore, _backtest(be, c, ema_windows, (), rules, cost, grid, "momentum"))
 
 
 @annotate
@@ -240,11 +306,127 @@ def mean_reversion(close, window=20, nstd=2.0, *, cost_bps=0.0, backend=None) ->
     check_grid_size((len(windows), len(nstds)), "mean_reversion")
     cost = _check_cost(cost_bps)
     be, (c,), restore = resolve((close,), ("close",), backend)
-    uniq = tuple(sorted(set(windows)))
-    rows = _feature_rows((), uniq)
-    rules = [(strategy_loops.MEAN_REVERSION, rows["mid", w], rows["sd", w], k) for w, k in itertools.product(windows, nstds)]
+    _, bb_windows, rules = _reversion_tile(windows, nstds)
     grid = tuple(len(v) for v, g in ((windows, window_grid), (nstds, nstd_grid)) if g)
-    return _restore(restore, _backtest(be, c, (), uniq, rules, cost, grid, "mean_reversion"))
+    return _restore(restore, _backtest(be, c, (), bb_windows, rules, cost, grid, "mean_reversion"))
+
+
+def _check_budget(max_memory) -> int:
+    if max_memory is None:
+        return SWEEP_MEMORY
+    budget = positive_number(max_memory, "max_memory")
+    if budget > WORK_MEMORY_LIMIT:
+        raise ValueError(f"max_memory must be at most WORK_MEMORY_LIMIT = {WORK_MEMORY_LIMIT} bytes, "
+                         f"got {max_memory!r}")
+    return int(budget)
+
+
+def _check_periods(periods_per_year) -> float:
+    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
+    if ppy > MAX_PERIODS_PER_YEAR:
+        raise ValueError(f"periods_per_year must be <= {MAX_PERIODS_PER_YEAR} (one period per second), got {ppy}")
+    return ppy
+
+
+class _Grid(NamedTuple):
+    """A sweep's rule on a two-axis grid: ``tile(a_values, b_values) -> (ema windows, Bollinger
+    windows, rules)`` for a block of each axis, ``rows_bound`` as :data:`sweep_plan.RowsBound`."""
+
+    a: tuple
+    b: tuple
+    tile: Any
+    rows_bound: Any
+
+
+def _sweep(be, close, grid: _Grid, cost: float, ppy: float, budget: int, grid_shape: tuple, what: str) -> SweepResult:
+    """Run a sweep over close ``(..., T)`` in the chunks of :func:`sweep_plan.plan`."""
+    batch, T = close.shape[:-1], close.shape[-1]
+    n = math.prod(batch)
+    A, B = len(grid.a), len(grid.b)
+    check_allocation(strategy_loops.N_STATS * A * B * n, what)
+    check_work_memory(sweep_plan.result_bytes(A * B, n), what)
+    ops = be.ops("strategies")
+    plan = sweep_plan.plan((A, B), n, T, close.dtype.itemsize, ops.SWEEP_FEATURE_COPIES, budget, grid.rows_bound, what)
+    stats = be.xp.empty((strategy_loops.N_STATS, A, B, n), dtype=np.float64)
+    c = be.contiguous(close.reshape(n, T))
+    for a0 in range(0, A, plan.a_block):
+        for b0 in range(0, B, plan.b_block):
+            a_vals, b_vals = grid.a[a0:a0 + plan.a_block], grid.b[b0:b0 + plan.b_block]
+            ema_windows, bb_windows, rules = grid.tile(a_vals, b_vals)
+            arrays = _rule_columns(rules)  # (not memoized: a sweep's grid is large and rarely repeats)
+            for i0 in range(0, n, plan.symbols):
+                out = stats[:, a0:a0 + len(a_vals), b0:b0 + len(b_vals), i0:i0 + plan.symbols]
+                out[...] = _sweep_chunk(be, ops, c[i0:i0 + plan.symbols], ema_windows, bb_windows, arrays, cost,
+                                        math.sqrt(ppy)).reshape(out.shape)
+    return SweepResult(*(stats[q].reshape(grid_shape + batch) for q in range(strategy_loops.N_STATS)))
+
+
+def _sweep_chunk(be, ops, close, ema_windows: tuple, bb_windows: tuple, rules: tuple, cost: float, scale: float):
+    """Statistics ``(N_STATS, P, n)`` of one chunk; its features are freed on return."""
+    feats = _batch_features(be, close, ema_windows, bb_windows)
+    return ops.sweep(close, be.contiguous(feats), *rules, cost, scale)
+
+
+@annotate
+def momentum_sweep(close, fast=10, slow=30, *, cost_bps=0.0, periods_per_year=252, max_memory=None,
+                   backend=None) -> SweepResult:
+    """:func:`momentum`'s P&L and summary statistics over a parameter grid, signals not kept.
+
+    close: (..., T) float; fast, slow: int >= 1 or sequences (grid axes
+    ``(len(fast), len(slow))``, leading); cost_bps >= 0; periods_per_year: the Sharpe ratio's
+    annualization (in ``(0, MAX_PERIODS_PER_YEAR]``, 252 for daily bars); max_memory: bytes or
+    None. Returns :class:`SweepResult` (statistics defined there).
+
+    The signals are never materialized: the work runs in chunks (tiles of the parameter grid x
+    blocks of series, :mod:`gpu_trader._internal.sweep_plan`) whose peak memory, the result
+    included, stays within ``max_memory`` bytes (host memory on ``cpu``, device memory on
+    ``cuda``; default :data:`SWEEP_MEMORY`, at most
+    :data:`gpu_trader._internal.validation.WORK_MEMORY_LIMIT`). A budget too small for the
+    result plus one series of one parameter set is a ``ValueError`` naming ``max_memory``.
+    Input conventions as :func:`momentum` (a DataFrame's columns are the batch axis; the
+    statistics are arrays, not pandas). Limits as there, except that without signals
+    ``P x n x T`` is not bounded (the ``5 x P x n`` statistics are).
+    """
+    fasts, fast_grid = check_windows(fast, "fast", 1, MAX_WINDOW)
+    slows, slow_grid = check_windows(slow, "slow", 1, MAX_WINDOW)
+    check_grid_size((len(fasts), len(slows)), "momentum_sweep")
+    cost, ppy, budget = _check_cost(cost_bps), _check_periods(periods_per_year), _check_budget(max_memory)
+    be, (c,), _ = resolve((close,), ("close",), backend)
+    n_windows = len(set(fasts) | set(slows))
+    n_fast, n_slow = len(set(fasts)), len(set(slows))
+
+    def rows_bound(a: int, b: int) -> tuple[int, int]:  # one EMA row per distinct window
+        rows = min(n_windows, min(a, n_fast) + min(b, n_slow))
+        return rows, rows
+
+    grid = tuple(len(v) for v, g in ((fasts, fast_grid), (slows, slow_grid)) if g)
+    return _sweep(be, c, _Grid(fasts, slows, _momentum_tile, rows_bound), cost, ppy, budget, grid, "momentum_sweep")
+
+
+@annotate
+def mean_reversion_sweep(close, window=20, nstd=2.0, *, cost_bps=0.0, periods_per_year=252, max_memory=None,
+                         backend=None) -> SweepResult:
+    """:func:`mean_reversion`'s P&L and summary statistics over a parameter grid, signals not kept.
+
+    close: (..., T) float; window: int >= 2 or a sequence; nstd: float >= 0 or a sequence
+    (grid axes ``(len(window), len(nstd))``); other arguments, chunking and memory as
+    :func:`momentum_sweep`. Returns :class:`SweepResult`.
+    """
+    windows, window_grid = check_windows(window, "window", 2, MAX_WINDOW)
+    nstds, nstd_grid = check_floats(nstd, "nstd", 0.0)
+    check_grid_size((len(windows), len(nstds)), "mean_reversion_sweep")
+    cost, ppy, budget = _check_cost(cost_bps), _check_periods(periods_per_year), _check_budget(max_memory)
+    be, (c,), _ = resolve((close,), ("close",), backend)
+    n_windows = len(set(windows))
+
+    def rows_bound(a: int, b: int) -> tuple[int, int]:
+        # SMA and SD rows per window; Bollinger's call peaks at 3 bands + SD + the stacked 2 rows
+        rows = 2 * min(a, n_windows)
+        return rows, 3 * rows
+
+    grid = tuple(len(v) for v, g in ((windows, window_grid), (nstds, nstd_grid)) if g)
+    return _sweep(be, c, _Grid(windows, nstds, _reversion_tile, rows_bound), cost, ppy, budget, grid,
+                  "mean_reversion_sweep")
 
 
 def _check_strategies(strategies) -> tuple:

@@ -83,6 +83,7 @@ from ._internal.validation import check_allocation, check_count
 __all__ = ["FeatureStream"]
 
 _FIELDS = ("high", "low", "close", "volume")  # rows of the (4, n_symbols) input buffer
+_F8 = np.dtype(np.float64)
 # warmup converts the history to float64 in chunks of at most this many values
 _WARMUP_CHUNK_ELEMENTS = 1 << 20
 
@@ -144,9 +145,11 @@ class FeatureStream:
         self._fprog = np.array(fparams, dtype=np.float64)
         self._f_size, self._i_size = f_size, i_size
         self._needed = tuple(i for i, name in enumerate(_FIELDS) if name in needed)
+        self._needed_fields = tuple((i, _FIELDS[i]) for i in self._needed)
         self._close_only = needed == {"close"}
         self._out = np.empty((out_row, n), dtype=np.float64)
         self._row = np.empty((4, n), dtype=np.float64)
+        self._rows = tuple(self._row)  # its rows, as update_kernel reads them
         self._shape1 = (n,)
         self._shape5 = (5, n)
         self._n_groups = ops.N_GROUPS
@@ -178,12 +181,11 @@ class FeatureStream:
     # -- one bar ----------------------------------------------------------------------
     def update(self, row) -> dict[str, np.ndarray]:
         """Advance every symbol by one bar; returns ``{key: float64 array (n_symbols,)}``."""
-        buf = self._row
         if type(row) is not np.ndarray or row.dtype.kind not in "fiub":  # the plain case stays cheap
-            if is_mapping(row):
-                self._fill_from_mapping(row)
-                return self._step(buf)
+            if type(row) is dict or is_mapping(row):
+                return self._step(self._mapping_rows(row))
             row = host_input(row, "row")
+        buf = self._row
         shape = row.shape
         if shape == self._shape5:
             buf[...] = row[1:]
@@ -198,10 +200,11 @@ class FeatureStream:
                 f"row must have shape ({self.n_symbols},) (close only) or (5, {self.n_symbols}) "
                 f"(OHLCV), or be a mapping of ({self.n_symbols},) arrays; got shape {shape}"
             )
-        return self._step(buf)
+        return self._step(self._rows)
 
-    def _step(self, buf: np.ndarray) -> dict[str, np.ndarray]:
-        self._update_kernel(buf, self._prog, self._fprog, self._fs, self._is, self._out)
+    def _step(self, rows) -> dict[str, np.ndarray]:
+        self._update_kernel(rows[0], rows[1], rows[2], rows[3], self._prog, self._fprog, self._fs, self._is,
+                            self._out)
         self.n_bars += 1
         return dict(zip(self.keys, self._out.copy()))
 
@@ -212,20 +215,27 @@ class FeatureStream:
             f"high/low/volume, so pass an OHLCV {arg} (a mapping or a {shape} array)"
         )
 
-    def _fill_from_mapping(self, row) -> None:
-        buf = self._row
-        n = self.n_symbols
-        for i in self._needed:
-            name = _FIELDS[i]
+    def _mapping_rows(self, row) -> list[np.ndarray]:
+        """The bar's high, low, close and volume rows from a mapping: a field that is already a
+        ``(n_symbols,)`` float64 ``numpy.ndarray`` as it is (the kernel only reads it, whatever
+        its strides), any other converted into the row buffer; the fields the spec does not
+        read stay the buffer's NaN rows."""
+        rows = list(self._rows)
+        shape1 = self._shape1
+        for i, name in self._needed_fields:
             try:
                 value = row[name]
             except (KeyError, IndexError, TypeError):
                 value = self._lookup_ci(row, name)
+            if type(value) is np.ndarray and value.dtype is _F8 and value.shape == shape1:
+                rows[i] = value
+                continue
             arr = value if type(value) is np.ndarray and value.dtype.kind in "fiub" else host_input(
                 value, f"row[{name!r}]")
-            if arr.shape != self._shape1 and not (n == 1 and arr.shape == ()):
-                raise ValueError(f"row[{name!r}] must have shape ({n},), got {arr.shape}")
-            buf[i] = arr
+            if arr.shape != shape1 and not (self.n_symbols == 1 and arr.shape == ()):
+                raise ValueError(f"row[{name!r}] must have shape ({self.n_symbols},), got {arr.shape}")
+            self._row[i] = arr
+        return rows
 
     def _lookup_ci(self, row, name: str):
         """``row``'s field ``name`` under any case (``Close``); ``ValueError`` listing the fields needed."""

@@ -1,5 +1,6 @@
 """The bench regression gate (``--baseline``, ``--fail-on-regression``, ``gpu-trader compare``)
-and the Markdown report, on the real bench JSON files of benches/results.
+and the Markdown report, on the real bench JSON files of benches/results; the peer targets
+(every ratio against another library must reach its goal) on synthetic metrics.
 
 Oracle: the new runs are copies of a real run with p50s scaled by known factors (and noise
 set to known values), so every case's expected verdict follows from the factor applied.
@@ -22,9 +23,12 @@ from hypothesis import strategies as st
 
 import gpu_trader.bench
 from gpu_trader import cli
+from gpu_trader.backend import get_backend
+from gpu_trader.bench import workloads
 from gpu_trader.bench import compare as cmp
 from gpu_trader.bench.harness import CaseResult, Stats
 from gpu_trader.bench.markdown import render_report
+from gpu_trader.bench.targets import TARGETS, evaluate
 
 RESULTS = Path(__file__).resolve().parent.parent / "benches" / "results"
 RISK_RUN = RESULTS / "cpu-amd-epyc-2core-2026-11-25-orders-portfolio-risk.json"  # has gemm_fraction
@@ -505,3 +509,87 @@ def test_bench_thread_count_values(monkeypatch, value, threads):
 
     monkeypatch.setenv("GPU_TRADER_BENCH_THREADS", value)
     assert bench_threads() == threads
+
+
+# -- peer targets: every ratio of the CPU-speed table, PASS / FAIL / n/a on synthetic metrics -------
+# target key -> (the peer's metric, the ratio it needs, a p50 that passes the key's latency checks)
+PEER_TARGETS = {
+    **{f"features.{n}_100": ("ratio:talib", 1.0, 1e-6) for n in ("sma", "ema", "rsi", "macd", "bollinger", "atr")},
+    "features.full": ("ratio:talib", 1.0, 1e-6),
+    "features.stream": ("ratio:talib_stream", 1.0, 1e-6),
+    "risk.cvar": ("ratio:empyrical", 1.0, 1e-6),
+    "risk.sharpe": ("ratio:empyrical", 1.0, 1e-6),
+    "risk.corr_50": ("ratio:numpy", 1.0, 1e-6),
+    "risk.var_historical_batch": ("ratio:numpy", 1.0, 1e-3),
+    "risk.rolling_corr": ("ratio:jax", 1.0, 1e-3),
+    "features.batched": ("ratio:talib", 3.0, 1e-3),
+    "features.batched_sma": ("ratio:talib", 3.0, 1e-3),
+}
+
+
+@pytest.mark.parametrize("key", sorted(PEER_TARGETS))
+def test_peer_targets_pass_fail_and_n_a(key):
+    metric, need, p50 = PEER_TARGETS[key]
+    checks = TARGETS[key].ours
+    base = {"p50_s": p50, "x_copy": 2.0, "ratio:bottleneck": 1.0}
+    assert evaluate(checks, {**base, metric: need * 1.01}, "cpu").status == "PASS"
+    failed = evaluate(checks, {**base, metric: need * 0.99}, "cpu")
+    assert failed.status == "FAIL" and failed.failures[0].startswith(f"{metric} = ")
+    missing = evaluate(checks, {**base, metric: None}, "cpu")  # peer not installed / too old: not a FAIL
+    assert missing.status == "n/a" and missing.missing == (metric,)
+    gpu = evaluate(checks, {**base, "bw_fraction": 0.9, metric: need * 0.5}, "cuda")
+    assert gpu.status in ("PASS", "-")  # the peer ratio is the CPU's target only
+
+
+def test_batched_targets_copy_multiple_and_monte_carlo_roofline():
+    batched = TARGETS["features.batched"].ours
+    ok = {"ratio:talib": 3.5, "x_copy": 2.5}
+    assert evaluate(batched, ok, "cpu").status == "PASS"
+    assert evaluate(batched, {**ok, "x_copy": 2.6}, "cpu").status == "FAIL"
+    assert evaluate(batched, {**ok, "ratio:talib": 2.9}, "cpu").status == "FAIL"  # 1.95-3.15x is not enough
+    mc = TARGETS["risk.monte_carlo"].ours
+    assert evaluate(mc, {"x_roofline": 1.9, "p50_s": 5.0}, "cpu").status == "PASS"
+    assert evaluate(mc, {"x_roofline": 2.1, "p50_s": 5.0}, "cpu").status == "FAIL"
+
+
+@pytest.mark.parametrize("size", ["quick", "standard", "full"])
+def test_every_peer_is_timed_on_the_case_its_target_names(size):
+    """Each peer target sits on a case that times that peer, at every size."""
+    cases = {w.name: w for suite in ("features", "risk") for w in workloads(suite, size)}
+    by_target: dict[str, list] = {}
+    for w in cases.values():
+        by_target.setdefault(w.target, []).append(w)
+    for key, (metric, _, _) in PEER_TARGETS.items():
+        assert by_target.get(key), f"no case carries {key}"
+        for w in by_target[key]:
+            assert metric.removeprefix("ratio:") in {r.name for r in w.references}, (key, w.name)
+    assert {w.name for w in by_target["features.atr_100"]} == {"atr(14) 100 bars"}
+    assert {w.name for w in by_target["risk.corr_50"]} == {"corr 50 assets x 252 days"}
+    assert len(by_target["risk.monte_carlo"]) == 3 and all(w.extra_metrics for w in by_target["risk.monte_carlo"])
+
+
+def test_talib_stream_peer_computes_the_same_set_as_feature_stream():
+    pytest.importorskip("talib.stream")
+    from gpu_trader.bench.harness import SkipCase
+    from gpu_trader.bench.suites import features
+
+    try:
+        peer = features._talib_stream_setup()
+    except SkipCase:
+        pytest.skip("TA-Lib without stream handles")
+    ours = features._stream_setup(get_backend("cpu"))
+    for _ in range(50):
+        mine, theirs = ours(), peer()
+        assert list(mine) == list(theirs)
+        for key, value in mine.items():
+            assert float(value[0]) == pytest.approx(theirs[key], rel=1e-9, abs=1e-9), key
+
+
+def test_numpy_quantile_peer_is_the_same_historical_var():
+    from gpu_trader.bench.suites import risk
+
+    (wl,) = [w for w in risk.workloads("quick") if w.target == "risk.var_historical_batch"]
+    (ref,) = wl.references
+    ours = wl.setup(get_backend("cpu"))()
+    np.testing.assert_allclose(ours, ref.setup()(), rtol=1e-12)
+    assert ours.shape == (200,) and np.all(ours > 0)

@@ -288,3 +288,77 @@ def test_read_only_arrays_and_copy_on_write_frames(backend):
                                       backend=backend)
         close(cov_, LedoitWolf().fit(filled.to_numpy()).covariance_)
     np.testing.assert_array_equal(ro, r)
+
+
+# -- the CPU's compiled passes: the array formulation's numbers, bit for bit ----------------------
+def stress_returns(n: int, t: int, seed: int, nan_frac: float) -> np.ndarray:
+    """returns() with a constant series, a constant stretch and signed zeros mixed in."""
+    r = returns(n, t, seed=seed, nan_frac=nan_frac)
+    if n > 2:
+        r[1] = np.where(np.isnan(r[1]), np.nan, 0.003)
+    r[0, t // 3: t // 3 + min(t // 3, 40)] = 0.01
+    r[-1, ::5] = -0.0
+    return r
+
+
+@pytest.mark.parametrize("n, t", [(1, 5), (3, 12), (6, 300), (20, 260)])
+@pytest.mark.parametrize("nan_frac", [0.0, 0.1, 0.5])
+def test_cpu_compiled_passes_equal_the_array_formulation(n, t, nan_frac):
+    """The CPU's compiled normalization of a complete-data correlation matrix and its fused
+    rolling correlation take the sums of CorrelationEstimators (run here on NumPy) in the same
+    order: the same numbers, NaNs included."""
+    from gpu_trader._internal.correlation_xp import CorrelationEstimators
+
+    array_form = CorrelationEstimators(np)
+    cpu = gt.get_backend("cpu").ops("correlation").estimators
+    r = stress_returns(n, t, seed=n * t, nan_frac=nan_frac)
+    for x in (r, r.reshape(1, n, t)[:, :, ::-1], np.stack([r, r[::-1]])):  # batch axes, strided
+        with np.errstate(all="ignore"):
+            for mp in (1, 3, t + 1):
+                np.testing.assert_array_equal(cpu.corr(x, mp), array_form.corr(x, mp))
+            for window, mp in ((2, 2), (5, 5), (min(t, 21), 3)):
+                np.testing.assert_array_equal(cpu.rolling_corr(x, window, mp), array_form.rolling_corr(x, window, mp))
+
+
+# -- the fast path: the same results and errors as the general path -------------------------------
+CORR_CALLS = {
+    "cov": lambda r: corrmod.cov(r, min_periods=3),
+    "corr": corrmod.corr,
+    "rolling_corr": lambda r: corrmod.rolling_corr(r, 4, min_periods=2),
+    "ewma_cov": lambda r: corrmod.ewma_cov(r, 5.0),
+    "ledoit_wolf": lambda r: corrmod.ledoit_wolf(r)[0],
+}
+
+
+def corr_outcome(call, r):
+    try:
+        return gt.to_numpy(call(r))
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=hs.sampled_from([(1, 1), (2, 3), (3, 8), (5, 60), (2, 3, 30)]),
+       nan_frac=hs.sampled_from([0.0, 0.3, 0.95]), dtype=hs.sampled_from([np.float64, np.float32]),
+       strided=hs.booleans(), seed=hs.integers(0, 2**32 - 1), name=hs.sampled_from(sorted(CORR_CALLS)))
+def test_fast_path_equals_general_path(shape, nan_frac, dtype, strided, seed, name):
+    """A plain NumPy array on the default backend (the latency path: the NaN screen, the valid-count
+    check only where it finds a NaN) against a chosen default backend and a non-native byte
+    order (the general path): the same values and dtype, or the same error."""
+    rng = np.random.default_rng(seed)
+    r = (rng.standard_t(3, size=shape[:-1] + (shape[-1] * (2 if strided else 1),)) * 0.01).astype(dtype)
+    r[rng.random(r.shape) < nan_frac] = np.nan
+    if strided:
+        r = r[..., ::2]
+    call = CORR_CALLS[name]
+    with np.errstate(all="ignore"):
+        fast = corr_outcome(call, r)
+        with gt.use_backend("cpu"):
+            general = corr_outcome(call, r)
+        swapped = corr_outcome(call, r.astype(r.dtype.newbyteorder()))
+    for other in (general, swapped):
+        if isinstance(fast, tuple) or isinstance(other, tuple):
+            assert other == fast
+        else:
+            assert other.dtype == fast.dtype
+            np.testing.assert_array_equal(other, fast)

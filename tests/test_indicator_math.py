@@ -113,3 +113,20 @@ def test_stoch_direct_extremes_equal_tracked_bit_for_bit(fastk):
     indicator_loops.stoch_raw_direct(high, low, close, fastk - 1, fastk, direct)
     indicator_loops.stoch_raw_tracked(high, low, close, 0, fastk - 1, tracked)
     np.testing.assert_array_equal(direct.view(np.int64), tracked.view(np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_has_nan2_sees_a_nan_in_either_input_from_begin_on(dtype):
+    """has_nan2 looks at a[begin:] and b[begin:] only, compiled and as plain Python alike."""
+    compiled = numba.njit(lambda a, b, begin: indicator_loops.has_nan2(a, b, begin))
+    for n in (1, 2, 7, 64, 333):
+        for where in sorted({0, min(1, n - 1), n // 2, n - 1}):
+            for begin in sorted({0, where, min(where + 1, n)}):
+                for nan_in_b in (False, True):
+                    a = np.arange(n, dtype=dtype)
+                    b = np.arange(n, dtype=dtype) + 0.5
+                    a[n - 1] = np.inf  # an infinity is no NaN
+                    (b if nan_in_b else a)[where] = np.nan
+                    expected = where >= begin
+                    assert indicator_loops.has_nan2(a, b, begin) == expected
+                    assert compiled(a, b, begin) == expected

@@ -416,3 +416,163 @@ def test_read_only_arrays_and_copy_on_write_frames(backend):
     np.testing.assert_allclose(got[:2], expected[:2], rtol=1e-10)
     np.testing.assert_allclose(got[2], expected[2], rtol=1e-5)  # float32 column
     np.testing.assert_array_equal(ro, r)
+
+
+# -- the one-series fast path: the same results and errors as the general path ------------------
+PATH_CALLS = {
+    "var_historical": lambda r: risk.var_historical(r),
+    "cvar_grid": lambda r: risk.cvar(r, [0.9, 0.99]),
+    "var_parametric": lambda r: risk.var_parametric(r, 0.975, method="cornish-fisher"),
+    "max_drawdown": risk.max_drawdown,
+    "sharpe": lambda r: risk.sharpe(r, 52, 1e-4),
+    "sortino": risk.sortino,
+    "calmar": risk.calmar,
+    "kelly_fraction": risk.kelly_fraction,
+    "risk_report": lambda r: risk.risk_report(r, 0.95),
+}
+
+
+def outcome(call, r):
+    """``call(r)`` as host arrays (a dict for risk_report), or the error it raised (type, message)."""
+    try:
+        res = call(r)
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+    return {k: gt.to_numpy(v) for k, v in res.items()} if isinstance(res, dict) else gt.to_numpy(res)
+
+
+def assert_same_outcome(a, b):
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        assert a == b
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.asarray(a[k]).dtype == np.asarray(b[k]).dtype, k
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    else:
+        assert np.asarray(a).dtype == np.asarray(b).dtype and np.shape(a) == np.shape(b)
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=hs.sampled_from([(1,), (2,), (7,), (60,), (252,), (3, 5), (2, 2, 40), (4, 300)]),
+       nan_frac=hs.sampled_from([0.0, 0.3, 0.9]), dtype=hs.sampled_from([np.float64, np.float32]),
+       strided=hs.booleans(), seed=hs.integers(0, 2**32 - 1), name=hs.sampled_from(sorted(PATH_CALLS)))
+def test_fast_path_equals_general_path(shape, nan_frac, dtype, strided, seed, name):
+    """A plain NumPy array on the default backend takes the latency path (no pandas unwrapping, no
+    conversion, the valid-count check only where the NaN screen finds a NaN or the series are too
+    short); a chosen default backend, a non-native byte order or a pandas frame take the general
+    one. Results (values and dtype) and errors (type and message) are the same."""
+    rng = np.random.default_rng(seed)
+    r = (rng.standard_t(3, size=shape[:-1] + (shape[-1] * (2 if strided else 1),)) * 0.01).astype(dtype)
+    r[rng.random(r.shape) < nan_frac] = np.nan
+    if strided:
+        r = r[..., ::2]
+    call = PATH_CALLS[name]
+    fast = outcome(call, r)
+    with gt.use_backend("cpu"):  # a default backend is chosen: the general path
+        assert_same_outcome(outcome(call, r), fast)
+    assert_same_outcome(outcome(call, r.astype(r.dtype.newbyteorder())), fast)  # converted first
+    if r.ndim == 2:  # pandas in (outcome reads pandas results back as arrays)
+        assert_same_outcome(outcome(call, pd.DataFrame(r.T)), fast)
+
+
+def test_fast_path_errors_name_the_series():
+    """The NaN screen sends NaN data and short series to the same check, with its messages."""
+    r = returns(3, 20, seed=4)
+    r[2, :19] = np.nan
+    with pytest.raises(ValueError, match=r"r has a series with 1 valid .*batch index \(2,\)\); sharpe"):
+        risk.sharpe(r)
+    with pytest.raises(ValueError, match=r"r has 1 observations per series; sharpe"):
+        risk.sharpe(np.array([0.01]))
+    assert risk.var_historical(r[2]) == pytest.approx(-r[2, 19])  # one valid value is enough here
+    with pytest.raises(ValueError, match=r"r has a series with 0 valid .*batch index \(\)\); cvar"):
+        risk.cvar(np.full(5, np.nan))
+
+
+# -- the selection behind VaR and CVaR on the CPU: adversarial rows --------------------------------
+def adversarial_rows(t: int, rng) -> dict[str, np.ndarray]:
+    r = rng.standard_t(3, t) * 0.01
+    rows = {
+        "random": r,
+        "all equal": np.full(t, 0.003),
+        "sorted": np.sort(r),
+        "reverse sorted": np.sort(r)[::-1].copy(),
+        "many ties": np.round(r * 300) / 300,
+        "signed zeros": np.where(rng.random(t) < 0.5, 0.0, -0.0) + np.where(rng.random(t) < 0.1, r, 0.0),
+        "organ pipe": np.concatenate([np.sort(r)[::2], np.sort(r)[1::2][::-1]]),
+        "infinities": np.where(rng.random(t) < 0.05, -np.inf, np.where(rng.random(t) < 0.05, np.inf, r)),
+    }
+    many_nan = r.copy()
+    many_nan[rng.random(t) < 0.8] = np.nan
+    many_nan[0] = r[0]  # at least one valid value
+    rows["many NaNs"] = many_nan
+    return rows
+
+
+def tail_oracle(x: np.ndarray, q: float) -> tuple[float, float]:
+    """(VaR, CVaR) losses: minus numpy.quantile, minus the mean of the floor((n - 1) q) + 1 smallest
+    summed smallest first (numpy.cumsum of the sorted values: empyrical's tail, one summation order)."""
+    x = np.sort(x[~np.isnan(x)])
+    k = int(np.floor(q * (len(x) - 1)))
+    with np.errstate(invalid="ignore"):
+        return -np.quantile(x, q), -(np.cumsum(x)[k] / (k + 1))
+
+
+@pytest.mark.parametrize("t", [1, 2, 17, 40, 252, 700, 2520])
+def test_selection_on_adversarial_rows_matches_numpy(t):
+    """Order statistics by insertion scan (few), gathering below a sampled threshold and
+    introselect (more), on rows built to defeat them; bit for bit NumPy's quantile."""
+    rng = np.random.default_rng(t)
+    levels = [0.5, 0.9, 0.95, 0.99, 0.999]
+    for label, row in adversarial_rows(t, rng).items():
+        with np.errstate(invalid="ignore"):
+            var = risk.var_historical(row, levels)
+            cvar = risk.cvar(row, levels)
+            batch = risk.cvar(np.stack([row, row[::-1]]), levels)  # a batch, and the parallel kernel's shape
+        expected = np.array([tail_oracle(row, round(1 - lv, 15)) for lv in levels])
+        np.testing.assert_array_equal(var, expected[:, 0], err_msg=label)
+        np.testing.assert_array_equal(cvar, expected[:, 1], err_msg=label)
+        np.testing.assert_array_equal(batch[:, 0], expected[:, 1], err_msg=label)
+
+
+def test_selection_fallback_and_long_grids():
+    """_select sorts what is left after its rounds run out (the O(n log n) guarantee, forced here
+    with 0..3 rounds); a grid longer than the cached ones reads the same sorted values."""
+    import numba
+
+    from gpu_trader.cpu_fallback import risk as cpu_risk
+
+    @numba.njit
+    def select(a, k, rounds):
+        b = a.copy()
+        cpu_risk._select(b, b.shape[0], k, rounds)
+        return b
+
+    rng = np.random.default_rng(5)
+    for t in (17, 18, 100, 1000):
+        for label, row in adversarial_rows(t, rng).items():
+            row = row[~np.isnan(row)]
+            expected = np.sort(row)
+            for k in {0, len(row) // 3, len(row) - 1}:
+                for rounds in (0, 1, 2, 3):
+                    got = select(row, k, rounds)
+                    assert got[k] == expected[k], (label, t, k, rounds)
+                    assert (got[:k] <= got[k]).all() and (got[k + 1:] >= got[k]).all()
+                    np.testing.assert_array_equal(np.sort(got), expected)
+    r = returns(3, 900, seed=6, nan_frac=0.1)
+    grid = list(np.linspace(0.5, 0.999, 40))
+    got = risk.cvar(r, grid)
+    for i in (0, 17, 39):
+        np.testing.assert_array_equal(got[i], risk.cvar(r, grid[i]))
+
+
+def test_cpu_quantiles_equal_the_array_formulation_bit_for_bit():
+    gpu_like = RiskMetrics(np, functools.partial(doubling_running_max, np))
+    cpu = gt.get_backend("cpu").ops("risk").metrics
+    rng = np.random.default_rng(9)
+    for t in (3, 64, 600, 2520):
+        rows = np.stack(list(adversarial_rows(t, rng).values())[:-2])  # finite rows
+        qs = (0.5, 0.1, 0.05, 0.01)
+        np.testing.assert_array_equal(cpu.var_historical(rows, qs), gpu_like.var_historical(rows, qs))
+        np.testing.assert_array_equal(cpu.cvar(rows, qs), gpu_like.cvar(rows, qs))

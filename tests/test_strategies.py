@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import gpu_trader as gt
 from conftest import assert_compiles_to_ptx
 from gpu_trader import strategies as S
+from gpu_trader._internal import sweep_plan
 
 AREA = "strategies"  # the backends that implement it run these tests (conftest.py)
 
@@ -257,11 +258,204 @@ def test_stream_equals_batch_bar_by_bar(warm):
     assert single.update(float(close[0, 0])).shape == (1,)
 
 
+# -- memory-bounded sweeps ------------------------------------------------------------------
+UNBOUNDED = 1 << 34  # a budget that never chunks these small cases
+
+
+def oracle_stats(close, sig, cost_bps, ppy=252.0):
+    """Sweep statistics of one series from its signals, NumPy float64, two-pass std."""
+    c = close.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.concatenate(([0.0], c[1:] / c[:-1] - 1.0))
+    r = np.where(np.isfinite(r), r, 0.0)
+    s = sig.astype(np.float64)
+    prev = np.concatenate(([0.0], s[:-1]))
+    x = prev * r - cost_bps / 1e4 * np.abs(s - prev)
+    T = len(x)
+    sharpe = np.nan
+    if T >= 2:
+        mean, std = x.mean(), x.std(ddof=1)
+        if std <= T * (np.finfo(float).eps * abs(mean) + np.finfo(float).smallest_subnormal):
+            sharpe = np.sign(mean) * np.inf if mean else np.nan
+        else:
+            sharpe = mean / std * np.sqrt(ppy)
+    equity = np.cumsum(x)
+    drawdown = float(np.max(np.maximum.accumulate(np.maximum(equity, 0.0)) - equity, initial=0.0))
+    held = prev != 0
+    hit = np.count_nonzero(prev[held] * r[held] > 0) / held.sum() if held.any() else np.nan
+    return np.array([x.sum(), sharpe, drawdown, np.abs(s - prev).sum(), hit])
+
+
+def check_sweep(res, close, signals, cost_bps, ppy=252.0):
+    """Every statistic of a sweep against :func:`oracle_stats` of the batch call's signals."""
+    stats = np.stack([gt.to_numpy(a) for a in res])
+    sig = gt.to_numpy(signals)
+    assert stats.dtype == np.float64 and stats.shape[1:] == sig.shape[:-1]
+    n_sets = stats[0].size // max(close.shape[0], 1)
+    flat_sig = sig.reshape(n_sets, close.shape[0], close.shape[-1])
+    flat = stats.reshape(5, n_sets, close.shape[0])
+    for g in range(flat_sig.shape[0]):
+        for i in range(close.shape[0]):
+            want = oracle_stats(close[i], flat_sig[g, i], cost_bps, ppy)
+            np.testing.assert_allclose(flat[:, g, i], want, rtol=1e-9, atol=1e-13, err_msg=f"set {g} series {i}")
+
+
+def test_momentum_sweep_matches_the_batch_and_numpy(backend):
+    close = prices(4, 400, 21)
+    close[2, :30] = np.nan
+    close[1, 200] = np.nan
+    fasts, slows = [3, 10, 12, 40], [12, 26]
+    dev = gt.get_backend(backend).asarray(close)
+    res = S.momentum_sweep(dev, fasts, slows, cost_bps=2.0, periods_per_year=52, backend=backend)
+    batch = S.momentum(dev, fasts, slows, cost_bps=2.0, backend=backend)
+    assert res.pnl.shape == (4, 2, 4)
+    np.testing.assert_allclose(gt.to_numpy(res.pnl), gt.to_numpy(batch.pnl), rtol=0 if backend == "cpu" else 1e-13)
+    check_sweep(res, close, batch.signals, 2.0, 52.0)
+
+
+def test_mean_reversion_sweep_matches_the_batch_and_numpy(backend):
+    close = prices(3, 500, 22, np.float32)
+    windows, nstds = [5, 20, 5], [0.0, 1.0, 2.5]
+    dev = gt.get_backend(backend).asarray(close)
+    res = S.mean_reversion_sweep(dev, windows, nstds, cost_bps=1.0, backend=backend)
+    batch = S.mean_reversion(dev, windows, nstds, cost_bps=1.0, backend=backend)
+    np.testing.assert_allclose(gt.to_numpy(res.pnl), gt.to_numpy(batch.pnl), rtol=0 if backend == "cpu" else 1e-13)
+    check_sweep(res, close, batch.signals, 1.0)
+
+
+def _random_grid(rng, size, low, high):
+    return [int(v) for v in rng.integers(low, high, size)]  # repeats included
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 5), st.integers(0, 80), st.floats(0.0, 1.0))
+def test_chunked_sweep_equals_unchunked_exactly(seed, n, T, squeeze):
+    """Any budget from the smallest possible chunk to none: the same numbers, bit for bit."""
+    rng = np.random.default_rng(seed)
+    close = prices(n, T, seed % 1000)
+    close[rng.random(close.shape) < 0.05] = np.nan
+    fasts, slows = _random_grid(rng, rng.integers(1, 6), 1, 30), _random_grid(rng, rng.integers(1, 6), 1, 30)
+    windows, nstds = _random_grid(rng, rng.integers(1, 5), 2, 30), list(rng.uniform(0, 3, rng.integers(1, 4)))
+    for fn, a, b in ((S.momentum_sweep, fasts, slows), (S.mean_reversion_sweep, windows, nstds)):
+        whole = fn(close, a, b, cost_bps=3.0, max_memory=UNBOUNDED)
+        smallest = sweep_plan.result_bytes(len(a) * len(b), n) + sweep_plan.chunk_bytes(1, 2, 6, 1, T, 8, 1)
+        budget = smallest + int(squeeze * 100 * n * T * (len(a) + len(b)))  # from one set of one series to all
+        part = fn(close, a, b, cost_bps=3.0, max_memory=budget)
+        for name, want, got in zip(S.SweepResult._fields, whole, part):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        np.testing.assert_array_equal(whole.pnl, (S.momentum if fn is S.momentum_sweep else S.mean_reversion)(
+            close, a, b, cost_bps=3.0).pnl)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 60), st.integers(1, 12), st.integers(1, 12), st.integers(0, 999), st.floats(0, 50))
+def test_sweep_statistics_short_series_and_nans(T, fast, slow, seed, cost):
+    close = prices(2, T, seed)
+    rng = np.random.default_rng(seed)
+    close[rng.random(close.shape) < 0.1] = np.nan
+    res = S.momentum_sweep(close, [fast], slow, cost_bps=cost)
+    check_sweep(res, close, S.momentum(close, [fast], slow).signals, cost)
+
+
+def test_sweep_edge_cases():
+    flat = S.momentum_sweep(np.full((2, 50), 100.0), 5, 10)  # EMAs equal: never in the market
+    np.testing.assert_array_equal(flat.pnl, 0.0)
+    assert np.isnan(flat.sharpe).all() and np.isnan(flat.hit_rate).all()
+    np.testing.assert_array_equal(flat.max_drawdown, 0.0)
+    up = S.momentum_sweep(100 * 1.01 ** np.arange(60), 3, 9)  # long from bar 8 on: a positive Sharpe
+    assert up.sharpe > 0 and up.hit_rate == 1.0 and up.turnover == 1.0 and up.max_drawdown == 0.0
+    # long from bar 1 on in a steady trend with tiny noise: the mean dwarfs the spread, so the
+    # variance takes the second pass
+    steady = 100 * np.exp(np.arange(3000) * 0.01 + np.random.default_rng(5).normal(0, 1e-5, (2, 3000)))
+    check_sweep(S.momentum_sweep(steady, 1, [2, 3]), steady, S.momentum(steady, 1, [2, 3]).signals, 0.0)
+    for T in (0, 1):
+        res = S.momentum_sweep(np.ones((3, T)), [2, 3], 5)
+        assert res.pnl.shape == (2, 3) and np.isnan(res.sharpe).all()
+        np.testing.assert_array_equal(res.turnover, 0.0)
+    empty = S.mean_reversion_sweep(np.ones((0, 40)), [5, 6], [1.0])
+    assert empty.pnl.shape == (2, 1, 0)
+    df = pd.DataFrame(prices(3, 120, 23).T)
+    res = S.momentum_sweep(df, 5, [20, 30])
+    np.testing.assert_array_equal(res.pnl, S.momentum(df.to_numpy().T, 5, [20, 30]).pnl)
+
+
+def test_sweep_bad_input():
+    close = prices(2, 100)
+    with pytest.raises(ValueError, match="max_memory"):
+        S.momentum_sweep(close, [5, 6], [20, 30], max_memory=100)
+    for bad in (-1, 0, float("nan"), 2**70):
+        with pytest.raises(ValueError, match="max_memory"):
+            S.mean_reversion_sweep(close, max_memory=bad)
+    for bad in ("1GB", True, [1 << 30]):
+        with pytest.raises(TypeError, match="max_memory"):
+            S.momentum_sweep(close, max_memory=bad)
+    for bad in (0, -252, float("inf"), 1e12):
+        with pytest.raises(ValueError, match="periods_per_year"):
+            S.momentum_sweep(close, periods_per_year=bad)
+    with pytest.raises(ValueError, match="fast"):
+        S.momentum_sweep(close, 0, 10)
+    with pytest.raises(ValueError, match="momentum_sweep.*combinations"):
+        S.momentum_sweep(close, range(1, 400), range(2, 400))
+    with pytest.raises(TypeError, match="nstd"):
+        S.mean_reversion_sweep(close, 10, "2")
+    with pytest.raises(ValueError, match="cost_bps"):
+        S.mean_reversion_sweep(close, cost_bps=-1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 300), st.integers(0, 2000), st.integers(0, 5000), st.sampled_from([4, 8]),
+       st.sampled_from([1, 2]), st.integers(1, 3), st.integers(10**4, 10**9))
+def test_sweep_plan_respects_the_budget(A, B, n, T, itemsize, copies, peak_factor, budget):
+    def rows_bound(a, b):
+        rows = min(a, 60) + min(b, 60)
+        return rows, peak_factor * rows
+
+    try:
+        plan = sweep_plan.plan((A, B), n, T, itemsize, copies, budget, rows_bound, "case")
+    except ValueError as err:  # only when one series of one set cannot fit
+        assert "max_memory" in str(err)
+        assert sweep_plan.result_bytes(A * B, n) + sweep_plan.chunk_bytes(1, *rows_bound(1, 1), 1, T, itemsize,
+                                                                            copies) > budget
+        return
+    assert plan.bytes <= budget and 1 <= plan.a_block <= A and 1 <= plan.b_block <= B and plan.symbols >= 1
+    worst = sweep_plan.chunk_bytes(plan.a_block * plan.b_block, *rows_bound(plan.a_block, plan.b_block),
+                                   min(plan.symbols, max(n, 1)), T, itemsize, copies)
+    assert sweep_plan.result_bytes(A * B, n) + worst <= budget
+    if (plan.a_block, plan.b_block) != (A, B):  # the grid is tiled only when one series of it cannot fit
+        assert sweep_plan.result_bytes(A * B, n) + sweep_plan.chunk_bytes(A * B, *rows_bound(A, B), 1, T, itemsize,
+                                                                            copies) > budget
+
+
+@pytest.mark.parametrize("fn, a, b", [(S.momentum_sweep, list(range(2, 42)), list(range(50, 90))),
+                                      (S.mean_reversion_sweep, list(range(5, 45)), [0.5, 1.0, 2.0])])
+@pytest.mark.parametrize("spare", [300_000, 3_000_000])  # bytes beyond the result: grid tiles, series blocks
+def test_sweep_stays_within_max_memory(fn, a, b, spare):
+    """Traced peak (NumPy buffers and Python objects) of a whole call within max_memory, less
+    what outlives the call besides its result (the indicator layer's bounded memo tables)."""
+    import tracemalloc
+
+    close = prices(60, 1000, 24)
+    budget = sweep_plan.result_bytes(len(a) * len(b), 60) + spare
+    whole = fn(close, a, b, max_memory=UNBOUNDED)
+    fn(close, a, b, max_memory=budget)  # compiles the serial and parallel paths outside the trace
+    tracemalloc.start()
+    try:
+        res = fn(close, a, b, max_memory=budget)
+        held = tracemalloc.get_traced_memory()[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    result = sweep_plan.result_bytes(len(a) * len(b), 60)
+    assert peak - (held - result) <= budget, (peak, held, budget)
+    for want, got in zip(whole, res):
+        np.testing.assert_array_equal(got, want)
+
+
 _SIM_SCRIPT = """
 import json, sys
 import numpy as np
-from gpu_trader.kernels.strategies import backtest_xp
-from gpu_trader.cpu_fallback.strategies import backtest
+from gpu_trader.kernels.strategies import backtest_xp, sweep_xp
+from gpu_trader.cpu_fallback.strategies import backtest, sweep
 args = [np.asarray(a) for a in json.loads(sys.stdin.read())]
 close, feats = args[0], args[1]
 kinds, a, b = (x.astype(np.int64) for x in args[2:5])
@@ -269,6 +463,9 @@ got = backtest_xp(close, feats, kinds, a, b, args[5], 0.0005, xp=np)
 want = backtest(close, feats, kinds, a, b, args[5], 0.0005)
 assert np.array_equal(got[0], want[0]), "signals differ"
 assert np.allclose(got[1], want[1], rtol=1e-12, atol=1e-15), "pnl differs"
+got = sweep_xp(close, feats, kinds, a, b, args[5], 0.0005, 15.0, xp=np)
+want = sweep(close, feats, kinds, a, b, args[5], 0.0005, 15.0)
+assert np.allclose(got, want, rtol=1e-12, atol=1e-15, equal_nan=True), "sweep statistics differ"
 print("ok")
 """
 
@@ -293,10 +490,11 @@ def test_cuda_kernel_compiles_to_ptx():
     """The real kernel compiled for sm_90 (H100) with float64 and float32 inputs; needs NVVM."""
     assert_compiles_to_ptx("""
         from gpu_trader.kernels.launch import PtxExecutor
-        from gpu_trader.kernels.strategies import backtest_xp
+        from gpu_trader.kernels.strategies import backtest_xp, sweep_xp
         exe = PtxExecutor(cc=(9, 0))
         i = np.zeros(2, np.int64)
         for dtype in (np.float64, np.float32):
             backtest_xp(np.ones((3, 8), dtype), np.ones((2, 3, 8), dtype), i, i, i, np.zeros(2), 0.0, xp=np, exe=exe)
-        assert len(exe.ptx) == 2 and all(".entry" in p for p in exe.ptx.values())
+            sweep_xp(np.ones((3, 8), dtype), np.ones((2, 3, 8), dtype), i, i, i, np.zeros(2), 0.0, 15.9, xp=np, exe=exe)
+        assert len(exe.ptx) == 4 and all(".entry" in p for p in exe.ptx.values())
     """)

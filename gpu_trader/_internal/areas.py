@@ -94,6 +94,11 @@ class RiskMetricsOps(Protocol):
         """The array module the metrics compute with (numpy, cupy, jax.numpy)."""
         ...
 
+    def has_nan(self, r: Array) -> bool:
+        """Whether ``r`` holds a NaN, read on the host (True inside a ``jax.jit`` trace): the
+        screen before the public layer counts valid observations."""
+        ...
+
     def var_historical(self, r: Array, q: tuple[float, ...]) -> Array:
         """Minus the ``q`` quantiles (linear interpolation): ``(len(q), ...)``."""
         ...
@@ -157,12 +162,18 @@ class CorrelationEstimatorsOps(Protocol):
         """The array module the estimators compute with (numpy, cupy, jax.numpy)."""
         ...
 
-    def cov(self, x: Array, min_periods: int, ddof: int) -> Array:
-        """Sample covariance with ``ddof``: ``(..., n, n)``."""
+    def has_nan(self, x: Array) -> bool:
+        """Whether ``x`` holds a NaN, read on the host (True inside a ``jax.jit`` trace)."""
         ...
 
-    def corr(self, x: Array, min_periods: int) -> Array:
-        """Pearson correlation (NaN for a series constant over the common periods): ``(..., n, n)``."""
+    def cov(self, x: Array, min_periods: int, ddof: int, has_nan: bool | None = None) -> Array:
+        """Sample covariance with ``ddof``: ``(..., n, n)``. ``has_nan``: :meth:`has_nan` of ``x``
+        when the caller has it (None: looked up)."""
+        ...
+
+    def corr(self, x: Array, min_periods: int, has_nan: bool | None = None) -> Array:
+        """Pearson correlation (NaN for a series constant over the common periods): ``(..., n, n)``;
+        ``has_nan`` as for :meth:`cov`."""
         ...
 
     def rolling_corr(self, x: Array, window: int, min_periods: int) -> Array:
@@ -344,6 +355,19 @@ class StrategiesOps(Protocol):
         Returns ``(signals int8 (P, n, T), pnl float64 (P, n))``."""
         ...
 
+    SWEEP_FEATURE_COPIES: int
+    """How many copies of ``feats`` are alive while :meth:`sweep` runs (1: read in place; 2: the
+    kernel reads a transposed copy); sizes the sweep's memory plan
+    (:mod:`gpu_trader._internal.sweep_plan`)."""
+
+    def sweep(self, close: Array, feats: Array, kinds: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray,
+              ks: np.ndarray, cost: float, sharpe_scale: float) -> Array:
+        """:meth:`backtest` without the signals: arguments as there, ``sharpe_scale`` the Sharpe
+        ratio's annualization factor. Returns float64 ``(N_STATS, P, n)``: per rule and series
+        the P&L (equal to :meth:`backtest`'s), Sharpe ratio, maximum drawdown, turnover and hit
+        rate of :func:`gpu_trader._internal.strategy_loops.sweep_row`, in that order."""
+        ...
+
 
 @runtime_checkable
 class StreamingOps(Protocol):
@@ -367,10 +391,11 @@ class StreamingOps(Protocol):
         """Float and int state slots one symbol needs for indicator ``code`` with parameters ``a, b, c``."""
         ...
 
-    def update_kernel(self, inp: np.ndarray, prog: np.ndarray, fprog: np.ndarray, fs: np.ndarray,
-                      ist: np.ndarray, out: np.ndarray) -> None:
-        """Advance every symbol by one bar: ``inp`` float64 ``(4, n_symbols)`` (high, low,
-        close, volume; NaN marks a missing value)."""
+    def update_kernel(self, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray,
+                      prog: np.ndarray, fprog: np.ndarray, fs: np.ndarray, ist: np.ndarray, out: np.ndarray) -> None:
+        """Advance every symbol by one bar: ``high``, ``low``, ``close``, ``volume`` float64
+        ``(n_symbols,)`` each, of any strides (the one exception to C-contiguous; NaN marks a
+        missing value). The arguments are not checked."""
         ...
 
     def warmup_kernel(self, hist: np.ndarray, prog: np.ndarray, fprog: np.ndarray, fs: np.ndarray,

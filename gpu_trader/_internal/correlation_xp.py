@@ -15,7 +15,7 @@ one-pass sums free of cancellation.
 Zero dispersion: a correlation divides by both series' sums of squared deviations
 ``V = Q - S^2 / N``. For a series that is constant over the periods used, ``V`` is 0
 in exact arithmetic but a rounding residue in floating point, which would make an
-arbitrary correlation (often +-1) out of noise. :meth:`CorrelationEstimators.rounding_zero`
+arbitrary correlation (often +-1) out of noise. :func:`rounding_zero`
 bounds that residue from the sums themselves (their length and magnitude) and a
 ``V`` within it counts as 0, so the correlation is NaN (pandas' result for a
 constant series).
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .host import host_bool
+from .series_input import has_nan
 
-__all__ = ["CorrelationEstimators"]
+__all__ = ["CorrelationEstimators", "rounding_zero"]
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -37,6 +37,21 @@ EPS = float(np.finfo(np.float64).eps)
 def _quiet():
     """0/0 for a pair without enough common periods is NaN by design; NumPy would warn."""
     return np.errstate(invalid="ignore", divide="ignore")
+
+
+def rounding_zero(v, n, terms, q_bound):
+    """Whether ``v = Q - S^2 / n`` (a sum of squared deviations of ``n`` values) is within the
+    rounding error of its sums, i.e. the series is constant over those values.
+
+    ``Q`` and ``S`` are sums of ``terms`` values each (pairwise or by differences of
+    cumulative sums), ``q_bound`` bounds the sum of squares they were taken from. The
+    error of such a sum is at most ``terms * u`` times the sum of the absolute values
+    (``u = eps / 2``), and ``sum |x| <= sqrt(terms * q_bound)`` (Cauchy-Schwarz), so
+    ``|error of v| <= terms * eps * q_bound * (1 + 2 sqrt(terms / n))`` to first order.
+    Plain arithmetic on scalars or arrays of any namespace; the CPU backend compiles it with
+    numba's ``register_jitable``.
+    """
+    return v <= terms * EPS * q_bound * (1.0 + 2.0 * (terms / n) ** 0.5)
 
 
 @dataclass
@@ -58,9 +73,9 @@ class CorrelationEstimators:
 
     def has_nan(self, x) -> bool:
         """Whether ``x`` holds a NaN (read on the host: it picks the estimator's variant); True
-        inside a ``jax.jit`` trace, where the pairwise-complete variant is right for any data."""
-        known = host_bool(self.xp.isnan(x).any())
-        return True if known is None else known
+        inside a ``jax.jit`` trace, where the pairwise-complete variant is right for any data
+        (:func:`gpu_trader._internal.series_input.has_nan`)."""
+        return has_nan(self.xp, x)
 
     def _centered(self, x, has_nan: bool):
         """(zero-filled data shifted by each series' mean, validity mask as float or None)."""
@@ -82,17 +97,9 @@ class CorrelationEstimators:
             return (ps.p - ps.s * self._t(ps.s) / ps.n) / (ps.n - ddof)
 
     def rounding_zero(self, v, n, terms, q_bound):
-        """Whether ``v = Q - S^2 / n`` (a sum of squared deviations of ``n`` values) is within the
-        rounding error of its sums, i.e. the series is constant over those values.
-
-        ``Q`` and ``S`` are sums of ``terms`` values each (pairwise or by differences of
-        cumulative sums), ``q_bound`` bounds the sum of squares they were taken from. The
-        error of such a sum is at most ``terms * u`` times the sum of the absolute values
-        (``u = eps / 2``), and ``sum |x| <= sqrt(terms * q_bound)`` (Cauchy-Schwarz), so
-        ``|error of v| <= terms * eps * q_bound * (1 + 2 sqrt(terms / n))`` to first order.
-        """
+        """:func:`rounding_zero`, quiet about the 0 / 0 of a pair without common periods."""
         with _quiet():
-            return v <= terms * EPS * q_bound * (1.0 + 2.0 * (terms / n) ** 0.5)
+            return rounding_zero(v, n, terms, q_bound)
 
     def _corr_from_sums(self, ps: _PairSums):
         xp = self.xp
@@ -116,8 +123,9 @@ class CorrelationEstimators:
         return max(min_periods, ddof + 1)
 
     # -- full-sample ------------------------------------------------------------
-    def cov(self, x, min_periods: int, ddof: int):
-        return self.cov_given(x, min_periods, ddof, self.has_nan(x))
+    def cov(self, x, min_periods: int, ddof: int, has_nan: bool | None = None):
+        """``has_nan``: whether ``x`` holds a NaN, when the caller knows (else it is looked up)."""
+        return self.cov_given(x, min_periods, ddof, self.has_nan(x) if has_nan is None else has_nan)
 
     def cov_given(self, x, min_periods: int, ddof: int, has_nan: bool):
         """:meth:`cov` for data known to hold NaNs or not (a pure array function)."""
@@ -131,8 +139,9 @@ class CorrelationEstimators:
         c = self._cov_from_sums(ps, ddof)
         return xp.where(ps.n >= self._min_count(min_periods, ddof), c, xp.nan)
 
-    def corr(self, x, min_periods: int):
-        return self.corr_given(x, min_periods, self.has_nan(x))
+    def corr(self, x, min_periods: int, has_nan: bool | None = None):
+        """``has_nan`` as for :meth:`cov`."""
+        return self.corr_given(x, min_periods, self.has_nan(x) if has_nan is None else has_nan)
 
     def corr_given(self, x, min_periods: int, has_nan: bool):
         """:meth:`corr` for data known to hold NaNs or not (a pure array function)."""
@@ -140,16 +149,23 @@ class CorrelationEstimators:
         x0, m = self._centered(x, has_nan)
         if m is None:
             t = x.shape[-1]
-            c = x0 @ self._t(x0)
-            q = xp.diagonal(c, axis1=-2, axis2=-1)
-            s = x0.sum(axis=-1)
-            constant = self.rounding_zero(q - s * s / t, t, t, q)
-            d = xp.where(constant, xp.nan, xp.sqrt(q))
-            with _quiet():
-                c = self._clip(c / (d[..., :, None] * d[..., None, :]))
+            c = self.normalize_dense(x0 @ self._t(x0), x0.sum(axis=-1), t)
             return c if t >= max(min_periods, 2) else xp.full_like(c, xp.nan)
         ps = self._pair_sums(x0, m)
         return xp.where(ps.n >= max(min_periods, 2), self._corr_from_sums(ps), xp.nan)
+
+    def normalize_dense(self, p, s, t: int):
+        """Correlations ``(..., n, n)`` of complete data from the cross products ``p = X0 X0^T`` of
+        its mean-shifted series ``X0`` and their sums ``s`` ``(..., n)`` (the rounding left by the
+        shift) over ``t`` periods: ``p_ij / sqrt(p_ii p_jj)`` clipped to [-1, 1], an exact 1 on the
+        diagonal, NaN for a series constant up to rounding (:func:`rounding_zero`). May reuse
+        ``p``'s memory."""
+        xp = self.xp
+        q = xp.diagonal(p, axis1=-2, axis2=-1)
+        constant = self.rounding_zero(q - s * s / t, t, t, q)
+        d = xp.where(constant, xp.nan, xp.sqrt(q))
+        with _quiet():
+            return self._clip(p / (d[..., :, None] * d[..., None, :]))
 
     # -- rolling ----------------------------------------------------------------
     def _window_sums(self, a, window: int):
@@ -163,11 +179,7 @@ class CorrelationEstimators:
     def rolling_corr(self, x, window: int, min_periods: int):
         """Correlation of every pair over a trailing window at every step: ``(..., n, n, T)``."""
         xp = self.xp
-        valid = ~xp.isnan(x)
-        m = valid.astype(x.dtype)
-        with _quiet():
-            mean = xp.where(valid, x, 0.0).sum(axis=-1, keepdims=True) / m.sum(axis=-1, keepdims=True)
-        x0 = xp.where(valid, x - xp.nan_to_num(mean), 0.0)
+        x0, m = self._centered(x, True)
         xi, xj = x0[..., :, None, :], x0[..., None, :, :]
         mi, mj = m[..., :, None, :], m[..., None, :, :]
         n = self._window_sums(mi * mj, window)

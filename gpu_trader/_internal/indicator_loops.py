@@ -580,11 +580,14 @@ STOCH_DIRECT_MAX = 16
 
 @register_jitable
 def has_nan2(a, b, begin):
-    """Whether a[begin:] or b[begin:] holds a NaN (a full pass, no early exit: it vectorizes)."""
-    bad = False
-    for t in range(begin, a.shape[0]):
-        bad |= (a[t] != a[t]) | (b[t] != b[t])
-    return bad
+    """Whether a[begin:] or b[begin:] holds a NaN (a full pass counting them, no early exit,
+    indexed from 0 on views: it vectorizes)."""
+    a = a[begin:]
+    b = b[begin:]
+    bad = 0
+    for t in range(a.shape[0]):
+        bad += (a[t] != a[t]) | (b[t] != b[t])
+    return bad != 0
 
 
 @register_jitable

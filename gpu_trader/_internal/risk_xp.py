@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .series_input import has_nan
 from .validation import check_floats
 
 __all__ = [
@@ -143,6 +144,10 @@ class RiskMetrics:
         self.running_max = running_max
 
     # -- shared pieces ---------------------------------------------------------
+    def has_nan(self, r) -> bool:
+        """Whether ``r`` holds a NaN (:func:`gpu_trader._internal.series_input.has_nan`)."""
+        return has_nan(self.xp, r)
+
     def sort_valid(self, r) -> _Sorted:
         xp = self.xp
         return _Sorted(xp.sort(r, axis=-1), xp.sum(~xp.isnan(r), axis=-1))

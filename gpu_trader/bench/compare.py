@@ -8,8 +8,9 @@ backend)``; each gets one verdict:
 - ``IMPROVED``: new p50 / old p50 < 1 / (1 + threshold) (the same distance below 1 on a
   log scale);
 - ``unchanged``: in between;
-- ``not comparable``: the two runs recorded different ``sizes`` or ``dtype`` (or one
-  ran with ``--quick`` sizes and the other not, which changes the sizes);
+- ``not comparable``: the two runs recorded different ``sizes`` or ``dtype`` (as when
+  they ran at different run sizes, ``--quick`` / standard / ``--full``, for a case whose
+  name does not carry its sizes);
 - ``no timing``: one of the two has no p50 (skipped or error);
 - ``new``: only in the new run; ``missing``: only in the baseline.
 

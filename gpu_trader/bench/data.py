@@ -2,20 +2,21 @@
 
 Prices follow a geometric random walk (1 % daily volatility, starting at 100);
 volumes are log-normal around 1e6. The same ``(shape, seed)`` always gives the
-same arrays, so every run, backend and reference library sees identical input.
+same arrays, so every run, backend and reference library sees identical input. The
+cache is a :func:`~gpu_trader.bench.memory.suite_cache`: emptied after each suite.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
+
+from .memory import suite_cache
 
 __all__ = ["FIELDS", "random_walk_ohlcv"]
 
 FIELDS = ("open", "high", "low", "close", "volume")
 
 
-@functools.lru_cache(maxsize=8)
+@suite_cache(maxsize=8)
 def random_walk_ohlcv(shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
     """OHLCV bars of ``shape`` (time on the last axis), float64, C-contiguous.
 

@@ -1,9 +1,12 @@
 """Timing harness: workloads, warm-up, repeated timing, percentiles, yardsticks.
 
 A suite declares :class:`Workload` s; :func:`run_workload` times one of them on one
-backend together with its yardsticks, all in the same run and one after the other
-(never concurrently): the references (other libraries, on the host) and copies of
-the workload's inputs on the same device. Two copies are timed: ``xp.copy`` (a
+backend together with its yardsticks, all in the same run and never concurrently:
+the references (other libraries, on the host) and copies of the workload's inputs on
+the same device are timed *interleaved* with the workload (:func:`measure_interleaved`:
+``TimingPolicy.rounds`` rounds, each timing ours, then every reference, then the
+copies), so a burst of load from another process falls on all of them alike and the
+ratios stay fair on a shared machine. Two copies are timed: ``xp.copy`` (a
 fresh array, as a user would copy; ``x_copy`` = ours / its time) and
 ``xp.copyto`` into buffers allocated beforehand (no page faults: the device's copy
 bandwidth; ``bw_fraction`` = our bytes moved per second / that bandwidth). A workload
@@ -34,8 +37,9 @@ from ..profiling import nvtx_range
 from .targets import NO_TARGET, TARGETS, Verdict, evaluate
 
 __all__ = [
-    "TimingPolicy", "FULL", "QUICK", "Stats", "percentile", "measure",
-    "Reference", "Workload", "SkipCase", "CaseResult", "run_workload", "measure_gemm_rate",
+    "TimingPolicy", "FULL", "STANDARD", "QUICK", "POLICIES", "SIZES", "DEFAULT_SIZE", "Stats", "percentile",
+    "measure", "measure_interleaved", "Reference", "Workload", "SkipCase", "CaseResult", "run_workload",
+    "measure_gemm_rate",
 ]
 
 # Pause between timing phases so a spinning thread pool (OpenMP) has gone idle
@@ -50,7 +54,9 @@ class TimingPolicy:
     Warm-up: ``warmup_calls`` untimed calls (the first absorbs JIT compilation and is
     never counted), continued until ``warmup_s`` seconds passed after the first.
     Timing: one sample per call until ``min_samples`` are taken and ``budget_s``
-    seconds of wall time have passed, or ``max_samples`` are taken.
+    seconds of wall time have passed, or ``max_samples`` are taken. Callables timed
+    together (:func:`measure_interleaved`) take turns in ``rounds`` rounds, each with
+    its share of those three limits.
     """
 
     warmup_calls: int = 3
@@ -58,10 +64,16 @@ class TimingPolicy:
     min_samples: int = 20
     max_samples: int = 100_000
     budget_s: float = 1.0
+    rounds: int = 4
 
 
 FULL = TimingPolicy()
-QUICK = TimingPolicy(warmup_calls=2, warmup_s=0.01, min_samples=5, max_samples=20_000, budget_s=0.05)
+STANDARD = TimingPolicy(warmup_calls=3, warmup_s=0.02, min_samples=10, max_samples=50_000, budget_s=0.15, rounds=3)
+QUICK = TimingPolicy(warmup_calls=2, warmup_s=0.01, min_samples=5, max_samples=20_000, budget_s=0.05, rounds=2)
+# The benchmark sizes (``gpu-trader bench --quick`` / default / ``--full``) and the timing of each.
+POLICIES: dict[str, TimingPolicy] = {"quick": QUICK, "standard": STANDARD, "full": FULL}
+SIZES = tuple(POLICIES)
+DEFAULT_SIZE = "standard"
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -113,13 +125,51 @@ def _no_sync() -> None:
     pass
 
 
+Timed = tuple[Callable[[], Any], Callable[[], None]]  # a call and the sync that waits for its device
+
+
 def measure(fn: Callable[[], Any], policy: TimingPolicy, sync: Callable[[], None] = _no_sync) -> Stats:
-    """Warm up and time ``fn()`` with ``time.perf_counter_ns``.
+    """Warm up and time ``fn()`` alone with ``time.perf_counter_ns``
+    (:func:`measure_interleaved` of one callable, in one round)."""
+    return measure_interleaved([(fn, sync)], policy)[0]
+
+
+def measure_interleaved(calls: Sequence[Timed], policy: TimingPolicy) -> list[Stats]:
+    """Warm up each ``(fn, sync)`` of ``calls``, then time them in turns; one :class:`Stats` each.
 
     ``sync`` blocks until the device is idle; it is called before and after every
-    call (warm-up included), so asynchronous GPU work is timed in full. The garbage
-    collector is paused while sampling.
+    call (warm-up included), so asynchronous GPU work is timed in full. With more than
+    one callable the timing runs in ``policy.rounds`` rounds (at most ``min_samples``):
+    in each, every callable in order gets its share of ``min_samples``,
+    ``max_samples`` and ``budget_s``, with a ``QUIESCE_S`` pause before each turn. The
+    garbage collector is paused while sampling.
     """
+    for fn, sync in calls:
+        _warm_up(fn, sync, policy)
+    rounds = max(1, min(policy.rounds, policy.min_samples)) if len(calls) > 1 else 1
+    samples: list[list[int]] = [[] for _ in calls]
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            lo, hi = _share(policy.min_samples, rounds, r), _share(policy.max_samples, rounds, r)
+            for (fn, sync), out in zip(calls, samples):
+                if rounds > 1:
+                    time.sleep(QUIESCE_S)
+                _sample(fn, sync, lo, hi, policy.budget_s / rounds, out)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return [Stats.from_ns(s) for s in samples]
+
+
+def _share(total: int, rounds: int, r: int) -> int:
+    """Round ``r``'s share of ``total`` samples: the rounds' shares add up to ``total``."""
+    return total // rounds + (1 if r < total % rounds else 0)
+
+
+def _warm_up(fn: Callable[[], Any], sync: Callable[[], None], policy: TimingPolicy) -> None:
     sync()
     fn()
     sync()
@@ -129,27 +179,22 @@ def measure(fn: Callable[[], Any], policy: TimingPolicy, sync: Callable[[], None
         fn()
         sync()
         calls += 1
+
+
+def _sample(fn: Callable[[], Any], sync: Callable[[], None], lo: int, hi: int, budget_s: float,
+            out: list[int]) -> None:
+    """Append one ``perf_counter_ns`` sample per call until ``lo`` are taken and ``budget_s``
+    passed, or ``hi`` are taken."""
     clock = time.perf_counter_ns
-    samples: list[int] = []
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        deadline = clock() + int(policy.budget_s * 1e9)
-        while True:
-            sync()
-            t0 = clock()
-            fn()
-            sync()
-            t1 = clock()
-            samples.append(t1 - t0)
-            n = len(samples)
-            if n >= policy.max_samples or (n >= policy.min_samples and t1 >= deadline):
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return Stats.from_ns(samples)
+    deadline = clock() + int(budget_s * 1e9)
+    n = 0
+    while n < hi and (n < lo or clock() < deadline):
+        sync()
+        t0 = clock()
+        fn()
+        sync()
+        out.append(clock() - t0)
+        n += 1
 
 
 class SkipCase(Exception):
@@ -161,8 +206,9 @@ class Reference:
     """Another library's way to compute the same result, timed on the host in the same run.
 
     ``name`` is a short key (``ratio:<name>`` in the metrics); ``setup()`` builds the
-    host state (not timed), ``run(state)`` is one timed call; ``requires`` names a
-    module that must import, otherwise the ratio is reported as n/a. ``scale``: the
+    host state (not timed) and may raise :class:`SkipCase` (say, a library too old for
+    the call), ``run(state)`` is one timed call; ``requires`` names a module that must
+    import. Without the module, or after a ``SkipCase``, the ratio is reported as n/a. ``scale``: the
     call does ``1 / scale`` of the workload's work (a reference too big for the
     machine's memory runs a share of it) and its time is multiplied by ``scale``.
     """
@@ -275,19 +321,30 @@ class CaseResult:
         return d
 
 
-def _time_reference(ref: Reference, policy: TimingPolicy, ours_s: float) -> RefResult:
+def _reference_call(ref: Reference) -> tuple[Callable[[], Any] | None, str]:
+    """``(the zero-argument timed call of ref, "")`` with its setup done, or ``(None, why
+    not)`` when its module is missing or its setup raised :class:`SkipCase`."""
     if ref.requires:
         try:
             importlib.import_module(ref.requires)
         except ImportError:
-            return RefResult(None, None, f"{ref.requires} is not installed")
-    state = ref.setup()
-    p50 = measure(lambda: ref.run(state), policy).p50_s * ref.scale
+            return None, f"{ref.requires} is not installed"
+    try:
+        state = ref.setup()
+    except SkipCase as exc:
+        return None, str(exc)
+    return (lambda: ref.run(state)), ""
+
+
+def _reference_result(ref: Reference, stats: Stats | None, why_not: str, ours_s: float) -> RefResult:
+    if stats is None:
+        return RefResult(None, None, why_not)
+    p50 = stats.p50_s * ref.scale
     return RefResult(p50, p50 / ours_s, f"run on 1/{ref.scale:g} of the work, time scaled" if ref.scale != 1 else "")
 
 
 def run_workload(suite: str, wl: Workload, be: Backend, policy: TimingPolicy) -> CaseResult:
-    """Time ``wl`` on ``be``, then its references, then the copy yardstick; evaluate targets.
+    """Time ``wl`` on ``be`` interleaved with its references and copy yardstick; evaluate targets.
 
     A :class:`SkipCase` from setup, or a backend without the case's area (the ``jax``
     backend has no market data, say), gives status ``skipped``; any other exception from
@@ -312,28 +369,33 @@ def run_workload(suite: str, wl: Workload, be: Backend, policy: TimingPolicy) ->
 
 
 def _time_case(wl: Workload, be: Backend, policy: TimingPolicy, res: CaseResult) -> None:
-    """Fill ``res`` with the timings of ``wl``, its references and its yardsticks."""
+    """Fill ``res`` with the timings of ``wl``, its references and its yardsticks: ours, the
+    references and the input copies interleaved, then the matmul rate and the extra metrics."""
     policy = wl.policy or policy
     state = wl.setup(be)
-    res.stats = measure(lambda: be.ready(wl.run(state)), policy, be.synchronize)
-    ours = res.stats.p50_s
-    res.throughput_per_s = wl.items / ours
-    for ref in wl.references:
-        time.sleep(QUIESCE_S)
-        res.references[ref.name] = _time_reference(ref, policy, ours)
+    sync = be.synchronize
+    calls: list[Timed] = [(lambda: be.ready(wl.run(state)), sync)]
+    ref_calls = [_reference_call(ref) for ref in wl.references]
+    calls += [(call, _no_sync) for call, _ in ref_calls if call is not None]
     if wl.copy_inputs is not None:
-        time.sleep(QUIESCE_S)
         arrays = tuple(wl.copy_inputs(state))
-        xp, sync = be.xp, be.synchronize
-        res.copy_bytes = 2 * sum(int(a.nbytes) for a in arrays)
-        res.bytes_moved = wl.bytes_moved
-        res.copy_p50_s = measure(lambda: be.ready([xp.copy(a) for a in arrays]), policy, sync).p50_s
-        res.x_copy = ours / res.copy_p50_s
+        xp = be.xp
+        calls.append((lambda: be.ready([xp.copy(a) for a in arrays]), sync))
         if be.mutable_arrays:  # the bandwidth without allocation: copies into preallocated buffers
             dsts = [xp.empty_like(a) for a in arrays]
-            copyto_s = measure(lambda: [xp.copyto(d, a) for d, a in zip(dsts, arrays)], policy, sync).p50_s
-        else:
-            copyto_s = res.copy_p50_s
+            calls.append((lambda: [xp.copyto(d, a) for d, a in zip(dsts, arrays)], sync))
+    stats = iter(measure_interleaved(calls, policy))
+    res.stats = next(stats)
+    ours = res.stats.p50_s
+    res.throughput_per_s = wl.items / ours
+    for ref, (call, why_not) in zip(wl.references, ref_calls):
+        res.references[ref.name] = _reference_result(ref, None if call is None else next(stats), why_not, ours)
+    if wl.copy_inputs is not None:
+        res.copy_bytes = 2 * sum(int(a.nbytes) for a in arrays)
+        res.bytes_moved = wl.bytes_moved
+        res.copy_p50_s = next(stats).p50_s
+        res.x_copy = ours / res.copy_p50_s
+        copyto_s = next(stats).p50_s if be.mutable_arrays else res.copy_p50_s
         res.copy_bandwidth_Bps = res.copy_bytes / copyto_s
         res.bw_fraction = wl.bytes_moved / ours / res.copy_bandwidth_Bps
     if wl.flops is not None:

@@ -1,10 +1,12 @@
-"""Bench output: the results table, the JSON file, the run's environment.
+"""Bench output: the case list (``--list``), the results table, the JSON file, the run's environment.
 
 The baseline comparison is :mod:`.compare`, the Markdown report :mod:`.markdown`.
 
-JSON layout (``schema`` 1): ``{"schema", "timestamp" (ISO 8601 UTC), "quick",
-"environment": {...versions, cpu count, thread settings...}, "devices": {backend:
-name}, "results": [CaseResult.to_dict(), ...]}``; times in seconds.
+JSON layout (``schema`` 1): ``{"schema", "timestamp" (ISO 8601 UTC), "size" (quick,
+standard or full), "quick" (size == quick; files written before ``size`` existed have
+only this one, and were full runs unless it is true), "environment": {...versions, cpu
+count, thread settings...}, "devices": {backend: name}, "results": [CaseResult.to_dict(),
+...]}``; times in seconds.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from typing import Any, TextIO
 
 from .harness import CaseResult
 from .output import write_text_atomic
+from .selection import PlannedCase
 from .targets import TARGETS
 
-__all__ = ["fmt_time", "print_table", "environment", "write_json"]
+__all__ = ["fmt_time", "print_plan", "print_table", "environment", "write_json"]
 
 SCHEMA = 1
 _THREAD_ENV = (
@@ -71,6 +74,35 @@ def _row(res: CaseResult) -> list[str]:
 _HEADER = ["case", "p50", "p95", "p99", "throughput", "vs reference (ref/ours)", "x copy", "% copy bw", "plan", "ours"]
 
 
+def _print_aligned(table: list[list[str]], out: TextIO, left: tuple[int, ...]) -> None:
+    """``table`` (header first) as aligned columns, a rule under the header; columns in
+    ``left`` are left-aligned, the others right-aligned."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for i, line in enumerate(table):
+        cells = [c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
+        print("  ".join(cells).rstrip(), file=out)
+        if i == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def print_plan(plan: list[PlannedCase], size: str, out: TextIO | None = None) -> None:
+    """``gpu-trader bench --list``: every planned case (once, whatever the backends) with its
+    suite, sizes and target (key: our target), then the count, size and backends; no timing."""
+    out = out or sys.stdout
+    table = [["suite", "case", "sizes", "target"]]
+    seen = set()
+    for case in plan:
+        wl = case.workload
+        if case.key in seen:
+            continue
+        seen.add(case.key)
+        target = f"{wl.target}: {TARGETS[wl.target].ours_text}" if wl.target else "-"
+        table.append([case.suite, wl.name, " ".join(f"{k}={v}" for k, v in wl.sizes.items()), target])
+    _print_aligned(table, out, left=(0, 1, 2, 3))
+    backends = ", ".join(dict.fromkeys(c.backend for c in plan))
+    print(f"\n{len(seen)} cases, size {size}, on {backends or 'no backend'}", file=out)
+
+
 def print_table(results: list[CaseResult], out: TextIO | None = None) -> None:
     """One table per (suite, backend), then the targets used and every failure or skip note
     (to ``out``, default standard output)."""
@@ -80,13 +112,7 @@ def print_table(results: list[CaseResult], out: TextIO | None = None) -> None:
         groups.setdefault((r.suite, r.backend), []).append(r)
     for (suite, backend), rows in groups.items():
         print(f"\n== suite {suite} | backend {backend} | {rows[0].device}", file=out)
-        table = [_HEADER] + [_row(r) for r in rows]
-        widths = [max(len(line[i]) for line in table) for i in range(len(_HEADER))]
-        for i, line in enumerate(table):
-            cells = [c.ljust(w) if j in (0, 5) else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
-            print("  ".join(cells).rstrip(), file=out)
-            if i == 0:
-                print("  ".join("-" * w for w in widths), file=out)
+        _print_aligned([_HEADER] + [_row(r) for r in rows], out, left=(0, 5))
     _print_notes(results, out)
 
 
@@ -112,10 +138,16 @@ def _print_notes(results: list[CaseResult], out: TextIO) -> None:
                          f"gemm_fraction {r.gemm_fraction:.1%}")
         if r.extra:
             notes.append(f"  {where} metrics: " + ", ".join(
-                f"{k} {fmt_time(v) if k.endswith('_s') else f'{v:.4g}'}" for k, v in r.extra.items()))
+                f"{k} {_fmt_metric(k, v)}" for k, v in r.extra.items()))
     if notes:
         print("\nNotes:", file=out)
         print("\n".join(notes), file=out)
+
+
+def _fmt_metric(name: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return fmt_time(value) if name.endswith("_s") else f"{value:.4g}"
 
 
 def _module_version(name: str) -> str | None:
@@ -156,16 +188,17 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_json(path: str, results: list[CaseResult], quick: bool, load_before: float | None = None) -> None:
-    """Write the run (results, devices, environment, timestamp) to ``path`` (atomically:
-    see :mod:`.output`); ``load_before`` is the 1-minute load average seen before the run
-    started. Raises ``OSError`` when the file cannot be written."""
+def write_json(path: str, results: list[CaseResult], size: str, load_before: float | None = None) -> None:
+    """Write the run (results, devices, environment, timestamp, ``size``) to ``path``
+    (atomically: see :mod:`.output`); ``load_before`` is the 1-minute load average seen
+    before the run started. Raises ``OSError`` when the file cannot be written."""
     env = environment()
     env["loadavg_before_run"] = load_before
     doc = {
         "schema": SCHEMA,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": quick,
+        "size": size,
+        "quick": size == "quick",
         "environment": env,
         "devices": {r.backend: r.device for r in results},
         "results": [r.to_dict() for r in results],

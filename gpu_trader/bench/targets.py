@@ -17,6 +17,12 @@ Metric names (all floats; see :meth:`gpu_trader.bench.harness.CaseResult.metrics
   the backend's measured generation rate plus the loss GEMM at the measured matmul rate;
 * any name a workload's own ``extra_metrics`` returns (e.g. the end-to-end suite's
   per-event ``event_p50_s``).
+
+Peer targets: ``ratio:NAME >= 1`` on the cpu backend asks our CPU code to be at least as
+fast as the call a user would otherwise make (TA-Lib, empyrical, NumPy, the jax backend),
+timed interleaved with ours in the same run; a peer that cannot run here (module missing,
+too old) leaves the ratio missing, so the verdict is n/a, not FAIL. A peer measured at one
+size of a family of cases gets its own key (``features.sma_100``, ``risk.corr_50``).
 """
 from __future__ import annotations
 
@@ -105,8 +111,24 @@ _BATCH_COPY = (
     Check("x_copy", "<=", 2.5, ("cpu",)),
     Check("bw_fraction", ">=", 0.5, ("cuda",)),
 )
-_BATCH_TALIB = (Check("ratio:talib", ">=", 1.0, ("cpu",)),)
-_BATCH_TEXT = "CPU >= TA-Lib looped (aim 3x), <= 2.5x copy time; GPU >= 50% copy bandwidth"
+
+
+def _cpu_peer(reference: str, at_least: float = 1.0) -> tuple[Check, ...]:
+    """The CPU backend at least ``at_least`` times as fast as ``reference`` timed in the same
+    run (``ratio:<reference> >= at_least``; n/a, not FAIL, when the reference could not run)."""
+    return (Check(f"ratio:{reference}", ">=", at_least, ("cpu",)),)
+
+
+_BATCH_TALIB = _cpu_peer("talib", 3.0)
+_BATCH_TEXT = "CPU >= 3x TA-Lib looped, <= 2.5x copy time; GPU >= 50% copy bandwidth"
+
+
+def _with_peer(base: Target, key: str, case: str, reference: str, peer_text: str) -> Target:
+    """``base`` plus :func:`_cpu_peer` of ``reference``, under a new ``key`` (for one size of
+    ``base``'s cases: the size the peer comparison is published for)."""
+    return Target(key, case, base.plan_text, f"{base.ours_text}; CPU >= {peer_text}", base.plan,
+                  base.ours + _cpu_peer(reference))
+
 
 def _overhead_within(latency_s: float, budget_s: float) -> tuple[Check, ...]:
     """``ours <= sleep + budget`` as a ratio check: ``sleep / ours >= L / (L + budget)``
@@ -199,22 +221,43 @@ def end_to_end_targets() -> tuple[Target, ...]:
     )
 
 
+# One indicator on one series: key, label, plan text and p50 limit in us (None: no plan target),
+# our p50 limit in us at 1000 bars.
+_SINGLE = (
+    ("sma", "SMA (10, 20, 50)", "SMA(20) < 200 us", 200, 10),
+    ("ema", "EMA(20)", "(none)", None, 20),
+    ("rsi", "RSI(14)", "< 300 us", 300, 20),
+    ("macd", "MACD(12,26,9)", "< 500 us", 500, 20),
+    ("bollinger", "Bollinger(20,2)", "(none)", None, 20),
+    ("atr", "ATR(14)", "(none)", None, 20),
+)
+
+
+def single_indicator_targets() -> tuple[Target, ...]:
+    """One indicator on one series: ``features.<name>``, a latency target for 20..1000 bars,
+    and ``features.<name>_100`` for the 100-bar series: the same plus TA-Lib's call on that
+    series as the CPU's peer."""
+    out = []
+    for name, label, plan_text, plan_us, ours_us in _SINGLE:
+        base = Target(f"features.{name}", f"{label}, 20..1000 bars", plan_text, f"< {ours_us} us at 1000 bars",
+                      () if plan_us is None else _p50_below(plan_us * _US), _p50_below(ours_us * _US))
+        out += [base, _with_peer(base, f"features.{name}_100", f"{label}, one 100-bar series", "talib",
+                                 "TA-Lib's call on the same series")]
+    return tuple(out)
+
+
+_RISK_CORR = Target("risk.corr", "correlation matrix, 5..50 assets x 252 days", "20 assets < 20 ms",
+                    "50 assets < 100 us", _p50_below(20_000 * _US), _p50_below(100 * _US))
+
 _ALL = (
     # -- section 2: features ----------------------------------------------------------
-    Target("features.sma", "SMA (10, 20, 50), 20..1000 bars", "SMA(20) < 200 us", "< 10 us at 1000 bars",
-           _p50_below(200 * _US), _p50_below(10 * _US)),
-    Target("features.ema", "EMA(20), 20..1000 bars", "(none)", "< 20 us at 1000 bars",
-           (), _p50_below(20 * _US)),
-    Target("features.rsi", "RSI(14), 20..1000 bars", "< 300 us", "< 20 us at 1000 bars",
-           _p50_below(300 * _US), _p50_below(20 * _US)),
-    Target("features.macd", "MACD(12,26,9), 20..1000 bars", "< 500 us", "< 20 us at 1000 bars",
-           _p50_below(500 * _US), _p50_below(20 * _US)),
-    Target("features.bollinger", "Bollinger(20,2), 20..1000 bars", "(none)", "< 20 us at 1000 bars",
-           (), _p50_below(20 * _US)),
-    Target("features.full", "full feature extraction, 100 bars", "< 1 ms (single)", "< 50 us",
-           _p50_below(1000 * _US), _p50_below(50 * _US)),
-    Target("features.stream", "streaming update (one new bar)", "< 100 us", "< 10 us",
-           _p50_below(100 * _US), _p50_below(10 * _US)),
+    *single_indicator_targets(),
+    Target("features.full", "full feature extraction (default set), 100 bars", "< 1 ms (single)",
+           "< 50 us; CPU >= TA-Lib computing the same set", _p50_below(1000 * _US),
+           _p50_below(50 * _US) + _cpu_peer("talib")),
+    Target("features.stream", "streaming update (one new bar), one symbol, default set", "< 100 us",
+           "< 10 us; CPU >= TA-Lib 0.8's stream handles for the same set", _p50_below(100 * _US),
+           _p50_below(10 * _US) + _cpu_peer("talib_stream")),
     Target("features.batched", "batched 2000 x 2520, one indicator", "(none)", _BATCH_TEXT,
            (), _BATCH_TALIB + _BATCH_COPY),
     Target("features.batched_sma", "batched 2000 x 2520, SMA(20)", "(none)",
@@ -227,12 +270,16 @@ _ALL = (
            _p50_below(2000 * _US), _p50_below(20 * _US)),
     Target("risk.var_parametric", "parametric VaR, 252 days", "< 1 ms", "< 20 us",
            _p50_below(1000 * _US), _p50_below(20 * _US)),
-    Target("risk.cvar", "CVaR, 252 days", "< 3 ms", "< 20 us",
-           _p50_below(3000 * _US), _p50_below(20 * _US)),
-    Target("risk.sharpe", "Sharpe, 252 days", "< 1 ms", "< 10 us",
-           _p50_below(1000 * _US), _p50_below(10 * _US)),
-    Target("risk.corr", "correlation matrix, 5..50 assets x 252 days", "20 assets < 20 ms", "50 assets < 100 us",
-           _p50_below(20_000 * _US), _p50_below(100 * _US)),
+    Target("risk.cvar", "CVaR, 252 days", "< 3 ms", "< 20 us; CPU >= empyrical",
+           _p50_below(3000 * _US), _p50_below(20 * _US) + _cpu_peer("empyrical")),
+    Target("risk.sharpe", "Sharpe, 252 days", "< 1 ms", "< 10 us; CPU >= empyrical",
+           _p50_below(1000 * _US), _p50_below(10 * _US) + _cpu_peer("empyrical")),
+    _RISK_CORR,
+    _with_peer(_RISK_CORR, "risk.corr_50", "correlation matrix, 50 assets x 252 days", "numpy", "np.corrcoef"),
+    Target("risk.var_historical_batch", "historical VaR, 2000 series x 2520 days in one call", "(none)",
+           "CPU >= np.quantile(axis=1)", (), _cpu_peer("numpy")),
+    Target("risk.rolling_corr", "rolling correlation matrices, 20 assets x 1260 days, window 63", "(none)",
+           "CPU >= the jax backend (n/a without jax)", (), _cpu_peer("jax")),
     Target("risk.full", "full risk metrics, 50-position portfolio", "< 10 ms", "< 200 us",
            _p50_below(10_000 * _US), _p50_below(200 * _US)),
     # -- sections 1 and 3: market data, strategies ----------------------------------

@@ -4,24 +4,39 @@ The per-series math lives in :mod:`gpu_trader._internal.indicator_loops` and is 
 the GPU kernels; this module only maps it over a batch. One call runs a whole
 *plan*: a list of (indicator, parameter set) rows over the same OHLCV inputs, so
 ``features`` computes every indicator of a symbol back to back while its bars
-are in cache, in a single compiled call. The work is split across threads over
-(series, row) pairs with ``prange`` (series-major, so one thread keeps a symbol);
-a serial driver serves tiny batches, where waking the thread pool costs more than
-the work. Compiled code is cached on disk (:mod:`gpu_trader._internal.jit`), so only the
-first call after installing or changing the package pays for compilation.
+are in cache, in a single compiled call. Work items are (series, row) pairs, series-major
+(so a thread keeps a symbol); a serial driver serves tiny batches, where waking the thread
+pool costs more than the work.
+
+Threads (docs/design.md#cpu-threads): a parallel call runs on min(numba's thread count for
+the calling thread -- ``NUMBA_NUM_THREADS``, ``numba.set_num_threads`` --, the CPUs the process
+may run on, work items) threads. The items are cut into chunks (:data:`CHUNKS_PER_THREAD` a
+thread at least, about :data:`CHUNK_ELEMENTS` output elements each at most) and every thread
+owns a contiguous share of them, which it claims chunk by chunk with an atomic counter and
+then helps finish the others' shares. So a thread that the OS deschedules (another busy
+process on the machine) holds back one chunk, not a static half of the call, and threads
+write far apart in the fresh output buffer. The pool's idle workers sleep rather than spin
+(``OMP_WAIT_POLICY``, see :mod:`gpu_trader.cpu_fallback`). Compiled code is cached on disk
+(:mod:`gpu_trader._internal.jit`), so only the first call after installing or changing the
+package pays for compilation.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import prange
-from numba.extending import register_jitable
+from numba import prange, types
+from numba.extending import intrinsic, register_jitable
 
 from .._internal import indicator_loops
 from .._internal.indicator_specs import INPUT_FIELDS, SPECS
 from .._internal.jit import njit_cached
+from . import usable_cpus
 
 # Batches with fewer elements (series x bars x rows) than this run on the calling thread.
 SERIAL_MAX_ELEMENTS = 20_000
+# Parallel batches are cut into chunks of work items that threads claim as they go.
+CHUNKS_PER_THREAD = 16
+CHUNK_ELEMENTS = 65_536
 _FIELD_INDEX = {"high": 0, "low": 1, "close": 2, "volume": 3}
 MAX_PARAMS = 3
 
@@ -36,16 +51,84 @@ def _plan_item(j, rows, params, ins, out):
     indicator_loops.dispatch(code, ins[f0][i], ins[f1][i], ins[f2][i], ins[f3][i], params[r], out[o : o + w, i])
 
 
-@njit_cached(parallel=True, nogil=True)
-def _run_plan_parallel(rows, params, ins, out):
-    for j in prange(ins[0].shape[0] * rows.shape[0]):
+@intrinsic
+def _claim(typingctx, counters, i):
+    """Atomically add 1 to ``counters[i]`` (a 1-D int64 array, ``0 <= i < len``, unchecked);
+    returns the value before."""
+    if not (isinstance(counters, types.Array) and counters.ndim == 1 and counters.dtype == types.int64
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", builder.gep(data, [index]), one, "monotonic")
+
+    return types.int64(counters, i), codegen
+
+
+# int64 slots between two claim counters: each on a cache line (and line pair) of its own.
+_COUNTER_STRIDE = 16
+
+
+@njit_cached(parallel=True, nogil=True, error_model="numpy")
+def _run_plan_parallel(rows, params, ins, out, n_threads, chunk):
+    """The plan's work items in chunks of ``chunk``, the chunks split into ``n_threads``
+    contiguous shares. Worker w claims the chunks of share w one at a time, then helps with
+    the other shares: threads write far apart (two threads faulting in the same fresh page
+    wait for each other), and a thread the OS deschedules holds back only its current chunk."""
+    n_items = ins[0].shape[0] * rows.shape[0]
+    n_chunks = (n_items + chunk - 1) // chunk
+    claimed = np.zeros(n_threads * _COUNTER_STRIDE, dtype=np.int64)
+    for w in prange(n_threads):
+        for k in range(n_threads):
+            share = (w + k) % n_threads
+            first = share * n_chunks // n_threads
+            stop = (share + 1) * n_chunks // n_threads
+            c = first + _claim(claimed, share * _COUNTER_STRIDE)
+            while c < stop:
+                _run_items(rows, params, ins, out, c * chunk, min(c * chunk + chunk, n_items))
+                c = first + _claim(claimed, share * _COUNTER_STRIDE)
+
+
+@njit_cached(nogil=True, error_model="numpy")
+def _run_items(rows, params, ins, out, start, stop):
+    """Work items ``start <= j < stop`` on the calling thread."""
+    for j in range(start, stop):
         _plan_item(j, rows, params, ins, out)
 
 
-@njit_cached(nogil=True)
+@njit_cached(nogil=True, error_model="numpy")
 def _run_plan_serial(rows, params, ins, out):
-    for j in range(ins[0].shape[0] * rows.shape[0]):
-        _plan_item(j, rows, params, ins, out)
+    _run_items(rows, params, ins, out, 0, ins[0].shape[0] * rows.shape[0])
+
+
+@njit_cached(nogil=True, error_model="numpy", _nrt=False)
+def _compute_series(code, params, x0, x1, x2, x3, out):
+    T = x0.shape[0]
+    indicator_loops.dispatch(code, x0, x1, x2, x3, params, out.reshape((out.shape[0] // T, T)))
+
+
+def series_kernel():
+    """``kernel(code, params, x0, x1, x2, x3, out)``: one indicator on one series, on the calling
+    thread (CPU only: the one-series latency path of :mod:`gpu_trader.indicators`); compiled, or
+    loaded from the disk cache, by this call.
+
+    The kernel is the compiled entry point itself, compiled without NRT (the row bodies allocate
+    nothing): numba's typing of every call and a reference-counted handle per array argument are
+    skipped (~0.3 us of a 100-bar call), so nothing is checked and the caller must pass exactly:
+    ``code`` an int (the indicator's code); ``params`` its parameters, a read-only C-contiguous
+    ``(k,)`` float64 array; ``x0..x3`` the inputs in argument order (slots past the indicator's
+    inputs get any of them), 1-D float64 arrays of one length ``T >= 1`` (any strides, alignment
+    or writeability: they are only read); ``out`` a writeable C-contiguous ``(n_out * T,)``
+    float64 array, which it fills with the outputs one after the other. The error model is the
+    batch drivers'."""
+    from numba import types
+
+    x = types.Array(types.float64, 1, "A", readonly=True, aligned=False)
+    params = types.Array(types.float64, 1, "C", readonly=True)
+    return _compute_series.compile((types.int64, params, x, x, x, x, types.Array(types.float64, 1, "C")))
 
 
 _PLANS: dict = {}
@@ -100,8 +183,35 @@ def _execute(plan, ins):
     if n_rows_out * n * T < SERIAL_MAX_ELEMENTS:
         _run_plan_serial(rows, params, ins, out)
     else:
-        _run_plan_parallel(rows, params, ins, out)
+        _run_parallel(rows, params, ins, out, n_rows_out * T // rows.shape[0])
     return out, blocks
+
+
+def _run_parallel(rows, params, ins, out, item_elements: int) -> None:
+    """Run the plan on min(numba's thread count, usable CPUs, work items) threads; one thread
+    runs the serial driver. ``item_elements``: output elements of a work item, on average."""
+    n_items = ins[0].shape[0] * rows.shape[0]
+    allowed = numba.get_num_threads()
+    threads = min(allowed, usable_cpus(), n_items)
+    if threads == 1:
+        _run_plan_serial(rows, params, ins, out)
+        return
+    chunk = _chunk_items(n_items, threads, item_elements)
+    if threads == allowed:
+        _run_plan_parallel(rows, params, ins, out, threads, chunk)
+        return
+    numba.set_num_threads(threads)  # fewer CPUs than numba threads: wake only as many
+    try:
+        _run_plan_parallel(rows, params, ins, out, threads, chunk)
+    finally:
+        numba.set_num_threads(allowed)
+
+
+def _chunk_items(n_items: int, threads: int, item_elements: int) -> int:
+    """Work items per claimed chunk: at least CHUNKS_PER_THREAD chunks per thread, and at most
+    about CHUNK_ELEMENTS output elements a chunk, so a thread that the OS deschedules holds back
+    little of the call while the others keep claiming; at least 1."""
+    return max(1, min(n_items // (CHUNKS_PER_THREAD * threads), CHUNK_ELEMENTS // max(item_elements, 1)))
 
 
 def _split(out, blocks):

@@ -3,8 +3,8 @@
 The backend area ``streaming`` exists on the CPU backend only (a stream is a host-side
 state machine, one small update per bar); :class:`gpu_trader.streaming.FeatureStream`
 reaches this module through ``get_backend("cpu").ops("streaming")``. Importing it imports
-numba; the kernels are compiled (or loaded from the on-disk cache,
-:mod:`gpu_trader._internal.jit`) on their first call.
+numba and compiles :data:`update_kernel` (or loads it from the on-disk cache,
+:mod:`gpu_trader._internal.jit`); :data:`warmup_kernel` is compiled on its first call.
 
 Each step function mirrors the ``*_row`` function of :mod:`gpu_trader._internal.indicator_loops`
 of the same name, bar by bar, and does its arithmetic with the same one-step primitives
@@ -16,10 +16,11 @@ the last ``period`` inputs at index ``pos = j % period``; the value leaving the 
 (``x[trailing]`` with ``trailing = t - period + 1``) sits at ``_nxt(pos, period)`` once
 bar j is stored.
 
-Kernel arguments (all C-contiguous, written in place; nothing is allocated):
+Kernel arguments (C-contiguous but for the bar's rows; state written in place; nothing is allocated):
 
-* ``inp``: ``(4, n_symbols)`` float64, one bar's high, low, close and volume rows
-  (``hist`` of :data:`warmup_kernel`: ``(T, 4, n_symbols)``, bars in time order);
+* ``high``, ``low``, ``close``, ``volume``: one bar's ``(n_symbols,)`` float64 rows, read only
+  (any strides; ``hist`` of :data:`warmup_kernel`: ``(T, 4, n_symbols)``, the four rows of each
+  bar, bars in time order);
 * ``prog``: ``(n_indicators, PROGRAM_WIDTH)`` int64, one row per indicator of the spec:
   indicator code (:mod:`gpu_trader._internal.indicator_specs`), input group
   (:data:`INPUT_GROUPS`), up to three integer parameters ``a, b, c`` (0 when unused;
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import math
 
+from numba import types
 from numba.extending import register_jitable
 
 from .._internal import indicator_loops
@@ -436,15 +438,15 @@ def _not_started(code, a, b, c, n_out, h, lo, cl, v, out, r, s):
 
 
 @register_jitable(_nrt=False)
-def _advance(inp, prog, fprog, fs, ist, out):
-    """Feed one bar (inp: (4, n_symbols) high/low/close/volume) through every indicator."""
-    n = inp.shape[1]
+def _advance(high, low, close, volume, prog, fprog, fs, ist, out):
+    """Feed one bar (``(n_symbols,)`` high, low, close, volume) through every indicator."""
+    n = close.shape[0]
     m = prog.shape[0]
     for s in range(n):
-        h = inp[0, s]
-        lo = inp[1, s]
-        c = inp[2, s]
-        v = inp[3, s]
+        h = high[s]
+        lo = low[s]
+        c = close[s]
+        v = volume[s]
         f = fs[s]
         ii = ist[s]
         # per input group: bar index since its first all-valid bar, -1 before
@@ -500,17 +502,29 @@ def _advance(inp, prog, fprog, fs, ist, out):
                 out[r, s] = _vwap_step(f, ii, o, io, a, j, h, lo, c, v)
 
 
-def _update(inp, prog, fprog, fs, ist, out):
-    _advance(inp, prog, fprog, fs, ist, out)
+def _update(high, low, close, volume, prog, fprog, fs, ist, out):
+    _advance(high, low, close, volume, prog, fprog, fs, ist, out)
 
 
 def _warmup(hist, prog, fprog, fs, ist, out):
     for t in range(hist.shape[0]):
-        _advance(hist[t], prog, fprog, fs, ist, out)
+        _advance(hist[t, 0], hist[t, 1], hist[t, 2], hist[t, 3], prog, fprog, fs, ist, out)
 
 
-update_kernel = njit_cached(nogil=True)(_update)
-"""``update_kernel(inp, prog, fprog, fs, ist, out)``: feed one bar through every indicator."""
-warmup_kernel = njit_cached(nogil=True)(_warmup)
+# The bar's rows as update_kernel takes them: any 1-D float64 array (strided, read-only, unaligned).
+_ROW = types.Array(types.float64, 1, "A", readonly=True, aligned=False)
+
+# Compiled without NRT (nothing here allocates): a call then wraps its array arguments without
+# allocating a reference-counted handle for each. update_kernel is the compiled entry point
+# itself, so numba's typing of each call is skipped too: on one symbol, these two are a good
+# part of an update's cost.
+update_kernel = njit_cached(nogil=True, _nrt=False)(_update).compile((
+    _ROW, _ROW, _ROW, _ROW, types.int64[:, ::1], types.float64[::1], types.float64[:, ::1], types.int64[:, ::1],
+    types.float64[:, ::1]))
+"""``update_kernel(high, low, close, volume, prog, fprog, fs, ist, out)``: feed one bar through
+every indicator. Its arguments are not checked: exactly the types and shapes of the module
+docstring, the state arrays those of one stream (the rows may be any ``(n_symbols,)`` float64
+arrays)."""
+warmup_kernel = njit_cached(nogil=True, _nrt=False)(_warmup)
 """``warmup_kernel(hist, prog, fprog, fs, ist, out)``: feed ``hist``'s bars in order, as many
 :data:`update_kernel` calls would; ``out`` is left holding the last bar's values."""

@@ -1,14 +1,15 @@
-"""GPU strategy kernel: :func:`gpu_trader._internal.strategy_loops.backtest_row` as numba.cuda device code.
+"""GPU strategy kernels: the row bodies of :mod:`gpu_trader._internal.strategy_loops` as numba.cuda device code.
 
-Same contract as :func:`gpu_trader.cpu_fallback.strategies.backtest`, CuPy arrays in
-and out. One thread per (parameter set, series) row, ``THREADS_PER_BLOCK`` threads a
-block. The inputs are transposed to a time-major layout (close and bar returns ``(T, n)``, features
-``(R, T, n)``) and signals are written to ``(P, T, n)``, so at each bar the threads of
-a warp (consecutive series) read and write consecutive addresses; the signals are
-transposed back to ``(P, n, T)`` at the end.
+Same contract as :func:`gpu_trader.cpu_fallback.strategies.backtest` and
+:func:`~gpu_trader.cpu_fallback.strategies.sweep`, CuPy arrays in and out. One thread per
+(parameter set, series) row, ``THREADS_PER_BLOCK`` threads a block. The inputs are
+transposed to a time-major layout (close and bar returns ``(T, n)``, features ``(R, T, n)``),
+so at each bar the threads of a warp (consecutive series) read consecutive addresses;
+:func:`backtest` writes its signals to ``(P, T, n)`` likewise and transposes them back to
+``(P, n, T)`` at the end; :func:`sweep` writes only ``(N_STATS, P, n)`` statistics.
 
-Everything is written against ``xp`` (:func:`backtest_xp`), so the tests run the same
-launcher on NumPy arrays in numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
+Everything is written against ``xp`` (:func:`backtest_xp`, :func:`sweep_xp`), so the tests run
+the same launchers on NumPy arrays in numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .._internal import strategy_loops
 from .launch import CudaExecutor
 
 THREADS_PER_BLOCK = 128
+SWEEP_FEATURE_COPIES = 2  # the features and their time-major copy
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,21 +39,51 @@ def _rows_kernel():
     return rows
 
 
+@functools.lru_cache(maxsize=None)
+def _sweep_kernel():
+    @cuda.jit
+    def rows(nthreads, close, ret, feats, kinds, a_idx, b_idx, ks, cost, sharpe_scale, stats):
+        j = cuda.grid(1)
+        if j < nthreads:
+            n = close.shape[1]
+            p = j // n
+            i = j - p * n
+            strategy_loops.store_stats(stats, p, i, strategy_loops.sweep_row(
+                kinds[p], close[:, i], ret[:, i], feats[a_idx[p], :, i], feats[b_idx[p], :, i], ks[p], cost,
+                sharpe_scale))
+
+    return rows
+
+
+def _time_major(close, feats, kinds, a_idx, b_idx, ks, xp):
+    """The kernels' common inputs: close and bar returns ``(T, n)``, features ``(R, T, n)``
+    (contiguous copies) and the rule arrays on the device."""
+    return (xp.ascontiguousarray(close.T), xp.ascontiguousarray(strategy_loops.bar_returns(xp, close).T),
+            xp.ascontiguousarray(feats.transpose(0, 2, 1)), xp.asarray(kinds), xp.asarray(a_idx), xp.asarray(b_idx),
+            xp.asarray(ks))
+
+
 def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp, exe=None):
     """:func:`backtest` on arrays of module ``xp`` (``cupy``, or ``numpy`` in the simulator);
     ``exe`` launches the kernel (default a :class:`CudaExecutor`; the tests pass a
     ``PtxExecutor`` to compile it for sm_90 without a GPU)."""
     n, T = close.shape
     P = int(kinds.shape[0])
-    close_tm = xp.ascontiguousarray(close.T)
-    ret_tm = xp.ascontiguousarray(strategy_loops.bar_returns(xp, close).T)
-    feats_tm = xp.ascontiguousarray(feats.transpose(0, 2, 1))
     sig = xp.empty((P, T, n), dtype=xp.int8)
     pnl = xp.empty((P, n), dtype=xp.float64)
-    args = (close_tm, ret_tm, feats_tm, xp.asarray(kinds), xp.asarray(a_idx), xp.asarray(b_idx), xp.asarray(ks),
-            float(cost), sig, pnl)
+    args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp), float(cost), sig, pnl)
     (exe or CudaExecutor(xp, THREADS_PER_BLOCK)).launch(_rows_kernel(), P * n, args)
     return xp.ascontiguousarray(sig.transpose(0, 2, 1)), pnl
+
+
+def sweep_xp(close, feats, kinds, a_idx, b_idx, ks, cost, sharpe_scale, *, xp, exe=None):
+    """:func:`sweep` on arrays of module ``xp`` (see :func:`backtest_xp`)."""
+    n = close.shape[0]
+    P = int(kinds.shape[0])
+    stats = xp.empty((strategy_loops.N_STATS, P, n), dtype=xp.float64)
+    args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp), float(cost), float(sharpe_scale), stats)
+    (exe or CudaExecutor(xp, THREADS_PER_BLOCK)).launch(_sweep_kernel(), P * n, args)
+    return stats
 
 
 def backtest(close, feats, kinds, a_idx, b_idx, ks, cost):
@@ -59,3 +91,10 @@ def backtest(close, feats, kinds, a_idx, b_idx, ks, cost):
     import cupy
 
     return backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, xp=cupy)
+
+
+def sweep(close, feats, kinds, a_idx, b_idx, ks, cost, sharpe_scale):
+    """P&L and statistics float64 (N_STATS, P, n) on the GPU, no signals (see the CPU twin)."""
+    import cupy
+
+    return sweep_xp(close, feats, kinds, a_idx, b_idx, ks, cost, sharpe_scale, xp=cupy)

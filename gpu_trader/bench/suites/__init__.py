@@ -1,18 +1,22 @@
 """Registry of benchmark suites.
 
-A suite is a module with ``workloads(quick: bool) -> list[Workload]`` (see
-:class:`gpu_trader.bench.harness.Workload`). Adding one is two steps: write the
-module here, add its name below. Modules are imported only when their suite runs.
+A suite is a module with ``workloads(size: str) -> list[Workload]`` (see
+:class:`gpu_trader.bench.harness.Workload`), ``size`` one of
+:data:`~gpu_trader.bench.harness.SIZES`: ``"quick"`` (CI smoke sizes), ``"standard"``
+(the default: every case, sizes large enough to be meaningful and small enough that a
+whole run fits in a few minutes on 2 cores) or ``"full"`` (the published sizes the
+targets name). Adding a suite is two steps: write the module here, add its name below.
+Modules are imported only when their suite is declared.
 """
 from __future__ import annotations
 
 import importlib
 
-from ..harness import Workload
+from ..harness import DEFAULT_SIZE, SIZES, Workload
 
-__all__ = ["SUITES", "workloads"]
+__all__ = ["SUITES", "workloads", "check_size"]
 
-# suite name -> module defining ``workloads(quick)``
+# suite name -> module defining ``workloads(size)``
 SUITES: dict[str, str] = {  # in the order of docs/design.md#benchmarks-and-targets
     "market_data": "gpu_trader.bench.suites.market_data",
     "features": "gpu_trader.bench.suites.features",
@@ -25,9 +29,16 @@ SUITES: dict[str, str] = {  # in the order of docs/design.md#benchmarks-and-targ
 }
 
 
-def workloads(suite: str, quick: bool) -> list[Workload]:
-    """The workloads of ``suite`` (``quick``: CI sizes). Unknown names raise ``ValueError``."""
+def check_size(size: str) -> str:
+    """``size`` when it is one of :data:`~gpu_trader.bench.harness.SIZES`, else ``ValueError``."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    return size
+
+
+def workloads(suite: str, size: str = DEFAULT_SIZE) -> list[Workload]:
+    """The workloads of ``suite`` at ``size`` (see the module docstring). Unknown names raise ``ValueError``."""
     module = SUITES.get(suite)
     if module is None:
         raise ValueError(f"unknown suite {suite!r}; known suites: {', '.join(SUITES)}")
-    return importlib.import_module(module).workloads(quick)
+    return importlib.import_module(module).workloads(check_size(size))

@@ -36,8 +36,10 @@ What one event is and what is timed (CPU only; other backends skip):
   numba's on-disk cache (written by the first process ever, or by the event case above;
   a first run after installing compiles, seconds); ``first_cold_start_s`` is the
   harness's first, untimed process (cold OS file cache).
-  The process then replays the recording; ``rss_bytes`` is its peak resident set
-  (``resource.getrusage``), which includes NumPy's and numba's own footprint.
+  The process then replays the recording; ``rss_bytes`` is its own peak resident set,
+  which includes NumPy's and numba's footprint: ``VmHWM``, read by the process itself just
+  before it exits (:func:`gpu_trader.bench.memory.peak_resident_bytes`; not ``ru_maxrss``,
+  which a child inherits from the large bench process that starts it).
 * ``pipeline_bytes``: Python heap held (``tracemalloc``, after a first pipeline has
   loaded the compiled code) by building a pipeline and replaying the recording once:
   its state plus the order manager's per-order history (kept for idempotency) and the
@@ -59,7 +61,7 @@ import tracemalloc
 import msgspec
 import numpy as np
 
-from ..harness import SkipCase, Workload
+from ..harness import SkipCase, TimingPolicy, Workload
 
 __all__ = ["workloads"]
 
@@ -69,8 +71,10 @@ TIMEFRAME = "100ms"
 TICKS_PER_BAR = 5
 BAD_EVERY = 200
 YIELD_EVERY = 64
-FULL = (50, 20_000)  # symbols, events per replay
-QUICK = (10, 2_000)
+STREAMS = {"quick": (10, 2_000), "standard": (50, 20_000), "full": (50, 20_000)}  # symbols, events per replay
+# A fresh process takes most of a second: the standard run starts 1 + 5 of them (the run's policy otherwise).
+COLD_START_POLICIES = {"standard": TimingPolicy(warmup_calls=1, warmup_s=0.0, min_samples=5, max_samples=5,
+                                                budget_s=0.0)}
 BROKER_LATENCY_MS = 5
 
 
@@ -251,8 +255,9 @@ async def main():
     return cold, pipe.stats
 
 cold, stats = asyncio.run(main())
-import json, resource
-print(json.dumps({"cold_start_s": cold, "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+import json
+from gpu_trader.bench.memory import peak_resident_bytes
+print(json.dumps({"cold_start_s": cold, "rss_bytes": peak_resident_bytes(),
                   "events": stats.events, "orders": stats.orders}))
 """
 
@@ -267,26 +272,30 @@ def _cold_run(state) -> dict:
     return out
 
 
-def _cold_metrics(state, backend=None, policy=None, measured=None) -> dict[str, float]:
+def _cold_metrics(state, backend=None, policy=None, measured=None) -> dict[str, float | None]:
+    """Median cold start (the first process aside), the first one, and the largest child peak
+    resident set (None where the children could not read theirs)."""
     runs = state["runs"]
+    peaks = [r["rss_bytes"] for r in runs]
     return {
         "cold_start_s": float(np.median([r["cold_start_s"] for r in runs[1:]])),
         "first_cold_start_s": runs[0]["cold_start_s"],
-        "rss_bytes": max(r["rss_bytes"] for r in runs),
+        "rss_bytes": None if None in peaks else max(peaks),
     }
 
 
-def _cold_start(n_symbols: int, n_events: int) -> Workload:
+def _cold_start(n_symbols: int, n_events: int, policy: TimingPolicy | None = None) -> Workload:
     def setup(be):
         _cpu_only(be)
         return {"stdin": b"\n".join(recording(n_symbols, n_events)), "symbols": n_symbols, "runs": []}
 
     return Workload(name=f"cold start + RSS (fresh process, {n_symbols} symbols, {n_events} events)",
                     sizes={"symbols": n_symbols, "events": n_events}, setup=setup, run=_cold_run, items=1,
-                    unit="process", target="end_to_end.cold_start", extra_metrics=_cold_metrics)
+                    unit="process", target="end_to_end.cold_start", extra_metrics=_cold_metrics, policy=policy)
 
 
-def workloads(quick: bool) -> list[Workload]:
-    n_symbols, n_events = QUICK if quick else FULL
+def workloads(size: str) -> list[Workload]:
+    """The event, event-with-latency and cold-start cases at ``size`` (``STREAMS``)."""
+    n_symbols, n_events = STREAMS[size]
     return [_event_stream(n_symbols, n_events), _event_stream(n_symbols, n_events, BROKER_LATENCY_MS),
-            _cold_start(n_symbols, n_events)]
+            _cold_start(n_symbols, n_events, COLD_START_POLICIES.get(size))]

@@ -1,10 +1,14 @@
 """The ``features`` suite: indicators (docs/design.md#benchmarks-and-targets).
 
-Cases: each indicator on one series of 20, 100 and 1000 bars; the full
-``features()`` pipeline on 100 bars; one ``FeatureStream.update``; and each
-indicator over a batch of 2000 symbols x 2520 bars (200 x 2520 with ``quick``)
-with TA-Lib looped over symbols (and ``bottleneck.move_mean`` for SMA) as
-references and a copy of the inputs as the bandwidth yardstick.
+Cases: each indicator on one series of 20, 100 and 1000 bars, with TA-Lib's call on
+the same series as reference (the 100-bar cases' targets ask the CPU to be at least as
+fast: ``features.<name>_100``); the full ``features()`` pipeline on 100 bars (reference:
+TA-Lib computing the same set, VWAP with NumPy); one ``FeatureStream.update`` of one
+symbol (reference ``talib_stream``: TA-Lib 0.8's O(1) stream handles for the same set,
+VWAP as two rolling ``SUM`` handles; n/a with an older TA-Lib); and each indicator over
+a batch of symbols x 2520 bars (``BATCH_SHAPES``: 200 quick, 500 standard, 2000 full)
+with TA-Lib looped over symbols (and ``bottleneck.move_mean`` for SMA) as references and
+a copy of the inputs as the bandwidth yardstick.
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from ..harness import Reference, SkipCase, Workload
 __all__ = ["workloads"]
 
 SINGLE_BARS = (20, 100, 1000)
-BATCH_SHAPE = (2000, 2520)
-QUICK_BATCH_SHAPE = (200, 2520)
+PEER_BARS = 100  # the single-series length whose target includes the TA-Lib ratio
+BATCH_SHAPES = {"quick": (200, 2520), "standard": (500, 2520), "full": (2000, 2520)}
 FULL_FEATURES_BARS = 100
 STREAM_HISTORY_BARS = 100
 STREAM_ROWS = 4096  # distinct new bars the streaming case cycles through
@@ -62,6 +66,7 @@ _VWAP = _Indicator("vwap(20)", "vwap", ("high", "low", "close", "volume"), 1, No
 
 SINGLE = [(_sma(w), "features.sma") for w in (10, 20, 50)] + [
     (_EMA, "features.ema"), (_RSI, "features.rsi"), (_MACD, "features.macd"), (_BOLLINGER, "features.bollinger"),
+    (_ATR, "features.atr"),
 ]
 BATCHED = [
     (_sma(20), "features.batched_sma"), (_EMA, "features.batched"), (_RSI, "features.batched"),
@@ -117,7 +122,7 @@ def _single(ind: _Indicator, target: str, bars: int) -> Workload:
     shape = (bars,)
     return Workload(
         name=f"{ind.label} {bars} bars", sizes={"bars": bars},
-        setup=_gt_setup(ind, shape), run=_call, items=bars, target=target,
+        setup=_gt_setup(ind, shape), run=_call, items=bars, target=f"{target}_{bars}" if bars == PEER_BARS else target,
         references=(_talib_reference(ind, shape),),
     )
 
@@ -198,16 +203,53 @@ def _stream_setup(be):
     return lambda: stream.update(next_row())
 
 
+def _talib_stream_setup() -> Callable[[], dict[str, Any]]:
+    """TA-Lib 0.8's stream handles for the default spec, opened on the streaming case's history,
+    fed the same cycle of new bars; one call updates every handle and returns the values under
+    ``FeatureStream.update``'s keys (floats: one symbol)."""
+    import talib
+    from talib import stream
+
+    if not hasattr(stream, "Stream"):
+        raise SkipCase(f"TA-Lib {talib.__version__} has no stream handles (TA-Lib >= 0.8)")
+    data = random_walk_ohlcv((1, STREAM_HISTORY_BARS + STREAM_ROWS), seed=1)
+    high, low, close, volume = (np.ascontiguousarray(data[f][0]) for f in ("high", "low", "close", "volume"))
+    pv = (high + low + close) / 3.0 * volume
+    h, l, c, v, p = (a[:STREAM_HISTORY_BARS] for a in (high, low, close, volume, pv))
+    sma, ema, rsi = stream.SMA(c, 20), stream.EMA(c, 20), stream.RSI(c, 14)
+    macd, bbands = stream.MACD(c, 12, 26, 9), stream.BBANDS(c, 20, 2.0, 2.0, 0)
+    atr, stoch, obv = stream.ATR(h, l, c, 14), stream.STOCH(h, l, c, 5, 3, 0, 3, 0), stream.OBV(c, v)
+    pv_sum, v_sum = stream.SUM(p, 20), stream.SUM(v, 20)
+    rows = list(zip(*(a[STREAM_HISTORY_BARS:].tolist() for a in (high, low, close, volume))))
+    next_row = itertools.cycle(rows).__next__
+
+    def update() -> dict[str, float]:
+        hi, lo, cl, vo = next_row()
+        line, signal, hist = macd.update(cl)
+        upper, middle, lower = bbands.update(cl)
+        k, d = stoch.update(hi, lo, cl)
+        return {
+            "sma_20": sma.update(cl), "ema_20": ema.update(cl), "rsi_14": rsi.update(cl),
+            "macd_line": line, "macd_signal": signal, "macd_hist": hist,
+            "bb_upper": upper, "bb_middle": middle, "bb_lower": lower, "atr_14": atr.update(hi, lo, cl),
+            "stoch_k": k, "stoch_d": d, "obv": obv.update(cl, vo),
+            "vwap_20": pv_sum.update((hi + lo + cl) / 3.0 * vo) / v_sum.update(vo),
+        }
+
+    return update
+
+
 def _stream_update() -> Workload:
     return Workload(
         name="FeatureStream.update 1 symbol", sizes={"symbols": 1, "history_bars": STREAM_HISTORY_BARS},
         setup=_stream_setup, run=_call, items=1, unit="update", target="features.stream",
+        references=(Reference("talib_stream", _talib_stream_setup, _call, requires="talib"),),
     )
 
 
-def workloads(quick: bool) -> list[Workload]:
-    """All cases of the suite; ``quick`` shrinks the batch to 200 symbols."""
-    shape = QUICK_BATCH_SHAPE if quick else BATCH_SHAPE
+def workloads(size: str) -> list[Workload]:
+    """All cases of the suite; ``size`` picks the batch (``BATCH_SHAPES``)."""
+    shape = BATCH_SHAPES[size]
     out = [_single(ind, target, bars) for bars in SINGLE_BARS for ind, target in SINGLE]
     out.append(_full_features(FULL_FEATURES_BARS))
     out.append(_stream_update())

@@ -11,7 +11,8 @@ Cases and their references (timed in the same run, on the host):
 * batched quote processing (:func:`quote_metrics`) over 1M quotes (100K with
   ``quick``): reference pandas (the same math on DataFrame columns);
 * bar aggregation of one symbol's ticks (one per second) into 60 / 300 / 1440
-  one-minute bars, and 200 symbols x 390 bars x 10 ticks (quick: 20 symbols):
+  one-minute bars, and 200 symbols x 390 bars x 10 ticks (``--full``; standard 50
+  symbols, quick 20: pandas takes a quarter second per call at 200):
   reference pandas ``resample(origin="epoch")`` (+ ``groupby`` for many symbols);
 * :meth:`BarAggregator.update` of one tick (no target row; the end-to-end path uses it).
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from ... import marketdata as md
 from ..harness import Reference, SkipCase, Workload
+from ..memory import suite_cache
 
 __all__ = ["workloads"]
 
@@ -37,15 +39,14 @@ NS = 10**9
 T0 = 1_700_000_000 * NS
 INGEST_SIZES = (100, 1_000, 10_000)
 BATCH_SIZES = (10, 100, 1_000)
-QUOTES, QUICK_QUOTES = 1_000_000, 100_000
+QUOTES = {"quick": 100_000, "standard": 1_000_000, "full": 1_000_000}
 BAR_COUNTS = (60, 300, 1440)
 TICKS_PER_BAR = 60  # one tick per second, one-minute bars
-MANY = (200, 390, 10)  # symbols, bars, ticks per bar
-QUICK_MANY = (20, 390, 10)
+MANY = {"quick": (20, 390, 10), "standard": (50, 390, 10), "full": (200, 390, 10)}  # symbols, bars, ticks/bar
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "JPM")
 
 
-@functools.lru_cache(maxsize=4)
+@suite_cache(maxsize=4)
 def tick_messages(n: int) -> tuple[bytes, ...]:
     """n valid tick messages over 8 symbols, time-ordered."""
     rng = np.random.default_rng(n)
@@ -176,7 +177,7 @@ def _single_quote() -> Workload:
     )
 
 
-@functools.lru_cache(maxsize=2)
+@suite_cache(maxsize=2)
 def quote_arrays(n: int) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(7)
     bid = 100 * np.exp(rng.normal(0, 1e-3, n).cumsum())
@@ -215,7 +216,7 @@ def _quotes_batched(n: int) -> Workload:
     )
 
 
-@functools.lru_cache(maxsize=4)
+@suite_cache(maxsize=4)
 def tick_arrays(n_symbols: int, n_bars: int, per_bar: int) -> tuple[np.ndarray, ...]:
     """Time-ordered ticks: every symbol trades ``per_bar`` times per minute, interleaved."""
     n = n_symbols * n_bars * per_bar
@@ -284,14 +285,14 @@ def _aggregator_update() -> Workload:
                     unit="tick")
 
 
-def workloads(quick: bool) -> list[Workload]:
-    """All cases; ``quick`` shrinks the batched quotes and the many-symbol bars."""
+def workloads(size: str) -> list[Workload]:
+    """All cases; ``size`` picks the batched quotes and the many-symbol bars (``QUOTES``, ``MANY``)."""
     out = [_ingest(n) for n in INGEST_SIZES]
     out.append(_single_tick())
     out += [_batch_parse(n) for n in BATCH_SIZES]
     out.append(_single_quote())
-    out.append(_quotes_batched(QUICK_QUOTES if quick else QUOTES))
+    out.append(_quotes_batched(QUOTES[size]))
     out += [_bars(1, b, TICKS_PER_BAR, f"market_data.bars_{b}") for b in BAR_COUNTS]
-    out.append(_bars(*(QUICK_MANY if quick else MANY), None))
+    out.append(_bars(*MANY[size], None))
     out.append(_aggregator_update())
     return out

@@ -13,7 +13,7 @@ position-limit check over 100 positions.
 Batched cases run on every backend: ``batch_pnl`` of 10,000 portfolios x 500 assets at
 one mark and of 1,000 portfolios x 500 assets along 252 daily prices (one GEMM), and
 ``batch_apply_fills`` of 10 fills into each of 1,000 x 500 positions (quick: a tenth
-of every batch). Their yardstick is a copy of the inputs on the device.
+of every batch; standard and full alike). Their yardstick is a copy of the inputs on the device.
 
 Thread pools: left at their defaults (numba and BLAS use every core), as a user's
 process would.
@@ -36,7 +36,8 @@ TRADE_BATCHES = (1, 10, 50, 100)
 SNAPSHOT_SIZES = (10, 50, 100)
 THREADS = (2, 4, 8)
 CONCURRENT_FILLS = 100  # per thread per call
-PNL_PORTFOLIOS, QUICK_PNL_PORTFOLIOS, ASSETS, DAYS = 10_000, 1_000, 500, 252
+PNL_PORTFOLIOS = {"quick": 1_000, "standard": 10_000, "full": 10_000}
+ASSETS, DAYS = 500, 252
 FILLS_PER_POSITION = 10
 ITEMSIZE = 8
 
@@ -189,8 +190,8 @@ def _batch_fills(n_portfolios: int) -> Workload:
 TIERS = [(1e4, 1e-3), (1e5, 5e-4), (math.inf, 2e-4)]
 
 
-def workloads(quick: bool) -> list[Workload]:
-    """All cases; ``quick`` shrinks the batched cases to 1,000 portfolios."""
+def workloads(size: str) -> list[Workload]:
+    """All cases; ``size`` picks the batched cases' portfolios (``PNL_PORTFOLIOS``)."""
     out = [
         _case("position update (set_position)", {"positions": 50}, _position_update, "portfolio.position"),
         _case("position add + remove (2 ops)", {"positions": 50}, _position_add_remove, "portfolio.position_pair"),
@@ -211,6 +212,6 @@ def workloads(quick: bool) -> list[Workload]:
         out.append(_case(f"commission, {label}", {"fills": 1}, _commission(model), "portfolio.commission"))
     out.append(_case("position limit check, 100 positions", {"positions": 100}, _limit_check,
                      "portfolio.limit_check"))
-    n_pf = QUICK_PNL_PORTFOLIOS if quick else PNL_PORTFOLIOS
+    n_pf = PNL_PORTFOLIOS[size]
     out += [_batch_pnl(n_pf, False), _batch_pnl(n_pf // 10, True), _batch_fills(n_pf // 10)]
     return out

@@ -1,13 +1,16 @@
 """The ``risk`` suite (docs/design.md#benchmarks-and-targets).
 
 Cases: historical, parametric and conditional VaR and Sharpe of one 252-day
-series (empyrical / scipy timed on the same data); correlation matrices of 5..50
-assets x 252 days (``numpy.corrcoef`` and pandas); the full ``risk_report`` of a
-50-position book (empyrical looped over the positions, one call per metric);
-batched cases without a published target that show what a batch costs:
-``risk_report`` of 2000 portfolios x 2520 days (vs the obvious NumPy, and against
-the copy bandwidth), ``rolling_corr`` (pandas), ``ledoit_wolf`` (scikit-learn).
-The Monte Carlo VaR cases are defined in :mod:`.risk_montecarlo`.
+series (empyrical / scipy timed on the same data; CVaR and Sharpe have empyrical as
+the CPU's peer); correlation matrices of 5..50 assets x 252 days (``numpy.corrcoef``,
+the peer at 50 assets, and pandas); the full ``risk_report`` of a 50-position book
+(empyrical looped over the positions, one call per metric); batched cases that show
+what a batch costs: historical VaR of 2000 series x 2520 days (peer
+``np.quantile(axis=1)``), ``risk_report`` of 2000 portfolios x 2520 days (vs the obvious
+NumPy, and against the copy bandwidth), ``rolling_corr`` (pandas, and the jax backend
+as the CPU's peer, n/a without jax), ``ledoit_wolf`` (scikit-learn). The batched sizes
+shrink with the run's size (``BATCH_SHAPES`` and siblings: standard keeps 500 of the
+2000 series). The Monte Carlo VaR cases are defined in :mod:`.risk_montecarlo`.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..harness import Reference, Workload
+from ..harness import Reference, SkipCase, Workload
 from . import risk_montecarlo
 
 __all__ = ["workloads"]
@@ -25,13 +28,11 @@ __all__ = ["workloads"]
 DAYS = 252
 CORR_ASSETS = (5, 10, 20, 50)
 BOOK_POSITIONS = 50
-BATCH_SHAPE = (2000, 2520)
-QUICK_BATCH_SHAPE = (200, 2520)
-ROLLING_SHAPE = (20, 1260)
-QUICK_ROLLING_SHAPE = (10, 252)
+CORR_PEER_ASSETS = 50  # the size whose target includes the np.corrcoef ratio
+BATCH_SHAPES = {"quick": (200, 2520), "standard": (500, 2520), "full": (2000, 2520)}
+ROLLING_SHAPES = {"quick": (10, 252), "standard": (20, 1260), "full": (20, 1260)}
 ROLLING_WINDOW = 63
-SHRINK_SHAPE = (250, 1000)
-QUICK_SHRINK_SHAPE = (100, 250)
+SHRINK_SHAPES = {"quick": (100, 250), "standard": (250, 1000), "full": (250, 1000)}
 ITEMSIZE = 8
 
 
@@ -108,7 +109,8 @@ def _corr(n_assets: int) -> Workload:
 
     return Workload(
         name=f"corr {n_assets} assets x {DAYS} days", sizes={"assets": n_assets, "days": DAYS},
-        setup=setup, run=_call, items=n_assets * n_assets, unit="pair", target="risk.corr",
+        setup=setup, run=_call, items=n_assets * n_assets, unit="pair",
+        target="risk.corr_50" if n_assets == CORR_PEER_ASSETS else "risk.corr",
         references=(
             _reference("numpy", "numpy", lambda np_, r: functools.partial(np_.corrcoef, r), shape),
             _reference("pandas", "pandas", pandas_corr, shape),
@@ -159,6 +161,16 @@ def _numpy_report(np_, r: np.ndarray) -> Callable[[], Any]:
     return run
 
 
+def _batched_var(shape: tuple[int, int]) -> Workload:
+    n, days = shape
+    return Workload(
+        name=f"var_historical(0.99) {n} series x {days} days", sizes={"series": n, "days": days},
+        setup=_ours("var_historical", shape), run=_call, items=n * days, unit="day",
+        target="risk.var_historical_batch",
+        references=(_reference("numpy", "numpy", lambda np_, r: lambda: -np_.quantile(r, 0.01, axis=1), shape),),
+    )
+
+
 def _batched_report(shape: tuple[int, int]) -> Workload:
     n, days = shape
     return Workload(
@@ -178,11 +190,25 @@ def _rolling(shape: tuple[int, int]) -> Workload:
         return functools.partial(correlation.rolling_corr, be.asarray(_returns(shape)), ROLLING_WINDOW,
                                  backend=be.name)
 
+    def jax_setup():
+        from gpu_trader import correlation
+        from gpu_trader.backend import get_backend
+
+        try:
+            jax_be = get_backend("jax")
+        except ValueError as exc:  # jax imports but the backend cannot run here
+            raise SkipCase(str(exc)) from None
+        jax_be.configure_process()
+        call = functools.partial(correlation.rolling_corr, jax_be.asarray(_returns(shape)), ROLLING_WINDOW,
+                                 backend="jax")
+        return lambda: jax_be.ready(call())
+
     return Workload(
         name=f"rolling_corr({ROLLING_WINDOW}) {n} assets x {days} days", sizes={"assets": n, "days": days},
-        setup=setup, run=_call, items=n * n * days, unit="pair-day",
+        setup=setup, run=_call, items=n * n * days, unit="pair-day", target="risk.rolling_corr",
         references=(_reference("pandas", "pandas",
-                               lambda pd, r: pd.DataFrame(r.T).rolling(ROLLING_WINDOW).corr, shape),),
+                               lambda pd, r: pd.DataFrame(r.T).rolling(ROLLING_WINDOW).corr, shape),
+                    Reference("jax", jax_setup, _call, requires="jax")),
     )
 
 
@@ -204,13 +230,14 @@ def _ledoit_wolf(shape: tuple[int, int]) -> Workload:
     )
 
 
-def workloads(quick: bool) -> list[Workload]:
-    """All cases; ``quick`` shrinks the batched ones (never the sizes the targets name)."""
+def workloads(size: str) -> list[Workload]:
+    """All cases; ``size`` shrinks the batched ones (never the one-series sizes the targets name)."""
     out = _singles()
     out.extend(_corr(n) for n in CORR_ASSETS)
     out.append(_full_report())
-    out.append(_batched_report(QUICK_BATCH_SHAPE if quick else BATCH_SHAPE))
-    out.append(_rolling(QUICK_ROLLING_SHAPE if quick else ROLLING_SHAPE))
-    out.append(_ledoit_wolf(QUICK_SHRINK_SHAPE if quick else SHRINK_SHAPE))
-    out.extend(risk_montecarlo.workloads(quick))
+    out.append(_batched_var(BATCH_SHAPES[size]))
+    out.append(_batched_report(BATCH_SHAPES[size]))
+    out.append(_rolling(ROLLING_SHAPES[size]))
+    out.append(_ledoit_wolf(SHRINK_SHAPES[size]))
+    out.extend(risk_montecarlo.workloads(size))
     return out

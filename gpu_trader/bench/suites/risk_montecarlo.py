@@ -2,13 +2,15 @@
 
 Cases: :func:`gpu_trader.var_monte_carlo` (normal, 99 %, one day, float64, Euler
 contributions included, as a user gets it by default) at 1000 assets x 1,000,000
-scenarios for 1, 100 and 1000 portfolios (``quick``: 50 assets x 10,000 scenarios for
-1, 10 and 100). Yardsticks, all measured in the same run:
+scenarios for 1, 100 and 1000 portfolios with ``--full``; the standard run keeps the
+assets and portfolios and draws 20,000 scenarios (the roofline ratio does not depend on
+the count), ``quick`` 50 assets x 10,000 scenarios for 1, 10 and 100. Yardsticks, all
+measured in the same run:
 
 * reference ``numpy``: the obvious NumPy implementation -- Cholesky, the full
   ``(N, n)`` correlated scenario matrix from ``Generator.standard_normal``, the
   ``(N, P)`` losses, ``np.quantile``. At full size that needs 16+ GB, so it runs on
-  100,000 scenarios and its time is scaled by 10 (the work is linear in ``N``);
+  100,000 scenarios (standard: 5,000) and its time is scaled up (the work is linear in ``N``);
 * ``gemm_fraction``: the ``2 N n P`` flops of the loss GEMM per second / the device's
   matmul rate (harness, :func:`gpu_trader.bench.harness.measure_gemm_rate`);
 * ``x_roofline``: our time / (``N n`` normals at the backend's own measured generation
@@ -36,9 +38,12 @@ from ..harness import Reference, TimingPolicy, Workload, measure
 
 __all__ = ["workloads"]
 
-ASSETS, SCENARIOS, PORTFOLIOS = 1000, 1_000_000, (1, 100, 1000)
-QUICK_ASSETS, QUICK_SCENARIOS, QUICK_PORTFOLIOS = 50, 10_000, (1, 10, 100)
-REFERENCE_SCENARIOS = 100_000  # the NumPy reference's share at full size
+# size -> (assets, scenarios, portfolios per case, scenarios of the NumPy reference's share)
+SHAPES = {
+    "quick": (50, 10_000, (1, 10, 100), 10_000),
+    "standard": (1000, 20_000, (1, 100, 1000), 5_000),
+    "full": (1000, 1_000_000, (1, 100, 1000), 100_000),
+}
 LEVEL = 0.99
 # One call takes seconds on a CPU: one warm-up call and three samples.
 SECONDS_POLICY = TimingPolicy(warmup_calls=1, warmup_s=0.0, min_samples=3, max_samples=3, budget_s=0.0)
@@ -99,7 +104,7 @@ def _roofline(state: _State, be, policy: TimingPolicy, metrics: dict) -> dict[st
     return {"rng_rate": rng_rate, "roofline_s": roofline_s, "x_roofline": metrics["p50_s"] / roofline_s}
 
 
-def _case(n: int, n_scenarios: int, P: int, quick: bool) -> Workload:
+def _case(n: int, n_scenarios: int, P: int, share: int, policy: TimingPolicy | None) -> Workload:
     def setup(be):
         w, mu, cov = problem(n, P)
         w, mu, cov = (be.asarray(a) for a in (w, mu, cov))
@@ -107,19 +112,19 @@ def _case(n: int, n_scenarios: int, P: int, quick: bool) -> Workload:
                                  seed=1, backend=be.name)
         return _State(call, n, n_scenarios)
 
-    share = n_scenarios if quick else min(n_scenarios, REFERENCE_SCENARIOS)
     return Workload(
         name=f"monte carlo VaR {n} assets x {n_scenarios} scenarios, {P} portfolios",
         sizes={"assets": n, "scenarios": n_scenarios, "portfolios": P},
         setup=setup, run=_call, items=n_scenarios, unit="scenario", target="risk.monte_carlo",
         references=(_numpy_reference(n, P, n_scenarios, share),),
         flops=2 * n_scenarios * n * P, extra_metrics=_roofline,
-        policy=None if quick else SECONDS_POLICY,
+        policy=policy,
     )
 
 
-def workloads(quick: bool) -> list[Workload]:
-    """The Monte Carlo cases; ``quick`` shrinks them to 50 assets x 10,000 scenarios."""
-    if quick:
-        return [_case(QUICK_ASSETS, QUICK_SCENARIOS, P, True) for P in QUICK_PORTFOLIOS]
-    return [_case(ASSETS, SCENARIOS, P, False) for P in PORTFOLIOS]
+def workloads(size: str) -> list[Workload]:
+    """The Monte Carlo cases at ``size`` (``SHAPES``); calls of the standard and full sizes
+    take seconds, so they are timed with ``SECONDS_POLICY``."""
+    n, n_scenarios, portfolios, share = SHAPES[size]
+    policy = None if size == "quick" else SECONDS_POLICY
+    return [_case(n, n_scenarios, P, share, policy) for P in portfolios]

@@ -10,7 +10,8 @@ Cases and references (timed in the same run, on the host):
 * one bar of a :class:`StrategyStream` (momentum(10, 30), one symbol) and building one
   (``initialization``);
 * the batched sweep: momentum over 20 fast x 50 slow = 1000 parameter sets x 500
-  symbols x 2520 bars, signals and P&L in one call (quick: 10 x 5 sets x 20 symbols);
+  symbols x 2520 bars, signals and P&L in one call (``--full``; standard: 20 x 10 sets
+  x 100 symbols, quick: 10 x 5 sets x 20 symbols);
   reference ``cpu``, the same call on the cpu backend (only timed where CuPy
   imports, i.e. on GPU machines, for the ``GPU >= 20x CPU`` target).
 
@@ -28,12 +29,16 @@ import numpy as np
 from ... import strategies as S
 from ..data import random_walk_ohlcv
 from ..harness import Reference, SkipCase, Workload
+from ..memory import suite_cache
 
 __all__ = ["workloads"]
 
 BARS = 100
-SWEEP = (list(range(5, 25)), list(range(30, 130, 2)), 500, 2520)  # fast, slow, symbols, bars
-QUICK_SWEEP = (list(range(5, 25, 2)), list(range(30, 130, 20)), 20, 2520)
+SWEEPS = {  # size -> fast windows, slow windows, symbols, bars
+    "quick": (list(range(5, 25, 2)), list(range(30, 130, 20)), 20, 2520),
+    "standard": (list(range(5, 25)), list(range(30, 130, 10)), 100, 2520),
+    "full": (list(range(5, 25)), list(range(30, 130, 2)), 500, 2520),
+}
 MULTI = (S.Momentum(10, 30), S.MeanReversion(20, 2.0), S.Momentum(5, 20), S.MeanReversion(10, 1.5),
          S.Momentum(20, 50), S.Momentum(10, 50), S.MeanReversion(20, 1.0), S.MeanReversion(30, 2.0),
          S.Momentum(5, 30), S.MeanReversion(15, 2.5))
@@ -43,7 +48,7 @@ def _call(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
-@functools.lru_cache(maxsize=4)
+@suite_cache(maxsize=4)
 def market(kind: str, bars: int = BARS) -> np.ndarray:
     """One series of closes: ``trend`` (drift 0.3 %/bar), ``range`` (a sine, 20-bar cycle,
     plus noise) or ``sideways`` (a driftless random walk)."""
@@ -155,12 +160,12 @@ def _sweep(fast, slow, n_symbols: int, bars: int) -> Workload:
     )
 
 
-def workloads(quick: bool) -> list[Workload]:
-    """All cases; ``quick`` shrinks the sweep to 50 parameter sets x 20 symbols."""
+def workloads(size: str) -> list[Workload]:
+    """All cases; ``size`` picks the sweep (``SWEEPS``)."""
     out = [_signal(s, kind) for s in (S.Momentum(10, 30), S.MeanReversion(20, 2.0))
            for kind in ("trend", "range", "sideways")]
     out += [_multi(n) for n in (2, 5, 10)]
     out += [_update(), _init()]
-    fast, slow, n, bars = QUICK_SWEEP if quick else SWEEP
+    fast, slow, n, bars = SWEEPS[size]
     out.append(_sweep(fast, slow, n, bars))
     return out

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..data import FIELDS, random_walk_ohlcv
 from ..harness import Reference, SkipCase, Workload
+from ..memory import suite_cache
 
 __all__ = ["workloads"]
 
@@ -72,7 +73,7 @@ def _pin_threads() -> None:
         pass
 
 
-@functools.lru_cache(maxsize=4)
+@suite_cache(maxsize=4)
 def _mixture(n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` database vectors and ``N_QUERIES`` queries (unit float32, read-only, cached), all
     drawn around the same ``n / 100`` random centres (at least 1) with noise 0.6."""
@@ -307,7 +308,7 @@ def _approx(n: int) -> Workload:
 N_SYMBOLS = 10
 
 
-@functools.lru_cache(maxsize=2)
+@suite_cache(maxsize=2)
 def _pattern_data(n_patterns: int):
     """Patterns of ``N_SYMBOLS`` random-walk symbols (about ``n_patterns`` in all): embedded
     float32 vectors, their outcomes and symbols (host)."""
@@ -385,14 +386,20 @@ def _distill(n_patterns: int, n_clusters: int) -> Workload:
                     unit="pattern", dtype="float32", target="vectors.distill", references=_ref(ref_setup))
 
 
-def workloads(quick: bool) -> list[Workload]:
-    """All cases of the suite; ``quick`` shrinks the batched and approximate stores."""
+# size -> batched queries, the GPU case's database, the approximate case's database
+STORES = {"quick": (100, 100_000, 5_000), "standard": (1000, 1_000_000, 10_000), "full": (1000, 1_000_000, 100_000)}
+
+
+def workloads(size: str) -> list[Workload]:
+    """All cases of the suite; ``size`` picks the batched and approximate stores (``STORES``:
+    building the 100K-vector HNSW indexes, ours and FAISS's, is most of a full run's minute)."""
+    n_queries, gpu_db, approx_db = STORES[size]
     out = [_pair(kind, d) for kind in ("normalize", "cosine") for d in PAIR_DIMS]
     out += [_insert(1), _insert(100)]
     out += [_exact_single(10_000, k) for k in EXACT_K]
-    out.append(_exact_batched_cpu(100 if quick else 1000, 10_000))
-    out.append(_exact_batched_gpu(100 if quick else 1000, 100_000 if quick else 1_000_000))
-    out.append(_approx(5_000 if quick else 100_000))
+    out.append(_exact_batched_cpu(n_queries, 10_000))
+    out.append(_exact_batched_gpu(n_queries, gpu_db))
+    out.append(_approx(approx_db))
     out.append(_filtered(10_000))
     out.append(_distill(100, 8))
     return out
