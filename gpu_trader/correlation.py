@@ -52,7 +52,7 @@ class _Call(SeriesInput):
         n, t = self.x.shape[-2], self.x.shape[-1]
         matrices = (self.x.size // (n * t)) * n * n * (t if path else 1)
         copies = self.PATH_COPIES if path else self.MATRIX_COPIES
-        check_work_memory(8.0 * copies * matrices, f"{what} of {n} series")
+        check_work_memory(8.0 * copies * matrices, lambda: f"{what} of {n} series")
 
     @property
     def periods(self) -> int:

@@ -123,7 +123,7 @@ class _Call(SeriesInput):
         summary; the array backends keep fewer). Memory in proportion to ``r`` itself is
         the caller's (``r`` is already allocated)."""
         n_series = self.x.size // self.x.shape[-1]
-        check_work_memory(8.0 * n_series * (16 + 2 * n_levels), f"{what} on {n_series} series, {n_levels} levels")
+        check_work_memory(8.0 * n_series * (16 + 2 * n_levels), lambda: f"{what} on {n_series} series, {n_levels} levels")
 
     def out(self, res: Any, grid: bool | None = None, levels: Any = None) -> Any:
         """Wrap a result. ``grid``: None for a metric without a level axis, False to drop the

@@ -962,3 +962,16 @@ if __name__ == "__main__":  # the subprocess side of the capped sweeps
     resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
     warnings.simplefilter("ignore")
     {"ints": _int_sweep, "huge": _huge_sweep}[sys.argv[1]]()
+
+
+def test_work_memory_refusals_name_the_call_and_its_size(monkeypatch):
+    """The refusal text is formatted only when a call is refused (it is built lazily on the
+    one-series hot path) and still names the call and its size."""
+    from gpu_trader._internal import validation
+
+    monkeypatch.setattr(validation, "WORK_MEMORY_LIMIT", 64)
+    r = np.random.default_rng(0).normal(0, 0.01, (3, 50))
+    with pytest.raises(ValueError, match=r"on 3 series, 1 levels would need about .* GiB"):
+        gt.risk.cvar(r)
+    with pytest.raises(ValueError, match=r"of 3 series would need about .* GiB"):
+        gt.correlation.corr(r)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -104,10 +104,14 @@ def check_allocation(count: int, what: str) -> None:
         )
 
 
-def check_work_memory(nbytes: float, what: str) -> None:
+def check_work_memory(nbytes: float, what: str | Callable[[], str]) -> None:
     """Refuse, before anything is allocated, a call whose working memory estimate
-    ``nbytes`` exceeds :data:`WORK_MEMORY_LIMIT` (``ValueError`` naming ``what``)."""
+    ``nbytes`` exceeds :data:`WORK_MEMORY_LIMIT` (``ValueError`` naming ``what``). On a
+    one-series hot path pass ``what`` as a function returning the text, so it is only
+    formatted when the call is refused."""
     if nbytes > WORK_MEMORY_LIMIT:
+        if callable(what):
+            what = what()
         raise ValueError(
             f"{what} would need about {nbytes / 2**30:.3g} GiB of working memory, more than the "
             f"limit of {WORK_MEMORY_LIMIT / 2**30:.3g} GiB; split the work into smaller calls"
