@@ -119,6 +119,7 @@ _Size = Annotated[float, msgspec.Meta(ge=0.0)]
 _Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SYMBOL_LENGTH)]
 _Ts = Annotated[int, msgspec.Meta(ge=0, le=_TS_MAX)]  # fits the int64 ts column
 _INF = math.inf
+_PRECISE_PV = market_xp.PRECISE_PV
 _TEXT = (str, bytes, bytearray, memoryview)  # one message: never a batch of them, nor a symbol universe
 _COLLECTIONS = frozenset({frozenset, set, dict, list, tuple})  # universes searched with ``in`` as they are
 
@@ -797,12 +798,15 @@ def _symbol_ids(be, symbol, n: int, n_symbols):
 
 def _finish_vwap(be, vwap, volume, high, low, ticks, tf: int, first_bar: int, n_bars: int) -> None:
     """In place: recompute the VWAP of the bars whose float sums overflowed (VWAP or volume
-    not finite where the volume is positive) with :func:`gpu_trader._internal.market_xp.scaled_vwap`
-    on the host, then clip every VWAP to the bar's ``[low, high]`` (``sum(price * size) /
-    sum(size)`` can round an ulp outside). Two elementwise passes over the grid when
-    nothing overflowed."""
+    not finite where the volume is positive) or underflowed (``vwap * volume`` below
+    ``market_xp.PRECISE_PV``: subnormal ``price * size`` products lost their bits) with
+    :func:`gpu_trader._internal.market_xp.scaled_vwap` on the host, then clip every VWAP to
+    the bar's ``[low, high]`` (``sum(price * size) / sum(size)`` can round an ulp outside).
+    A few elementwise passes over the grid when no bar needs it."""
     xp = be.xp
-    bad = (volume > 0) & ~(xp.isfinite(vwap) & xp.isfinite(volume))
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy's warnings; CuPy warns nothing
+        pv = vwap * volume  # inf or NaN where a sum overflowed, tiny where products underflowed
+    bad = (volume > 0) & ~((pv >= market_xp.PRECISE_PV) & (pv < _INF))
     if bool(bad.any()):
         t, p, s, sym = (be.to_numpy(a) for a in ticks)
         cells = np.flatnonzero(be.to_numpy(bad))
@@ -861,8 +865,8 @@ class BarAggregator:
 
     Every emitted bar equals the batch :func:`aggregate_bars` bar of the same ticks
     (VWAP = sum(price * size) / sum(size) clipped to ``[low, high]``, NaN for zero
-    volume; when a bar's float sums would overflow it continues them exactly, as
-    fractions, so VWAP stays finite).
+    volume; when a bar's float sums would overflow, or a ``price * size`` product
+    underflows, it continues them exactly, as fractions, so VWAP stays finite and exact).
     """
 
     MAX_SYMBOLS = 1 << 20
@@ -930,8 +934,9 @@ class BarAggregator:
         st[3] = price
         st[6] += 1
         volume = st[4] + size
-        pv = st[5] + price * size
-        if volume < _INF and pv < _INF:
+        product = price * size
+        pv = st[5] + product
+        if volume < _INF and pv < _INF and (product >= _PRECISE_PV or size == 0.0):
             st[4] = volume
             st[5] = pv
         else:
@@ -964,8 +969,9 @@ class BarAggregator:
 
 def _add_exact(state: list, price: float, size: float) -> None:
     """Add one trade to a bar's volume and sum(price * size) as exact fractions (the float
-    sums would overflow); from then on the float slots hold inf, so every later trade of
-    the bar comes here too."""
+    sums would overflow, or ``price * size`` underflowed below ``_PRECISE_PV`` and lost
+    bits); from then on the float slots hold inf, so every later trade of the bar comes
+    here too."""
     if state[7] is None:
         state[7], state[8] = Fraction(state[4]), Fraction(state[5])
         state[4] = state[5] = _INF

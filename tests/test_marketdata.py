@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import gpu_trader as gt
@@ -949,16 +949,21 @@ def test_mid_at_the_float_maximum():
     np.testing.assert_array_equal(m.mid, big)
 
 
-_huge_trades = st.lists(st.tuples(st.floats(1e-3, sys.float_info.max),
-                                  st.one_of(st.just(0.0), st.floats(1e-6, sys.float_info.max))),
-                        min_size=1, max_size=12)
+_extreme_trades = st.lists(st.tuples(st.one_of(st.floats(1e-3, sys.float_info.max),
+                                                st.floats(sys.float_info.min, 1e-290)),
+                                      st.one_of(st.just(0.0), st.floats(1e-6, sys.float_info.max),
+                                                st.floats(5e-324, 1e-300))),
+                            min_size=1, max_size=12)
 
 
-@settings(max_examples=60, deadline=None)
-@given(_huge_trades)
-def test_vwap_finite_and_exact_for_huge_finite_ticks(trades):
-    """Batch and streaming VWAP (and volume) against exact fractions, prices and sizes up to
-    the float64 maximum: VWAP stays in [low, high]; volume is inf only past the maximum."""
+@settings(max_examples=80, deadline=None)
+@given(_extreme_trades)
+@example([(1.0, 0.0), (1.0, 5e-324), (0.5, 5e-324)])  # 0.5 * 5e-324 rounds to 0: VWAP 0.75, not 0.5
+@example([(3.0, 1e-310), (1e-300, 7e-320)])  # subnormal products of tiny prices and sizes
+def test_vwap_exact_at_the_float_extremes(trades):
+    """Batch and streaming VWAP (and volume) against exact fractions, prices and sizes from
+    the float64 maximum down to the subnormal range (where ``price * size`` underflows):
+    VWAP stays in [low, high]; volume is inf only past the maximum."""
     price, size = (np.array(x) for x in zip(*trades))
     ts = T0 + np.arange(len(trades)) * 11 * NS  # a few one-minute bars
     tf = 60 * NS

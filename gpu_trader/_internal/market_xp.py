@@ -132,26 +132,35 @@ def bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_
     return tuple(a.reshape(shape) for a in (o, h, lo, c, v, vwap, count))
 
 
+# Below this a ``price * size`` product (or a bar's ``sum(price * size)``) may have lost
+# bits to underflow (float64's smallest normal times 2**53): such bars take the scaled or
+# exact VWAP path.
+PRECISE_PV = 2.0 ** -969
+
+
 def scaled_vwap(cell, price, size, cells):
     """VWAP of the bars ``cells`` computed in scaled form (host NumPy, float64).
 
     For the rare bars whose ``sum(price * size)`` or ``sum(size)`` overflows float64 (or
-    whose ``price * size`` does) although the VWAP, a weighted mean of the prices, lies
-    between their lowest and highest price. cell: int64 (n,) flat cell of every tick
-    (:func:`bar_cells`); price, size: float64 (n,); cells: int64 (k,) the cells to
-    compute, ascending, each with a positive volume. The weights are
-    ``w = size / max(size)`` of the cell (in ``[0, 1]``, at least one is 1) and the
-    prices are scaled by ``2**-s`` with ``2**s`` above twice the tick count, so
-    ``sum(w)`` and ``sum(price * 2**-s * w)`` cannot overflow;
+    whose ``price * size`` does), or whose ``sum(price * size)`` falls below
+    :data:`PRECISE_PV` (underflowed products lost their bits), although the VWAP, a
+    weighted mean of the prices, lies between their lowest and highest price. cell: int64
+    (n,) flat cell of every tick (:func:`bar_cells`); price, size: float64 (n,); cells:
+    int64 (k,) the cells to compute, ascending, each with a positive volume. The weights
+    are ``w = size / max(size)`` of the cell (in ``[0, 1]``, at least one is 1) and the
+    prices are scaled by ``2**-s`` with ``2**s`` above twice the tick count times the
+    cell's highest price (a power of two), so ``sum(w)`` and ``sum(price * 2**-s * w)``
+    neither overflow nor, for the ticks that carry the mean, underflow;
     ``vwap = 2**s * sum(price * 2**-s * w) / sum(w)``. Returns float64 (k,).
     """
     pick = np.isin(cell, cells)
     group = np.searchsorted(cells, cell[pick])  # position of each picked tick's cell in ``cells``
     p, q = price[pick], size[pick]
-    top = np.zeros(cells.shape[0])
-    np.maximum.at(top, group, q)
-    w = q / top[group]
-    shift = int(p.shape[0]).bit_length() + 1
     k = cells.shape[0]
-    scaled = np.bincount(group, weights=np.ldexp(p, -shift) * w, minlength=k)
+    top, high = np.zeros(k), np.zeros(k)
+    np.maximum.at(top, group, q)
+    np.maximum.at(high, group, p)
+    w = q / top[group]
+    shift = np.frexp(high)[1] + int(p.shape[0]).bit_length() + 1
+    scaled = np.bincount(group, weights=np.ldexp(p, -shift[group]) * w, minlength=k)
     return np.ldexp(scaled / np.bincount(group, weights=w, minlength=k), shift)
