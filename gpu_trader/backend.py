@@ -17,7 +17,8 @@ the first three names a GPU backend.
 case are ignored. A value naming an unknown backend, or one not present on this
 machine, never fails ``import gpu_trader``: the first call that needs the default
 backend raises ``ValueError`` naming the variable, its value and the available
-backends.
+backends. ``auto`` (the GPU image's setting) means ``cuda`` when a CUDA device is usable
+and ``cpu`` otherwise, decided on first use; the fallback says so once, on stderr.
 
 Input conversion (:func:`resolve`, once per call, before any compiled code): every
 host input becomes a plain ``numpy.ndarray`` (subclasses such as ``np.matrix`` are
@@ -35,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, overload
@@ -70,6 +72,9 @@ def _read_env() -> str | None:
 
 
 _ENV = [_read_env()]  # read on import and by set_backend(None); checked on first use
+AUTO = "auto"
+"""The ``GPU_TRADER_BACKEND`` value meaning: ``cuda`` when usable, else ``cpu`` (said once on stderr)."""
+_AUTO: list[Backend | None] = [None]  # what ``auto`` resolved to; reset by set_backend(None)
 
 
 DISPATCHED_AREAS = frozenset(
@@ -106,11 +111,11 @@ class Backend:
       ``ops_package`` that provides what :data:`gpu_trader._internal.areas.AREA_PROTOCOLS`
       states for the area;
     * ``host_memory``: its arrays are plain ``numpy.ndarray`` in host memory, so host code
-      (NumPy checks, hnswlib) reads them as they are, without a copy to the host;
+      (NumPy checks, FAISS) reads them as they are, without a copy to the host;
     * ``mutable_arrays``: its arrays can be written in place (``out=``, ``copyto``); JAX's
       cannot;
     * ``ann_kinds``: the approximate nearest-neighbour index kinds a
-      :class:`gpu_trader.vectors.VectorIndex` can build on it (``"hnsw"``: hnswlib on host
+      :class:`gpu_trader.vectors.VectorIndex` can build on it (``"hnsw"``: FAISS's HNSW graph on host
       arrays; ``"cagra"``: cuVS on CuPy arrays); ``"exact"`` is always possible.
     """
 
@@ -295,6 +300,12 @@ class CudaBackend(Backend):
     areas = DISPATCHED_AREAS
     ann_kinds = frozenset({"cagra"})
 
+    def ops(self, area: str) -> Any:
+        """As :meth:`Backend.ops`; first ``ImportError`` unless numba-cuda provides ``numba.cuda``."""
+        if area not in self._ops and self.supports(area):
+            require_numba_cuda()
+        return super().ops(area)
+
     def _probe(self) -> bool:
         try:
             import cupy
@@ -328,6 +339,19 @@ class CudaBackend(Backend):
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def require_numba_cuda() -> None:
+    """``ImportError`` unless ``numba.cuda`` is NVIDIA's numba-cuda package, the one supported CUDA
+    target (numba's own built-in target, deprecated, cannot compile the kernels; the simulator,
+    ``NUMBA_ENABLE_CUDASIM=1``, is accepted as the tests' stand-in)."""
+    if importlib.util.find_spec("numba_cuda") is not None:
+        return
+    from numba import config
+
+    if not config.ENABLE_CUDASIM:
+        raise ImportError("the cuda backend needs numba-cuda (NVIDIA's CUDA target for numba), found only numba's "
+                          "built-in numba.cuda: pip install 'gpu-trader[cuda12]' (or numba-cuda[cu12])")
 
 
 class JaxBackend(Backend):
@@ -492,6 +516,7 @@ def set_backend(name: str | None) -> None:
     if name is None:
         _global = None
         _ENV[0] = _read_env()
+        _AUTO[0] = None
     else:
         _global = get_backend(name)
 
@@ -521,7 +546,10 @@ def default_backend() -> Backend | None:
 
 
 def _env_backend(name: str) -> Backend:
-    """The backend ``GPU_TRADER_BACKEND`` names; ``ValueError`` naming the variable otherwise."""
+    """The backend ``GPU_TRADER_BACKEND`` names (``auto``: :func:`_auto_backend`);
+    ``ValueError`` naming the variable otherwise."""
+    if name.lower() == AUTO:
+        return _AUTO[0] or _auto_backend()
     try:
         return get_backend(name)
     except ValueError:
@@ -531,6 +559,19 @@ def _env_backend(name: str) -> Backend:
             f"{ENV_VAR}={name!r} names {why}; available backends: {', '.join(available_backends())}"
             f" (unset {ENV_VAR} or set it to one of them)"
         ) from None
+
+
+def _auto_backend() -> Backend:
+    """``GPU_TRADER_BACKEND=auto``: ``cuda`` when it is usable (CuPy sees a device), else ``cpu``
+    with one line on stderr saying why (e.g. a GPU image started without ``--gpus``)."""
+    cuda = _REGISTRY["cuda"]
+    if cuda.is_available():
+        _AUTO[0] = cuda
+    else:
+        _AUTO[0] = _CPU
+        print(f"gpu-trader: {ENV_VAR}=auto found no usable CUDA device (no GPU, driver or CuPy; "
+              "in Docker, start the container with --gpus all): running on the cpu backend", file=sys.stderr)
+    return _AUTO[0]
 
 
 def infer_backend(x: Any) -> Backend:
@@ -556,10 +597,54 @@ def is_pandas(x: Any) -> bool:
     return pd is not None and isinstance(x, (pd.Series, pd.DataFrame))
 
 
+def is_cudf(x: Any) -> bool:
+    """A cuDF ``Series``/``DataFrame``, recognized by its type's module name (cuDF is never
+    imported here). cuDF in gives cuDF out, as pandas does (see :func:`_frame_module`)."""
+    t = type(x)
+    return t.__name__ in ("Series", "DataFrame") and t.__module__.partition(".")[0] == "cudf"
+
+
+def _cudf_values(x: Any) -> Any:
+    """A cuDF object's values as a CuPy array, without a host copy: numeric and boolean columns
+    with nulls as float64 with NaN for them, float columns as they are; other dtypes as host
+    NumPy (refused by the dtype check, naming the argument)."""
+    dtypes = [x.dtype] if x.ndim == 1 else list(x.dtypes)
+    kinds = {getattr(d, "kind", "O") for d in dtypes}
+    if not kinds <= set("fiub"):
+        return x.to_numpy()
+    return x.to_cupy(dtype=None if kinds == {"f"} else np.float64, na_value=np.nan)
+
+
+def _frame_module(x: Any) -> Any:
+    """The module whose ``Series``/``DataFrame``/``MultiIndex`` rewrap results like ``x``: cuDF
+    for a cuDF object (results stay on the device), else pandas."""
+    if is_cudf(x):
+        return sys.modules[type(x).__module__.partition(".")[0]]
+    import pandas
+
+    return pandas
+
+
+def _frame_data(res: Any, device: bool) -> Any:
+    """A result as a frame's data: host NumPy for pandas; for cuDF (``device``) a CUDA or NumPy
+    array as it is (cuDF takes both), anything else through :func:`to_numpy`."""
+    if device and (hasattr(res, "__cuda_array_interface__") or isinstance(res, np.ndarray)):
+        return res
+    return to_numpy(res)
+
+
+def _host_labels(labels: Any) -> Any:
+    """An index as host labels (a cuDF index, which cannot be iterated, through ``to_pandas``)."""
+    return labels.to_pandas() if hasattr(labels, "to_pandas") else labels
+
+
 def _pandas_values(x: Any) -> np.ndarray:
     """``x.to_numpy()`` of a Series/DataFrame, except that numeric and boolean columns that
     NumPy would hand out as objects (pandas' nullable ``Int64``/``Float64``/``boolean``
-    holding ``pd.NA``) come back as float64 with NaN for the missing values."""
+    holding ``pd.NA``) come back as float64 with NaN for the missing values. A cuDF object
+    gives its device values (:func:`_cudf_values`)."""
+    if is_cudf(x):
+        return _cudf_values(x)
     values = x.to_numpy()
     if values.dtype == object:
         from pandas.api.types import is_bool_dtype, is_numeric_dtype
@@ -576,16 +661,16 @@ def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     A Series is one series; a DataFrame has time along its index and one column per
     symbol, so its values are transposed to (n_symbols, T).
     """
-    if not is_pandas(x):
+    if not (is_pandas(x) or is_cudf(x)):
         return x, None
-    import pandas as pd
+    pd, device = _frame_module(x), is_cudf(x)
 
     if isinstance(x, pd.Series):
         values = _pandas_values(x)
         index, name = x.index, x.name
 
         def rewrap(res):
-            res = to_numpy(res)
+            res = _frame_data(res, device)
             if res.ndim == 1:
                 return pd.Series(res, index=index, name=name)
             # a parameter grid: one column per parameter set
@@ -597,7 +682,7 @@ def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     index, columns = x.index, x.columns
 
     def rewrap(res):
-        res = to_numpy(res)
+        res = _frame_data(res, device)
         if res.ndim == 2:
             return pd.DataFrame(res.T, index=index, columns=columns)
         lead = res.shape[:-2]
@@ -619,9 +704,9 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
     ``kind="matrix_path"`` for a matrix at every time step, ``(n, n, T)``, which becomes
     pandas' own rolling-pairwise layout: rows ``(time, column)``, one column per column.
     """
-    if not is_pandas(x):
+    if not (is_pandas(x) or is_cudf(x)):
         return x, None
-    import pandas as pd
+    pd, device = _frame_module(x), is_cudf(x)
 
     if isinstance(x, pd.Series):
         values, columns, index = _pandas_values(x), None, x.index
@@ -629,17 +714,17 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
         values, columns, index = _pandas_values(x).T, x.columns, x.index
 
     def rewrap(res: Any, kind: str, grid: Any = None) -> Any:
-        res = to_numpy(res)
+        res = _frame_data(res, device)
         if kind == "reduced":
             rows = None if grid is None else pd.Index(grid, name="level")
             if columns is None:
-                return res[()] if res.ndim == 0 else pd.Series(res, index=rows, name=x.name)
+                return to_numpy(res)[()] if res.ndim == 0 else pd.Series(res, index=rows, name=x.name)
             return pd.Series(res, index=columns) if res.ndim == 1 else pd.DataFrame(
                 res.reshape(-1, res.shape[-1]), index=rows, columns=columns)
         if kind == "matrix":
             return pd.DataFrame(res, index=columns, columns=columns)
         if kind == "matrix_path":
-            rows = pd.MultiIndex.from_product([index, columns])
+            rows = pd.MultiIndex.from_product([_host_labels(index), columns])
             return pd.DataFrame(res.transpose(2, 0, 1).reshape(-1, res.shape[1]), index=rows, columns=columns)
         raise ValueError(f"unknown result kind {kind!r}")
 
@@ -651,6 +736,8 @@ def _host_array(x: Any) -> np.ndarray:
         return x
     if is_pandas(x):
         return _pandas_values(x)
+    if is_cudf(x):
+        return _host_array(_cudf_values(x))
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(x, cupy.ndarray):
         return cupy.asnumpy(x)

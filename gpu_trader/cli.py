@@ -186,7 +186,7 @@ _SIZE_NOTES = {
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import bench
-    from .backend import available_backends, get_backend
+    from .backend import AUTO, ENV_VAR, available_backends, get_backend
     from .bench import compare, markdown, report
     from .bench.progress import Progress
 
@@ -195,6 +195,8 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if unknown:
         parser.error(f"--suite: unknown suite(s) {', '.join(unknown)}; known suites: {', '.join(bench.SUITES)}")
     backends = list(dict.fromkeys(args.backend or available_backends(every_area=True)))  # cpu, cuda if present
+    if os.environ.get(ENV_VAR, "").strip().lower() == AUTO:
+        get_backend()  # the image's GPU_TRADER_BACKEND=auto: one line on stderr when it falls back to cpu
     for name in backends:
         try:
             get_backend(name).configure_process()  # e.g. JAX's 64-bit mode, without a warning

@@ -16,6 +16,8 @@ gives float32 out; the arithmetic is float64. Inputs are never modified; read-on
 arrays and pandas' copy-on-write columns are accepted. A call whose ``n x n``
 matrices (``n x n x T`` for :func:`rolling_corr`) would exceed
 :data:`gpu_trader._internal.validation.WORK_MEMORY_LIMIT` is refused before they are allocated.
+:func:`rolling_corr` holds its result plus bounded temporaries: the fused pass per pair on the CPU,
+tiles of pairs within :data:`gpu_trader._internal.correlation_xp.WORK_BYTES` on the array backends.
 Oracles in the tests: ``numpy.cov``/``corrcoef``, pandas ``DataFrame.cov``/``corr``/
 ``rolling().corr``/``ewm``, scikit-learn's ``LedoitWolf``.
 """
@@ -38,9 +40,9 @@ class _Call(SeriesInput):
 
     __slots__ = ()
 
-    # float64 arrays of the matrices' size a kernel holds at its peak (measured with tracemalloc)
+    # float64 arrays of the matrices' size a kernel holds at its peak (measured with tracemalloc);
+    # rolling_corr's peak is the estimators' own count (rolling_corr_bytes: its result plus one tile)
     MATRIX_COPIES = 8
-    PATH_COPIES = 12  # rolling_corr: arrays of (..., n, n, T)
 
     @staticmethod
     def formulas_of(be: Any) -> Any:
@@ -50,9 +52,11 @@ class _Call(SeriesInput):
     def __init__(self, r: Any, backend: Any, what: str, minimum: int = 1, path: bool = False) -> None:
         super().__init__(r, backend, what, minimum, matrix=True)
         n, t = self.x.shape[-2], self.x.shape[-1]
-        matrices = (self.x.size // (n * t)) * n * n * (t if path else 1)
-        copies = self.PATH_COPIES if path else self.MATRIX_COPIES
-        check_work_memory(8.0 * copies * matrices, lambda: f"{what} of {n} series")
+        if path:
+            nbytes = float(self.formulas.rolling_corr_bytes(self.x.shape))
+        else:
+            nbytes = 8.0 * self.MATRIX_COPIES * (self.x.size // (n * t)) * n * n
+        check_work_memory(nbytes, lambda: f"{what} of {n} series")
 
     @property
     def periods(self) -> int:
@@ -101,8 +105,9 @@ def rolling_corr(r: Any, window: int, *, min_periods: int | None = None, backend
     the first ``window - 1`` steps are NaN by default. Equal to pandas'
     ``df.rolling(window, min_periods).corr()``; a DataFrame input returns that layout
     (rows ``(time, column)``). A series constant over a window's common periods (up to
-    rounding) has NaN correlations there. Cost O(n^2 T) time and memory: window sums
-    are taken from cumulative sums, independent of ``window``.
+    rounding) has NaN correlations there. Cost O(n^2 T) time and the result's memory plus
+    bounded temporaries (see the module docstring): window sums are taken from cumulative
+    sums, independent of ``window``.
     """
     window = check_count(window, "window", 2)
     min_periods = window if min_periods is None else check_count(min_periods, "min_periods", 1)

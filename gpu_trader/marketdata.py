@@ -593,11 +593,13 @@ def _pandas_times(ts, name: str):
     return ts
 
 
-def _ts_array(be, ts, name: str, shape=None):
+def _ts_array(be, ts, name: str, shape=None, check_range: bool = True):
     """Timestamps as int64 ns since the epoch on ``be``: integers or datetime64 (NumPy, or a
     pandas column or index, timezone-aware ones read in UTC; converted on the host); 1-D, or
     of ``shape`` when given. ``TypeError`` for other dtypes and masked arrays; ``ValueError``
-    for another shape, NaT or a missing value, a negative time or one past int64."""
+    for another shape, NaT or a missing value, a negative time or one past int64. With
+    ``check_range=False`` the range is left to the caller and the integers are returned
+    uncast (:func:`aggregate_bars` reads every range of its ticks in one transfer)."""
     ts = _pandas_times(ts, name)
     if isinstance(ts, (list, tuple)) or getattr(getattr(ts, "dtype", None), "kind", None) == "M":
         ts = as_host_array(ts, name)
@@ -611,13 +613,18 @@ def _ts_array(be, ts, name: str, shape=None):
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if shape is not None and arr.shape != shape:
         raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+    if not check_range:
+        return arr
     if arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0:
-            raise ValueError(f"{name} must be >= 0 ns since 1970-01-01 UTC, got {lo}")
-        if hi > _TS_MAX:
-            raise ValueError(f"{name} must be < 2**63 ns, got {hi}")
+        _check_ts_range(int(arr.min()), int(arr.max()), name)
     return arr.astype(np.int64, copy=False)
+
+
+def _check_ts_range(lo: int, hi: int, name: str) -> None:
+    if lo < 0:
+        raise ValueError(f"{name} must be >= 0 ns since 1970-01-01 UTC, got {lo}")
+    if hi > _TS_MAX:
+        raise ValueError(f"{name} must be < 2**63 ns, got {hi}")
 
 
 @annotate
@@ -747,17 +754,28 @@ def aggregate_bars(ts, price, size, symbol=None, *, timeframe, n_symbols=None, b
     tf = parse_timeframe(timeframe)
     check_same_labels((ts, price, size, symbol), ("ts", "price", "size", "symbol"))
     be = select_backend(price, backend)
-    t = _ts_array(be, ts, "ts")
+    t = _ts_array(be, ts, "ts", check_range=False)
     n = t.shape[0]
     p = _float_arg(be, price, "price", (n,)).astype(np.float64, copy=False)
     s = _float_arg(be, size, "size", (n,)).astype(np.float64, copy=False)
-    if n and not (float(p.min()) > 0.0 and float(p.max()) < _INF):
+    sym = _symbol_array(be, symbol, n, n_symbols)
+    # every range the checks and the grid need: one device reduction vector, one transfer
+    if n:
+        ranges = be.to_numpy(market_xp.tick_ranges(be.xp, t, p, s, sym))
+        t_lo, t_hi, id_lo, id_hi, p_lo, p_hi, s_lo, s_hi = market_xp.tick_ranges_host(ranges, t.dtype, sym)
+    else:
+        t_lo, t_hi, p_lo, p_hi, s_lo, s_hi = 0, 0, 1.0, 1.0, 0.0, 0.0
+        id_lo, id_hi = (0, 0) if sym is None else (0, -1)
+    _check_ts_range(t_lo, t_hi, "ts")
+    t = t.astype(np.int64, copy=False)
+    if not (p_lo > 0.0 and p_hi < _INF):
         raise ValueError("price must be finite and > 0 (found a NaN, inf or non-positive price)")
-    if n and not (float(s.min()) >= 0.0 and float(s.max()) < _INF):
+    if not (s_lo >= 0.0 and s_hi < _INF):
         raise ValueError("size must be finite and >= 0 (found a NaN, inf or negative size)")
-    sym, n_sym = _symbol_ids(be, symbol, n, n_symbols)
-    first_bar = int(t.min()) // tf if n else 0
-    n_bars = int(t.max()) // tf - first_bar + 1 if n else 0
+    n_sym = _symbol_count(id_lo, id_hi, n_symbols)
+    sym = be.xp.zeros(n, dtype=np.int64) if sym is None else sym.astype(np.int64, copy=False)
+    first_bar = t_lo // tf if n else 0
+    n_bars = t_hi // tf - first_bar + 1 if n else 0
     need = market_xp.bar_workspace_bytes(n, n_sym, n_bars)
     if need > MAX_BAR_BYTES:
         raise ValueError(f"{n_sym} symbols (n_symbols) x {n_bars} bars of timeframe={tf} ns and {n} ticks need about "
@@ -777,23 +795,29 @@ def aggregate_bars(ts, price, size, symbol=None, *, timeframe, n_symbols=None, b
     return Bars(tf, start, *out)
 
 
-def _symbol_ids(be, symbol, n: int, n_symbols):
-    """``(ids as int64 on be, number of symbols)``; ids checked against ``n_symbols`` before
-    any cast (uint64 ids past int64 are refused, not wrapped)."""
+def _symbol_array(be, symbol, n: int, n_symbols):
+    """The ids as int64 on ``be`` (None without ``symbol``), their dtype and shape checked; their
+    range is checked by :func:`_symbol_count` (uint64 ids past int64 are refused, not wrapped:
+    :func:`gpu_trader._internal.market_xp.tick_ranges` reads them before any cast)."""
     if symbol is None:
         if n_symbols is not None:
             raise ValueError("n_symbols needs symbol (the ids); without symbol the bars are of one symbol")
-        return be.xp.zeros(n, dtype=np.int64), 1
+        return None
     sym = _as_array(be, symbol, "symbol")
     if sym.dtype.kind not in "iu" or sym.shape != (n,):
         raise TypeError(f"symbol must be an integer id array of shape ({n},), got {sym.dtype} {sym.shape}")
-    lo, hi = (int(sym.min()), int(sym.max())) if n else (0, -1)
+    return sym
+
+
+def _symbol_count(lo: int, hi: int, n_symbols) -> int:
+    """The number of symbols from the ids' range ``[lo, hi]`` (``0, -1`` for none) and ``n_symbols``;
+    ``ValueError`` for a negative id or one ``>= n_symbols``."""
     if lo < 0:
         raise ValueError(f"symbol ids must be >= 0, got {lo}")
     n_sym = hi + 1 if n_symbols is None else check_count(n_symbols, "n_symbols", 0, _TS_MAX)
     if hi >= n_sym:
         raise ValueError(f"symbol ids must be < n_symbols={n_sym}, got {hi}")
-    return sym.astype(np.int64, copy=False), n_sym
+    return n_sym
 
 
 def _finish_vwap(be, vwap, volume, high, low, ticks, tf: int, first_bar: int, n_bars: int) -> None:

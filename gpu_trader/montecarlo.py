@@ -30,10 +30,11 @@ Model and conventions (every backend):
   ``E[loss_i | loss = VaR]`` for each linear holding and ``option_contributions`` for each
   option, as the mean over the ``2b + 1`` scenarios of that band, rescaled so that
   ``contributions.sum(-1) + option_contributions.sum(-1) == var``.
-* **Randomness.** Scenarios are drawn in blocks from counter-based streams keyed by
-  ``(seed, block)`` (NumPy Philox on ``cpu``, cuRAND Philox on ``cuda``), so a ``seed``
+* **Randomness.** Scenarios are drawn from counter-based streams keyed by the seed and the
+  scenario's block (NumPy Philox on ``cpu``) or the scenario itself (Philox4x32-10 inside
+  the kernels on ``cuda``, :mod:`gpu_trader._internal.philox_loops`), so a ``seed``
   reproduces a run exactly on a backend and ``chunk_size`` never changes the result (up
-  to BLAS rounding); the two backends draw different numbers.
+  to BLAS rounding); the backends draw different numbers (their agreement is statistical).
 * **Memory.** Scenarios are processed ``chunk_size`` at a time and only each portfolio's
   worst ``m = k + b`` losses are kept, so the scenarios themselves are never stored, but
   that tail grows with ``n_scenarios * (1 - level) * n_portfolios``: the working memory
@@ -66,7 +67,6 @@ __all__ = ["var_monte_carlo", "EuropeanOptions", "MonteCarloVaR", "TRADING_DAYS_
 
 TRADING_DAYS_PER_YEAR = 252
 MIN_TAIL = 10  # scenarios required beyond the VaR quantile on each side
-CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many random numbers per chunk
 # Scenario numbers index counter-based streams: JAX folds a block number into its key as
 # 32 bits (4096-scenario blocks: 2**44 scenarios), so the limit keeps every stream distinct.
 MAX_SCENARIOS = 1 << 40
@@ -219,12 +219,15 @@ def plan_monte_carlo(weights, mu, cov, *, level, n_scenarios, horizon, dist, dof
     contributions = check_flag(contributions, "contributions")
     opts, qty = _options(options, n, w2.shape[0], horizon)
     ops = be.ops("montecarlo")
-    if chunk_size is None:
-        chunk_size = max(1, CHUNK_ELEMENTS // n)
-    chunk = -(-check_count(chunk_size, "chunk_size", 1, MAX_SCENARIOS) // ops.BLOCK) * ops.BLOCK
     from ._internal import montecarlo_xp
 
     band = montecarlo_xp.band_for(n_scenarios, level)
+    if chunk_size is None:  # the backend's default: a number of normals, or a device-memory budget
+        n_under = 0 if opts is None else opts.assets.shape[0]
+        n_opts = 0 if opts is None else opts.strike.shape[0]
+        chunk_size = montecarlo_xp.default_chunk(ops, w2.shape[0], n, n_under, n_opts, min(n_scenarios, k + band),
+                                                 dt.itemsize)
+    chunk = -(-check_count(chunk_size, "chunk_size", 1, MAX_SCENARIOS) // ops.BLOCK) * ops.BLOCK
     plan = montecarlo_xp.Plan(
         n_scenarios=n_scenarios, level=level, n_tail=k, band=band, keep=min(n_scenarios, k + band),
         horizon=horizon, dof=dof, seed=seed, chunk=chunk, dtype=dt, factor=_factor(c), mu=m,

@@ -27,6 +27,7 @@ from .backend import get_backend, infer_backend, to_numpy
 from .indicators import features, field_keys, is_mapping, normalize_spec
 from .vectors import VectorIndex, _as_rows, _real_array
 from .profiling import annotate, annotate_methods
+from ._internal.rapids import cuml_kmeans
 from ._internal.validation import MAX_WINDOW, check_allocation, check_count, check_float, finite_real_array
 
 __all__ = ["PatternMemory", "Distilled", "window_patterns"]
@@ -187,15 +188,24 @@ class PatternMemory:
         """Cluster the stored patterns into ``n_clusters`` centroids with k-means (k-means++
         seeding, GEMM assignment, on the memory's backend); see :class:`Distilled`.
         ``n_clusters``: 1 to the patterns stored; ``n_iter``: 1 to :data:`MAX_KMEANS_ITER`;
-        ``seed``: an integer >= 0; ``tol``: a finite float >= 0."""
+        ``seed``: an integer >= 0; ``tol``: a finite float >= 0.
+
+        The project's k-means (:func:`gpu_trader._internal.vector_xp.kmeans`) stops when no
+        centroid moves by more than ``tol`` and keeps its temporaries within
+        :data:`gpu_trader._internal.vector_xp.KMEANS_WORK_BYTES` (chunks of rows), whatever the
+        number of patterns and clusters. On a GPU memory with RAPIDS cuML installed (extra
+        ``rapids``), cuML's ``KMeans`` runs instead (:func:`gpu_trader._internal.rapids.cuml_kmeans`:
+        the same objective and seed, its own seeding draws and its own stopping rule on ``tol``)."""
         self._check_not_empty()
         n_clusters = check_count(n_clusters, "n_clusters", 1, len(self))
         n_iter = check_count(n_iter, "n_iter", 1, MAX_KMEANS_ITER)
         seed = check_count(seed, "seed", 0)
         tol = check_float(tol, "tol", minimum=0.0)
         ids, x = self._index.vectors()
-        centroids, labels, inertia = get_backend(self._index.backend).ops("vectors").kmeans(
-            x, n_clusters, n_iter, seed, tol)
+        fit = cuml_kmeans(x, n_clusters, n_iter, seed, tol)  # None unless x is on a GPU and cuML is installed
+        if fit is None:
+            fit = get_backend(self._index.backend).ops("vectors").kmeans(x, n_clusters, n_iter, seed, tol)
+        centroids, labels, inertia = fit
         labels = to_numpy(labels)
         outcomes = self._outcomes[to_numpy(ids)]
         counts = np.bincount(labels, minlength=n_clusters).astype(np.int64)

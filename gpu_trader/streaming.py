@@ -52,7 +52,13 @@ Rows
 
 It returns ``{key: float64 array (n_symbols,)}`` with the keys of
 :func:`gpu_trader.indicators.feature_keys` (a fresh dict of fresh arrays each
-call; the caller may keep or modify them).
+call; the caller may keep or modify them). ``update(row, out=out)`` writes the same
+values into ``out`` instead, a writeable native float64 ``numpy.ndarray`` of shape
+``(len(keys), n_symbols)`` (row ``k`` holds ``keys[k]``; any strides), and returns
+``out``: nothing is allocated per bar. The cheapest rows are float64 ``numpy.ndarray``
+ones, read in place: a ``(5, n_symbols)`` array, or a mapping whose fields are
+``(n_symbols,)`` arrays (one symbol's ``(5,)`` row is copied into a 4-value buffer);
+others are converted first.
 
 Inputs (rows and histories) may be read-only, of any real dtype or byte order, and
 are never written; masked arrays and non-real dtypes are a ``TypeError`` (as
@@ -68,6 +74,7 @@ first use.
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Mapping
 
 import numpy as np
@@ -84,6 +91,7 @@ __all__ = ["FeatureStream"]
 
 _FIELDS = ("high", "low", "close", "volume")  # rows of the (4, n_symbols) input buffer
 _F8 = np.dtype(np.float64)
+_NDARRAY = np.ndarray
 # warmup converts the history to float64 in chunks of at most this many values
 _WARMUP_CHUNK_ELEMENTS = 1 << 20
 
@@ -97,7 +105,8 @@ class FeatureStream:
     with one value per parameter (parameter grids are batch-only).
 
     * :meth:`update` ``(row) -> {key: (n_symbols,) float64}`` advances every symbol by
-      one bar (see the module docstring for the row formats);
+      one bar (see the module docstring for the row formats); ``update(row, out=out)``
+      writes the values into a ``(len(keys), n_symbols)`` float64 array instead;
     * :meth:`warmup` ``(history)`` feeds many bars at once, leaving the state exactly
       as if each had been passed to :meth:`update`;
     * :meth:`reset` forgets every bar seen.
@@ -146,12 +155,16 @@ class FeatureStream:
         self._f_size, self._i_size = f_size, i_size
         self._needed = tuple(i for i, name in enumerate(_FIELDS) if name in needed)
         self._needed_fields = tuple((i, _FIELDS[i]) for i in self._needed)
+        self._get_ohlcv = operator.itemgetter(*_FIELDS) if len(self._needed) == 4 else None
         self._close_only = needed == {"close"}
         self._out = np.empty((out_row, n), dtype=np.float64)
+        self._out_shape = self._out.shape
         self._row = np.empty((4, n), dtype=np.float64)
         self._rows = tuple(self._row)  # its rows, as update_kernel reads them
         self._shape1 = (n,)
         self._shape5 = (5, n)
+        self._shape_bar = (5,) if n == 1 else None  # one symbol's OHLCV row
+        self._bar = self._row[:, 0] if n == 1 else None  # the row buffer as one symbol's (4,) bar
         self._n_groups = ops.N_GROUPS
         self._update_kernel, self._warmup_kernel = ops.update_kernel, ops.warmup_kernel
         self.reset()
@@ -179,11 +192,40 @@ class FeatureStream:
         return f"FeatureStream(n_symbols={self.n_symbols}, keys={list(self.keys)}, n_bars={self.n_bars})"
 
     # -- one bar ----------------------------------------------------------------------
-    def update(self, row) -> dict[str, np.ndarray]:
-        """Advance every symbol by one bar; returns ``{key: float64 array (n_symbols,)}``."""
-        if type(row) is not np.ndarray or row.dtype.kind not in "fiub":  # the plain case stays cheap
-            if type(row) is dict or is_mapping(row):
-                return self._step(self._mapping_rows(row))
+    def update(self, row, out=None):
+        """Advance every symbol by one bar; returns ``{key: float64 array (n_symbols,)}``, or
+        ``out`` when given: a writeable float64 ``numpy.ndarray`` of shape
+        ``(len(keys), n_symbols)`` into which the values are written instead (row ``k`` holds
+        ``keys[k]``), so that nothing is allocated per bar. A refused ``row`` or ``out``
+        (``TypeError``/``ValueError`` naming it) leaves the stream unchanged."""
+        if type(row) is _NDARRAY and row.dtype is _F8:  # the plain cases first
+            shape = row.shape
+            if shape == self._shape5:
+                rows = row[1], row[2], row[3], row[4]  # read in place, whatever the strides
+            elif shape == self._shape_bar:
+                self._bar[...] = row[1:]
+                rows = self._rows
+            else:
+                rows = self._array_rows(row)
+        elif type(row) is dict or (type(row) is not _NDARRAY and is_mapping(row)):
+            rows = self._mapping_rows(row)
+        else:
+            rows = self._array_rows(row)
+        if out is not None and (type(out) is not _NDARRAY or out.dtype is not _F8 or out.shape != self._out_shape
+                                or not out.flags.writeable):
+            self._check_out(out)
+        self._update_kernel(rows[0], rows[1], rows[2], rows[3], self._prog, self._fprog, self._fs, self._is,
+                            self._out)
+        self.n_bars += 1
+        if out is None:
+            return dict(zip(self.keys, self._out.copy()))
+        out[...] = self._out
+        return out
+
+    def _array_rows(self, row) -> tuple[np.ndarray, ...]:
+        """The bar's high, low, close and volume rows from an array row of any real dtype (see
+        the module docstring for the shapes), converted into the row buffer: its rows."""
+        if type(row) is not _NDARRAY or row.dtype.kind not in "fiub":
             row = host_input(row, "row")
         buf = self._row
         shape = row.shape
@@ -200,13 +242,19 @@ class FeatureStream:
                 f"row must have shape ({self.n_symbols},) (close only) or (5, {self.n_symbols}) "
                 f"(OHLCV), or be a mapping of ({self.n_symbols},) arrays; got shape {shape}"
             )
-        return self._step(self._rows)
+        return self._rows
 
-    def _step(self, rows) -> dict[str, np.ndarray]:
-        self._update_kernel(rows[0], rows[1], rows[2], rows[3], self._prog, self._fprog, self._fs, self._is,
-                            self._out)
-        self.n_bars += 1
-        return dict(zip(self.keys, self._out.copy()))
+    def _check_out(self, out) -> None:
+        """``TypeError``/``ValueError`` naming ``out`` unless it can receive an update's values."""
+        if type(out) is not _NDARRAY:
+            raise TypeError(f"out must be a numpy.ndarray (float64, shape {self._out_shape}), "
+                            f"got {type(out).__name__}")
+        if out.dtype != _F8:
+            raise TypeError(f"out must be a native-byte-order float64 array, got dtype {out.dtype}")
+        if out.shape != self._out_shape:
+            raise ValueError(f"out must have shape (len(keys), n_symbols) = {self._out_shape}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable (it receives the values), got a read-only array")
 
     def _close_only_error(self, arg: str, shape: str) -> str:
         others = sorted({fn for fn, _ in self.spec.values() if INPUT_FIELDS[fn] != ("close",)})
@@ -215,11 +263,21 @@ class FeatureStream:
             f"high/low/volume, so pass an OHLCV {arg} (a mapping or a {shape} array)"
         )
 
-    def _mapping_rows(self, row) -> list[np.ndarray]:
+    def _mapping_rows(self, row) -> tuple[np.ndarray, ...] | list[np.ndarray]:
         """The bar's high, low, close and volume rows from a mapping: a field that is already a
         ``(n_symbols,)`` float64 ``numpy.ndarray`` as it is (the kernel only reads it, whatever
         its strides), any other converted into the row buffer; the fields the spec does not
         read stay the buffer's NaN rows."""
+        if self._get_ohlcv is not None:  # a spec reading all four fields: one look-up, one check
+            try:
+                h, lo, c, v = self._get_ohlcv(row)
+            except (KeyError, IndexError, TypeError):
+                pass
+            else:
+                if (type(h) is type(lo) is type(c) is type(v) is _NDARRAY
+                        and h.dtype is lo.dtype is c.dtype is v.dtype is _F8
+                        and h.shape == lo.shape == c.shape == v.shape == self._shape1):
+                    return h, lo, c, v
         rows = list(self._rows)
         shape1 = self._shape1
         for i, name in self._needed_fields:
@@ -227,15 +285,19 @@ class FeatureStream:
                 value = row[name]
             except (KeyError, IndexError, TypeError):
                 value = self._lookup_ci(row, name)
-            if type(value) is np.ndarray and value.dtype is _F8 and value.shape == shape1:
+            if type(value) is _NDARRAY and value.dtype is _F8 and value.shape == shape1:
                 rows[i] = value
-                continue
-            arr = value if type(value) is np.ndarray and value.dtype.kind in "fiub" else host_input(
-                value, f"row[{name!r}]")
-            if arr.shape != shape1 and not (self.n_symbols == 1 and arr.shape == ()):
-                raise ValueError(f"row[{name!r}] must have shape ({self.n_symbols},), got {arr.shape}")
-            self._row[i] = arr
+            else:
+                self._row[i] = self._field_row(value, name)
         return rows
+
+    def _field_row(self, value, name: str) -> np.ndarray:
+        """A mapping row's field ``name`` as a real array of shape ``(n_symbols,)`` (or ``()`` for
+        one symbol); ``TypeError``/``ValueError`` naming ``row[name]`` otherwise."""
+        arr = value if type(value) is _NDARRAY and value.dtype.kind in "fiub" else host_input(value, f"row[{name!r}]")
+        if arr.shape != self._shape1 and not (self.n_symbols == 1 and arr.shape == ()):
+            raise ValueError(f"row[{name!r}] must have shape ({self.n_symbols},), got {arr.shape}")
+        return arr
 
     def _lookup_ci(self, row, name: str):
         """``row``'s field ``name`` under any case (``Close``); ``ValueError`` listing the fields needed."""

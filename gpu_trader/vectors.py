@@ -11,11 +11,11 @@ Scores (``search`` returns ``(scores, ids)``, best first, on the backend's devic
 
 Exact search (``kind="exact"``, the default on every backend) is a GEMM per database tile
 plus a top-k selection (see :mod:`gpu_trader._internal.vector_xp`). ``kind="hnsw"`` (cpu backend)
-answers unfiltered queries from an hnswlib graph; ``kind="cagra"`` (cuda backend) from a
+answers unfiltered queries from a FAISS HNSW graph; ``kind="cagra"`` (cuda backend) from a
 cuVS CAGRA graph; both fall back to exact search for filtered queries (see :mod:`gpu_trader._internal.ann`).
 ``dtype="int8"`` stores per-vector scalar-quantized codes (4x less memory; scores are
 those of the dequantized vectors) for exact and CAGRA search; with ``kind="hnsw"`` it is a
-``ValueError`` (hnswlib stores float32 vectors itself).
+``ValueError`` (the graph stores float32 vectors itself).
 
 Rules (``TypeError`` for an argument of the wrong kind, ``ValueError`` out of range, each
 naming the argument; NumPy integers are ints, ``bool`` is not): ``dim`` is an int in
@@ -164,7 +164,7 @@ def _check_settings(dim, metric, kind, dtype, params: Mapping[str, Any]):
     dim = check_count(dim, "dim", 1, MAX_DIM)
     metric, kind, dtype_name = _choice(metric, METRICS, "metric"), _choice(kind, KINDS, "kind"), _dtype_name(dtype)
     if kind == "hnsw" and dtype_name == "int8":
-        raise ValueError("dtype='int8' is for kind='exact' or 'cagra': hnswlib keeps its own float32 copy of "
+        raise ValueError("dtype='int8' is for kind='exact' or 'cagra': the HNSW graph keeps its own float32 copy of "
                          "every vector, so int8 would save no memory and its scores would not be the codes'")
     return dim, metric, kind, dtype_name, ann.check_params(params)
 
@@ -474,7 +474,7 @@ class VectorIndex:
     def _approximate(self, snap: _Snapshot, q, k: int, q_sq):
         try:
             return self._ann.search(snap, q, k)
-        except RuntimeError:  # hnswlib found fewer than k live neighbours (many deletions): answer exactly
+        except RuntimeError:  # the HNSW graph found fewer than k live neighbours (many deletions): answer exactly
             return self._exact(snap, q, k, None, q_sq)
 
     def _padded(self, nq: int, k: int, scores, ids):

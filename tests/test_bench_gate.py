@@ -579,10 +579,9 @@ def test_talib_stream_peer_computes_the_same_set_as_feature_stream():
         pytest.skip("TA-Lib without stream handles")
     ours = features._stream_setup(get_backend("cpu"))
     for _ in range(50):
-        mine, theirs = ours(), peer()
-        assert list(mine) == list(theirs)
-        for key, value in mine.items():
-            assert float(value[0]) == pytest.approx(theirs[key], rel=1e-9, abs=1e-9), key
+        mine, theirs = ours(), peer()  # mine: (len(keys), 1), row k = FeatureStream.keys[k]
+        assert mine.shape == (len(theirs), 1)
+        np.testing.assert_allclose(mine[:, 0], theirs, rtol=1e-9, atol=1e-9)
 
 
 def test_numpy_quantile_peer_is_the_same_historical_var():

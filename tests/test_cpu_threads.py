@@ -1,6 +1,6 @@
 """The CPU thread policy (docs/design.md#cpu-threads): the OpenMP wait policy gpu_trader picks,
-the thread cap, and the batched indicator driver's chunk claiming, whose results must not depend
-on the thread count or the chunking."""
+the thread cap, the helper threads, and the batched indicator driver's chunk claiming, whose
+results must not depend on the thread count or the chunking."""
 from __future__ import annotations
 
 import os
@@ -89,20 +89,101 @@ def test_parallel_driver_equals_serial_whatever_the_threads_and_chunks(dtype, n_
     (rows, plan_params), _, n_rows_out = ind._prepare(names, params)
     expected = np.full((n_rows_out,) + ins[0].shape, -1.0, dtype=dtype)
     ind._run_plan_serial(rows, plan_params, ins, expected)
-    n_items = n_series * rows.shape[0]
-    for threads in sorted({1, min(2, numba.get_num_threads())}):
-        for chunk in sorted({1, 3, 7, n_items, n_items + 5}):
-            got = np.full_like(expected, -1.0)
-            ind._run_plan_parallel(rows, plan_params, ins, got, threads, chunk)
-            np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8), err_msg=f"{threads=} {chunk=}")
+    for group in (1, ind.SERIES_PER_ITEM):
+        n_items = ind._n_items(ins, rows, group)
+        for threads in (1, 2, 5):  # more workers than helper threads: the extra ones may never start
+            for chunk in sorted({1, 3, 7, n_items, n_items + 5}):
+                got = np.full_like(expected, -1.0)
+                ind._run_threads(rows, plan_params, ins, got, group, threads, chunk)
+                np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8),
+                                              err_msg=f"{group=} {threads=} {chunk=}")
 
 
-def test_a_capped_call_restores_the_callers_thread_count(monkeypatch):
-    """With fewer usable CPUs than numba threads a call runs on fewer threads (serially on one)
-    and leaves the calling thread's numba setting as it was; the results do not change."""
+@pytest.mark.parametrize("cap", ["cpus", "numba"])
+def test_a_call_capped_to_one_thread_runs_on_the_caller(monkeypatch, cap):
+    """One usable CPU, or numba.set_num_threads(1) on the calling thread: no helper thread
+    is asked, and the results do not change."""
     x = random_ohlcv(50, 500, 1)[2]
     expected = gt.sma(x, 10)
+
+    def no_helpers(*args):
+        raise AssertionError("helper threads used")
+
+    monkeypatch.setattr(ind, "run_on_threads", no_helpers)
+    if cap == "cpus":
+        monkeypatch.setattr(ind, "usable_cpus", lambda: 1)
+        np.testing.assert_array_equal(gt.sma(x, 10), expected)
+        return
     before = numba.get_num_threads()
-    monkeypatch.setattr(ind, "usable_cpus", lambda: 1)
-    np.testing.assert_array_equal(gt.sma(x, 10), expected)
-    assert numba.get_num_threads() == before
+    numba.set_num_threads(1)
+    try:
+        np.testing.assert_array_equal(gt.sma(x, 10), expected)
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_run_on_threads_never_waits_for_a_helper_that_has_not_started():
+    """The caller's kernel does all the work when the helpers are busy; their queued calls are
+    cancelled, so the call returns as soon as the caller is done."""
+    import threading
+
+    release = threading.Event()
+    blockers = [cpu_fallback._helpers().submit(release.wait) for _ in range(cpu_fallback._helpers()._max_workers)]
+    calls = []
+    try:
+        cpu_fallback.run_on_threads(lambda k: calls.append(k), 3)
+        assert calls == [0]
+    finally:
+        release.set()
+        for f in blockers:
+            f.result()
+
+
+def test_run_on_threads_propagates_a_kernel_error():
+    def kernel(k):
+        if k == 0:
+            raise ValueError("caller")
+
+    with pytest.raises(ValueError, match="caller"):
+        cpu_fallback.run_on_threads(kernel, 2)
+
+
+@pytest.mark.parametrize("helpers_busy", [True, False])
+def test_run_on_threads_keeps_no_reference_to_its_arguments(helpers_busy):
+    """Once the call returns, nothing of the pool holds its arguments: not a queued helper call
+    that was cancelled, not a helper that has returned but not yet let go of its queue entry. (A
+    batched call's output buffer kept alive that way outlives the caller's last reference, and
+    the next call's buffer is allocated beside it: the peak memory of a chunked sweep grows.)"""
+    import threading
+    import weakref
+
+    release = threading.Event()
+    n_blockers = cpu_fallback._helpers()._max_workers if helpers_busy else 0
+    blockers = [cpu_fallback._helpers().submit(release.wait) for _ in range(n_blockers)]
+    try:
+        for _ in range(20):
+            payload = np.empty(8)
+            ref = weakref.ref(payload)
+            cpu_fallback.run_on_threads(lambda buffer, k: buffer.fill(k), 3, payload)
+            del payload
+            assert ref() is None
+    finally:
+        release.set()
+        for f in blockers:
+            f.result()
+
+
+@pytest.mark.parametrize("n_series, group", [(3, 1), (7, 1), (8, ind.SERIES_PER_ITEM), (400, ind.SERIES_PER_ITEM)])
+def test_series_are_grouped_only_when_every_thread_gets_a_group(monkeypatch, n_series, group):
+    """Few long series keep one series an item (both threads busy); enough series go four an
+    item (the interleaved bodies); the results are the same either way."""
+    monkeypatch.setattr(ind, "usable_cpus", lambda: 2)
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba runs on one thread here")
+    x = random_ohlcv(n_series, 30_000 // n_series + 50, 2)[2]
+    seen = []
+    run_threads = ind._run_threads
+    monkeypatch.setattr(ind, "_run_threads", lambda *a: seen.append(a[4]) or run_threads(*a))
+    got = gt.ema(x, 9)
+    assert seen == [group]
+    np.testing.assert_array_equal(got, np.stack([gt.ema(row, 9) for row in x]))

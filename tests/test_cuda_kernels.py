@@ -12,8 +12,10 @@ inf positions identical):
 * **device**: with a GPU and CuPy (``'cuda' in gt.available_backends()``), the same
   cases through ``kernels.indicators.compute`` on CuPy arrays, plus long series.
 
-``test_kernels_compile_to_ptx`` compiles every kernel for sm_90 (H100) with the
-argument types a real launch uses; it needs NVVM (a CUDA toolkit) and skips without.
+``test_kernels_compile_to_ptx`` compiles every kernel of ``gpu_trader/kernels`` (found in
+the source, so a new one cannot be missed) for sm_90 (H100) through numba-cuda with the
+argument types a real launch uses; it needs numba-cuda and NVVM (the dev extras' wheels),
+no GPU, and skips without them.
 
 Run as a script (``python tests/test_cuda_kernels.py --simulate DIR`` or ``--ptx``)
 this module is the subprocess's entry point.
@@ -248,12 +250,13 @@ def test_path_choice_and_chunk_length():
 
     assert scan.use_scan("ema", 1, scan.SCAN_MIN_T)
     assert not scan.use_scan("ema", 1, scan.SCAN_MIN_T - 1)
-    assert not scan.use_scan("ema", scan.SCAN_MAX_ROWS, 10**7)
+    assert not scan.use_scan("ema", int(scan.ROWS_MIN_FILL * scan.H100.resident_threads), 10**7)
     assert not scan.use_scan("stoch", 1, 10**7)
     p = np.array([[20.0]])
-    # one 10M-bar series: ~TARGET_THREADS chunks
+    # one 10M-bar series: ~one chunk per resident thread of an H100
     L = scan.choose_chunk("ema", p, 1, 10_000_000)
-    assert scan.MIN_CHUNK <= L and abs(-(-10_000_000 // L) - scan.TARGET_THREADS) < scan.TARGET_THREADS // 8
+    target = scan.H100.resident_threads
+    assert scan.MIN_CHUNK <= L and abs(-(-10_000_000 // L) - target) < target // 8
     assert scan.choose_chunk("ema", p, 1, 5000) == scan.MIN_CHUNK
     assert scan.choose_chunk("sma", np.array([[200.0]]), 1, 10**6) == 400
     assert scan.choose_chunk("wma", np.array([[200.0]]), 1, 10**6) == 1600
@@ -358,18 +361,115 @@ def _simulate_main(out_dir):
 
 
 # -- PTX for a real GPU -----------------------------------------------------------------------
+KERNELS_DIR = ROOT / "gpu_trader" / "kernels"
+
+
+def kernel_definitions() -> dict[str, set[int]]:
+    """Every CUDA kernel defined in ``gpu_trader/kernels/*.py``, found in the source (so a new
+    kernel is found without being listed anywhere): "file:def-line" -> the lines its code
+    object may report (the ``def`` and each decorator). A kernel is a function decorated by
+    a CUDA jit (``cuda.jit``, ``cuda_jit_cached(...)``, ...) without ``device=True``."""
+    import ast
+    import re
+
+    found = {}
+    for path in sorted(KERNELS_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            if any(re.search(r"cuda[._]jit", d) and "device=True" not in d for d in decorators):
+                found[f"{path.name}:{node.lineno}"] = {node.lineno, *(d.lineno for d in node.decorator_list)}
+    return found
+
+
+def test_kernel_discovery_finds_the_known_kernels():
+    """The source scan sees the kernels of every module that has them (the PTX test relies on it)."""
+    files = {key.split(":")[0] for key in kernel_definitions()}
+    assert {"indicators.py", "marketdata.py", "montecarlo.py", "portfolio.py", "strategies.py"} <= files
+    assert sum(key.startswith("indicators.py") for key in kernel_definitions()) >= 6  # rows + 5 scan steps
+
+
 @pytest.mark.slow
 def test_kernels_compile_to_ptx(_children):
+    """Every kernel of ``gpu_trader/kernels`` (:func:`kernel_definitions`) compiles to sm_90 PTX
+    through numba-cuda (the one supported CUDA target), with the argument types real launches
+    use; needs numba-cuda and NVVM (the dev extras' ``numba-cuda[cu12]``), not a GPU."""
     rc, out, err = _children["ptx"].result()
     if rc == 3:
         pytest.skip("NVVM (CUDA toolkit) not available: " + out.strip()[-300:])
+    if rc == 4:
+        pytest.skip("numba-cuda is not installed (a dev extra: pip install -e '.[dev]')")
     assert rc == 0, out[-3000:] + err[-3000:]
     report = json.loads(out.strip().splitlines()[-1])
     # 20 batch kernels (10 indicators x 2 dtypes) + 16 scan phases + 3 carry-scan steps + 4 float32 MACD phases
-    assert report["kernels"] >= 40 and not report["failed"], report
+    assert report["indicator_kernels"] >= 40, report
+    assert not report["failed"], report["failed"]
+    missed = sorted(set(kernel_definitions()) - set(report["compiled"]))
+    assert not missed, f"kernels no PTX driver compiled (add them to _PTX_DRIVERS): {missed}"
+
+
+def _ptx_indicators(exe):
+    """Every indicator kernel with the float64 argument types, the batch kernels and MACD's scan with float32 too."""
+    from gpu_trader.kernels import indicators as ki
+
+    for case_id, case in CASES.items():
+        if not (case_id.endswith("float64-rows") or case_id.endswith("float64-scan1")
+                or case_id.endswith("float32-rows") or case_id == "macd-float32-scan1"):
+            continue
+        ki.compute_xp(case["name"], case["inputs"], case["params"], case["n_out"], xp=np, exe=exe,
+                      path=case["path"], chunk=case["chunk"], pair_block=case["pair_block"] or 32)
+
+
+def _ptx_marketdata(exe):
+    from gpu_trader.kernels.marketdata import aggregate_bars_xp
+
+    ts = np.arange(10, dtype=np.int64)
+    aggregate_bars_xp(ts, np.ones(10), np.ones(10), np.zeros(10, np.int64), 5, 0, 2, 1, xp=np, exe=exe)
+
+
+def _ptx_strategies(exe):
+    from gpu_trader.kernels.strategies import backtest_xp, sweep_xp
+
+    i = np.zeros(2, np.int64)
+    for dtype in (np.float64, np.float32):
+        backtest_xp(np.ones((3, 8), dtype), np.ones((2, 3, 8), dtype), i, i, i, np.zeros(2), 0.0, xp=np, exe=exe)
+        sweep_xp(np.ones((3, 8), dtype), np.ones((2, 3, 8), dtype), i, i, i, np.zeros(2), 0.0, 15.9, xp=np, exe=exe)
+
+
+def _ptx_portfolio(exe):
+    from gpu_trader.kernels.portfolio import apply_fills_xp
+
+    apply_fills_xp(np, np.zeros(4), np.zeros(4), np.zeros(4), np.ones((4, 2)), np.ones((4, 2)))
+
+
+def _ptx_montecarlo(exe):
+    from gpu_trader.kernels import montecarlo as g
+
+    for dt in (np.float64, np.float32):
+        g.normals(1, 0, 8, 5, dt, 5.0, xp=np, exe=exe)
+        g.project(1, 0, 8, np.ones((3, 5), dt), dt, 5.0, exe=exe)
+    o = {k: np.ones(2) for k in ("drift", "spot", "strike", "tau", "rate", "vol", "value0")}
+    o.update(under=np.zeros(2, np.int64), is_call=np.ones(2, bool), n=2)
+    for dt in (np.float64, np.float32):
+        g.option_pnl(np.ones((1, 4), dt), o, dt, exe=exe)
+
+
+_PTX_DRIVERS = {"indicators": _ptx_indicators, "marketdata": _ptx_marketdata, "strategies": _ptx_strategies,
+                "portfolio": _ptx_portfolio, "montecarlo": _ptx_montecarlo}
 
 
 def _ptx_main():
+    """Compile every kernel the drivers launch (through an executor or directly) to sm_90 PTX; print
+    a JSON report: the kernels compiled ("file:def-line"), the indicator count, the failures."""
+    import importlib
+    import importlib.util
+    import traceback
+    import types
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        print("numba-cuda is not installed")
+        sys.exit(4)
     from numba.cuda.cudadrv import nvvm
 
     try:
@@ -377,25 +477,57 @@ def _ptx_main():
     except Exception as exc:  # no libnvvm: the parent skips
         print(f"{type(exc).__name__}: {exc}")
         sys.exit(3)
-    from gpu_trader.kernels import indicators as ki
+    import numba.cuda
+    from numba import typeof
+    from numba.cuda import dispatcher as cuda_dispatcher
+
+    from gpu_trader.kernels import launch
     from gpu_trader.kernels.launch import PtxExecutor
 
-    failed = []
-    exe = PtxExecutor(cc=(9, 0))
-    # every kernel with the float64 argument types, the batch kernels and MACD's scan with float32 too
-    for case_id, case in CASES.items():
-        if not (case_id.endswith("float64-rows") or case_id.endswith("float64-scan1")
-                or case_id.endswith("float32-rows") or case_id == "macd-float32-scan1"):
-            continue
-        try:
-            ki.compute_xp(case["name"], case["inputs"], case["params"], case["n_out"], xp=np, exe=exe,
-                          path=case["path"], chunk=case["chunk"], pair_block=case["pair_block"] or 32)
-        except Exception as exc:
-            failed.append(f"{case_id}: {type(exc).__name__}: {str(exc)[:500]}")
-    for key, ptx in exe.ptx.items():
+    assert "numba_cuda" in numba.cuda.__file__, numba.cuda.__file__  # numba-cuda, not numba's built-in target
+    compiled, failed = set(), []
+    real_compile = numba.cuda.compile_ptx
+
+    def recording_compile(pyfunc, sig, *args, **kwargs):
+        ptx, resty = real_compile(pyfunc, sig, *args, **kwargs)
+        code = pyfunc.__code__
         if ".target sm_90" not in ptx or ".entry" not in ptx:
-            failed.append(f"{key}: malformed PTX")
-    print(json.dumps({"kernels": len(exe.ptx), "failed": failed}))
+            failed.append(f"{code.co_name} ({code.co_filename}:{code.co_firstlineno}): malformed PTX")
+        compiled.add((Path(code.co_filename).name, code.co_firstlineno))
+        return ptx, resty
+
+    numba.cuda.compile_ptx = recording_compile
+    exe = PtxExecutor(cc=(9, 0))
+
+    def direct_launch(kernel, config):  # kernel[grid, block](*args) outside an executor: compiled, not run
+        def compile_for(*args):
+            fake = types.SimpleNamespace(compute_capability=exe.cc)
+            saved = cuda_dispatcher.get_current_device
+            cuda_dispatcher.get_current_device = lambda: fake
+            try:
+                recording_compile(kernel.py_func, tuple(typeof(a) for a in args), cc=exe.cc)
+            finally:
+                cuda_dispatcher.get_current_device = saved
+        return compile_for
+
+    cuda_dispatcher.CUDADispatcher.__getitem__ = direct_launch
+    every_executor = lambda *args, **kwargs: exe  # noqa: E731 - whatever executor a module would build
+    for name in sorted({key.split(".py:")[0] for key in kernel_definitions()}):  # the modules with kernels
+        module = importlib.import_module(f"gpu_trader.kernels.{name}")
+        for attr in ("CudaExecutor", "default_executor"):
+            if module is not launch and hasattr(module, attr):
+                setattr(module, attr, every_executor)
+    n_indicator = 0
+    for area, drive in _PTX_DRIVERS.items():
+        try:
+            drive(exe)
+        except Exception:
+            failed.append(f"{area}: {traceback.format_exc()[-1500:]}")
+        if area == "indicators":
+            n_indicator = len(exe.ptx)
+    keys = [key for key, lines in kernel_definitions().items()
+            if any((key.split(":")[0], line) in compiled for line in lines)]
+    print(json.dumps({"compiled": keys, "indicator_kernels": n_indicator, "failed": failed}))
 
 
 # -- device: a real GPU with CuPy ---------------------------------------------------------------

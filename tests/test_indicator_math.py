@@ -130,3 +130,53 @@ def test_has_nan2_sees_a_nan_in_either_input_from_begin_on(dtype):
                     expected = where >= begin
                     assert indicator_loops.has_nan2(a, b, begin) == expected
                     assert compiled(a, b, begin) == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["ema", "rsi"])
+def test_four_series_bodies_equal_the_row_body_bit_for_bit(name, dtype):
+    """The CPU driver's interleaved bodies (dispatch4) give each series exactly what its row
+    body gives: series starting at different bars (late listings), all-NaN and too-short
+    series (the whole group falls back), interior NaNs and infinities, period 1."""
+    from gpu_trader._internal.indicator_specs import SPECS
+
+    code = SPECS[name][0]
+    row = getattr(indicator_loops, f"{name}_row")
+
+    @numba.njit
+    def four(x, params, out):
+        handled = True
+        for i in range(0, x.shape[0], 4):
+            handled &= indicator_loops.dispatch4(code, x, i, params, out)
+        return handled
+
+    @numba.njit
+    def one(x, params, out):
+        for i in range(x.shape[0]):
+            row(x[i], params, out[:, i])
+
+    rng = np.random.default_rng(5)
+    for T in (1, 2, 9, 40, 300):
+        x = (100 + np.cumsum(rng.normal(0, 1, (16, T)), -1)).astype(dtype)
+        for i in range(16):
+            kind = i % 8
+            if kind == 1:
+                x[i, : T // 3] = np.nan  # a late listing
+            elif kind == 2:
+                x[i, : 2 * T // 3] = np.nan
+            elif kind == 3 and i > 8:
+                x[i] = np.nan  # all NaN: its group falls back
+            elif kind == 5:
+                x[i, T // 2] = np.nan
+            elif kind == 6:
+                x[i, T // 2] = np.inf
+        for period in ([1, 2, 14] if name == "ema" else [2, 14]):
+            params = np.array([float(period)])
+            got = np.full((1,) + x.shape, -1.0, dtype=dtype)
+            want = np.full_like(got, -1.0)
+            assert four(x, params, got)
+            one(x, params, want)
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{T=} {period=}")
+    sma_code = SPECS["sma"][0]
+    assert not numba.njit(lambda x, p, o: indicator_loops.dispatch4(sma_code, x, 0, p, o))(
+        x, np.array([3.0]), np.empty((1,) + x.shape, dtype=dtype))

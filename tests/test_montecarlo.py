@@ -11,7 +11,14 @@
   a full sort;
 * chunk-size invariance, reproducibility, bad input;
 * the GPU module's pieces: its tail merge (NumPy) against the CPU heap and a sort, and its
-  Black-Scholes kernel and the whole engine under numba's CUDA simulator (a subprocess).
+  Black-Scholes kernel and the whole engine under numba's CUDA simulator (a subprocess);
+* the GPU's in-kernel generator (Philox4x32-10 + Box-Muller, Marsaglia-Tsang for the
+  t factors): Random123's known answers, scipy's normal and chi-square laws, and the driver
+  fed with it (compiled for the CPU by numba) against the closed forms -- the GPU draws other
+  numbers than the CPU backend, so the backends agree statistically; in the simulator the
+  fused projection kernel and the normals kernel + GEMM agree with that host reference;
+* the policies: the tail merge sorts only candidates (counted), the GPU chunk fits its
+  device-memory budget, the fused path writes no normals.
 """
 from __future__ import annotations
 
@@ -33,7 +40,8 @@ from scipy import stats
 import gpu_trader as gt
 from gpu_trader.cpu_fallback import montecarlo as cpu_mc
 from gpu_trader.kernels import montecarlo as gpu_mc
-from gpu_trader._internal.montecarlo_xp import band_for
+from gpu_trader._internal import philox_loops
+from gpu_trader._internal.montecarlo_xp import band_for, merge_tail, merge_tail_candidates
 
 AREA = "montecarlo"  # the backends that implement it run these tests (conftest.py)
 
@@ -314,20 +322,23 @@ def test_bad_input_is_a_clear_error(kwargs, exc, match):
 @given(P=st.integers(1, 5), m=st.integers(1, 40), chunks=st.lists(st.integers(1, 60), min_size=1, max_size=5),
        seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float64, np.float32]))
 def test_tail_keepers_agree_with_a_sort(P, m, chunks, seed, dtype):
-    """The CPU heap and the GPU module's argpartition merge (run with NumPy) keep the m largest."""
+    """The CPU heap, the partition merge and the GPU module's candidate merge (run with NumPy) keep the m largest."""
     rng = np.random.default_rng(seed)
     data = rng.normal(size=(P, sum(chunks))).astype(dtype)
     data[:, ::7] = data[:, :1]  # ties
     m = min(m, data.shape[1])
     heap = (np.full((P, m), -np.inf, dtype), np.full((P, m), -1, np.int64))
     merged = (heap[0].copy(), heap[1].copy())
+    candidates = (heap[0].copy(), heap[1].copy())
     first = 0
     for c in chunks:
         heap = cpu_mc.tail_update(*heap, data[:, first:first + c], first)
-        merged = gpu_mc.merge_tail(np, *merged, data[:, first:first + c], first)
+        merged = merge_tail(np, *merged, data[:, first:first + c], first)
+        candidates = merge_tail_candidates(np, *candidates, data[:, first:first + c], first)
         first += c
     expect = -np.sort(-data, axis=1)[:, :m]
-    for vals, idx in (heap, merged):
+    np.testing.assert_array_equal(candidates[0], expect)  # kept sorted
+    for vals, idx in (heap, merged, candidates):
         np.testing.assert_array_equal(-np.sort(-vals, axis=1), expect)
         np.testing.assert_array_equal(np.take_along_axis(data, idx, axis=1), vals)
 
@@ -342,10 +353,200 @@ def test_random_blocks_are_counter_based():
     assert np.all(g > 0) and abs(np.mean(g**2) - 1) < 0.15  # E[(dof - 2) / chi2_dof] = 1
 
 
+# -- the GPU generator and the GPU policies, on the CPU ----------------------------------
+def test_philox_matches_random123_known_answers():
+    """Philox4x32-10 known-answer vectors of Random123 (kat_vectors), as Python and compiled by numba."""
+    from numba import njit
+
+    u = np.uint64
+    compiled = njit(philox_loops.philox4x32)
+    for ctr, key, expect in [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+         (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    ]:
+        args = [u(x) for x in ctr + key]
+        assert [int(w) for w in philox_loops.philox4x32(*args)] == list(expect)
+        assert [int(w) for w in compiled(*args)] == list(expect)
+
+
+def _host_draw():
+    """The GPU kernels' draws compiled for the CPU: ``draw(k0, k1, first, z, dof, g)`` fills ``z`` ``(rows, n)``
+    and, for ``dof > 0``, ``g`` ``(rows,)`` (the test's reference for the kernels)."""
+    from numba import njit
+
+    @njit
+    def draw(k0, k1, first, z, dof, g):
+        rows, n = z.shape
+        for r in range(rows):
+            for q in range((n + 1) // 2):
+                a, b = philox_loops.scenario_normal_pair(first + r, q, k0, k1)
+                z[r, 2 * q] = a
+                if 2 * q + 1 < n:
+                    z[r, 2 * q + 1] = b
+            if dof > 0:
+                g[r] = philox_loops.t_factor(first + r, dof, k0, k1)
+
+    return draw
+
+
+class _HostGpuRandom:
+    """The driver's primitives with the GPU's random numbers drawn on the host (NumPy GEMM, CPU tail)."""
+
+    xp = np
+    BLOCK = gpu_mc.BLOCK
+    CHUNKS_IN_FLIGHT = 1
+    MERGE_SCRATCH = True
+    map_chunks = staticmethod(gpu_mc.map_chunks)
+    option_pnl = staticmethod(cpu_mc.option_pnl)
+    scatter_add = staticmethod(cpu_mc.scatter_add)
+    draw = staticmethod(_host_draw())
+
+    @classmethod
+    def normals(cls, seed, first, rows, n, dtype, dof):
+        z = np.empty((rows, n))
+        g = np.empty(rows)
+        cls.draw(*gpu_mc._key(seed), first, z, 0.0 if dof is None else float(dof), g)
+        return z.astype(dtype), (None if dof is None else g.astype(dtype))
+
+    @staticmethod
+    def tail_update(vals, idx, loss, first):
+        return merge_tail_candidates(np, vals, idx, loss, first)
+
+
+def test_gpu_generator_follows_the_normal_and_chi_square_laws():
+    n_s, dof = 100_000, 5.0
+    z, g = _HostGpuRandom.normals(12, 0, n_s, 3, np.float64, dof)
+    for col in range(3):
+        assert stats.kstest(z[:, col], "norm").pvalue > 1e-4
+    assert abs(np.corrcoef(z.T)[np.triu_indices(3, 1)]).max() < 0.02  # the Box-Muller pair and the next pair
+    assert stats.kstest((dof - 2.0) / g**2, stats.chi2(dof).cdf).pvalue > 1e-4
+    assert abs(np.abs(z).max() - 4.4) < 1.5  # 53-bit uniforms: no clipped tails
+    other, _ = _HostGpuRandom.normals(13, 0, 1000, 3, np.float64, None)
+    assert abs(np.corrcoef(other[:, 0], z[:1000, 0])[0, 1]) < 0.1
+
+
+@pytest.mark.parametrize("dist,dof", [("normal", None), ("t", 4.5)])
+def test_gpu_generator_through_the_driver_matches_closed_form(dist, dof):
+    """The driver fed with the GPU's numbers: VaR against the closed form within 4 standard errors."""
+    from gpu_trader._internal import montecarlo_xp
+    from gpu_trader.montecarlo import plan_monte_carlo
+
+    w, mu, cov = random_problem(p=3, seed=21)
+    level, h = 0.99, 5
+    _, plan, _ = plan_monte_carlo(w, mu, cov, level=level, n_scenarios=100_000, horizon=h, dist=dist, dof=dof,
+                                  seed=4, options=None, contributions=True, chunk_size=16_384,
+                                  dtype=np.float64, backend="cpu")
+    res = montecarlo_xp.run(plan, _HostGpuRandom)
+    sd = np.sqrt(np.einsum("pi,ij,pj->p", w, cov, w) * h)
+    q = stats.norm.ppf(level) if dof is None else np.sqrt((dof - 2) / dof) * stats.t.ppf(level, dof)
+    exact = -h * (w @ mu) + sd * q
+    assert np.all(np.abs(res["var"] - exact) < 4 * res["se"]), (res["var"], exact, res["se"])
+    np.testing.assert_allclose(res["contributions"].sum(axis=1), res["var"], rtol=1e-10)
+
+
+class _CountingNumpy:
+    """NumPy as an array namespace that records the size of every sort (CuPy sorts where NumPy partitions)."""
+
+    def __init__(self):
+        self.sorted = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def argsort(self, a, axis=-1):
+        self.sorted += a.size
+        return np.argsort(a, axis=axis)
+
+
+def test_tail_merge_sorts_only_candidates():
+    """Candidate count policy: a run sorts about P m (1 + ln(N / m)) elements, not P (m + rows) per chunk."""
+    P, m, rows, N = 4, 200, 2000, 100_000
+    data = np.random.default_rng(3).standard_normal((P, N))
+    xp = _CountingNumpy()
+    vals, idx = np.full((P, m), -np.inf), np.full((P, m), -1)
+    for first in range(0, N, rows):
+        vals, idx = merge_tail_candidates(xp, vals, idx, data[:, first:first + rows], first)
+    np.testing.assert_array_equal(vals, -np.sort(-data, axis=1)[:, :m])
+    expected = P * (rows + m * math.log(N / rows))   # the first chunk, then rows * m / seen a chunk
+    old_partition_sorts = P * (m + rows) * (N // rows)
+    assert xp.sorted < 2 * expected and xp.sorted * 10 < old_partition_sorts, (xp.sorted, expected)
+
+
+def test_gpu_chunk_follows_the_device_memory_budget():
+    from gpu_trader._internal import montecarlo_xp
+    from gpu_trader.montecarlo import plan_monte_carlo
+
+    assert gpu_mc.fused(gpu_mc.FUSED_MAX_ROWS) and not gpu_mc.fused(gpu_mc.FUSED_MAX_ROWS + 1)
+    assert not montecarlo_xp.fused(cpu_mc, 1)  # the CPU always draws normals and multiplies
+    n = 1000
+    # one portfolio: fused, the scenarios' normals are never stored, a 1M-scenario run is one chunk
+    assert montecarlo_xp.chunk_row_bytes(gpu_mc, 1, n, 0, 0, 8) == 4 * 8
+    assert montecarlo_xp.default_chunk(gpu_mc, 1, n, 0, 0, 10_196, 8) >= 1_000_000
+    # 1000 portfolios: the GEMM path's normals, outputs and merge scratch fit CHUNK_BYTES
+    rows = montecarlo_xp.default_chunk(gpu_mc, 1000, n, 0, 0, 10_196, 8)
+    per_row = montecarlo_xp.chunk_row_bytes(gpu_mc, 1000, n, 0, 0, 8) + 1000 * 24
+    assert 4096 <= rows and 1000 * 10_196 * 40 + rows * per_row <= gpu_mc.CHUNK_BYTES < (rows + 1) * per_row + \
+        1000 * 10_196 * 40
+    # the CPU default stays about CHUNK_ELEMENTS normals a chunk
+    assert montecarlo_xp.default_chunk(cpu_mc, 1000, n, 0, 0, 10_196, 8) == montecarlo_xp.CHUNK_ELEMENTS // n
+    # the plan and its memory estimate on the GPU module (no GPU needed to plan)
+    w, mu, cov = random_problem(n=50, p=1, seed=2)
+
+    class Gpu:  # the CPU backend's validation with the GPU module's policy
+        def ops(self, area):
+            return gpu_mc
+    import gpu_trader.montecarlo as pub
+
+    real = pub.select_backend
+    pub.select_backend = lambda weights, backend: Gpu()
+    try:
+        _, plan, _ = plan_monte_carlo(w, mu, cov, level=0.99, n_scenarios=1_000_000, horizon=1, dist="normal",
+                                      dof=None, seed=1, options=None, contributions=False, chunk_size=None,
+                                      dtype=np.float64, backend=None)
+    finally:
+        pub.select_backend = real
+    assert plan.chunk >= 1_000_000 and plan.chunk % gpu_mc.BLOCK == 0
+    assert montecarlo_xp.work_bytes(plan, gpu_mc) < 200 << 20  # no (N, n) normals counted: ~1M x 56 B + tail
+
+
+@pytest.mark.slow
+def test_gpu_kernels_compile_to_ptx():
+    """Every Monte Carlo kernel, with the argument types of real launches, compiled for sm_90 (NVVM,
+    no GPU): the normals and t-factor kernels, the fused projection (its accumulators in registers,
+    one kernel per P + U) and the Black-Scholes kernel."""
+    from conftest import assert_compiles_to_ptx
+
+    assert_compiles_to_ptx("""
+        from gpu_trader.kernels.launch import PtxExecutor
+        from gpu_trader.kernels import montecarlo as g
+        exe = PtxExecutor(cc=(9, 0))
+        for dt in (np.float64, np.float32):
+            g.normals(1, 0, 8, 5, dt, 5.0, xp=np, exe=exe)
+            g.project(1, 0, 8, np.ones((3, 5), dt), dt, 5.0, exe=exe)
+        g.project(1, 0, 8, np.ones((g.FUSED_MAX_ROWS, 5)), np.float64, None, exe=exe)
+        o = {k: np.ones(2) for k in ("drift", "spot", "strike", "tau", "rate", "vol", "value0")}
+        o.update(under=np.zeros(2, np.int64), is_call=np.ones(2, bool), n=2)
+        g.option_pnl(np.ones((1, 4)), o, np.float64, exe=exe)
+        g.normals_at(1, np.array([7, 3]), 5, np.float64, 4.0, exe=exe)
+        names = sorted({k.split(".")[0] for k in exe.ptx})
+        assert names == ["_normals_kernel", "_pnl_kernel", "_project_kernel", "_t_factor_kernel"], names
+        assert len(exe.ptx) == 8 and all(".entry" in v for v in exe.ptx.values())
+        fused = [v for k, v in exe.ptx.items() if k.startswith("_project_kernel") and "float64" in k]
+        assert all("fma.rn.f64" in v for v in fused)
+    """)
+
+
 # -- the GPU module under numba's CUDA simulator --------------------------------------
 def _simulated() -> dict:
     """Run in a subprocess with NUMBA_ENABLE_CUDASIM=1: the BS kernel and the whole engine with the GPU
-    module's kernel and tail merge (NumPy arrays) against the CPU backend."""
+    module's kernel and tail merge (NumPy arrays) against the CPU backend; then the GPU module's own
+    random numbers, by its normals kernel + a GEMM and by its fused projection kernel, against the
+    same generator compiled for the host (:class:`_HostGpuRandom`)."""
+    import dataclasses
+    import functools
+
     import gpu_trader._internal.montecarlo_xp as eng
     from gpu_trader import montecarlo as pub
 
@@ -359,7 +560,7 @@ def _simulated() -> dict:
 
         @staticmethod
         def tail_update(vals, idx, loss, first):
-            return gpu_mc.merge_tail(np, vals, idx, loss, first)
+            return merge_tail(np, vals, idx, loss, first)
 
     w, mu, cov = random_problem(n=5, p=2, seed=8)
     qty = np.array([[1.0, 2.0, -1.0, 3.0], [0.5, 0.0, 2.0, -4.0]]) * 10
@@ -385,6 +586,26 @@ def _simulated() -> dict:
                      ("option_contributions", ref.option_contributions)):
         err = np.abs(np.asarray(sim[key]) - val).max() / np.abs(val).max()
         out["max_rel"] = max(out["max_rel"], float(err))
+
+    class GpuGemm(Ops):
+        BLOCK = gpu_mc.BLOCK
+        normals = staticmethod(functools.partial(gpu_mc.normals, xp=np))
+        normals_at = staticmethod(gpu_mc.normals_at)
+        tail_update = staticmethod(functools.partial(merge_tail_candidates, np))
+
+    class GpuFused(GpuGemm):
+        FUSED_MAX_ROWS = gpu_mc.FUSED_MAX_ROWS
+        project = staticmethod(gpu_mc.project)
+
+    plan = dataclasses.replace(captured["plan"], chunk=gpu_mc.BLOCK)
+    host = eng.run(plan, _HostGpuRandom)
+    out["max_rel_gpu_random"] = 0.0
+    for ops in (GpuGemm, GpuFused):
+        got = eng.run(plan, ops)
+        for key in ("var", "cvar", "se", "contributions", "option_contributions"):
+            err = np.abs(np.asarray(got[key]) - host[key]).max() / np.abs(host[key]).max()
+            out["max_rel_gpu_random"] = max(out["max_rel_gpu_random"], float(err))
+    assert eng.fused(GpuFused, plan.weights.shape[0] + plan.options.assets.shape[0])
     assert pub  # the public module is importable under the simulator
     return out
 
@@ -396,7 +617,8 @@ def test_gpu_module_under_cuda_simulator(tmp_path):
     proc = subprocess.run([sys.executable, __file__, "--simulate", str(out)], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(out.read_text())["max_rel"] < 1e-9
+    result = json.loads(out.read_text())
+    assert result["max_rel"] < 1e-9 and result["max_rel_gpu_random"] < 1e-9, result
 
 
 # -- levels, integer bounds and memory ---------------------------------------------------------

@@ -437,13 +437,13 @@ def test_cuda_kernel_compiles_to_ptx():
     sm_90 (H100); needs NVVM, not a GPU."""
     assert_compiles_to_ptx("""
         import types
-        from numba import cuda, float64
+        from numba import cuda, float64, int64
         from numba.cuda import dispatcher
         from gpu_trader.kernels import portfolio as kp
         # device functions compile for the current device's capability: answer the query with sm_90
         dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
         v, m = float64[::1], float64[:, ::1]
-        ptx, _ = cuda.compile_ptx(kp._kernel().py_func, (v, v, v, m, m), cc=(9, 0))
+        ptx, _ = cuda.compile_ptx(kp._kernel().py_func, (int64, v, v, v, m, m), cc=(9, 0))
         assert ".entry" in ptx and "sm_90" in ptx
     """)
 

@@ -41,7 +41,7 @@ def series(T, seed=0, nan_rate=0.0, inf_rate=0.0, lead=0):
 
 def general_path_from_now_on(monkeypatch):
     """Switch the one-series path off: later calls go through resolve and the batch drivers."""
-    monkeypatch.setattr(ind, "_one_series_on_cpu", lambda arrays, backend: False)
+    monkeypatch.setattr(ind, "_SERIES_MAX_ELEMENTS", -1)
 
 
 @pytest.fixture
@@ -235,6 +235,99 @@ def test_other_inputs_give_the_general_paths_result_or_error(kind, make, monkeyp
     general_path_from_now_on(monkeypatch)
     assert errors(lambda: gt.sma(make(c), 3)) == fast
     assert fast is not None or kind == "list"
+
+
+@pytest.fixture
+def resolve_calls(monkeypatch):
+    """The calls that reached resolve (the general path), counted."""
+    calls = []
+    real = ind.resolve
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ind, "resolve", counting)
+    return calls
+
+
+def test_the_general_path_switch_reaches_resolve(resolve_calls, monkeypatch):
+    """The switch the tests above use really turns the one-series path off (else they would
+    compare the fast path with itself)."""
+    h, lo, c, v = series(30, seed=82)
+    gt.sma(c, 3)
+    gt.vwap(h, lo, c, v, 3)
+    assert resolve_calls == []
+    general_path_from_now_on(monkeypatch)
+    gt.sma(c, 3)
+    gt.vwap(h, lo, c, v, 3)
+    gt.features({"high": h, "low": lo, "close": c, "volume": v})
+    assert len(resolve_calls) == 3
+
+
+# One input replaced by something the one-series path must leave to the general path: the values
+# it must give (as the float64 input would: None, where only the general path's answer is the oracle).
+ODD_INPUTS = [
+    ("float32", lambda a: a.astype(np.float32)),
+    ("int64", lambda a: np.round(np.nan_to_num(a)).astype(np.int64)),
+    ("bool", lambda a: a > 100.0),
+    ("big_endian", lambda a: a.astype(">f8")),
+    ("shorter", lambda a: a[:-3]),
+    ("longer", lambda a: np.concatenate([a, a[:2]])),
+    ("2-D", lambda a: a[None]),
+    ("0-d", lambda a: np.array(a[0])),
+    ("complex", lambda a: a.astype(complex)),
+    ("masked", lambda a: np.ma.masked_invalid(a)),
+    ("matrix subclass", lambda a: np.asmatrix(a)),
+    ("list", lambda a: a.tolist()),
+    ("pandas", lambda a: __import__("pandas").Series(a)),
+]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("kind,make", ODD_INPUTS, ids=[k for k, _ in ODD_INPUTS])
+@pytest.mark.parametrize("name", NAMES)
+def test_any_odd_input_takes_the_general_path_with_its_result_or_error(name, kind, make, monkeypatch, resolve_calls):
+    """Every input position of every indicator: one odd input among plain float64 ones gives the
+    general path's result or error (each position is checked separately on the one-series path)."""
+    if kind == "pandas":
+        pytest.importorskip("pandas")
+    inputs = pick(name, series(40, seed=93, nan_rate=0.05))
+    params = DEFAULT_PARAMS[name]
+    if len(inputs) == 1 and kind in ("shorter", "longer"):
+        pytest.skip("one input: a plain float64 series of any length")
+    for pos in range(len(inputs)):
+        case = list(inputs)
+        case[pos] = make(inputs[pos])
+        fast = errors(lambda: FUNCS[name](*case, *params))
+        if fast is None:
+            got = FUNCS[name](*case, *params)
+            assert resolve_calls, f"{kind} input {pos} of {name} took the one-series path"
+            if kind in ("int64", "bool"):  # converted exactly: the float64 path on the same values
+                assert_same(got, FUNCS[name](*[np.asarray(a, dtype=np.float64) for a in case], *params))
+            elif kind in ("big_endian", "list"):
+                assert_same(got, FUNCS[name](*inputs, *params))
+        resolve_calls.clear()
+        with monkeypatch.context() as m:
+            general_path_from_now_on(m)
+            general = errors(lambda: FUNCS[name](*case, *params))
+            if fast is None:
+                want = FUNCS[name](*case, *params)
+                for x, y in zip(as_tuple(got), as_tuple(want)):
+                    assert type(x) is type(y)
+                    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert general == fast, (pos, kind)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pandas_in_pandas_out_for_every_indicator(name):
+    pd = pytest.importorskip("pandas")
+    inputs = pick(name, series(60, seed=42, nan_rate=0.05))
+    index = pd.date_range("2025-01-01", periods=60, freq="min")
+    got = as_tuple(FUNCS[name](*[pd.Series(a, index=index) for a in inputs], *DEFAULT_PARAMS[name]))
+    want = as_tuple(FUNCS[name](*inputs, *DEFAULT_PARAMS[name]))
+    assert all(isinstance(g, pd.Series) and g.index.equals(index) for g in got)
+    assert_same(tuple(g.to_numpy() for g in got), want)
 
 
 @pytest.mark.parametrize("name", ["atr", "stoch", "obv", "vwap"])

@@ -426,6 +426,123 @@ def test_bad_rows():
     assert s.n_bars == 0 and c.n_bars == 0  # nothing was consumed
 
 
+# -- update(row, out=...): the allocation-free form -------------------------------------------------
+
+
+def out_rows(H: np.ndarray, t: int, fmt: str):
+    """Bar t of H (5, n, T) in row format ``fmt``."""
+    row = H[:, :, t]
+    if fmt == "mapping":
+        return {f: row[i + 1] for i, f in enumerate(FIELDS)}
+    if fmt == "mapping_mixed":  # a strided view, a read-only copy, a float32 and a big-endian field
+        ro = row[2].copy()
+        ro.flags.writeable = False
+        return {"High": row[1], "low": ro, "close": row[3].astype(np.float32).astype(np.float64),
+                "volume": row[4].astype(">f8")}
+    if fmt == "bar":
+        return row[:, 0].copy()
+    if fmt == "contiguous":
+        return np.ascontiguousarray(row)
+    if fmt == "read_only":
+        row = row.copy()
+        row.flags.writeable = False
+        return row
+    if fmt == "close":
+        return row[3]
+    return row  # (5, n) strided view
+
+
+@pytest.mark.parametrize("spec,n,fmt", [
+    (None, 1, "bar"), (None, 1, "mapping"), (None, 3, "array"), (None, 3, "contiguous"), (None, 2, "read_only"),
+    (ALL_SPEC, 1, "bar"), (ALL_SPEC, 3, "mapping"), (ALL_SPEC, 2, "mapping_mixed"), (ALL_SPEC, 3, "array"),
+    ({"s": ("sma", {"window": 3}), "b": ("bollinger", {"window": 4, "nstd": 1.0})}, 2, "close"),
+])
+def test_update_into_out_equals_features_bar_by_bar(spec, n, fmt):
+    """``update(row, out=out)`` writes bar t's values into ``out`` (row k = keys[k]) and returns
+    it: equal to the batch's last value after bars 0..t, to the dict form, and to ``values()``."""
+    H = ohlcv(n, 90, seed=7 + n)
+    H[:, 0, :15] = np.nan  # a late listing, an interior NaN high and a missing volume
+    H[1, -1, 40] = np.nan
+    H[4, 0, 60] = np.nan
+    if fmt == "mapping_mixed":
+        H[3] = H[3].astype(np.float32)  # the float32 close converts exactly
+    s, twin = FeatureStream(n, spec), FeatureStream(n, spec)
+    s.warmup(H[..., :10])
+    twin.warmup(H[..., :10])
+    out = np.full((len(s.keys), n), -7.0)
+    full = gt.features(H, spec, backend="cpu")
+    for t in range(10, 90):
+        got = s.update(out_rows(H, t, fmt), out=out)
+        assert got is out
+        want = twin.update(out_rows(H, t, fmt))
+        assert_same(dict(zip(s.keys, out)), want, f"bar {t}")
+        assert_same(dict(zip(s.keys, out)), {k: v[..., t] for k, v in full.items()}, f"bar {t} (batch)")
+        assert_same(s.values(), want)
+    if n == 1:
+        assert_same(dict(zip(s.keys, out)), batch_last_values(H, spec, 89))
+    out[:] = 0.0  # the caller owns out: the stream keeps its own copy
+    assert_same(s.values(), twin.values())
+    assert s.n_bars == twin.n_bars == 90
+
+
+def test_update_into_any_float64_out_layout():
+    H = ohlcv(2, 40, seed=8)
+    s, twin = FeatureStream(2), FeatureStream(2)
+    big = np.zeros((len(s.keys), 4))
+    strided = big[:, ::2]  # a strided view is written in place
+    fortran = np.asfortranarray(np.zeros((len(s.keys), 2)))
+    for t in range(40):
+        want = np.stack(list(twin.update(H[:, :, t]).values()))
+        target = strided if t % 2 else fortran
+        assert s.update(H[:, :, t], out=target) is target
+        np.testing.assert_array_equal(target, want)
+    assert not big[:, 1::2].any()  # only the view's columns were written
+
+
+def _read_only(shape):
+    a = np.zeros(shape)
+    a.flags.writeable = False
+    return a
+
+
+BAD_OUTS = [
+    ("list", lambda m, n: [[0.0] * n] * m, TypeError),
+    ("float32", lambda m, n: np.zeros((m, n), np.float32), TypeError),
+    ("int64", lambda m, n: np.zeros((m, n), np.int64), TypeError),
+    ("big-endian", lambda m, n: np.zeros((m, n), ">f8"), TypeError),
+    ("transposed shape", lambda m, n: np.zeros((n, m)), ValueError),
+    ("one row short", lambda m, n: np.zeros((m - 1, n)), ValueError),
+    ("flat", lambda m, n: np.zeros(m * n), ValueError),
+    ("extra axis", lambda m, n: np.zeros((1, m, n)), ValueError),
+    ("read-only", lambda m, n: _read_only((m, n)), ValueError),
+    ("masked", lambda m, n: np.ma.zeros((m, n)), TypeError),
+    ("matrix", lambda m, n: np.asmatrix(np.zeros((m, n))), TypeError),
+    ("pandas", lambda m, n: __import__("pandas").DataFrame(np.zeros((m, n))), TypeError),
+]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("kind,make,error", BAD_OUTS, ids=[b[0] for b in BAD_OUTS])
+def test_update_refuses_a_bad_out_before_consuming_the_bar(kind, make, error):
+    if kind == "pandas":
+        pytest.importorskip("pandas")
+    H = ohlcv(3, 30, seed=9)
+    s, twin = FeatureStream(3), FeatureStream(3)
+    s.warmup(H[..., :20])
+    twin.warmup(H[..., :20])
+    bad = make(len(s.keys), 3)
+    before = np.array(bad, copy=True) if kind != "pandas" else None
+    with pytest.raises(error, match="out"):
+        s.update(H[:, :, 20], out=bad)
+    with pytest.raises(error, match="out"):
+        s.update({f: H[i + 1, :, 20] for i, f in enumerate(FIELDS)}, out=bad)
+    assert s.n_bars == 20  # nothing consumed
+    if before is not None:
+        np.testing.assert_array_equal(np.asarray(bad), before)  # and nothing written
+    for t in range(20, 30):
+        assert_same(s.update(H[:, :, t]), twin.update(H[:, :, t]))
+
+
 def test_bad_histories():
     s = FeatureStream(3)
     with pytest.raises(ValueError, match="history"):
@@ -586,3 +703,24 @@ def test_kernels_stay_inside_the_state_layout():
 def test_import_does_not_load_numba():
     code = "import sys, gpu_trader.streaming; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the bench's streaming case compares the same work ------------------------------------------------
+
+
+def test_bench_stream_case_and_its_talib_reference_give_the_same_values():
+    """The bench times ``update((5,) row, out=)`` against TA-Lib 0.8's stream handles returning a
+    tuple in the order of ``FeatureStream.keys``: both deliver the same values, bar after bar."""
+    talib = pytest.importorskip("talib")
+    from gpu_trader.bench.harness import SkipCase
+    from gpu_trader.bench.suites import features as suite
+
+    try:
+        ref = suite._talib_stream_setup()
+    except SkipCase:
+        pytest.skip(f"TA-Lib {talib.__version__} has no stream handles")
+    ours = suite._stream_setup(gt.get_backend("cpu"))
+    for _ in range(50):
+        got, want = ours(), np.array(ref())
+        assert got.shape == (len(want), 1)
+        np.testing.assert_allclose(got[:, 0], want, rtol=1e-9)

@@ -103,15 +103,15 @@ def saved(tmp_path_factory):
     for key in (("exact", "ip", "float32"), ("exact", "cosine", "int8"), ("exact", "l2", "float32")):
         small_index(*key).save(path)
         out[key] = path.read_bytes()
-    if _has_hnswlib():
+    if _has_faiss():
         small_index("hnsw", "cosine").save(path)
         out[("hnsw", "cosine", "float32")] = path.read_bytes()
     return out
 
 
-def _has_hnswlib() -> bool:
+def _has_faiss() -> bool:
     try:
-        import hnswlib  # noqa: F401
+        import faiss  # noqa: F401
     except ImportError:
         return False
     return True
@@ -397,84 +397,93 @@ def test_fuzz_whole_file(tmp_path, saved, data):
 
 
 # -- the HNSW graph ------------------------------------------------------------------------------
-def _graph_fields(blob: bytes, dim: int, m: int):
-    """hnswlib's level-0 records of a saved graph, as a writable structured array, and where they start."""
-    count = struct.unpack_from("=Q", blob, 16)[0]
-    return np.frombuffer(bytearray(blob), ann._level0_dtype(dim, m), count, ann._HNSW_HEAD.size).copy(), count
+def _graph_blob(g: dict, **head) -> bytes:
+    """A graph in ann's saved layout from ``g`` (the fields of an ``ann.HnswGraph`` plus dim, M,
+    magic, and the header's counts), any header field overridden by ``head``."""
+    fields = {"magic": ann._MAGIC, "n": g["labels"].size, "dim": g["dim"], "M": g["M"], "entry": g["entry_point"],
+              "max_level": g["max_level"], "n_links": g["neighbors"].size, **head}
+    parts = (g["labels"].astype("<i8"), g["live"].astype("u1"), g["vectors"].astype("<f4"),
+             g["levels"].astype("<i4"), g["offsets"].astype("<u8"), g["neighbors"].astype("<i4"))
+    return ann._HEAD.pack(*fields.values()) + b"".join(p.tobytes() for p in parts)
 
 
-def _with_level0(blob: bytes, records: np.ndarray) -> bytes:
-    out = bytearray(blob)
-    start = ann._HNSW_HEAD.size
-    out[start:start + records.nbytes] = records.tobytes()
-    return bytes(out)
+def _graph_dict(blob: bytes, dim: int, params, ids, vectors) -> dict:
+    graph = ann.check_hnsw_graph(blob, dim, params, ids, vectors)
+    g = {name: np.array(value) for name, value in graph._asdict().items() if isinstance(value, np.ndarray)}
+    return {**g, "entry_point": graph.entry_point, "max_level": graph.max_level, "dim": dim, "M": params["M"]}
+
+
+def _variant(g: dict, name: str, index, value) -> dict:
+    out = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in g.items()}
+    if index is None:
+        out[name] = value
+    else:
+        out[name][index] = value
+    return out
 
 
 def test_crafted_hnsw_graphs_are_refused(tmp_path, saved):
-    """hnswlib trusts its file (a link out of range crashes the interpreter): the graph is
-    checked against hnswlib's layout and the index's own ids and vectors before hnswlib sees it."""
-    pytest.importorskip("hnswlib")
+    """FAISS trusts a graph (a link out of range crashes the interpreter): a saved graph is
+    checked, sizes against its length first, then against the index's own ids and vectors,
+    before FAISS sees any of it."""
+    pytest.importorskip("faiss")
     head, blobs = split(saved[("hnsw", "cosine", "float32")])
-    dim, m = head["config"]["dim"], head["config"]["params"]["M"]
-    graph = blobs["ann"]
-    level0, count = _graph_fields(graph, dim, m)
-    assert count >= len(np.frombuffer(blobs["ids"], "<i8"))  # removed vectors stay in the graph, marked
-    live = np.flatnonzero(level0["deleted"] == 0)
-    variants = {}
-    for what, field, row, value in (("link out of range", "links", 0, 10**6), ("too many links", "count", 1, 2 * m + 1),
-                                    ("unknown label", "label", live[0], 2**40), ("flag bits", "deleted", 2, 4),
-                                    ("spare byte", "spare", 2, 1)):
-        bad = level0.copy()
-        bad[field][row] = value
-        bad["count"][0] = max(bad["count"][0], 1)
-        variants[what] = _with_level0(graph, bad)
-    bad = level0.copy()
-    bad["vector"][live[1]] *= 2
-    variants["other vector"] = _with_level0(graph, bad)
-    bad = level0.copy()
-    bad["deleted"][:] = 0
-    variants["deleted made live"] = _with_level0(graph, bad)
-    head_fields = list(ann._HNSW_HEAD.unpack_from(graph))
-    for i, value in ((7, 2**31), (6, 40), (12, 10**9), (10, 10**6), (11, float("nan")), (2, 2**40)):
-        fields = list(head_fields)
-        fields[i] = value
-        variants[f"header field {i}"] = ann._HNSW_HEAD.pack(*fields) + graph[ann._HNSW_HEAD.size:]
-    variants["truncated"] = graph[:-4]
-    variants["trailing bytes"] = graph + b"\0\0\0\0"
+    dim, params = head["config"]["dim"], head["config"]["params"]
     ids = np.frombuffer(blobs["ids"], "<i8")
     vectors = np.frombuffer(blobs["vectors"], "<f4").reshape(len(ids), dim)
-    params = head["config"]["params"]
-    for what, blob in variants.items():
-        with pytest.raises(ValueError):  # checked first: if this let one through, hnswlib could crash
+    graph = blobs["ann"]
+    g = _graph_dict(graph, dim, params, ids, vectors)
+    n = g["labels"].size
+    assert n > len(ids) and not g["live"].all()  # removed vectors stay in the graph, marked
+    live = np.flatnonzero(g["live"])
+    used = np.flatnonzero(g["neighbors"] >= 0)
+    variants = {
+        "link out of range": _variant(g, "neighbors", used[0], n + 10**6),
+        "link below -1": _variant(g, "neighbors", used[0], -7),
+        "unknown label": _variant(g, "labels", live[0], 2**40),
+        "duplicate label": _variant(g, "labels", live[1], g["labels"][live[0]]),
+        "live flag bits": _variant(g, "live", 2, 4),
+        "other vector": _variant(g, "vectors", (live[1], 0), 2.0),
+        "NaN vector": _variant(g, "vectors", (0, 0), np.nan),
+        "deleted made live": _variant(g, "live", slice(None), True),
+        "too many levels": _variant(g, "levels", 0, 1000),
+        "no level": _variant(g, "levels", 0, 0),
+        "offsets shifted": _variant(g, "offsets", 1, g["offsets"][1] + 1),
+        "entry point out of range": _variant(g, "entry_point", None, n),
+        "top level wrong": _variant(g, "max_level", None, g["max_level"] + 1),
+    }
+    blobs_by = {what: _graph_blob(v) for what, v in variants.items()}
+    for what, override in (("magic", {"magic": b"HNSWLIB0"}), ("dim", {"dim": dim + 1}), ("M", {"M": params["M"] + 1}),
+                           ("count claimed 2**40", {"n": 2**40}), ("links claimed 2**40", {"n_links": 2**40})):
+        blobs_by[f"header {what}"] = _graph_blob(g, **override)
+    blobs_by["truncated"] = graph[:-4]
+    blobs_by["trailing bytes"] = graph + b"\0\0\0\0"
+    blobs_by["header only"] = graph[:ann._HEAD.size - 1]
+    assert _graph_blob(g) == graph  # the forging helper writes the layout ann writes
+    for what, blob in blobs_by.items():
+        with pytest.raises(ValueError):  # checked first: if this let one through, FAISS could crash
             ann.check_hnsw_graph(blob, dim, params, ids, vectors)
         with pytest.raises(VectorIndexFileError):
             VectorIndex.load(_written(tmp_path, forge(head, {**blobs, "ann": blob})))
-    fields = list(head_fields)
-    fields[1] = 2**60  # the capacity the graph was saved with is not used: no 2**60-element allocation
-    index = load_outcome(tmp_path / "f.gtv", forge(head, {**blobs, "ann": ann._HNSW_HEAD.pack(*fields) +
-                                                         graph[ann._HNSW_HEAD.size:]}))
-    assert index._ann._index.get_max_elements() == count
+    index = load_outcome(tmp_path / "f.gtv", forge(head, blobs))
     scores, found = index.search(vectors[:2], 3)
     assert found[0, 0] == ids[0] and found[1, 0] == ids[1]
 
 
 def test_hnsw_upper_level_links_are_checked(tmp_path):
-    """A link on an upper level to an element that does not reach that level is refused."""
-    pytest.importorskip("hnswlib")
+    """A link on an upper level to a node that does not reach that level is refused."""
+    pytest.importorskip("faiss")
     index = VectorIndex(4, "ip", kind="hnsw", M=2, ef_construction=4)
     index.add(np.random.default_rng(2).standard_normal((300, 4)))
     blob = index._ann.dump()
     ids, vectors = index.vectors()
-    count, m = len(index), 2
-    level0_end = ann._HNSW_HEAD.size + count * ann._level0_dtype(4, m).itemsize
-    words = np.frombuffer(blob, "=u4", offset=level0_end).copy()
-    levels, starts = ann._upper_levels(words, count, m)
-    assert levels.max() >= 1
-    low = int(np.flatnonzero(levels == 0)[0])
-    owner = int(np.flatnonzero(levels >= 1)[0])
-    words[starts[owner]] = max(1, words[starts[owner]])  # at least one link on level 1 ...
-    words[starts[owner] + 1] = low  # ... to an element that has no level 1
-    forged = blob[:level0_end] + words.tobytes()
+    g = _graph_dict(blob, 4, index._params, ids, vectors)
+    cum = ann._links_per_level(2)
+    assert g["levels"].max() >= 2
+    low = int(np.flatnonzero(g["levels"] == 1)[0])
+    owner = int(np.flatnonzero(g["levels"] >= 2)[0])
+    at = int(g["offsets"][owner]) + int(cum[1])  # the owner's first link on level 1 ...
+    forged = _graph_blob(_variant(g, "neighbors", at, low))  # ... to a node only on level 0
     with pytest.raises(ValueError, match="above its level"):
         ann.check_hnsw_graph(forged, 4, index._params, ids, vectors)
     ann.check_hnsw_graph(blob, 4, index._params, ids, vectors)  # the original passes
@@ -484,7 +493,7 @@ def test_hnsw_upper_level_links_are_checked(tmp_path):
 @given(data=st.data())
 def test_fuzz_hnsw_graph_bytes(tmp_path, saved, data):
     """Random bytes in the graph (checksums recomputed): refused, or loaded and searchable."""
-    pytest.importorskip("hnswlib")
+    pytest.importorskip("faiss")
     head, blobs = split(saved[("hnsw", "cosine", "float32")])
     blob = bytearray(blobs["ann"])
     for _ in range(data.draw(st.integers(1, 3))):

@@ -1,48 +1,48 @@
 """Approximate nearest-neighbour indexes behind ``VectorIndex(kind="hnsw" | "cagra")``.
 
-* ``hnsw``: an hnswlib graph (chosen over FAISS HNSW and usearch by the measurements in
-  ``docs/ann_comparison.md``: lowest query latency at equal recall, a build within 20 % of
-  FAISS's, and native deletion and labels). The graph keeps its own float32 copy of the
-  vectors, labelled by the user's ids; removed ids are marked deleted.
+* ``hnsw``: FAISS's ``IndexHNSWFlat`` graph (chosen over hnswlib and usearch by the
+  measurements in ``docs/ann_comparison.md``: the same recall at the same graph parameters,
+  query latency and build time within 15 % of hnswlib's, and binary wheels for every
+  CPython, which hnswlib lacks). The graph keeps its own float32 copy of the vectors, in
+  insertion order; this adapter keeps each graph node's user id and whether it is live.
+  Removed ids stay in the graph (FAISS cannot remove from an HNSW graph) and are filtered out
+  of every search by an ``IDSelectorBitmap`` of the live nodes.
 * ``cagra``: NVIDIA cuVS's CAGRA graph on the GPU, built from the stored vectors on the
   first search after a change (CAGRA graphs are built in bulk), results re-scored exactly.
 
 A backend declares the kinds it can build in ``Backend.ann_kinds`` (``hnsw`` on ``cpu``,
 ``cagra`` on ``cuda``); :func:`make` refuses the others. Both expose ``add(vectors, ids)``,
 ``remove(ids)``, ``search(snapshot, queries, k) -> (scores, ids)`` (scores in the public
-convention: similarity for ip/cosine, squared distance for l2), ``dump() -> bytes`` and
-``restore(blob, ids, vectors)``. hnswlib trusts the
-graph it loads (a link out of range crashes the process), so ``restore`` first checks the
-blob against hnswlib's layout and the index's own live ids and vectors (``ValueError`` says
-what is wrong). The hnswlib graph is guarded
-by a readers-writer lock: searches run concurrently (hnswlib releases the GIL), while an
-add (which may resize the graph), a removal, a dump or a restore runs alone. CAGRA calls
-are serialized (the graph may be rebuilt by a search).
+convention: similarity for ip/cosine, squared distance for l2; ``RuntimeError`` when the
+graph finds fewer than ``k`` live neighbours, which the caller answers exactly), ``dump() ->
+bytes`` and ``restore(blob, ids, vectors)``. The HNSW graph is saved in this module's own
+layout (:func:`check_hnsw_graph`), never through FAISS's reader: FAISS trusts a graph (a link
+out of range crashes the process), so ``restore`` checks every size against the blob's
+length before reading it, and every link, level, id and vector against the index's own
+live ids and vectors, before FAISS sees any of it (``ValueError`` says what is wrong). The
+graph is guarded by a readers-writer lock: searches run concurrently (FAISS releases the
+GIL), while an add, a removal, a dump or a restore runs alone. CAGRA calls are serialized
+(the graph may be rebuilt by a search).
 """
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import struct
-import tempfile
 import threading
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 from ..backend import registered_backends
-from . import vector_xp
 from .validation import check_count
 
 __all__ = ["APPROXIMATE_KINDS", "HNSW_DEFAULTS", "HNSW_LIMITS", "check_params", "make"]
 
 # M (graph degree), construction beam, search beam: recall@10 >= 0.95 at 100K x 384 (docs/ann_comparison.md)
 HNSW_DEFAULTS = {"M": 16, "ef_construction": 128, "ef_search": 64}
-# Inclusive bounds, checked before hnswlib allocates anything: M >= 2 (hnswlib's level
-# distribution divides by log M), 2 M links per element fit hnswlib's 16-bit count.
+# Inclusive bounds, checked before FAISS allocates anything: M >= 2 (the level distribution
+# divides by log M), at most 2048 (2 M links per node on level 0).
 HNSW_LIMITS = {"M": (2, 2048), "ef_construction": (1, 1 << 20), "ef_search": (1, 1 << 20)}
-_PARALLEL_ADD = 1024  # vectors per add from which hnswlib builds with all cores
 APPROXIMATE_KINDS = ("hnsw", "cagra")  # what a backend's ``ann_kinds`` may hold
 
 
@@ -114,60 +114,87 @@ class _ReadWriteLock:
 class _Hnsw:
     def __init__(self, dim: int, metric: str, params: dict[str, int]):
         try:
-            import hnswlib
+            import faiss
         except ImportError as exc:
-            raise ImportError("kind='hnsw' needs hnswlib: pip install 'gpu-trader[ann]'") from exc
-        self._hnswlib = hnswlib
-        self._space = "l2" if metric == "l2" else "ip"
+            raise ImportError("kind='hnsw' needs FAISS: pip install faiss-cpu") from exc
+        self._faiss = faiss
+        self._metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         self._dim = dim
         self._params = params
         self._lock = _ReadWriteLock()
-        self._index = hnswlib.Index(space=self._space, dim=dim)
-        element_bytes = 4 * dim + 8 * params["M"] + 12  # level-0 record: links, vector, label
-        self._index.init_index(max_elements=vector_xp.initial_rows(element_bytes),
-                               ef_construction=params["ef_construction"], M=params["M"])
-        self._index.set_ef(params["ef_search"])
+        self._index = self._new_index()
+        self._labels = np.empty(0, np.int64)  # graph node -> user id
+        self._live = np.empty(0, bool)        # graph node -> not removed
+        self._search_params = None            # FAISS's search parameters, with the live filter if any node is removed
+
+    def _new_index(self):
+        index = self._faiss.IndexHNSWFlat(self._dim, self._params["M"], self._metric)
+        index.hnsw.efConstruction = self._params["ef_construction"]
+        index.hnsw.efSearch = self._params["ef_search"]
+        return index
+
+    def _refresh_filter(self) -> None:
+        """The search parameters: the live nodes as a bitmap selector once a node is removed."""
+        faiss = self._faiss
+        if self._live.all():
+            self._search_params = None
+            return
+        bitmap = np.packbits(self._live, bitorder="little")
+        selector = faiss.IDSelectorBitmap(self._live.size, faiss.swig_ptr(bitmap))
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._params["ef_search"])
+        params._keep = (bitmap, selector)  # FAISS holds raw pointers to both
+        self._search_params = params
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         with self._lock.write():
-            need = self._index.element_count + len(ids)
-            cap = self._index.get_max_elements()
-            if need > cap:
-                self._index.resize_index(max(need, 2 * cap))
-            # hnswlib's own threads (all cores) pay off for bulk inserts only
-            self._index.add_items(vectors, ids, num_threads=-1 if len(ids) >= _PARALLEL_ADD else 1)
+            self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+            self._labels = np.concatenate([self._labels, np.asarray(ids, np.int64)])
+            self._live = np.concatenate([self._live, np.ones(len(ids), bool)])
+            self._refresh_filter()
 
     def remove(self, ids: np.ndarray) -> None:
         with self._lock.write():
-            for i in ids.tolist():
-                self._index.mark_deleted(i)
+            self._live &= ~np.isin(self._labels, ids)
+            self._refresh_filter()
 
     def search(self, snapshot, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock.read():
-            labels, dist = self._index.knn_query(queries, k=k, num_threads=1)
-        scores = dist if self._space == "l2" else 1.0 - dist
-        return scores.astype(np.float32), labels.astype(np.int64)
+            scores, nodes = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k,
+                                               params=self._search_params)
+            if (nodes < 0).any():
+                raise RuntimeError(f"the HNSW graph found fewer than k={k} live neighbours")
+            ids = self._labels[nodes]
+        return scores.astype(np.float32), ids
 
     def dump(self) -> bytes:
-        with self._lock.write(), tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "hnsw.bin")
-            self._index.save_index(path)
-            with open(path, "rb") as fh:
-                return fh.read()
+        """The graph in :func:`check_hnsw_graph`'s layout (every node, removed ones too)."""
+        faiss = self._faiss
+        with self._lock.write():
+            hnsw, n = self._index.hnsw, self._index.ntotal
+            vectors = faiss.vector_to_array(faiss.downcast_index(self._index.storage).codes)
+            neighbors = faiss.vector_to_array(hnsw.neighbors).astype("<i4")
+            head = _HEAD.pack(_MAGIC, n, self._dim, self._params["M"], hnsw.entry_point, hnsw.max_level,
+                              neighbors.size)
+            parts = (self._labels.astype("<i8"), self._live.astype(np.uint8), vectors.view(np.float32).astype("<f4"),
+                     faiss.vector_to_array(hnsw.levels).astype("<i4"),
+                     faiss.vector_to_array(hnsw.offsets).astype("<u8"), neighbors)
+            return head + b"".join(p.tobytes() for p in parts)
 
     def restore(self, blob: bytes, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Load a graph saved by :meth:`dump` of an index holding exactly these live ``ids``
         (int64 ``(n,)``) and float32 ``vectors`` ``(n, dim)``; ``ValueError`` (nothing
         loaded) unless :func:`check_hnsw_graph` accepts it."""
-        count = check_hnsw_graph(blob, self._dim, self._params, ids, vectors)
-        with self._lock.write(), tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "hnsw.bin")
-            with open(path, "wb") as fh:
-                fh.write(blob)
-            index = self._hnswlib.Index(space=self._space, dim=self._dim)
-            index.load_index(path, max_elements=max(count, 1))  # not the file's capacity
-            index.set_ef(self._params["ef_search"])
-            self._index = index
+        faiss = self._faiss
+        graph = check_hnsw_graph(blob, self._dim, self._params, ids, vectors)
+        index = self._new_index()
+        index.storage.add(np.ascontiguousarray(graph.vectors, dtype=np.float32))
+        for name in ("levels", "offsets", "neighbors"):
+            faiss.copy_array_to_vector(getattr(graph, name), getattr(index.hnsw, name))
+        index.hnsw.entry_point, index.hnsw.max_level = graph.entry_point, graph.max_level
+        index.ntotal = graph.labels.size
+        with self._lock.write():
+            self._index, self._labels, self._live = index, graph.labels, graph.live
+            self._refresh_filter()
 
 
 class _Cagra:
@@ -210,114 +237,97 @@ class _Cagra:
             raise ValueError("a CAGRA index saves no graph, but the file holds one")
 
 
-# -- hnswlib's file layout (hnswlib 0.8 HierarchicalNSW::saveIndex, native byte order) ------
-# offsetLevel0, max_elements, cur_element_count, size_data_per_element, label_offset,
-# offsetData (size_t each), maxlevel (int), enterpoint_node (uint32), maxM, maxM0, M
-# (size_t), mult (double), ef_construction (size_t); then cur_element_count level-0
-# records; then per element a uint32 byte count and its upper-level link lists.
-_HNSW_HEAD = struct.Struct("=QQQQQQiIQQQdQ")
-_NO_ENTRY = 0xFFFFFFFF
+# -- the saved HNSW graph ---------------------------------------------------------------------
+# little-endian: magic, node count n, dim, M, entry point, top level, link count; then labels
+# int64 (n,), live uint8 (n,), vectors float32 (n, dim), levels int32 (n,) (levels each node is
+# on, >= 1), offsets uint64 (n + 1,) (where each node's link lists start), links int32 (-1: none)
+_MAGIC = b"GTHNSW01"
+_HEAD = struct.Struct("<8sQIIiiQ")
 
 
-def _level0_dtype(dim: int, m: int) -> np.dtype:
-    """One level-0 record: link count (16 bits), delete mark, a spare byte, 2 M links, the vector, the label."""
-    return np.dtype([("count", "=u2"), ("deleted", "u1"), ("spare", "u1"), ("links", "=u4", (2 * m,)),
-                     ("vector", "=f4", (dim,)), ("label", "=u8")])
+class HnswGraph(NamedTuple):
+    labels: np.ndarray     # int64 (n,): each node's id
+    live: np.ndarray       # bool (n,): not removed
+    vectors: np.ndarray    # float32 (n, dim)
+    levels: np.ndarray     # int32 (n,)
+    offsets: np.ndarray    # uint64 (n + 1,)
+    neighbors: np.ndarray  # int32 (links,)
+    entry_point: int
+    max_level: int
 
 
-def check_hnsw_graph(blob: bytes, dim: int, params: Mapping[str, int], ids: np.ndarray, vectors: np.ndarray) -> int:
-    """Check that ``blob`` is an hnswlib graph of ``dim``-dimensional vectors built with
-    ``params`` whose live (not deleted) elements are exactly ``ids`` with exactly ``vectors``
-    (float32 ``(n, dim)`` rows in the order of ``ids``), and whose every link, level and
-    entry point is in range. Returns the number of elements (live and deleted); ``ValueError``
-    says what is wrong. Reads only ``blob`` (no allocation beyond a few of its sizes)."""
-    if len(blob) < _HNSW_HEAD.size:
+def _links_per_level(m: int) -> np.ndarray:
+    """FAISS's cumulative link-list sizes per level for degree ``m`` (2 m on level 0, m above)."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(1, m)  # kept alive while its vector is read
+    return faiss.vector_to_array(index.hnsw.cum_nneighbor_per_level).astype(np.int64)
+
+
+def check_hnsw_graph(blob: bytes, dim: int, params: Mapping[str, int], ids: np.ndarray,
+                     vectors: np.ndarray) -> HnswGraph:
+    """The graph :meth:`_Hnsw.dump` wrote, checked: ``dim`` and ``M`` as the index's; every
+    section's size against the blob's length before it is read (no allocation beyond the
+    blob's own size); live nodes exactly ``ids`` with exactly ``vectors`` (float32 ``(n, dim)``
+    rows in the order of ``ids``), labels unique, vectors finite; each node's level count
+    within what ``M`` allows and its link lists where the offsets say; every link -1 or to a
+    node that reaches that level; the entry point on the top level. ``ValueError`` says what
+    is wrong."""
+    if len(blob) < _HEAD.size:
         raise ValueError("the HNSW graph is truncated")
-    (offset0, _capacity, count, record, label_at, vector_at, max_level, entry,
-     max_m, max_m0, m, mult, ef_construction) = _HNSW_HEAD.unpack_from(blob)
-    links0 = 4 + 8 * params["M"]
-    layout = (offset0, record, label_at, vector_at, max_m, max_m0, m, ef_construction)
-    if layout != (0, links0 + 4 * dim + 8, links0 + 4 * dim, links0, params["M"], 2 * params["M"], params["M"],
-                  max(params["ef_construction"], params["M"])) or not math.isclose(mult, 1.0 / math.log(params["M"])):
-        raise ValueError("the HNSW graph's layout does not match the index (dim, M, ef_construction)")
-    level0_end = _HNSW_HEAD.size + count * record
-    if level0_end > len(blob) or (len(blob) - level0_end) % 4:
-        raise ValueError("the HNSW graph is truncated")
-    level0 = np.frombuffer(blob, _level0_dtype(dim, m), count, _HNSW_HEAD.size)
-    _check_level0(level0, count, m)
-    _check_live(level0, ids, vectors)
-    words = np.frombuffer(blob, "=u4", offset=level0_end)
-    levels, starts = _upper_levels(words, count, m)
-    if count == 0:
-        ok = max_level == -1 and entry == _NO_ENTRY
+    magic, n, g_dim, m, entry, max_level, n_links = _HEAD.unpack_from(blob)
+    if magic != _MAGIC:
+        raise ValueError("the HNSW graph is not in gpu-trader's layout")
+    if (g_dim, m) != (dim, params["M"]):
+        raise ValueError("the HNSW graph's layout does not match the index (dim, M)")
+    sizes = (8 * n, n, 4 * n * dim, 4 * n, 8 * (n + 1), 4 * n_links)
+    if _HEAD.size + sum(sizes) != len(blob):
+        raise ValueError("the HNSW graph is truncated or has trailing bytes")
+    starts = np.cumsum((_HEAD.size, *sizes[:-1])).tolist()
+    labels, live, vecs, levels, offsets, links = (
+        np.frombuffer(blob, dt, count, at) for dt, count, at in
+        zip(("<i8", "u1", "<f4", "<i4", "<u8", "<i4"), (n, n, n * dim, n, n + 1, n_links), starts))
+    if live.size and live.max() > 1:
+        raise ValueError("the HNSW graph has a malformed live flag")
+    vecs = vecs.reshape(n, dim)
+    if not np.isfinite(vecs).all():
+        raise ValueError("the HNSW graph holds NaN or infinite vectors")
+    _check_live(labels, live.astype(bool), vecs, ids, vectors)
+    _check_links(levels, offsets, links, _links_per_level(m))
+    if n == 0:
+        ok = entry == -1 and max_level == -1
     else:
-        ok = entry < count and max_level == levels[entry] == levels.max()
+        ok = 0 <= entry < n and max_level == levels[entry] - 1 == levels.max() - 1
     if not ok:
         raise ValueError("the HNSW graph's entry point or top level is out of range")
-    _check_upper_links(words, levels, starts, m)
-    return count
+    return HnswGraph(labels.astype(np.int64), live.astype(bool), vecs, levels.astype(np.int32),
+                     offsets.astype(np.uint64), links.astype(np.int32), entry, max_level)
 
 
-def _check_level0(level0: np.ndarray, count: int, m: int) -> None:
-    """Link counts within 2 M, flags 0 or deleted, links to existing elements, finite vectors."""
-    if ((level0["count"] > 2 * m) | (level0["deleted"] > 1) | (level0["spare"] != 0)).any():
-        raise ValueError("the HNSW graph has a malformed level-0 record")
-    used = np.arange(2 * m) < level0["count"][:, None]
-    if (level0["links"][used] >= count).any():
-        raise ValueError("the HNSW graph links to an element it does not have")
-    if not np.isfinite(level0["vector"]).all():
-        raise ValueError("the HNSW graph holds NaN or infinite vectors")
-
-
-def _check_live(level0: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
-    """Labels unique; the live elements are exactly ``ids`` with exactly ``vectors``."""
-    labels = level0["label"]
+def _check_live(labels: np.ndarray, live: np.ndarray, vecs: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Labels unique; the live nodes are exactly ``ids`` with exactly ``vectors``."""
     if np.unique(labels).size != labels.size:
         raise ValueError("the HNSW graph has duplicate labels")
-    live = level0["deleted"] == 0
     by_label = np.argsort(labels[live], kind="stable")
     by_id = np.argsort(ids, kind="stable")
-    if (by_label.size != ids.size or not np.array_equal(labels[live][by_label], ids[by_id].astype(np.uint64))
-            or not np.array_equal(level0["vector"][live][by_label], vectors[by_id])):
-        raise ValueError("the HNSW graph's live elements are not the index's ids and vectors")
+    if (by_label.size != ids.size or not np.array_equal(labels[live][by_label], ids[by_id])
+            or not np.array_equal(vecs[live][by_label], vectors[by_id])):
+        raise ValueError("the HNSW graph's live nodes are not the index's ids and vectors")
 
 
-def _upper_levels(words: np.ndarray, count: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each element's number of upper levels and where (in words) its link lists start."""
-    per_level = m + 1  # a count word and M links
-    levels = np.zeros(count, np.int64)
-    starts = np.zeros(count, np.int64)
-    view = memoryview(words)  # Python-level indexing of a memoryview is several times faster than NumPy's
-    pos, end = 0, len(view)
-    for i in range(count):
-        if pos >= end:
-            raise ValueError("the HNSW graph is truncated")
-        nbytes = view[pos]
-        pos += 1
-        if nbytes:
-            if nbytes % (4 * per_level):
-                raise ValueError("the HNSW graph has a malformed upper-level record")
-            levels[i] = nbytes // (4 * per_level)
-            starts[i] = pos
-            pos += nbytes // 4
-    if pos != end:
-        raise ValueError("the HNSW graph is truncated or has trailing bytes")
-    return levels, starts
-
-
-def _check_upper_links(words: np.ndarray, levels: np.ndarray, starts: np.ndarray, m: int) -> None:
-    """Every upper-level list holds at most M links, to elements that reach that level."""
-    owners = np.flatnonzero(levels)
-    if not owners.size:
-        return
-    n_lists = levels[owners]
-    first = np.repeat(np.cumsum(n_lists) - n_lists, n_lists)
-    level = np.arange(int(n_lists.sum())) - first + 1  # 1 .. L for each owner
-    at = np.repeat(starts[owners], n_lists) + (level - 1) * (m + 1)
-    lists = words[at[:, None] + np.arange(m + 1)]
-    if (lists[:, 0] > m).any():
-        raise ValueError("the HNSW graph has an upper-level list longer than M")
-    used = np.arange(m) < lists[:, :1]
-    targets = lists[:, 1:][used]
-    if (targets >= levels.size).any() or (levels[targets] < np.repeat(level, lists[:, 0])).any():
-        raise ValueError("the HNSW graph links to an element above its level")
+def _check_links(levels: np.ndarray, offsets: np.ndarray, links: np.ndarray, cum: np.ndarray) -> None:
+    """Levels in ``[1, len(cum) - 1]``; offsets start at 0 and step by each node's list sizes up to
+    the link count; every link -1 or a node on at least the level of the list holding it."""
+    n = levels.size
+    if n and (levels.min() < 1 or levels.max() > cum.size - 1):
+        raise ValueError("the HNSW graph has a node on more levels than M allows")
+    sizes = cum[levels]
+    if offsets[0] != 0 or not np.array_equal(np.diff(offsets.astype(np.int64)), sizes) or offsets[-1] != links.size:
+        raise ValueError("the HNSW graph's link lists are not where its offsets say")
+    if links.size and (links.min() < -1 or links.max() >= n):
+        raise ValueError("the HNSW graph links to a node it does not have")
+    used = np.flatnonzero(links >= 0)
+    owner = np.repeat(np.arange(n), sizes)[used]
+    level = np.searchsorted(cum, used - offsets[owner].astype(np.int64), side="right") - 1
+    if (levels[links[used]] <= level).any():
+        raise ValueError("the HNSW graph links to a node above its level")

@@ -28,10 +28,22 @@ from typing import Any
 import numpy as np
 
 from .series_input import has_nan
+from .validation import is_integer
 
-__all__ = ["CorrelationEstimators", "rounding_zero"]
+__all__ = ["CorrelationEstimators", "rounding_zero", "WORK_BYTES", "ROLLING_TEMPORARIES"]
 
 EPS = float(np.finfo(np.float64).eps)
+
+WORK_BYTES = 256 << 20
+"""Default bytes of temporaries :meth:`CorrelationEstimators.rolling_corr` may hold besides its
+result (``work_bytes``; an integer from 1 to :data:`MAX_WORK_BYTES`): pairs are computed in
+tiles of about that size, so the peak is the ``(..., n, n, T)`` result plus one tile, never ten
+arrays of the result's size. A tile holds at least one pair over the whole batch."""
+MAX_WORK_BYTES = 1 << 50
+ROLLING_TEMPORARIES = 10
+"""float64 arrays of a tile's shape ``(B, rows, cols, T)`` one tile of
+:meth:`CorrelationEstimators.rolling_corr` holds at its peak (measured with tracemalloc on
+NumPy in ``tests/test_device_memory.py``)."""
 
 
 def _quiet():
@@ -62,11 +74,25 @@ class _PairSums:
     p: Any   # P[i, j]: sum of x_i x_j
 
 
+def _put(out, index, tile):
+    """``out`` with ``tile`` written at ``index``: in place for NumPy/CuPy, the functional
+    update ``out.at[index].set(tile)`` for immutable arrays (JAX; in place inside ``jax.jit``)."""
+    if hasattr(out, "at"):
+        return out.at[index].set(tile)
+    out[index] = tile
+    return out
+
+
 class CorrelationEstimators:
     """The covariance estimators for one array namespace ``xp``."""
 
-    def __init__(self, xp: Any) -> None:
+    def __init__(self, xp: Any, work_bytes: int = WORK_BYTES) -> None:
+        if not is_integer(work_bytes) or not 1 <= work_bytes <= MAX_WORK_BYTES:
+            kind = ValueError if is_integer(work_bytes) else TypeError
+            raise kind(f"work_bytes must be an integer from 1 to {MAX_WORK_BYTES}, got {work_bytes!r}")
         self.xp = xp
+        self.work_bytes = int(work_bytes)
+        """Bytes of temporaries one :meth:`rolling_corr` tile may hold (:data:`WORK_BYTES`)."""
 
     def _t(self, a):
         return self.xp.swapaxes(a, -1, -2)
@@ -176,30 +202,72 @@ class CorrelationEstimators:
         c = xp.cumsum(a, axis=-1)
         return xp.concatenate([c[..., :window], c[..., window:] - c[..., :-window]], axis=-1)
 
+    def rolling_tile(self, batch: int, n: int, t: int) -> tuple[int, int, int]:
+        """The tile ``(batch elements, rows, columns)`` of pairs :meth:`rolling_corr` computes at
+        once: as many pair paths as :data:`ROLLING_TEMPORARIES` float64 ``(T,)`` arrays each fit
+        in :attr:`work_bytes` (at least one pair), filling whole rows, then whole matrices,
+        first (contiguous writes)."""
+        pairs = max(1, self.work_bytes // (ROLLING_TEMPORARIES * 8 * t))
+        if pairs >= n * n:
+            return min(batch, pairs // (n * n)), n, n
+        if pairs >= n:
+            return 1, pairs // n, n
+        return 1, 1, pairs
+
+    def rolling_corr_bytes(self, shape: tuple[int, ...]) -> int:
+        """Peak bytes :meth:`rolling_corr` allocates for ``x`` of ``shape`` ``(..., n, T)``: the
+        ``(..., n, n, T)`` float64 result, one tile's temporaries (:meth:`rolling_tile`) and
+        the per-series arrays (mean-shifted data, mask, running squares)."""
+        n, t = shape[-2], shape[-1]
+        batch = int(np.prod(shape[:-2], dtype=np.int64))
+        bb, bi, bj = self.rolling_tile(batch, n, t)
+        return 8 * (batch * n * n * t + ROLLING_TEMPORARIES * bb * bi * bj * t + 4 * batch * n * t)
+
     def rolling_corr(self, x, window: int, min_periods: int):
-        """Correlation of every pair over a trailing window at every step: ``(..., n, n, T)``."""
+        """Correlation of every pair over a trailing window at every step: ``(..., n, n, T)``.
+
+        Computed tile by tile (:meth:`rolling_tile`), so the temporaries stay within
+        :attr:`work_bytes` whatever ``n`` and ``T``; every pair's numbers are the same whatever
+        the tiling (each pair's sums run over time alone)."""
         xp = self.xp
-        x0, m = self._centered(x, True)
-        xi, xj = x0[..., :, None, :], x0[..., None, :, :]
-        mi, mj = m[..., :, None, :], m[..., None, :, :]
-        n = self._window_sums(mi * mj, window)
-        s = self._window_sums(xi * mj, window)        # sum of x_i where both valid
-        q = self._window_sums(xi * xi * mj, window)
-        p = self._window_sums(xi * xj, window)
-        st = xp.swapaxes(s, -2, -3)
-        qt = xp.swapaxes(q, -2, -3)
+        lead, n, t = x.shape[:-2], x.shape[-2], x.shape[-1]
+        x0, m = self._centered(x.reshape((-1, n, t)), True)
         # window sums are differences of cumulative sums: their rounding grows with the
         # periods summed so far and the squares accumulated (bounded by the series' own)
-        terms = xp.arange(1, x.shape[-1] + 1, dtype=x.dtype)
         q_cum = xp.cumsum(x0 * x0, axis=-1)
+        terms = xp.arange(1, t + 1, dtype=x.dtype)
+        batch = x0.shape[0]
+        bb, bi, bj = self.rolling_tile(batch, n, t)
+        out = None if bb * bi * bj == batch * n * n else xp.empty((batch, n, n, t), dtype=x.dtype)
+        for b in range(0, batch, bb):
+            for i in range(0, n, bi):
+                for j in range(0, n, bj):
+                    rows, cols = slice(i, i + bi), slice(j, j + bj)
+                    tile = self._rolling_tile_corr(x0[b:b + bb], m[b:b + bb], q_cum[b:b + bb], terms,
+                                                   rows, cols, window, max(min_periods, 2))
+                    if out is None:
+                        return tile.reshape(lead + (n, n, t))
+                    out = _put(out, (slice(b, b + bb), rows, cols), tile)
+        return out.reshape(lead + (n, n, t))
+
+    def _rolling_tile_corr(self, x0, m, q_cum, terms, rows, cols, window: int, min_count: int):
+        """Rolling correlations ``(B, rows, cols, T)`` of series ``rows`` against series ``cols``
+        (slices) of mean-shifted, zero-filled ``x0`` with validity mask ``m`` and running sums of
+        squares ``q_cum``, all ``(B, n, T)``."""
+        xp = self.xp
+        xi, mi, qi = x0[:, rows, None, :], m[:, rows, None, :], q_cum[:, rows, None, :]
+        xj, mj, qj = x0[:, None, cols, :], m[:, None, cols, :], q_cum[:, None, cols, :]
+        sums = self._window_sums
+        n = sums(mi * mj, window)
+        s = sums(xi * mj, window)         # sum of x_i where both valid
+        st = sums(xj * mi, window)        # sum of x_j where both valid
         with _quiet():
-            cxy = p - s * st / n
-            vx = q - s * s / n
-            vy = qt - st * st / n
-            constant = (self.rounding_zero(vx, n, terms, q_cum[..., :, None, :])
-                        | self.rounding_zero(vy, n, terms, q_cum[..., None, :, :]))
+            vx = sums(xi * xi * mj, window) - s * s / n
+            vy = sums(xj * xj * mi, window) - st * st / n
+            cxy = sums(xi * xj, window) - s * st / n
+            constant = self.rounding_zero(vx, n, terms, qi) | self.rounding_zero(vy, n, terms, qj)
             c = xp.clip(cxy / xp.sqrt(vx * vy), -1.0, 1.0)
-        return xp.where((n >= max(min_periods, 2)) & ~constant, c, xp.nan)
+        return xp.where((n >= min_count) & ~constant, c, xp.nan)
 
     # -- weighted and shrunk ------------------------------------------------------
     def ewma_cov(self, x, decay: float):

@@ -6,7 +6,9 @@ time along the view) and writes its outputs into ``out`` (a 2-D view of shape
 ``register_jitable``, so the very same source is compiled by ``numba.njit`` for the
 CPU backend (``cpu_fallback.indicators``, parallel over series) and by
 ``numba.cuda.jit`` for the GPU backend (``kernels.indicators``, one thread per
-series), and it also runs as ordinary Python (numba's CUDA simulator).
+series), and it also runs as ordinary Python (numba's CUDA simulator). The CPU driver
+alone also calls ``dispatch4``: four-series forms (``ema_rows4``, ``rsi_rows4``) of the row
+bodies whose one recurrence's latency bounds them, built from the same seed and bar steps.
 
 Semantics are TA-Lib's Python wrapper, operation for operation, in float64:
 
@@ -356,24 +358,78 @@ def ema_seed(x, seed_begin, period):
 
 
 @register_jitable
+def ema_bar(x, t, prev, k, out):
+    """TA_EMA's step at bar t, stored in out[0, t]; returns the new value."""
+    prev = ema_step(prev, f64(x[t]), k)
+    out[0, t] = prev
+    return prev
+
+
+@register_jitable
+def ema_seeded(x, begin, period, out):
+    """ema_row up to its seed (period >= 2, the seed's bar within x): NaN before it, the seed
+    stored; returns (seed, its bar)."""
+    start = begin + period - 1
+    fill_nan(out, 0, start)
+    prev = ema_seed(x, begin, period)
+    out[0, start] = prev
+    return prev, start
+
+
+@register_jitable
 def ema_row(x, params, out):
     period = int(params[0])
     n = x.shape[0]
     begin = first_valid1(x)
     start = begin + period - 1
-    fill_nan(out, 0, start)
-    if start >= n:
-        return
-    if period == 1:  # TA-Lib >= 0.8: no smoothing, an exact copy
+    if start >= n or period == 1:  # TA-Lib >= 0.8: period 1 is no smoothing, an exact copy
+        fill_nan(out, 0, start)
         for t in range(start, n):
             out[0, t] = x[t]
         return
+    prev, start = ema_seeded(x, begin, period, out)
     k = 2.0 / (period + 1)
-    prev = ema_seed(x, begin, period)
-    out[0, start] = prev
     for t in range(start + 1, n):
-        prev = ema_step(prev, f64(x[t]), k)
-        out[0, t] = prev
+        prev = ema_bar(x, t, prev, k, out)
+
+
+@register_jitable
+def ema_rows4(x, i, params, out):
+    """ema_row over series i .. i+3 of ``x`` (n_series, T) into ``out[:, i .. i+3]`` (n_out,
+    n_series, T), the CPU driver's work item: each series is seeded and brought up to the
+    latest seed on its own, then the four recurrences advance in one loop, so their latencies
+    overlap (each step waits on the previous one of its series). The same operations per series
+    as ema_row, so the same bits."""
+    period = int(params[0])
+    n = x.shape[1]
+    x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+    o0, o1, o2, o3 = out[:, i], out[:, i + 1], out[:, i + 2], out[:, i + 3]
+    b0, b1, b2, b3 = first_valid1(x0), first_valid1(x1), first_valid1(x2), first_valid1(x3)
+    last = max(max(b0, b1), max(b2, b3)) + period - 1
+    if period == 1 or last >= n:
+        ema_row(x0, params, o0)
+        ema_row(x1, params, o1)
+        ema_row(x2, params, o2)
+        ema_row(x3, params, o3)
+        return
+    k = 2.0 / (period + 1)
+    p0, s0 = ema_seeded(x0, b0, period, o0)
+    p1, s1 = ema_seeded(x1, b1, period, o1)
+    p2, s2 = ema_seeded(x2, b2, period, o2)
+    p3, s3 = ema_seeded(x3, b3, period, o3)
+    for t in range(s0 + 1, last + 1):
+        p0 = ema_bar(x0, t, p0, k, o0)
+    for t in range(s1 + 1, last + 1):
+        p1 = ema_bar(x1, t, p1, k, o1)
+    for t in range(s2 + 1, last + 1):
+        p2 = ema_bar(x2, t, p2, k, o2)
+    for t in range(s3 + 1, last + 1):
+        p3 = ema_bar(x3, t, p3, k, o3)
+    for t in range(last + 1, n):
+        p0 = ema_bar(x0, t, p0, k, o0)
+        p1 = ema_bar(x1, t, p1, k, o1)
+        p2 = ema_bar(x2, t, p2, k, o2)
+        p3 = ema_bar(x3, t, p3, k, o3)
 
 
 @register_jitable
@@ -418,16 +474,20 @@ def wma_row(x, params, out):
 
 
 @register_jitable
-def rsi_row(x, params, out):
-    """TA_RSI (TA-Lib >= 0.8): branch-free gain/loss split, Wilder step scaled by 1/period."""
-    period = int(params[0])
-    n = x.shape[0]
-    begin = first_valid1(x)
+def rsi_bar(x, t, gain, loss, prev_value, period, inv_period, out):
+    """TA_RSI's step at bar t, its RSI stored in out[0, t]; returns (gain, loss, x[t])."""
+    v = f64(x[t])
+    gain, loss = rsi_step(gain, loss, v - prev_value, period, inv_period)
+    out[0, t] = rsi_ratio(gain, loss)
+    return gain, loss, v
+
+
+@register_jitable
+def rsi_seeded(x, begin, period, inv_period, out):
+    """rsi_row up to its first value (its bar within x): NaN before it, the averages of the
+    first ``period`` changes; returns (gain, loss, value of that bar, that bar)."""
     start = begin + period
     fill_nan(out, 0, start)
-    if start >= n:
-        return
-    inv_period = 1.0 / period
     prev_value = f64(x[begin])
     gain = 0.0
     loss = 0.0
@@ -438,11 +498,58 @@ def rsi_row(x, params, out):
     loss *= inv_period
     gain *= inv_period
     out[0, start] = rsi_ratio(gain, loss)
+    return gain, loss, prev_value, start
+
+
+@register_jitable
+def rsi_row(x, params, out):
+    """TA_RSI (TA-Lib >= 0.8): branch-free gain/loss split, Wilder step scaled by 1/period."""
+    period = int(params[0])
+    n = x.shape[0]
+    begin = first_valid1(x)
+    if begin + period >= n:
+        fill_nan(out, 0, n)
+        return
+    inv_period = 1.0 / period
+    gain, loss, prev_value, start = rsi_seeded(x, begin, period, inv_period, out)
     for t in range(start + 1, n):
-        v = f64(x[t])
-        gain, loss = rsi_step(gain, loss, v - prev_value, period, inv_period)
-        prev_value = v
-        out[0, t] = rsi_ratio(gain, loss)
+        gain, loss, prev_value = rsi_bar(x, t, gain, loss, prev_value, period, inv_period, out)
+
+
+@register_jitable
+def rsi_rows4(x, i, params, out):
+    """rsi_row over series i .. i+3, as ema_rows4 does it: each brought up to the latest first
+    value on its own, then the four recurrences in one loop; the same bits."""
+    period = int(params[0])
+    n = x.shape[1]
+    x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+    o0, o1, o2, o3 = out[:, i], out[:, i + 1], out[:, i + 2], out[:, i + 3]
+    b0, b1, b2, b3 = first_valid1(x0), first_valid1(x1), first_valid1(x2), first_valid1(x3)
+    last = max(max(b0, b1), max(b2, b3)) + period
+    if last >= n:
+        rsi_row(x0, params, o0)
+        rsi_row(x1, params, o1)
+        rsi_row(x2, params, o2)
+        rsi_row(x3, params, o3)
+        return
+    inv_period = 1.0 / period
+    g0, l0, v0, s0 = rsi_seeded(x0, b0, period, inv_period, o0)
+    g1, l1, v1, s1 = rsi_seeded(x1, b1, period, inv_period, o1)
+    g2, l2, v2, s2 = rsi_seeded(x2, b2, period, inv_period, o2)
+    g3, l3, v3, s3 = rsi_seeded(x3, b3, period, inv_period, o3)
+    for t in range(s0 + 1, last + 1):
+        g0, l0, v0 = rsi_bar(x0, t, g0, l0, v0, period, inv_period, o0)
+    for t in range(s1 + 1, last + 1):
+        g1, l1, v1 = rsi_bar(x1, t, g1, l1, v1, period, inv_period, o1)
+    for t in range(s2 + 1, last + 1):
+        g2, l2, v2 = rsi_bar(x2, t, g2, l2, v2, period, inv_period, o2)
+    for t in range(s3 + 1, last + 1):
+        g3, l3, v3 = rsi_bar(x3, t, g3, l3, v3, period, inv_period, o3)
+    for t in range(last + 1, n):
+        g0, l0, v0 = rsi_bar(x0, t, g0, l0, v0, period, inv_period, o0)
+        g1, l1, v1 = rsi_bar(x1, t, g1, l1, v1, period, inv_period, o1)
+        g2, l2, v2 = rsi_bar(x2, t, g2, l2, v2, period, inv_period, o2)
+        g3, l3, v3 = rsi_bar(x3, t, g3, l3, v3, period, inv_period, o3)
 
 
 @register_jitable
@@ -725,6 +832,21 @@ def vwap_row(high, low, close, volume, params, out):
             tpv, v = typical_pv_at(high, low, close, volume, trailing)
             pv, vol, n_bad = vwap_remove(pv, vol, n_bad, tpv, v)
             trailing += 1
+
+
+@register_jitable
+def dispatch4(code, x, i, params, out):
+    """Run indicator ``code`` on series i .. i+3 of its one input ``x`` ``(n_series, T)`` into
+    ``out`` ``(n_out, n_series, T)`` if it has a four-series body (the CPU driver's work item;
+    EMA and RSI, whose recurrence latency bounds one series; an interleaved ATR measured no
+    faster); returns whether it had one."""
+    if code == EMA:
+        ema_rows4(x, i, params, out)
+    elif code == RSI:
+        rsi_rows4(x, i, params, out)
+    else:
+        return False
+    return True
 
 
 @register_jitable

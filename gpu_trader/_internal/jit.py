@@ -28,7 +28,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["CacheDirWarning", "ENV_VAR", "cache_dir", "njit_cached"]
+__all__ = ["CacheDirWarning", "ENV_VAR", "cache_dir", "njit_cached", "cuda_jit_cached"]
 
 ENV_VAR = "GPU_TRADER_CACHE_DIR"
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -105,29 +105,61 @@ def _user_provided_locator() -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _config_modules():
+    """numba's config modules whose ``CACHE_DIR`` a cache locator reads: numba's, and
+    numba-cuda's own (``numba.cuda.core.config``) where numba-cuda provides the CUDA target."""
+    from numba.core import config
+
+    modules = [config]
+    try:
+        from numba.cuda.core import config as cuda_config
+    except ImportError:  # numba's built-in CUDA target reads numba.core.config
+        pass
+    else:
+        if cuda_config is not config:
+            modules.append(cuda_config)
+    return modules
+
+
+def _compile_cached(jit, fn, options):
+    """``jit(cache=True, **options)(fn)`` with the cache in :func:`cache_dir` and nowhere
+    else; ``jit(**options)(fn)`` without a disk cache when there is none."""
+    directory = cache_dir()
+    if directory is None:
+        return jit(**options)(fn)
+    configs = _config_modules()
+    saved = [(c, c.CACHE_DIR, getattr(c, "CACHE_LOCATOR_CLASSES", None)) for c in configs]
+    for c, _, locators in saved:
+        c.CACHE_DIR = directory
+        if locators is not None:  # where numba has the setting: offer it no in-tree fallback at all
+            c.CACHE_LOCATOR_CLASSES = _user_provided_locator()
+    try:
+        return jit(cache=True, **options)(fn)
+    except RuntimeError as exc:  # the directory vanished since it was checked: no locator
+        warnings.warn(f"gpu-trader: numba cannot cache {fn.__qualname__} in {directory!r} ({exc}); "
+                      "compiling it without a disk cache", CacheDirWarning, stacklevel=3)
+        return jit(**options)(fn)
+    finally:
+        for c, cache, locators in saved:
+            c.CACHE_DIR = cache
+            if locators is not None:
+                c.CACHE_LOCATOR_CLASSES = locators
+
+
 def njit_cached(**options):
     """``numba.njit(cache=True, **options)`` with the cache in :func:`cache_dir` and
     nowhere else; ``numba.njit(**options)`` without a disk cache when there is none."""
     import numba
-    from numba.core import config
 
-    def decorate(fn):
-        directory = cache_dir()
-        if directory is None:
-            return numba.njit(**options)(fn)
-        saved = config.CACHE_DIR, getattr(config, "CACHE_LOCATOR_CLASSES", None)
-        config.CACHE_DIR = directory
-        if saved[1] is not None:  # where numba has the setting: offer it no in-tree fallback at all
-            config.CACHE_LOCATOR_CLASSES = _user_provided_locator()
-        try:
-            return numba.njit(cache=True, **options)(fn)
-        except RuntimeError as exc:  # the directory vanished since it was checked: no locator
-            warnings.warn(f"gpu-trader: numba cannot cache {fn.__qualname__} in {directory!r} ({exc}); "
-                          "compiling it without a disk cache", CacheDirWarning, stacklevel=2)
-            return numba.njit(**options)(fn)
-        finally:
-            config.CACHE_DIR = saved[0]
-            if saved[1] is not None:
-                config.CACHE_LOCATOR_CLASSES = saved[1]
+    return lambda fn: _compile_cached(numba.njit, fn, options)
 
-    return decorate
+
+def cuda_jit_cached(**options):
+    """``numba.cuda.jit(cache=True, **options)`` for kernels, cached like :func:`njit_cached`
+    (same directory, same source hash), so a process loads the kernels an earlier one compiled
+    for its device instead of recompiling them. Kernels built in a factory (closures) are
+    cached per closure content (numba keys the index by the closed-over values). numba's CUDA
+    simulator ignores the cache."""
+    from numba import cuda
+
+    return lambda fn: _compile_cached(cuda.jit, fn, options)

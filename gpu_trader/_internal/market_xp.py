@@ -13,6 +13,8 @@ kernels with ``xp = cupy``. Nothing here validates input (the public module does
   the GPU algorithm; the CPU runs a one-pass numba loop instead
   (``cpu_fallback.marketdata``) and the tests check both, and this function on
   NumPy, against pandas.
+* :func:`tick_ranges` / :func:`tick_ranges_host` -- every range the checks and the bar grid of
+  :func:`gpu_trader.marketdata.aggregate_bars` need, as one device vector read in one transfer.
 * :func:`bar_workspace_bytes` -- the memory bound of a bar aggregation (both algorithms),
   which :func:`gpu_trader.marketdata.aggregate_bars` checks before allocating.
 * :func:`scaled_vwap` -- VWAP of the rare bars whose ``sum(price * size)`` or volume
@@ -96,15 +98,37 @@ def bar_cells(xp, ts, symbol, timeframe, first_bar, n_bars):
     return symbol.astype(xp.int64) * n_bars + (ts // timeframe - first_bar)
 
 
+def tick_ranges(xp, ts, price, size, symbol):
+    """The ranges :func:`gpu_trader.marketdata.aggregate_bars` checks, as one int64 vector ``(8,)`` on
+    the device, so the host reads them in one transfer (not one per ``min``/``max``): the bits of
+    ``ts.min(), ts.max(), symbol.min(), symbol.max()`` (``0, 0`` for ``symbol=None``) as int64
+    (unsigned values keep their bits) and of ``price.min(), price.max(), size.min(), size.max()``
+    as float64 (NaN if any is NaN). ``n >= 1`` ticks; decode with :func:`tick_ranges_host`."""
+    zero = xp.zeros((), dtype=xp.int64)
+    ints = [ts.min(), ts.max()] + ([zero, zero] if symbol is None else [symbol.min(), symbol.max()])
+    floats = xp.stack([price.min(), price.max(), size.min(), size.max()]).astype(xp.float64)
+    return xp.concatenate([xp.stack([xp.asarray(v).astype(xp.int64) for v in ints]), floats.view(xp.int64)])
+
+
+def tick_ranges_host(ranges: np.ndarray, ts_dtype, symbol) -> tuple:
+    """Decode :func:`tick_ranges` read on the host: ``(ts_lo, ts_hi, id_lo, id_hi)`` as Python ints
+    (unsigned inputs read as unsigned) and ``(price_lo, price_hi, size_lo, size_hi)`` as floats."""
+    ranges = np.asarray(ranges, dtype=np.int64)
+    t = ranges[:2].view(np.uint64) if np.dtype(ts_dtype).kind == "u" else ranges[:2]
+    ids = ranges[2:4].view(np.uint64) if symbol is not None and symbol.dtype.kind == "u" else ranges[2:4]
+    return (*(int(v) for v in t), *(int(v) for v in ids), *(float(v) for v in ranges[4:].view(np.float64)))
+
+
 def bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols):
     """OHLCV bars of ticks by segmented reductions (the GPU algorithm).
 
     ts: int64 ns (n,), n >= 1; price, size: float64 (n,); symbol: integer ids (n,) in
     ``[0, n_symbols)``; bars are ``[first_bar + k) * timeframe`` for k < n_bars. The
     ticks are sorted by (cell, ts, arrival) with ``xp.lexsort``; each run of one cell is
-    a segment, and ``reduce_segments(n_segments, *args)`` applies ``reduce_segment``
-    to every segment (a CUDA kernel, one thread per segment, on the GPU; a numba loop in
-    the tests). No atomics, so results are deterministic. Returns ``(open, high, low,
+    a segment, and ``reduce_segments(n, *args)`` applies ``reduce_segment`` to slots
+    ``0 .. n - 1``, the segments first and then empty slots (``starts[j] == n``) that do
+    nothing (a CUDA kernel, one thread per slot, on the GPU; a numba loop in the tests): the
+    number of segments is never read on the host. No atomics, so results are deterministic. Returns ``(open, high, low,
     close, volume, vwap, count)``, each ``(n_symbols, n_bars)``: float64 (NaN prices
     where count == 0, NaN VWAP where volume == 0) and int64 counts. Open/close are the
     prices of the tick with the smallest/largest ts of the bar, ties going to the
@@ -115,17 +139,24 @@ def bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_
     cell = bar_cells(xp, ts, symbol, timeframe, first_bar, n_bars)
     order = xp.lexsort(xp.stack([xp.arange(n, dtype=xp.int64), ts, cell]))
     cell_sorted = cell[order]
-    head = xp.ones(n, dtype=bool)
+    head = xp.ones(n, dtype=bool)                  # first tick of its cell
     head[1:] = cell_sorted[1:] != cell_sorted[:-1]
-    starts = xp.flatnonzero(head)
-    ends = xp.empty_like(starts)
-    ends[:-1] = starts[1:] - 1
-    ends[-1] = n - 1
+    last = xp.ones(n, dtype=bool)                  # last tick of its cell
+    last[:-1] = head[1:]
+    # segment bounds by scatter, not xp.flatnonzero (whose result size costs a device -> host
+    # read on the GPU): segment k = [starts[k], ends[k]]; past the last segment starts[k] = n
+    seg = xp.cumsum(head, dtype=xp.int64) - 1
+    tick = xp.arange(n, dtype=xp.int64)
+    starts = xp.full(n + 1, n, dtype=xp.int64)
+    starts[xp.where(head, seg, n)] = tick          # slot n takes the other ticks and is dropped
+    ends = xp.full(n + 1, n, dtype=xp.int64)
+    ends[xp.where(last, seg, n)] = tick
+    starts, ends = starts[:n], ends[:n]
     o, h, lo, c = (xp.full(n_cells, xp.nan, dtype=xp.float64) for _ in range(4))
     v = xp.zeros(n_cells, dtype=xp.float64)
     pv = xp.zeros(n_cells, dtype=xp.float64)
     count = xp.zeros(n_cells, dtype=xp.int64)
-    reduce_segments(int(starts.shape[0]), price[order], size[order], starts, ends, cell_sorted[starts],
+    reduce_segments(n, price[order], size[order], starts, ends, cell_sorted[xp.minimum(starts, n - 1)],
                     o, h, lo, c, v, pv, count)
     vwap = xp.where(v > 0, pv / xp.where(v > 0, v, 1.0), xp.nan)
     shape = (n_symbols, n_bars)
@@ -149,11 +180,12 @@ def scaled_vwap(cell, price, size, cells):
     int64 (k,) the cells to compute, ascending, each with a positive volume. The weights
     are ``w = size / max(size)`` of the cell (in ``[0, 1]``, at least one is 1) and the
     prices are scaled by ``2**-s`` with ``2**s`` above twice the tick count times the
-    cell's highest price (a power of two), so ``sum(w)`` and ``sum(price * 2**-s * w)``
-    neither overflow nor, for the ticks that carry the mean, underflow;
+    cell's highest price of a tick with a positive size (a power of two; weightless ticks
+    are left out), so ``sum(w)`` and ``sum(price * 2**-s * w)`` neither overflow nor, for
+    the ticks that carry the mean, underflow;
     ``vwap = 2**s * sum(price * 2**-s * w) / sum(w)``. Returns float64 (k,).
     """
-    pick = np.isin(cell, cells)
+    pick = np.isin(cell, cells) & (size > 0)  # weightless ticks must not set the scale (each cell has one)
     group = np.searchsorted(cells, cell[pick])  # position of each picked tick's cell in ``cells``
     p, q = price[pick], size[pick]
     k = cells.shape[0]

@@ -23,9 +23,24 @@ must provide:
 * ``scatter_add(acc, rows, values) -> acc`` -- ``acc[rows[i]] += values[i]`` with repeats
   (in place where the arrays are mutable; JAX returns the updated copy);
 * ``CHUNKS_IN_FLIGHT`` -- how many chunks' arrays can be alive at once (computed, queued
-  or being merged), and ``MERGE_SCRATCH`` -- whether ``tail_update`` builds ``(P, m + rows)``
-  scratch arrays (a partition merge) rather than updating the tail in place; both only
-  size the working-memory estimate :func:`work_bytes`.
+  or being merged), and ``MERGE_SCRATCH`` -- whether ``tail_update`` builds ``(P, m + c)``
+  scratch arrays (:func:`merge_tail`, or ``(P, m + c)`` for ``c <= rows`` candidates,
+  :func:`merge_tail_candidates`) rather than
+  updating the tail in place; both only size the working-memory estimate :func:`work_bytes`.
+
+Optional, where a backend generates its normals inside its kernels from per-scenario
+counters (the GPU; see :func:`project`):
+
+* ``FUSED_MAX_ROWS`` -- up to this many GEMM rows ``P + U``, ``project(seed, first, rows, bt,
+  dtype, dof) -> (P + U, rows)`` computes ``Bt @ z.T`` (times ``g``) in one kernel whose
+  normals never leave registers, so the chunk holds no ``(rows, n)`` normals; above it the
+  normals are drawn by ``normals`` and multiplied by a GEMM as everywhere else;
+* ``normals_at(seed, scenarios, n, dtype, dof) -> (z, g)`` -- the normals (and t factors) of
+  the given scenario numbers (a device int64 array), for the re-draw of the contribution
+  band: exactly its ``P (2 b + 1)`` scenarios instead of every block that holds one (at one
+  portfolio, 1M scenarios, level 0.99 and ``BLOCK = 1024``: 391 rows instead of ~400,000);
+* ``CHUNK_BYTES`` -- the device-memory budget of one chunk's arrays from which
+  :func:`default_chunk` sizes the chunk (without it, ``CHUNK_ELEMENTS`` normals a chunk).
 
 The driver itself never assigns into an array, so it runs on immutable arrays (JAX)
 as well as on NumPy and CuPy.
@@ -63,10 +78,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tail", "merge_tails", "finish", "band_for", "work_bytes",
-           "Z_95"]
+__all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tail", "merge_tail_candidates", "merge_tails", "finish",
+           "band_for", "work_bytes", "project", "fused", "default_chunk", "chunk_row_bytes", "Z_95", "CHUNK_ELEMENTS"]
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+CHUNK_ELEMENTS = 1 << 22  # default chunk without a CHUNK_BYTES budget: about this many normals
 
 
 @dataclass(frozen=True)
@@ -124,9 +140,10 @@ def work_bytes(plan: Plan, ops: Any) -> int:
     ``rows = min(chunk, N)``:
 
     * the tail, alive throughout: ``P m (s + 8)`` (losses and scenario numbers);
-    * during the pass, ``ops.CHUNKS_IN_FLIGHT`` chunks of ``rows (n + 1 + 3 P + 2 U + K) s``
-      (normals, GEMM output, losses, option values) and, where ``ops.MERGE_SCRATCH``,
-      the merge's ``P (m + rows) (s + 16) + P m (s + 8)``;
+    * during the pass, ``ops.CHUNKS_IN_FLIGHT`` chunks of :func:`chunk_row_bytes` per scenario
+      (``rows (n + 1 + 3 P + 2 U + K) s``: normals, GEMM output, losses, option values; no
+      ``n`` term where :func:`fused`) and, where ``ops.MERGE_SCRATCH``, the merge's
+      ``P (m + rows) (s + 16) + P m (s + 8)``;
     * after it, the sort of the tail ``P m (2 s + 24)`` and the contributions'
       ``32 P w + 48 P n``.
 
@@ -139,11 +156,53 @@ def work_bytes(plan: Plan, ops: Any) -> int:
     U = 0 if plan.options is None else plan.options.assets.shape[0]
     K = 0 if plan.options is None else plan.options.strike.shape[0]
     tail = P * m * (s + 8)
-    chunks = ops.CHUNKS_IN_FLIGHT * rows * (n + 1 + 3 * P + 2 * U + K) * s
+    chunks = ops.CHUNKS_IN_FLIGHT * rows * chunk_row_bytes(ops, P, n, U, K, s)
     merge = P * (m + rows) * (s + 16) + P * m * (s + 8) if ops.MERGE_SCRATCH else 0
     w = 2 * plan.band + 1
     finish = P * m * (2 * s + 24) + 32 * P * w + 48 * P * n
     return tail + max(chunks + merge, finish)
+
+
+def fused(ops: Any, gemm_rows: int) -> bool:
+    """Whether ``ops`` computes a chunk's ``(gemm_rows, rows)`` GEMM output with its normals generated
+    in the kernel (``gemm_rows = P + U <= ops.FUSED_MAX_ROWS``; no such backend attribute: never)."""
+    return gemm_rows <= getattr(ops, "FUSED_MAX_ROWS", 0)
+
+
+def chunk_row_bytes(ops: Any, P: int, n: int, U: int, K: int, itemsize: int) -> int:
+    """Bytes of one scenario's share of a chunk's arrays: ``(n + 1 + 3 P + 2 U + K) itemsize``, without
+    the ``n`` normals where :func:`fused` (see :func:`work_bytes`)."""
+    normals = 0 if fused(ops, P + U) else n
+    return (normals + 1 + 3 * P + 2 * U + K) * itemsize
+
+
+def default_chunk(ops: Any, P: int, n: int, U: int, K: int, keep: int, itemsize: int) -> int:
+    """Scenarios per chunk when the caller gives none: ``CHUNK_ELEMENTS // n`` or, where ``ops`` has a
+    ``CHUNK_BYTES`` budget, as many as fit it -- the chunk's arrays (:func:`chunk_row_bytes`) plus,
+    where ``ops.MERGE_SCRATCH``, the merge's ``P (s + 16)`` bytes per scenario -- after the merge's
+    fixed ``P keep (2 s + 24)``; at least one."""
+    budget = getattr(ops, "CHUNK_BYTES", None)
+    if budget is None:
+        return max(1, CHUNK_ELEMENTS // n)
+    per_row = ops.CHUNKS_IN_FLIGHT * chunk_row_bytes(ops, P, n, U, K, itemsize)
+    fixed = 0
+    if ops.MERGE_SCRATCH:
+        per_row += P * (itemsize + 16)
+        fixed = P * keep * (2 * itemsize + 24)
+    return max(1, (budget - fixed) // per_row)
+
+
+def project(plan: Plan, ops: Any, bt, first: int, rows: int):
+    """``Bt @ z.T`` ``(len(bt), rows)`` for scenarios ``first ..``, times the Student-t factors ``g``:
+    by ``ops.project`` (normals generated in the kernel) where :func:`fused`, else ``ops.normals``
+    and one GEMM."""
+    if fused(ops, bt.shape[0]):
+        return ops.project(plan.seed, first, rows, bt, plan.dtype, plan.dof)
+    z, g = ops.normals(plan.seed, first, rows, bt.shape[1], plan.dtype, plan.dof)
+    y = bt @ z.T                                                # the one big GEMM: (P + U, rows)
+    if g is not None:
+        y *= g[None, :]
+    return y
 
 
 def run(plan: Plan, ops: Any) -> dict[str, Any]:
@@ -181,6 +240,66 @@ def merge_tail(xp, vals, idx, loss, first: int):
     alli = xp.concatenate([idx, xp.broadcast_to(xp.arange(first, first + rows, dtype=idx.dtype), (P, rows))], axis=1)
     keep = xp.argpartition(allv, rows, axis=1)[:, rows:]
     return xp.take_along_axis(allv, keep, axis=1), xp.take_along_axis(alli, keep, axis=1)
+
+
+def merge_tail_candidates(xp, vals, idx, loss, first: int):
+    """:func:`merge_tail` for array modules whose partition is a sort (CuPy): keep, per row, the ``m``
+    largest of ``vals`` ``(P, m)`` and ``loss`` ``(P, rows)`` with their scenario numbers.
+
+    ``vals`` must be sorted in descending order along each row (``-inf`` padding last), as
+    this function, :func:`merge_tails` and a fresh ``-inf`` tail are; the result is too.
+    Only the chunk's *candidates* are touched: losses above the row's current ``m``-th
+    largest ``vals[:, -1]`` (ties keep the earlier scenario, like the CPU heap; NaN never
+    enters). With ``c`` the largest candidate count of a row (the one host transfer of a
+    call), the candidates are compacted into ``(P, c)``, sorted, given their merged
+    positions by a binary search over the sorted tail (``ceil(log2(m + 1))`` gathers of
+    ``(P, c)``), and the tail is rebuilt from one ``(P, m)`` gather. So a chunk costs one
+    pass over its losses, a sort of ``P c`` elements (not ``P (m + rows)``: CuPy partitions by
+    sorting) and ``O(P (m + c))`` element moves; nothing when ``c = 0``. After the first
+    ``m`` scenarios a random chunk has ``c ~ rows m / seen`` candidates, so a whole run sorts
+    about ``P m (1 + ln(N / m))`` elements instead of ``P (m + rows) N / rows``. On NumPy, whose
+    ``argpartition`` is a linear-time selection, :func:`merge_tail` is faster (the scatters and
+    the binary search cost more there than the selection they replace).
+    """
+    P, m = vals.shape
+    rows = loss.shape[1]
+    loss = loss.astype(vals.dtype)
+    hit = loss > vals[:, m - 1:]                                    # (P, rows): beyond the m-th largest
+    pos = xp.cumsum(hit, axis=1, dtype=xp.int64)                    # 1-based place among the row's candidates
+    c = int(pos[:, -1].max()) if rows else 0                        # the call's one device -> host transfer
+    if c == 0:
+        return vals, idx
+    row = xp.arange(P)[:, None]
+    dest = xp.where(hit, pos - 1, c)                                # column c collects the non-candidates
+    cand = xp.full((P, c + 1), -xp.inf, dtype=vals.dtype)
+    cand[row, dest] = loss
+    cidx = xp.full((P, c + 1), -1, dtype=idx.dtype)
+    cidx[row, dest] = xp.arange(first, first + rows, dtype=idx.dtype)[None, :]
+    order = xp.argsort(-cand[:, :c], axis=1)                        # candidates, largest first
+    cand = xp.take_along_axis(cand, order, axis=1)
+    cidx = xp.take_along_axis(cidx, order, axis=1)
+    # below[p, i]: how many kept values are >= cand[p, i] (binary search over the descending tail)
+    lo = xp.zeros((P, c), dtype=xp.int64)
+    hi = xp.full((P, c), m, dtype=xp.int64)
+    for _ in range(max(1, m.bit_length())):
+        mid = (lo + hi) // 2
+        right = (mid < hi) & (xp.take_along_axis(vals, xp.minimum(mid, m - 1), axis=1) >= cand)
+        lo = xp.where(right, mid + 1, lo)
+        hi = xp.where(right, hi, mid)
+    slot = xp.arange(c)[None, :] + lo                               # merged positions, strictly increasing
+    slot = xp.where(slot < m, slot, m)                              # beyond the tail: column m, dropped
+    taken = xp.zeros((P, m + 1), dtype=bool)
+    taken[row, slot] = True
+    new_v = xp.full((P, m + 1), -xp.inf, dtype=vals.dtype)
+    new_v[row, slot] = cand
+    new_i = xp.full((P, m + 1), -1, dtype=idx.dtype)
+    new_i[row, slot] = cidx
+    taken, new_v, new_i = taken[:, :m], new_v[:, :m], new_i[:, :m]
+    old = xp.cumsum(~taken, axis=1) - 1                             # the kept values fill the free slots in order
+    old = xp.clip(old, 0, m - 1)
+    vals = xp.where(taken, new_v, xp.take_along_axis(vals, old, axis=1))
+    idx = xp.where(taken, new_i, xp.take_along_axis(idx, old, axis=1))
+    return vals, idx
 
 
 def merge_tails(plan: Plan, ops: Any, tails) -> tuple[Any, Any]:
@@ -245,10 +364,7 @@ class _Simulation:
         """``(P, rows)`` losses of the chunk of scenarios starting at ``first``, in the plan's dtype."""
         plan, xp = self.plan, self.xp
         rows = min(plan.chunk, plan.n_scenarios - first)
-        z, g = self.ops.normals(plan.seed, first, rows, self.n, plan.dtype, plan.dof)
-        y = self.bt @ z.T                                       # the one big GEMM: (P + U, rows)
-        if g is not None:
-            y *= g[None, :]
+        y = project(plan, self.ops, self.bt, first, rows)     # (P + U, rows)
         loss = self.neg_drift - y[: self.P]                     # = -(y + drift), bit for bit
         if self.opts is not None:
             dv = self.ops.option_pnl(y[self.P:], self.opts, plan.dtype)
@@ -265,10 +381,17 @@ class _Simulation:
         scen, port = scen[order], port[order]
         acc_z = xp.zeros((P, self.n), dtype=xp.float64)
         acc_v = xp.zeros((P, self.opts["n"]), dtype=xp.float64) if self.opts is not None else None
-        def draw(run):  # the band rows of one run of blocks (in a worker on the CPU)
-            first, rows, lo, hi = run
-            z, g = ops.normals(plan.seed, first, rows, self.n, plan.dtype, plan.dof)
-            local = xp.asarray(scen[lo:hi] - first)
+        gather = getattr(ops, "normals_at", None)
+
+        def draw(run):  # the band rows of one run of blocks, or of scenarios (in a worker on the CPU)
+            lo, hi = run[-2:]
+            if gather is not None:  # exactly the band's scenarios
+                z, g = gather(plan.seed, xp.asarray(scen[lo:hi]), self.n, plan.dtype, plan.dof)
+                local = slice(None)
+            else:
+                first, rows = run[:2]
+                z, g = ops.normals(plan.seed, first, rows, self.n, plan.dtype, plan.dof)
+                local = xp.asarray(scen[lo:hi] - first)
             zs = z[local].astype(xp.float64)
             if g is not None:
                 zs *= g[local].astype(xp.float64)[:, None]
@@ -277,7 +400,11 @@ class _Simulation:
                 dv = ops.option_pnl(self.bt_under @ zs.T, self.opts, np.dtype(np.float64)).T
             return xp.asarray(port[lo:hi]), zs, dv
 
-        for who, zs, dv in ops.map_chunks(draw, list(_runs(scen, ops.BLOCK, plan.chunk, plan.n_scenarios))):
+        if gather is not None:
+            runs = [(lo, min(lo + plan.chunk, len(scen))) for lo in range(0, len(scen), plan.chunk)]
+        else:
+            runs = list(_runs(scen, ops.BLOCK, plan.chunk, plan.n_scenarios))
+        for who, zs, dv in ops.map_chunks(draw, runs):
             acc_z = ops.scatter_add(acc_z, who, zs)
             if dv is not None:
                 acc_v = ops.scatter_add(acc_v, who, dv)

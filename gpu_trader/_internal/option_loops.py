@@ -22,7 +22,7 @@ import math
 from numba import float64 as f64
 from numba.extending import register_jitable
 
-__all__ = ["norm_cdf", "bs_price", "option_pnl_item"]
+__all__ = ["norm_cdf", "positive_part", "bs_price", "option_pnl_item"]
 
 _INV_SQRT2 = 0.7071067811865476
 
@@ -34,20 +34,27 @@ def norm_cdf(x):
 
 
 @register_jitable
+def positive_part(x):
+    """``max(x, 0.0)`` exactly as Python computes it (``x`` unless ``0.0 > x``; NaN stays NaN), written
+    out because numba's built-in CUDA target does not type the float ``max``."""
+    return 0.0 if x < 0.0 else x
+
+
+@register_jitable
 def bs_price(spot, strike, tau, rate, vol, is_call):
     """Black-Scholes price of one European call (``is_call`` true) or put; see the module docstring."""
     if tau <= 0.0:
         if is_call:
-            return max(spot - strike, 0.0)
-        return max(strike - max(spot, 0.0), 0.0)
+            return positive_part(spot - strike)
+        return positive_part(strike - positive_part(spot))
     df = math.exp(-rate * tau)
     if spot <= 0.0:
         return 0.0 if is_call else strike * df
     sd = vol * math.sqrt(tau)
     if sd <= 0.0:
         if is_call:
-            return max(spot - strike * df, 0.0)
-        return max(strike * df - spot, 0.0)
+            return positive_part(spot - strike * df)
+        return positive_part(strike * df - spot)
     d1 = (math.log(spot / strike) + (rate + 0.5 * vol * vol) * tau) / sd
     d2 = d1 - sd
     if is_call:

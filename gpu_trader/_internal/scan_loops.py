@@ -49,10 +49,13 @@ Leading NaNs are skipped per series exactly like the row bodies do
 index), so ragged batches give the same NaN prefixes; float32 input is read as
 float64 (``f64``) and the result rounded once, like the row bodies.
 
-Layout: a series of ``T`` bars is padded to ``nc * L`` and stored chunk-major
-transposed, ``xc[u, i*nc + c] = x[i, c*L + u]`` (shape ``(L, n_series*nc)``), so at
-each step the threads of a warp (consecutive chunks) touch consecutive addresses.
-Outputs use the same layout per row ``r = p*n_series + i``: ``(n_out, L, rows*nc)``.
+Layout: the user's. Inputs are ``(n_series, T)`` and outputs ``(n_out, rows, T)`` (the
+C-contiguous ``(n_out, P, n_series, T)`` result, row ``r = p*n_series + i``), read and
+written in place: no transposed or padded copies. Chunk ``c`` of a series is bars
+``[c*L, min((c+1)*L, T))`` with ``L = ceil(T / nc)``, so at each step the threads of a warp
+(consecutive chunks of a row) touch addresses ``L`` items apart; each such 32-byte sector
+serves the next ``32 / itemsize`` steps of its thread from the L1 cache, so the DRAM traffic
+stays one pass per read and write (see :func:`gpu_trader.kernels.scan.traffic_bytes`).
 
 Every loop body here is a plain function decorated with ``register_jitable``, so
 the same steps compile for CUDA (launched by :mod:`gpu_trader.kernels.indicators`),
@@ -64,8 +67,9 @@ lays the series out in chunks and runs the three phases live in
 :mod:`gpu_trader.kernels.scan`. These bodies do their arithmetic with the one-step
 primitives of :mod:`gpu_trader._internal.indicator_loops` (``indicator_loops.ema_step``,
 ``indicator_loops.rsi_step``, ``indicator_loops.bbands_step``, ...), the very functions the
-row bodies call, so a step is computed exactly as in the row body; only the bookkeeping
-(chunk bounds, carries, the chunked layout: ``at``, ``*_c`` window sums) is written here
+row bodies call (and their window sums, on the series' row ``x[row]``), so a step is
+computed exactly as in the row body; only the bookkeeping (chunk bounds, carries, where a
+chunk resumes) is written here
 (the tests compare both paths with the CPU backend).
 
 Not mirrored: sums that overflow to inf from finite inputs (only non-finite input
@@ -83,12 +87,16 @@ from . import indicator_loops
 from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, SPECS, VWAP, WMA
 
 __all__ = [
-    "MACD_SIGNAL", "N_STATES", "TINY", "PHASE1", "PHASE3", "SCAN_NAMES", "WINDOWED_NAMES",
-    "pairs_reduce", "pairs_expand", "pairs_serial",
+    "MACD_SIGNAL", "FIRST_VALID", "FIRST_NONFINITE", "N_STATES", "TINY", "PHASE1", "PHASE3", "SCAN_NAMES",
+    "WINDOWED_NAMES", "pairs_reduce", "pairs_expand", "pairs_serial",
 ]
 
 # Internal code of MACD's second pass (the signal EMA over the MACD line).
 MACD_SIGNAL = 100
+# Internal codes of the per-chunk searches for each series' first valid bar and (SMA,
+# Bollinger) its first non-finite bar from there: phase-1 entries writing A[0, series, chunk].
+FIRST_VALID = 101
+FIRST_NONFINITE = 102
 
 # Number of affine states each phase-1 body carries per row (the leading axis of its A, B, seed).
 N_STATES = {EMA: 1, RSI: 2, ATR: 1, OBV: 1, MACD: 2, MACD_SIGNAL: 1}
@@ -101,12 +109,9 @@ TINY = 2.2250738585072014e-308
 
 
 @register_jitable
-def at(x, col0, t):
-    """Bar ``t`` (read as float64, like indicator_loops.f64) of the series stored in chunk
-    columns ``col0, col0+1, ...`` of x."""
-    L = x.shape[0]
-    q = t // L
-    return f64(x[t - q * L, col0 + q])
+def at(x, row, t):
+    """Bar ``t`` of series ``row`` of x (read as float64, like indicator_loops.f64)."""
+    return f64(x[row, t])
 
 
 @register_jitable
@@ -123,53 +128,52 @@ def at_least(t, lo):
 
 
 @register_jitable
-def first_output(out, n_out, lo, hi, start, oc):
+def first_output(out, n_out, lo, hi, start, r):
     """NaN the bars of chunk [lo, hi) before ``start`` in each of the ``n_out`` outputs and
     return the chunk's first output bar (>= hi when the chunk has none)."""
     for k in range(n_out):
-        nan_prefix(out, k, lo, hi, start, oc)
+        nan_prefix(out, k, lo, hi, start, r)
     return at_least(start, lo)
 
 
 @register_jitable
-def resume(lo, start, Ain, Bin, seed, r, cc, out, oc):
+def resume(lo, start, Ain, Bin, seed, r, cc, out):
     """Where phase 3 of a one-state scan starts in chunk [lo, ...): at the seed, written
     out at ``start``, when the chunk holds it; else at ``lo`` from the carry-in."""
     if lo <= start:
         y = seed[0, r]
-        out[0, start - lo, oc] = y
+        out[0, r, start] = y
         return y, start + 1
     return carry_in(Ain, Bin, seed, 0, r, cc), lo
 
 
 @register_jitable
-def nan_prefix(out, k, lo, hi, start, oc):
+def nan_prefix(out, k, lo, hi, start, r):
     """out[k] = NaN for the bars of chunk [lo, hi) before ``start``."""
     e = hi
     if start < e:
         e = start
     for t in range(lo, e):
-        out[k, t - lo, oc] = math.nan
+        out[k, r, t] = math.nan
 
 
 # ---- EMA (also MACD's three EMAs) ----------------------------------------------------
 @register_jitable
-def ema_p1(x, col0, cc, lo, hi, seed_begin, period, A, B, seed, s, r):
+def ema_p1(x, row, cc, lo, hi, seed_begin, period, A, B, seed, s, r):
     """Phase 1 of an EMA of ``period`` seeded at ``start = seed_begin + period - 1`` with
     the mean of x[seed_begin : seed_begin + period] (indicator_loops.ema_seed)."""
     start = seed_begin + period - 1
     if lo <= start < hi:
         total = 0.0
         for t in range(seed_begin, seed_begin + period):
-            total += at(x, col0, t)
+            total += at(x, row, t)
         seed[s, r] = total / period
     k = 2.0 / (period + 1)
     aa = 1.0
     bb = 0.0
-    col = col0 + cc
     t0 = at_least(start + 1, lo)
     for t in range(t0, hi):
-        bb = indicator_loops.ema_step(bb, f64(x[t - lo, col]), k)
+        bb = indicator_loops.ema_step(bb, at(x, row, t), k)
         aa = clamp_a(indicator_loops.ema_step(aa, 0.0, k))
     A[s, r, cc] = aa
     B[s, r, cc] = bb
@@ -181,35 +185,34 @@ def carry_in(Ain, Bin, seed, s, r, cc):
 
 
 @register_jitable
-def ema_p3(x, col0, cc, lo, hi, seed_begin, period, Ain, Bin, seed, r, out, oc):
+def ema_p3(x, row, cc, lo, hi, seed_begin, period, Ain, Bin, seed, r, out):
     start = seed_begin + period - 1
-    nan_prefix(out, 0, lo, hi, start, oc)
+    nan_prefix(out, 0, lo, hi, start, r)
     if start >= hi:
         return
-    col = col0 + cc
     if period == 1:  # TA-Lib >= 0.8: an exact copy
         t0 = at_least(start, lo)
         for t in range(t0, hi):
-            out[0, t - lo, oc] = x[t - lo, col]
+            out[0, r, t] = x[row, t]
         return
     k = 2.0 / (period + 1)
-    y, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out, oc)
+    y, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out)
     for t in range(t0, hi):
-        y = indicator_loops.ema_step(y, f64(x[t - lo, col]), k)
-        out[0, t - lo, oc] = y
+        y = indicator_loops.ema_step(y, at(x, row, t), k)
+        out[0, r, t] = y
 
 
 # ---- RSI (Wilder gain/loss, TA-Lib >= 0.8 branch-free split) -------------------------------
 @register_jitable
-def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
+def rsi_p1(x, row, cc, lo, hi, begin, period, A, B, seed, r):
     start = begin + period
     inv_period = 1.0 / period
     if lo <= start < hi:
-        prev = at(x, col0, begin)
+        prev = at(x, row, begin)
         gain = 0.0
         loss = 0.0
         for t in range(begin + 1, start + 1):
-            v = at(x, col0, t)
+            v = at(x, row, t)
             gain, loss = indicator_loops.rsi_add(gain, loss, v - prev)
             prev = v
         loss *= inv_period
@@ -221,10 +224,9 @@ def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
     aa = 1.0
     t0 = at_least(start + 1, lo)
     if t0 < hi:
-        col = col0 + cc
-        prev = at(x, col0, t0 - 1)
+        prev = at(x, row, t0 - 1)
         for t in range(t0, hi):
-            v = f64(x[t - lo, col])
+            v = at(x, row, t)
             gg, ll = indicator_loops.rsi_step(gg, ll, v - prev, period, inv_period)
             prev = v
             aa *= period - 1
@@ -237,34 +239,33 @@ def rsi_p1(x, col0, cc, lo, hi, begin, period, A, B, seed, r):
 
 
 @register_jitable
-def rsi_p3(x, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc):
+def rsi_p3(x, row, cc, lo, hi, begin, period, Ain, Bin, seed, r, out):
     start = begin + period
-    nan_prefix(out, 0, lo, hi, start, oc)
+    nan_prefix(out, 0, lo, hi, start, r)
     if start >= hi:
         return
     inv_period = 1.0 / period
     if lo <= start:
         gain = seed[0, r]
         loss = seed[1, r]
-        out[0, start - lo, oc] = indicator_loops.rsi_ratio(gain, loss)
+        out[0, r, start] = indicator_loops.rsi_ratio(gain, loss)
         t0 = start + 1
     else:
         gain = carry_in(Ain, Bin, seed, 0, r, cc)
         loss = carry_in(Ain, Bin, seed, 1, r, cc)
         t0 = lo
     if t0 < hi:
-        col = col0 + cc
-        prev = at(x, col0, t0 - 1)
+        prev = at(x, row, t0 - 1)
         for t in range(t0, hi):
-            v = f64(x[t - lo, col])
+            v = at(x, row, t)
             gain, loss = indicator_loops.rsi_step(gain, loss, v - prev, period, inv_period)
             prev = v
-            out[0, t - lo, oc] = indicator_loops.rsi_ratio(gain, loss)
+            out[0, r, t] = indicator_loops.rsi_ratio(gain, loss)
 
 
 # ---- ATR (TA-Lib >= 0.8 Wilder step: prev = alpha*tr + beta*prev) -------------------------
 @register_jitable
-def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
+def atr_p1(h, lw, c, row, cc, lo, hi, begin, period, A, B, seed, r):
     start = begin + period
     aa = 1.0
     bb = 0.0
@@ -272,16 +273,14 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
     if lo <= start < hi:
         total = 0.0
         for t in range(begin + 1, start + 1):
-            total += indicator_loops.true_range(at(h, col0, t), at(lw, col0, t), at(c, col0, t - 1))
+            total += indicator_loops.true_range(at(h, row, t), at(lw, row, t), at(c, row, t - 1))
         seed[0, r] = total / period
     t0 = at_least(start + 1, lo)
     if t0 < hi:
-        col = col0 + cc
-        pc = at(c, col0, t0 - 1)
+        pc = at(c, row, t0 - 1)
         for t in range(t0, hi):
-            u = t - lo
-            tr = indicator_loops.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
-            pc = f64(c[u, col])
+            tr = indicator_loops.true_range(at(h, row, t), at(lw, row, t), pc)
+            pc = at(c, row, t)
             bb = indicator_loops.atr_step(bb, tr, alpha, beta)
             aa = clamp_a(beta * aa)
     A[0, r, cc] = aa
@@ -289,57 +288,51 @@ def atr_p1(h, lw, c, col0, cc, lo, hi, begin, period, A, B, seed, r):
 
 
 @register_jitable
-def atr_p3(h, lw, c, col0, cc, lo, hi, begin, period, Ain, Bin, seed, r, out, oc):
+def atr_p3(h, lw, c, row, cc, lo, hi, begin, period, Ain, Bin, seed, r, out):
     start = begin + period
-    nan_prefix(out, 0, lo, hi, start, oc)
+    nan_prefix(out, 0, lo, hi, start, r)
     if start >= hi:
         return
-    col = col0 + cc
     alpha, beta = indicator_loops.atr_coefficients(period)
-    prev, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out, oc)
+    prev, t0 = resume(lo, start, Ain, Bin, seed, r, cc, out)
     if t0 < hi:
-        pc = at(c, col0, t0 - 1)
+        pc = at(c, row, t0 - 1)
         for t in range(t0, hi):
-            u = t - lo
-            tr = indicator_loops.true_range(f64(h[u, col]), f64(lw[u, col]), pc)
-            pc = f64(c[u, col])
+            tr = indicator_loops.true_range(at(h, row, t), at(lw, row, t), pc)
+            pc = at(c, row, t)
             prev = indicator_loops.atr_step(prev, tr, alpha, beta)
-            out[0, u, oc] = prev
+            out[0, r, t] = prev
 
 
 # ---- OBV (running signed volume; A = 1) ---------------------------------------------------
 @register_jitable
-def obv_p1(cl, vo, col0, cc, lo, hi, begin, A, B, seed, r):
+def obv_p1(cl, vo, row, cc, lo, hi, begin, A, B, seed, r):
     if lo <= begin < hi:
-        seed[0, r] = at(vo, col0, begin)
+        seed[0, r] = at(vo, row, begin)
     bb = 0.0
     t0 = at_least(begin + 1, lo)
     if t0 < hi:
-        col = col0 + cc
-        prev = at(cl, col0, t0 - 1)
+        prev = at(cl, row, t0 - 1)
         for t in range(t0, hi):
-            u = t - lo
-            cv = f64(cl[u, col])
-            bb = indicator_loops.obv_step(bb, prev, cv, f64(vo[u, col]))
+            cv = at(cl, row, t)
+            bb = indicator_loops.obv_step(bb, prev, cv, at(vo, row, t))
             prev = cv
     A[0, r, cc] = 1.0
     B[0, r, cc] = bb
 
 
 @register_jitable
-def obv_p3(cl, vo, col0, cc, lo, hi, begin, Ain, Bin, seed, r, out, oc):
-    nan_prefix(out, 0, lo, hi, begin, oc)
+def obv_p3(cl, vo, row, cc, lo, hi, begin, Ain, Bin, seed, r, out):
+    nan_prefix(out, 0, lo, hi, begin, r)
     if begin >= hi:
         return
-    col = col0 + cc
-    obv, t0 = resume(lo, begin, Ain, Bin, seed, r, cc, out, oc)
+    obv, t0 = resume(lo, begin, Ain, Bin, seed, r, cc, out)
     if t0 < hi:
-        prev = at(cl, col0, t0 - 1)
+        prev = at(cl, row, t0 - 1)
         for t in range(t0, hi):
-            u = t - lo
-            cv = f64(cl[u, col])
-            obv = indicator_loops.obv_step(obv, prev, cv, f64(vo[u, col]))
-            out[0, u, oc] = obv
+            cv = at(cl, row, t)
+            obv = indicator_loops.obv_step(obv, prev, cv, at(vo, row, t))
+            out[0, r, t] = obv
             prev = cv
 
 
@@ -355,223 +348,162 @@ def macd_periods(params, p):
 
 
 @register_jitable
-def macd_line_p3(x, col0, cc, lo, hi, begin, fast, slow, Ain, Bin, seed, r, out, oc):
+def macd_line_p3(x, row, cc, lo, hi, begin, fast, slow, Ain, Bin, seed, r, out):
     """Writes the MACD line (float64 buffer) for t >= first_macd, NaN before."""
     first = begin + slow - 1
-    nan_prefix(out, 0, lo, hi, first, oc)
+    nan_prefix(out, 0, lo, hi, first, r)
     if first >= hi:
         return
     k_fast = 2.0 / (fast + 1)
     k_slow = 2.0 / (slow + 1)
-    col = col0 + cc
     if lo <= first:
         ema_fast = seed[0, r]
         ema_slow = seed[1, r]
-        out[0, first - lo, oc] = ema_fast - ema_slow
+        out[0, r, first] = ema_fast - ema_slow
         t0 = first + 1
     else:
         ema_fast = carry_in(Ain, Bin, seed, 0, r, cc)
         ema_slow = carry_in(Ain, Bin, seed, 1, r, cc)
         t0 = lo
     for t in range(t0, hi):
-        v = f64(x[t - lo, col])
+        v = at(x, row, t)
         ema_fast = indicator_loops.ema_step(ema_fast, v, k_fast)
         ema_slow = indicator_loops.ema_step(ema_slow, v, k_slow)
-        out[0, t - lo, oc] = ema_fast - ema_slow
+        out[0, r, t] = ema_fast - ema_slow
 
 
 @register_jitable
-def macd_signal_p3(line, col0, cc, lo, hi, first, signal, Ain, Bin, seed, r, out, oc):
+def macd_signal_p3(line, row, cc, lo, hi, first, signal, Ain, Bin, seed, r, out):
     start = first + signal - 1
     for k in range(3):
-        nan_prefix(out, k, lo, hi, start, oc)
+        nan_prefix(out, k, lo, hi, start, r)
     if start >= hi:
         return
     k_sig = 2.0 / (signal + 1)
-    col = col0 + cc
     if lo <= start:
         sig = seed[0, r]  # = line[start] exactly when signal == 1
-        v = f64(line[start - lo, col])
-        u = start - lo
-        out[0, u, oc] = v
-        out[1, u, oc] = sig
-        out[2, u, oc] = v - sig
+        v = at(line, row, start)
+        out[0, r, start] = v
+        out[1, r, start] = sig
+        out[2, r, start] = v - sig
         t0 = start + 1
     else:
         sig = carry_in(Ain, Bin, seed, 0, r, cc)
         t0 = lo
     for t in range(t0, hi):
-        u = t - lo
-        v = f64(line[u, col])
+        v = at(line, row, t)
         sig = v if signal == 1 else indicator_loops.ema_step(sig, v, k_sig)
-        out[0, u, oc] = v
-        out[1, u, oc] = sig
-        out[2, u, oc] = v - sig
+        out[0, r, t] = v
+        out[1, r, t] = sig
+        out[2, r, t] = v - sig
 
 
 # ---- windowed: SMA, WMA, Bollinger, VWAP ---------------------------------------------------
 @register_jitable
-def sma_p3(x, col0, cc, lo, hi, begin, ff, period, out, oc):
+def sma_p3(x, row, cc, lo, hi, begin, ff, period, out, r):
     start = begin + period - 1
-    t0 = first_output(out, 1, lo, hi, start, oc)
+    t0 = first_output(out, 1, lo, hi, start, r)
     if t0 >= hi:
         return
     bp = t0 - period + 1
     total = 0.0
     for t in range(bp, t0):
-        total += at(x, col0, t)
+        total += at(x, row, t)
     if ff <= t0 - period:
         total = math.nan
-    L = x.shape[0]
-    tq = bp // L
-    tu = bp - tq * L
-    col = col0 + cc
     for t in range(t0, hi):
-        total, out[0, t - lo, oc] = indicator_loops.sma_step(total, f64(x[t - lo, col]), f64(x[tu, col0 + tq]), period)
-        tu += 1
-        if tu == L:
-            tu = 0
-            tq += 1
+        total, out[0, r, t] = indicator_loops.sma_step(total, at(x, row, t), at(x, row, bp), period)
+        bp += 1
 
 
 @register_jitable
-def wma_sums_c(x, col0, first, period):
-    """indicator_loops.wma_sums on the chunked layout."""
-    total = 0.0
-    weighted = 0.0
-    for w in range(1, period + 1):
-        total, weighted = indicator_loops.wma_add(total, weighted, at(x, col0, first + w - 1), w)
-    return total, weighted
-
-
-@register_jitable
-def wma_p3(x, col0, cc, lo, hi, begin, period, out, oc):
+def wma_p3(x, row, cc, lo, hi, begin, period, out, r):
     """TA_WMA (indicator_loops.wma_row), bit-exact: the running sums are re-anchored on a fixed schedule
     (every 8 * period bars after ``start``), so the chunk rebuilds the exact sequential state
     from the last re-anchor before its first output (or from ``begin``) and replays to it."""
     start = begin + period - 1
-    t0 = first_output(out, 1, lo, hi, start, oc)
+    t0 = first_output(out, 1, lo, hi, start, r)
     if t0 >= hi:
         return
-    col = col0 + cc
     if period == 1:
         for t in range(t0, hi):
-            out[0, t - lo, oc] = x[t - lo, col]
+            out[0, r, t] = x[row, t]
         return
     divider = indicator_loops.wma_divider(period)
     every = 8 * period
     m = (t0 - start) // every
     if m == 0:
-        period_sub, period_sum = wma_sums_c(x, col0, begin, period - 1)
+        period_sub, period_sum = indicator_loops.wma_sums(x[row], begin, period - 1)
         trailing_value = 0.0
         trailing = begin
         t1 = start
     else:
         anchor = start + m * every - 1  # state right after processing bar ``anchor``
-        period_sub, period_sum = wma_sums_c(x, col0, anchor - period + 1, period)
-        trailing_value = at(x, col0, anchor - period + 1)
+        period_sub, period_sum = indicator_loops.wma_sums(x[row], anchor - period + 1, period)
+        trailing_value = at(x, row, anchor - period + 1)
         trailing = anchor - period + 2
         period_sum -= period_sub
         t1 = anchor + 1
     countdown = every - (t1 - start) % every
-    L = x.shape[0]
-    tq = trailing // L
-    tu = trailing - tq * L
     for t in range(t1, hi):
-        if t < lo:
-            v = at(x, col0, t)
-        else:
-            v = f64(x[t - lo, col])
+        v = at(x, row, t)
         period_sub, period_sum = indicator_loops.wma_push(period_sub, period_sum, v, trailing_value, period)
         countdown -= 1
         if countdown <= 0:
             countdown = every
-            period_sub, period_sum = wma_sums_c(x, col0, t - period + 1, period)
-        trailing_value = f64(x[tu, col0 + tq])
-        tu += 1
-        if tu == L:
-            tu = 0
-            tq += 1
+            period_sub, period_sum = indicator_loops.wma_sums(x[row], t - period + 1, period)
+        trailing_value = at(x, row, trailing)
+        trailing += 1
         if t >= t0:
-            out[0, t - lo, oc] = period_sum / divider
+            out[0, r, t] = period_sum / divider
         period_sum -= period_sub
 
 
 @register_jitable
-def shifted_moments_c(x, col0, first, last, shift):
-    """indicator_loops.shifted_moments on the chunked layout."""
-    s1 = 0.0
-    s2 = 0.0
-    for t in range(first, last + 1):
-        s1, s2 = indicator_loops.shifted_add(s1, s2, at(x, col0, t), shift)
-    return s1, s2
-
-
-@register_jitable
-def bbands_reseed_c(x, col0, first, last, inv_period):
-    """indicator_loops.bbands_reseed on the chunked layout."""
-    total = 0.0
-    for t in range(first, last + 1):
-        total += at(x, col0, t)
-    shift = total * inv_period
-    var1, var2 = shifted_moments_c(x, col0, first, last, shift)
-    var1, var2, variance = indicator_loops.bbands_reseeded(var1, var2, at(x, col0, first), shift, inv_period)
-    return shift, var1, var2, variance
-
-
-@register_jitable
-def bbands_p3(x, col0, cc, lo, hi, begin, ff, period, nstd, out, oc):
+def bbands_p3(x, row, cc, lo, hi, begin, ff, period, nstd, out, r):
     """indicator_loops.bbands_row from the chunk's first output. The chunk holding ``start`` starts exactly
     like the row body; a later chunk starts as if the variance sums had just been re-seeded at
     the bar before it (TA-Lib re-seeds on a data-dependent schedule, so the variance agrees with
     the sequential one to rounding), and its SMA sum is poisoned like TA-Lib's when a
     non-finite value already passed through the window (``ff``)."""
     start = begin + period - 1
-    t0 = first_output(out, 3, lo, hi, start, oc)
+    t0 = first_output(out, 3, lo, hi, start, r)
     if t0 >= hi:
         return
     inv_period = 1.0 / period
     if t0 == start:
-        shift = at(x, col0, begin)
+        shift = at(x, row, begin)
         ma_total = 0.0
         for t in range(begin, start):
-            ma_total += at(x, col0, t)
-        var1, var2 = shifted_moments_c(x, col0, begin, start - 1, shift)
+            ma_total += at(x, row, t)
+        var1, var2 = indicator_loops.shifted_moments(x[row], begin, start - 1, shift)
     else:
         ws = t0 - period
-        shift, var1, var2, _ = bbands_reseed_c(x, col0, ws, t0 - 1, inv_period)
+        shift, var1, var2, _ = indicator_loops.bbands_reseed(x[row], ws, t0 - 1, inv_period)
         ma_total = 0.0
         for t in range(ws + 1, t0):
-            ma_total += at(x, col0, t)
+            ma_total += at(x, row, t)
         if ff <= t0 - period:
             ma_total = math.nan
     countdown = 32 * period
     trailing = t0 - period + 1
-    L = x.shape[0]
-    tq = trailing // L
-    tu = trailing - tq * L
-    col = col0 + cc
     for t in range(t0, hi):
         ma_total, var1, var2, mean, variance, drifted = indicator_loops.bbands_step(
-            ma_total, shift, var1, var2, f64(x[t - lo, col]), f64(x[tu, col0 + tq]), period, inv_period)
-        tu += 1
-        if tu == L:
-            tu = 0
-            tq += 1
+            ma_total, shift, var1, var2, at(x, row, t), at(x, row, trailing), period, inv_period)
+        trailing += 1
         countdown -= 1
         if drifted or countdown <= 0:
             countdown = 32 * period
-            shift, var1, var2, variance = bbands_reseed_c(x, col0, t - period + 1, t, inv_period)
-        u = t - lo
-        out[0, u, oc], out[1, u, oc], out[2, u, oc] = indicator_loops.bbands_bands(mean, variance, nstd)
+            shift, var1, var2, variance = indicator_loops.bbands_reseed(x[row], t - period + 1, t, inv_period)
+        out[0, r, t], out[1, r, t], out[2, r, t] = indicator_loops.bbands_bands(mean, variance, nstd)
 
 
 @register_jitable
-def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
+def vwap_p3(h, lw, c, vo, row, cc, lo, hi, begin, period, out, r):
     """indicator_loops.vwap_row from the chunk's first output: window sums of the finite bars and a count
     of the non-finite ones, rebuilt over the bars before it."""
     start = begin + period - 1
-    t0 = first_output(out, 1, lo, hi, start, oc)
+    t0 = first_output(out, 1, lo, hi, start, r)
     if t0 >= hi:
         return
     bp = t0 - period + 1
@@ -579,27 +511,18 @@ def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
     vol = 0.0
     n_bad = 0
     for t in range(bp, t0):
-        v = at(vo, col0, t)
-        tpv = indicator_loops.typical_pv(at(h, col0, t), at(lw, col0, t), at(c, col0, t), v)
+        v = at(vo, row, t)
+        tpv = indicator_loops.typical_pv(at(h, row, t), at(lw, row, t), at(c, row, t), v)
         pv, vol, n_bad = indicator_loops.vwap_add(pv, vol, n_bad, tpv, v)
-    L = h.shape[0]
-    tq = bp // L
-    tu = bp - tq * L
-    col = col0 + cc
     for t in range(t0, hi):
-        u = t - lo
-        v = f64(vo[u, col])
-        tpv = indicator_loops.typical_pv(f64(h[u, col]), f64(lw[u, col]), f64(c[u, col]), v)
+        v = at(vo, row, t)
+        tpv = indicator_loops.typical_pv(at(h, row, t), at(lw, row, t), at(c, row, t), v)
         pv, vol, n_bad = indicator_loops.vwap_add(pv, vol, n_bad, tpv, v)
-        out[0, u, oc] = indicator_loops.vwap_value(pv, vol, n_bad)
-        tc = col0 + tq
-        v = f64(vo[tu, tc])
-        tpv = indicator_loops.typical_pv(f64(h[tu, tc]), f64(lw[tu, tc]), f64(c[tu, tc]), v)
+        out[0, r, t] = indicator_loops.vwap_value(pv, vol, n_bad)
+        v = at(vo, row, bp)
+        tpv = indicator_loops.typical_pv(at(h, row, bp), at(lw, row, bp), at(c, row, bp), v)
         pv, vol, n_bad = indicator_loops.vwap_remove(pv, vol, n_bad, tpv, v)
-        tu += 1
-        if tu == L:
-            tu = 0
-            tq += 1
+        bp += 1
 
 
 # ---- per-thread entry points, one per (phase, indicator) --------------------------------
@@ -608,7 +531,8 @@ def vwap_p3(h, lw, c, vo, col0, cc, lo, hi, begin, period, out, oc):
 # phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out). Thread j is
 # (row r = p*n + i, chunk cc) with j = r*nc + cc.
 @register_jitable
-def decode(j, nc, n, L, T):
+def decode(j, nc, n, T):
+    L = (T + nc - 1) // nc
     r = j // nc
     cc = j - r * nc
     p = r // n
@@ -622,113 +546,140 @@ def decode(j, nc, n, L, T):
 
 @register_jitable
 def ema_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    ema_p1(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, 0, r)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    ema_p1(a, i, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, 0, r)
 
 
 @register_jitable
 def rsi_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    rsi_p1(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, r)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    rsi_p1(a, i, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, r)
 
 
 @register_jitable
 def atr_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    atr_p1(a, b, c, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, r)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    atr_p1(a, b, c, i, cc, lo, hi, info[i, 0], int(params[p, 0]), A, B, seed, r)
 
 
 @register_jitable
 def obv_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    obv_p1(a, b, i * nc, cc, lo, hi, info[i, 0], A, B, seed, r)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    obv_p1(a, b, i, cc, lo, hi, info[i, 0], A, B, seed, r)
 
 
 @register_jitable
 def macd_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
     fast, slow, signal = macd_periods(params, p)
     begin = info[i, 0]
-    ema_p1(a, i * nc, cc, lo, hi, begin + slow - fast, fast, A, B, seed, 0, r)
-    ema_p1(a, i * nc, cc, lo, hi, begin, slow, A, B, seed, 1, r)
+    ema_p1(a, i, cc, lo, hi, begin + slow - fast, fast, A, B, seed, 0, r)
+    ema_p1(a, i, cc, lo, hi, begin, slow, A, B, seed, 1, r)
 
 
 @register_jitable
 def macd_signal_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
-    # ``a`` is the float64 MACD line, one block of nc columns per row
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    # ``a`` is the float64 MACD line, one row per (parameter set, series)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
     fast, slow, signal = macd_periods(params, p)
-    ema_p1(a, r * nc, cc, lo, hi, info[i, 0] + slow - 1, signal, A, B, seed, 0, r)
+    ema_p1(a, r, cc, lo, hi, info[i, 0] + slow - 1, signal, A, B, seed, 0, r)
 
 
 @register_jitable
 def ema_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    ema_p3(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out, r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    ema_p3(a, i, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out)
 
 
 @register_jitable
 def rsi_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    rsi_p3(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out, r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    rsi_p3(a, i, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out)
 
 
 @register_jitable
 def atr_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    atr_p3(a, b, c, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out,
-           r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    atr_p3(a, b, c, i, cc, lo, hi, info[i, 0], int(params[p, 0]), Ain, Bin, seed, r, out)
 
 
 @register_jitable
 def obv_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    obv_p3(a, b, i * nc, cc, lo, hi, info[i, 0], Ain, Bin, seed, r, out, r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    obv_p3(a, b, i, cc, lo, hi, info[i, 0], Ain, Bin, seed, r, out)
 
 
 @register_jitable
 def macd_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
     fast, slow, signal = macd_periods(params, p)
-    macd_line_p3(a, i * nc, cc, lo, hi, info[i, 0], fast, slow, Ain, Bin, seed, r, out, r * nc + cc)
+    macd_line_p3(a, i, cc, lo, hi, info[i, 0], fast, slow, Ain, Bin, seed, r, out)
 
 
 @register_jitable
 def macd_signal_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
     fast, slow, signal = macd_periods(params, p)
-    macd_signal_p3(a, r * nc, cc, lo, hi, info[i, 0] + slow - 1, signal, Ain, Bin, seed, r, out,
-                   r * nc + cc)
+    macd_signal_p3(a, r, cc, lo, hi, info[i, 0] + slow - 1, signal, Ain, Bin, seed, r, out)
 
 
 @register_jitable
 def sma_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    sma_p3(a, i * nc, cc, lo, hi, info[i, 0], info[i, 1], int(params[p, 0]), out, r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    sma_p3(a, i, cc, lo, hi, info[i, 0], info[i, 1], int(params[p, 0]), out, r)
 
 
 @register_jitable
 def wma_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    wma_p3(a, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), out, r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    wma_p3(a, i, cc, lo, hi, info[i, 0], int(params[p, 0]), out, r)
 
 
 @register_jitable
 def bbands_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    bbands_p3(a, i * nc, cc, lo, hi, info[i, 0], info[i, 1], int(params[p, 0]), params[p, 1], out,
-              r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    bbands_p3(a, i, cc, lo, hi, info[i, 0], info[i, 1], int(params[p, 0]), params[p, 1], out,
+              r)
 
 
 @register_jitable
 def vwap_phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
-    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], a.shape[0], T)
-    vwap_p3(a, b, c, d, i * nc, cc, lo, hi, info[i, 0], int(params[p, 0]), out, r * nc + cc)
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    vwap_p3(a, b, c, d, i, cc, lo, hi, info[i, 0], int(params[p, 0]), out, r)
+
+
+@register_jitable
+def first_valid_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    """Thread (series i, chunk cc), j = i*nc + cc: A[0, i, cc] = the chunk's first bar where
+    a, b, c and d are all non-NaN (inputs an indicator lacks are passed as copies of a), T
+    when none. The minimum over chunks is indicator_loops.first_valid*'s index (T - 1 when
+    none); a chunk stops at its first valid bar, so this reads about one bar per chunk."""
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    first = T
+    for t in range(lo, hi):
+        if a[i, t] == a[i, t] and b[i, t] == b[i, t] and c[i, t] == c[i, t] and d[i, t] == d[i, t]:
+            first = t
+            break
+    A[0, i, cc] = first
+
+
+@register_jitable
+def first_nonfinite_phase1(j, nc, T, a, b, c, d, params, info, A, B, seed):
+    """Thread (series i, chunk cc): A[0, i, cc] = the chunk's first bar at or after the
+    series' begin (info[i, 0]) where a is not finite, T when none."""
+    r, cc, p, i, lo, hi = decode(j, nc, info.shape[0], T)
+    first = T
+    for t in range(at_least(info[i, 0], lo), hi):
+        if not math.isfinite(a[i, t]):
+            first = t
+            break
+    A[0, i, cc] = first
 
 
 PHASE1 = {
     EMA: ema_phase1, RSI: rsi_phase1, ATR: atr_phase1, OBV: obv_phase1,
     MACD: macd_phase1, MACD_SIGNAL: macd_signal_phase1,
+    FIRST_VALID: first_valid_phase1, FIRST_NONFINITE: first_nonfinite_phase1,
 }
 PHASE3 = {
     EMA: ema_phase3, RSI: rsi_phase3, ATR: atr_phase3, OBV: obv_phase3,

@@ -224,17 +224,18 @@ def finite_real_array(x: Any, name: str) -> np.ndarray:
 def check_observations(xp: Any, x: Any, minimum: int, name: str, what: str) -> None:
     """Every series of ``x`` (..., T) on namespace ``xp`` must hold at least ``minimum``
     valid (non-NaN) values: otherwise ``ValueError`` naming ``name``, the first offending
-    series' batch index and ``what`` needs them. One cheap NaN test on clean data (on a
-    GPU that test is one small device-to-host read, the price of an error instead of a
-    silent NaN). Inside a ``jax.jit`` trace the NaN count is unknown and only the length
-    is checked."""
+    series' batch index and ``what`` needs them. One pass counts each series' NaNs and one
+    device-to-host read of a single flag decides (on a GPU, the price of an error instead of
+    a silent NaN); only a refusal reads more (the worst series and where it is). Inside a
+    ``jax.jit`` trace the counts are unknown and only the length is checked."""
     t = x.shape[-1]
     if t < minimum:
         raise ValueError(f"{name} has {t} observations per series; {what} needs at least {minimum}")
-    nan = xp.isnan(x)
-    if not host_bool(nan.any()):  # None inside a jax.jit trace: the data is not known yet
+    missing = xp.isnan(x).sum(axis=-1)
+    # host_bool is None inside a jax.jit trace: the data is not known yet
+    if missing.size == 0 or not host_bool(missing.max() > t - minimum):
         return
-    counts = (~nan).sum(axis=-1)
+    counts = t - missing
     worst = int(counts.min())
     if worst < minimum:
         where = np.unravel_index(int(counts.argmin()), counts.shape) if counts.ndim else ()

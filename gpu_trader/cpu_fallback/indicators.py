@@ -4,19 +4,22 @@ The per-series math lives in :mod:`gpu_trader._internal.indicator_loops` and is 
 the GPU kernels; this module only maps it over a batch. One call runs a whole
 *plan*: a list of (indicator, parameter set) rows over the same OHLCV inputs, so
 ``features`` computes every indicator of a symbol back to back while its bars
-are in cache, in a single compiled call. Work items are (series, row) pairs, series-major
-(so a thread keeps a symbol); a serial driver serves tiny batches, where waking the thread
-pool costs more than the work.
+are in cache, in a single compiled call. Work items are (group of :data:`SERIES_PER_ITEM`
+series, row) pairs, group-major (so a thread keeps its symbols); indicators with a four-series
+row body (``indicator_loops.dispatch4``) advance the group's recurrences in one loop, the others
+run series by series. A serial driver serves tiny batches, where waking threads costs more
+than the work.
 
 Threads (docs/design.md#cpu-threads): a parallel call runs on min(numba's thread count for
 the calling thread -- ``NUMBA_NUM_THREADS``, ``numba.set_num_threads`` --, the CPUs the process
-may run on, work items) threads. The items are cut into chunks (:data:`CHUNKS_PER_THREAD` a
-thread at least, about :data:`CHUNK_ELEMENTS` output elements each at most) and every thread
-owns a contiguous share of them, which it claims chunk by chunk with an atomic counter and
-then helps finish the others' shares. So a thread that the OS deschedules (another busy
-process on the machine) holds back one chunk, not a static half of the call, and threads
-write far apart in the fresh output buffer. The pool's idle workers sleep rather than spin
-(``OMP_WAIT_POLICY``, see :mod:`gpu_trader.cpu_fallback`). Compiled code is cached on disk
+may run on, work items) threads: the calling thread and helper threads of
+:func:`gpu_trader.cpu_fallback.run_on_threads` (not numba's ``prange`` pool, whose fork-join
+waits for every worker to wake). The items are cut into chunks (:data:`CHUNKS_PER_THREAD` a
+thread at least, about :data:`CHUNK_ELEMENTS` output elements each at most); every thread owns
+a contiguous share of them, which it claims chunk by chunk with an atomic counter, then helps
+finish the others' shares. So a thread that the OS deschedules (another busy process) or that
+wakes late holds back at most the chunk it claimed, not a static half of the call, and threads
+write far apart in the fresh output buffer. Compiled code is cached on disk
 (:mod:`gpu_trader._internal.jit`), so only the first call after installing or changing the
 package pays for compilation.
 """
@@ -24,16 +27,19 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange, types
+from numba import types
 from numba.extending import intrinsic, register_jitable
 
 from .._internal import indicator_loops
 from .._internal.indicator_specs import INPUT_FIELDS, SPECS
 from .._internal.jit import njit_cached
-from . import usable_cpus
+from . import run_on_threads, usable_cpus
 
 # Batches with fewer elements (series x bars x rows) than this run on the calling thread.
 SERIAL_MAX_ELEMENTS = 20_000
+# Series of one work item when the batch has enough for every thread (else 1): the
+# recurrences of four series interleaved hide each other's latency.
+SERIES_PER_ITEM = 4
 # Parallel batches are cut into chunks of work items that threads claim as they go.
 CHUNKS_PER_THREAD = 16
 CHUNK_ELEMENTS = 65_536
@@ -42,13 +48,28 @@ MAX_PARAMS = 3
 
 
 @register_jitable
-def _plan_item(j, rows, params, ins, out):
-    """Work item j = (series i, plan row r); a row is [code, 4 input fields, out offset, n_out]."""
+def _n_items(ins, rows, group):
+    """Work items of a plan: (group of ``group`` series, plan row) pairs."""
+    return (ins[0].shape[0] + group - 1) // group * rows.shape[0]
+
+
+@register_jitable
+def _plan_item(j, rows, params, ins, out, group):
+    """Work item j = (group q of ``group`` series, plan row r); a row is [code, 4 input fields,
+    out offset, n_out]. A full group of SERIES_PER_ITEM series of an indicator with a
+    four-series body runs interleaved (``indicator_loops.dispatch4``), any other series by
+    series."""
     n_rows = rows.shape[0]
-    i = j // n_rows
-    r = j - i * n_rows
+    q = j // n_rows
+    r = j - q * n_rows
     code, f0, f1, f2, f3, o, w = rows[r]
-    indicator_loops.dispatch(code, ins[f0][i], ins[f1][i], ins[f2][i], ins[f3][i], params[r], out[o : o + w, i])
+    i = q * group
+    stop = min(i + group, ins[0].shape[0])
+    if stop - i == SERIES_PER_ITEM and indicator_loops.dispatch4(
+            code, ins[f0], i, params[r], out[o : o + w]):
+        return
+    for s in range(i, stop):
+        indicator_loops.dispatch(code, ins[f0][s], ins[f1][s], ins[f2][s], ins[f3][s], params[r], out[o : o + w, s])
 
 
 @intrinsic
@@ -72,36 +93,35 @@ def _claim(typingctx, counters, i):
 _COUNTER_STRIDE = 16
 
 
-@njit_cached(parallel=True, nogil=True, error_model="numpy")
-def _run_plan_parallel(rows, params, ins, out, n_threads, chunk):
-    """The plan's work items in chunks of ``chunk``, the chunks split into ``n_threads``
-    contiguous shares. Worker w claims the chunks of share w one at a time, then helps with
-    the other shares: threads write far apart (two threads faulting in the same fresh page
-    wait for each other), and a thread the OS deschedules holds back only its current chunk."""
-    n_items = ins[0].shape[0] * rows.shape[0]
+@njit_cached(nogil=True, error_model="numpy")
+def _claim_and_run(rows, params, ins, out, group, claimed, chunk, n_shares, first_share):
+    """Worker ``first_share`` of the plan's parallel run: the work items are cut into chunks of
+    ``chunk``, the chunks into ``n_shares`` contiguous shares; this worker claims the chunks of
+    share ``first_share`` one at a time (``claimed``: the shares' counters), then helps with the
+    others'. So workers write far apart (two threads faulting in the same fresh page wait for
+    each other), and any one of them finishes all the work if the others never start."""
+    n_items = _n_items(ins, rows, group)
     n_chunks = (n_items + chunk - 1) // chunk
-    claimed = np.zeros(n_threads * _COUNTER_STRIDE, dtype=np.int64)
-    for w in prange(n_threads):
-        for k in range(n_threads):
-            share = (w + k) % n_threads
-            first = share * n_chunks // n_threads
-            stop = (share + 1) * n_chunks // n_threads
+    for k in range(n_shares):
+        share = (first_share + k) % n_shares
+        first = share * n_chunks // n_shares
+        stop = (share + 1) * n_chunks // n_shares
+        c = first + _claim(claimed, share * _COUNTER_STRIDE)
+        while c < stop:
+            _run_items(rows, params, ins, out, group, c * chunk, min(c * chunk + chunk, n_items))
             c = first + _claim(claimed, share * _COUNTER_STRIDE)
-            while c < stop:
-                _run_items(rows, params, ins, out, c * chunk, min(c * chunk + chunk, n_items))
-                c = first + _claim(claimed, share * _COUNTER_STRIDE)
 
 
 @njit_cached(nogil=True, error_model="numpy")
-def _run_items(rows, params, ins, out, start, stop):
-    """Work items ``start <= j < stop`` on the calling thread."""
+def _run_items(rows, params, ins, out, group, start, stop):
+    """Work items ``start <= j < stop`` (of ``group`` series each) on the calling thread."""
     for j in range(start, stop):
-        _plan_item(j, rows, params, ins, out)
+        _plan_item(j, rows, params, ins, out, group)
 
 
 @njit_cached(nogil=True, error_model="numpy")
 def _run_plan_serial(rows, params, ins, out):
-    _run_items(rows, params, ins, out, 0, ins[0].shape[0] * rows.shape[0])
+    _run_items(rows, params, ins, out, SERIES_PER_ITEM, 0, _n_items(ins, rows, SERIES_PER_ITEM))
 
 
 @njit_cached(nogil=True, error_model="numpy", _nrt=False)
@@ -187,24 +207,26 @@ def _execute(plan, ins):
     return out, blocks
 
 
-def _run_parallel(rows, params, ins, out, item_elements: int) -> None:
-    """Run the plan on min(numba's thread count, usable CPUs, work items) threads; one thread
-    runs the serial driver. ``item_elements``: output elements of a work item, on average."""
-    n_items = ins[0].shape[0] * rows.shape[0]
-    allowed = numba.get_num_threads()
-    threads = min(allowed, usable_cpus(), n_items)
+def _run_parallel(rows, params, ins, out, series_elements: int) -> None:
+    """Run the plan on min(numba's thread count, usable CPUs, (series, row) pairs) threads; one
+    thread runs the serial driver. Work items group SERIES_PER_ITEM series when every thread
+    gets one such item at least, else one series. ``series_elements``: output elements of one
+    series of one plan row, on average."""
+    n_pairs = _n_items(ins, rows, 1)
+    threads = min(numba.get_num_threads(), usable_cpus(), n_pairs)
     if threads == 1:
         _run_plan_serial(rows, params, ins, out)
         return
-    chunk = _chunk_items(n_items, threads, item_elements)
-    if threads == allowed:
-        _run_plan_parallel(rows, params, ins, out, threads, chunk)
-        return
-    numba.set_num_threads(threads)  # fewer CPUs than numba threads: wake only as many
-    try:
-        _run_plan_parallel(rows, params, ins, out, threads, chunk)
-    finally:
-        numba.set_num_threads(allowed)
+    group = SERIES_PER_ITEM if ins[0].shape[0] // SERIES_PER_ITEM * rows.shape[0] >= threads else 1
+    n_items = _n_items(ins, rows, group)
+    _run_threads(rows, params, ins, out, group, threads, _chunk_items(n_items, threads, series_elements * group))
+
+
+def _run_threads(rows, params, ins, out, group: int, threads: int, chunk: int) -> None:
+    """The plan on ``threads`` workers (the caller and helpers) claiming chunks of ``chunk``
+    items of ``group`` series."""
+    claimed = np.zeros(threads * _COUNTER_STRIDE, dtype=np.int64)
+    run_on_threads(_claim_and_run, threads, rows, params, ins, out, group, claimed, chunk, threads)
 
 
 def _chunk_items(n_items: int, threads: int, item_elements: int) -> int:

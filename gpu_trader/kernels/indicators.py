@@ -8,22 +8,29 @@ out. Two paths, chosen per call:
 
 * **rows** (the batch path): one launch, one thread per (parameter set, series),
   running the very same per-series loop bodies as the CPU backend
-  (:func:`gpu_trader._internal.indicator_loops.dispatch`, compiled as CUDA device code). The
-  kernel works on a time-major layout: inputs are transposed to ``(T, n)`` and thread
-  ``j = p*n + i`` walks the strided column ``x[:, i]`` and writes
-  ``out[:, p, :, i]`` of an ``(n_out, P, T, n)`` buffer, so at each time step the
-  threads of a warp (consecutive series) touch consecutive addresses. The result is
-  transposed back to ``(n_out, P, n, T)``.
-* **scan** (few rows, long series): the chunked 3-phase scans of
+  (:func:`gpu_trader._internal.indicator_loops.dispatch`, compiled as CUDA device code).
+  Thread ``j = p*n + i`` walks row ``x[i]`` of the user's inputs and writes
+  ``out[:, p, i]`` of the ``(n_out, P, n, T)`` result: no layout copies (a warp's 32
+  series are 32 sectors per step, each serving its thread's next ``32 / itemsize`` steps
+  from the L1 cache; :func:`gpu_trader.kernels.scan.traffic_bytes` counts the bytes).
+* **scan** (too few rows to fill the device): the chunked 3-phase scans of
   :mod:`gpu_trader._internal.scan_loops` (run by :mod:`gpu_trader.kernels.scan`), one
-  thread per (row, chunk of ``L`` bars), so a single 10M-bar series still fills the
-  GPU. Used automatically when ``P * n_series < kernels.scan.SCAN_MAX_ROWS`` (4096)
-  and ``T >= kernels.scan.SCAN_MIN_T`` (4096) for every indicator but ``stoch``; the
-  chunk length targets ``kernels.scan.TARGET_THREADS`` (2**17) threads, at least
-  ``kernels.scan.MIN_CHUNK`` (64) bars (and 2 windows for SMA/Bollinger/VWAP, 8 for WMA).
+  thread per (row, chunk of ``L`` bars), so 2000 series of 2520 bars or a single
+  10M-bar series still fill the GPU. Chosen by occupancy (:func:`choose_path`,
+  :func:`gpu_trader.kernels.scan.use_scan`: the batch path's ``P * n_series`` threads
+  against the device's resident threads), for every indicator but ``stoch``; the chunk
+  length gives about one thread per resident slot (:func:`gpu_trader.kernels.scan.choose_chunk`).
+
+Per call, the batch path is one numba launch; the scan path is one or two first-valid
+searches, then phase 3 (windowed indicators) or 3-5 launches per affine pass (phase 1, a
+carry scan of at most 3 launches, phase 3; MACD has two passes).
+The parameter grid is uploaded once per content and device
+(:meth:`~gpu_trader.kernels.launch.CudaExecutor.constant`), and nothing is read back to
+the host.
 
 Kernels are specialised per indicator (the indicator code is a compile-time constant
-of each kernel) and compiled on first use; they run one thread per work item and are
+of each kernel), compiled on first use and cached on disk
+(:func:`gpu_trader._internal.jit.cuda_jit_cached`); they run one thread per work item and are
 launched by an executor of :mod:`gpu_trader.kernels.launch` (1-D grids of
 ``THREADS_PER_BLOCK`` (128) threads by default), through :class:`IndicatorLauncher`.
 
@@ -43,7 +50,8 @@ from .._internal import indicator_loops
 from .._internal import scan_loops
 from .._internal.indicator_specs import INPUT_FIELDS, SPECS
 from . import scan
-from .launch import CudaExecutor
+from .._internal.jit import cuda_jit_cached
+from .launch import CudaExecutor, default_executor
 
 __all__ = ["compute", "compute_many", "compute_xp", "choose_path"]
 
@@ -51,16 +59,17 @@ __all__ = ["compute", "compute_many", "compute_xp", "choose_path"]
 # -- kernels (built per indicator code on first use) ------------------------------------
 @functools.lru_cache(maxsize=None)
 def rows_kernel(code: int):
-    """Batch kernel for one indicator: thread j = p*n + i runs series i with parameter set p."""
+    """Batch kernel for one indicator: thread j = p*n + i runs series i with parameter set p,
+    reading the inputs ``(n, T)`` and writing ``out`` ``(n_out, P, n, T)`` in place."""
 
-    @cuda.jit
+    @cuda_jit_cached()
     def rows(nthreads, a, b, c, d, params, out):
         j = cuda.grid(1)
         if j < nthreads:
-            n = a.shape[1]
+            n = a.shape[0]
             p = j // n
             i = j - p * n
-            indicator_loops.dispatch(code, a[:, i], b[:, i], c[:, i], d[:, i], params[p], out[:, p, :, i])
+            indicator_loops.dispatch(code, a[i], b[i], c[i], d[i], params[p], out[:, p, i])
 
     return rows
 
@@ -71,7 +80,7 @@ def scan_kernel(kind: str, code: int = 0):
     if kind == "phase1":
         body = scan_loops.PHASE1[code]
 
-        @cuda.jit
+        @cuda_jit_cached()
         def kernel(nthreads, nc, T, a, b, c, d, params, info, A, B, seed):
             j = cuda.grid(1)
             if j < nthreads:
@@ -80,7 +89,7 @@ def scan_kernel(kind: str, code: int = 0):
     elif kind == "phase3":
         body = scan_loops.PHASE3[code]
 
-        @cuda.jit
+        @cuda_jit_cached()
         def kernel(nthreads, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
             j = cuda.grid(1)
             if j < nthreads:
@@ -88,7 +97,7 @@ def scan_kernel(kind: str, code: int = 0):
 
     elif kind == "pairs_reduce":
 
-        @cuda.jit
+        @cuda_jit_cached()
         def kernel(nthreads, m, blk, A, B, A2, B2):
             j = cuda.grid(1)
             if j < nthreads:
@@ -96,7 +105,7 @@ def scan_kernel(kind: str, code: int = 0):
 
     elif kind == "pairs_expand":
 
-        @cuda.jit
+        @cuda_jit_cached()
         def kernel(nthreads, m, blk, A, B, A2in, B2in, Ain, Bin):
             j = cuda.grid(1)
             if j < nthreads:
@@ -104,7 +113,7 @@ def scan_kernel(kind: str, code: int = 0):
 
     elif kind == "pairs_serial":
 
-        @cuda.jit
+        @cuda_jit_cached()
         def kernel(nthreads, m, A, B, Ain, Bin):
             j = cuda.grid(1)
             if j < nthreads:
@@ -146,29 +155,31 @@ class IndicatorLauncher:
 
 
 # -- drivers -------------------------------------------------------------------------------
-def choose_path(name: str, n_rows: int, T: int) -> str:
-    """"scan" or "rows" for ``name`` over ``n_rows = P * n_series`` rows of ``T`` bars."""
-    return "scan" if scan.use_scan(name, n_rows, T) else "rows"
+def choose_path(name: str, n_rows: int, T: int, device=None) -> str:
+    """"scan" or "rows" for ``name`` over ``n_rows = P * n_series`` rows of ``T`` bars on
+    ``device`` (:class:`~gpu_trader.kernels.scan.DeviceProps`, default an H100)."""
+    return "scan" if scan.use_scan(name, n_rows, T, device) else "rows"
 
 
 def rows_compute(code: int, inputs, params, n_out: int, xp, exe: IndicatorLauncher):
-    """The batch path: time-major transposed inputs, one thread per (parameter set, series)."""
+    """The batch path: one thread per (parameter set, series), on the user's layout."""
     n, T = inputs[0].shape
     P = params.shape[0]
-    xs = [xp.ascontiguousarray(x.T) for x in inputs]  # (T, n)
-    xs = xs + [xs[0]] * (4 - len(xs))
-    out = xp.empty((n_out, P, T, n), dtype=inputs[0].dtype)
+    xs = list(inputs) + [inputs[0]] * (4 - len(inputs))
+    out = xp.empty((n_out, P, n, T), dtype=inputs[0].dtype)
     exe.rows(code, P * n, xs[0], xs[1], xs[2], xs[3], params, out)
-    return xp.ascontiguousarray(out.transpose(0, 1, 3, 2))
+    return out
 
 
 def compute_xp(name: str, inputs, params, n_out: int, *, xp, exe=None, path: str | None = None,
-               chunk: int | None = None, pair_block: int = scan.PAIR_BLOCK):
+               chunk: int | None = None, pair_block: int | None = None):
     """``compute`` against any array module ``xp`` (CuPy on a GPU, NumPy in the simulator).
 
-    ``exe`` launches the kernels (default ``CudaExecutor(xp)``; the tests pass one with a
-    small block size, or a :class:`~gpu_trader.kernels.launch.PtxExecutor`). ``path``
-    forces "rows" or "scan" (default: :func:`choose_path`); ``chunk`` and ``pair_block``
+    ``exe`` launches the kernels (default :func:`~gpu_trader.kernels.launch.default_executor`
+    ``(xp)``; the tests pass one with a small block size, a
+    :class:`~gpu_trader.kernels.launch.LaunchRecorder` or a
+    :class:`~gpu_trader.kernels.launch.PtxExecutor`). ``path`` forces "rows" or "scan"
+    (default: :func:`choose_path` for the executor's device); ``chunk`` and ``pair_block``
     override the scan's chunk length and carry-scan block (tests use them to force many
     chunks and a multi-level carry scan).
     """
@@ -180,13 +191,14 @@ def compute_xp(name: str, inputs, params, n_out: int, *, xp, exe=None, path: str
         host = np.zeros((host.shape[0], 1), dtype=np.float64)
     inputs = [xp.ascontiguousarray(x) for x in inputs]
     n, T = inputs[0].shape
+    exe = exe or default_executor(xp)
     if path is None:
-        path = choose_path(name, host.shape[0] * n, T)
-    steps = IndicatorLauncher(exe or CudaExecutor(xp))
-    dparams = xp.asarray(host)
+        path = choose_path(name, host.shape[0] * n, T, exe.device)
+    steps = IndicatorLauncher(exe)
+    dparams = exe.constant(host)
     if path == "scan":
         if chunk is None:
-            chunk = scan.choose_chunk(name, host, host.shape[0] * n, T)
+            chunk = scan.choose_chunk(name, host, host.shape[0] * n, T, exe.device)
         return scan.scan_compute(name, inputs, dparams, n_out, xp, steps, chunk, pair_block)
     if path != "rows":
         raise ValueError(f"path must be 'rows' or 'scan', got {path!r}")

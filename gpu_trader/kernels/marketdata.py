@@ -15,6 +15,7 @@ from numba import cuda
 from numba.extending import register_jitable
 
 from .._internal import market_xp
+from .._internal.jit import cuda_jit_cached
 from .launch import CudaExecutor
 
 THREADS_PER_BLOCK = 128
@@ -24,8 +25,11 @@ THREADS_PER_BLOCK = 128
 def reduce_segment(j, price, size, starts, ends, cells, o, h, lo, c, v, pv, count):
     """Bar of segment j of the sorted ticks: ``price``/``size`` sorted by (cell, ts, arrival),
     segment j is ``[starts[j], ends[j]]`` and belongs to cell ``cells[j]``; writes that cell's
-    open, high, low, close, volume, sum(price * size) and count (sums in time order)."""
+    open, high, low, close, volume, sum(price * size) and count (sums in time order). A slot
+    past the last segment (``starts[j] == len(price)``) writes nothing."""
     first = starts[j]
+    if first >= price.shape[0]:
+        return
     last = ends[j]
     k = cells[j]
     high = price[first]
@@ -52,7 +56,7 @@ def reduce_segment(j, price, size, starts, ends, cells, o, h, lo, c, v, pv, coun
 
 @functools.lru_cache(maxsize=None)
 def _segments_kernel():
-    @cuda.jit
+    @cuda_jit_cached()
     def segments(nthreads, price, size, starts, ends, cells, o, h, lo, c, v, pv, count):
         j = cuda.grid(1)
         if j < nthreads:
@@ -74,8 +78,8 @@ def aggregate_bars_xp(ts, price, size, symbol, timeframe, first_bar, n_bars, n_s
     ``PtxExecutor`` to compile it for sm_90 without a GPU)."""
     exe = exe or CudaExecutor(xp, THREADS_PER_BLOCK)
 
-    def reduce_segments(n_segments, *args):
-        exe.launch(_segments_kernel(), n_segments, args)
+    def reduce_segments(n_slots, *args):
+        exe.launch(_segments_kernel(), n_slots, args)
 
     return market_xp.bars_by_sort(xp, reduce_segments, ts, price, size, symbol, timeframe, first_bar, n_bars, n_symbols)
 

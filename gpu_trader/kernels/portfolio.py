@@ -3,8 +3,9 @@
 ``apply_fills``: one numba.cuda thread per row (position) runs the very same loop body
 as the CPU backend (:func:`gpu_trader._internal.position_loops.fill_row`, compiled as device
 code), applying that row's K fills in order; float64 throughout; 1-D grid of
-:data:`THREADS_PER_BLOCK` threads. ``mark_to_market``: one cuBLAS GEMM/GEMV plus a row
-sum via :func:`gpu_trader._internal.position_loops.mark_to_market` on CuPy.
+:data:`THREADS_PER_BLOCK` threads, launched through
+:func:`gpu_trader.kernels.launch.default_executor`. ``mark_to_market``: one cuBLAS GEMM/GEMV
+plus a row sum via :func:`gpu_trader._internal.position_loops.mark_to_market` on CuPy.
 
 :func:`apply_fills_xp` takes the array module, so the tests run the real launcher on
 NumPy arrays under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
@@ -16,6 +17,8 @@ import functools
 from numba import cuda
 
 from .._internal import position_loops
+from .._internal.jit import cuda_jit_cached
+from .launch import default_executor
 
 __all__ = ["apply_fills", "apply_fills_xp", "mark_to_market", "THREADS_PER_BLOCK"]
 
@@ -26,10 +29,10 @@ THREADS_PER_BLOCK = 128
 def _kernel():
     fill_row = position_loops.jitable()
 
-    @cuda.jit
-    def rows(qty, avg, realized, fill_qty, fill_price):
+    @cuda_jit_cached()
+    def rows(nthreads, qty, avg, realized, fill_qty, fill_price):
         r = cuda.grid(1)
-        if r < qty.shape[0]:
+        if r < nthreads:
             fill_row(r, qty, avg, realized, fill_qty, fill_price)
 
     return rows
@@ -40,10 +43,7 @@ def apply_fills_xp(xp, qty, avg, realized, fill_qty, fill_price):
     out = [xp.array(a, dtype=xp.float64, order="C") for a in (qty, avg, realized)]
     fq = xp.ascontiguousarray(fill_qty, dtype=xp.float64)
     fp = xp.ascontiguousarray(fill_price, dtype=xp.float64)
-    n = out[0].shape[0]
-    if n:
-        blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-        _kernel()[blocks, THREADS_PER_BLOCK](out[0], out[1], out[2], fq, fp)
+    default_executor(xp, THREADS_PER_BLOCK).launch(_kernel(), out[0].shape[0], (*out, fq, fp))
     return tuple(out)
 
 

@@ -2,11 +2,12 @@
 
 The loop bodies and the algorithm are in :mod:`gpu_trader._internal.scan_loops`. This
 module decides when :mod:`gpu_trader.kernels.indicators` takes that path
-(:func:`use_scan`, :func:`choose_chunk`) and runs its three phases
-(:func:`scan_compute`): it lays each series out in chunks (:func:`to_chunked`), finds
-every series' first valid bar (:func:`series_info`), runs phase 1, the carry scan
-(:func:`exclusive_affine_scan`) and phase 3, and lays the outputs back out
-(:func:`from_chunked`).
+(:func:`use_scan`, :func:`choose_chunk`: pure functions of the shape and the device's
+:class:`DeviceProps`) and runs its three phases (:func:`scan_compute`): it finds every
+series' first valid bar (:func:`series_info`, one or two more phase-1 launches), runs
+phase 1, the carry scan (:func:`exclusive_affine_scan`) and phase 3 on the user's
+``(n_series, T)`` arrays, writing the ``(n_out, P, n_series, T)`` result in place (no
+transposed or padded copies; :func:`traffic_bytes` counts the bytes per call).
 
 The glue is written against an array module ``xp`` (CuPy on a GPU; NumPy in numba's
 CUDA simulator and in the CPU twin :mod:`gpu_trader.cpu_fallback.scan`) and an
@@ -24,99 +25,161 @@ Importing this module imports numba (the loop bodies) but not ``numba.cuda``.
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 
-from .._internal.indicator_specs import MACD, SPECS
-from .._internal.scan_loops import MACD_SIGNAL, N_STATES, SCAN_NAMES, WINDOWED_NAMES
+from .._internal.indicator_specs import INPUT_FIELDS, MACD, SPECS
+from .._internal.scan_loops import (
+    FIRST_NONFINITE, FIRST_VALID, MACD_SIGNAL, N_STATES, SCAN_NAMES, WINDOWED_NAMES,
+)
 
 __all__ = [
-    "SCAN_MAX_ROWS", "SCAN_MIN_T", "TARGET_THREADS", "MIN_CHUNK", "PAIR_BLOCK", "use_scan", "choose_chunk",
-    "to_chunked", "from_chunked", "series_info", "exclusive_affine_scan", "scan_compute",
+    "DeviceProps", "H100", "SCAN_MIN_T", "ROWS_MIN_FILL", "MIN_CHUNK", "PAIR_BLOCK", "use_scan", "choose_chunk",
+    "carry_block", "traffic_bytes", "series_info", "exclusive_affine_scan", "scan_compute",
 ]
 
-# --- automatic path choice -----------------------------------------------------------
-# The batch path has rows = P * n_series threads; below SCAN_MAX_ROWS an H100
-# (132 SMs x 2048 resident threads) is mostly idle, so when the series are also
-# long (T >= SCAN_MIN_T) the chunked scan is used. The chunk length is chosen so
-# that rows * n_chunks ~ TARGET_THREADS (~1 thread per resident slot on an H100),
-# never below MIN_CHUNK bars (the per-chunk overhead -- carry math, seed, the
-# overlapping window of windowed indicators -- must stay small next to L) and, for
-# windowed indicators, never below 2 windows (so re-reading the preceding window
-# costs at most half the chunk).
-SCAN_MAX_ROWS = 4096
-SCAN_MIN_T = 4096
-TARGET_THREADS = 1 << 17
-MIN_CHUNK = 64
-# Maps composed per thread in each level of the carry scan.
+
+class DeviceProps(NamedTuple):
+    """What the launch policies need to know about a GPU (read from the device by
+    :func:`gpu_trader.kernels.launch.device_props`)."""
+
+    sm_count: int        #: streaming multiprocessors
+    threads_per_sm: int  #: resident threads per multiprocessor (its occupancy limit)
+
+    @property
+    def resident_threads(self) -> int:
+        """Threads the device holds at once: ``sm_count * threads_per_sm``."""
+        return self.sm_count * self.threads_per_sm
+
+
+#: NVIDIA H100 SXM (132 SMs x 2048 resident threads): the policies' device where there is none
+#: (numba's simulator, PTX compilation, CPU-side tests).
+H100 = DeviceProps(132, 2048)
+
+
+# --- automatic path choice: by occupancy, not by T ----------------------------------------
+# The batch path runs rows = P * n_series threads, each walking its series in time order.
+# It is taken when those threads fill at least ROWS_MIN_FILL of the threads the device
+# holds at once (``DeviceProps.resident_threads``: 132 SMs x 2048 = 270,336 on an H100);
+# below that the device is mostly idle (2000 series = 2000 threads = 0.7 % of an H100), and
+# the chunked scan gives every (row, chunk of L bars) a thread: L is chosen so that
+# rows * n_chunks ~ resident_threads (one thread per resident slot), never below MIN_CHUNK
+# bars (the per-chunk overhead -- carry math, seed, the overlapping window of windowed
+# indicators -- must stay small next to L) and, for windowed indicators, never below 2
+# windows (8 for WMA's re-anchoring), so re-reading the preceding window costs at most half
+# the chunk. Series shorter than SCAN_MIN_T bars stay on the batch path: a walk of a few
+# hundred dependent steps costs less than the scan's 2-4 extra launches.
+ROWS_MIN_FILL = 0.5
+SCAN_MIN_T = 256
+MIN_CHUNK = 16
+# Fewest maps composed per thread in each level of the carry scan (see carry_block).
 PAIR_BLOCK = 32
 
 
-def use_scan(name: str, n_rows: int, T: int) -> bool:
-    """True when ``name`` over ``n_rows`` rows of ``T`` bars should take the scan path."""
-    return name in SCAN_NAMES and n_rows < SCAN_MAX_ROWS and T >= SCAN_MIN_T
+def use_scan(name: str, n_rows: int, T: int, device=None) -> bool:
+    """True when ``name`` over ``n_rows`` rows of ``T`` bars should take the scan path on
+    ``device`` (a :class:`DeviceProps`; default :data:`H100`): the indicator has one, the
+    series are at least :data:`SCAN_MIN_T` bars, and the batch path's ``n_rows`` threads would fill less than
+    :data:`ROWS_MIN_FILL` of the device's resident threads."""
+    device = device or H100
+    return name in SCAN_NAMES and T >= SCAN_MIN_T and n_rows < ROWS_MIN_FILL * device.resident_threads
 
 
-def choose_chunk(name: str, params: np.ndarray, n_rows: int, T: int) -> int:
+def choose_chunk(name: str, params: np.ndarray, n_rows: int, T: int, device=None) -> int:
     """Chunk length for the scan path (see the constants above); ``params`` is the host
-    ``(P, k)`` float64 parameter grid (its first column is the window of windowed indicators)."""
-    L = max(MIN_CHUNK, -(-(n_rows * T) // TARGET_THREADS))
+    ``(P, k)`` float64 parameter grid (its first column is the window of windowed indicators),
+    ``device`` as in :func:`use_scan`."""
+    device = device or H100
+    L = max(MIN_CHUNK, -(-(n_rows * T) // device.resident_threads))
     if name in WINDOWED_NAMES and params.size:
         # WMA replays up to 8 windows from its last re-anchor; the others re-read one window
         L = max(L, (8 if name == "wma" else 2) * int(np.max(params[:, 0])))
     return int(max(1, min(L, T)))
 
 
+def carry_block(m: int) -> int:
+    """Maps composed per thread in the carry scan of ``m`` chunk maps: ``ceil(sqrt(m))``, at
+    least :data:`PAIR_BLOCK`, so the block maps fit one serial level: at most 3 launches
+    (reduce, serial, expand) however many chunks."""
+    return max(PAIR_BLOCK, math.isqrt(max(m - 1, 0)) + 1)
+
+
+def traffic_bytes(name: str, n_series: int, n_params: int, T: int, itemsize: int, path: str,
+                  former: bool = False) -> dict:
+    """DRAM bytes one ``compute`` call moves, by a counting model: each launch reads each input
+    item it touches once (re-reads by the same thread, such as a window's trailing bar, come
+    from the caches) and writes each output item once; arrays of one item per series or chunk
+    (parameters, begin indices, chunk maps) are left out. ``path``: "rows" or "scan";
+    ``former=True`` counts the design this module replaced: transposed (time-major /
+    chunk-major) copies of the inputs in and of the outputs out, one read and one write
+    each, and a first-valid search reading every input once (its boolean temporaries not
+    counted): a lower bound on that design.
+
+    Returns ``{"kernels", "info", "copies", "total"}`` in bytes: the batch kernel or the scan
+    phases (inputs once per parameter set, twice for the affine scans, whose phase 1 and
+    phase 3 both read them; MACD's float64 line is written once and read twice), the
+    first-valid searches (the current ones stop at each chunk's first valid bar: only SMA and
+    Bollinger read a whole input, for the first non-finite bar), and the layout copies.
+    """
+    if path not in ("rows", "scan"):
+        raise ValueError(f"path must be 'rows' or 'scan', got {path!r}")
+    k = len(INPUT_FIELDS[name])
+    n_out = SPECS[name][2]
+    N = n_series * T
+    R = n_params * N
+    kernels = (k * R + n_out * R) * itemsize
+    info = 0
+    if path == "scan":
+        if name not in WINDOWED_NAMES:
+            kernels += k * R * itemsize
+            if SPECS[name][0] == MACD:
+                kernels += 3 * R * 8
+        nonfinite = N * itemsize if name in ("sma", "bollinger") else 0
+        info = nonfinite + (k * N * itemsize if former else 0)
+    copies = 2 * (k * N + n_out * R) * itemsize if former else 0
+    return {"kernels": kernels, "info": info, "copies": copies, "total": kernels + info + copies}
+
+
 # --- array glue ------------------------------------------------------------------------
-def to_chunked(x, L: int, nc: int, xp):
-    """(n, T) -> (L, n*nc) chunk-major transposed copy, padded with NaN to nc*L bars."""
-    n, T = x.shape
-    Tp = nc * L
-    if Tp != T:
-        xpad = xp.empty((n, Tp), dtype=x.dtype)
-        xpad[:, :T] = x
-        xpad[:, T:] = np.nan
-        x = xpad
-    return xp.ascontiguousarray(x.reshape(n, nc, L).transpose(2, 0, 1)).reshape(L, n * nc)
-
-
-def from_chunked(oc, P: int, n: int, nc: int, T: int, xp):
-    """(n_out, L, P*n*nc) -> (n_out, P, n, T) C-contiguous."""
-    n_out, L = oc.shape[0], oc.shape[1]
-    o = xp.ascontiguousarray(oc.reshape(n_out, L, P, n, nc).transpose(0, 2, 3, 4, 1))
-    o = o.reshape(n_out, P, n, nc * L)
-    if nc * L != T:
-        o = xp.ascontiguousarray(o[..., :T])
-    return o
-
-
-def series_info(name: str, inputs, xp):
+def series_info(name: str, xs, params, nc: int, xp, exe):
     """(n, 2) int64 per series: [begin (indicator_loops.first_valid* semantics), ff].
 
-    ``ff`` (SMA and Bollinger only, else 0) is the first index >= begin holding a
-    non-finite value, T when none: TA-Lib's SMA running sum stays NaN from the bar
-    where such a value leaves the window.
+    ``xs``: the four ``(n, T)`` kernel inputs (copies of the first where the indicator has
+    fewer); ``nc`` chunks per series. ``ff`` (SMA and Bollinger only, else 0) is the first
+    index >= begin holding a non-finite value, T when none: TA-Lib's SMA running sum stays
+    NaN from the bar where such a value leaves the window. Found by the per-chunk searches
+    :data:`~gpu_trader._internal.scan_loops.FIRST_VALID` / ``FIRST_NONFINITE`` (one launch
+    each, a chunk stops at its first hit) and a minimum over each series' chunks.
     """
-    x0 = inputs[0]
-    n, T = x0.shape
-    valid = x0 == x0
-    for x in inputs[1:]:
-        valid = valid & (x == x)
-    begin = xp.where(valid.any(axis=1), xp.argmax(valid, axis=1), T - 1).astype(np.int64)
+    n, T = xs[0].shape
     info = xp.zeros((n, 2), dtype=np.int64)
-    info[:, 0] = begin
+    first = xp.empty((1, n, nc), dtype=np.float64)
+    # B and seed are unused: small, distinct arrays (the simulator copies each argument back)
+    unused_b = xp.zeros((1, 1, 1), dtype=np.float64)
+    unused_seed = xp.zeros((1, 1), dtype=np.float64)
+    exe.phase1(FIRST_VALID, n * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info, first, unused_b,
+               unused_seed)
+    begin = first[0].min(axis=1)
+    info[:, 0] = xp.where(begin < T, begin, T - 1)
     if name in ("sma", "bollinger"):
-        idx = xp.arange(T, dtype=np.int64)
-        bad = ~xp.isfinite(x0) & (idx[None, :] >= begin[:, None])
-        info[:, 1] = xp.where(bad.any(axis=1), xp.argmax(bad, axis=1), T)
+        exe.phase1(FIRST_NONFINITE, n * nc, nc, T, xs[0], xs[0], xs[0], xs[0], params, info, first, unused_b,
+                   unused_seed)
+        info[:, 1] = first[0].min(axis=1)
     return info
 
 
-def exclusive_affine_scan(A, B, xp, exe, blk: int = PAIR_BLOCK):
+def exclusive_affine_scan(A, B, xp, exe, blk: int | None = None):
     """Exclusive left-to-right composition of the maps y -> A*y + B along axis 1.
 
-    A, B: (Q, m) float64. Returns (Ain, Bin): the map of chunks [0, c) for each c.
+    A, B: (Q, m) float64. Returns (Ain, Bin): the map of chunks [0, c) for each c. ``blk``
+    maps are composed per thread at each level (default :func:`carry_block` ``(m)``: one
+    serial launch for ``m <= PAIR_BLOCK``, else reduce, serial, expand).
     """
     Q, m = A.shape
+    if blk is None:
+        blk = carry_block(m)
     Ain = xp.empty_like(A)
     Bin = xp.empty_like(B)
     if m <= blk:
@@ -144,10 +207,13 @@ def _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, blk):
 
 
 def scan_compute(name: str, inputs, params, n_out: int, xp, exe, chunk: int | None = None,
-                 pair_block: int = PAIR_BLOCK):
-    """Scan path of ``compute``: inputs (n, T) arrays of ``xp``, params (P, k) float64 ``xp`` array.
+                 pair_block: int | None = None):
+    """Scan path of ``compute``: inputs C-contiguous (n, T) arrays of ``xp``, params (P, k)
+    float64 ``xp`` array; ``chunk`` (default :func:`choose_chunk` on an H100) is rounded to
+    ``ceil(T / ceil(T / chunk))`` so the chunks cover the series evenly; ``pair_block`` as
+    ``blk`` of :func:`exclusive_affine_scan`.
 
-    Returns (n_out, P, n, T) in the inputs' dtype.
+    Returns (n_out, P, n, T) in the inputs' dtype, written in place by phase 3.
     """
     if name not in SCAN_NAMES:
         raise ValueError(f"{name!r} has no scan path")
@@ -159,22 +225,21 @@ def scan_compute(name: str, inputs, params, n_out: int, xp, exe, chunk: int | No
     if chunk is None:
         host_params = params if isinstance(params, np.ndarray) else xp.asnumpy(params)
         chunk = choose_chunk(name, host_params, R, T)
-    L = int(max(1, min(int(chunk), T)))
-    nc = -(-T // L)
-    info = series_info(name, inputs, xp)
-    xs = [to_chunked(x, L, nc, xp) for x in inputs]
-    xs = xs + [xs[0]] * (4 - len(xs))
-    out = xp.empty((n_out, L, R * nc), dtype=x0.dtype)
+    nc = -(-T // int(max(1, min(int(chunk), T))))
+    xs = list(inputs) + [x0] * (4 - len(inputs))
+    info = series_info(name, xs, params, nc, xp, exe)
+    result = xp.empty((n_out, P, n, T), dtype=x0.dtype)
+    out = result.reshape(n_out, R, T)
     if name in WINDOWED_NAMES:
         dummy3 = xp.zeros((1, 1, 1), dtype=np.float64)
         dummy2 = xp.zeros((1, 1), dtype=np.float64)
         exe.phase3(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info,
                    dummy3, dummy3, dummy2, out)
     elif code == MACD:
-        line = xp.empty((1, L, R * nc), dtype=np.float64)
+        line = xp.empty((1, R, T), dtype=np.float64)
         _affine_pass(MACD, nc, T, xs, params, info, line, R, xp, exe, pair_block)
         lx = line[0]
         _affine_pass(MACD_SIGNAL, nc, T, [lx, lx, lx, lx], params, info, out, R, xp, exe, pair_block)
     else:
         _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, pair_block)
-    return from_chunked(out, P, n, nc, T, xp)
+    return result

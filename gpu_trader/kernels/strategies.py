@@ -18,7 +18,8 @@ import functools
 from numba import cuda
 
 from .._internal import strategy_loops
-from .launch import CudaExecutor
+from .._internal.jit import cuda_jit_cached
+from .launch import default_executor
 
 THREADS_PER_BLOCK = 128
 SWEEP_FEATURE_COPIES = 2  # the features and their time-major copy
@@ -26,7 +27,7 @@ SWEEP_FEATURE_COPIES = 2  # the features and their time-major copy
 
 @functools.lru_cache(maxsize=None)
 def _rows_kernel():
-    @cuda.jit
+    @cuda_jit_cached()
     def rows(nthreads, close, ret, feats, kinds, a_idx, b_idx, ks, cost, sig, pnl):
         j = cuda.grid(1)
         if j < nthreads:
@@ -41,7 +42,7 @@ def _rows_kernel():
 
 @functools.lru_cache(maxsize=None)
 def _sweep_kernel():
-    @cuda.jit
+    @cuda_jit_cached()
     def rows(nthreads, close, ret, feats, kinds, a_idx, b_idx, ks, cost, sharpe_scale, stats):
         j = cuda.grid(1)
         if j < nthreads:
@@ -65,14 +66,14 @@ def _time_major(close, feats, kinds, a_idx, b_idx, ks, xp):
 
 def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp, exe=None):
     """:func:`backtest` on arrays of module ``xp`` (``cupy``, or ``numpy`` in the simulator);
-    ``exe`` launches the kernel (default a :class:`CudaExecutor`; the tests pass a
+    ``exe`` launches the kernel (default :func:`~gpu_trader.kernels.launch.default_executor`; the tests pass a
     ``PtxExecutor`` to compile it for sm_90 without a GPU)."""
     n, T = close.shape
     P = int(kinds.shape[0])
     sig = xp.empty((P, T, n), dtype=xp.int8)
     pnl = xp.empty((P, n), dtype=xp.float64)
     args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp), float(cost), sig, pnl)
-    (exe or CudaExecutor(xp, THREADS_PER_BLOCK)).launch(_rows_kernel(), P * n, args)
+    (exe or default_executor(xp, THREADS_PER_BLOCK)).launch(_rows_kernel(), P * n, args)
     return xp.ascontiguousarray(sig.transpose(0, 2, 1)), pnl
 
 
@@ -82,7 +83,7 @@ def sweep_xp(close, feats, kinds, a_idx, b_idx, ks, cost, sharpe_scale, *, xp, e
     P = int(kinds.shape[0])
     stats = xp.empty((strategy_loops.N_STATS, P, n), dtype=xp.float64)
     args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp), float(cost), float(sharpe_scale), stats)
-    (exe or CudaExecutor(xp, THREADS_PER_BLOCK)).launch(_sweep_kernel(), P * n, args)
+    (exe or default_executor(xp, THREADS_PER_BLOCK)).launch(_sweep_kernel(), P * n, args)
     return stats
 
 

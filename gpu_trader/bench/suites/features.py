@@ -4,8 +4,9 @@ Cases: each indicator on one series of 20, 100 and 1000 bars, with TA-Lib's call
 the same series as reference (the 100-bar cases' targets ask the CPU to be at least as
 fast: ``features.<name>_100``); the full ``features()`` pipeline on 100 bars (reference:
 TA-Lib computing the same set, VWAP with NumPy); one ``FeatureStream.update`` of one
-symbol (reference ``talib_stream``: TA-Lib 0.8's O(1) stream handles for the same set,
-VWAP as two rolling ``SUM`` handles; n/a with an older TA-Lib); and each indicator over
+symbol in its fastest documented form, a ``(5,)`` row and a preallocated ``out`` (reference
+``talib_stream``: TA-Lib 0.8's O(1) stream handles for the same set, VWAP as two rolling
+``SUM`` handles, returning the values as a tuple; n/a with an older TA-Lib); and each indicator over
 a batch of symbols x 2520 bars (``BATCH_SHAPES``: 200 quick, 500 standard, 2000 full)
 with TA-Lib looped over symbols (and ``bottleneck.move_mean`` for SMA) as references and
 a copy of the inputs as the bandwidth yardstick.
@@ -37,7 +38,8 @@ ITEMSIZE = 8  # float64 bytes
 
 @dataclass(frozen=True)
 class _Indicator:
-    """One public indicator call and its TA-Lib twin ``talib(talib_module, *arrays)``."""
+    """One public indicator call and its TA-Lib twin ``talib(talib_module, *arrays)``; ``kwargs``:
+    the call's parameters, in signature order."""
 
     label: str
     fn: str
@@ -86,10 +88,12 @@ def _looped(fn: Callable[..., Any], ta: Any, rows: list[tuple[np.ndarray, ...]])
 
 
 def _gt_setup(ind: _Indicator, shape: tuple[int, ...]) -> Callable[[Any], Any]:
+    """Our call on the same data, parameters positional as in the TA-Lib twin (``ind.kwargs`` is
+    in signature order)."""
     def setup(be):
         data = random_walk_ohlcv(shape)
         arrays = [be.asarray(data[f]) for f in ind.fields]
-        return functools.partial(getattr(gpu_trader, ind.fn), *arrays, backend=be.name, **ind.kwargs)
+        return functools.partial(getattr(gpu_trader, ind.fn), *arrays, *ind.kwargs.values(), backend=be.name)
 
     return setup
 
@@ -138,7 +142,7 @@ def _batched(ind: _Indicator, target: str, shape: tuple[int, int]) -> Workload:
         name=f"{ind.label} {n}x{bars}", sizes={"symbols": n, "bars": bars},
         setup=_gt_setup(ind, shape), run=_call, items=n * bars, target=target,
         references=tuple(refs),
-        copy_inputs=lambda state: state.args,
+        copy_inputs=lambda state: state.args[:len(ind.fields)],  # the input arrays, not the parameters
         bytes_moved=(len(ind.fields) + ind.n_out) * n * bars * ITEMSIZE,
     )
 
@@ -187,6 +191,8 @@ def _full_features(bars: int) -> Workload:
 
 
 def _stream_setup(be):
+    """One symbol's stream in its fastest documented form: each new bar a ``(5,)`` float64 OHLCV
+    row, the values written into one preallocated ``(len(keys), 1)`` array (``update(row, out=)``)."""
     if be.name != "cpu":
         raise SkipCase("the streaming case runs on the cpu backend only")
     stream_cls = getattr(gpu_trader, "FeatureStream", None)
@@ -196,17 +202,19 @@ def _stream_setup(be):
     stream = stream_cls(1)
     stream.warmup({f: data[f][:, :STREAM_HISTORY_BARS] for f in FIELDS})
     rows = [
-        {f: np.ascontiguousarray(data[f][:, t]) for f in FIELDS}
+        np.array([data[f][0, t] for f in FIELDS])
         for t in range(STREAM_HISTORY_BARS, STREAM_HISTORY_BARS + STREAM_ROWS)
     ]
     next_row = itertools.cycle(rows).__next__
-    return lambda: stream.update(next_row())
+    out = np.empty((len(stream.keys), 1))
+    return lambda: stream.update(next_row(), out=out)
 
 
-def _talib_stream_setup() -> Callable[[], dict[str, Any]]:
+def _talib_stream_setup() -> Callable[[], tuple[float, ...]]:
     """TA-Lib 0.8's stream handles for the default spec, opened on the streaming case's history,
-    fed the same cycle of new bars; one call updates every handle and returns the values under
-    ``FeatureStream.update``'s keys (floats: one symbol)."""
+    fed the same cycle of new bars; one call updates every handle and returns the values in the
+    order of ``FeatureStream.keys`` (a tuple of floats: one symbol; the same work as the stream
+    writing them into its ``out`` array)."""
     import talib
     from talib import stream
 
@@ -223,18 +231,11 @@ def _talib_stream_setup() -> Callable[[], dict[str, Any]]:
     rows = list(zip(*(a[STREAM_HISTORY_BARS:].tolist() for a in (high, low, close, volume))))
     next_row = itertools.cycle(rows).__next__
 
-    def update() -> dict[str, float]:
+    def update() -> tuple[float, ...]:
         hi, lo, cl, vo = next_row()
-        line, signal, hist = macd.update(cl)
-        upper, middle, lower = bbands.update(cl)
-        k, d = stoch.update(hi, lo, cl)
-        return {
-            "sma_20": sma.update(cl), "ema_20": ema.update(cl), "rsi_14": rsi.update(cl),
-            "macd_line": line, "macd_signal": signal, "macd_hist": hist,
-            "bb_upper": upper, "bb_middle": middle, "bb_lower": lower, "atr_14": atr.update(hi, lo, cl),
-            "stoch_k": k, "stoch_d": d, "obv": obv.update(cl, vo),
-            "vwap_20": pv_sum.update((hi + lo + cl) / 3.0 * vo) / v_sum.update(vo),
-        }
+        return (sma.update(cl), ema.update(cl), rsi.update(cl), *macd.update(cl), *bbands.update(cl),
+                atr.update(hi, lo, cl), *stoch.update(hi, lo, cl), obv.update(cl, vo),
+                pv_sum.update((hi + lo + cl) / 3.0 * vo) / v_sum.update(vo))
 
     return update
 

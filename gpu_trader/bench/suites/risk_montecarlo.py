@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 import gpu_trader
-from gpu_trader.montecarlo import CHUNK_ELEMENTS
+from gpu_trader._internal.montecarlo_xp import CHUNK_ELEMENTS
 
 from ..harness import Reference, TimingPolicy, Workload, measure
 
@@ -91,7 +91,7 @@ def _numpy_reference(n: int, P: int, n_scenarios: int, share: int) -> Reference:
 def _roofline(state: _State, be, policy: TimingPolicy, metrics: dict) -> dict[str, float]:
     """``rng_rate`` (normals/s, the backend's generator) and ``x_roofline`` (see the module docstring)."""
     ops, n = be.ops("montecarlo"), state.n_assets
-    rows = -(-max(1, CHUNK_ELEMENTS // n) // ops.BLOCK) * ops.BLOCK  # the default chunk
+    rows = -(-max(1, CHUNK_ELEMENTS // n) // ops.BLOCK) * ops.BLOCK  # the default chunk without a memory budget
     firsts = range(0, max(1, RNG_YARDSTICK_NUMBERS // (rows * n)) * rows, rows)
 
     def draw():

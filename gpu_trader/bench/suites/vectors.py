@@ -3,7 +3,8 @@
 Every case has FAISS (faiss-cpu, on the host) doing the same work as its reference, timed
 in the same run (``ratio:faiss`` = FAISS p50 / ours), except the 1M-vector GPU case,
 whose yardstick is the bare GEMM of the same shapes on the same device (``ratio:gemm``;
-FAISS on the CPU needs ~10 s per call there, its ratio is that of the 10K batched case).
+FAISS on the CPU needs ~10 s per call there, its ratio is that of the 10K batched case) and
+whose GPU library reference is RAPIDS cuML's brute-force ``NearestNeighbors`` (``ratio:cuml``).
 
 Threads: the suite pins BLAS (threadpoolctl) and FAISS's OpenMP pool to
 ``GPU_TRADER_BENCH_THREADS`` threads (default 1: the bench machines are small and
@@ -234,7 +235,9 @@ def _exact_batched_cpu(n_queries: int, n: int) -> Workload:
 
 
 def _exact_batched_gpu(n_queries: int, n: int) -> Workload:
-    """The 1M-vector case: GPU only; the yardstick is the bare GEMM of the same shapes (cuBLAS)."""
+    """The 1M-vector case: GPU only; the yardstick is the bare GEMM of the same shapes (cuBLAS),
+    and RAPIDS cuML's brute-force ``NearestNeighbors`` (inner product, k = 10) is the GPU k-NN
+    reference (``ratio:cuml``; n/a with the reason where cuML is not installed)."""
 
     def setup(be):
         if be.name == "cpu":
@@ -259,10 +262,30 @@ def _exact_batched_gpu(n_queries: int, n: int) -> Workload:
             return out
         return run
 
+    def cuml_setup():
+        import cupy as cp
+        from cuml.neighbors import NearestNeighbors
+
+        db = cp.random.standard_normal((n, DIM), dtype=cp.float32)
+        q = cp.random.standard_normal((n_queries, DIM), dtype=cp.float32)
+        model = NearestNeighbors(n_neighbors=10, algorithm="brute", metric="inner_product", output_type="cupy")
+        model.fit(db)
+
+        def run():
+            out = model.kneighbors(q)
+            cp.cuda.get_current_stream().synchronize()
+            return out
+        try:
+            run()  # a cuML without brute-force inner product says so here, not in the timed calls
+        except (ValueError, NotImplementedError) as exc:
+            raise SkipCase(f"cuML NearestNeighbors: {exc}") from None
+        return run
+
     return Workload(name=f"batched exact k-NN k=10 {n_queries} queries x {n} x {DIM}",
                     sizes={"queries": n_queries, "vectors": n, "dim": DIM, "k": 10}, setup=setup, run=_call,
                     items=n_queries, unit="query", dtype="float32", target="vectors.batched_exact",
-                    references=(Reference("gemm", gemm_setup, _call, requires="cupy"),))
+                    references=(Reference("gemm", gemm_setup, _call, requires="cupy"),
+                                Reference("cuml", cuml_setup, _call, requires="cuml")))
 
 
 # -- approximate k-NN --------------------------------------------------------------------
@@ -274,8 +297,8 @@ def _approx(n: int) -> Workload:
     def setup(be):
         if be.name != "cpu":
             raise SkipCase("kind='hnsw' runs on the cpu backend (the GPU's approximate index is cagra)")
-        if importlib.util.find_spec("hnswlib") is None:
-            raise SkipCase("hnswlib is not installed")
+        if importlib.util.find_spec("faiss") is None:
+            raise SkipCase("FAISS (faiss-cpu), which kind='hnsw' needs, is not installed")
         _pin_threads()
         db, qs = _mixture(n, DIM)
         index = _index(be, db, kind="hnsw")
