@@ -470,3 +470,24 @@ def test_every_cuda_kernel_is_compiled_through_the_disk_cache():
                     if isinstance(target, ast.Attribute) and target.attr == "jit":
                         direct.append(f"{path.name}:{node.name}")
     assert not direct, direct
+
+
+@pytest.mark.parametrize("entry, seed", [("backtest_xp", 1), ("sweep_xp", 2)])
+def test_strategy_rules_are_uploaded_once_per_content(entry, seed):
+    """The rule arrays (kinds, feature rows, k) go through the executor's constant cache: a
+    repeated rule set (a sweep's next symbol chunk) uploads nothing; new rules upload again."""
+    from gpu_trader.kernels import strategies as ks
+    from gpu_trader.kernels.launch import CudaExecutor, LaunchRecorder
+
+    rng = np.random.default_rng(seed)
+    P, n, T = 40, 2, 16  # 40 random rules: content no other call in the process has uploaded
+    close, feats = rng.random((n, T)) + 1.0, rng.random((2, n, T))
+    rules = (rng.integers(0, 2, P), rng.integers(0, 2, P), rng.integers(0, 2, P), rng.random(P))
+    extra = (0.0, 15.9) if entry == "sweep_xp" else (0.0,)
+    uploads = []
+    for r in (rules, tuple(a.copy() for a in rules), (*rules[:3], rules[3] + 1.0)):
+        rec = LaunchRecorder(CudaExecutor(np), run=False)
+        getattr(ks, entry)(close, feats, *r, *extra, xp=np, exe=rec)
+        uploads.append(len(rec.uploads))
+        assert [name for name, _ in rec.launches] == ["rows"]
+    assert uploads == [4, 0, 1]

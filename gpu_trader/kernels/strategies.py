@@ -56,12 +56,13 @@ def _sweep_kernel():
     return rows
 
 
-def _time_major(close, feats, kinds, a_idx, b_idx, ks, xp):
+def _time_major(close, feats, kinds, a_idx, b_idx, ks, xp, exe):
     """The kernels' common inputs: close and bar returns ``(T, n)``, features ``(R, T, n)``
-    (contiguous copies) and the rule arrays on the device."""
+    (contiguous copies) and the rule arrays (host NumPy) on the device through ``exe.constant``
+    (uploaded once per content: a sweep's symbol chunks reuse their tile's rules)."""
     return (xp.ascontiguousarray(close.T), xp.ascontiguousarray(strategy_loops.bar_returns(xp, close).T),
-            xp.ascontiguousarray(feats.transpose(0, 2, 1)), xp.asarray(kinds), xp.asarray(a_idx), xp.asarray(b_idx),
-            xp.asarray(ks))
+            xp.ascontiguousarray(feats.transpose(0, 2, 1)),
+            *(exe.constant(a) for a in (kinds, a_idx, b_idx, ks)))
 
 
 def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp, exe=None):
@@ -72,8 +73,9 @@ def backtest_xp(close, feats, kinds, a_idx, b_idx, ks, cost, *, xp, exe=None):
     P = int(kinds.shape[0])
     sig = xp.empty((P, T, n), dtype=xp.int8)
     pnl = xp.empty((P, n), dtype=xp.float64)
-    args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp), float(cost), sig, pnl)
-    (exe or default_executor(xp, THREADS_PER_BLOCK)).launch(_rows_kernel(), P * n, args)
+    exe = exe or default_executor(xp, THREADS_PER_BLOCK)
+    args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp, exe), float(cost), sig, pnl)
+    exe.launch(_rows_kernel(), P * n, args)
     return xp.ascontiguousarray(sig.transpose(0, 2, 1)), pnl
 
 
@@ -82,8 +84,9 @@ def sweep_xp(close, feats, kinds, a_idx, b_idx, ks, cost, sharpe_scale, *, xp, e
     n = close.shape[0]
     P = int(kinds.shape[0])
     stats = xp.empty((strategy_loops.N_STATS, P, n), dtype=xp.float64)
-    args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp), float(cost), float(sharpe_scale), stats)
-    (exe or default_executor(xp, THREADS_PER_BLOCK)).launch(_sweep_kernel(), P * n, args)
+    exe = exe or default_executor(xp, THREADS_PER_BLOCK)
+    args = (*_time_major(close, feats, kinds, a_idx, b_idx, ks, xp, exe), float(cost), float(sharpe_scale), stats)
+    exe.launch(_sweep_kernel(), P * n, args)
     return stats
 
 
