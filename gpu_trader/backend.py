@@ -875,8 +875,8 @@ def resolve(
         and first.ndim
         and first.size <= MAX_ELEMENTS
         and first.flags.aligned
-        and (default_backend() is None if backend is None else backend is _CPU or backend == "cpu")
-    ):  # the one-NumPy-series latency path, on the CPU by default or by name
+        and ((d := default_backend()) is None or d is _CPU if backend is None else backend is _CPU or backend == "cpu")
+    ):  # the one-NumPy-series latency path, on the CPU by default (set or not) or by name
         return _CPU, [first], None
     first, rewrap = _unwrap_pandas(first)
     be = select_backend(first, backend)

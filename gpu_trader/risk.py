@@ -51,7 +51,7 @@ import numpy as np
 from .correlation import corr, cov, ewma_cov, ledoit_wolf, rolling_corr
 from .montecarlo import EuropeanOptions, MonteCarloVaR, var_monte_carlo
 from ._internal.risk_xp import check_levels
-from ._internal.validation import check_float, check_work_memory
+from ._internal.validation import check_float, check_periods_per_year, check_work_memory
 from ._internal.series_input import SeriesInput
 from .profiling import annotate
 
@@ -97,10 +97,7 @@ def _tail_probabilities(level: Any) -> tuple[tuple[float, ...], bool]:
 
 def _periods_per_year(value: Any) -> float:
     """Validate an annualization factor: a real number in ``(0, MAX_PERIODS_PER_YEAR]``."""
-    ppy = check_float(value, "periods_per_year", positive=True)
-    if ppy > MAX_PERIODS_PER_YEAR:
-        raise ValueError(f"periods_per_year must be <= {MAX_PERIODS_PER_YEAR} (one period per second), got {ppy}")
-    return ppy
+    return check_periods_per_year(value, MAX_PERIODS_PER_YEAR)
 
 
 class _Call(SeriesInput):

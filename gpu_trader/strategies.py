@@ -69,7 +69,7 @@ from ._internal.stream_input import host_rows
 from .streaming import FeatureStream
 from ._internal.validation import (MAX_GRID, MAX_WINDOW, WORK_MEMORY_LIMIT, check_allocation, check_count,
                                    check_flag, check_float, check_floats, check_grid_size, check_windows,
-                                   check_work_memory, positive_number)
+                                   check_periods_per_year, check_work_memory, positive_number)
 from .profiling import annotate, annotate_methods
 from .risk import MAX_PERIODS_PER_YEAR
 
@@ -321,13 +321,6 @@ def _check_budget(max_memory) -> int:
     return int(budget)
 
 
-def _check_periods(periods_per_year) -> float:
-    ppy = check_float(periods_per_year, "periods_per_year", positive=True)
-    if ppy > MAX_PERIODS_PER_YEAR:
-        raise ValueError(f"periods_per_year must be <= {MAX_PERIODS_PER_YEAR} (one period per second), got {ppy}")
-    return ppy
-
-
 class _Grid(NamedTuple):
     """A sweep's rule on a two-axis grid: ``tile(a_values, b_values) -> (ema windows, Bollinger
     windows, rules)`` for a block of each axis, ``rows_bound`` as :data:`sweep_plan.RowsBound`."""
@@ -390,7 +383,7 @@ def momentum_sweep(close, fast=10, slow=30, *, cost_bps=0.0, periods_per_year=25
     fasts, fast_grid = check_windows(fast, "fast", 1, MAX_WINDOW)
     slows, slow_grid = check_windows(slow, "slow", 1, MAX_WINDOW)
     check_grid_size((len(fasts), len(slows)), "momentum_sweep")
-    cost, ppy, budget = _check_cost(cost_bps), _check_periods(periods_per_year), _check_budget(max_memory)
+    cost, ppy, budget = _check_cost(cost_bps), check_periods_per_year(periods_per_year, MAX_PERIODS_PER_YEAR), _check_budget(max_memory)
     be, (c,), _ = resolve((close,), ("close",), backend)
     n_windows = len(set(fasts) | set(slows))
     n_fast, n_slow = len(set(fasts)), len(set(slows))
@@ -415,7 +408,7 @@ def mean_reversion_sweep(close, window=20, nstd=2.0, *, cost_bps=0.0, periods_pe
     windows, window_grid = check_windows(window, "window", 2, MAX_WINDOW)
     nstds, nstd_grid = check_floats(nstd, "nstd", 0.0)
     check_grid_size((len(windows), len(nstds)), "mean_reversion_sweep")
-    cost, ppy, budget = _check_cost(cost_bps), _check_periods(periods_per_year), _check_budget(max_memory)
+    cost, ppy, budget = _check_cost(cost_bps), check_periods_per_year(periods_per_year, MAX_PERIODS_PER_YEAR), _check_budget(max_memory)
     be, (c,), _ = resolve((close,), ("close",), backend)
     n_windows = len(set(windows))
 

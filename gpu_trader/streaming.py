@@ -267,7 +267,8 @@ class FeatureStream:
         """The bar's high, low, close and volume rows from a mapping: a field that is already a
         ``(n_symbols,)`` float64 ``numpy.ndarray`` as it is (the kernel only reads it, whatever
         its strides), any other converted into the row buffer; the fields the spec does not
-        read stay the buffer's NaN rows."""
+        read keep whatever the buffer holds (NaN until an array row fills them; the kernel does
+        not read them)."""
         if self._get_ohlcv is not None:  # a spec reading all four fields: one look-up, one check
             try:
                 h, lo, c, v = self._get_ohlcv(row)

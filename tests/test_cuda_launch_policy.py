@@ -7,8 +7,7 @@
 * a call's launches and host -> device uploads, counted by ``LaunchRecorder``; the glue reads
   nothing back to the host (device arrays that refuse any host read);
 * the bytes a call moves: the counting model ``scan.traffic_bytes`` against element accesses
-  counted while the scan's own loop bodies run as plain Python, and the layout copies the
-  former design paid;
+  counted while the scan's own loop bodies run as plain Python;
 * numba's "low occupancy" warning is ignored for every launch whichever numba provides the
   CUDA target, other warnings pass, and every kernel module launches through the one helper;
 * CUDA kernels are compiled with numba's disk cache in gpu-trader's cache directory.
@@ -205,7 +204,17 @@ def test_a_fixed_carry_block_would_cost_more_launches():
     assert counts[None] == 6 and counts[scan.PAIR_BLOCK] == 10, counts
 
 
-def test_parameter_grid_is_uploaded_once_per_content():
+@pytest.fixture
+def empty_constants(monkeypatch):
+    """A fresh, empty device-constant cache (it is process-wide: other tests fill it)."""
+    from collections import OrderedDict
+
+    from gpu_trader.kernels import launch
+
+    monkeypatch.setattr(launch, "_constants", OrderedDict())
+
+
+def test_parameter_grid_is_uploaded_once_per_content(empty_constants):
     from gpu_trader.kernels import indicators as ki
     from gpu_trader.kernels.launch import CudaExecutor, LaunchRecorder
 
@@ -326,7 +335,6 @@ def test_traffic_model_is_the_scans_footprint(name):
     n_out = SPECS[name][2]
     line = 3 * n * T * 8 if name == "macd" else 0
     model = scan.traffic_bytes(name, n, 1, T, 8, "scan")
-    assert model["copies"] == 0
     # the launches' distinct input items: the model's passes, less the bars before each
     # series' first output that phase 1 / phase 3 skip, plus the first-valid search
     # (about one item per chunk)
@@ -351,17 +359,12 @@ def test_first_valid_search_reads_about_one_bar_per_chunk():
     assert exe.footprint <= 3 * (3 * T // chunk + 1000)
 
 
-def test_traffic_model_the_layout_copies_removed():
-    """2000 x 2520 float64 EMA on the scan: 3 passes (phase 1 read, phase 3 read + write) instead
-    of 8 (with the transposed copies in and out and a full first-valid pass); the batch path
-    2 instead of 6."""
+def test_traffic_model_passes_per_call():
+    """2000 x 2520 float64 EMA on the scan: 3 passes (phase 1 read, phase 3 read + write); the
+    batch path 2 (one read, one write)."""
     N = 2000 * 2520 * 8
-    new = scan.traffic_bytes("ema", 2000, 1, 2520, 8, "scan")
-    old = scan.traffic_bytes("ema", 2000, 1, 2520, 8, "scan", former=True)
-    assert (new["total"], old["total"]) == (3 * N, 8 * N)
-    new = scan.traffic_bytes("rsi", 2000, 1, 2520, 4, "rows")
-    old = scan.traffic_bytes("rsi", 2000, 1, 2520, 4, "rows", former=True)
-    assert (new["total"], old["total"]) == (2 * N // 2, 6 * N // 2)
+    assert scan.traffic_bytes("ema", 2000, 1, 2520, 8, "scan")["total"] == 3 * N
+    assert scan.traffic_bytes("rsi", 2000, 1, 2520, 4, "rows")["total"] == 2 * N // 2
     # windowed indicators read once: SMA's scan is a copy plus its non-finite search
     assert scan.traffic_bytes("sma", 2000, 1, 2520, 8, "scan")["total"] == 3 * N
     assert scan.traffic_bytes("wma", 2000, 1, 2520, 8, "scan")["total"] == 2 * N
@@ -473,14 +476,14 @@ def test_every_cuda_kernel_is_compiled_through_the_disk_cache():
 
 
 @pytest.mark.parametrize("entry, seed", [("backtest_xp", 1), ("sweep_xp", 2)])
-def test_strategy_rules_are_uploaded_once_per_content(entry, seed):
+def test_strategy_rules_are_uploaded_once_per_content(entry, seed, empty_constants):
     """The rule arrays (kinds, feature rows, k) go through the executor's constant cache: a
     repeated rule set (a sweep's next symbol chunk) uploads nothing; new rules upload again."""
     from gpu_trader.kernels import strategies as ks
     from gpu_trader.kernels.launch import CudaExecutor, LaunchRecorder
 
     rng = np.random.default_rng(seed)
-    P, n, T = 40, 2, 16  # 40 random rules: content no other call in the process has uploaded
+    P, n, T = 40, 2, 16
     close, feats = rng.random((n, T)) + 1.0, rng.random((2, n, T))
     rules = (rng.integers(0, 2, P), rng.integers(0, 2, P), rng.integers(0, 2, P), rng.random(P))
     extra = (0.0, 15.9) if entry == "sweep_xp" else (0.0,)

@@ -455,9 +455,9 @@ class _CountingNumpy:
     def __getattr__(self, name):
         return getattr(np, name)
 
-    def argsort(self, a, axis=-1):
+    def argsort(self, a, axis=-1, kind=None):
         self.sorted += a.size
-        return np.argsort(a, axis=axis)
+        return np.argsort(a, axis=axis, kind=kind)
 
 
 def test_tail_merge_sorts_only_candidates():
@@ -487,6 +487,7 @@ def test_gpu_chunk_follows_the_device_memory_budget():
     # 1000 portfolios: the GEMM path's normals, outputs and merge scratch fit CHUNK_BYTES
     rows = montecarlo_xp.default_chunk(gpu_mc, 1000, n, 0, 0, 10_196, 8)
     per_row = montecarlo_xp.chunk_row_bytes(gpu_mc, 1000, n, 0, 0, 8) + 1000 * 24
+    assert 11_000 < rows < 13_000  # by hand: (1 GiB - 1000 keep (2*8 + 24)) / ((1000 + 1 + 3000) 8 + 1000 (8 + 16)) = 11,889
     assert 4096 <= rows and 1000 * 10_196 * 40 + rows * per_row <= gpu_mc.CHUNK_BYTES < (rows + 1) * per_row + \
         1000 * 10_196 * 40
     # the CPU default stays about CHUNK_ELEMENTS normals a chunk

@@ -703,24 +703,3 @@ def test_kernels_stay_inside_the_state_layout():
 def test_import_does_not_load_numba():
     code = "import sys, gpu_trader.streaming; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-# -- the bench's streaming case compares the same work ------------------------------------------------
-
-
-def test_bench_stream_case_and_its_talib_reference_give_the_same_values():
-    """The bench times ``update((5,) row, out=)`` against TA-Lib 0.8's stream handles returning a
-    tuple in the order of ``FeatureStream.keys``: both deliver the same values, bar after bar."""
-    talib = pytest.importorskip("talib")
-    from gpu_trader.bench.harness import SkipCase
-    from gpu_trader.bench.suites import features as suite
-
-    try:
-        ref = suite._talib_stream_setup()
-    except SkipCase:
-        pytest.skip(f"TA-Lib {talib.__version__} has no stream handles")
-    ours = suite._stream_setup(gt.get_backend("cpu"))
-    for _ in range(50):
-        got, want = ours(), np.array(ref())
-        assert got.shape == (len(want), 1)
-        np.testing.assert_allclose(got[:, 0], want, rtol=1e-9)

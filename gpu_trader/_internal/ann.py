@@ -116,7 +116,7 @@ class _Hnsw:
         try:
             import faiss
         except ImportError as exc:
-            raise ImportError("kind='hnsw' needs FAISS: pip install faiss-cpu") from exc
+            raise ImportError("kind='hnsw' needs FAISS: pip install 'gpu-trader[ann]' (faiss-cpu)") from exc
         self._faiss = faiss
         self._metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         self._dim = dim
@@ -305,9 +305,10 @@ def check_hnsw_graph(blob: bytes, dim: int, params: Mapping[str, int], ids: np.n
 
 
 def _check_live(labels: np.ndarray, live: np.ndarray, vecs: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
-    """Labels unique; the live nodes are exactly ``ids`` with exactly ``vectors``."""
-    if np.unique(labels).size != labels.size:
-        raise ValueError("the HNSW graph has duplicate labels")
+    """Live labels unique (a removed id may come back as a new node: its old node stays in the
+    graph, dead); the live nodes are exactly ``ids`` with exactly ``vectors``."""
+    if np.unique(labels[live]).size != int(live.sum()):
+        raise ValueError("the HNSW graph has duplicate live labels")
     by_label = np.argsort(labels[live], kind="stable")
     by_id = np.argsort(ids, kind="stable")
     if (by_label.size != ids.size or not np.array_equal(labels[live][by_label], ids[by_id])

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .series_input import has_nan
-from .validation import is_integer
+from .validation import check_count
 
 __all__ = ["CorrelationEstimators", "rounding_zero", "WORK_BYTES", "ROLLING_TEMPORARIES"]
 
@@ -87,11 +87,8 @@ class CorrelationEstimators:
     """The covariance estimators for one array namespace ``xp``."""
 
     def __init__(self, xp: Any, work_bytes: int = WORK_BYTES) -> None:
-        if not is_integer(work_bytes) or not 1 <= work_bytes <= MAX_WORK_BYTES:
-            kind = ValueError if is_integer(work_bytes) else TypeError
-            raise kind(f"work_bytes must be an integer from 1 to {MAX_WORK_BYTES}, got {work_bytes!r}")
         self.xp = xp
-        self.work_bytes = int(work_bytes)
+        self.work_bytes = check_count(work_bytes, "work_bytes", 1, MAX_WORK_BYTES)
         """Bytes of temporaries one :meth:`rolling_corr` tile may hold (:data:`WORK_BYTES`)."""
 
     def _t(self, a):

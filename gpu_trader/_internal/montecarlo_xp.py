@@ -263,7 +263,7 @@ def merge_tail_candidates(xp, vals, idx, loss, first: int):
     """
     P, m = vals.shape
     rows = loss.shape[1]
-    loss = loss.astype(vals.dtype)
+    loss = loss.astype(vals.dtype, copy=False)
     hit = loss > vals[:, m - 1:]                                    # (P, rows): beyond the m-th largest
     pos = xp.cumsum(hit, axis=1, dtype=xp.int64)                    # 1-based place among the row's candidates
     c = int(pos[:, -1].max()) if rows else 0                        # the call's one device -> host transfer
@@ -275,7 +275,7 @@ def merge_tail_candidates(xp, vals, idx, loss, first: int):
     cand[row, dest] = loss
     cidx = xp.full((P, c + 1), -1, dtype=idx.dtype)
     cidx[row, dest] = xp.arange(first, first + rows, dtype=idx.dtype)[None, :]
-    order = xp.argsort(-cand[:, :c], axis=1)                        # candidates, largest first
+    order = xp.argsort(-cand[:, :c], axis=1, kind="stable")         # candidates, largest first (ties: earlier)
     cand = xp.take_along_axis(cand, order, axis=1)
     cidx = xp.take_along_axis(cidx, order, axis=1)
     # below[p, i]: how many kept values are >= cand[p, i] (binary search over the descending tail)

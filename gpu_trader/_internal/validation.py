@@ -189,6 +189,14 @@ def check_count(value: Any, name: str, minimum: int, maximum: int | None = None)
     return v
 
 
+def check_periods_per_year(value: Any, maximum: float) -> float:
+    """Validate an annualization factor ``periods_per_year``: a real number in ``(0, maximum]``."""
+    ppy = check_float(value, "periods_per_year", positive=True)
+    if ppy > maximum:
+        raise ValueError(f"periods_per_year must be <= {maximum} (one period per second), got {ppy}")
+    return ppy
+
+
 def check_flag(value: Any, name: str) -> bool:
     """``value`` as a Python bool: ``True``/``False`` or a NumPy bool; ``TypeError`` naming
     ``name`` for anything else (``"no"``, ``None`` and ``0`` are not flags)."""

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .validation import check_count
+
 __all__ = [
     "initial_rows", "tile_rows", "search", "select_by_group_max", "quantize_int8", "row_sq_norms",
     "assign", "kmeans", "kmeanspp_seeds", "kmeans_chunk_rows", "KMEANS_WORK_BYTES",
@@ -189,10 +191,7 @@ def kmeans_chunk_rows(n: int, n_clusters: int, itemsize: int, work_bytes: int) -
     """Rows per chunk of a k-means pass over ``n`` rows: ``KMEANS_ROW_BYTES * itemsize`` bytes per
     (row, cluster) within ``work_bytes``, at least 1, at most ``n``. ``TypeError``/``ValueError``
     naming ``work_bytes`` unless it is an integer from 1 to :data:`MAX_KMEANS_WORK_BYTES`."""
-    if isinstance(work_bytes, (bool, np.bool_)) or not isinstance(work_bytes, (int, np.integer)):
-        raise TypeError(f"work_bytes must be an integer, got {type(work_bytes).__name__}")
-    if not 1 <= work_bytes <= MAX_KMEANS_WORK_BYTES:
-        raise ValueError(f"work_bytes must be from 1 to {MAX_KMEANS_WORK_BYTES}, got {work_bytes}")
+    work_bytes = check_count(work_bytes, "work_bytes", 1, MAX_KMEANS_WORK_BYTES)
     return int(max(1, min(n, work_bytes // (KMEANS_ROW_BYTES * itemsize * n_clusters))))
 
 

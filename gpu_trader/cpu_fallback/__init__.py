@@ -3,7 +3,9 @@ their parallel drivers share (docs/design.md#cpu-threads):
 
 * :func:`run_on_threads` runs a kernel that claims its work as it goes on the calling thread
   and on helper threads of this package, and never waits for a helper that has not started;
-* a parallel driver uses at most :func:`usable_cpus` threads (and numba's thread count);
+* the batched indicator driver (:mod:`gpu_trader.cpu_fallback.indicators`) uses at most
+  :func:`usable_cpus` threads (and numba's thread count); the ``prange`` kernels use numba's
+  thread count;
 * importing this package (the first use of the ``cpu`` backend, or
   ``get_backend("cpu").configure_process()``) sets ``OMP_WAIT_POLICY=PASSIVE`` when the
   process has not set that variable (:func:`prefer_passive_waits`). numba's OpenMP threading

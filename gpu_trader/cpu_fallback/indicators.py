@@ -144,8 +144,6 @@ def series_kernel():
     or writeability: they are only read); ``out`` a writeable C-contiguous ``(n_out * T,)``
     float64 array, which it fills with the outputs one after the other. The error model is the
     batch drivers'."""
-    from numba import types
-
     x = types.Array(types.float64, 1, "A", readonly=True, aligned=False)
     params = types.Array(types.float64, 1, "C", readonly=True)
     return _compute_series.compile((types.int64, params, x, x, x, x, types.Array(types.float64, 1, "C")))

@@ -37,6 +37,7 @@ there is no device.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections import OrderedDict
 
@@ -142,6 +143,7 @@ class CudaExecutor:
 
 _constants: OrderedDict = OrderedDict()
 _uploads = [0]  # host -> device copies made by _device_constant in this process
+_constants_lock = threading.Lock()
 
 
 def _device_constant(xp, host: np.ndarray):
@@ -150,15 +152,16 @@ def _device_constant(xp, host: np.ndarray):
         return xp.array(host, copy=True)
     device = xp.cuda.Device().id if xp is not np else -1
     key = (id(xp), device, host.dtype.str, host.shape, host.tobytes())
-    dev = _constants.get(key)
-    if dev is None:
-        dev = xp.array(host, copy=True)
-        _uploads[0] += 1
-        _constants[key] = dev
-        while len(_constants) > MAX_CONSTANTS:
-            _constants.popitem(last=False)
-    else:
-        _constants.move_to_end(key)
+    with _constants_lock:  # calls from several threads share the cache
+        dev = _constants.get(key)
+        if dev is None:
+            dev = xp.array(host, copy=True)
+            _uploads[0] += 1
+            _constants[key] = dev
+            while len(_constants) > MAX_CONSTANTS:
+                _constants.popitem(last=False)
+        else:
+            _constants.move_to_end(key)
     return dev
 
 
