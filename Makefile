@@ -31,7 +31,7 @@ bench-quick: $(STAMP)
 	$(BIN)/gpu-trader bench --quick $(BENCH_ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

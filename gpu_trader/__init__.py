@@ -23,7 +23,10 @@ _LAZY = {
     **dict.fromkeys(("Broker", "BrokerAck", "SimulatedBroker", "CircuitBreaker", "BrokerError", "BrokerTimeout"),
                     "brokers"),
     **dict.fromkeys(("OrderManager", "SymbolRouter"), "order_manager"),
-    **dict.fromkeys(("Portfolio", "PortfolioSnapshot", "Position", "batch_apply_fills", "batch_pnl"), "portfolio"),
+    **dict.fromkeys(("Portfolio", "PortfolioSnapshot", "Position", "BookExposure", "batch_apply_fills", "batch_pnl",
+                     "batch_exposure"), "portfolio"),
+    **dict.fromkeys(("FixedFractional", "Kelly", "VolatilityTarget", "ByValue", "ByWeight"), "sizing"),
+    **dict.fromkeys(("TrailingStopStream", "ChandelierStream"), "stops"),
     **dict.fromkeys(("FixedCommission", "PercentageCommission", "TieredCommission"), "commissions"),
     **dict.fromkeys(("Tick", "Quote", "parse_tick", "parse_quote", "parse_ticks", "parse_quotes", "TickIngestor",
                      "QuoteIngestor", "quote_metrics", "aggregate_bars", "Bars", "Bar", "BarAggregator",
@@ -31,6 +34,9 @@ _LAZY = {
     **dict.fromkeys(("Momentum", "MeanReversion", "StrategyResult", "momentum", "mean_reversion", "StrategyRunner",
                      "StrategyStream", "SweepResult", "momentum_sweep", "mean_reversion_sweep"), "strategies"),
     **dict.fromkeys(("TradingPipeline", "PipelineStats"), "pipeline"),
+    **dict.fromkeys(("WebSocketFeed", "FeedBar", "FeedControl", "FeedDecoder"), "feeds"),
+    **dict.fromkeys(("PipelineMetrics", "serve_metrics"), "metrics"),
+    **dict.fromkeys(("RiskStream",), "risk_stream"),
 }
 
 

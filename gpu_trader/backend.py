@@ -78,13 +78,15 @@ _AUTO: list[Backend | None] = [None]  # what ``auto`` resolved to; reset by set_
 
 
 DISPATCHED_AREAS = frozenset(
-    {"indicators", "risk", "correlation", "montecarlo", "vectors", "marketdata", "portfolio", "strategies"}
+    {"indicators", "risk", "correlation", "montecarlo", "vectors", "marketdata", "portfolio", "strategies",
+     "sizing"}
 )
 """Public areas whose calls run on the backend they resolve (``backend=``, the context, the
 default, the input's type)."""
-HOST_AREAS = frozenset({"streaming"})
+HOST_AREAS = frozenset({"streaming", "risk_stream"})
 """Areas that run on the ``cpu`` backend whatever backend is current: the compiled kernels of
-:class:`gpu_trader.streaming.FeatureStream`, which updates host state one bar at a time."""
+:class:`gpu_trader.streaming.FeatureStream` and :class:`gpu_trader.risk_stream.RiskStream`, which
+update host state one bar at a time."""
 AREAS = DISPATCHED_AREAS | HOST_AREAS
 """Every area a backend may implement; what each area's module provides is stated by
 :data:`gpu_trader._internal.areas.AREA_PROTOCOLS`."""
@@ -210,6 +212,10 @@ class Backend:
     def ops(self, area: Literal["strategies"]) -> _areas.StrategiesOps: ...
     @overload
     def ops(self, area: Literal["streaming"]) -> _areas.StreamingOps: ...
+    @overload
+    def ops(self, area: Literal["risk_stream"]) -> _areas.RiskStreamOps: ...
+    @overload
+    def ops(self, area: Literal["sizing"]) -> _areas.SizingOps: ...
     @overload
     def ops(self, area: str) -> Any: ...
 

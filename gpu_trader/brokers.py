@@ -295,6 +295,7 @@ class CircuitBreaker:
     :meth:`allow` refuses every call for ``cooldown_s`` seconds -> ``half_open``: one
     trial call is allowed; its success closes the breaker, its failure opens it for
     another cool-down. ``clock`` (seconds, monotonic) is injectable for tests.
+    :attr:`trips` counts the times it opened (closed or half-open -> open).
     """
 
     CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -308,6 +309,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trial = False  # a half-open trial call is in flight
+        self.trips = 0
 
     @property
     def state(self) -> str:
@@ -341,6 +343,8 @@ class CircuitBreaker:
         self._failures += 1
         self._trial = False
         if self._state == self.HALF_OPEN or self._failures >= self.failure_threshold:
+            if self._state != self.OPEN:
+                self.trips += 1
             self._state = self.OPEN
             self._opened_at = self._clock()
 

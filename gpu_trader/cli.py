@@ -5,6 +5,13 @@ Usage: ``gpu-trader bench [--backend NAME ...] [--suite NAME ...] [--case NAME .
 [--report PATH.md]`` runs the suites (``--list``: prints the cases it would run, without timing);
 ``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--min-change F] [--report PATH.md]``
 applies the regression gate (:mod:`gpu_trader.bench.compare`) to two ``--json`` files.
+``gpu-trader serve-metrics --replay TICKS.jsonl [--port 9100] [--addr 127.0.0.1] [--duration S]
+[--symbols A,B,...] [--timeframe 1s]`` serves a trading pipeline's Prometheus metrics
+(:mod:`gpu_trader.metrics`) at ``http://ADDR:PORT/metrics`` while it replays recorded tick
+messages (one JSON message per line) through it, against a simulated broker: it prints
+the URL first, then a summary after the replay, and serves until ``--duration`` seconds
+after the replay have passed (default: until interrupted). Exit status 2 when the file
+cannot be read, names no symbol or too many, or the address cannot be bound.
 
 Sizes: the default run is ``standard`` (every case of every suite; batches and stores smaller
 than the published sizes, so that the whole run takes a few minutes on 2 cores, GPU runs
@@ -88,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("new", metavar="NEW.json", help="the run to check")
     _gate_arguments(comp)
     comp.set_defaults(func=lambda args: _compare(args, comp))
+    serve = sub.add_parser(
+        "serve-metrics", help="replay recorded ticks through a trading pipeline and serve its Prometheus metrics",
+        description="Replay TICKS.jsonl (one tick JSON message per line) through a TradingPipeline with a "
+                    "simulated broker and serve its metrics at http://ADDR:PORT/metrics.",
+    )
+    serve.add_argument("--replay", required=True, metavar="TICKS.jsonl", help="recorded tick messages, one per line")
+    serve.add_argument("--port", type=_port, default=9100, help="TCP port (0: any free port; default 9100)")
+    serve.add_argument("--addr", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--duration", type=_seconds, default=None, metavar="S",
+                       help="seconds to keep serving after the replay (default: until interrupted)")
+    serve.add_argument("--symbols", type=_symbol_list, default=None, metavar="A,B,...",
+                       help=f"the tradable symbols (default: those of the file's valid ticks, at most "
+                            f"{MAX_REPLAY_SYMBOLS})")
+    serve.add_argument("--timeframe", default="1s", help="bar length, e.g. 100ms, 1s, 1min (default 1s)")
+    serve.set_defaults(func=lambda args: _serve_metrics(args, serve))
     return parser
 
 
@@ -109,6 +131,33 @@ def _fraction(text: str) -> float:
     if not 0.0 < value < 10.0:
         raise argparse.ArgumentTypeError(f"expected a fraction > 0 such as 0.05, got {text!r}")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _symbol_list(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated symbol names, got {text!r}")
+    return names
 
 
 def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -250,6 +299,97 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         writers.append((args.report, lambda: markdown.write_report(args.report, records, comparisons, meta)))
     written = _write_outputs(writers)
     return _exit_status(any(r.status == "error" for r in results), regressed, written)
+
+
+MAX_REPLAY_SYMBOLS = 10_000  # symbols serve-metrics discovers in a file (one strategy state each)
+
+
+def _replay_lines(path: str):
+    """The non-empty lines of ``path`` without their line ending; a line longer than a
+    tick message may be is cut to at most ``MAX_MESSAGE_BYTES + 2`` bytes (still refused
+    as ``too_large``), so no line is held in memory whole."""
+    from .marketdata import MAX_MESSAGE_BYTES
+
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline(MAX_MESSAGE_BYTES + 2)
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                while True:  # skip the rest of an overlong line
+                    rest = f.readline(1 << 16)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line
+
+
+def _replay_symbols(path: str) -> list[str]:
+    """The symbols of the valid ticks of ``path``, in order of appearance (``ValueError``
+    beyond ``MAX_REPLAY_SYMBOLS`` or without any)."""
+    from .marketdata import MarketDataError, parse_tick
+
+    names: dict[str, None] = {}
+    for line in _replay_lines(path):
+        try:
+            names[parse_tick(line).symbol] = None
+        except MarketDataError:
+            continue
+        if len(names) > MAX_REPLAY_SYMBOLS:
+            raise ValueError(f"{path} names more than {MAX_REPLAY_SYMBOLS} symbols; pass --symbols")
+    if not names:
+        raise ValueError(f"{path} holds no valid tick message")
+    return list(names)
+
+
+def _serve_metrics(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import asyncio
+
+    from . import metrics
+    from .brokers import SimulatedBroker
+    from .order_manager import OrderManager
+    from .pipeline import TradingPipeline
+    from .portfolio import Portfolio
+    from .strategies import MeanReversion, Momentum, StrategyRunner
+
+    try:
+        symbols = args.symbols or _replay_symbols(args.replay)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--replay: {exc}")
+    broker = SimulatedBroker("sim", latency_s=0.0)
+    manager = OrderManager(broker, portfolio=Portfolio(1e7))
+    strategy = StrategyRunner([Momentum(5, 20), MeanReversion(20, 2.0)])
+    try:
+        pipe = TradingPipeline(symbols, strategy, manager, timeframe=args.timeframe, quote_sink=broker.set_price)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+
+    async def replay_and_serve() -> None:
+        monitor = metrics.PipelineMetrics(pipe)  # bound to this event loop
+        try:
+            server = metrics.serve_metrics(monitor, args.port, args.addr)
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(f"--addr/--port: cannot serve on {args.addr}:{args.port}: {exc}")
+        with server:
+            print(f"serving metrics at {server.url}", flush=True)
+            stats = await pipe.run(_replay_lines(args.replay))
+            print(f"replayed {stats.events} events: {stats.accepted} accepted, {stats.n_rejected} rejected, "
+                  f"{stats.bars} bars, {stats.orders} orders", flush=True)
+            if args.duration is None:
+                await asyncio.Event().wait()  # until interrupted
+            else:
+                await asyncio.sleep(args.duration)
+            await pipe.close()
+
+    try:
+        asyncio.run(replay_and_serve())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # the file vanished or became unreadable between the two passes
+        print(f"error: --replay: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,12 +79,15 @@ import sys
 from collections.abc import Container
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Annotated, Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import msgspec
 import numpy as np
 
 from ._internal import market_xp
+from ._internal.message_fields import (
+    MAX_SYMBOL_LENGTH, TS_MAX, Price, Size, Symbol, Ts, message_size, validation_reason,
+)
 from .backend import as_host_array, backend_input, check_input_size, check_same_labels, select_backend
 from .profiling import annotate, annotate_methods
 from ._internal.validation import check_count, check_float, is_integer
@@ -104,8 +107,6 @@ QUOTE_REASONS = market_xp.QUOTE_REASONS  # status code -> name: ("ok", "invalid"
 MAX_MESSAGE_BYTES = 1 << 16
 """Longest message accepted (bytes; characters for a ``str``): longer ones are rejected
 (``"too_large"``) before they are decoded."""
-MAX_SYMBOL_LENGTH = 64
-"""Longest symbol name of a message (characters)."""
 MAX_CAPACITY = 1 << 20
 """Largest initial row capacity of an ingestor (it grows by doubling past it)."""
 MAX_BAR_BYTES = 4 << 30
@@ -113,11 +114,7 @@ MAX_BAR_BYTES = 4 << 30
 :func:`gpu_trader._internal.market_xp.bar_workspace_bytes`); a larger grid is a ``ValueError``
 before anything is allocated. Raise it on a machine with more memory."""
 
-_TS_MAX = 2**63 - 1  # timestamps are int64 ns in [0, _TS_MAX]
-_Price = Annotated[float, msgspec.Meta(gt=0.0)]
-_Size = Annotated[float, msgspec.Meta(ge=0.0)]
-_Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SYMBOL_LENGTH)]
-_Ts = Annotated[int, msgspec.Meta(ge=0, le=_TS_MAX)]  # fits the int64 ts column
+_TS_MAX = TS_MAX  # timestamps are int64 ns in [0, _TS_MAX]
 _INF = math.inf
 _PRECISE_PV = market_xp.PRECISE_PV
 _TEXT = (str, bytes, bytearray, memoryview)  # one message: never a batch of them, nor a symbol universe
@@ -148,10 +145,10 @@ class Tick(msgspec.Struct, frozen=True, gc=False):
     """One trade: ``symbol`` (1 to :data:`MAX_SYMBOL_LENGTH` characters), ``ts`` (int ns since
     epoch, UTC), ``price`` (> 0), ``size`` (>= 0)."""
 
-    symbol: _Symbol
-    ts: _Ts
-    price: _Price
-    size: _Size
+    symbol: Symbol
+    ts: Ts
+    price: Price
+    size: Size
 
 
 class Quote(msgspec.Struct, frozen=True, gc=False):
@@ -161,12 +158,12 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
     near the float64 maximum), ``spread = ask - bid``, ``spread_bps = spread / mid * 1e4``.
     """
 
-    symbol: _Symbol
-    ts: _Ts
-    bid: _Price
-    ask: _Price
-    bid_size: _Size
-    ask_size: _Size
+    symbol: Symbol
+    ts: Ts
+    bid: Price
+    ask: Price
+    bid_size: Size
+    ask_size: Size
 
     @property
     def mid(self) -> float:
@@ -192,25 +189,10 @@ def _brief(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
-def _message_size(data: Any) -> int:
-    """Length of a message in bytes (characters for a ``str``); -1 when it is not a
-    bytes-like object or a ``str`` (or a released memoryview). The base types' ``__len__``
-    is called, never a subclass's."""
-    for kind in (bytes, bytearray, str):
-        if isinstance(data, kind):
-            return kind.__len__(data)
-    if isinstance(data, memoryview):
-        try:
-            return data.nbytes
-        except ValueError:  # released
-            return -1
-    return -1
-
-
 def _decode(decoder: msgspec.json.Decoder, data: Any):
     """Decode and validate one message; every failure is a :class:`MarketDataError` (see the
     module doc for the reasons), whatever the message holds."""
-    size = len(data) if type(data) is bytes else _message_size(data)
+    size = len(data) if type(data) is bytes else message_size(data)
     if size < 0:
         raise MarketDataError("malformed_json", "a message must be readable bytes, bytearray, memoryview or str, "
                                                 f"got {type(data).__name__}")
@@ -220,8 +202,7 @@ def _decode(decoder: msgspec.json.Decoder, data: Any):
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
-        reason = "missing_field" if "missing required field" in str(exc) else "invalid_field"
-        raise MarketDataError(reason, str(exc)) from None
+        raise MarketDataError(validation_reason(exc), str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MarketDataError("malformed_json", str(exc)) from None
     except RecursionError:

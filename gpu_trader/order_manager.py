@@ -199,6 +199,9 @@ class _Tracked:
         return gap if gap > self.tolerance else 0.0
 
 
+_IF_FLAT = object()  # _Reservations.exposure(count_new=_IF_FLAT)
+
+
 class _Reservations:
     """Exposure reserved by orders in flight: unfilled quantity per (symbol, side) and
     buying power in total. A buy holds buying power for each of its unfilled units; the
@@ -216,12 +219,32 @@ class _Reservations:
         self._sell_power: dict[str, float] = {}  # symbol -> currency its pending sells hold
         self._sell_total = 0.0
 
-    def exposure(self, symbol: str) -> Exposure:
-        """The :class:`Exposure` of ``symbol`` (rounding never makes a sum negative)."""
+    def exposure(self, symbol: str, count_new: object = False) -> Exposure:
+        """The :class:`Exposure` of ``symbol`` (rounding never makes a sum negative);
+        ``count_new``: also count the flat symbols with orders in flight (``new_positions``,
+        one pass over them; an unreadable position counts as flat); :data:`_IF_FLAT`: only
+        when ``symbol`` itself is flat with no order in flight (the one case the
+        ``max_positions`` check reads the count: the pre-trade check skips the pass otherwise)."""
         buy = self._quantity.get((symbol, BUY))
         sell = self._quantity.get((symbol, SELL))
+        buy = max(buy[0], 0.0) if buy else 0.0
+        sell = max(sell[0], 0.0) if sell else 0.0
         power = self._power[0] + self._sell_total
-        return Exposure(max(buy[0], 0.0) if buy else 0.0, max(sell[0], 0.0) if sell else 0.0, max(power, 0.0))
+        new = 0
+        if count_new and (count_new is not _IF_FLAT or not (buy or sell or self._held(symbol))):  # the check's test
+            for s in {s for s, _ in self._quantity}:
+                try:
+                    new += not self._position(s)
+                except Exception:  # a broken book: assume it may open (the safe side)
+                    new += 1
+        return Exposure(buy, sell, max(power, 0.0), new)
+
+    def _held(self, symbol: str) -> bool:
+        """Whether the book holds ``symbol`` (an unreadable position: not held, so counted)."""
+        try:
+            return bool(self._position(symbol))
+        except Exception:
+            return False
 
     def update(self, tr: _Tracked, remaining: float) -> None:
         """Set ``tr``'s reserved quantity to ``remaining`` (0 releases it)."""
@@ -367,11 +390,16 @@ class OrderManager:
 
     def exposure(self, symbol: str) -> Exposure:
         """What orders in flight reserve: unfilled buy and sell quantity in ``symbol`` and
-        the buying power reserved across all symbols (see :class:`~gpu_trader.orders.Exposure`).
+        the buying power reserved across all symbols (see :class:`~gpu_trader.orders.Exposure`),
+        and, under a ``max_positions`` limit, the flat symbols orders in flight may open
+        (``new_positions``; counted, one pass over the symbols in flight, only when ``symbol``
+        is flat with no order in flight, the one case the check reads it; 0 otherwise), so that
+        a check given this view (the pipeline's :func:`~gpu_trader.orders.order_for_signal`)
+        counts them as the manager does.
         ``TypeError`` when ``symbol`` is not a str."""
         if not isinstance(symbol, str):
             raise TypeError(f"symbol must be a str, got {type(symbol).__name__}")
-        return self._reservations.exposure(symbol)
+        return self._reservations.exposure(symbol, _IF_FLAT if self.limits.max_positions is not None else False)
 
     def __len__(self) -> int:
         """Orders tracked (every order not final, plus at most ``history`` final ones)."""
@@ -452,7 +480,8 @@ class OrderManager:
             tr.cancel_requested = True
             self._set(tr, _report(cid, CANCELLED, reason="cancelled before it was sent"))
             return tr
-        out = reserve_order(order, self.portfolio, self.limits, price, self._reservations.exposure(order.symbol))
+        out = reserve_order(order, self.portfolio, self.limits, price, self._reservations.exposure(
+            order.symbol, _IF_FLAT if self.limits.max_positions is not None else False))
         if type(out) is OrderRejection:
             self._set(tr, _report(cid, REJECTED, out.code, out.reason))
         else:

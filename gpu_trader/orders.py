@@ -26,11 +26,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import msgspec
+import numpy as np
 
 from .commissions import commission_for
+from ._internal.sizing_xp import LOT_TOLERANCE
 from ._internal.validation import nonnegative_number, positive_number, real_number
 from .profiling import annotate, annotate_methods
 
@@ -207,7 +209,7 @@ def stop_limit_order(symbol: str, side: str, quantity: float, stop_price: float,
 
 class OrderRejection(msgspec.Struct, frozen=True):
     """Why a pre-trade check refused an order. ``code``: ``invalid``, ``unknown_symbol``,
-    ``no_price``, ``order_size``, ``position_limit`` or ``buying_power``."""
+    ``no_price``, ``order_size``, ``position_limit``, ``max_positions`` or ``buying_power``."""
 
     client_order_id: str
     code: str
@@ -260,7 +262,15 @@ class RiskLimits(msgspec.Struct, frozen=True):
       opens or extends a short, so selling a long never needs buying power. With
       ``leverage = 1`` and fills at the reference price or better, cash thus never falls
       below what the orders in flight reserve, and never below 0;
-    * ``symbols``: the tradable universe, a frozenset of str (``None``: any symbol).
+    * ``symbols``: the tradable universe, a frozenset of str (``None``: any symbol);
+    * ``max_positions``: the most non-zero positions the book may hold (an int >= 1, e.g.
+      1000; ``None``, the default: not checked). An order in a symbol that is flat in the
+      book, with no order in flight in it, opens a position: it is refused (code
+      ``max_positions``) when the book's non-zero positions
+      (:meth:`~gpu_trader.portfolio.Portfolio.position_count`), plus the flat symbols that
+      orders in flight may open (:attr:`Exposure.new_positions`), plus this one would
+      exceed the limit. Orders that add to, reduce or flip a held position are never
+      refused by it.
 
     Numbers: real (NumPy scalars accepted, not ``bool``), > 0, NaN refused; stored as
     Python floats. ``TypeError``/``ValueError`` name the field.
@@ -272,8 +282,17 @@ class RiskLimits(msgspec.Struct, frozen=True):
     max_position_notional: float = math.inf
     leverage: float = 1.0
     symbols: Optional[frozenset] = None
+    max_positions: Optional[int] = None
 
     def __post_init__(self) -> None:
+        m = self.max_positions
+        if m is not None:
+            if isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)):
+                raise TypeError(f"max_positions must be an int or None, got {type(m).__name__}")
+            if m < 1:
+                raise ValueError(f"max_positions must be >= 1, got {m!r}")
+            if type(m) is not int:
+                _force_setattr(self, "max_positions", int(m))
         for name in _LIMIT_FIELDS:
             value = getattr(self, name)
             v = real_number(value, name, finite=False)
@@ -298,7 +317,10 @@ class Exposure(msgspec.Struct, frozen=True):
 
     ``buy``, ``sell``: the unfilled quantity of pending buy and sell orders in the
     symbol; ``buying_power``: the buying power all pending orders (every symbol) have
-    reserved, in currency. All >= 0 (a check given a negative one refuses the order
+    reserved, in currency; ``new_positions``: how many symbols flat in the book have orders
+    in flight, each of which may open a position (an int, read only by the ``max_positions``
+    check, and only for an order in a flat symbol with no order in flight: the manager
+    counts it in that case only, and answers 0 otherwise). All >= 0 (a check given a negative one refuses the order
     as ``invalid``). The position checks assume the worse of "every
     pending buy fills" and "every pending sell fills"; the buying-power check subtracts
     ``buying_power`` from what the cash allows. The order manager keeps this view
@@ -308,6 +330,7 @@ class Exposure(msgspec.Struct, frozen=True):
     buy: float = 0.0
     sell: float = 0.0
     buying_power: float = 0.0
+    new_positions: int = 0
 
 
 NO_EXPOSURE = Exposure()
@@ -428,6 +451,13 @@ def _check(order: Order, portfolio, limits: RiskLimits, price, pending: Exposure
         return OrderRejection(cid, "position_limit", f"position notional {abs(after) * px:.2f} in {symbol!r} "
                               f"(orders in flight included) would exceed max_position_notional "
                               f"{limits.max_position_notional:g}")
+    if limits.max_positions is not None and current == 0.0 and not (pending_buy or pending_sell):
+        held = 0 if portfolio is None else portfolio.position_count()
+        opening = _count(pending.new_positions, "pending.new_positions")
+        if held + opening + 1 > limits.max_positions:
+            return OrderRejection(cid, "max_positions", f"{symbol!r} would be position {held + opening + 1} "
+                                  f"({held} held, {opening} that orders in flight may open), more than "
+                                  f"max_positions {limits.max_positions}")
     if portfolio is None:
         return NO_RESERVATION
     # the units that need buying power: all of a buy; the part of a sell beyond what it closes of a long
@@ -455,6 +485,17 @@ def _pending(pending: Exposure) -> tuple[float, float, float]:
         return b, s, r
     return (nonnegative_number(b, "pending.buy"), nonnegative_number(s, "pending.sell"),
             nonnegative_number(r, "pending.buying_power"))
+
+
+def _count(value, name: str) -> int:
+    """``value`` when it is an int >= 0 (NumPy integers too, not ``bool``), else ``TypeError``/``ValueError``."""
+    if type(value) is int and value >= 0:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return int(value)
 
 
 def _finite(value, name: str) -> float:
@@ -495,28 +536,45 @@ def validate_order(order: Order, portfolio: "Portfolio | None" = None, limits: R
 @annotate
 def order_for_signal(symbol: str, signal: float, price: float, *, portfolio: "Portfolio | None" = None,
                      limits: RiskLimits = NO_LIMITS, unit_quantity: float = 1.0,
-                     client_order_id: str | None = None, pending: Exposure | None = None
+                     client_order_id: str | None = None, pending: Exposure | None = None,
+                     sizer: "Callable[[float, float], float] | None" = None, equity: float | None = None
                      ) -> Order | OrderRejection | None:
     """The pipeline's pre-trade risk/position check for one strategy signal (~3 us).
 
     ``signal`` (e.g. -1 short, 0 flat, +1 long; any real scales, NumPy scalars
-    included) times ``unit_quantity`` is the target position in ``symbol``; the
+    included) times ``unit_quantity`` is the target position in ``symbol``; with a
+    ``sizer`` (a :mod:`gpu_trader.sizing` object such as ``FixedFractional(risk_fraction=0.01,
+    stop_distance=2.0)``, or any callable ``(equity, price) -> units``) the unit is
+    ``sizer(equity, price)`` instead (a target from a scaled signal is rounded toward zero to
+    the sizer's ``lot_size``, if it has one), ``equity`` defaulting to the portfolio's
+    (:meth:`~gpu_trader.portfolio.Portfolio.equity`; one of the two is needed); the
     difference to the portfolio's current position (a flat book when ``portfolio`` is
     ``None``) becomes a market order checked by :func:`validate_order` at ``price``,
     with ``pending`` the :class:`Exposure` of orders in flight. Returns the
     :class:`Order` to send, an :class:`OrderRejection`, or ``None`` when the book is already
     at target. Never raises: a missing, ``bool``, NaN or non-finite signal, price or
-    unit quantity, a bad symbol or id, or a broken portfolio gives an OrderRejection
-    (code ``invalid``, unless a limit refused the order).
+    unit quantity, a bad symbol or id, a broken portfolio, or a sizer that raises or
+    answers anything but a finite real gives an OrderRejection (code ``invalid``,
+    unless a limit refused the order).
     """
     cid = ""
     try:
         cid = client_order_id or new_client_order_id()
         s = real_number(signal, "signal")
         px = positive_number(price, "price")
-        unit = positive_number(unit_quantity, "unit_quantity")
+        if sizer is None:
+            unit = positive_number(unit_quantity, "unit_quantity")
+        else:
+            if equity is None and portfolio is None:
+                raise ValueError("sizing needs the equity: pass equity= or a portfolio")
+            eq = real_number(portfolio.equity() if equity is None else equity, "equity")
+            unit = real_number(sizer(eq, px), "the sizer's answer")
+        target = s * unit
+        lot = getattr(sizer, "lot_size", 0.0)
+        if lot and s not in (-1.0, 0.0, 1.0):  # a scaled signal keeps the sizer's lots: toward zero
+            target = math.trunc(target / lot + math.copysign(LOT_TOLERANCE, target)) * lot
         current = 0.0 if portfolio is None else real_number(portfolio.quantity(symbol), "portfolio quantity")
-        delta = s * unit - current
+        delta = target - current
         if abs(delta) < 1e-12:
             return None
         order = Order(cid, symbol, BUY if delta > 0 else SELL, abs(delta))

@@ -50,6 +50,14 @@ strategies and a plain re-implementation of the decision.
 
 Use from one event loop (``on_tick``/``flush`` from a coroutine or callback running on
 it; :meth:`run`, :meth:`drain`, :meth:`reconcile` and :meth:`close` are coroutines).
+
+**Feeds**: ``on_tick`` also takes a decoded :class:`~gpu_trader.marketdata.Tick` (step 1
+is skipped), and :meth:`run` an async iterable of records such as a
+:class:`gpu_trader.feeds.WebSocketFeed`: ticks are events, other records (quotes, bars,
+control messages) are counted by type in ``stats.skipped`` and skipped.
+**Monitoring**: :meth:`record_stages` times each step of every event (:data:`STAGES`);
+:class:`gpu_trader.metrics.PipelineMetrics` turns it on and exports those histograms and
+the counters to Prometheus. Off (the default) it costs one ``None`` check per event.
 """
 from __future__ import annotations
 
@@ -59,16 +67,24 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterable, Callable, Iterable, Mapping, Sequence
 
-from .marketdata import BarAggregator, MarketDataError, MessageRejection, iter_messages, parse_tick
+from .marketdata import BarAggregator, MarketDataError, MessageRejection, Tick, iter_messages, parse_tick
 from .order_manager import OrderManager
 from .orders import UNKNOWN, Order, OrderRejection, RiskLimits, describe_exception, order_for_signal
-from ._internal.validation import check_count, positive_number
+from ._internal.stage_latency import DEFAULT_BUCKETS_S, FOLD_EVERY, StageRecorder, check_options
+from ._internal.validation import check_count, check_flag, positive_number
 from .strategies import MeanReversion, Momentum, StrategyRunner
 from .profiling import annotate_methods
 
-__all__ = ["TradingPipeline", "PipelineStats"]
+__all__ = ["TradingPipeline", "PipelineStats", "STAGES"]
+
+STAGES = ("parse", "bar", "mark", "features", "signal", "risk", "order")
+"""The timed stages of one event (see :meth:`TradingPipeline.record_stages`)."""
+_PARSE, _BAR, _MARK, _FEATURES, _SIGNAL, _RISK, _ORDER = range(len(STAGES))
+_FOLD_MASK = FOLD_EVERY - 1
+_EVENT_TYPES = (bytes, bytearray, memoryview, str, Tick)  # what an async feed's record must be to be an event
+_clock = time.perf_counter_ns
 
 
 @dataclass
@@ -86,7 +102,8 @@ class PipelineStats:
     still unknown after the resubmissions; counted when the order's task settles, so a
     later resolution shows in the manager's report, not here); ``reconciles``:
     reconciliations with the venues started; ``errors``: exceptions after a tick was
-    accepted.
+    accepted; ``skipped``: records of an async feed that are not ticks (quotes, bars,
+    ...), by type name, which :meth:`TradingPipeline.run` skips (they are not events).
     """
 
     events: int = 0
@@ -100,6 +117,7 @@ class PipelineStats:
     reports: dict[str, int] = field(default_factory=dict)
     reconciles: int = 0
     errors: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_rejected(self) -> int:
@@ -108,6 +126,14 @@ class PipelineStats:
 
 def _bump(counter: dict[str, int], key: str) -> None:
     counter[key] = counter.get(key, 0) + 1
+
+
+def _tick_record(tick: Tick) -> Tick:
+    """A decoded tick handed to ``on_tick``: its symbol must be a name (a record built in
+    Python is not validated by msgspec; the bar step checks ts, price and size)."""
+    if not isinstance(tick.symbol, str):
+        raise MarketDataError("invalid_field", f"symbol must be a str, got {type(tick.symbol).__name__}")
+    return tick
 
 
 def _check_strategy(strategy) -> StrategyRunner | Momentum | MeanReversion:
@@ -139,10 +165,14 @@ class TradingPipeline:
     of :meth:`run` and in :meth:`close`). Counts accept NumPy integers, numbers NumPy
     scalars (never ``bool``).
 
-    * ``on_tick(data) -> Order | MessageRejection | OrderRejection | None`` -- one event (sync);
+    * ``on_tick(data) -> Order | MessageRejection | OrderRejection | None`` -- one event
+      (sync): a tick message or a decoded :class:`~gpu_trader.marketdata.Tick`;
     * ``flush(now=None) -> list`` -- complete open bars (all, or those ending by ``now``
       ns) and run them through the strategy and risk path;
-    * ``await run(messages, yield_every=64) -> PipelineStats`` -- a stream, then reconcile;
+    * ``await run(messages, yield_every=64) -> PipelineStats`` -- a stream (an iterable
+      of messages, or an async feed of records), then reconcile;
+    * ``record_stages(enabled=True) -> StageRecorder | None`` -- time every stage of
+      every event (:data:`STAGES`; what :class:`gpu_trader.metrics.PipelineMetrics` exports);
     * ``await drain()`` -- wait until no order is in flight;
     * ``await reconcile()`` -- drain, then have the manager reconcile with the venues;
     * ``await close()`` -- shutdown: reconcile, then stop the manager's background queries;
@@ -185,19 +215,27 @@ class TradingPipeline:
         self._next_reconcile = (math.inf if self.reconcile_every_s is None
                                 else time.monotonic() + self.reconcile_every_s)
         self._reconciling: asyncio.Task | None = None
+        self._recorder: StageRecorder | None = None
 
     # -- one event -------------------------------------------------------------------
-    def on_tick(self, data: bytes | str):
-        """Process one tick message; returns the :class:`~gpu_trader.orders.Order` handed to
-        the manager, a :class:`~gpu_trader.marketdata.MessageRejection` (bad tick; ``index`` is the
-        event number), an :class:`~gpu_trader.orders.OrderRejection` (the risk check refused the
+    def on_tick(self, data: bytes | str | Tick):
+        """Process one tick: a message (parsed and validated) or a decoded
+        :class:`~gpu_trader.marketdata.Tick` record (not parsed again; its fields are
+        validated by the bar step, a symbol that is not a ``str`` is ``invalid_field``).
+        Returns the :class:`~gpu_trader.orders.Order` handed to the manager, a
+        :class:`~gpu_trader.marketdata.MessageRejection` (bad tick; ``index`` is the event
+        number), an :class:`~gpu_trader.orders.OrderRejection` (the risk check refused the
         order) or ``None``. Never raises."""
         stats = self.stats
         index = stats.events
         stats.events = index + 1
         try:
-            tick = parse_tick(data)
-            bar = self._agg.update(tick.symbol, tick.ts, tick.price, tick.size)
+            rec = self._recorder
+            if rec is None:
+                tick = _tick_record(data) if type(data) is Tick else parse_tick(data)
+                bar = self._agg.update(tick.symbol, tick.ts, tick.price, tick.size)
+            else:
+                bar = self._timed_bar_update(data, rec, index)
         except MarketDataError as exc:
             return self._reject(index, exc.reason, str(exc))
         except Exception as exc:  # anything else a message can provoke: refuse it, keep going
@@ -206,6 +244,28 @@ class TradingPipeline:
         if bar is None:
             return None
         return self._on_bar(bar.symbol, bar.close)
+
+    def _timed_bar_update(self, data, rec: StageRecorder, index: int):
+        """``on_tick``'s parse and bar steps, each timed (a refusal too; see :meth:`record_stages`)."""
+        pending = rec.pending  # StageRecorder.lap, inlined: this runs for every tick
+        t = _clock()
+        try:
+            if type(data) is Tick:
+                tick = _tick_record(data)
+            else:
+                try:
+                    tick = parse_tick(data)
+                finally:
+                    t1 = _clock()
+                    pending[_PARSE].append(t1 - t)
+                    t = t1
+            try:
+                return self._agg.update(tick.symbol, tick.ts, tick.price, tick.size)
+            finally:
+                pending[_BAR].append(_clock() - t)
+        finally:  # every event, a refused one too: a stream of bad messages must not grow the lists
+            if not index & _FOLD_MASK:
+                rec.fold()
 
     def _reject(self, index: int, reason: str, message: str) -> MessageRejection:
         _bump(self.stats.rejected, reason)
@@ -217,11 +277,22 @@ class TradingPipeline:
         """A completed bar of symbol ``sid``: mark, signal, decide (never raises)."""
         try:
             self.stats.bars += 1
+            rec = self._recorder
+            if rec is not None:
+                t = _clock()
             name = self.symbols[sid]
             self.portfolio.mark(name, close)
             if self._sink is not None:
                 self._sink(name, close)
-            signal = float(self._streams[sid].update(close).sum())
+            if rec is not None:
+                t = rec.lap(_MARK, t)
+            stream = self._streams[sid]
+            values = stream.features(close)
+            if rec is not None:
+                t = rec.lap(_FEATURES, t)
+            signal = float(stream.signals(values).sum())
+            if rec is not None:
+                rec.lap(_SIGNAL, t)
             self._maybe_reconcile()
             if sid in self._inflight:
                 self._deferred[sid] = (signal, close)
@@ -233,15 +304,22 @@ class TradingPipeline:
             return None
 
     def _decide(self, sid: int, signal: float, close: float):
+        rec = self._recorder
+        if rec is not None:
+            t = _clock()
         name = self.symbols[sid]
         out = order_for_signal(name, signal, close, portfolio=self.portfolio, limits=self.limits,
                                unit_quantity=self.unit_quantity, pending=self.manager.exposure(name))
+        if rec is not None:
+            t = rec.lap(_RISK, t)
         if out is None:
             return None
         if isinstance(out, OrderRejection):
             _bump(self.stats.risk_rejected, out.code)
             return out
         self._send(sid, out, close, 0)
+        if rec is not None:
+            rec.lap(_ORDER, t)
         self.stats.orders += 1
         return out
 
@@ -279,24 +357,81 @@ class TradingPipeline:
         (>= 0) raises :class:`~gpu_trader.marketdata.MarketDataError` (``invalid_field``)."""
         return [self._on_bar(bar.symbol, bar.close) for bar in self._agg.flush(now)]
 
-    async def run(self, messages: Iterable[bytes | str], *, yield_every: int = 64) -> PipelineStats:
-        """Process a stream of tick messages, yielding to the event loop after every
+    async def run(self, messages: Iterable[bytes | str | Tick] | AsyncIterable, *,
+                  yield_every: int = 64) -> PipelineStats:
+        """Process a stream of ticks, yielding to the event loop after every
         ``yield_every`` events (so broker tasks progress; an int >= 1), then
-        :meth:`reconcile` (which drains first). Returns :attr:`stats`. ``messages`` is an
-        iterable of messages: one ``bytes``/``str`` message is a ``TypeError`` (its
-        iteration would yield ints or characters)."""
+        :meth:`reconcile` (which drains first). Returns :attr:`stats`.
+
+        ``messages`` is either an iterable of tick messages or
+        :class:`~gpu_trader.marketdata.Tick` records, each an event (:meth:`on_tick`; one
+        ``bytes``/``str`` message is a ``TypeError``: its iteration would yield ints or
+        characters), or an **async iterable** of records (``async for``, e.g. a live
+        feed): tick messages and ``Tick`` records are events; any other record (a quote,
+        a bar, ...) is counted by type name in ``stats.skipped`` and skipped (the
+        pipeline trades on bars of trades; a quote does not move them). The feed ending
+        ends the run; an exception it raises propagates after nothing more is read."""
         yield_every = check_count(yield_every, "yield_every", 1)
-        on_tick = self.on_tick
+        if hasattr(type(messages), "__aiter__"):
+            await self._run_feed(messages, yield_every)
+        else:
+            on_tick = self.on_tick
+            k = 0
+            for data in iter_messages(messages):
+                on_tick(data)
+                k += 1
+                if k == yield_every:
+                    k = 0
+                    self._maybe_reconcile()
+                    await asyncio.sleep(0)
+        await self.reconcile()
+        return self.stats
+
+    async def _run_feed(self, feed: AsyncIterable, yield_every: int) -> None:
+        """:meth:`run`'s loop over an async feed of records."""
+        on_tick, skipped = self.on_tick, self.stats.skipped
         k = 0
-        for data in iter_messages(messages):
-            on_tick(data)
+        async for record in feed:
+            if not isinstance(record, _EVENT_TYPES):
+                _bump(skipped, type(record).__name__)
+                continue
+            on_tick(record)
             k += 1
             if k == yield_every:
                 k = 0
                 self._maybe_reconcile()
                 await asyncio.sleep(0)
-        await self.reconcile()
-        return self.stats
+
+    def record_stages(self, enabled: bool = True, *, buckets: Sequence[float] = DEFAULT_BUCKETS_S,
+                      window: int = FOLD_EVERY) -> StageRecorder | None:
+        """Time each stage of every later event into a
+        :class:`~gpu_trader.metrics.StageRecorder` (returned; the one
+        already recording is returned as is, its ``buckets``/``window`` unchanged), or
+        stop (``enabled=False``; returns ``None``). The stages (:data:`STAGES`):
+        ``parse`` (JSON decode + validation: every message, refused or not; not run for
+        a ``Tick`` record), ``bar`` (bar aggregation: every parsed tick, refused or not),
+        ``mark`` (portfolio mark and ``quote_sink`` at a completed bar), ``features``
+        (the strategy's streaming features advanced by the bar), ``signal`` (the signal
+        rules on those features), ``risk`` (the pre-trade check of a decision, deferred ones included) and
+        ``order`` (the hand-off of an order to the manager). A later stage cut short by
+        an exception (a bug, counted in ``errors``) records nothing. Cost: three clock
+        reads and two list appends per tick (about 0.5 us at p50 on a 2-core CPU: the
+        end-to-end bench's ``metrics_cost_p50_s``); none when off. ``TypeError`` for an
+        ``enabled`` that is not a bool, ``TypeError``/``ValueError`` for bad ``buckets`` or
+        ``window`` (checked even when a recorder is kept)."""
+        if not check_flag(enabled, "enabled"):
+            self._recorder = None
+            return None
+        if self._recorder is None:
+            self._recorder = StageRecorder(STAGES, buckets=buckets, window=window)
+        else:  # kept as it is, but a bad argument is still an error, never silently ignored
+            check_options(buckets, window)
+        return self._recorder
+
+    @property
+    def stage_recorder(self) -> StageRecorder | None:
+        """The recorder of :meth:`record_stages`, or ``None`` when stages are not timed."""
+        return self._recorder
 
     async def drain(self) -> None:
         """Wait until every order handed to the manager (deferred ones included) has settled."""

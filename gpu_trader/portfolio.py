@@ -31,11 +31,13 @@ import numpy as np
 
 from .backend import resolve
 from .commissions import NO_COMMISSION, CommissionModel, commission_for
+from ._internal import sizing_xp
 from ._internal.position_loops import fill_step
 from ._internal.validation import check_count, nonnegative_number, positive_number, real_number
 from .profiling import annotate, annotate_methods
 
-__all__ = ["Position", "PortfolioSnapshot", "Portfolio", "batch_apply_fills", "batch_pnl"]
+__all__ = ["Position", "PortfolioSnapshot", "BookExposure", "Portfolio", "batch_apply_fills", "batch_pnl",
+           "batch_exposure"]
 
 
 def _check_symbol(symbol, name: str = "symbol") -> str:
@@ -128,6 +130,25 @@ class PortfolioSnapshot:
             return None
         return Position(symbol, float(self.quantities[i]), float(self.avg_costs[i]),
                         float(self.last_prices[i]), float(self.position_realized[i]))
+
+
+@dataclass(frozen=True, slots=True)
+class BookExposure:
+    """Exposure metrics of one book at its last prices (:meth:`Portfolio.exposure_metrics`).
+
+    ``gross`` ``sum |q * last|`` and ``net`` ``sum q * last`` (currency); ``equity`` ``cash +
+    net``; ``leverage`` ``gross / equity`` (NaN when ``equity <= 0``); ``buying_power``
+    ``max(max_leverage * equity - gross, 0)``; ``weights`` symbol -> ``q * last / equity``
+    (NaN when ``equity <= 0``) for every non-zero position; ``positions`` their count.
+    """
+
+    gross: float
+    net: float
+    equity: float
+    leverage: float
+    buying_power: float
+    weights: Mapping[str, float]
+    positions: int
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -302,6 +323,26 @@ class Portfolio:
             if bad is None or not bad.any():
                 return ()
             return tuple(self._symbols[i] for i in np.flatnonzero(bad))
+
+    def position_count(self) -> int:
+        """Number of non-zero positions (flat slots kept in the book are not counted). A
+        lock-free read like :meth:`quantity` (one vectorized pass over the slots): the
+        pre-trade check of ``RiskLimits.max_positions``."""
+        return int(np.count_nonzero(self._q[: len(self._symbols)]))
+
+    def exposure_metrics(self, max_leverage: float = 1.0) -> BookExposure:
+        """Gross and net exposure, equity, leverage, buying power under ``max_leverage``
+        (a real > 0), weights and position count of the book at its last prices, under
+        the lock (one consistent view): :class:`BookExposure`, the one-book form of
+        :func:`batch_exposure`."""
+        lev = positive_number(max_leverage, "max_leverage")
+        with self._lock:  # copy the view, compute outside: fills never wait on the arithmetic
+            n = len(self._symbols)
+            symbols, q, last, cash = self._symbols[:n], self._q[:n].copy(), self._last[:n].copy(), self._cash
+        m = sizing_xp.exposure(np, q[None, :], last, np.array([cash]), lev)
+        weights = {s: w for s, w, held in zip(symbols, m["weights"][0].tolist(), q.tolist()) if held}
+        return BookExposure(float(m["gross"][0]), float(m["net"][0]), float(m["equity"][0]),
+                            float(m["leverage"][0]), float(m["buying_power"][0]), weights, int(m["positions"][0]))
 
     # -- write -----------------------------------------------------------------------
     def mark(self, symbol: str, price: float) -> None:
@@ -565,3 +606,31 @@ def batch_pnl(quantities, avg_costs, prices, *, backend=None):
     if p.dtype != q.dtype:
         q, a, p = (x.astype(be.xp.float64) for x in (q, a, p))
     return be.ops("portfolio").mark_to_market(q, a, p)
+
+
+@annotate
+def batch_exposure(quantities, prices, cash, *, max_leverage=1.0, backend=None):
+    """Exposure metrics of many books at once.
+
+    ``quantities`` ``(B, n)`` (signed units), ``prices`` ``(n,)`` or ``(B, n)``, ``cash``
+    ``(B,)`` (or a number); ``max_leverage`` a real > 0. Returns a dict of arrays on the
+    backend: ``gross``, ``net``, ``equity``, ``leverage``, ``buying_power`` float64 ``(B,)``,
+    ``weights`` float64 ``(B, n)`` and ``positions`` int64 ``(B,)``, defined as in
+    :class:`BookExposure` (:func:`gpu_trader._internal.sizing_xp.exposure`). A NaN price
+    makes the sums of every book NaN (holding that asset or not, as in :func:`batch_pnl`);
+    ``equity <= 0`` gives NaN leverage and weights. Inputs (read-only, float32, non-contiguous accepted)
+    are never modified.
+    """
+    from .sizing import batch_arrays
+
+    lev = positive_number(max_leverage, "max_leverage")
+    quantities, prices, cash = _values(quantities, prices, cash)
+    xp, (q, p, c) = batch_arrays({"quantities": quantities, "prices": prices, "cash": cash}, backend,
+                                  broadcast=False)
+    if getattr(q, "ndim", 0) != 2:
+        raise ValueError(f"quantities must be (n_books, n_assets), got shape {getattr(q, 'shape', ())}")
+    if getattr(p, "shape", None) not in ((q.shape[1],), q.shape):
+        raise ValueError(f"prices must be ({q.shape[1]},) or {q.shape}, got shape {getattr(p, 'shape', ())}")
+    if getattr(c, "shape", (q.shape[0],)) != (q.shape[0],):
+        raise ValueError(f"cash must be a number or ({q.shape[0]},), got shape {c.shape}")
+    return sizing_xp.exposure(xp, q, p, c, lev)

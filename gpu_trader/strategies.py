@@ -473,7 +473,8 @@ class StrategyStream:
     ``update(close_row) -> int8 array``: ``close_row`` is the new bar's closes, shape
     ``(n_symbols,)`` (a float when ``n_symbols == 1``); returns the signals of that
     bar, ``(n_symbols,)`` for a single strategy (``Strategy.stream``) or
-    ``(n_strategies, n_symbols)`` for a runner, a fresh array each call. It keeps
+    ``(n_strategies, n_symbols)`` for a runner, a fresh array each call; it is
+    ``signals(features(close_row))``, the two steps callable apart (e.g. to time them). It keeps
     :class:`gpu_trader.FeatureStream` state (O(window) floats per symbol) and equals the
     batch signals at every bar. ``warmup(history)`` feeds ``(n_symbols, T)`` closes at
     once (returns the last bar's signals); ``reset()`` forgets everything.
@@ -499,21 +500,31 @@ class StrategyStream:
     def reset(self) -> None:
         self._features.reset()
 
-    def _signals(self, values) -> np.ndarray:
+    def signals(self, values=None) -> np.ndarray:
+        """The signals of the latest bar from its feature ``values`` (what :meth:`features`
+        returned; ``None``: the stream's current values): the second half of :meth:`update`."""
         feats = self._feats
+        if values is None:
+            values = self._features.values
         for i, key in enumerate(self._keys):
             feats[i] = _stream_feature(values, key)
         out = np.empty((len(self.names), self.n_symbols), dtype=np.int8)
         self._signals_now(*self._rules, self._close, feats, out)
         return out[0] if self._squeeze else out
 
-    def update(self, close_row) -> np.ndarray:
+    def features(self, close_row) -> dict:
+        """Advance the streaming features by one bar (the first half of :meth:`update`;
+        ``update(row) == signals(features(row))``): returns the features' values (a dict of
+        ``(n_symbols,)`` arrays, valid until the next call)."""
         row = close_row
         if type(row) is not np.ndarray or row.dtype.kind not in "fiub":  # the plain cases stay cheap
             row = np.array(row) if type(row) is float else host_rows(row, "close_row")
         values = self._features.update(row)
         self._close[:] = row
-        return self._signals(values)
+        return values
+
+    def update(self, close_row) -> np.ndarray:
+        return self.signals(self.features(close_row))
 
     def warmup(self, history) -> np.ndarray:
         """Feed closes ``(n_symbols, T)`` (``(T,)`` when ``n_symbols == 1``; a DataFrame has time
@@ -524,4 +535,4 @@ class StrategyStream:
         values = self._features.warmup({"close": hist})
         if hist.shape[-1]:
             self._close[:] = hist[:, -1]
-        return self._signals(values)
+        return self.signals(values)

@@ -85,7 +85,7 @@ from ._internal.stream_input import host_rows
 from ._internal.indicator_specs import BBANDS, INPUT_FIELDS, MACD, SPECS
 from .indicators import feature_keys, field_keys, is_mapping, normalize_spec
 from .profiling import annotate_methods
-from ._internal.validation import check_allocation, check_count
+from ._internal.validation import check_allocation, check_count, check_out_array
 
 __all__ = ["FeatureStream"]
 
@@ -246,15 +246,7 @@ class FeatureStream:
 
     def _check_out(self, out) -> None:
         """``TypeError``/``ValueError`` naming ``out`` unless it can receive an update's values."""
-        if type(out) is not _NDARRAY:
-            raise TypeError(f"out must be a numpy.ndarray (float64, shape {self._out_shape}), "
-                            f"got {type(out).__name__}")
-        if out.dtype != _F8:
-            raise TypeError(f"out must be a native-byte-order float64 array, got dtype {out.dtype}")
-        if out.shape != self._out_shape:
-            raise ValueError(f"out must have shape (len(keys), n_symbols) = {self._out_shape}, got {out.shape}")
-        if not out.flags.writeable:
-            raise ValueError("out must be writeable (it receives the values), got a read-only array")
+        check_out_array(out, self._out_shape, "(len(keys), n_symbols)")
 
     def _close_only_error(self, arg: str, shape: str) -> str:
         others = sorted({fn for fn, _ in self.spec.values() if INPUT_FIELDS[fn] != ("close",)})

@@ -287,9 +287,9 @@ def _registered(name):
 
 def test_each_backend_declares_its_areas():
     cpu, cuda, jax = (_registered(n) for n in ("cpu", "cuda", "jax"))
-    assert len(bk.AREAS) == 9 and bk.AREAS == bk.DISPATCHED_AREAS | {"streaming"}
+    assert len(bk.AREAS) == len(bk.DISPATCHED_AREAS) + 2 and bk.AREAS == bk.DISPATCHED_AREAS | {"streaming", "risk_stream"}
     assert cpu.areas == bk.AREAS
-    assert cuda.areas == bk.AREAS - {"streaming"}
+    assert cuda.areas == bk.AREAS - {"streaming", "risk_stream"}
     assert jax.areas == {"indicators", "risk", "correlation", "montecarlo"}
     assert all(cpu.supports(area) for area in bk.AREAS)
     assert not cuda.supports("streaming") and not jax.supports("vectors") and not cpu.supports("scan")
@@ -320,7 +320,7 @@ def test_every_area_counts_the_dispatched_areas_only(monkeypatch):
 
 def test_area_errors_name_the_backends_that_have_it():
     message = (r"^backend 'cuda' does not implement streaming \(it implements correlation, indicators, marketdata, "
-               r"montecarlo, portfolio, risk, strategies, vectors\); use backend= one of cpu$")
+               r"montecarlo, portfolio, risk, sizing, strategies, vectors\); use backend= one of cpu$")
     with pytest.raises(bk.AreaNotImplemented, match=message):
         _registered("cuda").ops("streaming")
     with pytest.raises(ValueError, match="unknown area 'indicator'; the areas are correlation, indicators") as info:

@@ -265,6 +265,8 @@ from .driver import run as run
 from .shared import *
 import numpy
 CHUNKS_IN_FLIGHT, MERGE_SCRATCH = 1, True
+FUSED_MAX_ROWS, CHUNK_BYTES, normals_at = 0, None, None
+def project(seed, first, rows, bt, dtype, dof): pass
 BLOCK: int = 256
 __all__ = ["scatter_add"]
 try:
@@ -291,9 +293,11 @@ async def tail_update(vals, idx, loss, first): pass
 
 def test_protocol_members_lists_methods_and_attributes():
     members = protocol_members(areas.MontecarloOps)
-    assert set(members) == {"xp", "BLOCK", "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH", "run", "map_chunks", "normals",
-                            "option_pnl", "tail_update", "scatter_add"}
-    assert members["BLOCK"] is None
+    assert set(members) == {"xp", "BLOCK", "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH", "FUSED_MAX_ROWS", "CHUNK_BYTES",
+                            "normals_at", "run", "map_chunks", "normals", "project", "option_pnl", "tail_update",
+                            "scatter_add"}
+    assert members["BLOCK"] is None and members["normals_at"] is None
+    assert list(members["project"].parameters) == ["seed", "first", "rows", "bt", "dtype", "dof"]
     assert list(members["tail_update"].parameters) == ["vals", "idx", "loss", "first"]
 
 
@@ -325,3 +329,26 @@ def test_isinstance_check_fails_for_a_module_missing_a_name():
     assert not isinstance(partial, areas.PortfolioOps)
     partial.mark_to_market = cpu.mark_to_market
     assert isinstance(partial, areas.PortfolioOps)
+
+
+def test_montecarlo_driver_uses_only_what_the_protocol_declares():
+    """``montecarlo_xp`` reaches its backend as ``ops.NAME`` (or ``self.ops.NAME``) for declared names only,
+    never through ``getattr`` (an optional attribute a backend forgot would silently change the policy)."""
+    from gpu_trader._internal import montecarlo_xp
+
+    tree = ast.parse(inspect.getsource(montecarlo_xp))
+    used, probed = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            base = node.value
+            if (isinstance(base, ast.Name) and base.id == "ops") or (
+                    isinstance(base, ast.Attribute) and base.attr == "ops"):
+                used.add(node.attr)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+            arg = node.args[0]
+            if isinstance(arg, ast.Name) and arg.id == "ops" or isinstance(arg, ast.Attribute) and arg.attr == "ops":
+                probed.append(ast.unparse(node))
+    declared = set(protocol_members(areas.MontecarloOps))
+    assert not probed, probed
+    assert used - declared == set(), used - declared
+    assert {"FUSED_MAX_ROWS", "CHUNK_BYTES", "normals_at", "project"} <= used

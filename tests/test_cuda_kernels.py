@@ -53,6 +53,8 @@ INDICATORS = {
     "vwap": ("hlcv", [(1,), (10,)]),
 }
 SCAN = [name for name in INDICATORS if name != "stoch"]
+AFFINE = ["ema", "rsi", "macd", "atr", "obv"]  # the single-pass scan (the others are windowed: phase 3 only)
+THREE_PHASE = ["ema", "macd"]  # simulator cases that force the three-phase scan
 N_OUT = {"macd": 3, "bollinger": 3, "stoch": 2}
 
 
@@ -106,11 +108,21 @@ def build_cases():
                 if dtype is np.float64:
                     cases[f"{name}-{dt}-scan2"] = dict(base, inputs=inputs(long2), path="scan", chunk=50,
                                                        pair_block=32, tpb=128)
+                if name in THREE_PHASE and dtype is np.float64:
+                    # the three-phase scan the single pass replaced (kept for comparison and benches)
+                    cases[f"{name}-{dt}-scan1-3phase"] = dict(cases[f"{name}-{dt}-scan1"], single_pass=False)
     return cases
 
 
 def run_case(case, xp, compute_xp, executor):
     exe = executor(xp, case["tpb"])
+    if "single_pass" in case:  # a scan forced to one algorithm: the scan glue, not compute_xp's policy
+        from gpu_trader.kernels import indicators as ki
+        from gpu_trader.kernels.scan import scan_compute
+
+        return scan_compute(case["name"], [xp.asarray(a) for a in case["inputs"]], xp.asarray(case["params"]),
+                            case["n_out"], xp, ki.IndicatorLauncher(exe), case["chunk"], case["pair_block"],
+                            single_pass=case["single_pass"])
     kwargs = {}
     if case["pair_block"] is not None:
         kwargs["pair_block"] = case["pair_block"]
@@ -167,16 +179,19 @@ def test_rows_never_read_past_the_series_end(name):
 
 
 # -- twin: the scan bodies compiled for the CPU -------------------------------------------
-@pytest.mark.parametrize("case_id", [k for k in CASES if "-scan" in k])
+@pytest.mark.parametrize("case_id", [k for k in CASES if "-scan" in k and "3phase" not in k])
 def test_twin_scan_matches_cpu(case_id):
+    """Both scans of the affine recurrences (single pass, three phases), the windowed scan."""
     from gpu_trader.cpu_fallback.scan import twin_compute
     from gpu_trader.kernels.scan import PAIR_BLOCK
 
     case = CASES[case_id]
-    with np.errstate(all="ignore"):
-        got = twin_compute(case["name"], case["inputs"], case["params"], case["n_out"],
-                           chunk=case["chunk"], pair_block=case["pair_block"] or PAIR_BLOCK)
-    assert_close_to_cpu(got, cpu_reference(case))
+    ref = cpu_reference(case)
+    for single_pass in ((True, False) if case["name"] in AFFINE else (None,)):
+        with np.errstate(all="ignore"):
+            got = twin_compute(case["name"], case["inputs"], case["params"], case["n_out"], chunk=case["chunk"],
+                               pair_block=case["pair_block"] or PAIR_BLOCK, single_pass=single_pass)
+        assert_close_to_cpu(got, ref)
 
 
 def test_twin_scan_atr_window_one_inf_at_chunk_boundaries():
@@ -208,10 +223,13 @@ def test_twin_scan_short_series(name, n_bars):
     inputs = [data["hlcv".index(k)] for k in pick]
     params = np.array(grid, dtype=np.float64).reshape(len(grid), -1)
     case = dict(name=name, inputs=inputs, params=params, n_out=N_OUT.get(name, 1))
+    ref = cpu_reference(case)
     for chunk in (1, 3):
-        with np.errstate(all="ignore"):
-            got = twin_compute(name, inputs, params, case["n_out"], chunk=chunk, pair_block=2)
-        assert_close_to_cpu(got, cpu_reference(case))
+        for single_pass in ((True, False) if name in AFFINE else (None,)):
+            with np.errstate(all="ignore"):
+                got = twin_compute(name, inputs, params, case["n_out"], chunk=chunk, pair_block=2,
+                                   single_pass=single_pass)
+            assert_close_to_cpu(got, ref)
 
 
 @pytest.mark.parametrize("name", SCAN)
@@ -252,15 +270,81 @@ def test_path_choice_and_chunk_length():
     assert not scan.use_scan("ema", 1, scan.SCAN_MIN_T - 1)
     assert not scan.use_scan("ema", int(scan.ROWS_MIN_FILL * scan.H100.resident_threads), 10**7)
     assert not scan.use_scan("stoch", 1, 10**7)
-    p = np.array([[20.0]])
-    # one 10M-bar series: ~one chunk per resident thread of an H100
-    L = scan.choose_chunk("ema", p, 1, 10_000_000)
+    p = np.array([[2.0]])
+    # one 10M-bar series, windowed: ~one chunk per resident thread of an H100
+    L = scan.choose_chunk("sma", p, 1, 10_000_000)
     target = scan.H100.resident_threads
     assert scan.MIN_CHUNK <= L and abs(-(-10_000_000 // L) - target) < target // 8
     assert scan.choose_chunk("ema", p, 1, 5000) == scan.MIN_CHUNK
     assert scan.choose_chunk("sma", np.array([[200.0]]), 1, 10**6) == 400
     assert scan.choose_chunk("wma", np.array([[200.0]]), 1, 10**6) == 1600
     assert scan.choose_chunk("ema", p, 1, 10) == 10
+
+
+def test_single_pass_policy_bytes_and_launches():
+    """The affine recurrences take the single-pass scan, its chunks sized for the L2, and the byte
+    model (not a timing) shows what it saves: a float64 EMA moves 2N bytes-equivalents (the
+    batch path's count) instead of the three-phase scan's 3N, in one launch after the first-valid
+    search instead of 5 (phase 1; the carry scan's reduce, serial and expand; phase 3)."""
+    from gpu_trader.kernels import scan
+
+    assert {name for name in SCAN if scan.use_single_pass(name)} == set(AFFINE)
+    assert not scan.use_single_pass("stoch")
+    p = np.array([[20.0]])
+    # the goals' shapes: one float64 indicator on 2000 x 2520, one 10M-bar EMA
+    for n_series, T in ((2000, 2520), (1, 10_000_000)):
+        assert scan.use_scan("ema", n_series, T)
+        L = scan.choose_chunk("ema", p, n_series, T)
+        in_flight = scan.H100.resident_threads * L * 8  # the chunks the threads hold between the two reads
+        assert L == scan.MIN_CHUNK or in_flight <= scan.L2_SHARE * scan.H100.l2_bytes
+        N = n_series * T * 8
+        single = scan.traffic_bytes("ema", n_series, 1, T, 8, "single_pass")
+        assert single == {"kernels": 2 * N, "info": 0, "total": 2 * N}
+        assert scan.traffic_bytes("ema", n_series, 1, T, 8, "scan")["total"] == 3 * N
+        assert scan.traffic_bytes("ema", n_series, 1, T, 8, "rows")["total"] == 2 * N
+        nc = -(-T // L)
+        assert scan.launches("ema", nc, "single_pass") == 2
+        assert scan.launches("ema", nc, "scan") == 6
+    assert scan.launches("macd", 158, "single_pass") == 3 and scan.launches("macd", 158, "scan") == 11
+    # MACD: inputs + 3 outputs, and the float64 line written once and read once (not twice)
+    N = 1000 * 8
+    assert scan.traffic_bytes("macd", 1, 1, 1000, 8, "single_pass")["total"] == 4 * N + 2 * N
+    assert scan.traffic_bytes("macd", 1, 1, 1000, 8, "scan")["total"] == 5 * N + 3 * N
+    # windowed: one phase-3 launch either way, the same bytes
+    for name in ("sma", "wma", "bollinger", "vwap"):
+        assert scan.traffic_bytes(name, 3, 2, 500, 8, "single_pass") == scan.traffic_bytes(name, 3, 2, 500, 8, "scan")
+        assert scan.launches(name, 10, "single_pass") == scan.launches(name, 10, "scan")
+    with pytest.raises(ValueError, match="path"):
+        scan.traffic_bytes("ema", 1, 1, 10, 8, "chained")
+
+
+def test_scan_glue_launch_sequence():
+    """The steps scan_compute asks of its executor (a recording double): one single-pass launch per
+    affine pass, or phase 1 + carry scan + phase 3; counts equal :func:`launches`."""
+    from gpu_trader.cpu_fallback.scan import CpuScanExecutor
+    from gpu_trader.kernels import scan
+
+    class Recording(CpuScanExecutor):
+        def __init__(self):
+            self.steps = []
+
+        def __getattribute__(self, attr):
+            if attr in ("phase1", "phase3", "single_pass", "pairs_reduce", "pairs_expand", "pairs_serial"):
+                object.__getattribute__(self, "steps").append(attr)
+            return object.__getattribute__(self, attr)
+
+    x = np.ascontiguousarray(random_ohlcv(2, 600, 4)[2])
+    for name, params in (("ema", [[10.0]]), ("macd", [[12.0, 26.0, 9.0]]), ("sma", [[5.0]])):
+        nc = 600 // 20
+        for single_pass in (True, False):
+            exe = Recording()
+            scan.scan_compute(name, [x], np.array(params), N_OUT.get(name, 1), np, exe, chunk=20, pair_block=4,
+                              single_pass=single_pass)
+            path = "single_pass" if single_pass else "scan"
+            assert len(exe.steps) == scan.launches(name, nc, path, pair_block=4), (name, path, exe.steps)
+            if single_pass and name != "sma":
+                assert exe.steps.count("single_pass") == N_OUT.get(name, 1) // 2 + 1
+                assert "pairs_serial" not in exe.steps and exe.steps.count("phase3") == 0
 
 
 def test_scan_names_are_the_indicators_with_scan_bodies():
@@ -414,6 +498,9 @@ def _ptx_indicators(exe):
     from gpu_trader.kernels import indicators as ki
 
     for case_id, case in CASES.items():
+        if case_id == "macd-float64-scan1-3phase":  # the three-phase steps (single_pass=False)
+            run_case(case, np, ki.compute_xp, lambda xp, tpb: exe)
+            continue
         if not (case_id.endswith("float64-rows") or case_id.endswith("float64-scan1")
                 or case_id.endswith("float32-rows") or case_id == "macd-float32-scan1"):
             continue
@@ -453,10 +540,19 @@ def _ptx_montecarlo(exe):
     o.update(under=np.zeros(2, np.int64), is_call=np.ones(2, bool), n=2)
     for dt in (np.float64, np.float32):
         g.option_pnl(np.ones((1, 4), dt), o, dt, exe=exe)
+        g.tail_update(np.full((2, 4), -np.inf, dt), np.full((2, 4), -1), np.ones((2, 8), dt), 0, exe=exe)
+
+
+def _ptx_sizing(exe):
+    from gpu_trader.kernels.sizing import rolling_extreme_xp, trailing_stop_xp
+
+    p, start = np.ones((3, 8)), np.zeros(3, np.int64)
+    trailing_stop_xp(np, p, None, start, 0.05, 0.0, False)
+    rolling_extreme_xp(np, p, 3, False)
 
 
 _PTX_DRIVERS = {"indicators": _ptx_indicators, "marketdata": _ptx_marketdata, "strategies": _ptx_strategies,
-                "portfolio": _ptx_portfolio, "montecarlo": _ptx_montecarlo}
+                "portfolio": _ptx_portfolio, "montecarlo": _ptx_montecarlo, "sizing": _ptx_sizing}
 
 
 def _ptx_main():

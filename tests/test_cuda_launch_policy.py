@@ -54,9 +54,14 @@ def test_policy_fills_an_h100_where_the_batch_path_cannot():
     for name in scan_loops.SCAN_NAMES:
         assert scan.use_scan(name, 2000, 2520, H100), name
     L = scan.choose_chunk("ema", np.array([[20.0]]), 2000, 2520, H100)
-    assert L == 19 and abs(2000 * -(-2520 // L) - H100.resident_threads) < H100.resident_threads // 8
-    # one 10M-bar series: about one chunk per resident thread
-    L = scan.choose_chunk("ema", np.array([[20.0]]), 1, 10_000_000, H100)
+    # about one chunk per resident thread (19 bars), capped so that the chunks in flight in the
+    # single-pass scan fit L2_SHARE of the L2 (18 bars: 270,336 x 18 x 8 B = 39 MB of 50 MiB)
+    assert L == 18 and abs(2000 * -(-2520 // L) - H100.resident_threads) < H100.resident_threads // 8
+    assert H100.resident_threads * L * 8 <= scan.L2_SHARE * H100.l2_bytes
+    # one 10M-bar series: the same cap (two waves of chunks); a windowed indicator, no carry:
+    # about one chunk per resident thread
+    assert scan.choose_chunk("ema", np.array([[20.0]]), 1, 10_000_000, H100) == 18
+    L = scan.choose_chunk("sma", np.array([[2.0]]), 1, 10_000_000, H100)
     assert abs(-(-10_000_000 // L) - H100.resident_threads) < H100.resident_threads // 8
     # enough rows to fill the device: the batch path (one pass, no carries)
     assert not scan.use_scan("ema", H100.resident_threads, 2520, H100)
@@ -70,8 +75,11 @@ def test_policy_follows_the_device_not_a_fixed_row_count():
     assert scan.use_scan("ema", rows, 2520, H100)
     assert not scan.use_scan("ema", rows, 2520, small)
     # the chunk gives the small device about one thread per resident slot too
-    L = scan.choose_chunk("ema", np.array([[20.0]]), 100, 100_000, small)
+    L = scan.choose_chunk("sma", np.array([[20.0]]), 100, 100_000, small)
     assert L == -(-(100 * 100_000) // small.resident_threads)
+    # the single pass: its in-flight chunks capped to the L2 share (here below the fill length)
+    L = scan.choose_chunk("ema", np.array([[20.0]]), 100, 100_000, small)
+    assert L == int(scan.L2_SHARE * small.l2_bytes) // (small.resident_threads * 8) < 2442
     # windowed indicators: at least 2 windows (8 for WMA) per chunk, never longer than T
     assert scan.choose_chunk("sma", np.array([[200.0]]), 1, 10**6, small) == max(400, -(-10**6 // 4096))
     assert scan.choose_chunk("wma", np.array([[50.0]]), 1, 300, small) == 300
@@ -195,13 +203,18 @@ def test_a_fixed_carry_block_would_cost_more_launches():
     from gpu_trader.kernels import indicators as ki
 
     counts = {}
-    for blk in (None, scan.PAIR_BLOCK):
+    x = _inputs("ema", 1, 1_000_000)
+    for blk in (None, scan.PAIR_BLOCK):  # the three-phase scan (the single pass has no carry scan)
         exe = NoRunExecutor(DeviceXp())
         with np.errstate(invalid="ignore"):  # nothing ran: the buffers hold garbage
-            ki.compute_xp("ema", _inputs("ema", 1, 1_000_000), np.array([[10.0]]), 1, xp=np, exe=exe,
-                          pair_block=blk)
+            scan.scan_compute("ema", x, np.array([[10.0]]), 1, np, ki.IndicatorLauncher(exe), pair_block=blk,
+                              single_pass=False)
         counts[blk] = len(exe.launches)
     assert counts[None] == 6 and counts[scan.PAIR_BLOCK] == 10, counts
+    exe = NoRunExecutor(DeviceXp())
+    with np.errstate(invalid="ignore"):
+        ki.compute_xp("ema", x, np.array([[10.0]]), 1, xp=np, exe=exe)
+    assert len(exe.launches) == 2, exe.launches  # the first-valid search, the single pass
 
 
 @pytest.fixture
@@ -264,6 +277,7 @@ class FootprintExecutor:
     def __init__(self, inputs):
         self.inputs = inputs
         self.footprint = 0
+        self.single_passes = 0
 
     def _run(self, body, nthreads, args):
         for x in self.inputs:
@@ -277,6 +291,14 @@ class FootprintExecutor:
 
     def phase3(self, code, nthreads, *args):
         self._run(scan_loops.PHASE3[code], nthreads, args)
+
+    def single_pass(self, code, nthreads, *args):
+        """The single-pass launch: the CPU twin's driver (look-back in thread order) as plain Python."""
+        from gpu_trader.cpu_fallback.scan import _cpu_driver
+
+        drive = _cpu_driver("single_pass", code).py_func
+        self._run(lambda j, *a: drive(nthreads, *a), 1, args)
+        self.single_passes += 1
 
     def pairs_reduce(self, nthreads, *args):
         self._run(scan_loops.pairs_reduce, nthreads, args)
@@ -313,11 +335,12 @@ class AllocatingXp:
         return self._new(shape, dtype, 0)
 
 
+@pytest.mark.parametrize("path", ["scan", "single_pass"])
 @pytest.mark.parametrize("name", ["ema", "rsi", "atr", "obv", "sma", "wma", "bollinger", "vwap", "macd"])
-def test_traffic_model_is_the_scans_footprint(name):
-    """The model's input bytes are the distinct items each launch of the scan reads; every
-    output item is written exactly once, in the result itself; nothing but the result (and
-    MACD's line) is input-sized."""
+def test_traffic_model_is_the_scans_footprint(name, path):
+    """The model's input bytes are the distinct items each launch of the scan reads (the single
+    pass reads its chunk twice in one launch: once from DRAM); every output item is written
+    exactly once, in the result itself; nothing but the result (and MACD's line) is input-sized."""
     from gpu_trader.cpu_fallback import indicators as cpu
 
     n, T, chunk = 2, 96, 16
@@ -327,14 +350,17 @@ def test_traffic_model_is_the_scans_footprint(name):
     inputs = [CountingArray(a) for a in raw]
     xp, exe = AllocatingXp(), FootprintExecutor(inputs)
     with np.errstate(all="ignore"):
-        out = scan.scan_compute(name, inputs, params, SPECS[name][2], xp, exe, chunk)
+        out = scan.scan_compute(name, inputs, params, SPECS[name][2], xp, exe, chunk,
+                                single_pass=path == "single_pass")
         ref = cpu.compute(name, raw, params, SPECS[name][2])
     assert out is xp.result
     np.testing.assert_allclose(out.a, ref, rtol=1e-12, atol=1e-12 * np.nanmax(np.abs(ref)), equal_nan=True)
     np.testing.assert_array_equal(out.writes, 1)
+    assert exe.single_passes == (0 if path == "scan" or name in scan_loops.WINDOWED_NAMES else
+                                 2 if name == "macd" else 1)
     n_out = SPECS[name][2]
-    line = 3 * n * T * 8 if name == "macd" else 0
-    model = scan.traffic_bytes(name, n, 1, T, 8, "scan")
+    line = (3 if path == "scan" else 2) * n * T * 8 if name == "macd" else 0
+    model = scan.traffic_bytes(name, n, 1, T, 8, path)
     # the launches' distinct input items: the model's passes, less the bars before each
     # series' first output that phase 1 / phase 3 skip, plus the first-valid search
     # (about one item per chunk)
@@ -360,10 +386,11 @@ def test_first_valid_search_reads_about_one_bar_per_chunk():
 
 
 def test_traffic_model_passes_per_call():
-    """2000 x 2520 float64 EMA on the scan: 3 passes (phase 1 read, phase 3 read + write); the
-    batch path 2 (one read, one write)."""
+    """2000 x 2520 float64 EMA on the three-phase scan: 3 passes (phase 1 read, phase 3 read +
+    write); the single-pass scan and the batch path 2 (one read, one write)."""
     N = 2000 * 2520 * 8
     assert scan.traffic_bytes("ema", 2000, 1, 2520, 8, "scan")["total"] == 3 * N
+    assert scan.traffic_bytes("ema", 2000, 1, 2520, 8, "single_pass")["total"] == 2 * N
     assert scan.traffic_bytes("rsi", 2000, 1, 2520, 4, "rows")["total"] == 2 * N // 2
     # windowed indicators read once: SMA's scan is a copy plus its non-finite search
     assert scan.traffic_bytes("sma", 2000, 1, 2520, 8, "scan")["total"] == 3 * N

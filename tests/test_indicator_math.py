@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from gpu_trader._internal import indicator_loops
+from gpu_trader._internal.indicator_specs import SPECS
 
 SPECIAL = [0.0, -0.0, 1.0, -2.5, 1e-300, 3e300, math.inf, -math.inf, math.nan]
 
@@ -132,14 +133,21 @@ def test_has_nan2_sees_a_nan_in_either_input_from_begin_on(dtype):
                     assert compiled(a, b, begin) == expected
 
 
+# parameter sets of the four-series bodies' test: period 1 (a copy), short and usual windows;
+# MACD with fast > slow (swapped) and signal 1 (a copy of the line)
+FOUR_SERIES_PARAMS = {
+    "ema": [(1,), (2,), (14,)],
+    "rsi": [(2,), (14,)],
+    "macd": [(12, 26, 9), (5, 3, 1), (2, 4, 3), (1, 1, 1)],
+}
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("name", ["ema", "rsi"])
+@pytest.mark.parametrize("name", sorted(FOUR_SERIES_PARAMS))
 def test_four_series_bodies_equal_the_row_body_bit_for_bit(name, dtype):
     """The CPU driver's interleaved bodies (dispatch4) give each series exactly what its row
     body gives: series starting at different bars (late listings), all-NaN and too-short
     series (the whole group falls back), interior NaNs and infinities, period 1."""
-    from gpu_trader._internal.indicator_specs import SPECS
-
     code = SPECS[name][0]
     row = getattr(indicator_loops, f"{name}_row")
 
@@ -170,13 +178,48 @@ def test_four_series_bodies_equal_the_row_body_bit_for_bit(name, dtype):
                 x[i, T // 2] = np.nan
             elif kind == 6:
                 x[i, T // 2] = np.inf
-        for period in ([1, 2, 14] if name == "ema" else [2, 14]):
-            params = np.array([float(period)])
-            got = np.full((1,) + x.shape, -1.0, dtype=dtype)
+        for values in FOUR_SERIES_PARAMS[name]:
+            params = np.array(values, dtype=np.float64)
+            got = np.full((SPECS[name][2],) + x.shape, -1.0, dtype=dtype)
             want = np.full_like(got, -1.0)
             assert four(x, params, got)
             one(x, params, want)
-            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{T=} {period=}")
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{T=} {values=}")
     sma_code = SPECS["sma"][0]
     assert not numba.njit(lambda x, p, o: indicator_loops.dispatch4(sma_code, x, 0, p, o))(
         x, np.array([3.0]), np.empty((1,) + x.shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stoch_smooth_equals_two_sma_passes_bit_for_bit(dtype):
+    """stoch_smooth (both of TA_STOCH's SMAs in one loop, %D overwriting the staged raw %K behind
+    slow %K's window) stores exactly what the two ma_into passes store from its first output on,
+    for any first bar and periods >= 2, with NaNs and infinities in the raw %K (a NaN poisons
+    both running sums from there on), and in float32 (each stage rounded on store)."""
+
+    @numba.njit
+    def fused(out, first_k, slowk, slowd):
+        indicator_loops.stoch_smooth(out, first_k, slowk, slowd)
+
+    @numba.njit
+    def two_passes(out, first_k, slowk, slowd):
+        indicator_loops.ma_into(out[1], first_k, slowk, out, 0)
+        indicator_loops.ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
+
+    rng = np.random.default_rng(11)
+    for T in (3, 4, 9, 40, 257):
+        raw = rng.uniform(0.0, 100.0, T)
+        if T > 9:
+            raw[T // 2] = np.nan if T % 2 else np.inf
+        for slowk, slowd in ((2, 2), (3, 3), (2, 7), (7, 2), (5, 4)):
+            for first_k in sorted({0, 1, T // 3}):
+                start = first_k + slowk + slowd - 2
+                if start >= T:
+                    continue
+                got = np.full((2, T), -1.0, dtype=dtype)
+                got[1] = raw
+                want = got.copy()
+                fused(got, first_k, slowk, slowd)
+                two_passes(want, first_k, slowk, slowd)
+                np.testing.assert_array_equal(got[:, start:].view(np.uint8), want[:, start:].view(np.uint8),
+                                              err_msg=f"{T=} {slowk=} {slowd=} {first_k=}")

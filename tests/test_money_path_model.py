@@ -8,13 +8,16 @@ meddler that corrupts answers and pushes (another order's id, the wrong side, an
 over-fill, a negative or non-finite quantity, an unknown status, stale and repeated
 acks), time passing (background status queries and cancels, late answers) and
 reconciliations. Every kind of limit is configured at once: position quantity, position
-notional, order quantity and buying power (cash). After every step:
+notional, order quantity, buying power (cash) and, in some runs, the number of positions
+(``max_positions`` 1 over the two symbols). After every step:
 
 * limits: the booked position plus every pending order on either side stays within the
   position quantity limit and, at the lowest reference price an order may name, the
   notional limit; the venue's own position stays within the quantity limit; and the
   buying power is never spent twice: cash (gross of commissions) covers the buying power
   reserved by orders in flight (every fill is at the order's reference price or better);
+  with ``max_positions``, the symbols held or with orders in flight, and the venue's
+  non-zero positions, never outnumber it;
 * each venue fill is booked exactly once: no order's booked quantity exceeds what the
   venue filled, and each symbol's position is the sum of what the reports say was booked;
 * cash equals the initial cash minus the booked fills' notional minus commissions, and
@@ -149,14 +152,15 @@ class MoneyPath(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 2**16), partial=st.sampled_from([0.0, 0.5]), limit=st.sampled_from([6, 10, 15]),
                 notional=st.sampled_from([90.0, 200.0, math.inf]), cash=st.sampled_from([150.0, 400.0, 1e6]),
-                resolve=st.sampled_from([0, 3]))
-    def start(self, seed, partial, limit, notional, cash, resolve):
-        self.limit, self.notional, self.cash = limit, notional, cash
+                resolve=st.sampled_from([0, 3]), max_positions=st.sampled_from([None, 1]))
+    def start(self, seed, partial, limit, notional, cash, resolve, max_positions):
+        self.limit, self.notional, self.cash, self.max_positions = limit, notional, cash, max_positions
         self.venue = SimulatedBroker("venue", latency_s=0.0005, hang_s=0.05, seed=seed, partial_rate=partial,
                                      prices=dict(SYMBOLS))
         self.broker = Meddler(self.venue, seed, self.orders)
         self.pf = Portfolio(cash, commission=PercentageCommission(RATE))
-        limits = RiskLimits(max_position_quantity=limit, max_position_notional=notional, max_order_quantity=5)
+        limits = RiskLimits(max_position_quantity=limit, max_position_notional=notional, max_order_quantity=5,
+                            max_positions=max_positions)
         self.m = OrderManager(self.broker, portfolio=self.pf, limits=limits, timeout_s=0.01, max_retries=1,
                               failure_threshold=10**6, resolve_backoff_s=0.002,
                               resolve_attempts=resolve)  # 0: only resubmits and reconcile() resolve
@@ -308,6 +312,11 @@ class MoneyPath(RuleBasedStateMachine):
             assert abs(venue_pos[s]) <= self.limit + TOL  # what the venue really holds
         reserved = self.m.exposure("A").buying_power
         assert self.pf.cash + self.pf.commissions - reserved >= -TOL  # buying power never spent twice
+        if self.max_positions is not None:  # positions held or that orders in flight may open
+            exposures = {s: self.m.exposure(s) for s in SYMBOLS}
+            may_hold = [s for s, e in exposures.items() if self.pf.quantity(s) or e.buy or e.sell]
+            assert len(may_hold) <= self.max_positions
+            assert sum(1 for s in SYMBOLS if abs(venue_pos[s]) > TOL) <= self.max_positions
 
     @invariant()
     def a_cancelled_order_is_never_sent_again(self):

@@ -41,7 +41,7 @@ import gpu_trader as gt
 from gpu_trader.cpu_fallback import montecarlo as cpu_mc
 from gpu_trader.kernels import montecarlo as gpu_mc
 from gpu_trader._internal import philox_loops
-from gpu_trader._internal.montecarlo_xp import band_for, merge_tail, merge_tail_candidates
+from gpu_trader._internal.montecarlo_xp import band_for, gemm_projection, merge_tail, merge_tail_candidates
 
 AREA = "montecarlo"  # the backends that implement it run these tests (conftest.py)
 
@@ -193,13 +193,16 @@ def test_black_scholes_shared_math_matches_scipy():
 def test_chunk_size_does_not_change_the_result(backend, dist, dof):
     w, mu, cov = random_problem(p=2, seed=5)
     book = gt.EuropeanOptions(quantity=[5.0, 1.0, -3.0, 10.0, 2.0], **BOOK)
-    runs = [gt.var_monte_carlo(w, mu, cov, n_scenarios=30_000, seed=3, dist=dist, dof=dof, options=book,
-                               chunk_size=c, backend=backend) for c in (1, 5000, 30_000, None)]
+    # one-scenario chunks and a ragged last chunk where chunks are cheap (cpu); jax compiles
+    # once per chunk shape, so there two shapes
+    sizes = (1, 2500, 6_000, None) if backend == "cpu" else (2000, 6_000, None)
+    runs = [gt.var_monte_carlo(w, mu, cov, n_scenarios=6_000, seed=3, dist=dist, dof=dof, options=book,
+                               chunk_size=c, backend=backend) for c in sizes]
     for r in runs[1:]:
         for f in ("var", "cvar", "var_se", "contributions", "option_contributions"):
             np.testing.assert_allclose(gt.to_numpy(getattr(r, f)), gt.to_numpy(getattr(runs[0], f)), rtol=1e-12,
                                        err_msg=f)
-    other = gt.var_monte_carlo(w, mu, cov, n_scenarios=30_000, seed=4, dist=dist, dof=dof, backend=backend)
+    other = gt.var_monte_carlo(w, mu, cov, n_scenarios=6_000, seed=4, dist=dist, dof=dof, backend=backend)
     assert not np.allclose(gt.to_numpy(other.var), gt.to_numpy(runs[0].var), rtol=1e-6)
 
 
@@ -398,6 +401,9 @@ class _HostGpuRandom:
     BLOCK = gpu_mc.BLOCK
     CHUNKS_IN_FLIGHT = 1
     MERGE_SCRATCH = True
+    FUSED_MAX_ROWS = 0
+    CHUNK_BYTES = None
+    normals_at = None
     map_chunks = staticmethod(gpu_mc.map_chunks)
     option_pnl = staticmethod(cpu_mc.option_pnl)
     scatter_add = staticmethod(cpu_mc.scatter_add)
@@ -409,6 +415,10 @@ class _HostGpuRandom:
         g = np.empty(rows)
         cls.draw(*gpu_mc._key(seed), first, z, 0.0 if dof is None else float(dof), g)
         return z.astype(dtype), (None if dof is None else g.astype(dtype))
+
+    @classmethod
+    def project(cls, seed, first, rows, bt, dtype, dof):
+        return gemm_projection(cls.normals, seed, first, rows, bt, dtype, dof)
 
     @staticmethod
     def tail_update(vals, idx, loss, first):
@@ -531,9 +541,11 @@ def test_gpu_kernels_compile_to_ptx():
         o.update(under=np.zeros(2, np.int64), is_call=np.ones(2, bool), n=2)
         g.option_pnl(np.ones((1, 4)), o, np.float64, exe=exe)
         g.normals_at(1, np.array([7, 3]), 5, np.float64, 4.0, exe=exe)
+        for dt in (np.float64, np.float32):
+            g.tail_update(np.full((2, 4), -np.inf, dt), np.full((2, 4), -1), np.ones((2, 8), dt), 0, exe=exe)
         names = sorted({k.split(".")[0] for k in exe.ptx})
-        assert names == ["_normals_kernel", "_pnl_kernel", "_project_kernel", "_t_factor_kernel"], names
-        assert len(exe.ptx) == 8 and all(".entry" in v for v in exe.ptx.values())
+        assert names == ["_merge_kernel", "_normals_kernel", "_pnl_kernel", "_project_kernel", "_t_factor_kernel"], names
+        assert len(exe.ptx) == 10 and all(".entry" in v for v in exe.ptx.values())
         fused = [v for k, v in exe.ptx.items() if k.startswith("_project_kernel") and "float64" in k]
         assert all("fma.rn.f64" in v for v in fused)
     """)
@@ -554,8 +566,14 @@ def _simulated() -> dict:
     class Ops:
         xp = np
         BLOCK = cpu_mc.BLOCK
+        CHUNKS_IN_FLIGHT = 1
+        MERGE_SCRATCH = True
+        FUSED_MAX_ROWS = 0
+        CHUNK_BYTES = None
+        normals_at = None
         map_chunks = staticmethod(gpu_mc.map_chunks)
         normals = staticmethod(cpu_mc.normals)
+        project = staticmethod(cpu_mc.project)
         option_pnl = staticmethod(gpu_mc.option_pnl)
         scatter_add = staticmethod(cpu_mc.scatter_add)
 
@@ -588,13 +606,14 @@ def _simulated() -> dict:
         err = np.abs(np.asarray(sim[key]) - val).max() / np.abs(val).max()
         out["max_rel"] = max(out["max_rel"], float(err))
 
-    class GpuGemm(Ops):
+    class GpuGemm(Ops):  # the GPU module's primitives on NumPy, its projection by normals + GEMM
         BLOCK = gpu_mc.BLOCK
         normals = staticmethod(functools.partial(gpu_mc.normals, xp=np))
+        project = staticmethod(functools.partial(gemm_projection, functools.partial(gpu_mc.normals, xp=np)))
         normals_at = staticmethod(gpu_mc.normals_at)
         tail_update = staticmethod(functools.partial(merge_tail_candidates, np))
 
-    class GpuFused(GpuGemm):
+    class GpuFused(GpuGemm):  # ... and its fused projection kernel
         FUSED_MAX_ROWS = gpu_mc.FUSED_MAX_ROWS
         project = staticmethod(gpu_mc.project)
 
@@ -608,6 +627,33 @@ def _simulated() -> dict:
             out["max_rel_gpu_random"] = max(out["max_rel_gpu_random"], float(err))
     assert eng.fused(GpuFused, plan.weights.shape[0] + plan.options.assets.shape[0])
     assert pub  # the public module is importable under the simulator
+    out.update(_simulated_tail_merge())
+    return out
+
+
+def _simulated_tail_merge() -> dict:
+    """The GPU tail-merge kernel (one block per portfolio) against the array formulation
+    ``merge_tail_candidates`` (NumPy), chunk by chunk: ties, NaN, inf, float32, a first chunk
+    whose candidates overflow the shared buffer several times; launches counted per chunk."""
+    from gpu_trader.kernels.launch import CudaExecutor, LaunchRecorder
+
+    rng = np.random.default_rng(5)
+    out = {"merge_mismatch": [], "merge_launches": []}
+    for dt in (np.float64, np.float32):
+        P, m, rows, n_chunks = 2, 30, 500, 2
+        data = rng.standard_normal((P, rows * n_chunks)).astype(dt)
+        data[0, ::7] = np.round(data[0, ::7])  # ties, within and across chunks
+        data[1, 5], data[1, 10] = np.nan, np.inf
+        ref_v, ref_i = np.full((P, m), -np.inf, dt), np.full((P, m), -1, np.int64)
+        got_v, got_i = ref_v.copy(), ref_i.copy()
+        rec = LaunchRecorder(CudaExecutor(np, 64))
+        for c in range(n_chunks):
+            loss = data[:, c * rows:(c + 1) * rows]
+            ref_v, ref_i = merge_tail_candidates(np, ref_v, ref_i, loss, c * rows)
+            got_v, got_i = gpu_mc.tail_update(got_v, got_i, loss, c * rows, exe=rec)
+        if not (np.array_equal(got_v, ref_v) and np.array_equal(got_i, ref_i)):
+            out["merge_mismatch"].append(np.dtype(dt).name)
+        out["merge_launches"].append(len(rec.launches) / n_chunks)
     return out
 
 
@@ -619,6 +665,7 @@ def test_gpu_module_under_cuda_simulator(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["merge_mismatch"] == [] and result["merge_launches"] == [1, 1], result  # one launch a chunk
     assert result["max_rel"] < 1e-9 and result["max_rel_gpu_random"] < 1e-9, result
 
 

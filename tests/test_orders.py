@@ -1801,3 +1801,83 @@ def test_overflowing_notionals_and_str_subclasses_in_limits():
     m = OrderManager(SimulatedBroker())
     with pytest.raises(TypeError, match="symbol"):
         m.exposure(["X"])
+
+
+# -- max positions ------------------------------------------------------------------------------
+def test_max_positions_counts_held_positions_and_pending_openings():
+    pf = Portfolio(1e6)
+    for s in ("A", "B"):
+        pf.apply_fill(s, 10.0, 10.0)
+    pf.apply_fill("C", 5.0, 10.0)
+    pf.apply_fill("C", -5.0, 10.0)  # flat again: its slot is not a position
+    assert pf.position_count() == 2
+    limits = RiskLimits(max_positions=3)
+    assert validate_order(market_order("D", "buy", 1), pf, limits, 10.0) is None
+    assert validate_order(market_order("D", "sell", 1), pf, limits, 10.0) is None  # a short counts too
+    r = validate_order(market_order("D", "buy", 1), pf, limits, 10.0, Exposure(new_positions=1))
+    assert r.code == "max_positions" and "max_positions 3" in r.reason
+    # adding to, reducing or flipping a held position never needs a new slot
+    for o in (market_order("A", "buy", 5), market_order("A", "sell", 30)):
+        assert validate_order(o, pf, RiskLimits(max_positions=2), 10.0, Exposure(new_positions=5)) is None
+    # a flat symbol with orders in flight is already counted among them
+    assert validate_order(market_order("D", "buy", 1), pf, limits, 10.0, Exposure(buy=1.0, new_positions=1)) is None
+    assert validate_order(market_order("D", "buy", 1), None, RiskLimits(max_positions=1), 10.0) is None
+    for bad in (Exposure(new_positions=-1), Exposure(new_positions=1.5)):
+        assert validate_order(market_order("D", "buy", 1), pf, limits, 10.0, bad).code == "invalid"
+    assert validate_order(market_order("D", "buy", 1), pf, RiskLimits(), 10.0, Exposure(new_positions=-1)) is None
+    assert RiskLimits(max_positions=np.int64(1000)).max_positions == 1000
+    for bad, exc in ((0, ValueError), (True, TypeError), (2.0, TypeError), ("1000", TypeError)):
+        with pytest.raises(exc, match="max_positions"):
+            RiskLimits(max_positions=bad)
+
+
+def test_max_positions_counts_orders_in_flight_submitted_together():
+    async def go():
+        prices = {f"S{i}": 10.0 for i in range(6)}
+        b = SimulatedBroker("a", latency_s=0.0, prices=prices)
+        pf = Portfolio(1e6)
+        pf.apply_fill("S0", 1.0, 10.0)
+        m = OrderManager(b, portfolio=pf, limits=RiskLimits(max_positions=3))
+        resting = [limit_order(s, "buy", 1, 5.0) for s in prices]  # below the market: they rest
+        reports = await m.submit_many(resting)
+        assert [r.status for r in reports] == [OPEN] * 3 + [REJECTED] * 3  # S0 held, S1 and S2 may open
+        assert {r.code for r in reports[3:]} == {"max_positions"}
+        assert (await m.submit(limit_order("S1", "buy", 1, 5.0))).status == OPEN  # S1 already counted
+        assert (await m.cancel(resting[1].client_order_id)).status == CANCELLED
+        assert (await m.submit(limit_order("S3", "buy", 1, 5.0))).status == REJECTED  # S1 still pending
+        for r in reports[:3]:
+            await m.cancel(r.client_order_id)
+        for o in m.open_orders():
+            await m.cancel(o)
+        assert (await m.submit(market_order("S4", "buy", 1), price=10.0)).status == FILLED
+        assert pf.position_count() == 2
+        many = await m.submit_many([market_order(f"S{i}", "buy", 1) for i in (1, 2, 3)], prices=[10.0] * 3)
+        assert [r.status for r in many] == [FILLED, REJECTED, REJECTED] and pf.position_count() == 3
+
+    run(go())
+
+
+def test_manager_exposure_counts_pending_openings_for_the_pipelines_check():
+    async def go():
+        prices = {f"S{i}": 10.0 for i in range(4)}
+        pf = Portfolio(1e6)
+        limits = RiskLimits(max_positions=2)
+        m = OrderManager(SimulatedBroker("a", latency_s=0.0, prices=prices), portfolio=pf, limits=limits)
+        for s in ("S0", "S1"):  # two resting orders in flat symbols: both may open
+            assert (await m.submit(limit_order(s, "buy", 1, 5.0))).status == OPEN
+        e = m.exposure("S2")
+        assert e.new_positions == 2  # was 0: the public view dropped the count
+        # the pipeline's pre-trade check, given the manager's view, refuses as the manager would
+        out = order_for_signal("S2", 1.0, 10.0, portfolio=pf, limits=limits, pending=e)
+        assert isinstance(out, OrderRejection) and out.code == "max_positions"
+        assert OrderManager(SimulatedBroker(), portfolio=pf).exposure("S2").new_positions == 0  # no limit: no pass
+        # the admission pass over the symbols in flight runs only where the check reads it
+        calls = []
+        position = m._reservations._position
+        m._reservations._position = lambda s: calls.append(s) or position(s)
+        pf.apply_fill("S3", 1.0, 10.0)
+        assert (await m.submit(limit_order("S3", "buy", 1, 5.0))).status == OPEN  # held: adds, no count
+        assert (await m.submit(limit_order("S0", "buy", 1, 5.0))).status == OPEN  # in flight: no count
+        assert calls.count("S1") == 0
+
+    run(go())

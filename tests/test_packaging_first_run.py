@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from gpu_trader._internal import jit
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benches" / "gpu_first_run.sh"
 STEPS = ("env", "install", "smoke", "tests", "bench", "mc")
@@ -39,6 +41,8 @@ def test_shellcheck_finds_nothing():
 def test_dry_run_writes_every_output(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    if jit.cache_dir() is not None:  # reuse this session's compiled kernels (the script's default is a fresh one)
+        env[jit.ENV_VAR] = os.path.dirname(jit.cache_dir())
     proc = subprocess.run(["bash", str(SCRIPT), "--dry"], env=env, capture_output=True, text=True, timeout=600)
     summary = (out / "summary.txt").read_text()
     assert proc.returncode == 0, summary + "".join((out / f"{s}.log").read_text()[-1500:] for s in STEPS)

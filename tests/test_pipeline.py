@@ -11,6 +11,7 @@ those orders and end with those positions and that cash.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import msgspec
 import numpy as np
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from gpu_trader import TradingPipeline
 from gpu_trader.brokers import SimulatedBroker
-from gpu_trader.marketdata import MessageRejection, aggregate_bars
+from gpu_trader.marketdata import MessageRejection, Quote, Tick, aggregate_bars
 from gpu_trader.order_manager import OrderManager
 from gpu_trader.orders import FILLED, Order, OrderRejection, RiskLimits
 from gpu_trader.portfolio import Portfolio
@@ -541,3 +542,109 @@ def test_close_with_orders_in_flight_settles_them_and_leaves_nothing_running(del
     want_pos, want_cash = venue_book(inner, CASH, NAMES)
     assert any(want_pos.values()) and positions(pipe) == pytest.approx(want_pos)
     assert pipe.portfolio.cash == pytest.approx(want_cash, abs=1e-6)
+
+
+# -- decoded Tick records and async feeds ---------------------------------------------
+T0_NS = 1_700_000_000_000_000_000
+
+
+def ticks_and_records(seed: int):
+    """The same ticks as messages and as decoded :class:`Tick` records."""
+    ticks = make_ticks(seed, n=300)
+    return [encode(t) for t in ticks], [Tick(NAMES[t[0]], *t[1:]) for t in ticks]
+
+
+def test_tick_records_trade_exactly_like_their_messages():
+    async def drive(events):
+        pipe, _ = make_pipeline(MOMENTUM)
+        outs = []
+        for e in events:
+            out = pipe.on_tick(e)
+            outs.append((out.symbol, out.side, out.quantity) if isinstance(out, Order) else type(out).__name__)
+            await pipe.drain()
+        return outs, {n: pipe.portfolio.quantity(n) for n in NAMES}, pipe.stats
+
+    messages, records = ticks_and_records(5)
+    a = asyncio.run(drive(messages))
+    b = asyncio.run(drive(records))
+    assert a[0] == b[0] and a[1] == b[1]
+    assert (a[2].events, a[2].accepted, a[2].bars, a[2].orders) == (b[2].events, b[2].accepted, b[2].bars,
+                                                                    b[2].orders)
+
+
+@pytest.mark.parametrize("record, reason", [
+    (Tick(0, T0_NS, 10.0, 1.0), "invalid_field"),  # a symbol id, not a name
+    (Tick("AAA", T0_NS, math.nan, 1.0), "invalid_field"),
+    (Tick("AAA", T0_NS, 10.0, -1.0), "invalid_field"),
+    (Tick("AAA", -5, 10.0, 1.0), "invalid_field"),
+    (Tick("ZZZ", T0_NS, 10.0, 1.0), "unknown_symbol"),
+])
+def test_bad_tick_records_are_rejections_with_or_without_timing(record, reason):
+    for timed in (False, True):
+        pipe, _ = make_pipeline(MOMENTUM)
+        pipe.record_stages(timed)
+        out = pipe.on_tick(record)
+        assert isinstance(out, MessageRejection) and out.reason == reason
+        assert pipe.stats.rejected == {reason: 1} and pipe.stats.accepted == 0
+
+
+def test_run_from_an_async_feed_skips_other_records_by_type():
+    messages, records = ticks_and_records(7)
+    quote = Quote("AAA", T0_NS, 99.0, 101.0, 1.0, 1.0)
+
+    async def feed():
+        for i, (m, r) in enumerate(zip(messages, records)):
+            if i % 4 == 0:
+                yield quote
+            if i % 7 == 0:
+                yield {"not": "a tick"}
+            yield r if i % 2 else m
+
+    async def main():
+        pipe, _ = make_pipeline(MOMENTUM)
+        stats = await pipe.run(feed(), yield_every=16)
+        ref, _ = make_pipeline(MOMENTUM)
+        ref_stats = await ref.run(messages, yield_every=16)  # the same events, the same yields
+        return pipe, stats, ref, ref_stats
+
+    pipe, stats, ref, ref_stats = asyncio.run(main())
+    assert stats.skipped == {"Quote": 75, "dict": 43}
+    assert (stats.events, stats.accepted, stats.bars, stats.orders) == (
+        ref_stats.events, ref_stats.accepted, ref_stats.bars, ref_stats.orders)
+    assert {n: pipe.portfolio.quantity(n) for n in NAMES} == {n: ref.portfolio.quantity(n) for n in NAMES}
+
+
+def test_a_failing_feed_propagates_its_error():
+    async def feed():
+        yield Tick("AAA", T0_NS, 10.0, 1.0)
+        raise ConnectionError("feed lost")
+
+    pipe, _ = make_pipeline(MOMENTUM)
+    with pytest.raises(ConnectionError, match="feed lost"):
+        asyncio.run(pipe.run(feed()))
+    assert pipe.stats.events == 1
+
+
+def test_timed_stages_stay_bounded_on_a_stream_of_malformed_messages():
+    """Every event folds on its turn, a refused one too: before the fix the fold ran only after the bar
+    step, so a stream of unparsable messages grew the parse stage's pending list without bound."""
+    from gpu_trader._internal.stage_latency import FOLD_EVERY
+
+    pipe, _ = make_pipeline(MOMENTUM)
+    rec = pipe.record_stages()
+    n = FOLD_EVERY + 5  # the old code left all of them pending
+    for _ in range(n):
+        pipe.on_tick(b"not json")
+    assert pipe.stats.rejected == {"malformed_json": n}
+    assert len(rec.pending[0]) < FOLD_EVERY  # parse samples waiting since the last fold (here 4)
+    assert rec.histogram("parse").count == n and rec.histogram("bar").count == 0
+
+
+def test_record_stages_checks_its_arguments_even_when_a_recorder_is_kept():
+    pipe, _ = make_pipeline(MOMENTUM)
+    rec = pipe.record_stages()
+    with pytest.raises(TypeError, match="buckets"):
+        pipe.record_stages(buckets="1e-6")  # was silently ignored: the kept recorder was returned
+    with pytest.raises(ValueError, match="window"):
+        pipe.record_stages(window=0)
+    assert pipe.record_stages() is rec and pipe.stage_recorder is rec

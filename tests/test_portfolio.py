@@ -704,3 +704,69 @@ def test_batch_inputs_may_be_arrays_of_str_read_only_arrays_or_iterators():
     with pytest.raises(TypeError, match="symbols"):
         pf.apply_fills((s for s in ["AAA"]), [1.0], [1.0])
     assert _state(pf) == after
+
+
+# -- exposure metrics -----------------------------------------------------------------------
+def _pandas_exposure(q, p, cash, max_leverage):
+    """The oracle, in pandas: position values as a DataFrame (books x assets)."""
+    import pandas as pd
+
+    values = pd.DataFrame(q).mul(pd.DataFrame(np.broadcast_to(p, q.shape)), fill_value=None)
+    gross = values.abs().sum(axis=1, skipna=False)
+    net = values.sum(axis=1, skipna=False)
+    equity = pd.Series(cash) + net
+    live = equity.where(equity > 0)
+    return {"gross": gross, "net": net, "equity": equity, "leverage": gross / live,
+            "buying_power": (max_leverage * equity - gross).clip(lower=0.0).where(equity.notna()),
+            "weights": values.div(live, axis=0), "positions": (pd.DataFrame(q) != 0).sum(axis=1)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 5), st.integers(1, 8), st.sampled_from([1.0, 2.0, 4.0]),
+       st.sampled_from(["float64", "float32"]), st.booleans())
+def test_batch_exposure_matches_pandas(seed, books, n, lev, dtype, per_book_prices):
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-50, 50, (books, n)).astype(dtype)
+    q[rng.random((books, n)) < 0.3] = 0
+    p = rng.uniform(1, 100, (books, n) if per_book_prices else (n,))
+    p[rng.random(p.shape) < 0.1] = np.nan
+    cash = rng.uniform(-5e3, 1e4, books)
+    qv = q.T.copy().T  # non-contiguous view of the same values
+    qv.flags.writeable = False
+    got = gt.portfolio.batch_exposure(qv, p, cash, max_leverage=lev)
+    ref = _pandas_exposure(q.astype(np.float64), p, cash, lev)
+    for key in ("gross", "net", "equity", "leverage", "buying_power"):
+        np.testing.assert_allclose(got[key], ref[key].to_numpy(), rtol=1e-12, equal_nan=True, err_msg=key)
+    np.testing.assert_allclose(got["weights"], ref["weights"].to_numpy(), rtol=1e-12, equal_nan=True)
+    assert got["positions"].dtype == np.int64 and got["positions"].tolist() == ref["positions"].tolist()
+
+
+def test_portfolio_exposure_metrics_equal_the_batch_form():
+    pf = Portfolio(50_000.0)
+    pf.apply_fill("A", 100, 50.0)
+    pf.apply_fill("B", -200, 20.0)
+    pf.apply_fill("C", 10, 5.0)
+    pf.apply_fill("C", -10, 6.0)
+    pf.mark_many({"A": 55.0, "B": 18.0})
+    m = pf.exposure_metrics(max_leverage=2.0)
+    snap = pf.snapshot()
+    b = gt.portfolio.batch_exposure(snap.quantities[None], snap.last_prices, snap.cash, max_leverage=2.0)
+    assert (m.gross, m.net, m.equity) == (100 * 55.0 + 200 * 18.0, 100 * 55.0 - 200 * 18.0, pf.equity())
+    assert m.leverage == pytest.approx(m.gross / m.equity) and m.positions == 2 == pf.position_count()
+    assert m.buying_power == pytest.approx(2.0 * m.equity - m.gross)
+    assert m.weights == {"A": pytest.approx(5500 / m.equity), "B": pytest.approx(-3600 / m.equity)}
+    for key in ("gross", "net", "equity", "leverage", "buying_power", "positions"):
+        assert float(b[key][0]) == pytest.approx(getattr(m, key), rel=1e-15)
+    with pytest.raises(ValueError, match="max_leverage"):
+        pf.exposure_metrics(0)
+    broke = Portfolio(-10.0)
+    assert math.isnan(broke.exposure_metrics().leverage) and broke.exposure_metrics().buying_power == 0.0
+
+
+def test_batch_exposure_shape_errors():
+    with pytest.raises(ValueError, match="quantities"):
+        gt.portfolio.batch_exposure(np.ones(3), np.ones(3), 1.0)
+    with pytest.raises(ValueError, match="prices"):
+        gt.portfolio.batch_exposure(np.ones((2, 3)), np.ones(2), 1.0)
+    with pytest.raises(ValueError, match="cash"):
+        gt.portfolio.batch_exposure(np.ones((2, 3)), np.ones(3), np.ones(3))

@@ -204,6 +204,14 @@ class DeviceArray(np.ndarray):
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ctypes.data, False), "version": 3}
 
 
+@pytest.fixture(autouse=True)
+def fresh_cuml_lookup():
+    """cuML's import is tried once per process: each test starts (and leaves) with it untried."""
+    rapids._cuml_kmeans_class.cache_clear()
+    yield
+    rapids._cuml_kmeans_class.cache_clear()
+
+
 @pytest.fixture
 def cuml(monkeypatch):
     """A stand-in ``cuml.cluster`` whose KMeans is scikit-learn's, recording its arguments."""
@@ -244,10 +252,15 @@ def test_cuml_kmeans_on_device_data(cuml):
     assert inertia == pytest.approx(d.min(1).sum(), rel=1e-5)
 
 
-def test_cuml_absent_falls_back(monkeypatch):
+def test_cuml_absent_falls_back_and_the_import_is_not_retried(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuml.cluster", None)  # import fails
+    tries = []
+    real = rapids.importlib.import_module
+    monkeypatch.setattr(rapids.importlib, "import_module", lambda name: tries.append(name) or real(name))
     x = np.random.default_rng(2).standard_normal((50, 3)).view(DeviceArray)
     assert rapids.cuml_kmeans(x, 2, 10, 0, 0.0) is None
+    assert rapids.cuml_kmeans(x, 2, 10, 0, 0.0) is None
+    assert tries == ["cuml.cluster"]  # one failed import per process, not one per distill
 
 
 def test_distill_uses_cuml_where_it_answers(monkeypatch):

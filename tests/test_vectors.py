@@ -499,6 +499,32 @@ def test_hnsw_removed_id_added_again_saves_and_loads(tmp_path):
         np.testing.assert_array_equal(got.search(fresh, 1)[1][:, 0], gone)
 
 
+def test_hnsw_many_small_adds_and_removes_keep_ids_and_filter(tmp_path):
+    """Ids stay attached to their vectors across many small adds (the node tables grow in
+    place) with removals in between: every live vector finds itself under its id, no removed
+    id is ever returned, and a save/load round trip keeps both."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(21)
+    index = VectorIndex(8, metric="l2", kind="hnsw")
+    vectors, removed = {}, set()
+    for step in range(40):
+        new_ids = np.arange(step * 7, step * 7 + 7)
+        batch = rng.standard_normal((7, 8)).astype(np.float32) * 10
+        index.add(batch, ids=new_ids)
+        vectors.update(zip(new_ids.tolist(), batch))
+        if step % 3 == 2:
+            gone = rng.choice(sorted(set(vectors) - removed), 4, replace=False)
+            index.remove(gone)
+            removed.update(gone.tolist())
+    live = np.array(sorted(set(vectors) - removed))
+    queries = np.stack([vectors[i] for i in live])
+    index.save(tmp_path / "grown.gtv")
+    for got in (index, VectorIndex.load(tmp_path / "grown.gtv")):
+        _, ids = got.search(queries, 3)
+        np.testing.assert_array_equal(ids[:, 0], live)
+        assert not np.isin(ids, list(removed)).any()
+
+
 def test_hnsw_l2_and_filter_is_exact():
     pytest.importorskip("faiss")
     db = clustered(3000, 32, seed=13)

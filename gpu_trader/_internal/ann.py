@@ -123,8 +123,12 @@ class _Hnsw:
         self._params = params
         self._lock = _ReadWriteLock()
         self._index = self._new_index()
-        self._labels = np.empty(0, np.int64)  # graph node -> user id
-        self._live = np.empty(0, bool)        # graph node -> not removed
+        # graph node -> user id and -> not removed, in buffers grown geometrically (an add copies
+        # O(len(ids)) amortized, not the whole index); the first ``_n`` entries are in use
+        self._labels_buf = np.empty(0, np.int64)
+        self._live_buf = np.empty(0, bool)
+        self._n = 0
+        self._n_removed = 0
         self._search_params = None            # FAISS's search parameters, with the live filter if any node is removed
 
     def _new_index(self):
@@ -133,14 +137,37 @@ class _Hnsw:
         index.hnsw.efSearch = self._params["ef_search"]
         return index
 
+    @property
+    def _labels(self) -> np.ndarray:
+        return self._labels_buf[:self._n]
+
+    @property
+    def _live(self) -> np.ndarray:
+        return self._live_buf[:self._n]
+
+    def _set_nodes(self, labels: np.ndarray, live: np.ndarray) -> None:
+        self._labels_buf, self._live_buf, self._n = labels, live, labels.size
+        self._n_removed = int(labels.size - np.count_nonzero(live))
+
+    def _append_nodes(self, ids: np.ndarray) -> None:
+        n, m = self._n, len(ids)
+        if n + m > self._labels_buf.size:
+            capacity = max(n + m, 2 * self._labels_buf.size, 1024)
+            labels, live = np.empty(capacity, np.int64), np.empty(capacity, bool)
+            labels[:n], live[:n] = self._labels, self._live
+            self._labels_buf, self._live_buf = labels, live
+        self._labels_buf[n:n + m] = ids
+        self._live_buf[n:n + m] = True
+        self._n = n + m
+
     def _refresh_filter(self) -> None:
         """The search parameters: the live nodes as a bitmap selector once a node is removed."""
         faiss = self._faiss
-        if self._live.all():
+        if not self._n_removed:
             self._search_params = None
             return
         bitmap = np.packbits(self._live, bitorder="little")
-        selector = faiss.IDSelectorBitmap(self._live.size, faiss.swig_ptr(bitmap))
+        selector = faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bitmap))
         params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._params["ef_search"])
         params._keep = (bitmap, selector)  # FAISS holds raw pointers to both
         self._search_params = params
@@ -148,13 +175,15 @@ class _Hnsw:
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         with self._lock.write():
             self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-            self._labels = np.concatenate([self._labels, np.asarray(ids, np.int64)])
-            self._live = np.concatenate([self._live, np.ones(len(ids), bool)])
-            self._refresh_filter()
+            self._append_nodes(np.asarray(ids, np.int64))
+            if self._n_removed:  # the bitmap covers the new nodes too
+                self._refresh_filter()
 
     def remove(self, ids: np.ndarray) -> None:
         with self._lock.write():
-            self._live &= ~np.isin(self._labels, ids)
+            live = self._live
+            live &= ~np.isin(self._labels, ids)
+            self._n_removed = int(self._n - np.count_nonzero(live))
             self._refresh_filter()
 
     def search(self, snapshot, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +222,8 @@ class _Hnsw:
         index.hnsw.entry_point, index.hnsw.max_level = graph.entry_point, graph.max_level
         index.ntotal = graph.labels.size
         with self._lock.write():
-            self._index, self._labels, self._live = index, graph.labels, graph.live
+            self._index = index
+            self._set_nodes(graph.labels, graph.live)
             self._refresh_filter()
 
 

@@ -49,6 +49,8 @@ __all__ = [
     "PortfolioOps",
     "StrategiesOps",
     "StreamingOps",
+    "RiskStreamOps",
+    "SizingOps",
 ]
 
 Array = Any
@@ -220,6 +222,18 @@ class MontecarloOps(Protocol):
     MERGE_SCRATCH: bool
     """Whether :meth:`tail_update` builds ``(P, m + rows)`` scratch arrays (a partition merge)
     rather than updating the tail in place (sizes the working-memory estimate)."""
+    FUSED_MAX_ROWS: int
+    """Up to this many GEMM rows ``P + U`` :meth:`project` draws the normals inside its kernel, so a
+    chunk holds no ``(rows, n)`` normals (sizes the chunk and the working-memory estimate); 0 where
+    the backend always draws the normals and multiplies (cpu, jax)."""
+    CHUNK_BYTES: int | None
+    """The memory budget of one chunk's arrays from which the default chunk is sized; None: about
+    ``montecarlo_xp.CHUNK_ELEMENTS`` normals a chunk (cpu, jax)."""
+    normals_at: Callable[..., tuple[Array, Array | None]] | None
+    """``normals_at(seed, scenarios, n, dtype, dof) -> (z, g)``: the normals ``(len(scenarios), n)``
+    and t factors of the given int64 scenario numbers (on the device), for the re-draw of the
+    contribution band scenario by scenario (cuda: exactly the ``P (2 b + 1)`` band rows); None where
+    the streams are per block (cpu, jax): the driver then re-draws the blocks that hold them."""
 
     def run(self, plan: Plan) -> dict[str, Any]:
         """Execute a validated plan: ``var``, ``cvar``, ``se``, ``ci_low``, ``ci_high`` as float64
@@ -237,6 +251,13 @@ class MontecarloOps(Protocol):
         """Standard normals ``(rows, n)`` of ``dtype`` for scenarios ``first .. first + rows - 1``
         (``first`` a multiple of :attr:`BLOCK`) and, for Student-t (``dof`` not None), the
         mixing factors ``sqrt((dof - 2) / chi2_dof)`` ``(rows,)`` (else None)."""
+        ...
+
+    def project(self, seed: int, first: int, rows: int, bt: Array, dtype: Any, dof: float | None) -> Array:
+        """``bt @ z.T`` ``(len(bt), rows)`` times the Student-t factors ``g`` (``dof`` not None) for the
+        normals ``z`` of scenarios ``first ..`` (as :meth:`normals` draws them): by one kernel that
+        draws them in registers where ``len(bt) <= FUSED_MAX_ROWS``, else
+        :func:`gpu_trader._internal.montecarlo_xp.gemm_projection` (normals, then one GEMM)."""
         ...
 
     def option_pnl(self, returns: Array, o: dict[str, Any], dtype: Any) -> Array:
@@ -405,6 +426,74 @@ class StreamingOps(Protocol):
         ...
 
 
+@runtime_checkable
+class SizingOps(Protocol):
+    """``sizing``: position sizing, stop levels and book exposure (cpu, cuda). The sizing and
+    exposure formulas are :mod:`gpu_trader._internal.sizing_xp` run on :attr:`xp`; the time
+    recurrences are the row bodies of :mod:`gpu_trader._internal.stop_loops`. Arrays are
+    C-contiguous float64 ``(R, T)`` (``R`` series, time last)."""
+
+    @property
+    def xp(self) -> Any:
+        """The array module the sizing and exposure formulas compute with (numpy, cupy)."""
+        ...
+
+    def trailing_stop(self, price: Array, atr: Array | None, start: Array, fraction: float, multiple: float,
+                      short: bool) -> Array:
+        """Trailing stop levels ``(R, T)`` float64 of
+        :func:`gpu_trader._internal.stop_loops.trailing_row`: the tightest of ``price * (1 -+
+        fraction) -+ multiple * atr`` since the entry bar ``start`` ``(R,)`` int64 (NaN before
+        it); ``atr`` None: no ATR term."""
+        ...
+
+    def rolling_extreme(self, x: Array, window: int, lowest: bool) -> Array:
+        """Rolling maximum (minimum when ``lowest``) of ``x`` ``(R, T)`` over ``window`` bars,
+        NaN for the first ``window - 1`` bars and for any window holding a NaN: ``(R, T)``."""
+        ...
+
+
+@runtime_checkable
+class RiskStreamOps(Protocol):
+    """``risk_stream``: the compiled kernels of :class:`gpu_trader.risk_stream.RiskStream` (cpu
+    only: host state, one bar at a time). The state (``num``, ``den`` ``(n_assets, n_assets)``,
+    ``g`` ``(G_SIZE,)``, ``book`` ``(n_books, BOOK_SIZE)``, ``ring``, ``srt`` ``(n_books, window)``),
+    the weights in compressed rows (``wptr``, ``widx`` int64, ``wval``) and transposed (``wt``
+    ``(n_assets, n_books)``), the levels ``lv``
+    ``(2, n_levels)`` and ``out`` ``(5 + 4 n_levels, n_books)`` are C-contiguous host float64
+    arrays (but the int64 ``wptr``, ``widx``) laid out as
+    :mod:`gpu_trader._internal.risk_stream_loops` and :mod:`gpu_trader.cpu_fallback.risk_stream`
+    document; the kernels update them in place, allocate nothing and check nothing."""
+
+    G_SIZE: int
+    """Length of ``g``; its slots ``G_DECAY``, ``G_COMMON``, ``G_RF``, ``G_SQRT_PPY`` are set by the caller."""
+    G_DECAY: int
+    G_COMMON: int
+    G_RF: int
+    G_SQRT_PPY: int
+    BOOK_SIZE: int
+    """Columns of ``book``; a fresh book has ``B_WEALTH`` and ``B_PEAK`` 1, ``B_RETURN`` NaN, the rest 0."""
+    B_WEALTH: int
+    B_PEAK: int
+    B_RETURN: int
+
+    def advance_kernel(self, hist: np.ndarray, num: np.ndarray, den: np.ndarray, g: np.ndarray, wptr: np.ndarray,
+                       widx: np.ndarray, wval: np.ndarray, wt: np.ndarray, book: np.ndarray, ring: np.ndarray,
+                       srt: np.ndarray, lv: np.ndarray, out: np.ndarray) -> None:
+        """Feed the bars of ``hist`` (any ``(T, n_assets)`` float64 array, NaN: missing; ``x[None]``
+        for one bar ``x``) to every book in order and write the last bar's metrics into ``out``."""
+        ...
+
+    def reweight_kernel(self, wptr: np.ndarray, widx: np.ndarray, wval: np.ndarray, num: np.ndarray,
+                        den: np.ndarray, g: np.ndarray, book: np.ndarray, srt: np.ndarray, lv: np.ndarray,
+                        out: np.ndarray) -> None:
+        """Restart every book's EWMA variance for new weights and rewrite ``out``."""
+        ...
+
+    def cov_kernel(self, num: np.ndarray, den: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
+        """The EWMA covariance matrix into ``out`` ``(n_assets, n_assets)``."""
+        ...
+
+
 AREA_PROTOCOLS: dict[str, type] = {
     "indicators": IndicatorsOps,
     "risk": RiskOps,
@@ -415,6 +504,8 @@ AREA_PROTOCOLS: dict[str, type] = {
     "portfolio": PortfolioOps,
     "strategies": StrategiesOps,
     "streaming": StreamingOps,
+    "risk_stream": RiskStreamOps,
+    "sizing": SizingOps,
 }
 """Area name -> the protocol its module satisfies (the keys are
 :data:`gpu_trader.backend.AREAS`)."""

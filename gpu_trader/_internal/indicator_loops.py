@@ -7,8 +7,8 @@ time along the view) and writes its outputs into ``out`` (a 2-D view of shape
 CPU backend (``cpu_fallback.indicators``, parallel over series) and by
 ``numba.cuda.jit`` for the GPU backend (``kernels.indicators``, one thread per
 series), and it also runs as ordinary Python (numba's CUDA simulator). The CPU driver
-alone also calls ``dispatch4``: four-series forms (``ema_rows4``, ``rsi_rows4``) of the row
-bodies whose one recurrence's latency bounds them, built from the same seed and bar steps.
+alone also calls ``dispatch4``: four-series forms (``ema_rows4``, ``rsi_rows4``, ``macd_rows4``) of
+the row bodies whose recurrences' latency bounds them, built from the same seed and bar steps.
 
 Semantics are TA-Lib's Python wrapper, operation for operation, in float64:
 
@@ -553,45 +553,111 @@ def rsi_rows4(x, i, params, out):
 
 
 @register_jitable
-def macd_row(x, params, out):
-    """TA_MACD: both EMAs start at the slow EMA's first output (TA-Lib's quirk)."""
+def macd_periods(params):
+    """MACD's (fast, slow, signal) periods; fast and slow swapped when slow < fast (as TA_MACD)."""
     fast = int(params[0])
     slow = int(params[1])
-    signal = int(params[2])
     if slow < fast:
         fast, slow = slow, fast
-    n = x.shape[0]
-    begin = first_valid1(x)
+    return fast, slow, int(params[2])
+
+
+@register_jitable
+def macd_bar(v, ema_fast, ema_slow, sig, k_fast, k_slow, k_sig, signal, out, t):
+    """TA_MACD's step at a bar of value v past the signal's seed: both EMAs and the signal
+    advance, (line, signal, histogram) stored in out[:, t]; returns (ema_fast, ema_slow, sig)."""
+    ema_fast = ema_step(ema_fast, v, k_fast)
+    ema_slow = ema_step(ema_slow, v, k_slow)
+    line = ema_fast - ema_slow
+    sig = line if signal == 1 else ema_step(sig, line, k_sig)  # TA-Lib >= 0.8: period 1 copies
+    out[0, t] = line
+    out[1, t] = sig
+    out[2, t] = line - sig
+    return ema_fast, ema_slow, sig
+
+
+@register_jitable
+def macd_seeded(x, begin, fast, slow, signal, out):
+    """macd_row up to the signal's seed (its bar within x): NaN before it, both EMAs started at
+    the slow EMA's first output (TA-Lib's quirk), the signal seeded with the SMA of the first
+    ``signal`` lines and stored; returns (ema_fast, ema_slow, sig, that bar)."""
     first_macd = begin + slow - 1
     start = first_macd + signal - 1
     for k in range(3):
         fill_nan(out, k, start)
-    if start >= n:
-        return
     k_slow = 2.0 / (slow + 1)
     k_fast = 2.0 / (fast + 1)
-    k_sig = 2.0 / (signal + 1)
     ema_slow = ema_seed(x, begin, slow)
     ema_fast = ema_seed(x, begin + slow - fast, fast)
     sig_total = 0.0
-    sig = 0.0
-    for t in range(first_macd, n):
-        if t > first_macd:
-            v = f64(x[t])
-            ema_fast = ema_step(ema_fast, v, k_fast)
-            ema_slow = ema_step(ema_slow, v, k_slow)
-        line = ema_fast - ema_slow
-        if t < start:
-            sig_total += line
-            continue
-        if t == start:
-            sig_total += line
-            sig = sig_total / signal
-        else:
-            sig = line if signal == 1 else ema_step(sig, line, k_sig)  # TA-Lib >= 0.8: period 1 copies
-        out[0, t] = line
-        out[1, t] = sig
-        out[2, t] = line - sig
+    sig_total += ema_fast - ema_slow
+    for t in range(first_macd + 1, start + 1):
+        v = f64(x[t])
+        ema_fast = ema_step(ema_fast, v, k_fast)
+        ema_slow = ema_step(ema_slow, v, k_slow)
+        sig_total += ema_fast - ema_slow
+    line = ema_fast - ema_slow
+    sig = sig_total / signal
+    out[0, start] = line
+    out[1, start] = sig
+    out[2, start] = line - sig
+    return ema_fast, ema_slow, sig, start
+
+
+@register_jitable
+def macd_row(x, params, out):
+    """TA_MACD: both EMAs start at the slow EMA's first output (TA-Lib's quirk)."""
+    fast, slow, signal = macd_periods(params)
+    n = x.shape[0]
+    begin = first_valid1(x)
+    if begin + slow + signal - 2 >= n:
+        for k in range(3):
+            fill_nan(out, k, n)
+        return
+    k_fast = 2.0 / (fast + 1)
+    k_slow = 2.0 / (slow + 1)
+    k_sig = 2.0 / (signal + 1)
+    ema_fast, ema_slow, sig, start = macd_seeded(x, begin, fast, slow, signal, out)
+    for t in range(start + 1, n):
+        ema_fast, ema_slow, sig = macd_bar(f64(x[t]), ema_fast, ema_slow, sig, k_fast, k_slow, k_sig, signal, out, t)
+
+
+@register_jitable
+def macd_rows4(x, i, params, out):
+    """macd_row over series i .. i+3, as ema_rows4 does it: each brought up to the latest
+    signal seed on its own, then the four series' recurrences in one loop; the same bits."""
+    fast, slow, signal = macd_periods(params)
+    n = x.shape[1]
+    x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+    o0, o1, o2, o3 = out[:, i], out[:, i + 1], out[:, i + 2], out[:, i + 3]
+    b0, b1, b2, b3 = first_valid1(x0), first_valid1(x1), first_valid1(x2), first_valid1(x3)
+    last = max(max(b0, b1), max(b2, b3)) + slow + signal - 2
+    if last >= n:
+        macd_row(x0, params, o0)
+        macd_row(x1, params, o1)
+        macd_row(x2, params, o2)
+        macd_row(x3, params, o3)
+        return
+    kf = 2.0 / (fast + 1)
+    ks = 2.0 / (slow + 1)
+    kg = 2.0 / (signal + 1)
+    f0, s0, g0, t0 = macd_seeded(x0, b0, fast, slow, signal, o0)
+    f1, s1, g1, t1 = macd_seeded(x1, b1, fast, slow, signal, o1)
+    f2, s2, g2, t2 = macd_seeded(x2, b2, fast, slow, signal, o2)
+    f3, s3, g3, t3 = macd_seeded(x3, b3, fast, slow, signal, o3)
+    for t in range(t0 + 1, last + 1):
+        f0, s0, g0 = macd_bar(f64(x0[t]), f0, s0, g0, kf, ks, kg, signal, o0, t)
+    for t in range(t1 + 1, last + 1):
+        f1, s1, g1 = macd_bar(f64(x1[t]), f1, s1, g1, kf, ks, kg, signal, o1, t)
+    for t in range(t2 + 1, last + 1):
+        f2, s2, g2 = macd_bar(f64(x2[t]), f2, s2, g2, kf, ks, kg, signal, o2, t)
+    for t in range(t3 + 1, last + 1):
+        f3, s3, g3 = macd_bar(f64(x3[t]), f3, s3, g3, kf, ks, kg, signal, o3, t)
+    for t in range(last + 1, n):
+        f0, s0, g0 = macd_bar(f64(x0[t]), f0, s0, g0, kf, ks, kg, signal, o0, t)
+        f1, s1, g1 = macd_bar(f64(x1[t]), f1, s1, g1, kf, ks, kg, signal, o1, t)
+        f2, s2, g2 = macd_bar(f64(x2[t]), f2, s2, g2, kf, ks, kg, signal, o2, t)
+        f3, s3, g3 = macd_bar(f64(x3[t]), f3, s3, g3, kf, ks, kg, signal, o3, t)
 
 
 @register_jitable
@@ -756,11 +822,39 @@ def stoch_raw_tracked(high, low, close, begin, first_k, out):
 
 
 @register_jitable
+def stoch_smooth(out, first_k, slowk, slowd):
+    """TA_STOCH's two SMA smoothings (periods >= 2) of the raw %K staged in out[1] from bar
+    ``first_k``: slow %K into out[0], %D of it into out[1], both from bar
+    ``first_k + slowk + slowd - 2`` (earlier bars hold intermediates). The two running sums
+    advance in one loop (their latencies overlap), %D ``slowk - 1`` bars behind slow %K, so it
+    overwrites only raw %K values already out of slow %K's window. The operations of two
+    sma_into passes over the stored (output-dtype) values, so the same bits."""
+    n = out.shape[1]
+    begin_d = first_k + slowk - 1
+    start = begin_d + slowd - 1
+    lag = slowk - 1
+    total_k = 0.0
+    for t in range(first_k, begin_d):
+        total_k += f64(out[1, t])
+    total_d = 0.0
+    for i in range(begin_d, n):
+        total_k, out[0, i] = sma_step(total_k, f64(out[1, i]), f64(out[1, i - lag]), slowk)
+        if i < start:
+            total_d += f64(out[0, i])
+        j = i - lag
+        if j >= start:
+            total_d, out[1, j] = sma_step(total_d, f64(out[0, j]), f64(out[0, j - slowd + 1]), slowd)
+    for j in range(max(n - lag, start), n):
+        total_d, out[1, j] = sma_step(total_d, f64(out[0, j]), f64(out[0, j - slowd + 1]), slowd)
+
+
+@register_jitable
 def stoch_row(high, low, close, params, out):
     """TA_STOCH with SMA smoothing for slow %K and %D.
 
     Raw %K is staged in ``out[1]``, slow %K = SMA(raw %K) goes to ``out[0]``, then
-    %D = SMA(slow %K) overwrites ``out[1]`` (through TA_MA, so period 1 copies).
+    %D = SMA(slow %K) overwrites ``out[1]`` (through TA_MA, so period 1 copies; with both
+    periods >= 2 the two SMAs run in one loop, stoch_smooth).
     """
     fastk = int(params[0])
     slowk = int(params[1])
@@ -777,8 +871,11 @@ def stoch_row(high, low, close, params, out):
         stoch_raw_direct(high, low, close, first_k, fastk, out)
     else:
         stoch_raw_tracked(high, low, close, begin, first_k, out)
-    ma_into(out[1], first_k, slowk, out, 0)
-    ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
+    if slowk > 1 and slowd > 1:
+        stoch_smooth(out, first_k, slowk, slowd)
+    else:
+        ma_into(out[1], first_k, slowk, out, 0)
+        ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
     fill_nan(out, 0, start)
     fill_nan(out, 1, start)
 
@@ -838,12 +935,15 @@ def vwap_row(high, low, close, volume, params, out):
 def dispatch4(code, x, i, params, out):
     """Run indicator ``code`` on series i .. i+3 of its one input ``x`` ``(n_series, T)`` into
     ``out`` ``(n_out, n_series, T)`` if it has a four-series body (the CPU driver's work item;
-    EMA and RSI, whose recurrence latency bounds one series; an interleaved ATR measured no
-    faster); returns whether it had one."""
+    EMA, RSI and MACD, whose recurrences' latency bounds one series; interleaved ATR (memory
+    bound) and BBANDS (a division and a square root a bar) measured no faster); returns whether
+    it had one."""
     if code == EMA:
         ema_rows4(x, i, params, out)
     elif code == RSI:
         rsi_rows4(x, i, params, out)
+    elif code == MACD:
+        macd_rows4(x, i, params, out)
     else:
         return False
     return True

@@ -16,31 +16,30 @@ must provide:
   scenarios ``first .. first+rows-1`` as ``(rows, n)`` and, for Student-t (``dof`` not
   None), the per-scenario mixing factor ``g = sqrt((dof - 2) / chi2_dof)`` as
   ``(rows,)`` (else None); ``first`` is a multiple of ``BLOCK``;
+* ``project(seed, first, rows, bt, dtype, dof) -> (P + U, rows)`` -- ``Bt @ z.T`` (times ``g``)
+  for the chunk's normals ``z``: :func:`gemm_projection` (``normals``, then one GEMM), or, for up
+  to ``FUSED_MAX_ROWS`` GEMM rows ``P + U``, one kernel whose normals never leave registers, so the
+  chunk holds no ``(rows, n)`` normals (the GPU; ``FUSED_MAX_ROWS = 0`` elsewhere);
 * ``option_pnl(returns, plan_options, dtype) -> (n_options, rows)`` -- the fused
   Black-Scholes revaluation (:func:`gpu_trader._internal.option_loops.option_pnl_item`);
 * ``tail_update(vals, idx, loss, first) -> (vals, idx)`` -- keep, per portfolio (row),
   the ``m`` largest losses seen so far and their scenario numbers;
 * ``scatter_add(acc, rows, values) -> acc`` -- ``acc[rows[i]] += values[i]`` with repeats
   (in place where the arrays are mutable; JAX returns the updated copy);
-* ``CHUNKS_IN_FLIGHT`` -- how many chunks' arrays can be alive at once (computed, queued
-  or being merged), and ``MERGE_SCRATCH`` -- whether ``tail_update`` builds ``(P, m + c)``
-  scratch arrays (:func:`merge_tail`, or ``(P, m + c)`` for ``c <= rows`` candidates,
-  :func:`merge_tail_candidates`) rather than
-  updating the tail in place; both only size the working-memory estimate :func:`work_bytes`.
-
-Optional, where a backend generates its normals inside its kernels from per-scenario
-counters (the GPU; see :func:`project`):
-
-* ``FUSED_MAX_ROWS`` -- up to this many GEMM rows ``P + U``, ``project(seed, first, rows, bt,
-  dtype, dof) -> (P + U, rows)`` computes ``Bt @ z.T`` (times ``g``) in one kernel whose
-  normals never leave registers, so the chunk holds no ``(rows, n)`` normals; above it the
-  normals are drawn by ``normals`` and multiplied by a GEMM as everywhere else;
-* ``normals_at(seed, scenarios, n, dtype, dof) -> (z, g)`` -- the normals (and t factors) of
-  the given scenario numbers (a device int64 array), for the re-draw of the contribution
+* ``normals_at(seed, scenarios, n, dtype, dof) -> (z, g)`` or None -- the normals (and t factors)
+  of the given scenario numbers (a device int64 array), for the re-draw of the contribution
   band: exactly its ``P (2 b + 1)`` scenarios instead of every block that holds one (at one
   portfolio, 1M scenarios, level 0.99 and ``BLOCK = 1024``: 391 rows instead of ~400,000);
-* ``CHUNK_BYTES`` -- the device-memory budget of one chunk's arrays from which
-  :func:`default_chunk` sizes the chunk (without it, ``CHUNK_ELEMENTS`` normals a chunk).
+  None where the streams are per block (the driver then re-draws those blocks);
+* ``CHUNKS_IN_FLIGHT`` -- how many chunks' arrays can be alive at once (computed, queued
+  or being merged), ``MERGE_SCRATCH`` -- whether ``tail_update`` builds ``(P, m + c)``
+  scratch arrays (:func:`merge_tail`, or ``(P, m + c)`` for ``c <= rows`` candidates,
+  :func:`merge_tail_candidates`) rather than updating the tail in place, ``FUSED_MAX_ROWS``
+  (above) and ``CHUNK_BYTES`` -- the device-memory budget of one chunk's arrays from which
+  :func:`default_chunk` sizes the chunk (None: ``CHUNK_ELEMENTS`` normals a chunk); they size
+  the chunk and the working-memory estimate :func:`work_bytes`.
+
+:class:`gpu_trader._internal.areas.MontecarloOps` states the same as a protocol.
 
 The driver itself never assigns into an array, so it runs on immutable arrays (JAX)
 as well as on NumPy and CuPy.
@@ -79,7 +78,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Plan", "OptionArrays", "run", "tail", "merge_tail", "merge_tail_candidates", "merge_tails", "finish",
-           "band_for", "work_bytes", "project", "fused", "default_chunk", "chunk_row_bytes", "Z_95", "CHUNK_ELEMENTS"]
+           "band_for", "work_bytes", "project", "gemm_projection", "fused", "default_chunk", "chunk_row_bytes", "Z_95", "CHUNK_ELEMENTS"]
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 CHUNK_ELEMENTS = 1 << 22  # default chunk without a CHUNK_BYTES budget: about this many normals
@@ -165,8 +164,8 @@ def work_bytes(plan: Plan, ops: Any) -> int:
 
 def fused(ops: Any, gemm_rows: int) -> bool:
     """Whether ``ops`` computes a chunk's ``(gemm_rows, rows)`` GEMM output with its normals generated
-    in the kernel (``gemm_rows = P + U <= ops.FUSED_MAX_ROWS``; no such backend attribute: never)."""
-    return gemm_rows <= getattr(ops, "FUSED_MAX_ROWS", 0)
+    in the kernel (``gemm_rows = P + U <= ops.FUSED_MAX_ROWS``)."""
+    return gemm_rows <= ops.FUSED_MAX_ROWS
 
 
 def chunk_row_bytes(ops: Any, P: int, n: int, U: int, K: int, itemsize: int) -> int:
@@ -181,7 +180,7 @@ def default_chunk(ops: Any, P: int, n: int, U: int, K: int, keep: int, itemsize:
     ``CHUNK_BYTES`` budget, as many as fit it -- the chunk's arrays (:func:`chunk_row_bytes`) plus,
     where ``ops.MERGE_SCRATCH``, the merge's ``P (s + 16)`` bytes per scenario -- after the merge's
     fixed ``P keep (2 s + 24)``; at least one."""
-    budget = getattr(ops, "CHUNK_BYTES", None)
+    budget = ops.CHUNK_BYTES
     if budget is None:
         return max(1, CHUNK_ELEMENTS // n)
     per_row = ops.CHUNKS_IN_FLIGHT * chunk_row_bytes(ops, P, n, U, K, itemsize)
@@ -194,11 +193,15 @@ def default_chunk(ops: Any, P: int, n: int, U: int, K: int, keep: int, itemsize:
 
 def project(plan: Plan, ops: Any, bt, first: int, rows: int):
     """``Bt @ z.T`` ``(len(bt), rows)`` for scenarios ``first ..``, times the Student-t factors ``g``:
-    by ``ops.project`` (normals generated in the kernel) where :func:`fused`, else ``ops.normals``
-    and one GEMM."""
-    if fused(ops, bt.shape[0]):
-        return ops.project(plan.seed, first, rows, bt, plan.dtype, plan.dof)
-    z, g = ops.normals(plan.seed, first, rows, bt.shape[1], plan.dtype, plan.dof)
+    ``ops.project`` (normals generated in its kernel where :func:`fused`, else :func:`gemm_projection`)."""
+    return ops.project(plan.seed, first, rows, bt, plan.dtype, plan.dof)
+
+
+def gemm_projection(normals, seed: int, first: int, rows: int, bt, dtype, dof):
+    """``bt @ z.T`` ``(len(bt), rows)`` times the t factors ``g``, with ``(z, g) = normals(seed, first, rows,
+    n, dtype, dof)`` (a backend's ``normals``) and one GEMM: the projection of every backend without
+    (or beyond) a fused kernel."""
+    z, g = normals(seed, first, rows, bt.shape[1], dtype, dof)
     y = bt @ z.T                                                # the one big GEMM: (P + U, rows)
     if g is not None:
         y *= g[None, :]
@@ -244,7 +247,9 @@ def merge_tail(xp, vals, idx, loss, first: int):
 
 def merge_tail_candidates(xp, vals, idx, loss, first: int):
     """:func:`merge_tail` for array modules whose partition is a sort (CuPy): keep, per row, the ``m``
-    largest of ``vals`` ``(P, m)`` and ``loss`` ``(P, rows)`` with their scenario numbers.
+    largest of ``vals`` ``(P, m)`` and ``loss`` ``(P, rows)`` with their scenario numbers. (The
+    ``cuda`` backend merges with one kernel, :func:`gpu_trader.kernels.montecarlo.tail_update`, whose
+    result this array formulation gives too: the simulator tests compare them.)
 
     ``vals`` must be sorted in descending order along each row (``-inf`` padding last), as
     this function, :func:`merge_tails` and a fresh ``-inf`` tail are; the result is too.
@@ -362,7 +367,7 @@ class _Simulation:
 
     def losses(self, first: int):
         """``(P, rows)`` losses of the chunk of scenarios starting at ``first``, in the plan's dtype."""
-        plan, xp = self.plan, self.xp
+        plan = self.plan
         rows = min(plan.chunk, plan.n_scenarios - first)
         y = project(plan, self.ops, self.bt, first, rows)     # (P + U, rows)
         loss = self.neg_drift - y[: self.P]                     # = -(y + drift), bit for bit
@@ -381,7 +386,7 @@ class _Simulation:
         scen, port = scen[order], port[order]
         acc_z = xp.zeros((P, self.n), dtype=xp.float64)
         acc_v = xp.zeros((P, self.opts["n"]), dtype=xp.float64) if self.opts is not None else None
-        gather = getattr(ops, "normals_at", None)
+        gather = ops.normals_at
 
         def draw(run):  # the band rows of one run of blocks, or of scenarios (in a worker on the CPU)
             lo, hi = run[-2:]

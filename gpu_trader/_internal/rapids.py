@@ -7,6 +7,7 @@ to import), the callers fall back to the project's own implementation.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -15,8 +16,10 @@ import numpy as np
 __all__ = ["cuml_kmeans"]
 
 
+@functools.cache
 def _cuml_kmeans_class() -> Any:
-    """cuML's ``KMeans`` class, or None where cuML does not import."""
+    """cuML's ``KMeans`` class, or None where cuML does not import (tried once per process: a
+    failed import is not retried on every ``distill``)."""
     try:
         return importlib.import_module("cuml.cluster").KMeans
     except Exception:  # ImportError, or a CUDA/driver error raised while cuML loads

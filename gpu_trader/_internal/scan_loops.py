@@ -25,6 +25,12 @@ time order. That leaves a GPU idle when there are few series and many bars (one
      from its carry-in and writes its outputs. Only the carry-ins differ from the
      sequential states, by rounding (~1e-16 relative: these recurrences contract).
 
+  The GPU runs the three steps as one launch per pass (the single-pass scan with decoupled
+  look-back, :func:`gpu_trader.kernels.scan.single_pass_kernel`): the chunk's thread runs
+  phase 1, composes its carry-in from its predecessors' published maps
+  (:func:`lookback_fold`, :func:`lookback_publish`) and runs phase 3; the three-phase form
+  remains for comparison (``scan_compute(single_pass=False)``).
+
 * **Windowed indicators** need no carry: the chunk holding ``start`` runs the row
   body from the series' beginning; a later chunk rebuilds the state from the bars
   before its first output (overlapping the previous chunk):
@@ -88,7 +94,8 @@ from .indicator_specs import ATR, BBANDS, EMA, MACD, OBV, RSI, SMA, SPECS, VWAP,
 
 __all__ = [
     "MACD_SIGNAL", "FIRST_VALID", "FIRST_NONFINITE", "N_STATES", "TINY", "PHASE1", "PHASE3", "SCAN_NAMES",
-    "WINDOWED_NAMES", "pairs_reduce", "pairs_expand", "pairs_serial",
+    "WINDOWED_NAMES", "pairs_reduce", "pairs_expand", "pairs_serial", "compose_after", "FLAG_INVALID",
+    "FLAG_AGGREGATE", "FLAG_PREFIX", "lookback_start", "lookback_fold", "lookback_publish",
 ]
 
 # Internal code of MACD's second pass (the signal EMA over the MACD line).
@@ -697,6 +704,12 @@ WINDOWED_NAMES = frozenset(name for name in SCAN_NAMES if SPECS[name][0] not in 
 
 # ---- carry scan over chunk maps: y -> A*y + B, composed left to right -------------------
 @register_jitable
+def compose_after(a, b, a_prior, b_prior):
+    """The map ``y -> a_prior*y + b_prior`` followed by ``y -> a*y + b``, as ``(A, B)``."""
+    return clamp_a(a * a_prior), a * b_prior + b
+
+
+@register_jitable
 def pairs_reduce(j, m, blk, A, B, A2, B2):
     """Thread (q, block): compose the maps of chunks [block*blk, ...) of row q."""
     mb = A2.shape[1]
@@ -709,9 +722,7 @@ def pairs_reduce(j, m, blk, A, B, A2, B2):
     aa = 1.0
     bb = 0.0
     for ci in range(c0, c1):
-        ac = A[q, ci]
-        bb = ac * bb + B[q, ci]
-        aa = clamp_a(ac * aa)
+        aa, bb = compose_after(A[q, ci], B[q, ci], aa, bb)
     A2[q, bi] = aa
     B2[q, bi] = bb
 
@@ -731,9 +742,7 @@ def pairs_expand(j, m, blk, A, B, A2in, B2in, Ain, Bin):
     for ci in range(c0, c1):
         Ain[q, ci] = aa
         Bin[q, ci] = bb
-        ac = A[q, ci]
-        bb = ac * bb + B[q, ci]
-        aa = clamp_a(ac * aa)
+        aa, bb = compose_after(A[q, ci], B[q, ci], aa, bb)
 
 
 @register_jitable
@@ -744,6 +753,49 @@ def pairs_serial(j, m, A, B, Ain, Bin):
     for ci in range(m):
         Ain[j, ci] = aa
         Bin[j, ci] = bb
-        ac = A[j, ci]
-        bb = ac * bb + B[j, ci]
-        aa = clamp_a(ac * aa)
+        aa, bb = compose_after(A[j, ci], B[j, ci], aa, bb)
+
+
+# ---- single pass: chained scan with decoupled look-back (Merrill & Garland 2016) ----------
+# Each (row, chunk) publishes its chunk map (its *aggregate*, status FLAG_AGGREGATE) and, once
+# it knows its exclusive prefix, the map of chunks [0, cc] (its *inclusive prefix*,
+# FLAG_PREFIX) in a status word per chunk (FLAG_INVALID before). A chunk forms its exclusive
+# prefix by walking back over its predecessors: it folds in aggregates until it meets an
+# inclusive prefix. The kernel (:func:`gpu_trader.kernels.scan.single_pass_kernel`) writes a
+# status word only after the values it announces (with a fence) and reads values only after
+# reading the status word (with a fence); these bodies are the math between.
+FLAG_INVALID = 0
+FLAG_AGGREGATE = 1
+FLAG_PREFIX = 2
+
+
+@register_jitable
+def lookback_start(acc_a, acc_b):
+    """Reset the look-back accumulators (one slot per state) to the identity map."""
+    for s in range(acc_a.shape[0]):
+        acc_a[s] = 1.0
+        acc_b[s] = 0.0
+
+
+@register_jitable
+def lookback_fold(S, r, p, flag, A, B, Ainc, Binc, acc_a, acc_b):
+    """Fold predecessor chunk ``p`` of row ``r`` (status ``flag``, >= FLAG_AGGREGATE) into the
+    accumulated maps of the chunks after it: its inclusive prefix when published, else its
+    aggregate. Returns True when the walk is done (an inclusive prefix was folded in)."""
+    done = flag == FLAG_PREFIX
+    for s in range(S):
+        if done:
+            acc_a[s], acc_b[s] = compose_after(acc_a[s], acc_b[s], Ainc[s, r, p], Binc[s, r, p])
+        else:
+            acc_a[s], acc_b[s] = compose_after(acc_a[s], acc_b[s], A[s, r, p], B[s, r, p])
+    return done
+
+
+@register_jitable
+def lookback_publish(S, r, cc, A, B, acc_a, acc_b, Ain, Bin, Ainc, Binc):
+    """Store chunk ``cc``'s exclusive prefix (the accumulated maps: phase 3's carry-in maps)
+    and its inclusive prefix (then its own map)."""
+    for s in range(S):
+        Ain[s, r, cc] = acc_a[s]
+        Bin[s, r, cc] = acc_b[s]
+        Ainc[s, r, cc], Binc[s, r, cc] = compose_after(A[s, r, cc], B[s, r, cc], acc_a[s], acc_b[s])

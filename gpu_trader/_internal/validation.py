@@ -205,6 +205,20 @@ def check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def check_out_array(out: Any, shape: tuple[int, ...], shape_text: str) -> None:
+    """``TypeError``/``ValueError`` naming ``out`` unless it is a writeable native float64
+    ``numpy.ndarray`` of exactly ``shape`` (described as ``shape_text`` in the message), so a
+    stream's ``update(..., out=out)`` can write its values there."""
+    if type(out) is not np.ndarray:
+        raise TypeError(f"out must be a numpy.ndarray (float64, shape {shape}), got {type(out).__name__}")
+    if out.dtype != np.float64:
+        raise TypeError(f"out must be a native-byte-order float64 array, got dtype {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape_text} = {shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable (it receives the values), got a read-only array")
+
+
 def real_array(x: Any, name: str) -> np.ndarray:
     """``x`` (a host or device array, a pandas object, a sequence or a scalar) as a host NumPy
     array of a real dtype (bool, integer or float): device arrays are copied to the host, host

@@ -162,6 +162,32 @@ def orders_targets() -> tuple[Target, ...]:
     return tuple(out)
 
 
+def sizing_targets() -> tuple[Target, ...]:
+    """Issue 17's sizing, stops and exposure cases (in the ``portfolio`` suite), and the realized
+    P&L and drawdown cases the plan lists. Batched: the CPU at least as fast as a NumPy
+    expression computing the same result (the chandelier: pandas' rolling max alone)."""
+    return (
+        Target("sizing.one_event", "position size, one event (five rules)", "(none)", "< 2 us",
+               (), _p50_below(2 * _US)),
+        Target("sizing.batch", "fixed fractional sizing, 1000 books x 500 symbols", "(none)",
+               "CPU >= 0.8x the NumPy expression", (), _cpu_peer("numpy", 0.8)),
+        Target("sizing.realized", "realized P&L, 50 positions", "< 1 ms", "< 20 us",
+               _p50_below(1000 * _US), _p50_below(20 * _US)),
+        Target("sizing.exposure_one", "exposure metrics, 100 positions", "(none)", "< 100 us",
+               (), _p50_below(100 * _US)),
+        Target("sizing.exposure_batch", "exposure metrics, 1000 books x 500 assets", "(none)",
+               "CPU >= 0.6x the NumPy expression", (), _cpu_peer("numpy", 0.6)),
+        Target("sizing.stop_stream", "trailing stop stream step, 500 symbols", "(none)", "< 100 us",
+               (), _p50_below(100 * _US)),
+        Target("sizing.stops_batch", "trailing stop, 500 symbols x 2520 bars", "(none)",
+               "CPU >= np.fmax.accumulate of the candidates", (), _cpu_peer("numpy")),
+        Target("sizing.chandelier", "chandelier exit, 500 symbols x 2520 bars", "(none)",
+               "CPU >= pandas rolling max alone", (), _cpu_peer("pandas")),
+        Target("sizing.drawdown", "max drawdown, 1000 books x 252 days", "(none)", "< 20 ms",
+               (), _p50_below(20e-3)),
+    )
+
+
 def market_data_targets() -> tuple[Target, ...]:
     """The ``market_data`` suite's targets (memory per connection is checked by the tests, not timed)."""
     out = [
@@ -190,6 +216,19 @@ def market_data_targets() -> tuple[Target, ...]:
     return tuple(out)
 
 
+def feeds_targets() -> tuple[Target, ...]:
+    """The ``feeds`` suite's targets (our own: the plan names none): decode < 2 us per message and
+    no slower than orjson plus the same conversion by hand; > 10,000 one-trade frames/s through a
+    local WebSocket (server and client on one core). Memory per connection is checked by the tests."""
+    decode = [
+        Target(f"feeds.decode_{fmt}", f"feed decode, {fmt} trades, 100 messages", "(none)",
+               "< 2 us / message; CPU >= orjson + hand conversion", (), _p50_below(100 * 2 * _US) + _cpu_peer("orjson"))
+        for fmt in ("alpaca", "polygon", "binance")
+    ]
+    return (*decode, Target("feeds.websocket", "frames through a WebSocketFeed, local server", "(none)",
+                            "> 10,000 frames/s", (), (Check("throughput_per_s", ">", 1e4),)))
+
+
 def strategies_targets() -> tuple[Target, ...]:
     """The ``strategies`` suite's targets."""
     return (
@@ -215,6 +254,8 @@ def end_to_end_targets() -> tuple[Target, ...]:
                (Check("event_p50_s", "<", 50e-3), Check("event_p95_s", "<", 200e-3), Check("event_p99_s", "<", 0.5)),
                (Check("event_p50_s", "<", 200 * _US), Check("event_p99_s", "<", 1e-3),
                 Check("throughput_per_s", ">", 100_000))),
+        Target("end_to_end.metrics", "Prometheus metrics on vs off, per event (and p50 per stage)", "(none)",
+               "< 1 us added per event at p50", (), (Check("metrics_cost_p50_s", "<", 1e-6),)),
         Target("end_to_end.cold_start", "fresh process: import + first event; resident memory", "(none)",
                "cold start < 500 ms, RSS < 1 GB",
                (), (Check("cold_start_s", "<", 0.5), Check("rss_bytes", "<", 1e9))),
@@ -246,6 +287,35 @@ def single_indicator_targets() -> tuple[Target, ...]:
     return tuple(out)
 
 
+def _batched_below_full() -> tuple[Target, ...]:
+    """``features.batched_small``, ``features.batched_sma_small``: the batched targets for the quick
+    and standard sizes (200 and 500 x 2520), without the CPU's copy multiple (see the entries'
+    comment; VWAP, one output for four inputs, keeps its copy multiple at every size)."""
+    gpu = tuple(c for c in _BATCH_COPY if c.metric != "x_copy")
+    bottleneck = (Check("ratio:bottleneck", ">=", 1 / 1.5, ("cpu",)),)
+    return (
+        Target("features.batched_small", "batched 200-500 x 2520, one indicator", "(none)",
+               "CPU >= 3x TA-Lib looped; GPU >= 50% copy bandwidth", (), _BATCH_TALIB + gpu),
+        Target("features.batched_sma_small", "batched 200-500 x 2520, SMA(20)", "(none)",
+               "CPU >= 3x TA-Lib looped, within 1.5x of bottleneck.move_mean; GPU >= 50% copy bandwidth",
+               (), _BATCH_TALIB + gpu + bottleneck),
+    )
+
+
+def risk_stream_targets() -> tuple[Target, ...]:
+    """``RiskStream`` (streaming risk, every book per bar): far faster than recomputing the batch
+    functions on the window each bar (peer ``batch``), and a warmup no slower than its updates."""
+    far = _cpu_peer("batch", 10.0)
+    return (
+        Target("risk_stream.update", "streaming risk update (one new bar), 100 books x 50 assets", "(none)",
+               "< 50 us; CPU >= 10x the batch functions on the window", (), _p50_below(50 * _US) + far),
+        Target("risk_stream.update_1000", "streaming risk update (one new bar), 1000 books x 500 assets",
+               "(none)", "CPU >= 10x the batch functions on the window", (), far),
+        Target("risk_stream.warmup", "streaming risk warmup, 100 books x 50 assets x 2520 bars", "(none)",
+               "CPU >= the same bars fed by update calls", (), _cpu_peer("updates")),
+    )
+
+
 _RISK_CORR = Target("risk.corr", "correlation matrix, 5..50 assets x 252 days", "20 assets < 20 ms",
                     "50 assets < 100 us", _p50_below(20_000 * _US), _p50_below(100 * _US))
 
@@ -265,6 +335,9 @@ _ALL = (
            (), _BATCH_TALIB + _BATCH_COPY + (Check("ratio:bottleneck", ">=", 1 / 1.5, ("cpu",)),)),
     Target("features.batched_vwap", "batched 2000 x 2520, VWAP (not in TA-Lib)", "(none)",
            "CPU <= 2.5x copy time; GPU >= 50% copy bandwidth", (), _BATCH_COPY),
+    # The same below the full size (``<key>_small``): no CPU copy multiple, as inputs of <= 10 MB copy
+    # from cache while the outputs are fresh memory; the GPU's bandwidth check and the peers stay.
+    *_batched_below_full(),
     # -- section 5: risk ----------------------------------------------------------------
     Target("risk.var_historical", "historical VaR, 252 days", "< 2 ms", "< 20 us",
            _p50_below(2000 * _US), _p50_below(20 * _US)),
@@ -282,8 +355,10 @@ _ALL = (
            "CPU >= the jax backend (n/a without jax)", (), _cpu_peer("jax")),
     Target("risk.full", "full risk metrics, 50-position portfolio", "< 10 ms", "< 200 us",
            _p50_below(10_000 * _US), _p50_below(200 * _US)),
+    *risk_stream_targets(),
     # -- sections 1 and 3: market data, strategies ----------------------------------
     *market_data_targets(),
+    *feeds_targets(),
     *strategies_targets(),
     # -- section 4: orders (placement: overhead beyond the latency, via ratio:sleep; see orders_targets) --
     *orders_targets(),
@@ -308,6 +383,7 @@ _ALL = (
            (), _p50_below(5 * _US)),
     Target("portfolio.limit_check", "position limit check, 100 positions", "< 500 us", "< 10 us",
            _p50_below(500 * _US), _p50_below(10 * _US)),
+    *sizing_targets(),
     # -- end to end -----------------------------------------------------------------------
     *end_to_end_targets(),
 )

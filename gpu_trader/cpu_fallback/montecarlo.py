@@ -35,13 +35,17 @@ from .._internal import option_loops
 from .._internal.jit import njit_cached
 
 __all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "BLOCK", "THREADS",
-           "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
+           "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH", "FUSED_MAX_ROWS", "CHUNK_BYTES", "normals_at",
+           "project"]
 
 xp = np
 BLOCK = 256
 THREADS = max(1, min(os.cpu_count() or 1, 16))
 CHUNKS_IN_FLIGHT = THREADS + 2  # computing on every worker, one queued, one being merged (map_chunks)
 MERGE_SCRATCH = False  # the tail is a heap updated in place
+FUSED_MAX_ROWS = 0  # no fused projection: project draws the normals and multiplies
+CHUNK_BYTES = None  # chunks of about montecarlo_xp.CHUNK_ELEMENTS normals
+normals_at = None  # per-block streams: the driver re-draws the blocks that hold the band's scenarios
 _worker = threading.local()  # .active: this thread computes a chunk of map_chunks
 
 
@@ -118,6 +122,12 @@ def normals(seed: int, first: int, rows: int, n: int, dtype, dof: float | None):
         for f in [_pool().submit(_fill, seed, b, zz, gg, dof) for b, zz, gg in jobs]:
             f.result()
     return z, g
+
+
+def project(seed: int, first: int, rows: int, bt, dtype, dof: float | None):
+    """``bt @ z.T`` ``(len(bt), rows)`` times the t factors for the :func:`normals` of scenarios ``first ..``
+    (:func:`gpu_trader._internal.montecarlo_xp.gemm_projection`: the normals, then one GEMM)."""
+    return montecarlo_xp.gemm_projection(normals, seed, first, rows, bt, dtype, dof)
 
 
 @njit_cached(parallel=True, nogil=True)

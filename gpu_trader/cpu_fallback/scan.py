@@ -22,7 +22,10 @@ import functools
 import numpy as np
 
 from .._internal.jit import njit_cached
-from .._internal.scan_loops import PHASE1, PHASE3, pairs_expand, pairs_reduce, pairs_serial
+from .._internal.scan_loops import (
+    FLAG_AGGREGATE, FLAG_PREFIX, N_STATES, PHASE1, PHASE3, lookback_fold, lookback_publish, lookback_start,
+    pairs_expand, pairs_reduce, pairs_serial,
+)
 from ..kernels.scan import PAIR_BLOCK, scan_compute
 
 __all__ = ["CpuScanExecutor", "twin_compute"]
@@ -32,8 +35,8 @@ __all__ = ["CpuScanExecutor", "twin_compute"]
 # each compiled driver holds one indicator only (as the CUDA kernels do).
 @functools.lru_cache(maxsize=None)
 def _cpu_driver(kind: str, code: int):
-    """Compiled loop running entry point ``kind`` (phase1, phase3, pairs_reduce, pairs_expand,
-    pairs_serial; ``code`` picks the indicator of the phases) for j = 0 .. nthreads - 1."""
+    """Compiled loop running entry point ``kind`` (phase1, phase3, single_pass, pairs_reduce,
+    pairs_expand, pairs_serial; ``code`` picks the indicator of the phases) for j = 0 .. nthreads - 1."""
     if kind == "phase1":
         body = PHASE1[code]
 
@@ -46,6 +49,26 @@ def _cpu_driver(kind: str, code: int):
         def drive(nthreads, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out):
             for j in range(nthreads):
                 body(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out)
+    elif kind == "single_pass":  # the look-back in thread order: each chunk finds its predecessor's prefix
+        phase1, phase3, S = PHASE1[code], PHASE3[code], N_STATES[code]
+
+        def drive(nthreads, nc, T, a, b, c, d, params, info, A, B, seed, Ain, Bin, Ainc, Binc, flags, ticket,
+                  out):
+            acc_a = np.empty(S)
+            acc_b = np.empty(S)
+            for j in range(nthreads):
+                phase1(j, nc, T, a, b, c, d, params, info, A, B, seed)
+                r = j // nc
+                cc = j - r * nc
+                lookback_start(acc_a, acc_b)
+                if cc > 0:
+                    flags[j] = FLAG_AGGREGATE
+                    p = cc - 1
+                    while not lookback_fold(S, r, p, flags[j - cc + p], A, B, Ainc, Binc, acc_a, acc_b):
+                        p -= 1
+                lookback_publish(S, r, cc, A, B, acc_a, acc_b, Ain, Bin, Ainc, Binc)
+                flags[j] = FLAG_PREFIX
+                phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out)
     elif kind == "pairs_reduce":
         def drive(nthreads, m, blk, A, B, A2, B2):
             for j in range(nthreads):
@@ -73,6 +96,9 @@ class CpuScanExecutor:
     def phase3(self, code, nthreads, *args):
         _cpu_driver("phase3", code)(nthreads, *args)
 
+    def single_pass(self, code, nthreads, *args):
+        _cpu_driver("single_pass", code)(nthreads, *args)
+
     def pairs_reduce(self, nthreads, *args):
         _cpu_driver("pairs_reduce", 0)(nthreads, *args)
 
@@ -84,15 +110,18 @@ class CpuScanExecutor:
 
 
 def twin_compute(name: str, inputs, params: np.ndarray, n_out: int, chunk: int | None = None,
-                 pair_block: int = PAIR_BLOCK) -> np.ndarray:
+                 pair_block: int = PAIR_BLOCK, single_pass: bool | None = None) -> np.ndarray:
     """The scan path on NumPy arrays with CPU-compiled bodies.
 
     Same contract as :func:`gpu_trader.cpu_fallback.indicators.compute`: inputs are 1-4
     ``(n_series, T)`` arrays of one float dtype, ``params`` is ``(P, k)`` float64, the
     result is ``(n_out, P, n_series, T)`` in the inputs' dtype (NaN before each series'
     first output, as the batch). ``chunk`` (default :func:`~gpu_trader.kernels.scan.choose_chunk`)
-    and ``pair_block`` set the chunk length and the carry scan's block size.
+    and ``pair_block`` set the chunk length and the carry scan's block size; ``single_pass``
+    (default :func:`~gpu_trader.kernels.scan.use_single_pass`) picks the single-pass scan (its
+    look-back run in thread order, so each chunk folds its predecessor's inclusive prefix; the
+    CUDA simulator runs it concurrently) or the three phases.
     """
     params = np.ascontiguousarray(params, dtype=np.float64)
     return scan_compute(name, [np.ascontiguousarray(x) for x in inputs], params, n_out, np,
-                        CpuScanExecutor(), chunk, pair_block)
+                        CpuScanExecutor(), chunk, pair_block, single_pass)

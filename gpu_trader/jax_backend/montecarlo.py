@@ -27,12 +27,16 @@ from jax.scipy.special import erfc
 from .._internal import montecarlo_xp
 
 __all__ = ["run", "map_chunks", "normals", "option_pnl", "tail_update", "scatter_add", "bs_price", "BLOCK",
-           "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH"]
+           "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH", "FUSED_MAX_ROWS", "CHUNK_BYTES", "normals_at",
+           "project"]
 
 xp = jnp
 BLOCK = 4096
 CHUNKS_IN_FLIGHT = 1  # one chunk at a time (map_chunks)
 MERGE_SCRATCH = True  # top_k / merge_tail over (P, m + rows) arrays
+FUSED_MAX_ROWS = 0  # no fused projection: project draws the normals and multiplies
+CHUNK_BYTES = None  # chunks of about montecarlo_xp.CHUNK_ELEMENTS normals
+normals_at = None  # per-block streams: the driver re-draws the blocks that hold the band's scenarios
 
 
 def run(plan: montecarlo_xp.Plan) -> dict:
@@ -68,6 +72,12 @@ def normals(seed: int, first: int, rows: int, n: int, dtype, dof: float | None):
         z = z[:rows]
         g = None if g is None else g[:rows]
     return z, g
+
+
+def project(seed: int, first: int, rows: int, bt, dtype, dof: float | None):
+    """``bt @ z.T`` ``(len(bt), rows)`` times the t factors for the :func:`normals` of scenarios ``first ..``
+    (:func:`gpu_trader._internal.montecarlo_xp.gemm_projection`: the normals, then one GEMM)."""
+    return montecarlo_xp.gemm_projection(normals, seed, first, rows, bt, dtype, dof)
 
 
 def _norm_cdf(x):

@@ -22,8 +22,10 @@ out. Two paths, chosen per call:
   length gives about one thread per resident slot (:func:`gpu_trader.kernels.scan.choose_chunk`).
 
 Per call, the batch path is one numba launch; the scan path is one or two first-valid
-searches, then phase 3 (windowed indicators) or 3-5 launches per affine pass (phase 1, a
-carry scan of at most 3 launches, phase 3; MACD has two passes).
+searches, then phase 3 (windowed indicators) or one single-pass launch per affine pass
+(:func:`gpu_trader.kernels.scan.single_pass_kernel`, decoupled look-back; MACD has two passes;
+``single_pass=False`` keeps the three-phase scan: phase 1, a carry scan of at most 3
+launches, phase 3).
 The parameter grid is uploaded once per content and device
 (:meth:`~gpu_trader.kernels.launch.CudaExecutor.constant`), and nothing is read back to
 the host.
@@ -143,6 +145,9 @@ class IndicatorLauncher:
 
     def phase3(self, code, nthreads, *args):
         self.launcher.launch(scan_kernel("phase3", code), nthreads, args)
+
+    def single_pass(self, code, nthreads, *args):
+        self.launcher.launch(scan.single_pass_kernel(code), nthreads, args)
 
     def pairs_reduce(self, nthreads, *args):
         self.launcher.launch(scan_kernel("pairs_reduce"), nthreads, args)

@@ -25,9 +25,11 @@
 * Black-Scholes revaluation: one kernel per chunk, one thread per (option, scenario),
   running :func:`gpu_trader._internal.option_loops.option_pnl_item` -- the same source the
   CPU backend compiles -- on the projection's underlying rows;
-* the tail: :func:`gpu_trader._internal.montecarlo_xp.merge_tail_candidates` (only the chunk's
-  candidates above each portfolio's current threshold are sorted and merged: CuPy's
-  ``argpartition`` is a full sort).
+* the tail: one kernel launch a chunk (:func:`tail_update`, one block per portfolio): only the
+  chunk's candidates above each portfolio's current ``m``-th largest are buffered in shared
+  memory, sorted there and merged into the sorted tail -- the same result as
+  :func:`gpu_trader._internal.montecarlo_xp.merge_tail_candidates` (its array formulation, about
+  80 CuPy launches and one host read a chunk), which the simulator tests compare it with.
 
 Every launch goes through an executor (``exe=``, default
 :func:`gpu_trader.kernels.launch.default_executor`); :func:`normals`, :func:`normals_at`,
@@ -37,11 +39,13 @@ tests run them on NumPy arrays in numba's CUDA simulator.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 
 import numpy as np
 from numba import cuda
 from numba import float64
+from numba.extending import register_jitable
 
 from .._internal import montecarlo_xp
 from .._internal import option_loops
@@ -50,12 +54,14 @@ from .._internal import philox_loops
 from .launch import default_executor
 
 __all__ = ["run", "map_chunks", "normals", "normals_at", "project", "option_pnl", "tail_update", "scatter_add", "fused",
-           "BLOCK", "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH", "FUSED_MAX_ROWS", "CHUNK_BYTES"]
+           "BLOCK", "CHUNKS_IN_FLIGHT", "MERGE_SCRATCH", "FUSED_MAX_ROWS", "CHUNK_BYTES", "MERGE_BUFFER"]
 
 BLOCK = 1024  # chunk granularity only: the streams are per scenario
 CHUNKS_IN_FLIGHT = 1  # one chunk at a time (map_chunks)
-MERGE_SCRATCH = True  # merge_tail_candidates builds (P, m + c) arrays
+MERGE_SCRATCH = True  # the merge kernel alternates between the tail and a (P, m) spare
 FUSED_MAX_ROWS = 16  # P + U up to this: normals generated in the projection kernel (one compiled per P + U)
+MERGE_BUFFER = 256  # candidates the tail-merge kernel sorts and merges at a time (a power of two, >= its block)
+_NO_SCENARIO = (1 << 63) - 1  # the buffer's padding: after every scenario in tail order
 CHUNK_BYTES = 1 << 30  # device memory for one chunk's arrays and its merge
 
 
@@ -177,13 +183,14 @@ def normals_at(seed: int, scenarios, n: int, dtype, dof: float | None, *, exe=No
 
 
 def project(seed: int, first: int, rows: int, bt, dtype, dof: float | None, *, exe=None):
-    """``(len(bt), rows)``: ``bt @ z.T`` times the t factors for scenarios ``first ..``, the normals drawn
-    inside the kernel (``len(bt) <= FUSED_MAX_ROWS``; :func:`gpu_trader._internal.montecarlo_xp.project`
-    calls it where :func:`fused`)."""
-    if bt.shape[0] > FUSED_MAX_ROWS:
-        raise ValueError(f"project draws at most {FUSED_MAX_ROWS} rows in registers, got {bt.shape[0]}")
+    """``(len(bt), rows)``: ``bt @ z.T`` times the t factors for scenarios ``first ..``: the normals drawn
+    inside one kernel where :func:`fused` (``len(bt) <= FUSED_MAX_ROWS``), else :func:`normals` and one
+    cuBLAS GEMM (:func:`gpu_trader._internal.montecarlo_xp.gemm_projection`)."""
     xp = _array_module(bt)
     exe = exe or default_executor(xp)
+    if not fused(bt.shape[0]):
+        draw = functools.partial(normals, xp=xp, exe=exe)
+        return montecarlo_xp.gemm_projection(draw, seed, first, rows, bt, dtype, dof)
     k0, k1 = _key(seed)
     y = xp.empty((bt.shape[0], rows), dtype=dtype)
     exe.launch(_project_kernel(int(bt.shape[0])), rows, (first, 0.0 if dof is None else float(dof), k0, k1, bt, y))
@@ -213,10 +220,135 @@ def option_pnl(returns, o: dict, dtype, *, exe=None):
     return out
 
 
-def tail_update(vals, idx, loss, first: int):
-    import cupy
+@register_jitable
+def _before(v1, s1, v2, s2):
+    """Tail order: loss ``v1`` of scenario ``s1`` ranks before ``(v2, s2)`` (larger loss; a tie keeps
+    the earlier scenario, like the CPU heap). NaN ranks before nothing and nothing ranks before it."""
+    return v1 > v2 or (v1 == v2 and s1 < s2)
 
-    return montecarlo_xp.merge_tail_candidates(cupy, vals, idx, loss, first)
+
+@functools.lru_cache(maxsize=1)
+def _merge_kernel():
+    """The tail merge of one chunk: one block per portfolio ``p`` (block ``p``, any block size up to
+    :data:`MERGE_BUFFER`), the tail ``(vals, idx)[p]`` kept sorted in tail order (:func:`_before`).
+
+    The block reads the chunk's losses ``blockDim`` at a time (coalesced); a loss that ranks before
+    the tail's last entry is a candidate and goes to a shared-memory buffer. When the buffer could
+    overflow with the next read, and at the end, the block sorts the buffer (bitonic, in shared
+    memory) and merges it with the tail: each tail entry moves down by the number of candidates
+    before it, each candidate lands at its index plus the number of tail entries before it (binary
+    searches), entries past ``m`` drop out. Merges alternate between the tail and ``spare`` (same
+    shapes); the result is copied back when it ended in ``spare``."""
+    from numba import int64
+
+    @cuda_jit_cached()
+    def kernel(n_items, vals, idx, loss, first, spare_v, spare_i):
+        p = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        m = vals.shape[1]
+        rows = loss.shape[1]
+        buf_v = cuda.shared.array(MERGE_BUFFER, float64)
+        buf_i = cuda.shared.array(MERGE_BUFFER, int64)
+        state = cuda.shared.array(3, int64)  # candidates buffered, the tail is in spare (0/1), last's scenario
+        last = cuda.shared.array(1, float64)  # the tail's last loss: the bar a candidate must pass
+        if t == 0:
+            state[0] = 0
+            state[1] = 0
+            state[2] = idx[p, m - 1]
+            last[0] = vals[p, m - 1]
+        cuda.syncthreads()
+        for base in range(0, rows, nt):
+            s = base + t
+            if s < rows:
+                v = float64(loss[p, s])
+                if _before(v, first + s, last[0], state[2]):
+                    k = cuda.atomic.add(state, 0, 1)
+                    buf_v[k] = v
+                    buf_i[k] = first + s
+            cuda.syncthreads()
+            n = state[0]
+            cuda.syncthreads()
+            if n > MERGE_BUFFER - nt or (base + nt >= rows and n > 0):
+                for i in range(n + t, MERGE_BUFFER, nt):  # padding, sorted last
+                    buf_v[i] = -math.inf
+                    buf_i[i] = _NO_SCENARIO
+                cuda.syncthreads()
+                width = 2
+                while width <= MERGE_BUFFER:  # bitonic sort into tail order
+                    half = width // 2
+                    while half > 0:
+                        for i in range(t, MERGE_BUFFER, nt):
+                            other = i ^ half
+                            if other > i and _before(buf_v[other], buf_i[other], buf_v[i], buf_i[i]) == (
+                                    (i & width) == 0):
+                                tv = buf_v[i]
+                                ti = buf_i[i]
+                                buf_v[i] = buf_v[other]
+                                buf_i[i] = buf_i[other]
+                                buf_v[other] = tv
+                                buf_i[other] = ti
+                        cuda.syncthreads()
+                        half //= 2
+                    width *= 2
+                if state[1] == 0:
+                    cur_v, cur_i, nxt_v, nxt_i = vals, idx, spare_v, spare_i
+                else:
+                    cur_v, cur_i, nxt_v, nxt_i = spare_v, spare_i, vals, idx
+                for i in range(t, m, nt):  # tail entries: down by the candidates before them
+                    cv = float64(cur_v[p, i])
+                    ci = cur_i[p, i]
+                    lo = 0
+                    hi = n
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if _before(buf_v[mid], buf_i[mid], cv, ci):
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if i + lo < m:
+                        nxt_v[p, i + lo] = cv
+                        nxt_i[p, i + lo] = ci
+                for k in range(t, n, nt):  # candidates: after the tail entries before them
+                    bv = buf_v[k]
+                    bi = buf_i[k]
+                    lo = 0
+                    hi = m
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if _before(float64(cur_v[p, mid]), cur_i[p, mid], bv, bi):
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if k + lo < m:
+                        nxt_v[p, k + lo] = bv
+                        nxt_i[p, k + lo] = bi
+                cuda.syncthreads()
+                if t == 0:
+                    state[0] = 0
+                    state[1] = 1 - state[1]
+                    last[0] = nxt_v[p, m - 1]
+                    state[2] = nxt_i[p, m - 1]
+                cuda.syncthreads()
+        if state[1] == 1:
+            for i in range(t, m, nt):
+                vals[p, i] = spare_v[p, i]
+                idx[p, i] = spare_i[p, i]
+
+    return kernel
+
+
+def tail_update(vals, idx, loss, first: int, *, exe=None):
+    """Merge the chunk's losses ``loss`` ``(P, rows)`` (scenarios ``first ..``) into each portfolio's
+    ``m`` largest, ``vals`` / ``idx`` ``(P, m)`` kept sorted in tail order (larger loss first, a tie
+    keeps the earlier scenario; ``-inf`` / ``-1`` padding last), in place: one launch of
+    :func:`_merge_kernel`, one block per portfolio, no host read. Returns ``(vals, idx)``."""
+    xp = _array_module(vals)
+    exe = exe or default_executor(xp)
+    P = vals.shape[0]
+    exe.launch(_merge_kernel(), P * exe.tpb, (vals, idx, xp.ascontiguousarray(loss), int(first),
+                                              xp.empty_like(vals), xp.empty_like(idx)))
+    return vals, idx
 
 
 def scatter_add(acc, rows, values):

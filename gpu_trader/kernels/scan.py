@@ -3,11 +3,13 @@
 The loop bodies and the algorithm are in :mod:`gpu_trader._internal.scan_loops`. This
 module decides when :mod:`gpu_trader.kernels.indicators` takes that path
 (:func:`use_scan`, :func:`choose_chunk`: pure functions of the shape and the device's
-:class:`DeviceProps`) and runs its three phases (:func:`scan_compute`): it finds every
-series' first valid bar (:func:`series_info`, one or two more phase-1 launches), runs
-phase 1, the carry scan (:func:`exclusive_affine_scan`) and phase 3 on the user's
-``(n_series, T)`` arrays, writing the ``(n_out, P, n_series, T)`` result in place (no
-transposed or padded copies; :func:`traffic_bytes` counts the bytes per call).
+:class:`DeviceProps`) and runs it (:func:`scan_compute`): it finds every series' first valid
+bar (:func:`series_info`, one or two more phase-1 launches), then runs each affine pass as one
+single-pass launch (:func:`single_pass_kernel`, chained scan with decoupled look-back;
+:func:`use_single_pass`) or as phase 1, the carry scan (:func:`exclusive_affine_scan`) and
+phase 3, and the windowed indicators as phase 3 alone, on the user's ``(n_series, T)`` arrays,
+writing the ``(n_out, P, n_series, T)`` result in place (no transposed or padded copies;
+:func:`traffic_bytes` counts the bytes per call, :func:`launches` the launches).
 
 The glue is written against an array module ``xp`` (CuPy on a GPU; NumPy in numba's
 CUDA simulator and in the CPU twin :mod:`gpu_trader.cpu_fallback.scan`) and an
@@ -17,18 +19,24 @@ executor ``exe`` that runs one per-thread entry point over ``nthreads`` thread i
 * ``phase1(code, nthreads, nc, T, a, b, c, d, params, info, A, B, seed)`` and
   ``phase3(code, nthreads, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out)``:
   :data:`~gpu_trader._internal.scan_loops.PHASE1` / ``PHASE3`` ``[code]``;
+* ``single_pass(code, nthreads, nc, T, a, b, c, d, params, info, A, B, seed, Ain, Bin, Ainc, Binc,
+  flags, ticket, out)``: :func:`single_pass_kernel` ``(code)``;
 * ``pairs_reduce(nthreads, m, blk, A, B, A2, B2)``,
   ``pairs_expand(nthreads, m, blk, A, B, A2in, B2in, Ain, Bin)`` and
   ``pairs_serial(nthreads, m, A, B, Ain, Bin)``: the carry-scan steps of the same names.
 
-Importing this module imports numba (the loop bodies) but not ``numba.cuda``.
+Importing this module imports numba (the loop bodies) but not ``numba.cuda`` (which
+:func:`single_pass_kernel` imports when it builds a kernel).
 """
 from __future__ import annotations
 
+import functools
 import math
+import time
 from typing import NamedTuple
 
 import numpy as np
+from numba.extending import register_jitable
 
 from .._internal.indicator_specs import INPUT_FIELDS, MACD, SPECS
 from .._internal.scan_loops import (
@@ -36,8 +44,9 @@ from .._internal.scan_loops import (
 )
 
 __all__ = [
-    "DeviceProps", "H100", "SCAN_MIN_T", "ROWS_MIN_FILL", "MIN_CHUNK", "PAIR_BLOCK", "use_scan", "choose_chunk",
-    "carry_block", "traffic_bytes", "series_info", "exclusive_affine_scan", "scan_compute",
+    "DeviceProps", "H100", "SCAN_MIN_T", "ROWS_MIN_FILL", "MIN_CHUNK", "PAIR_BLOCK", "L2_SHARE", "use_scan",
+    "use_single_pass", "choose_chunk", "carry_block", "traffic_bytes", "launches", "series_info",
+    "exclusive_affine_scan", "single_pass_kernel", "scan_compute",
 ]
 
 
@@ -47,6 +56,7 @@ class DeviceProps(NamedTuple):
 
     sm_count: int        #: streaming multiprocessors
     threads_per_sm: int  #: resident threads per multiprocessor (its occupancy limit)
+    l2_bytes: int = 50 << 20  #: L2 cache (an H100's 50 MiB where the reader does not say)
 
     @property
     def resident_threads(self) -> int:
@@ -54,9 +64,12 @@ class DeviceProps(NamedTuple):
         return self.sm_count * self.threads_per_sm
 
 
-#: NVIDIA H100 SXM (132 SMs x 2048 resident threads): the policies' device where there is none
-#: (numba's simulator, PTX compilation, CPU-side tests).
-H100 = DeviceProps(132, 2048)
+#: NVIDIA H100 SXM (132 SMs x 2048 resident threads, 50 MiB L2): the policies' device where there
+#: is none (numba's simulator, PTX compilation, CPU-side tests).
+H100 = DeviceProps(132, 2048, 50 << 20)
+
+
+cuda = None  # numba.cuda, bound by single_pass_kernel (a module global: numba's simulator swaps it)
 
 
 # --- automatic path choice: by occupancy, not by T ----------------------------------------
@@ -76,6 +89,11 @@ SCAN_MIN_T = 256
 MIN_CHUNK = 16
 # Fewest maps composed per thread in each level of the carry scan (see carry_block).
 PAIR_BLOCK = 32
+# The affine recurrences take the single-pass scan (use_single_pass): a thread reads its chunk
+# in phase 1 and again in phase 3 of the same launch, moments later, so the second read is an
+# L2 hit while the chunks in flight -- resident_threads * L bars of float64 -- fit in this
+# share of the L2 (choose_chunk caps L so; MIN_CHUNK still bounds it below).
+L2_SHARE = 0.75
 
 
 def use_scan(name: str, n_rows: int, T: int, device=None) -> bool:
@@ -87,12 +105,25 @@ def use_scan(name: str, n_rows: int, T: int, device=None) -> bool:
     return name in SCAN_NAMES and T >= SCAN_MIN_T and n_rows < ROWS_MIN_FILL * device.resident_threads
 
 
+def use_single_pass(name: str) -> bool:
+    """True when ``name``'s scan runs as one launch (:func:`single_pass_kernel`: chained scan with
+    decoupled look-back) instead of phase 1, the carry scan and phase 3: the affine recurrences
+    (EMA, RSI, ATR, OBV, MACD). The windowed indicators need no carry (phase 3 only)."""
+    return name in SCAN_NAMES and name not in WINDOWED_NAMES
+
+
 def choose_chunk(name: str, params: np.ndarray, n_rows: int, T: int, device=None) -> int:
     """Chunk length for the scan path (see the constants above); ``params`` is the host
     ``(P, k)`` float64 parameter grid (its first column is the window of windowed indicators),
-    ``device`` as in :func:`use_scan`."""
+    ``device`` as in :func:`use_scan`. For the single pass (:func:`use_single_pass`) at most the
+    length whose in-flight chunks fit :data:`L2_SHARE` of the L2 (see there), at least
+    :data:`MIN_CHUNK`."""
     device = device or H100
-    L = max(MIN_CHUNK, -(-(n_rows * T) // device.resident_threads))
+    L = -(-(n_rows * T) // device.resident_threads)
+    if use_single_pass(name):
+        k = len(INPUT_FIELDS[name])
+        L = min(L, int(L2_SHARE * device.l2_bytes) // (device.resident_threads * k * 8))
+    L = max(MIN_CHUNK, L)
     if name in WINDOWED_NAMES and params.size:
         # WMA replays up to 8 windows from its last re-anchor; the others re-read one window
         L = max(L, (8 if name == "wma" else 2) * int(np.max(params[:, 0])))
@@ -110,33 +141,62 @@ def traffic_bytes(name: str, n_series: int, n_params: int, T: int, itemsize: int
     """DRAM bytes one ``compute`` call moves, by a counting model: each launch reads each input
     item it touches once (re-reads by the same thread, such as a window's trailing bar, come
     from the caches) and writes each output item once; arrays of one item per series or chunk
-    (parameters, begin indices, chunk maps) are left out. ``path``: "rows" or "scan". (The
+    (parameters, begin indices, chunk maps and status words) are left out. ``path``: "rows",
+    "scan" (three launches per affine pass: phase 1, carry scan, phase 3) or "single_pass"
+    (:func:`single_pass_kernel`; for the windowed indicators the same as "scan"). (The
     design this replaced also copied the inputs in and the outputs out transposed and read
     every input once for the first valid bar: 8N instead of 3N for a float64 EMA scan of N
     bars in all, 6N instead of 2N on the batch path.)
 
     Returns ``{"kernels", "info", "total"}`` in bytes: the batch kernel or the scan
-    phases (inputs once per parameter set, twice for the affine scans, whose phase 1 and
-    phase 3 both read them; MACD's float64 line is written once and read twice), the
-    first-valid searches (they stop at each chunk's first valid bar: only SMA and Bollinger
-    read a whole input, for the first non-finite bar).
+    phases (inputs once per parameter set; on "scan" twice for the affine recurrences,
+    whose phase 1 and phase 3 both read them from DRAM, while "single_pass" re-reads the
+    chunk within its launch from the L2, :data:`L2_SHARE`; MACD's float64 line is written
+    once and read twice on "scan", once on "single_pass"), the first-valid searches (they
+    stop at each chunk's first valid bar: only SMA and Bollinger read a whole input, for the
+    first non-finite bar). A float64 EMA of N bars: 2N on "rows" and "single_pass", 3N on
+    "scan".
     """
-    if path not in ("rows", "scan"):
-        raise ValueError(f"path must be 'rows' or 'scan', got {path!r}")
+    if path not in ("rows", "scan", "single_pass"):
+        raise ValueError(f"path must be 'rows', 'scan' or 'single_pass', got {path!r}")
     k = len(INPUT_FIELDS[name])
     n_out = SPECS[name][2]
     N = n_series * T
     R = n_params * N
     kernels = (k * R + n_out * R) * itemsize
     info = 0
-    if path == "scan":
+    if path != "rows":
         if name not in WINDOWED_NAMES:
-            kernels += k * R * itemsize
+            if path == "scan":
+                kernels += k * R * itemsize
             if SPECS[name][0] == MACD:
-                kernels += 3 * R * 8
+                kernels += (3 if path == "scan" else 2) * R * 8
         nonfinite = N * itemsize if name in ("sma", "bollinger") else 0
         info = nonfinite
     return {"kernels": kernels, "info": info, "total": kernels + info}
+
+
+def launches(name: str, n_chunks: int, path: str, pair_block: int | None = None) -> int:
+    """Kernel launches of one ``compute`` call on ``path`` ("rows", "scan", "single_pass") with
+    ``n_chunks`` chunks per series: the batch kernel; or the first-valid search (two for SMA and
+    Bollinger), then phase 3 (windowed), or per affine pass (two for MACD) phase 1, the carry
+    scan (:func:`exclusive_affine_scan`'s launches) and phase 3 -- or one single-pass launch."""
+    if path == "rows":
+        return 1
+    if path not in ("scan", "single_pass"):
+        raise ValueError(f"path must be 'rows', 'scan' or 'single_pass', got {path!r}")
+    info = 2 if name in ("sma", "bollinger") else 1
+    if name in WINDOWED_NAMES:
+        return info + 1
+    passes = 2 if SPECS[name][0] == MACD else 1
+    if path == "single_pass":
+        return info + passes
+    carry, m = 0, n_chunks
+    blk = carry_block(m) if pair_block is None else pair_block
+    while m > blk:  # reduce and expand per level, then one serial launch
+        carry += 2
+        m = -(-m // blk)
+    return info + passes * (2 + carry + 1)
 
 
 # --- array glue ------------------------------------------------------------------------
@@ -191,12 +251,108 @@ def exclusive_affine_scan(A, B, xp, exe, blk: int | None = None):
     return Ain, Bin
 
 
-def _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, blk):
-    """Phase 1, the carry scan and phase 3 of one affine recurrence, writing ``out``."""
+@functools.lru_cache(maxsize=None)
+def single_pass_kernel(code: int):
+    """The single-pass scan of affine recurrence ``code`` (a key of ``scan_loops.N_STATES``): one
+    CUDA kernel, one thread per (row, chunk), a chained scan with decoupled look-back (Merrill &
+    Garland 2016, CUB's ``DeviceScan``) over the chunk maps of :mod:`gpu_trader._internal.scan_loops`.
+
+    Launched as ``kernel(nthreads, nc, T, a, b, c, d, params, info, A, B, seed, Ain, Bin, Ainc,
+    Binc, flags, ticket, out)`` with ``nthreads = rows * nc``; ``A .. Binc`` ``(S, rows, nc)``
+    float64, ``flags`` ``(rows * nc,)`` int32 zeros (``scan_loops.FLAG_INVALID``), ``ticket``
+    ``(1,)`` int32 zero. Each block claims the next block number from ``ticket`` (an atomic
+    counter, not ``blockIdx``: a block only waits on chunks of lower numbers, which were claimed
+    by blocks already running, so it cannot wait on one not yet scheduled); its thread ``j``
+    then runs, for chunk ``cc`` of row ``r`` (``j = r * nc + cc``):
+
+    1. the phase-1 body: the chunk's map (``A``, ``B``; the seed where the chunk holds it);
+    2. (``cc > 0``) fence, status FLAG_AGGREGATE; then walks back over the row's earlier chunks,
+       reading each status with an atomic (a coherent load, spinning while FLAG_INVALID), a
+       fence, then its inclusive prefix (done) or its aggregate (``scan_loops.lookback_fold``);
+    3. stores its exclusive and inclusive prefixes (``scan_loops.lookback_publish``), fence,
+       status FLAG_PREFIX;
+    4. the phase-3 body from the exclusive prefix: its outputs, the inputs re-read from the L2.
+
+    Statuses are written after the values they announce (with a fence) and read before them
+    (with a fence), so a reader never sees a half-written map.
+    """
+    global cuda  # a module global, as numba's simulator swaps the kernel's global ``cuda`` for its own
+    from numba import cuda, float64, int32
+
+    from .._internal import scan_loops
+    from .._internal.jit import cuda_jit_cached
+
+    phase1, phase3, S = scan_loops.PHASE1[code], scan_loops.PHASE3[code], N_STATES[code]
+    backoff = _backoff()
+    aggregate, prefix, invalid = scan_loops.FLAG_AGGREGATE, scan_loops.FLAG_PREFIX, scan_loops.FLAG_INVALID
+
+    @cuda_jit_cached()
+    def kernel(nthreads, nc, T, a, b, c, d, params, info, A, B, seed, Ain, Bin, Ainc, Binc, flags, ticket, out):
+        claimed = cuda.shared.array(1, int32)
+        if cuda.threadIdx.x == 0:
+            claimed[0] = cuda.atomic.add(ticket, 0, 1)
+        cuda.syncthreads()
+        j = claimed[0] * cuda.blockDim.x + cuda.threadIdx.x
+        if j < nthreads:
+            phase1(j, nc, T, a, b, c, d, params, info, A, B, seed)
+            r = j // nc
+            cc = j - r * nc
+            acc_a = cuda.local.array(S, float64)
+            acc_b = cuda.local.array(S, float64)
+            scan_loops.lookback_start(acc_a, acc_b)
+            if cc > 0:
+                cuda.threadfence()
+                cuda.atomic.exch(flags, j, aggregate)
+                p = cc - 1
+                while True:
+                    flag = cuda.atomic.add(flags, j - cc + p, 0)
+                    if flag == invalid:
+                        backoff()
+                    else:
+                        cuda.threadfence()
+                        if scan_loops.lookback_fold(S, r, p, flag, A, B, Ainc, Binc, acc_a, acc_b):
+                            break
+                        p -= 1
+            scan_loops.lookback_publish(S, r, cc, A, B, acc_a, acc_b, Ain, Bin, Ainc, Binc)
+            cuda.threadfence()
+            cuda.atomic.exch(flags, j, prefix)
+            phase3(j, nc, T, a, b, c, d, params, info, Ain, Bin, seed, out)
+
+    return kernel
+
+
+def _backoff():
+    """The look-back's pause while a predecessor's status is FLAG_INVALID: ``nanosleep`` on a GPU
+    (fewer polls of the status word, as CUB does); in numba's simulator, whose threads are Python
+    threads, a yield of the interpreter lock, so the awaited thread runs."""
+    from numba import config
+
+    return _yield_thread if config.ENABLE_CUDASIM else _nanosleep
+
+
+def _yield_thread():
+    time.sleep(0)
+
+
+@register_jitable
+def _nanosleep():
+    cuda.nanosleep(64)  # the module global single_pass_kernel sets (compiled for CUDA only)
+
+
+def _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, blk, single_pass):
+    """One affine recurrence, writing ``out``: the single-pass launch (``exe.single_pass``), or
+    phase 1, the carry scan and phase 3."""
     S = N_STATES[code]
     A = xp.empty((S, R, nc), dtype=np.float64)
     B = xp.empty((S, R, nc), dtype=np.float64)
     seed = xp.zeros((S, R), dtype=np.float64)
+    if single_pass:
+        Ain, Bin, Ainc, Binc = (xp.empty((S, R, nc), dtype=np.float64) for _ in range(4))
+        flags = xp.zeros((R * nc,), dtype=np.int32)
+        ticket = xp.zeros((1,), dtype=np.int32)
+        exe.single_pass(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info, A, B, seed,
+                        Ain, Bin, Ainc, Binc, flags, ticket, out)
+        return
     exe.phase1(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info, A, B, seed)
     Ain, Bin = exclusive_affine_scan(A.reshape(S * R, nc), B.reshape(S * R, nc), xp, exe, blk)
     exe.phase3(code, R * nc, nc, T, xs[0], xs[1], xs[2], xs[3], params, info,
@@ -204,16 +360,19 @@ def _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, blk):
 
 
 def scan_compute(name: str, inputs, params, n_out: int, xp, exe, chunk: int | None = None,
-                 pair_block: int | None = None):
+                 pair_block: int | None = None, single_pass: bool | None = None):
     """Scan path of ``compute``: inputs C-contiguous (n, T) arrays of ``xp``, params (P, k)
     float64 ``xp`` array; ``chunk`` (default :func:`choose_chunk` on an H100) is rounded to
     ``ceil(T / ceil(T / chunk))`` so the chunks cover the series evenly; ``pair_block`` as
-    ``blk`` of :func:`exclusive_affine_scan`.
+    ``blk`` of :func:`exclusive_affine_scan`; ``single_pass`` (default :func:`use_single_pass`)
+    runs each affine pass as one :func:`single_pass_kernel` launch instead of three phases.
 
     Returns (n_out, P, n, T) in the inputs' dtype, written in place by phase 3.
     """
     if name not in SCAN_NAMES:
         raise ValueError(f"{name!r} has no scan path")
+    if single_pass is None:
+        single_pass = use_single_pass(name)
     code = SPECS[name][0]
     x0 = inputs[0]
     n, T = x0.shape
@@ -234,9 +393,10 @@ def scan_compute(name: str, inputs, params, n_out: int, xp, exe, chunk: int | No
                    dummy3, dummy3, dummy2, out)
     elif code == MACD:
         line = xp.empty((1, R, T), dtype=np.float64)
-        _affine_pass(MACD, nc, T, xs, params, info, line, R, xp, exe, pair_block)
+        _affine_pass(MACD, nc, T, xs, params, info, line, R, xp, exe, pair_block, single_pass)
         lx = line[0]
-        _affine_pass(MACD_SIGNAL, nc, T, [lx, lx, lx, lx], params, info, out, R, xp, exe, pair_block)
+        _affine_pass(MACD_SIGNAL, nc, T, [lx, lx, lx, lx], params, info, out, R, xp, exe, pair_block,
+                     single_pass)
     else:
-        _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, pair_block)
+        _affine_pass(code, nc, T, xs, params, info, out, R, xp, exe, pair_block, single_pass)
     return result

@@ -26,6 +26,7 @@ SUITES: dict[str, str] = {  # in the order of docs/design.md#benchmarks-and-targ
     "portfolio": "gpu_trader.bench.suites.portfolio",
     "vectors": "gpu_trader.bench.suites.vectors",
     "end_to_end": "gpu_trader.bench.suites.end_to_end",
+    "feeds": "gpu_trader.bench.suites.feeds",
 }
 
 

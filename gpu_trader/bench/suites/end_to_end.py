@@ -40,6 +40,15 @@ What one event is and what is timed (CPU only; other backends skip):
   which includes NumPy's and numba's footprint: ``VmHWM``, read by the process itself just
   before it exits (:func:`gpu_trader.bench.memory.peak_resident_bytes`; not ``ru_maxrss``,
   which a child inherits from the large bench process that starts it).
+* **metrics cost**: the same recording replayed through two pipelines event by event, in
+  turns (which one goes first alternates), one with :class:`gpu_trader.metrics.PipelineMetrics`
+  bound (every stage timed), one without; ``metrics_cost_p50_s`` is the difference of
+  their per-event p50 latencies (``event_p50_metrics_on_s`` - ``event_p50_metrics_off_s``;
+  target < 1 us), and ``stage_<stage>_p50_s`` the median time of each stage (parse, bar,
+  mark, signal, risk, order) over its latest ``events`` samples (the recorder's window: the
+  last replay for parse and bar, several replays for the per-bar stages), from the
+  pipeline's own stage recorder.
+  The table's p50 is that of one replay through both pipelines.
 * ``pipeline_bytes``: Python heap held (``tracemalloc``, after a first pipeline has
   loaded the compiled code) by building a pipeline and replaying the recording once:
   its state plus the order manager's per-order history (kept for idempotency) and the
@@ -262,6 +271,82 @@ print(json.dumps({"cold_start_s": cold, "rss_bytes": peak_resident_bytes(),
 """
 
 
+def _replay_pair(state) -> None:
+    """One replay through both pipelines in turns, gc on (see module doc); samples kept
+    from the second call on."""
+    gc_was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        state["loop"].run_until_complete(_replay_pair_events(state))
+    finally:
+        if not gc_was_enabled:
+            gc.disable()
+
+
+async def _replay_pair_events(state) -> None:
+    on, off = state["on"], state["off"]
+    on.reset()
+    off.reset()
+    tick_on, tick_off, clock = on.on_tick, off.on_tick, time.perf_counter_ns
+    lat_on, lat_off = [], []
+    for i, m in enumerate(state["messages"]):
+        if i & 1:
+            t0 = clock()
+            tick_on(m)
+            t1 = clock()
+            tick_off(m)
+            t2 = clock()
+            lat_on.append(t1 - t0)
+            lat_off.append(t2 - t1)
+        else:
+            t0 = clock()
+            tick_off(m)
+            t1 = clock()
+            tick_on(m)
+            t2 = clock()
+            lat_off.append(t1 - t0)
+            lat_on.append(t2 - t1)
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)
+    await on.drain()
+    await off.drain()
+    state["calls"] += 1
+    if state["calls"] > 1:
+        state["lat_on"].append(np.asarray(lat_on, dtype=np.int64))
+        state["lat_off"].append(np.asarray(lat_off, dtype=np.int64))
+
+
+def _metrics_cost_metrics(state, backend=None, policy=None, measured=None) -> dict[str, float]:
+    from ...pipeline import STAGES
+
+    on = np.concatenate(state["lat_on"])
+    off = np.concatenate(state["lat_off"])
+    out = {"event_p50_metrics_on_s": _pct(on, 50), "event_p50_metrics_off_s": _pct(off, 50)}
+    out["metrics_cost_p50_s"] = out["event_p50_metrics_on_s"] - out["event_p50_metrics_off_s"]
+    for stage in STAGES:
+        out[f"stage_{stage}_p50_s"] = state["metrics"].stage_quantile(stage, 0.5)
+    return out
+
+
+def _metrics_cost(n_symbols: int, n_events: int) -> Workload:
+    def setup(be):
+        from ...metrics import PipelineMetrics
+
+        _cpu_only(be)
+        loop = asyncio.new_event_loop()
+        on = build_pipeline(n_symbols)
+        metrics = PipelineMetrics(on, window=n_events, loop=loop, process=False)
+        state = {"messages": recording(n_symbols, n_events), "on": on, "off": build_pipeline(n_symbols),
+                 "metrics": metrics, "loop": loop, "calls": 0, "lat_on": [], "lat_off": []}
+        _replay_pair(state)  # loads the code
+        return state
+
+    return Workload(name=f"metrics on vs off, per event and per stage ({n_symbols} symbols, {n_events} events)",
+                    sizes={"symbols": n_symbols, "events": n_events}, setup=setup, run=_replay_pair,
+                    items=2 * n_events, unit="event", target="end_to_end.metrics",
+                    extra_metrics=_metrics_cost_metrics)
+
+
 def _cold_run(state) -> dict:
     proc = subprocess.run([sys.executable, "-c", _COLD, str(state["symbols"]), TIMEFRAME], input=state["stdin"],
                           capture_output=True, timeout=120)
@@ -295,7 +380,7 @@ def _cold_start(n_symbols: int, n_events: int, policy: TimingPolicy | None = Non
 
 
 def workloads(size: str) -> list[Workload]:
-    """The event, event-with-latency and cold-start cases at ``size`` (``STREAMS``)."""
+    """The event, event-with-latency, metrics-cost and cold-start cases at ``size`` (``STREAMS``)."""
     n_symbols, n_events = STREAMS[size]
     return [_event_stream(n_symbols, n_events), _event_stream(n_symbols, n_events, BROKER_LATENCY_MS),
-            _cold_start(n_symbols, n_events, COLD_START_POLICIES.get(size))]
+            _metrics_cost(n_symbols, n_events), _cold_start(n_symbols, n_events, COLD_START_POLICIES.get(size))]

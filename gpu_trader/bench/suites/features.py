@@ -9,7 +9,8 @@ symbol in its fastest documented form, a ``(5,)`` row and a preallocated ``out``
 ``SUM`` handles, returning the values as a tuple; n/a with an older TA-Lib); and each indicator over
 a batch of symbols x 2520 bars (``BATCH_SHAPES``: 200 quick, 500 standard, 2000 full)
 with TA-Lib looped over symbols (and ``bottleneck.move_mean`` for SMA) as references and
-a copy of the inputs as the bandwidth yardstick.
+a copy of the inputs as the bandwidth yardstick (its CPU multiple judged at the full size only:
+smaller inputs copy from cache, ``features.batched*_small``).
 """
 from __future__ import annotations
 
@@ -131,7 +132,10 @@ def _single(ind: _Indicator, target: str, bars: int) -> Workload:
     )
 
 
-def _batched(ind: _Indicator, target: str, shape: tuple[int, int]) -> Workload:
+def _batched(ind: _Indicator, target: str, shape: tuple[int, int], size: str) -> Workload:
+    """One indicator over ``shape`` (symbols x bars); below the full size the ``<target>_small``
+    targets apply (no copy multiple: those inputs copy from cache), except for VWAP, whose copy of
+    four inputs outweighs its one output at every size."""
     refs = []
     if ind.talib is not None:
         refs.append(_talib_reference(ind, shape))
@@ -140,7 +144,8 @@ def _batched(ind: _Indicator, target: str, shape: tuple[int, int]) -> Workload:
     n, bars = shape
     return Workload(
         name=f"{ind.label} {n}x{bars}", sizes={"symbols": n, "bars": bars},
-        setup=_gt_setup(ind, shape), run=_call, items=n * bars, target=target,
+        setup=_gt_setup(ind, shape), run=_call, items=n * bars,
+        target=target if size == "full" or ind.talib is None else f"{target}_small",  # VWAP: 1 output, 4 inputs
         references=tuple(refs),
         copy_inputs=lambda state: state.args[:len(ind.fields)],  # the input arrays, not the parameters
         bytes_moved=(len(ind.fields) + ind.n_out) * n * bars * ITEMSIZE,
@@ -254,5 +259,5 @@ def workloads(size: str) -> list[Workload]:
     out = [_single(ind, target, bars) for bars in SINGLE_BARS for ind, target in SINGLE]
     out.append(_full_features(FULL_FEATURES_BARS))
     out.append(_stream_update())
-    out.extend(_batched(ind, target, shape) for ind, target in BATCHED)
+    out.extend(_batched(ind, target, shape, size) for ind, target in BATCHED)
     return out

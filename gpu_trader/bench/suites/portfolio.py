@@ -15,6 +15,17 @@ one mark and of 1,000 portfolios x 500 assets along 252 daily prices (one GEMM),
 ``batch_apply_fills`` of 10 fills into each of 1,000 x 500 positions (quick: a tenth
 of every batch; standard and full alike). Their yardstick is a copy of the inputs on the device.
 
+Sizing, stops and exposure (issue 17): one-event sizing (:mod:`gpu_trader.sizing`'s five rules,
+host only), realized P&L of a 50-position book, the exposure metrics of a 100-position book and
+the streaming trailing stop of 500 symbols (host only); batched on every backend, with a
+NumPy expression computing the same thing timed in the same run as the CPU's peer
+(``ratio:numpy``): fixed fractional sizing of 1,000 books x 500 symbols (lot-rounded),
+``batch_exposure`` of 1,000 books x 500 assets, ``trailing_stop`` (ATR multiple) and
+``chandelier_exit`` of 500 symbols x 2,520 bars (peer: ``np.fmax.accumulate``; pandas
+rolling max for the chandelier), and the maximum drawdown of 1,000 books x 252 days
+(``risk.max_drawdown``; peer: cumulative product and running maximum). Quick sizes are a
+tenth of the books and symbols.
+
 Thread pools: left at their defaults (numba and BLAS use every core), as a user's
 process would.
 """
@@ -27,8 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ...commissions import FixedCommission, PercentageCommission, TieredCommission
-from ...portfolio import Portfolio, batch_apply_fills, batch_pnl
-from ..harness import SkipCase, Workload
+from ... import risk, sizing, stops
+from ...portfolio import Portfolio, batch_apply_fills, batch_exposure, batch_pnl
+from ..harness import Reference, SkipCase, Workload
 
 __all__ = ["workloads"]
 
@@ -189,6 +201,166 @@ def _batch_fills(n_portfolios: int) -> Workload:
 
 TIERS = [(1e4, 1e-3), (1e5, 5e-4), (math.inf, 2e-4)]
 
+# -- sizing, stops, exposure, realized P&L, drawdown ------------------------------------------
+SIZING_BOOKS = {"quick": 100, "standard": 1_000, "full": 1_000}
+STOP_SHAPES = {"quick": (50, 2520), "standard": (500, 2520), "full": (500, 2520)}
+STREAM_SYMBOLS = 500
+ATR_MULTIPLE, CHANDELIER_WINDOW = 3.0, 22
+ONE_EVENT_SIZING = {
+    "fixed fractional": (sizing.fixed_fractional_size, (100_000.0, 0.01, 2.5)),
+    "Kelly": (sizing.kelly_size, (100_000.0, 42.0, sizing.kelly_fraction(0.55, 1.3, multiplier=0.5))),
+    "volatility target": (sizing.volatility_target_size, (100_000.0, 0.01, 1.7)),
+    "by value": (sizing.value_size, (25_000.0, 42.0)),
+    "by weight": (sizing.weight_size, (100_000.0, 0.05, 42.0)),
+}
+
+
+def _one_event_sizing(label: str) -> Workload:
+    fn, args = ONE_EVENT_SIZING[label]
+    return _case(f"sizing one event, {label}", {"orders": 1}, lambda be: lambda: fn(*args, lot_size=1.0),
+                 "sizing.one_event")
+
+
+def _realized(be):
+    return _book(50).realized_pnl
+
+
+def _exposure_one(be):
+    pf = _book(100)
+    return lambda: pf.exposure_metrics(2.0)
+
+
+def _stream_step(be):
+    _cpu_only(be)
+    rng = np.random.default_rng(11)
+    stream = stops.TrailingStopStream(STREAM_SYMBOLS, percent=0.0, multiple=ATR_MULTIPLE)
+    bars = itertools.cycle([(100 + rng.normal(0, 1, STREAM_SYMBOLS), np.abs(rng.normal(1, 0.2, STREAM_SYMBOLS)))
+                            for _ in range(16)])
+    return lambda: stream.update(*next(bars))
+
+
+def _numpy_peer(make) -> Reference:
+    """``make()`` -> a zero-argument NumPy call computing the case's result on the host."""
+    return Reference("numpy", make, lambda f: f())
+
+
+def _sizing_data(books: int):
+    rng = np.random.default_rng(21)
+    return rng.uniform(1e5, 1e6, (books, 1)), rng.uniform(0.5, 5.0, ASSETS)
+
+
+def _numpy_fixed_fractional(books: int):
+    equity, dist = _sizing_data(books)
+
+    def call():
+        size = np.maximum(equity * 0.01, 0.0) / np.where(dist > 0, dist, np.nan)
+        return np.floor(size + 1e-9)
+
+    return call
+
+
+def _batch_sizing(books: int) -> Workload:
+    def setup(be):
+        equity, dist = (be.asarray(x) for x in _sizing_data(books))
+        return lambda: sizing.batch_fixed_fractional_size(equity, 0.01, dist, lot_size=1.0, backend=be.name)
+
+    return Workload(name=f"batch fixed fractional sizing {books}x{ASSETS}", sizes={"books": books, "symbols": ASSETS},
+                    setup=setup, run=lambda f: f(), items=books * ASSETS, unit="position", target="sizing.batch",
+                    references=(_numpy_peer(lambda: _numpy_fixed_fractional(books)),))
+
+
+def _exposure_data(books: int):
+    rng = np.random.default_rng(22)
+    q = rng.integers(-100, 100, (books, ASSETS)).astype(np.float64)
+    return q, rng.uniform(10, 200, ASSETS), rng.uniform(1e5, 1e6, books)
+
+
+def _numpy_exposure(books: int):
+    q, p, cash = _exposure_data(books)
+
+    def call():
+        value = q * p
+        gross, net = np.abs(value).sum(axis=1), value.sum(axis=1)
+        equity = cash + net
+        return gross, net, gross / equity, np.maximum(2.0 * equity - gross, 0), value / equity[:, None], \
+            np.count_nonzero(q, axis=1)
+
+    return call
+
+
+def _batch_exposure(books: int) -> Workload:
+    def setup(be):
+        q, p, cash = (be.asarray(x) for x in _exposure_data(books))
+        return lambda: batch_exposure(q, p, cash, max_leverage=2.0, backend=be.name)
+
+    return Workload(name=f"batch exposure metrics {books}x{ASSETS}", sizes={"books": books, "assets": ASSETS},
+                    setup=setup, run=lambda f: f(), items=books, unit="book", target="sizing.exposure_batch",
+                    references=(_numpy_peer(lambda: _numpy_exposure(books)),))
+
+
+def _bars(shape):
+    rng = np.random.default_rng(23)
+    close = 100 + np.cumsum(rng.normal(0, 1, shape), axis=1)
+    return close + rng.uniform(0, 1, shape), close - rng.uniform(0, 1, shape), close
+
+
+def _trailing(shape) -> Workload:
+    def setup(be):
+        high, low, close = _bars(shape)
+        atr = np.abs(np.random.default_rng(24).normal(1, 0.2, shape))
+        h, a = be.asarray(high), be.asarray(atr)
+        return lambda: stops.trailing_stop(h, atr=a, multiple=ATR_MULTIPLE, backend=be.name)
+
+    def peer():
+        high, _, _ = _bars(shape)
+        atr = np.abs(np.random.default_rng(24).normal(1, 0.2, shape))
+        return lambda: np.fmax.accumulate(high - ATR_MULTIPLE * atr, axis=1)
+
+    n, t = shape
+    return Workload(name=f"trailing stop (ATR multiple) {n}x{t} bars", sizes={"symbols": n, "bars": t}, setup=setup,
+                    run=lambda f: f(), items=n * t, unit="bar", target="sizing.stops_batch",
+                    references=(_numpy_peer(peer),))
+
+
+def _chandelier(shape) -> Workload:
+    def setup(be):
+        h, lo, c = (be.asarray(x) for x in _bars(shape))
+        return lambda: stops.chandelier_exit(h, lo, c, window=CHANDELIER_WINDOW, multiple=ATR_MULTIPLE,
+                                             backend=be.name)
+
+    def pandas_peer():
+        import pandas as pd
+
+        high, low, close = _bars(shape)
+        return lambda: pd.DataFrame(high.T).rolling(CHANDELIER_WINDOW).max()
+
+    n, t = shape
+    return Workload(name=f"chandelier exit {n}x{t} bars", sizes={"symbols": n, "bars": t}, setup=setup,
+                    run=lambda f: f(), items=n * t, unit="bar", target="sizing.chandelier",
+                    references=(Reference("pandas", pandas_peer, lambda f: f(), requires="pandas"),))
+
+
+def _drawdown(books: int) -> Workload:
+    def returns():
+        return np.random.default_rng(25).standard_t(4, size=(books, 252)) * 0.01
+
+    def setup(be):
+        r = be.asarray(returns())
+        return lambda: risk.max_drawdown(r, backend=be.name)
+
+    def peer():
+        r = returns()
+
+        def call():
+            wealth = np.cumprod(1.0 + r, axis=1)
+            return (1.0 - wealth / np.maximum.accumulate(wealth, axis=1)).max(axis=1)
+
+        return call
+
+    return Workload(name=f"max drawdown {books} books x 252 days", sizes={"books": books, "days": 252}, setup=setup,
+                    run=lambda f: f(), items=books * 252, unit="day", target="sizing.drawdown",
+                    references=(_numpy_peer(peer),))
+
 
 def workloads(size: str) -> list[Workload]:
     """All cases; ``size`` picks the batched cases' portfolios (``PNL_PORTFOLIOS``)."""
@@ -214,4 +386,14 @@ def workloads(size: str) -> list[Workload]:
                      "portfolio.limit_check"))
     n_pf = PNL_PORTFOLIOS[size]
     out += [_batch_pnl(n_pf, False), _batch_pnl(n_pf // 10, True), _batch_fills(n_pf // 10)]
+    out += [_one_event_sizing(label) for label in ONE_EVENT_SIZING]
+    out += [
+        _case("realized P&L, 50 positions", {"positions": 50}, _realized, "sizing.realized"),
+        _case("exposure metrics, 100 positions", {"positions": 100}, _exposure_one, "sizing.exposure_one"),
+        _case(f"trailing stop stream step, {STREAM_SYMBOLS} symbols", {"symbols": STREAM_SYMBOLS}, _stream_step,
+              "sizing.stop_stream", unit="symbol", items=STREAM_SYMBOLS),
+    ]
+    books = SIZING_BOOKS[size]
+    out += [_batch_sizing(books), _batch_exposure(books), _trailing(STOP_SHAPES[size]), _chandelier(STOP_SHAPES[size]),
+            _drawdown(books)]
     return out

@@ -10,7 +10,8 @@ what a batch costs: historical VaR of 2000 series x 2520 days (peer
 NumPy, and against the copy bandwidth), ``rolling_corr`` (pandas, and the jax backend
 as the CPU's peer, n/a without jax), ``ledoit_wolf`` (scikit-learn). The batched sizes
 shrink with the run's size (``BATCH_SHAPES`` and siblings: standard keeps 500 of the
-2000 series). The Monte Carlo VaR cases are defined in :mod:`.risk_montecarlo`.
+2000 series). The Monte Carlo VaR cases are defined in :mod:`.risk_montecarlo`, the streaming
+risk cases (``RiskStream``) in :mod:`.risk_stream`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..harness import Reference, SkipCase, Workload
-from . import risk_montecarlo
+from . import risk_montecarlo, risk_stream
 
 __all__ = ["workloads"]
 
@@ -240,4 +241,5 @@ def workloads(size: str) -> list[Workload]:
     out.append(_rolling(ROLLING_SHAPES[size]))
     out.append(_ledoit_wolf(SHRINK_SHAPES[size]))
     out.extend(risk_montecarlo.workloads(size))
+    out.extend(risk_stream.workloads(size))
     return out
