@@ -37,11 +37,13 @@ _LAZY = {
     **dict.fromkeys(("WebSocketFeed", "FeedBar", "FeedControl", "FeedDecoder"), "feeds"),
     **dict.fromkeys(("PipelineMetrics", "serve_metrics"), "metrics"),
     **dict.fromkeys(("RiskStream",), "risk_stream"),
+    **dict.fromkeys(("TrajectoryStore",), "trajectories"),
+    **dict.fromkeys(("read_ohlcv", "write_results"), "data_io"),
 }
 
 
 # Public modules reachable as attributes (``gt.marketdata.MessageRejection``), imported on first use.
-_MODULES = frozenset(set(_LAZY.values()) | {"distributed"})
+_MODULES = frozenset(set(_LAZY.values()) | {"distributed", "distances"})
 
 
 def __getattr__(name):

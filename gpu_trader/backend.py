@@ -610,6 +610,77 @@ def is_cudf(x: Any) -> bool:
     return t.__name__ in ("Series", "DataFrame") and t.__module__.partition(".")[0] == "cudf"
 
 
+def is_polars(x: Any) -> bool:
+    """A polars ``Series``/``DataFrame`` (polars is never imported here: only when the caller
+    already has, through ``sys.modules``). polars in gives polars out (see :func:`_unwrap_polars`)."""
+    pl = sys.modules.get("polars")
+    return pl is not None and isinstance(x, (pl.Series, pl.DataFrame))
+
+
+def _polars_split(x: Any) -> tuple[list[str], list[str]]:
+    """A polars DataFrame's (time columns, series columns): temporal columns (``Datetime``,
+    ``Date``, ``Time``, ``Duration``) are the time axis, kept as they are; numeric and
+    boolean columns are the series, one per symbol. ``TypeError`` for any other column
+    (a string column is neither: select or drop it first)."""
+    times, series = [], []
+    for name, dtype in x.schema.items():
+        if dtype.is_temporal():
+            times.append(name)
+        elif dtype.is_numeric() or dtype == sys.modules["polars"].Boolean:
+            series.append(name)
+        else:
+            raise TypeError(f"polars column {name!r} has dtype {dtype}: columns must be numeric series "
+                            "or temporal (the time axis); select the series first")
+    return times, series
+
+
+def _polars_values(x: Any, series: list[str] | None = None) -> np.ndarray:
+    """A polars Series' values, or a DataFrame's ``series`` columns as ``(T, n)``, as NumPy:
+    nulls of numeric columns become NaN (integer columns with nulls become float64)."""
+    if isinstance(x, sys.modules["polars"].Series):
+        return x.to_numpy()
+    return x.select(series).to_numpy() if series else np.empty((x.height, 0))
+
+
+def _grid_label(name: str, idx: tuple[int, ...]) -> str:
+    """The column name of one parameter set's result for series ``name``: ``name[i,j]``."""
+    return f"{name}[{','.join(map(str, idx))}]"
+
+
+def _unwrap_polars(x: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """Split a polars object into (array with time last, function that rewraps a result).
+
+    A Series is one series (result: a Series of the same name). A DataFrame has time along
+    its rows: its temporal columns are kept as they are, first, in the result; its numeric
+    columns are the series (one per symbol), transposed to ``(n_symbols, T)``, and come back
+    under the same names. A parameter grid result names its columns ``symbol[i,j]``."""
+    pl = sys.modules["polars"]
+    if isinstance(x, pl.Series):
+        name = x.name
+
+        def rewrap_series(res):
+            res = to_numpy(res)
+            if res.ndim == 1:
+                return pl.Series(name, res)
+            lead = res.shape[:-1]
+            return pl.DataFrame({_grid_label(name, idx): res[idx] for idx in np.ndindex(lead)})
+
+        return _polars_values(x), rewrap_series
+    times, series = _polars_split(x)
+    time_frame = x.select(times)
+
+    def rewrap(res):
+        res = to_numpy(res)
+        lead = res.shape[:-2]
+        if lead:
+            cols = {_grid_label(n, idx): res[idx + (i,)] for idx in np.ndindex(lead) for i, n in enumerate(series)}
+        else:
+            cols = {n: res[i] for i, n in enumerate(series)}
+        return time_frame.hstack(pl.DataFrame(cols)) if times else pl.DataFrame(cols)
+
+    return _polars_values(x, series).T, rewrap
+
+
 def _cudf_values(x: Any) -> Any:
     """A cuDF object's values as a CuPy array, without a host copy: numeric and boolean columns
     with nulls as float64 with NaN for them, float columns as they are; other dtypes as host
@@ -665,8 +736,11 @@ def _unwrap_pandas(x: Any) -> tuple[Any, Callable[[Any], Any] | None]:
     """Split a pandas object into (array with time last, function that rewraps a result).
 
     A Series is one series; a DataFrame has time along its index and one column per
-    symbol, so its values are transposed to (n_symbols, T).
+    symbol, so its values are transposed to (n_symbols, T). polars objects: see
+    :func:`_unwrap_polars`.
     """
+    if is_polars(x):
+        return _unwrap_polars(x)
     if not (is_pandas(x) or is_cudf(x)):
         return x, None
     pd, device = _frame_module(x), is_cudf(x)
@@ -709,7 +783,10 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
     series-by-series matrix (a DataFrame indexed and labelled by the columns);
     ``kind="matrix_path"`` for a matrix at every time step, ``(n, n, T)``, which becomes
     pandas' own rolling-pairwise layout: rows ``(time, column)``, one column per column.
+    polars objects: see :func:`_unwrap_polars_columns`.
     """
+    if is_polars(x):
+        return _unwrap_polars_columns(x)
     if not (is_pandas(x) or is_cudf(x)):
         return x, None
     pd, device = _frame_module(x), is_cudf(x)
@@ -732,6 +809,44 @@ def unwrap_pandas_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any] | None
         if kind == "matrix_path":
             rows = pd.MultiIndex.from_product([_host_labels(index), columns])
             return pd.DataFrame(res.transpose(2, 0, 1).reshape(-1, res.shape[1]), index=rows, columns=columns)
+        raise ValueError(f"unknown result kind {kind!r}")
+
+    return values, rewrap
+
+
+def _unwrap_polars_columns(x: Any) -> tuple[Any, Callable[[Any, str], Any]]:
+    """:func:`unwrap_pandas_columns` for polars (no index, so labels become columns).
+
+    ``kind="reduced"``: a Series gives a scalar (a grid: a DataFrame with columns ``level``
+    and the Series' name); a DataFrame gives a one-row DataFrame with its series columns
+    (a grid: one row per level, a ``level`` column first). ``kind="matrix"``: a DataFrame
+    with a ``symbol`` column (the series names) then one column per series.
+    ``kind="matrix_path"``: one row per (time, symbol), time-major: the time columns (or,
+    without one, a ``row`` column of row numbers), ``symbol``, then one column per series."""
+    pl = sys.modules["polars"]
+    if isinstance(x, pl.Series):
+        values, names, time_frame = _polars_values(x), [x.name], pl.DataFrame({"row": np.arange(len(x))})
+    else:
+        times, names = _polars_split(x)
+        values = _polars_values(x, names).T
+        time_frame = x.select(times) if times else pl.DataFrame({"row": np.arange(x.height)})
+
+    def rewrap(res: Any, kind: str, grid: Any = None) -> Any:
+        res = to_numpy(res)
+        if kind == "reduced":
+            if isinstance(x, pl.Series) and grid is None:
+                return res[()]
+            rows = np.atleast_2d(res.reshape(-1, len(names)) if res.ndim else res)
+            frame = pl.DataFrame({n: rows[:, i] for i, n in enumerate(names)})
+            return frame if grid is None else pl.DataFrame({"level": list(grid)}).hstack(frame)
+        if kind == "matrix":
+            return pl.DataFrame({"symbol": names}).hstack(pl.DataFrame({n: res[:, i] for i, n in enumerate(names)}))
+        if kind == "matrix_path":
+            n, steps = len(names), res.shape[-1]
+            flat = res.transpose(2, 0, 1).reshape(steps * n, n)
+            lead = time_frame.select(pl.all().gather(np.repeat(np.arange(steps), n)))
+            return lead.hstack(pl.DataFrame({"symbol": names * steps})).hstack(
+                pl.DataFrame({c: flat[:, i] for i, c in enumerate(names)}))
         raise ValueError(f"unknown result kind {kind!r}")
 
     return values, rewrap
@@ -804,6 +919,8 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
     :func:`check_not_masked`) or what cannot become an array (a ragged list, ...)."""
     check_not_masked(x, name)
     try:
+        if is_polars(x):
+            return _unwrap_polars(x)[0]
         return _pandas_values(x) if is_pandas(x) else np.asarray(x)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a real numeric array, got {type(x).__name__}: {exc}") from None
@@ -916,6 +1033,7 @@ def check_same_labels(arrays: tuple[Any, ...], names: tuple[str, ...]) -> None:
     differs from the first pandas input's: inputs are combined by position, so differently
     ordered or labelled frames would be mixed silently. A default ``RangeIndex`` (0, 1, ...)
     carries no labels and matches any axis of its length."""
+    _check_same_polars_columns(arrays, names)
     ref = None
     for a, name in zip(arrays, names):
         if not is_pandas(a):
@@ -933,6 +1051,17 @@ def check_same_labels(arrays: tuple[Any, ...], names: tuple[str, ...]) -> None:
                     f"{name} and {other_name} have different {axis} (labels or their order); align them "
                     f"first, e.g. {name}.reindex_like({other_name})"
                 )
+
+
+def _check_same_polars_columns(arrays: tuple[Any, ...], names: tuple[str, ...]) -> None:
+    """``ValueError`` naming the argument when a polars DataFrame input's columns (names and
+    order) differ from the first polars DataFrame input's (polars has no index to compare)."""
+    pl = sys.modules.get("polars")
+    frames = [(a, n) for a, n in zip(arrays, names) if pl is not None and isinstance(a, pl.DataFrame)]
+    for a, name in frames[1:]:
+        if a.columns != frames[0][0].columns:
+            raise ValueError(f"{name} and {frames[0][1]} have different columns (names or their order); "
+                             f"select them in the same order first, e.g. {name}.select({frames[0][1]}.columns)")
 
 
 def _positional(labels: Any) -> bool:

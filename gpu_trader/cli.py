@@ -2,9 +2,11 @@
 
 Usage: ``gpu-trader bench [--backend NAME ...] [--suite NAME ...] [--case NAME ...] [-k TEXT ...]
 [--quick | --full] [--list] [--json PATH] [--baseline PATH [--fail-on-regression] [--min-change F]]
-[--report PATH.md]`` runs the suites (``--list``: prints the cases it would run, without timing);
-``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--min-change F] [--report PATH.md]``
-applies the regression gate (:mod:`gpu_trader.bench.compare`) to two ``--json`` files.
+[--report PATH.md|PATH.html]`` runs the suites (``--list``: prints the cases it would run, without timing);
+``gpu-trader compare OLD.json NEW.json [--fail-on-regression] [--min-change F] [--report PATH.md|PATH.html]``
+applies the regression gate (:mod:`gpu_trader.bench.compare`) to two ``--json`` files. A report
+whose name ends in ``.html``/``.htm`` is HTML (:mod:`gpu_trader.bench.html`), any other Markdown
+(:mod:`gpu_trader.bench.markdown`).
 ``gpu-trader serve-metrics --replay TICKS.jsonl [--port 9100] [--addr 127.0.0.1] [--duration S]
 [--symbols A,B,...] [--timeframe 1s]`` serves a trading pipeline's Prometheus metrics
 (:mod:`gpu_trader.metrics`) at ``http://ADDR:PORT/metrics`` while it replays recorded tick
@@ -119,8 +121,16 @@ def _gate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-change", type=_fraction, default=None, metavar="FRACTION",
                         help="smallest p50 change marked REGRESSED/IMPROVED when above the noise "
                              "(default 0.05 = 5%%; raise it on a shared, noisy machine)")
-    parser.add_argument("--report", metavar="PATH.md",
-                        help="write a self-contained Markdown report (tables, baseline comparison, plots)")
+    parser.add_argument("--report", metavar="PATH.md|PATH.html",
+                        help="write a self-contained report (tables, baseline comparison, plots): HTML when "
+                             "PATH ends in .html/.htm (sortable table, coloured verdicts), else Markdown")
+
+
+def _report_writer(path: str):
+    """The report writer for ``path``: HTML for a ``.html``/``.htm`` name, else Markdown."""
+    from .bench import html, markdown
+
+    return html.write_html if path.lower().endswith((".html", ".htm")) else markdown.write_report
 
 
 def _fraction(text: str) -> float:
@@ -207,7 +217,7 @@ def _exit_status(case_error: bool, regressed: bool, written: bool) -> int:
 
 
 def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .bench import compare, markdown
+    from .bench import compare
 
     _check_outputs(parser, args)
     try:
@@ -219,7 +229,7 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     meta = {"run": args.new, "baseline": args.old, "timestamp": new.get("timestamp"),
             "size": new.get("size", "quick" if new.get("quick") else "full")}
     regressed = _gate(comparisons, args)
-    written = _write_outputs([(args.report, lambda: markdown.write_report(args.report, new["results"],
+    written = _write_outputs([(args.report, lambda: _report_writer(args.report)(args.report, new["results"],
                                                                           comparisons, meta))]
                              if args.report else [])
     return _exit_status(any(r.get("status") == "error" for r in new["results"]), regressed, written)
@@ -236,7 +246,7 @@ _SIZE_NOTES = {
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import bench
     from .backend import AUTO, ENV_VAR, available_backends, get_backend
-    from .bench import compare, markdown, report
+    from .bench import compare, report
     from .bench.progress import Progress
 
     suites = list(dict.fromkeys(args.suite or bench.SUITES))
@@ -296,7 +306,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.json:
         writers.append((args.json, lambda: report.write_json(args.json, results, args.size, load_before)))
     if args.report:
-        writers.append((args.report, lambda: markdown.write_report(args.report, records, comparisons, meta)))
+        writers.append((args.report, lambda: _report_writer(args.report)(args.report, records, comparisons, meta)))
     written = _write_outputs(writers)
     return _exit_status(any(r.status == "error" for r in results), regressed, written)
 

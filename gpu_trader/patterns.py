@@ -8,6 +8,16 @@ flattened to ``n_features * window`` values, then normalized to unit length. Pat
 stored in a cosine :class:`gpu_trader.vectors.VectorIndex` with their *outcome* (e.g. the
 next-period return) and optional metadata (symbol, regime, ...) to filter on.
 
+With an :class:`EmbeddingCache` (``PatternMemory(cache=EmbeddingCache(max_entries=...))``),
+:meth:`PatternMemory.embed`, :meth:`PatternMemory.embed_history` and
+:meth:`PatternMemory.add_history` called with ``symbol=`` reuse the patterns of windows they
+have embedded before: an entry's key is ``(symbol, window_end, window, spec, digest of the
+window's close prices)``, ``window_end`` being the DataFrame index label of the window's last
+bar (its position for other inputs). The caller promises that a symbol's bars up to a window
+end do not change except inside the window (which the digest detects): a rolling query over
+an append-only history then computes the indicators only for windows not seen before and
+z-scores only those. Without ``symbol`` (or without a cache) nothing is cached.
+
 Inputs are :func:`gpu_trader.features` inputs: a mapping or DataFrame of one symbol's
 bars (columns in any case, ``Close`` or ``close``; read-only pandas columns fine) or a
 ``(5, T)`` array in OHLCV order. Limits (``ValueError``; bools and non-integers are a
@@ -17,6 +27,7 @@ patterns at most :data:`gpu_trader._internal.validation.MAX_ELEMENTS` values.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -27,10 +38,11 @@ from .backend import get_backend, infer_backend, to_numpy
 from .indicators import features, field_keys, is_mapping, normalize_spec
 from .vectors import VectorIndex, _as_rows, _real_array
 from .profiling import annotate, annotate_methods
+from ._internal.embedding_cache import CacheStats, EmbeddingCache
 from ._internal.rapids import cuml_kmeans
 from ._internal.validation import MAX_WINDOW, check_allocation, check_count, check_float, finite_real_array
 
-__all__ = ["PatternMemory", "Distilled", "window_patterns"]
+__all__ = ["PatternMemory", "Distilled", "window_patterns", "EmbeddingCache", "CacheStats"]
 
 MAX_KMEANS_ITER = 10_000
 """Most Lloyd iterations :meth:`PatternMemory.distill` accepts."""
@@ -51,8 +63,16 @@ def window_patterns(xp, feats, window: int):
     n_features, T = feats.shape
     window = check_count(window, "window", 1, T)
     check_allocation((T - window + 1) * n_features * window, "window_patterns")
-    w = xp.lib.stride_tricks.sliding_window_view(feats, window, axis=1)  # (F, n, window)
-    w = xp.moveaxis(w, 1, 0)  # (n, F, window)
+    return _zscore_windows(xp, _windows(xp, feats, window))
+
+
+def _windows(xp, feats, window: int):
+    """View ``(T - window + 1, n_features, window)`` of every window of ``feats`` ``(n_features, T)``."""
+    return xp.moveaxis(xp.lib.stride_tricks.sliding_window_view(feats, window, axis=1), 1, 0)
+
+
+def _zscore_windows(xp, w):
+    """Windows ``w`` ``(n, F, window)`` z-scored per feature and flattened to ``(n, F * window)``."""
     mean = w.mean(axis=2, keepdims=True)
     std = w.std(axis=2, keepdims=True)
     z = (w - mean) / xp.where(std > 0, std, 1.0)
@@ -78,15 +98,21 @@ class PatternMemory:
     """A k-NN memory of market patterns (see the module docstring).
 
     ``window``: bars per pattern (2 to 100000). ``spec``: the :func:`gpu_trader.features` spec.
-    ``backend``, ``dtype``, ``kind``: those of the underlying :class:`VectorIndex`. Queries may
+    ``backend``, ``dtype``, ``kind``: those of the underlying :class:`VectorIndex`. ``cache``: an
+    :class:`EmbeddingCache` for the windows embedded with ``symbol=`` (see the module docstring;
+    it may be shared by memories: the key holds the window, spec and backend). Queries may
     run in many threads while one thread adds (adds are serialized by a lock).
     """
 
     def __init__(self, window: int = 20, spec: Mapping | None = None, *, backend: str | None = None,
-                 dtype: str = "float32", kind: str = "exact"):
+                 dtype: str = "float32", kind: str = "exact", cache: EmbeddingCache | None = None):
         self.window = check_count(window, "window", 2, MAX_WINDOW)
-        normalize_spec(spec)  # a bad spec is refused here, not at the first add
+        spec_key = repr(sorted(normalize_spec(spec).items()))  # a bad spec is refused here, not at the first add
         self.spec = spec
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            raise TypeError(f"cache must be an EmbeddingCache or None, got {type(cache).__name__}")
+        self.cache = cache
+        self._embedding_key = (self.window, spec_key, backend)
         self._index_args = {"backend": backend, "dtype": dtype, "kind": kind}
         VectorIndex(1, "cosine", **self._index_args)  # checks backend, dtype and kind as the real index will
         self._index: VectorIndex | None = None
@@ -110,25 +136,75 @@ class PatternMemory:
         xp = infer_backend(arrays[0]).xp
         return xp, xp.stack(arrays).astype(np.float64)
 
-    def embed_history(self, ohlcv):
+    def embed_history(self, ohlcv, *, symbol: Any = None):
         """Patterns of every complete window of one symbol's bars.
 
         Returns ``(end_bars (m,) int64 host, patterns (m, dim))``: ``end_bars[j]`` is the last
         bar of pattern ``j``; windows that include an indicator's NaN lookback are left out.
-        Patterns are not yet normalized (the index does that).
+        Patterns are not yet normalized (the index does that). ``symbol`` (hashable): with a
+        cache, the windows cached for it are not z-scored again (see the module docstring).
         """
         xp, f = self._features(ohlcv)
         T = f.shape[1]
         if T < self.window:
             return np.empty(0, np.int64), xp.empty((0, f.shape[0] * self.window))
-        pats = window_patterns(xp, f, self.window)
-        ok = xp.isfinite(pats).all(axis=1)
-        ends = np.flatnonzero(to_numpy(ok)) + self.window - 1
-        return ends.astype(np.int64), pats[ok]
+        if self.cache is None or symbol is None:
+            pats = window_patterns(xp, f, self.window)
+            ok = xp.isfinite(pats).all(axis=1)
+            ends = np.flatnonzero(to_numpy(ok)) + self.window - 1
+            return ends.astype(np.int64), pats[ok]
+        return self._cached_history(xp, f, ohlcv, symbol)
 
-    def embed(self, ohlcv):
+    def _cached_history(self, xp, f, ohlcv, symbol):
+        """:meth:`embed_history` through the cache: z-score only the windows not cached."""
+        window = self.window
+        check_allocation((f.shape[1] - window + 1) * f.shape[0] * window, "embed_history")
+        bad = np.concatenate([[0], np.cumsum(~to_numpy(xp.isfinite(f).all(axis=0)))])
+        ends = np.flatnonzero(bad[window:] == bad[:-window]) + window - 1  # windows of finite features
+        keys = self._window_keys(ohlcv, symbol, ends)
+        rows = self.cache.get_many(keys)
+        todo = [j for j, row in enumerate(rows) if row is None]
+        if todo:
+            new = _zscore_windows(xp, _windows(xp, f, window)[xp.asarray(ends[todo] - window + 1)])
+            for j, row in zip(todo, new):
+                rows[j] = row.copy()  # a copy: a view would keep the whole batch alive in the cache
+                self.cache.put(keys[j], rows[j])
+        keep = [j for j, row in enumerate(rows) if bool(xp.isfinite(row).all())] if todo else range(len(rows))
+        if not len(keep):
+            return np.empty(0, np.int64), xp.empty((0, f.shape[0] * window))
+        return ends[list(keep)].astype(np.int64), xp.stack([rows[j] for j in keep])
+
+    def _window_keys(self, ohlcv, symbol, ends: np.ndarray) -> list:
+        """Cache keys of the windows ending at bars ``ends`` (see the module docstring)."""
+        close = np.ascontiguousarray(to_numpy(_field(ohlcv, "close")), dtype=np.float64)
+        labels = getattr(ohlcv, "index", None)
+        if labels is None or callable(labels) or len(labels) != close.shape[-1]:  # no DataFrame index: positions
+            labels = ends.tolist()
+        else:
+            labels = list(labels[ends])
+        w, bars = self.window, memoryview(close)  # 1-D: the caller has checked
+        blake2b, params = hashlib.blake2b, self._embedding_key
+        return [(symbol, label, *params, blake2b(bars[e - w + 1:e + 1], digest_size=16).digest())
+                for label, e in zip(labels, ends.tolist())]
+
+    def embed(self, ohlcv, *, symbol: Any = None):
         """The pattern ``(dim,)`` of the last ``window`` bars of one symbol (``ValueError`` if
-        an indicator has not produced a value over the whole window yet)."""
+        an indicator has not produced a value over the whole window yet). ``symbol``
+        (hashable): with a cache, a window embedded before is returned from it (read-only)
+        without computing the indicators (see the module docstring)."""
+        if self.cache is None or symbol is None:
+            return self._embed(ohlcv)
+        close = to_numpy(_field(ohlcv, "close"))
+        if close.ndim != 1 or close.shape[0] < self.window:
+            return self._embed(ohlcv)  # refused there
+        key = self._window_keys(ohlcv, symbol, np.array([close.shape[0] - 1]))[0]
+        pattern = self.cache.get(key)
+        if pattern is None:
+            pattern = self._embed(ohlcv)
+            self.cache.put(key, pattern)
+        return pattern
+
+    def _embed(self, ohlcv):
         xp, f = self._features(ohlcv)
         last = f[:, f.shape[1] - self.window:]
         if f.shape[1] < self.window or not bool(xp.isfinite(last).all()):
@@ -158,13 +234,14 @@ class PatternMemory:
             self._index = index  # kept only once it holds a pattern
             return ids
 
-    def add_history(self, ohlcv, horizon: int = 1, metadata: Mapping[str, Any] | None = None) -> np.ndarray:
+    def add_history(self, ohlcv, horizon: int = 1, metadata: Mapping[str, Any] | None = None, *,
+                    symbol: Any = None) -> np.ndarray:
         """Store every complete pattern of one symbol's bars with its forward return
         ``close[t + horizon] / close[t] - 1`` (``t``: the pattern's last bar; patterns without
         ``horizon`` bars after them are skipped). ``metadata``: ``field -> value`` for all of them.
-        ``horizon``: 1 to 100000 bars. Returns the ids."""
+        ``horizon``: 1 to 100000 bars. ``symbol``: as for :meth:`embed_history`. Returns the ids."""
         horizon = check_count(horizon, "horizon", 1, MAX_WINDOW)
-        ends, pats = self.embed_history(ohlcv)
+        ends, pats = self.embed_history(ohlcv, symbol=symbol)
         close = to_numpy(_field(ohlcv, "close")).astype(np.float64)
         keep = ends + horizon < close.shape[-1]
         ends, pats = ends[keep], pats[infer_backend(pats).xp.asarray(keep)]

@@ -7,26 +7,38 @@ Scores (``search`` returns ``(scores, ids)``, best first, on the backend's devic
 
 * ``metric="cosine"``: cosine similarity (vectors and queries are normalized on the way in);
 * ``"ip"``: inner product; ``"l2"``: squared Euclidean distance (ascending), as FAISS's
-  ``IndexFlatIP`` / ``IndexFlatL2`` report them.
+  ``IndexFlatIP`` / ``IndexFlatL2`` report them;
+* ``"l1"``: Manhattan distance ``sum_j |q_j - x_j|`` (ascending), as FAISS's
+  ``IndexFlat(dim, METRIC_L1)`` reports it (summed in float32; exact and hnsw search,
+  ``kind="cagra"`` refuses it: cuVS's CAGRA has no L1).
 
 Exact search (``kind="exact"``, the default on every backend) is a GEMM per database tile
-plus a top-k selection (see :mod:`gpu_trader._internal.vector_xp`). ``kind="hnsw"`` (cpu backend)
+(L1: blocked absolute differences) plus a top-k selection (see :mod:`gpu_trader._internal.vector_xp`).
+``kind="hnsw"`` (cpu backend)
 answers unfiltered queries from a FAISS HNSW graph; ``kind="cagra"`` (cuda backend) from a
 cuVS CAGRA graph; both fall back to exact search for filtered queries (see :mod:`gpu_trader._internal.ann`).
 ``dtype="int8"`` stores per-vector scalar-quantized codes (4x less memory; scores are
 those of the dequantized vectors) for exact and CAGRA search; with ``kind="hnsw"`` it is a
-``ValueError`` (the graph stores float32 vectors itself).
+``ValueError`` (the graph stores float32 vectors itself). Compressed storage, for exact
+search only (any backend; :data:`COMPRESSION` gives the ratio to float32):
+``dtype="binary"`` keeps one sign bit per dimension plus a float32 scale ``mean |x_i|`` per
+vector (32x at large ``dim``; queries stay float32, so scores are asymmetric: the query
+against ``scale * signs``); ``"pq16"`` / ``"pq32"`` keep product-quantization codes, one byte per
+4 / 8 dimensions (``dim`` must be a multiple), 256 centroids per sub-space trained by k-means
+on the first non-empty ``add`` (which needs at least 256 vectors; the codebooks then stay
+fixed); scores are those of the decoded vectors, as FAISS's ``IndexPQ`` computes them.
+recall@10 per level: ``docs/ann_comparison.md``.
 
 Rules (``TypeError`` for an argument of the wrong kind, ``ValueError`` out of range, each
 naming the argument; NumPy integers are ints, ``bool`` is not): ``dim`` is an int in
 ``[1, MAX_DIM]``; ``M``, ``ef_construction``, ``ef_search`` within
 :data:`gpu_trader._internal.ann.HNSW_LIMITS`. ``k`` is an int in ``[1, len(index)]``; with a
 ``filter`` fewer than ``k`` vectors may match, the rows are then padded with id ``-1`` and
-score ``-inf`` (``+inf`` for l2), and ``k`` may exceed ``len(index)`` up to
+score ``-inf`` (``+inf`` for l2 and l1), and ``k`` may exceed ``len(index)`` up to
 ``MAX_PADDED_K``. Ids are unique ints in ``[0, MAX_ID]``; by default they count up from 0.
 Vectors and queries are real arrays of any dtype and byte order (read-only ones too;
 inputs are never written to; masked arrays and bool are a ``TypeError``); holding NaN or
-inf, a vector whose squared norm overflows float32 (ip, l2), of the wrong dimension, or
+inf, a vector whose squared norm overflows float32 (ip, l2, l1), of the wrong dimension, or
 (for cosine) all zero they raise ``ValueError``.
 
 Metadata: each field is a column whose type is fixed by its first non-``None`` value:
@@ -61,11 +73,15 @@ from .backend import MAX_ELEMENTS, Backend, as_host_array, backend_input, get_ba
 from .profiling import annotate, annotate_methods
 from ._internal.validation import check_count, check_flag, is_integer
 
-__all__ = ["VectorIndex", "VectorIndexFileError", "normalize", "cosine"]
+__all__ = ["VectorIndex", "VectorIndexFileError", "normalize", "cosine", "COMPRESSION"]
 
-METRICS = ("cosine", "ip", "l2")
+METRICS = ("cosine", "ip", "l2", "l1")
 KINDS = ("exact", "hnsw", "cagra")
-DTYPES = ("float32", "int8")
+DTYPES = ("float32", "int8", "binary", "pq16", "pq32")
+COMPRESSION = {"float32": 1, "int8": 4, "pq16": 16, "binary": 32, "pq32": 32}
+"""Bytes of float32 storage per byte of each storage dtype (binary: plus 4 bytes of scale a vector)."""
+PQ_DIMS = {"pq16": 4, "pq32": 8}  # dimensions per one-byte PQ code
+PQ_SEED = 0  # seed of the codebooks' k-means
 MAX_DIM = 1 << 16
 MAX_ID = (1 << 63) - 2  # the next default id (MAX_ID + 1) still fits int64
 MAX_PADDED_K = 4096  # the largest k a filtered search pads to beyond the vectors stored
@@ -163,9 +179,17 @@ def _check_settings(dim, metric, kind, dtype, params: Mapping[str, Any]):
     """``(dim, metric, kind, dtype name, params)`` checked and normalized (see the module docstring)."""
     dim = check_count(dim, "dim", 1, MAX_DIM)
     metric, kind, dtype_name = _choice(metric, METRICS, "metric"), _choice(kind, KINDS, "kind"), _dtype_name(dtype)
-    if kind == "hnsw" and dtype_name == "int8":
-        raise ValueError("dtype='int8' is for kind='exact' or 'cagra': the HNSW graph keeps its own float32 copy of "
-                         "every vector, so int8 would save no memory and its scores would not be the codes'")
+    if kind == "hnsw" and dtype_name != "float32":
+        raise ValueError(f"dtype={dtype_name!r} is for kind='exact'{' or cagra' if dtype_name == 'int8' else ''}: "
+                         f"the HNSW graph keeps its own float32 copy of every vector, so {dtype_name} would save no "
+                         "memory and its scores would not be the codes'")
+    if kind == "cagra" and dtype_name in ("binary", *PQ_DIMS):
+        raise ValueError(f"dtype={dtype_name!r} is for kind='exact': the CAGRA graph takes float32 or int8 vectors")
+    if dtype_name in PQ_DIMS and dim % PQ_DIMS[dtype_name]:
+        raise ValueError(f"dtype={dtype_name!r} codes {PQ_DIMS[dtype_name]} dimensions per byte: dim must be a "
+                         f"multiple of {PQ_DIMS[dtype_name]}, got {dim}")
+    if kind == "cagra" and metric == "l1":
+        raise ValueError("metric='l1' is for kind='exact' or 'hnsw': cuVS's CAGRA graph has no L1 distance")
     return dim, metric, kind, dtype_name, ann.check_params(params)
 
 
@@ -202,20 +226,21 @@ class _Snapshot:
     """An immutable view of the store: what one search works on."""
 
     n: int
-    vectors: Any  # (n, dim) float32 or int8 codes
-    scales: Any  # (n,) float32 for int8 storage, else None
+    vectors: Any  # (n, dim) float32 or int8 codes; (n, width) uint8 binary or PQ codes
+    scales: Any  # (n,) float32 for int8 and binary storage, else None
     norms: Any  # (n,) float32 squared norms of the stored (dequantized) rows
     ids: Any  # (n,) int64 on the backend
     meta: Mapping[str, np.ndarray]  # read-only host columns of length n
     l2: bool
     xp: Any  # the backend's array module
+    l1: bool = False
+    codebooks: Any = None  # (n_sub, 256, dim / n_sub) float32 for PQ storage, else None
+    dim: int = 0
 
     def dequantized(self):
-        """A new float32 ``(n, dim)`` array of the stored vectors (int8 codes times their scales)."""
-        v = self.vectors.astype(np.float32)
-        if self.scales is not None:
-            v *= self.scales[:, None]
-        return v
+        """A new float32 ``(n, dim)`` array of the stored vectors (decoded, times their scales)."""
+        v = vector_xp.dequantize(self.xp, self.vectors, self.scales, self.codebooks, self.dim)
+        return v.copy() if v is self.vectors else v
 
     def rescore(self, queries, rows):
         """Exact public scores of candidate ``rows`` (nq, k), sorted best first, and their ids."""
@@ -252,9 +277,13 @@ class VectorIndex:
         self._row_of: dict[int, int] = {}
         self._next_id = 0
         self._meta_types: dict[str, str | None] = {}
-        xp, int8 = self._xp, self.dtype == "int8"
-        self._install(xp.empty((0, self.dim), np.int8 if int8 else np.float32),
-                      xp.empty(0, np.float32) if int8 else None, xp.empty(0, np.float32), xp.empty(0, np.int64), {})
+        self._codebooks = None  # PQ storage: trained by the first non-empty add
+        xp, scaled = self._xp, self.dtype in ("int8", "binary")
+        width = {"binary": -(-self.dim // 8), **{d: self.dim // p for d, p in PQ_DIMS.items()}}.get(
+            self.dtype, self.dim)  # bytes of codes (float32/int8: elements) per vector
+        code_dtype = {"float32": np.float32, "int8": np.int8}.get(self.dtype, np.uint8)
+        self._install(xp.empty((0, width), code_dtype),
+                      xp.empty(0, np.float32) if scaled else None, xp.empty(0, np.float32), xp.empty(0, np.int64), {})
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -270,13 +299,14 @@ class VectorIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the stored vectors (and int8 scales), excluding ids, metadata and graphs."""
+        """Bytes of the stored vectors (and int8/binary scales, PQ codebooks), excluding ids,
+        metadata and graphs."""
         s = self._snap
-        return int(s.vectors.nbytes) + (0 if s.scales is None else int(s.scales.nbytes))
+        return int(s.vectors.nbytes) + sum(int(a.nbytes) for a in (s.scales, s.codebooks) if a is not None)
 
     def vectors(self):
         """``(ids, vectors)``: copies of the stored ids (int64 ``(n,)``) and vectors (float32
-        ``(n, dim)``: normalized for cosine, dequantized for int8), in storage order, on the
+        ``(n, dim)``: normalized for cosine, decoded for compressed storage), in storage order, on the
         backend's device."""
         snap = self._snap
         return snap.ids.copy(), snap.dequantized()
@@ -305,19 +335,22 @@ class VectorIndex:
             x, lengths = self._ops.normalize_rows(x)
             if bool((lengths == 0).any()):
                 raise ValueError("vectors contain an all-zero vector, which has no cosine similarity")
-        if self.dtype == "int8":
-            stored, scales = self._ops.quantize_int8(x)
-        else:
-            stored, scales = x, None
-        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
-            norms = self._ops.row_sq_norms(stored, scales)
-        if not bool(xp.isfinite(norms).all()):
-            raise ValueError("vectors hold a vector whose squared norm overflows float32")
+        pq = self.dtype in PQ_DIMS
+        stored, scales, norms = (None, None, None) if pq else self._encode(x, None)
         columns = _metadata_columns(metadata, m, single)
         with self._lock:
             snap = self._snap
             new_ids = self._new_ids(ids, m)
             meta, types = _extend_columns(snap.meta, self._meta_types, snap.n, columns, m)
+            if pq:  # under the lock: the first add trains the codebooks every later add uses
+                books = self._codebooks
+                if books is None:
+                    if m < vector_xp.PQ_CENTROIDS:
+                        raise ValueError(f"the first add to a dtype={self.dtype!r} index trains its codebooks and "
+                                         f"needs at least {vector_xp.PQ_CENTROIDS} vectors, got {m}")
+                    books = self._ops.pq_train(x, self.dim // PQ_DIMS[self.dtype], PQ_SEED)
+                stored, scales, norms = self._encode(x, books)
+                self._codebooks = books
             n = snap.n
             self._reserve(n + m)
             self._vec[n:n + m] = stored
@@ -357,6 +390,24 @@ class VectorIndex:
                 self._ann.remove(np.array(rm, np.int64))
         return len(rm)
 
+    def _encode(self, x, codebooks):
+        """``(stored rows, scales or None, squared norms of the decoded rows)`` of float32 rows
+        ``x`` in this index's storage dtype (``codebooks``: PQ's); ``ValueError`` if a decoded
+        row's squared norm overflows float32."""
+        if self.dtype == "int8":
+            stored, scales = self._ops.quantize_int8(x)
+        elif self.dtype == "binary":
+            stored, scales = self._ops.encode_binary(x)
+        elif codebooks is not None:
+            stored, scales = self._ops.pq_encode(x, codebooks), None
+        else:
+            stored, scales = x, None
+        with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+            norms = self._ops.row_sq_norms(stored, scales, codebooks, self.dim)
+        if not bool(self._xp.isfinite(norms).all()):
+            raise ValueError("vectors hold a vector whose squared norm overflows float32")
+        return stored, scales, norms
+
     def _new_ids(self, ids, m: int) -> np.ndarray:
         if ids is None:
             if self._next_id + m - 1 > MAX_ID:
@@ -379,14 +430,15 @@ class VectorIndex:
         if n <= self._vec.shape[0] and getattr(self._vec.flags, "writeable", True):
             return
         xp, cur = self._xp, self._snap.n
-        cap = max(vector_xp.initial_rows(self.dim * self._vec.dtype.itemsize), n, 2 * self._vec.shape[0])
+        width = self._vec.shape[1]
+        cap = max(vector_xp.initial_rows(width * self._vec.dtype.itemsize), n, 2 * self._vec.shape[0])
 
         def grow(buf, shape):
             new = xp.empty(shape, buf.dtype)
             new[:cur] = buf[:cur]
             return new
 
-        self._vec = grow(self._vec, (cap, self.dim))
+        self._vec = grow(self._vec, (cap, width))
         if self._scales is not None:
             self._scales = grow(self._scales, (cap,))
         self._norms = grow(self._norms, (cap,))
@@ -403,7 +455,8 @@ class VectorIndex:
             column.flags.writeable = False
         self._snap = _Snapshot(
             n, self._vec[:n], None if self._scales is None else self._scales[:n], self._norms[:n],
-            self._ids[:n], MappingProxyType(meta), self.metric == "l2", self._xp,
+            self._ids[:n], MappingProxyType(meta), self.metric == "l2", self._xp, self.metric == "l1",
+            self._codebooks, self.dim,
         )
 
     # -- search -------------------------------------------------------------------------
@@ -445,7 +498,7 @@ class VectorIndex:
 
     def _queries(self, queries):
         """``(queries as float32 (nq, dim) rows, normalized for cosine; whether one query was
-        given; their squared norms (nq,) for ip and l2, None for cosine)``."""
+        given; their squared norms (nq,) for ip, l2 and l1, None for cosine)``."""
         q, single = _as_rows(_real_array(self._be, queries, "queries"), "queries")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the index has dim={self.dim}")
@@ -466,9 +519,11 @@ class VectorIndex:
         return q, single, q_sq
 
     def _exact(self, snap: _Snapshot, q, k: int, rows, q_sq):
-        s, r = self._ops.search(snap.vectors, snap.scales, snap.norms, q, k, snap.l2, rows)
+        s, r = self._ops.search(snap.vectors, snap.scales, snap.norms, q, k, snap.l2, rows, snap.l1, snap.codebooks)
         if snap.l2:
             s = self._xp.maximum(q_sq[:, None] - s, 0.0)
+        elif snap.l1:
+            s = -s
         return s, snap.ids[r]
 
     def _approximate(self, snap: _Snapshot, q, k: int, q_sq):
@@ -479,7 +534,7 @@ class VectorIndex:
 
     def _padded(self, nq: int, k: int, scores, ids):
         xp = self._xp
-        out_s = xp.full((nq, k), xp.inf if self.metric == "l2" else -xp.inf, np.float32)
+        out_s = xp.full((nq, k), xp.inf if self.metric in ("l2", "l1") else -xp.inf, np.float32)
         out_i = xp.full((nq, k), -1, np.int64)
         if scores is not None:
             out_s[:, :scores.shape[1]] = scores
@@ -500,6 +555,8 @@ class VectorIndex:
             arrays = {"vectors": to_np(snap.vectors), "norms": to_np(snap.norms), "ids": to_np(snap.ids)}
             if snap.scales is not None:
                 arrays["scales"] = to_np(snap.scales)
+            if snap.codebooks is not None:
+                arrays["codebooks"] = to_np(snap.codebooks)
             meta = _metadata_json(snap.meta, self._meta_types)
             config = {
                 "dim": self.dim, "metric": self.metric, "kind": self.kind, "dtype": self.dtype,
@@ -518,7 +575,8 @@ class VectorIndex:
         :func:`gpu_trader._internal.vector_io.read` checks, every config field's type and range, the
         sections' names, dtypes and shapes, ids (unique, in ``[0, MAX_ID]``, below
         ``next_id``), vectors (finite; unit length for cosine, within the int8 rounding),
-        int8 scales (finite, positive), the metadata columns (one per field, ``count``
+        int8 scales (finite, positive), binary scales (finite, not negative), PQ codebooks
+        (finite; present once vectors are stored), the metadata columns (one per field, ``count``
         JSON scalars of one type each) and the HNSW graph (see :mod:`gpu_trader._internal.ann`).
         Squared norms are recomputed from the vectors. ``OSError`` if the path cannot be
         opened; ``ValueError``/``ImportError`` if ``backend`` cannot hold this index.
@@ -533,7 +591,8 @@ class VectorIndex:
             (dim, metric, kind, dtype, params), n, next_id = _file_settings(config)
             index = cls(dim, metric, kind, be.name, dtype, **params)
             vectors, scales, ids = _file_arrays(sections, index, n, next_id)
-            norms = _checked_norms(vectors, scales, index.metric)
+            index._codebooks = sections.get("codebooks")
+            norms = _checked_norms(vectors, scales, index.metric, index._codebooks, index.dim)
             meta, types = _file_metadata(sections["metadata"], config.get("meta_types"), n)
             if index._ann is not None and sections["ann"]:
                 index._ann.restore(sections["ann"], ids, vectors)
@@ -565,11 +624,16 @@ def _file_settings(config: dict[str, Any]):
 
 def _file_arrays(sections: dict[str, Any], index: VectorIndex, n: int, next_id: int):
     """``(vectors, scales or None, ids)`` of a file: the expected sections with the expected
-    dtypes and shapes, ids unique in ``[0, next_id)``, int8 scales finite and positive."""
-    expect = {"vectors": ("|i1" if index.dtype == "int8" else "<f4", (n, index.dim)), "norms": ("<f4", (n,)),
+    dtypes and shapes, ids unique in ``[0, next_id)``, int8 scales finite and positive (binary:
+    not negative), PQ codebooks finite (required once ``n > 0``)."""
+    empty = index._snap.vectors
+    expect = {"vectors": (empty.dtype.str, (n, empty.shape[1])), "norms": ("<f4", (n,)),
               "ids": ("<i8", (n,)), "metadata": (vector_io.BYTES, None), "ann": (vector_io.BYTES, None)}
-    if index.dtype == "int8":
+    if index.dtype in ("int8", "binary"):
         expect["scales"] = ("<f4", (n,))
+    if index.dtype in PQ_DIMS and (n or "codebooks" in sections):
+        d = PQ_DIMS[index.dtype]
+        expect["codebooks"] = ("<f4", (index.dim // d, vector_xp.PQ_CENTROIDS, d))
     if set(sections) != set(expect):
         raise ValueError(f"the file has sections {sorted(sections)}, expected {sorted(expect)}")
     for name, (dtype, shape) in expect.items():
@@ -582,8 +646,13 @@ def _file_arrays(sections: dict[str, Any], index: VectorIndex, n: int, next_id: 
     if n and int(ids.max()) >= next_id:
         raise ValueError(f"next_id {next_id} is not above every stored id (the largest is {int(ids.max())})")
     scales = sections.get("scales")
-    if scales is not None and not (np.isfinite(scales).all() and (scales > 0).all()):
-        raise ValueError("the int8 scales must be finite and positive")
+    if scales is not None:
+        binary = index.dtype == "binary"  # a zero vector has scale 0
+        if not (np.isfinite(scales).all() and ((scales >= 0) if binary else (scales > 0)).all()):
+            raise ValueError(f"the {index.dtype} scales must be finite and {'not negative' if binary else 'positive'}")
+    books = sections.get("codebooks")
+    if books is not None and not np.isfinite(books).all():
+        raise ValueError("the PQ codebooks must be finite")
     return sections["vectors"], scales, ids
 
 
@@ -593,21 +662,22 @@ def _row_blocks(n: int, row_bytes: int) -> Iterator[slice]:
         yield slice(start, min(n, start + step))
 
 
-def _checked_norms(vectors: np.ndarray, scales, metric: str) -> np.ndarray:
+def _checked_norms(vectors: np.ndarray, scales, metric: str, codebooks, dim: int) -> np.ndarray:
     """Squared norms (float32 ``(n,)``) of the stored (dequantized) rows, computed in blocks;
     ``ValueError`` for a non-finite vector or squared norm, or for cosine a row not of unit
-    length (within ``sqrt(dim) * scale / 2`` for int8 codes, the rounding bound, plus 1e-4)."""
-    n, dim = vectors.shape
+    length (within ``sqrt(dim) * scale / 2`` for int8 codes, the rounding bound, plus 1e-4; binary
+    and PQ rows, whose decoded length is not kept, are not checked for it)."""
+    n = vectors.shape[0]
     norms = np.empty(n, np.float32)
     for rows in _row_blocks(n, 4 * dim):
         block = vectors[rows]
         if block.dtype == np.float32 and not np.isfinite(block).all():
             raise ValueError("the vectors contain NaN or infinite values")
         with np.errstate(over="ignore"):
-            norms[rows] = vector_xp.row_sq_norms(np, block, None if scales is None else scales[rows])
+            norms[rows] = vector_xp.row_sq_norms(np, block, None if scales is None else scales[rows], codebooks, dim)
     if not np.isfinite(norms).all():
         raise ValueError("the vectors hold one whose squared norm overflows float32")
-    if metric == "cosine":
+    if metric == "cosine" and vectors.dtype != np.uint8:
         slack = 1e-4 + (0.0 if scales is None else np.sqrt(dim) * scales.astype(np.float64) / 2)
         if not (np.abs(np.sqrt(norms.astype(np.float64)) - 1.0) <= slack).all():
             raise ValueError("a cosine index holds a vector that is not of unit length")

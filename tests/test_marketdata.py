@@ -960,6 +960,10 @@ _extreme_trades = st.lists(st.tuples(st.one_of(st.floats(1e-3, sys.float_info.ma
 @given(_extreme_trades)
 @example([(1.0, 0.0), (1.0, 5e-324), (0.5, 5e-324)])  # 0.5 * 5e-324 rounds to 0: VWAP 0.75, not 0.5
 @example([(3.0, 1e-310), (1e-300, 7e-320)])  # subnormal products of tiny prices and sizes
+# a huge price with a negligible size next to tiny prices with huge sizes: scaling by the highest
+# price pushed the prices that carry the mean into subnormals (1e-9 relative error)
+@example([(1.1713196930641693e+23, 1e-06), (5.2464231054948234e-291, 4.947349661673285e+307),
+          (2.1526512530522962e-291, 1.7678586223586123e+308)])
 def test_vwap_exact_at_the_float_extremes(trades):
     """Batch and streaming VWAP (and volume) against exact fractions, prices and sizes from
     the float64 maximum down to the subnormal range (where ``price * size`` underflows):

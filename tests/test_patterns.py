@@ -204,3 +204,131 @@ def test_read_only_mixed_and_vendor_named_bars():
         a.add(np.ones(a.index.dim), np.ma.masked_array([1.0], mask=[True]))
     with pytest.raises(ValueError, match=r"missing field\(s\) \['volume'\]"):
         a.add_history({k: v for k, v in frozen.items() if k != "Volume"})
+
+
+# -- the embedding cache ------------------------------------------------------------------
+from collections import OrderedDict  # noqa: E402
+
+from gpu_trader import patterns as patterns_module  # noqa: E402
+from gpu_trader.patterns import CacheStats, EmbeddingCache  # noqa: E402
+
+
+@pytest.fixture
+def zscore_rows(monkeypatch):
+    """Counts the windows PatternMemory z-scores (embeds), through a spy on the shared helper."""
+    count = [0]
+    real = patterns_module._zscore_windows
+
+    def spy(xp, w):
+        count[0] += int(w.shape[0])
+        return real(xp, w)
+
+    monkeypatch.setattr(patterns_module, "_zscore_windows", spy)
+    return count
+
+
+def test_cached_history_embeds_only_new_windows_and_matches_uncached(zscore_rows):
+    bars = ohlcv(160, seed=3)
+    plain = PatternMemory(12, SPEC)
+    cached = PatternMemory(12, SPEC, cache=EmbeddingCache(max_entries=1000))
+    expected, seen = {}, []
+    for T in (60, 100, 160):  # a growing (append-only) history, re-embedded from the start each time
+        head = {k: v[:T] for k, v in bars.items()}
+        e0, p0 = plain.embed_history(head)
+        zscore_rows[0] = 0
+        e1, p1 = cached.embed_history(head, symbol="AAA")
+        np.testing.assert_array_equal(e0, e1)
+        np.testing.assert_array_equal(p0, p1)  # bit-identical: the same z-scoring
+        assert zscore_rows[0] == len(e1) - len(expected)  # only windows not seen before were embedded
+        seen.append(len(expected))
+        expected.update(zip(e1.tolist(), p1))
+    s = cached.cache.stats()
+    assert s.hits == sum(seen) and s.misses == len(expected) and s.evictions == 0
+    assert s.entries == len(expected) and s.nbytes == sum(p.nbytes for p in expected.values())
+    # another symbol, or the same bars changed inside a window, is not a hit
+    zscore_rows[0] = 0
+    cached.embed_history(bars, symbol="BBB")
+    assert zscore_rows[0] == len(expected)
+    moved = {k: v.copy() for k, v in bars.items()}
+    moved["close"][-1] *= 1.01  # the last bar corrected (the contract: bars change only inside a window)
+    zscore_rows[0] = 0
+    e2, p2 = cached.embed_history(moved, symbol="AAA")
+    assert zscore_rows[0] == 1  # the one window holding it
+    np.testing.assert_array_equal(p2, plain.embed_history(moved)[1])
+
+
+def test_cached_embed_and_add_history(zscore_rows):
+    bars = ohlcv(120, seed=4)
+    import pandas as pd
+    frame = pd.DataFrame(bars, index=pd.date_range("2024-01-01", periods=120, freq="D"))
+    cache = EmbeddingCache(max_entries=4)
+    pm = PatternMemory(10, SPEC, cache=cache)
+    ref = PatternMemory(10, SPEC)
+    for T in (80, 81, 80, 81):  # a rolling query: each window end embedded once
+        np.testing.assert_array_equal(pm.embed(frame.iloc[:T], symbol="X"), ref.embed(frame.iloc[:T]))
+    assert (cache.stats().hits, cache.stats().misses) == (2, 2)
+    assert zscore_rows[0] == 2 + 4  # two misses here, four embeds by the uncached reference
+    ids = pm.add_history(frame, symbol="X")
+    np.testing.assert_array_equal(ids, ref.add_history(frame))
+    assert cache.stats().entries == 4 and cache.stats().evictions > 0  # bounded by max_entries
+    with pytest.raises(TypeError, match="cache"):
+        PatternMemory(10, SPEC, cache={})
+
+
+def test_lru_eviction_order_matches_a_model():
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(max_entries=5, max_bytes=6 * 80)
+    model: OrderedDict = OrderedDict()
+    hits = misses = evictions = 0
+    for _ in range(400):
+        key = int(rng.integers(0, 9))
+        if rng.random() < 0.5:
+            got = cache.get(key) if rng.random() < 0.5 else cache.get_many([key])[0]
+            if key in model:
+                model.move_to_end(key)
+                hits += 1
+                assert got is model[key]
+            else:
+                misses += 1
+                assert got is None
+        else:
+            value = np.zeros(int(rng.integers(1, 40)))  # 8 to 312 bytes
+            model.pop(key, None)
+            model[key] = value
+            while len(model) > 5 or sum(v.nbytes for v in model.values()) > 6 * 80:
+                model.popitem(last=False)
+                evictions += 1
+            cache.put(key, value)
+            assert not value.flags.writeable
+        assert list(cache._entries) == list(model)
+        assert cache.nbytes == sum(v.nbytes for v in model.values()) <= 6 * 80
+    assert cache.stats() == CacheStats(hits, misses, evictions, len(model), cache.nbytes)
+    assert cache.stats().hit_rate == hits / (hits + misses)
+    cache.put("big", np.zeros(100))  # larger than max_bytes on its own: not stored
+    assert "big" not in cache
+
+
+def test_embedding_cache_arguments_and_threads():
+    for bad in ({}, {"max_entries": 0}, {"max_bytes": -1}):
+        with pytest.raises(ValueError):
+            EmbeddingCache(**bad)
+    for bad in ({"max_entries": True}, {"max_bytes": 1.5}):
+        with pytest.raises(TypeError):
+            EmbeddingCache(**bad)
+    import threading
+    cache = EmbeddingCache(max_entries=50)
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            key = int(rng.integers(0, 80))
+            if cache.get(key) is None:
+                cache.put(key, np.zeros(2))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = cache.stats()
+    assert s.hits + s.misses == 1200 and s.entries == 50 and s.nbytes == 50 * 16

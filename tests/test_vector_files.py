@@ -662,3 +662,61 @@ def test_id_bounds_in_files(tmp_path, saved):
     with pytest.raises(ValueError, match="used up"):
         loaded.add(np.ones(4))
     assert math.isfinite(float(loaded.search(np.ones(4), 1)[0][0]))
+
+
+# -- compressed storage (binary scales, PQ codebooks) -----------------------------------------
+def _compressed_file(tmp_path, dtype: str, metric: str = "l2") -> bytes:
+    rng = np.random.default_rng(5)
+    index = VectorIndex(8, metric, dtype=dtype)
+    index.add(rng.standard_normal((300, 8)))
+    index.save(tmp_path / "c.gtv")
+    return (tmp_path / "c.gtv").read_bytes()
+
+
+def _edited(data: bytes, name: str, edit) -> bytes:
+    """``data`` with section ``name``'s array (as the header types it) replaced by ``edit(array)``."""
+    head, blobs = split(data)
+    meta = next(s for s in head["sections"] if s["name"] == name)
+    arr = np.frombuffer(blobs[name], dtype=meta["dtype"]).reshape(meta["shape"]).copy()
+    new = edit(arr)
+    meta["shape"], meta["dtype"] = list(new.shape), new.dtype.str
+    blobs[name] = new.tobytes()
+    return forge(head, blobs)
+
+
+@pytest.mark.parametrize("dtype", ["pq16", "pq32", "binary"])
+def test_compressed_file_round_trip_answers_exactly(tmp_path, dtype):
+    data = _compressed_file(tmp_path, dtype)
+    path = tmp_path / "c.gtv"
+    back = VectorIndex.load(path, mmap=True)
+    vectors = back.vectors()[1].astype(np.float64)
+    q = np.random.default_rng(6).standard_normal((3, 8))
+    scores, ids = back.search(q, 5)
+    d = ((vectors[None] - q[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(scores, np.sort(d, axis=1)[:, :5], rtol=1e-4, atol=1e-4)
+    assert data == path.read_bytes()
+
+
+@pytest.mark.parametrize("dtype,name,edit,message", [
+    ("pq16", "codebooks", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.nan, a).astype("<f4"),
+     "codebooks must be finite"),
+    ("pq16", "codebooks", lambda a: a[:, :128].copy(), "codebooks"),
+    ("pq32", "vectors", lambda a: a.astype("<f4"), "vectors"),
+    ("binary", "scales", lambda a: -a, "not negative"),
+    ("binary", "vectors", lambda a: a[:, :0].copy(), "vectors"),
+])
+def test_compressed_file_with_bad_codes_is_refused(tmp_path, dtype, name, edit, message):
+    path = tmp_path / "bad.gtv"
+    path.write_bytes(_edited(_compressed_file(tmp_path, dtype), name, edit))
+    with pytest.raises(VectorIndexFileError, match=message):
+        VectorIndex.load(path)
+
+
+def test_pq_file_without_codebooks_is_refused(tmp_path):
+    head, blobs = split(_compressed_file(tmp_path, "pq16"))
+    head["sections"] = [s for s in head["sections"] if s["name"] != "codebooks"]
+    del blobs["codebooks"]
+    path = tmp_path / "bad.gtv"
+    path.write_bytes(forge(head, blobs))
+    with pytest.raises(VectorIndexFileError, match="sections"):
+        VectorIndex.load(path)

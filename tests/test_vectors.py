@@ -47,7 +47,8 @@ def _float64_pair(db, queries, metric):
 def faiss_search(db, queries, k, metric):
     """FAISS flat search in float32 (cosine: both sides normalized in float64 first)."""
     db, q = _float64_pair(db, queries, metric)
-    index = faiss.IndexFlatL2(db.shape[1]) if metric == "l2" else faiss.IndexFlatIP(db.shape[1])
+    faiss_metric = {"l2": faiss.METRIC_L2, "l1": faiss.METRIC_L1}.get(metric, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexFlat(db.shape[1], faiss_metric)
     index.add(np.ascontiguousarray(db, np.float32))
     return index.search(np.ascontiguousarray(q, np.float32), k)
 
@@ -58,6 +59,8 @@ def true_scores(db, queries, ids, metric):
     v = db[ids]
     if metric == "l2":
         return ((v - q[:, None, :]) ** 2).sum(-1)
+    if metric == "l1":
+        return np.abs(v - q[:, None, :]).sum(-1)
     return np.einsum("qkd,qd->qk", v, q)
 
 
@@ -74,7 +77,7 @@ def assert_knn_matches(scores, ids, db, queries, k, metric, row_ids=None):
     rows = ids if row_ids is None else np.searchsorted(row_ids, ids)
     np.testing.assert_allclose(true_scores(db, queries, rows, metric), scores, atol=tol, rtol=0)
     for qi in range(len(ids)):
-        if metric == "l2":
+        if metric in ("l2", "l1"):
             clear = ref_i[qi][ref_s[qi] < ref_s[qi, -1] - tol]
         else:
             clear = ref_i[qi][ref_s[qi] > ref_s[qi, -1] + tol]
@@ -650,6 +653,14 @@ def test_gpu_module_runs_on_a_numpy_shim(kernels_on_numpy):
         if metric == "l2":
             s = (qq * qq).sum(1)[:, None] - s
         assert_knn_matches(s, rows, db, q, 12, metric)
+    snap = build("cpu", db, "l1")._snap
+    s, rows = gpu.search(snap.vectors, snap.scales, snap.norms, q, 12, False, None, True)
+    assert_knn_matches(-s, rows, db, q, 12, "l1")
+    np.testing.assert_allclose(gpu.pairwise(q, db[:50], "l1"), cpu.pairwise(q, db[:50], "l1"), rtol=1e-5)
+    np.testing.assert_array_equal(gpu.encode_binary(db[:30])[0], cpu.encode_binary(db[:30])[0])
+    books = gpu.pq_train(db[:300], 8, 0)
+    np.testing.assert_allclose(books, cpu.pq_train(db[:300], 8, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gpu.pq_encode(db[:30], books), cpu.pq_encode(db[:30], books))
     a, b = uniform(4, 16, seed=1), uniform(4, 16, seed=2)
     want = [1 - scipy_cosine(x, y) for x, y in zip(a.astype(np.float64), b.astype(np.float64))]
     np.testing.assert_allclose(gpu.cosine_rows(a, b), want, rtol=1e-5)
@@ -1073,3 +1084,208 @@ def test_buffers_start_small_for_wide_vectors():
     pytest.importorskip("faiss")
     graph = VectorIndex(16_384, "ip", kind="hnsw")
     assert graph._ann._index.ntotal == 0  # FAISS reserves no rows ahead
+
+
+# -- L1 (Manhattan) ------------------------------------------------------------------------
+def brute_l1(db, queries, k):
+    """float64 brute force: the ``k`` smallest L1 distances per query, ties broken by id."""
+    d = np.abs(np.asarray(queries, np.float64)[:, None, :] - np.asarray(db, np.float64)[None]).sum(-1)
+    order = np.lexsort((np.broadcast_to(np.arange(d.shape[1]), d.shape), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, axis=1), order
+
+
+@pytest.mark.parametrize("data", [uniform, clustered])
+def test_l1_exact_matches_faiss_and_float64(backend, data):
+    db, q = data(2500, 20, seed=7), data(9, 20, seed=8)
+    index = build(backend, db, "l1")
+    scores, ids = index.search(gt.get_backend(backend).asarray(q), 10)
+    assert_knn_matches(scores, ids, db, q, 10, "l1")
+    ref_d, _ = brute_l1(db, q, 10)
+    np.testing.assert_allclose(gt.to_numpy(scores), ref_d, rtol=2e-6, atol=1e-5)
+    assert np.all(np.diff(gt.to_numpy(scores), axis=1) >= 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 200), dim=st.integers(1, 16), data=st.data(), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from(["float32", "int8"]))
+def test_l1_integer_data_equals_brute_force_with_ties_by_id(n, dim, data, seed, dtype):
+    """Small integers: every L1 distance is exact in float32, so the scores equal the float64
+    brute force exactly and the ids are a valid top-k (FAISS's and ours may break ties apart).
+    int8 storage: scores are those of the dequantized vectors (within float32 rounding)."""
+    k = data.draw(st.integers(1, n))
+    rng = np.random.default_rng(seed)
+    db = rng.integers(-3, 4, (n, dim)).astype(np.float32)
+    q = rng.integers(-3, 4, (4, dim)).astype(np.float32)
+    index = build("cpu", db, "l1", dtype=dtype)
+    scores, ids = index.search(q, k)
+    db = index.vectors()[1]  # the dequantized rows for int8 (the rows themselves for float32)
+    ref_d, _ = brute_l1(db, q, k)
+    tol = 0 if dtype == "float32" else 1e-5 * dim
+    np.testing.assert_allclose(scores, ref_d, atol=tol, rtol=0)
+    np.testing.assert_allclose(true_scores(db, q, ids, "l1"), scores, atol=tol, rtol=0)
+    assert all(len(set(r.tolist())) == k for r in ids)
+    fs, _ = faiss_search(db, q, k, "l1")
+    np.testing.assert_allclose(scores, fs, atol=tol, rtol=0)
+
+
+def test_l1_tiled_gpu_algorithm_filter_padding_and_save(tmp_path, monkeypatch):
+    """The GPU search (group-max top-k) on NumPy with tiny tiles, a filter that pads, and a
+    save/load round trip, all for L1."""
+    from gpu_trader.cpu_fallback import vectors as cpu
+
+    db, q = uniform(9000, 12, seed=9), uniform(5, 12, seed=10)
+    index = build("cpu", db, "l1")
+    snap = index._snap
+    select = functools.partial(vector_xp.select_by_group_max, np)
+    l1 = functools.partial(vector_xp.l1_distances, np)
+    s, rows = vector_xp.search(np, select, snap.vectors, snap.scales, snap.norms, q, 10, False, 1 << 16, None, l1)
+    assert_knn_matches(-s, rows, db, q, 10, "l1")
+    monkeypatch.setattr(cpu, "TILE_BYTES", 1)
+    assert_knn_matches(*index.search(q, 10), db, q, 10, "l1")
+    small = build("cpu", db[:6], "l1")
+    small.remove([0, 1])
+    ps, pi = small.search(q[0], 8, filter=lambda m: np.ones(4, bool))
+    assert pi.tolist()[4:] == [-1] * 4 and np.all(np.isposinf(ps[4:])) and np.all(np.diff(ps[:4]) >= 0)
+    index.save(tmp_path / "l1.gtvi")
+    back = VectorIndex.load(tmp_path / "l1.gtvi")
+    assert back.metric == "l1"
+    np.testing.assert_array_equal(back.search(q, 10)[1], index.search(q, 10)[1])
+
+
+def test_l1_hnsw_recall_and_cagra_refuses():
+    db, q = clustered(3000, 16, seed=11), clustered(50, 16, seed=12)
+    index = build("cpu", db, "l1", kind="hnsw")
+    scores, ids = index.search(q, 10)
+    _, ref = brute_l1(db, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), ref.tolist())])
+    assert recall >= 0.95
+    np.testing.assert_allclose(true_scores(db, q, ids, "l1"), scores, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="metric='l1'.*CAGRA"):
+        VectorIndex(8, "l1", kind="cagra")
+
+
+# -- compressed storage (binary, product quantization) ----------------------------------------
+def _recall(found, truth):
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(np.asarray(found).tolist(),
+                                                                          np.asarray(truth).tolist())]))
+
+
+@pytest.mark.parametrize("dtype,metric", [("pq16", "l2"), ("pq32", "ip"), ("pq16", "cosine")])
+def test_pq_codes_and_scores_match_faiss_index_pq(dtype, metric):
+    """Given our codebooks, FAISS's ProductQuantizer picks the same codes and its IndexPQ
+    (asymmetric distances) reports the same scores; the ids are the best of the decoded rows."""
+    dim = 16
+    db, q = clustered(600, dim, seed=31), clustered(7, dim, seed=32)
+    index = build("cpu", db, metric, dtype=dtype)
+    snap = index._snap
+    n_sub = dim // {"pq16": 4, "pq32": 8}[dtype]
+    assert snap.vectors.shape == (600, n_sub) and snap.vectors.dtype == np.uint8
+    assert snap.codebooks.shape == (n_sub, 256, dim // n_sub)
+    x, qq = _float64_pair(db, q, metric)
+    x, qq = x.astype(np.float32), qq.astype(np.float32)
+    fpq = faiss.IndexPQ(dim, n_sub, 8, faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(np.ascontiguousarray(snap.codebooks).ravel(), fpq.pq.centroids)
+    fpq.is_trained = True
+    fpq.add(x)
+    np.testing.assert_array_equal(faiss.vector_to_array(fpq.codes).reshape(600, n_sub), snap.vectors)
+    scores, ids = index.search(q, 10)
+    ref_s, _ = fpq.search(qq, 10)
+    np.testing.assert_allclose(scores, ref_s, rtol=1e-5, atol=1e-4)
+    decoded = index.vectors()[1].astype(np.float64)
+    full = ((decoded[None] - qq[:, None]) ** 2).sum(-1) if metric == "l2" else qq @ decoded.T
+    best = np.sort(full, axis=1)[:, :10] if metric == "l2" else -np.sort(-full, axis=1)[:, :10]
+    np.testing.assert_allclose(np.take_along_axis(full, ids, axis=1), best, rtol=1e-5, atol=1e-4)
+
+
+def test_pq_training_is_close_to_faiss():
+    """Our codebooks reconstruct about as well as FAISS's own PQ training (mean squared error)."""
+    db = clustered(2000, 16, seed=33, n_centres=40, noise=0.6)
+    index = build("cpu", db, "l2", dtype="pq16")
+    ours = ((index.vectors()[1] - db) ** 2).sum(1).mean()
+    pq = faiss.ProductQuantizer(16, 4, 8)
+    pq.verbose = False
+    pq.cp.verbose = False
+    pq.train(db)
+    theirs = ((pq.decode(pq.compute_codes(db)) - db) ** 2).sum(1).mean()
+    assert ours <= 1.1 * theirs
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 40), dim=st.integers(1, 20), seed=st.integers(0, 2**16),
+       metric=st.sampled_from(["ip", "l2", "l1"]))
+def test_binary_codes_scales_and_scores_equal_numpy(n, dim, seed, metric):
+    """Sign bits as numpy.packbits packs them, scales mean |x|, and scores of the decoded
+    vectors (scale times +-1) equal a float64 brute force."""
+    rng = np.random.default_rng(seed)
+    db, q = rng.standard_normal((n, dim)).astype(np.float32), rng.standard_normal((3, dim)).astype(np.float32)
+    index = build("cpu", db, metric, dtype="binary")
+    snap = index._snap
+    np.testing.assert_array_equal(snap.vectors, np.packbits(db > 0, axis=1))
+    np.testing.assert_allclose(snap.scales, np.abs(db.astype(np.float64)).mean(1), rtol=1e-6)
+    decoded = np.where(db > 0, 1.0, -1.0) * snap.scales[:, None].astype(np.float64)
+    np.testing.assert_allclose(index.vectors()[1], decoded, rtol=1e-6)
+    scores, ids = index.search(q, n)
+    tol = 1e-4 * (1 + np.abs(decoded).sum() + np.abs(q).sum())
+    np.testing.assert_allclose(true_scores(decoded, q, ids, metric), scores, atol=tol, rtol=0)
+    np.testing.assert_allclose(np.sort(scores, axis=1), np.sort(true_scores(decoded, q, np.broadcast_to(
+        np.arange(n), (3, n)), metric), axis=1), atol=tol, rtol=0)
+
+
+def test_compressed_storage_remove_filter_save_load(tmp_path):
+    db = clustered(400, 16, seed=34)
+    meta = {"even": (np.arange(400) % 2 == 0)}
+    for dtype in ("binary", "pq16", "pq32"):
+        index = VectorIndex(16, "l2", dtype=dtype)
+        if dtype != "binary":
+            with pytest.raises(ValueError, match="at least 256"):
+                index.add(db[:100])
+            assert len(index) == 0 and index._codebooks is None
+        index.add(db[:300], metadata={"even": meta["even"][:300]})
+        index.add(db[300:], metadata={"even": meta["even"][300:]})  # encoded with the first add's codebooks
+        index.remove([0, 5, 7])
+        s, i = index.search(db[:4], 5, filter={"even": True})
+        assert np.all(i % 2 == 0) and np.all(np.diff(s, axis=1) >= 0)
+        index.save(tmp_path / f"{dtype}.gtvi")
+        back = VectorIndex.load(tmp_path / f"{dtype}.gtvi")
+        assert back.dtype == dtype and len(back) == 397 and back.nbytes == index.nbytes
+        for got, want in zip(back.search(db[:4], 5, filter={"even": True}), (s, i)):
+            np.testing.assert_array_equal(got, want)
+        back.add(db[5], ids=5)  # encoded with the loaded codebooks: as the first index encoded it
+        ref = VectorIndex(16, "l2", dtype=dtype)
+        ref.add(db[:300])
+        np.testing.assert_array_equal(back.vectors()[1][-1], ref.vectors()[1][5])
+        empty = VectorIndex(16, "cosine", dtype=dtype)
+        empty.save(tmp_path / "empty.gtvi")
+        assert len(VectorIndex.load(tmp_path / "empty.gtvi")) == 0
+    assert VectorIndex(384, "l2", dtype="binary").nbytes == 0
+
+
+def test_compressed_storage_refusals():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        VectorIndex(20, dtype="pq32")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        VectorIndex(10, dtype="pq16")
+    for dtype in ("binary", "pq16", "pq32"):
+        with pytest.raises(ValueError, match="kind='exact'"):
+            VectorIndex(16, kind="hnsw", dtype=dtype)
+        with pytest.raises(ValueError, match="kind='exact'"):
+            VectorIndex(16, kind="cagra", dtype=dtype)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        VectorIndex(16, dtype="pq8")
+
+
+def test_compression_levels_recall_and_memory():
+    """recall@10 against exact search falls with the compression level; the bytes per vector
+    are those of COMPRESSION (plus the binary scale)."""
+    from gpu_trader.vectors import COMPRESSION
+
+    db, q = clustered(1500, 32, seed=35, n_centres=30, noise=0.6), clustered(40, 32, seed=36, n_centres=30, noise=0.6)
+    _, truth = build("cpu", db, "l2").search(q, 10)
+    recall = {}
+    for dtype in ("int8", "pq16", "binary", "pq32"):
+        index = build("cpu", db, "l2", dtype=dtype)
+        recall[dtype] = _recall(index.search(q, 10)[1], truth)
+        codes = index._snap.vectors.nbytes
+        assert codes == db.nbytes // COMPRESSION[dtype]
+    assert recall["int8"] >= 0.9 and recall["pq16"] >= 0.5 and recall["pq32"] >= 0.3 and recall["binary"] >= 0.2
+    assert recall["int8"] >= recall["pq16"] >= recall["pq32"]

@@ -13,7 +13,7 @@
 A backend declares the kinds it can build in ``Backend.ann_kinds`` (``hnsw`` on ``cpu``,
 ``cagra`` on ``cuda``); :func:`make` refuses the others. Both expose ``add(vectors, ids)``,
 ``remove(ids)``, ``search(snapshot, queries, k) -> (scores, ids)`` (scores in the public
-convention: similarity for ip/cosine, squared distance for l2; ``RuntimeError`` when the
+convention: similarity for ip/cosine, squared distance for l2, L1 distance for l1; ``RuntimeError`` when the
 graph finds fewer than ``k`` live neighbours, which the caller answers exactly), ``dump() ->
 bytes`` and ``restore(blob, ids, vectors)``. The HNSW graph is saved in this module's own
 layout (:func:`check_hnsw_graph`), never through FAISS's reader: FAISS trusts a graph (a link
@@ -118,7 +118,7 @@ class _Hnsw:
         except ImportError as exc:
             raise ImportError("kind='hnsw' needs FAISS: pip install 'gpu-trader[ann]' (faiss-cpu)") from exc
         self._faiss = faiss
-        self._metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        self._metric = {"l2": faiss.METRIC_L2, "l1": faiss.METRIC_L1}.get(metric, faiss.METRIC_INNER_PRODUCT)
         self._dim = dim
         self._params = params
         self._lock = _ReadWriteLock()

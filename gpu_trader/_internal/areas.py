@@ -288,10 +288,17 @@ class VectorsOps(Protocol):
     squared norms of the stored rows; queries are float32 ``(nq, dim)``. No NaN reaches here."""
 
     def search(self, db: Array, scales: Array | None, norms: Array, queries: Array, k: int, l2: bool,
-               rows: Array | None = None) -> tuple[Array, Array]:
+               rows: Array | None = None, l1: bool = False, codebooks: Array | None = None) -> tuple[Array, Array]:
         """The best ``k`` stored rows per query (``rows``: an int64 subset to search): internal
-        scores float32 ``(nq, k)`` best first (``q . x``, or ``2 q . x - |x|^2`` for ``l2``)
-        and row indices int64 ``(nq, k)``."""
+        scores float32 ``(nq, k)`` best first (``q . x``, ``2 q . x - |x|^2`` for ``l2``, minus
+        the L1 distance for ``l1``) and row indices int64 ``(nq, k)``. ``db`` may also be binary or
+        PQ codes (``codebooks``), see :mod:`gpu_trader._internal.vector_xp`."""
+        ...
+
+    def pairwise(self, a: Array, b: Array, metric: str) -> Array:
+        """Distances ``(m, n)`` (``ip``: inner products) between the rows of ``a`` ``(m, dim)`` and
+        ``b`` ``(n, dim)`` of one float dtype, in that dtype; ``metric`` one of
+        :data:`gpu_trader._internal.vector_xp.PAIRWISE_METRICS`."""
         ...
 
     def normalize_vector(self, x: Array) -> Array:
@@ -314,8 +321,21 @@ class VectorsOps(Protocol):
         """Per-row symmetric int8 codes ``(n, dim)`` and float32 scales ``(n,)`` of ``x`` ``(n, dim)``."""
         ...
 
-    def row_sq_norms(self, db: Array, scales: Array | None = None) -> Array:
-        """Squared norms ``(n,)`` float32 of the stored (dequantized) rows."""
+    def row_sq_norms(self, db: Array, scales: Array | None = None, codebooks: Array | None = None,
+                     dim: int | None = None) -> Array:
+        """Squared norms ``(n,)`` float32 of the stored (decoded) rows."""
+        ...
+
+    def encode_binary(self, x: Array) -> tuple[Array, Array]:
+        """Packed sign bits uint8 ``(n, ceil(dim / 8))`` and float32 scales ``mean |x_i|`` ``(n,)``."""
+        ...
+
+    def pq_train(self, x: Array, n_sub: int, seed: int) -> Array:
+        """PQ codebooks ``(n_sub, 256, dim / n_sub)`` float32 trained on ``x`` ``(n >= 256, dim)``."""
+        ...
+
+    def pq_encode(self, x: Array, codebooks: Array) -> Array:
+        """PQ codes uint8 ``(n, n_sub)``: each sub-vector's nearest codebook entry."""
         ...
 
     def kmeans(self, x: Array, n_clusters: int, n_iter: int, seed: int, tol: float) -> tuple[Array, Array, float]:

@@ -177,22 +177,24 @@ def scaled_vwap(cell, price, size, cells):
     :data:`PRECISE_PV` (underflowed products lost their bits), although the VWAP, a
     weighted mean of the prices, lies between their lowest and highest price. cell: int64
     (n,) flat cell of every tick (:func:`bar_cells`); price, size: float64 (n,); cells:
-    int64 (k,) the cells to compute, ascending, each with a positive volume. The weights
-    are ``w = size / max(size)`` of the cell (in ``[0, 1]``, at least one is 1) and the
-    prices are scaled by ``2**-s`` with ``2**s`` above twice the tick count times the
-    cell's highest price of a tick with a positive size (a power of two; weightless ticks
-    are left out), so ``sum(w)`` and ``sum(price * 2**-s * w)`` neither overflow nor, for
-    the ticks that carry the mean, underflow;
-    ``vwap = 2**s * sum(price * 2**-s * w) / sum(w)``. Returns float64 (k,).
+    int64 (k,) the cells to compute, ascending, each with a positive volume.
+    Each product is split into mantissa and exponent (``price * size = m * 2**e``, ``m`` in
+    ``[1/4, 1)``) and scaled by the cell's largest product exponent ``E``, each size likewise
+    by the cell's largest size exponent ``F``: ``vwap = 2**(E - F) * sum(m * 2**(e - E)) /
+    sum(mq * 2**(eq - F))``. Every scaled term is at most 1, so neither sum overflows, and the
+    terms that underflow are below ``2**-1074`` of the cell's largest one, so they do not
+    change the sums: relative error a few ulps per tick, whatever the magnitudes (weightless
+    ticks are left out). Returns float64 (k,).
     """
-    pick = np.isin(cell, cells) & (size > 0)  # weightless ticks must not set the scale (each cell has one)
+    pick = np.isin(cell, cells) & (size > 0)  # weightless ticks carry no weight
     group = np.searchsorted(cells, cell[pick])  # position of each picked tick's cell in ``cells``
-    p, q = price[pick], size[pick]
+    mp, ep = np.frexp(price[pick])
+    mq, eq = np.frexp(size[pick])
     k = cells.shape[0]
-    top, high = np.zeros(k), np.zeros(k)
-    np.maximum.at(top, group, q)
-    np.maximum.at(high, group, p)
-    w = q / top[group]
-    shift = np.frexp(high)[1] + int(p.shape[0]).bit_length() + 1
-    scaled = np.bincount(group, weights=np.ldexp(p, -shift[group]) * w, minlength=k)
-    return np.ldexp(scaled / np.bincount(group, weights=w, minlength=k), shift)
+    e = ep + eq
+    top_e, top_q = np.full(k, np.iinfo(np.int64).min), np.full(k, np.iinfo(np.int64).min)
+    np.maximum.at(top_e, group, e)
+    np.maximum.at(top_q, group, eq)
+    pv = np.bincount(group, weights=np.ldexp(mp * mq, e - top_e[group]), minlength=k)
+    volume = np.bincount(group, weights=np.ldexp(mq, eq - top_q[group]), minlength=k)
+    return np.ldexp(pv / volume, top_e - top_q)

@@ -9,7 +9,8 @@ Layout (little-endian)::
     sections     raw      each at a 64-byte aligned offset; the header lists
                           name, offset, nbytes, dtype, shape and CRC-32 of each
 
-Sections: ``vectors`` (``(n, dim)`` float32 or int8), ``scales`` (int8 storage only),
+Sections: ``vectors`` (``(n, dim)`` float32 or int8; uint8 binary or PQ codes), ``scales`` (int8
+and binary storage only), ``codebooks`` (PQ storage, once trained),
 ``norms``, ``ids`` (int64), ``metadata`` (UTF-8 JSON of the metadata columns) and ``ann``
 (the approximate index's own serialization, possibly empty). Array sections are one of
 :data:`ARRAY_DTYPES` (little-endian on every machine); the others are ``"bytes"``.
@@ -47,7 +48,7 @@ __all__ = ["FORMAT_VERSION", "ARRAY_DTYPES", "VectorIndexFileError", "write", "r
 
 MAGIC = b"GTVECIDX"
 FORMAT_VERSION = 1
-ARRAY_DTYPES = ("<f4", "|i1", "<i8")  # the dtypes an array section may have
+ARRAY_DTYPES = ("<f4", "|i1", "|u1", "<i8")  # the dtypes an array section may have
 BYTES = "bytes"  # the dtype of a raw byte section
 _PREFIX = struct.Struct("<8sQI")
 _ALIGN = 64
@@ -215,8 +216,8 @@ def _check_section(meta, size: int, header_end: int, name: str) -> None:
     if dtype != BYTES and dtype not in ARRAY_DTYPES:
         raise VectorIndexFileError(f"{name}: section {label!r} has dtype {dtype!r}, not one of "
                                    f"{(*ARRAY_DTYPES, BYTES)}")
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(_is_int(d) and d >= 0 for d in shape):
-        raise VectorIndexFileError(f"{name}: section {label!r} has shape {shape!r}, not 1 or 2 non-negative ints")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or not all(_is_int(d) and d >= 0 for d in shape):
+        raise VectorIndexFileError(f"{name}: section {label!r} has shape {shape!r}, not 1 to 3 non-negative ints")
     if not all(_is_int(v) and v >= 0 for v in (nbytes, offset, crc)) or crc >= 1 << 32:
         raise VectorIndexFileError(f"{name}: section {label!r} has a malformed offset, size or checksum")
     itemsize = 1 if dtype == BYTES else np.dtype(dtype).itemsize

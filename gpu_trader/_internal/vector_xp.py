@@ -3,15 +3,22 @@
 The backend modules (:mod:`gpu_trader.cpu_fallback.vectors`, :mod:`gpu_trader.kernels.vectors`)
 instantiate these with their array module and their top-k selection. Internal scores are
 "larger is better" for every metric: ``q . x`` for inner product and cosine (vectors
-stored normalized), ``2 q . x - |x|^2`` for L2 (the squared distance is ``|q|^2`` minus it).
+stored normalized), ``2 q . x - |x|^2`` for L2 (the squared distance is ``|q|^2`` minus it),
+``-sum_j |q_j - x_j|`` for L1 (no GEMM form: :func:`l1_distances`, in blocks).
 
-Storage: ``db`` is ``(n, dim)`` float32, or int8 codes with ``scales`` ``(n,)`` float32
-(row ``i`` stands for ``scales[i] * db[i]``); ``norms`` ``(n,)`` float32 holds ``|x_i|^2``
-of the stored (dequantized) rows. Queries are ``(nq, dim)`` float32. No NaN reaches
+Storage (:func:`code_rows` decodes a tile): ``db`` is ``(n, dim)`` float32; int8 codes with
+``scales`` ``(n,)`` float32 (row ``i`` stands for ``scales[i] * db[i]``); binary: uint8
+``(n, ceil(dim / 8))`` sign bits (bit set: ``+1``, else ``-1``; most significant bit first) with
+``scales`` (row ``i`` stands for ``scales[i] * signs``, the scale being ``mean |x_i|``, which
+minimizes the squared error); product quantization (PQ): uint8 ``(n, M)`` codes with
+``codebooks`` ``(M, 256, dim / M)`` float32 (row ``i`` is the concatenation of
+``codebooks[m, db[i, m]]``). ``norms`` ``(n,)`` float32 holds ``|x_i|^2`` of the stored
+(decoded) rows. Queries are ``(nq, dim)`` float32. No NaN reaches
 here (the public module refuses them).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -20,7 +27,9 @@ from .validation import check_count
 
 __all__ = [
     "initial_rows", "tile_rows", "search", "select_by_group_max", "quantize_int8", "row_sq_norms",
-    "assign", "kmeans", "kmeanspp_seeds", "kmeans_chunk_rows", "KMEANS_WORK_BYTES",
+    "assign", "kmeans", "kmeanspp_seeds", "kmeans_chunk_rows", "KMEANS_WORK_BYTES", "l1_distances",
+    "pairwise", "PAIRWISE_METRICS", "code_rows", "dequantize", "encode_binary", "pq_train", "pq_encode",
+    "PQ_CENTROIDS",
 ]
 
 GROUP = 64  # elements per group in select_by_group_max
@@ -29,6 +38,7 @@ MIN_CAPACITY = 1024  # rows a new storage buffer holds ...
 MIN_CAPACITY_BYTES = 4 << 20  # ... unless that many rows would take more than this
 
 Select = Callable[[Any, int], Any]
+L1 = Callable[[Any, Any, int], Any]  # (a (m, dim), b (n, dim), work bytes) -> L1 distances (m, n)
 
 
 def initial_rows(row_bytes: int) -> int:
@@ -46,9 +56,9 @@ def tile_rows(n_queries: int, dim: int, tile_bytes: int) -> int:
     return max(1024, rows - rows % 1024)
 
 
-def row_sq_norms(xp, db, scales=None):
-    """``|x_i|^2`` of each stored row (dequantized when ``scales`` is given), float32 ``(n,)``."""
-    x = db.astype(xp.float32)
+def row_sq_norms(xp, db, scales=None, codebooks=None, dim=None):
+    """``|x_i|^2`` of each stored row (decoded, see :func:`code_rows`), float32 ``(n,)``."""
+    x = code_rows(xp, db, codebooks, dim).astype(xp.float32)
     sq = xp.einsum("ij,ij->i", x, x)
     if scales is not None:
         sq *= scales * scales
@@ -68,13 +78,126 @@ def quantize_int8(xp, x):
     return codes, scales
 
 
-def _tile_scores(xp, queries, tile, scales, norms, l2: bool):
+def l1_distances(xp, a, b, work_bytes: int):
+    """``out[i, j] = sum_k |a[i, k] - b[j, k]|`` ``(m, n)`` in the dtype of ``a`` and ``b`` (one
+    float dtype), summed in that dtype. Computed in blocks of rows of ``a`` whose ``(rows, n,
+    dim)`` difference array takes at most ``work_bytes`` (at least one row per block)."""
+    m, n, dim = a.shape[0], b.shape[0], a.shape[1]
+    out = xp.empty((m, n), a.dtype)
+    step = max(1, work_bytes // max(1, n * dim * a.dtype.itemsize))
+    for lo in range(0, m, step):
+        out[lo:lo + step] = xp.abs(a[lo:lo + step, None, :] - b[None, :, :]).sum(axis=2)
+    return out
+
+
+_BIT_SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)  # most significant bit first, as numpy.packbits
+
+
+def code_rows(xp, db, codebooks=None, dim=None):
+    """Stored rows ``(rows, dim)`` before their per-row scales: float32 rows as they are, int8
+    codes as they are, binary sign bits as ``+-1`` float32 (``dim`` the vectors' dimension),
+    PQ codes as their codebook entries (``codebooks`` given)."""
+    if codebooks is not None:
+        n_sub = codebooks.shape[0]
+        return codebooks[xp.arange(n_sub)[None, :], db.astype(xp.int64)].reshape(db.shape[0], -1)
+    if db.dtype != xp.uint8:
+        return db
+    shifts = xp.asarray(_BIT_SHIFTS, dtype=xp.uint8)
+    bits = ((db[:, :, None] >> shifts) & 1).reshape(db.shape[0], -1)[:, :dim]
+    return bits.astype(xp.float32) * 2.0 - 1.0
+
+
+def dequantize(xp, db, scales=None, codebooks=None, dim=None):
+    """The float32 rows ``(rows, dim)`` the stored rows stand for (:func:`code_rows` times the
+    scales); may be ``db`` itself for float32 storage."""
+    x = code_rows(xp, db, codebooks, dim)
+    if x.dtype != xp.float32:
+        x = x.astype(xp.float32)
+    return x if scales is None else x * scales[:, None]
+
+
+def encode_binary(xp, x):
+    """Sign bits of ``x`` ``(n, dim)`` float (``x > 0``: 1) packed 8 to a uint8, most significant
+    first, ``(n, ceil(dim / 8))``, and float32 scales ``mean |x_i|`` ``(n,)`` (0 for a zero row)."""
+    n, dim = x.shape
+    width = -(-dim // 8)
+    bits = xp.zeros((n, width * 8), dtype=xp.uint8)
+    bits[:, :dim] = x > 0
+    weights = xp.asarray([1 << b for b in _BIT_SHIFTS], dtype=xp.uint8)
+    codes = (bits.reshape(n, width, 8) * weights).sum(axis=2, dtype=xp.uint8)
+    return codes, xp.abs(x).mean(axis=1).astype(xp.float32)
+
+
+PQ_CENTROIDS = 256  # centroids per sub-quantizer: one uint8 code
+PQ_TRAIN_ROWS = 8192  # rows (evenly spaced) the codebooks are trained on, at most
+PQ_ITERATIONS = 20  # Lloyd iterations
+
+
+def pq_train(xp, x, n_sub: int, seed: int):
+    """PQ codebooks ``(n_sub, PQ_CENTROIDS, dim / n_sub)`` float32 for ``x`` ``(n, dim)`` float32
+    (``dim`` a multiple of ``n_sub``, ``n >= PQ_CENTROIDS``): Lloyd's k-means on each sub-space
+    of at most ``PQ_TRAIN_ROWS`` evenly spaced rows, started from ``PQ_CENTROIDS`` distinct rows
+    drawn by NumPy's ``default_rng(seed)`` (as FAISS's PQ training starts), ``PQ_ITERATIONS``
+    iterations; an empty cluster keeps its centroid. The sub-spaces run as batched GEMMs, in
+    groups whose ``(group, rows, 256)`` distances stay within :data:`KMEANS_WORK_BYTES`; the
+    centroid sums are ``bincount`` s over (sub-space, label) (float64)."""
+    n, dim = x.shape
+    sample = x[::max(1, -(-n // PQ_TRAIN_ROWS))]
+    t, dsub = sample.shape[0], dim // n_sub
+    sub = xp.ascontiguousarray(sample.reshape(t, n_sub, dsub).transpose(1, 0, 2))  # (n_sub, t, dsub)
+    rng = np.random.default_rng(seed)
+    starts = xp.asarray(np.stack([rng.choice(t, PQ_CENTROIDS, replace=False) for _ in range(n_sub)]))
+    books = xp.take_along_axis(sub, starts[:, :, None], axis=1)  # (n_sub, 256, dsub)
+    group = max(1, KMEANS_WORK_BYTES // (t * PQ_CENTROIDS * 4))
+    for lo in range(0, n_sub, group):
+        part, c = sub[lo:lo + group], books[lo:lo + group]
+        g = part.shape[0]
+        bins = g * PQ_CENTROIDS
+        offsets = (xp.arange(g) * PQ_CENTROIDS)[:, None]
+        for _ in range(PQ_ITERATIONS):
+            d = xp.einsum("gtd,gkd->gtk", part, c)  # (g, t, 256); NumPy's batched matmul is slow at this dsub
+            d *= -2.0
+            d += xp.einsum("gkd,gkd->gk", c, c)[:, None, :]
+            flat = (d.argmin(axis=2) + offsets).ravel()  # (sub-space, label) of each row
+            counts = xp.bincount(flat, minlength=bins).reshape(g, PQ_CENTROIDS, 1)
+            sums = xp.stack([xp.bincount(flat, weights=part[:, :, j].ravel(), minlength=bins)
+                             for j in range(dsub)], axis=1).reshape(g, PQ_CENTROIDS, dsub)
+            c = xp.where(counts > 0, sums / xp.maximum(counts, 1), c).astype(x.dtype)
+        books[lo:lo + group] = c
+    return books.astype(xp.float32)
+
+
+def pq_encode(xp, x, codebooks):
+    """PQ codes uint8 ``(n, M)`` of ``x`` ``(n, dim)`` float32: each sub-vector's nearest
+    codebook entry (squared Euclidean, as FAISS's ``ProductQuantizer.compute_codes``), rows in
+    chunks whose ``(rows, 256)`` distances stay within :data:`KMEANS_WORK_BYTES`."""
+    n, dim = x.shape
+    n_sub, n_cent, dsub = codebooks.shape
+    codes = xp.empty((n, n_sub), dtype=xp.uint8)
+    rows = kmeans_chunk_rows(max(1, n), n_cent, 4, KMEANS_WORK_BYTES)
+    for m in range(n_sub):
+        book = codebooks[m]
+        book_sq = xp.einsum("ij,ij->i", book, book)
+        for lo in range(0, n, rows):
+            part = xp.ascontiguousarray(x[lo:lo + rows, m * dsub:(m + 1) * dsub])
+            labels, _ = _nearest(xp, part, xp.einsum("ij,ij->i", part, part), book, book_sq)
+            codes[lo:lo + rows, m] = labels.astype(xp.uint8)
+    return codes
+
+
+def _tile_scores(xp, queries, tile, scales, norms, l2: bool, l1: L1 | None, tile_bytes: int, codebooks=None):
     """Scores ``(nq, rows)`` float32 of one database tile: the module docstring's, halved for L2
     (``q . x - |x|^2 / 2``; :func:`search` doubles the ``k`` it keeps, exactly), which saves a
     pass over the score tile: the GEMM output is touched once (L2) or not at all before the
-    selection reads it."""
+    selection reads it. L1: minus ``l1``'s distances to the dequantized tile."""
+    tile = code_rows(xp, tile, codebooks, queries.shape[1])
     if tile.dtype != queries.dtype:
         tile = tile.astype(queries.dtype)
+    if l1:
+        if scales is not None:
+            tile = tile * scales[:, None]
+        s = l1(queries, tile, tile_bytes)
+        return xp.negative(s, out=s)
     s = queries @ tile.T
     if scales is not None:
         s *= scales[None, :]
@@ -83,8 +206,13 @@ def _tile_scores(xp, queries, tile, scales, norms, l2: bool):
     return s
 
 
-def search(xp, select: Select, db, scales, norms, queries, k: int, l2: bool, tile_bytes: int, rows=None):
+def search(xp, select: Select, db, scales, norms, queries, k: int, l2: bool, tile_bytes: int, rows=None,
+           l1: L1 | None = None, codebooks=None):
     """Exact best ``k`` stored rows for each query, tiled over the database.
+
+    ``l1``: rank by L1 distance instead, computed by this function (``l1(queries, tile,
+    tile_bytes)``: :func:`l1_distances` bound to ``xp``, or a backend's loop); ``l2`` must then be
+    False; scores are minus the distances. ``codebooks``: PQ storage (see the module docstring).
 
     Passes over a tile's ``(nq, rows)`` scores: the GEMM writes them, L2 subtracts
     ``|x|^2 / 2`` in place (one read and write; inner product and cosine: none), the
@@ -100,13 +228,14 @@ def search(xp, select: Select, db, scales, norms, queries, k: int, l2: bool, til
     for a 1024-row tile, so memory stays within about ``tile_bytes`` whatever the numbers of
     queries and stored vectors. Returns ``(scores (nq, k) float32 best first, row indices (nq, k) int64)``.
     """
-    q_step = max(1, tile_bytes // (4 * (1024 + db.shape[1])))  # queries per pass: a 1024-row tile fits
+    q_step = max(1, tile_bytes // (4 * (1024 + queries.shape[1])))  # queries per pass: a 1024-row tile fits
     if queries.shape[0] > q_step:
-        parts = [search(xp, select, db, scales, norms, queries[i:i + q_step], k, l2, tile_bytes, rows)
+        parts = [search(xp, select, db, scales, norms, queries[i:i + q_step], k, l2, tile_bytes, rows, l1,
+                        codebooks)
                  for i in range(0, queries.shape[0], q_step)]
         return xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts])
     n = db.shape[0] if rows is None else rows.shape[0]
-    step = tile_rows(queries.shape[0], db.shape[1], tile_bytes)
+    step = tile_rows(queries.shape[0], queries.shape[1], tile_bytes)
     best_s = best_i = None
     for start in range(0, n, step):
         stop = min(n, start + step)
@@ -116,7 +245,7 @@ def search(xp, select: Select, db, scales, norms, queries, k: int, l2: bool, til
         else:
             tile_idx = rows[start:stop]
             tile, sc, nm = db[tile_idx], _take(scales, tile_idx), norms[tile_idx]
-        s = _tile_scores(xp, queries, tile, sc, nm, l2)
+        s = _tile_scores(xp, queries, tile, sc, nm, l2, l1, tile_bytes, codebooks)
         top = select(s, min(k, stop - start))
         ts = xp.take_along_axis(s, top, axis=1)
         ti = top + start if tile_idx is None else tile_idx[top]
@@ -139,6 +268,34 @@ def _part(a, start, stop):
 
 def _take(a, idx):
     return None if a is None else a[idx]
+
+
+PAIRWISE_METRICS = ("cosine", "l2", "sqeuclidean", "l1", "ip")
+
+
+def pairwise(xp, a, b, metric: str, work_bytes: int, l1: L1 | None = None):
+    """Distances (similarity for ``ip``) ``(m, n)`` between the rows of ``a`` ``(m, dim)`` and
+    ``b`` ``(n, dim)``, both of one float dtype (the result's): ``cosine`` ``1 - a.b / (|a| |b|)``
+    (NaN where a row is all zero), ``sqeuclidean`` the GEMM form ``|a|^2 - 2 a.b + |b|^2``
+    clipped at 0 (absolute error about ``eps (|a|^2 + |b|^2)``: rounding, no cancellation
+    guard), ``l2`` its square root, ``l1`` by ``l1`` (default :func:`l1_distances` on ``xp``,
+    blocks within ``work_bytes``), ``ip`` ``a . b``. NaN propagates."""
+    if metric == "l1":
+        return (l1 or functools.partial(l1_distances, xp))(a, b, work_bytes)
+    g = a @ b.T
+    if metric == "ip":
+        return g
+    if metric == "cosine":
+        na, nb = xp.sqrt(xp.einsum("ij,ij->i", a, a)), xp.sqrt(xp.einsum("ij,ij->i", b, b))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g /= xp.where(na > 0, na, xp.nan)[:, None]
+            g /= xp.where(nb > 0, nb, xp.nan)[None, :]
+        return xp.subtract(1.0, g, out=g)
+    g *= -2.0
+    g += xp.einsum("ij,ij->i", a, a)[:, None]
+    g += xp.einsum("ij,ij->i", b, b)[None, :]
+    g = xp.maximum(g, 0.0, out=g)
+    return g if metric == "sqeuclidean" else xp.sqrt(g, out=g)
 
 
 def select_by_group_max(xp, s, k: int):

@@ -213,6 +213,8 @@ def market_data_targets() -> tuple[Target, ...]:
                "1440 bars < 0.5 ms", _p50_below(ms * 1e-3), _p50_below(0.5e-3))
         for b, ms in ((60, 0.5), (300, 2), (1440, 5))
     ]
+    out.append(Target("market_data.read_parquet", "OHLCV panel from long Parquet, 500 symbols x 2520 bars",
+                      "(none)", "CPU >= pyarrow + pandas pivot", (), _cpu_peer("pandas_pivot")))
     return tuple(out)
 
 
@@ -411,12 +413,27 @@ _ALL += (
            "within 1.5x of FAISS IndexFlatIP", (), _FAISS_PARITY),
     Target("vectors.batched_exact", "batched exact k-NN, 1000 queries x 1M x 384", "(none)",
            "GPU >= 50% of matmul rate", (), (Check("ratio:gemm", ">=", 0.5, ("cuda",)),)),
+    Target("vectors.l1_exact", "batched exact L1 k-NN, 100 queries x 10K x 128", "(none)",
+           "within 1.5x of FAISS IndexFlat(METRIC_L1)", (), _FAISS_PARITY),
+    Target("vectors.pairwise", "pairwise distances (l1, squared l2), 100 x 10K x 128", "(none)",
+           "within 1.5x of faiss.pairwise_distances", (), _FAISS_PARITY),
+    Target("vectors.compressed", "exact k-NN over compressed storage (int8, pq16, binary, pq32), 10K x 128",
+           "(none)", "recall@10 and size reported per level (docs/ann_comparison.md)", (), ()),
     Target("vectors.approx", "approximate k-NN, 100K x 384", "< 1 ms", "< 200 us at recall@10 >= 0.95 (CPU)",
            _p50_below(1 * _MS), (Check("p50_s", "<", 200 * _US, ("cpu",)),)),
     Target("vectors.filtered", "pattern retrieval with metadata filter, 10K patterns", "< 500 us", "< 300 us",
            _p50_below(500 * _US), _p50_below(300 * _US)),
     Target("vectors.distill", "distillation (cluster into centroids), 100 patterns", "< 10 ms", "< 2 ms",
            _p50_below(10 * _MS), _p50_below(2 * _MS)),
+    Target("vectors.embed_cache", "a rolling query's embedding of an unchanged window, LRU cache", "(none)",
+           "CPU >= 5x the uncached embed", (), _cpu_peer("uncached", 5.0)),
+    # -- trajectory store (issue 18) ----------------------------------------------------
+    Target("trajectories.record", "record one trajectory of 50 steps, dim 64", "(none)", "< 300 us",
+           (), _p50_below(300 * _US)),
+    Target("trajectories.query", "10 most similar steps to one state, 10K steps x 64", "(none)",
+           "< 300 us (CPU)", (), (Check("p50_s", "<", 300 * _US, ("cpu",)),)),
+    Target("trajectories.verdict", "verdict (weighted mean, t-interval) over 10 neighbours, 10K steps x 64",
+           "(none)", "< 400 us (CPU)", (), (Check("p50_s", "<", 400 * _US, ("cpu",)),)),
     # -- section 5: risk (Monte Carlo row) --------------------------------------------
     Target("risk.monte_carlo", "Monte Carlo VaR, 1000 assets x 1,000,000 scenarios, 1..1000 portfolios", "(none)",
            "GPU < 100 ms; CPU within 2x of GEMM+RNG roofline",

@@ -4,7 +4,8 @@ The tiled search and k-means are :mod:`gpu_trader._internal.vector_xp` instantia
 top-k of each score tile is a numba insertion scan (one comparison for nearly every score),
 or ``numpy.argpartition`` (introselect) for ``k > 128``. Normalizing
 rows and the cosine of vector pairs are numba loops (accumulating in float64), which are
-several times faster than NumPy's calls on one 384-vector. Thread use: BLAS's pool (set it
+several times faster than NumPy's calls on one 384-vector; L1 distances are a numba loop
+(:func:`l1_distances`, SIMD over the dimension). Thread use: BLAS's pool (set it
 with threadpoolctl) and numba's (``NUMBA_NUM_THREADS``); the loops here are serial.
 """
 from __future__ import annotations
@@ -20,7 +21,10 @@ from .._internal.jit import njit_cached
 # Bytes of scores plus dequantized rows per database tile (fits a server's L3 share).
 TILE_BYTES = 32 << 20
 
-__all__ = ["search", "select_topk", "normalize_vector", "normalize_rows", "cosine_pair", "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans"]
+__all__ = [
+    "search", "pairwise", "l1_distances", "select_topk", "normalize_vector", "normalize_rows", "cosine_pair",
+    "cosine_rows", "quantize_int8", "row_sq_norms", "kmeans", "encode_binary", "pq_train", "pq_encode"
+]
 
 
 # Above this k the insertion scan's O(k) inserts cost more than introselect.
@@ -68,9 +72,45 @@ def select_topk(s: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(s, n - k, axis=1)[:, n - k:]
 
 
-def search(db, scales, norms, queries, k, l2, rows=None):
-    """See :func:`gpu_trader._internal.vector_xp.search`."""
-    return vector_xp.search(np, select_topk, db, scales, norms, queries, k, l2, TILE_BYTES, rows)
+L1_BLOCK = 128  # database rows whose L1 distances to every query are computed before the next rows
+
+
+@njit_cached(nogil=True, fastmath={"reassoc", "nsz"})
+def _l1_block(a, b, out):
+    """``out[i, j] = sum_k |a[i, k] - b[j, k]|`` in the inputs' dtype, database rows in blocks of
+    :data:`L1_BLOCK` (they stay in cache across the queries). Reassociation lets the sum over
+    ``k`` run in SIMD lanes (its order differs from a serial sum, not its precision class);
+    no other fast-math flag, so NaN and inf propagate."""
+    m, n, dim = a.shape[0], b.shape[0], a.shape[1]
+    for lo in range(0, n, L1_BLOCK):
+        hi = min(n, lo + L1_BLOCK)
+        for i in range(m):
+            q = a[i]
+            for j in range(lo, hi):
+                x = b[j]
+                acc = out.dtype.type(0)
+                for k in range(dim):
+                    acc += abs(q[k] - x[k])
+                out[i, j] = acc
+
+
+def l1_distances(a, b, work_bytes=0):
+    """L1 distances ``(m, n)`` between the rows of ``a`` and ``b`` (one float dtype, C-contiguous),
+    a numba loop (no ``(rows, n, dim)`` temporary: ``work_bytes`` is not needed)."""
+    out = np.empty((a.shape[0], b.shape[0]), a.dtype)
+    _l1_block(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+    return out
+
+
+def search(db, scales, norms, queries, k, l2, rows=None, l1=False, codebooks=None):
+    """See :func:`gpu_trader._internal.vector_xp.search` (L1 by :func:`l1_distances`)."""
+    return vector_xp.search(np, select_topk, db, scales, norms, queries, k, l2, TILE_BYTES, rows,
+                            l1_distances if l1 else None, codebooks)
+
+
+def pairwise(a, b, metric):
+    """See :func:`gpu_trader._internal.vector_xp.pairwise` (L1 by :func:`l1_distances`)."""
+    return vector_xp.pairwise(np, a, b, metric, TILE_BYTES, l1_distances)
 
 
 @njit_cached(nogil=True)
@@ -138,6 +178,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 quantize_int8 = functools.partial(vector_xp.quantize_int8, np)
 row_sq_norms = functools.partial(vector_xp.row_sq_norms, np)
+encode_binary = functools.partial(vector_xp.encode_binary, np)
+pq_encode = functools.partial(vector_xp.pq_encode, np)
+pq_train = functools.partial(vector_xp.pq_train, np)
 
 
 def kmeans(x, n_clusters, n_iter, seed, tol):

@@ -25,6 +25,7 @@ SUITES: dict[str, str] = {  # in the order of docs/design.md#benchmarks-and-targ
     "risk": "gpu_trader.bench.suites.risk",
     "portfolio": "gpu_trader.bench.suites.portfolio",
     "vectors": "gpu_trader.bench.suites.vectors",
+    "trajectories": "gpu_trader.bench.suites.trajectories",
     "end_to_end": "gpu_trader.bench.suites.end_to_end",
     "feeds": "gpu_trader.bench.suites.feeds",
 }

@@ -14,7 +14,10 @@ Cases and their references (timed in the same run, on the host):
   one-minute bars, and 200 symbols x 390 bars x 10 ticks (``--full``; standard 50
   symbols, quick 20: pandas takes a quarter second per call at 200):
   reference pandas ``resample(origin="epoch")`` (+ ``groupby`` for many symbols);
-* :meth:`BarAggregator.update` of one tick (no target row; the end-to-end path uses it).
+* :meth:`BarAggregator.update` of one tick (no target row; the end-to-end path uses it);
+* an OHLCV panel read from a long-format Parquet file (:func:`gpu_trader.data_io.read_ohlcv`),
+  500 symbols x 2520 daily bars (quick: 50 x 252): reference pyarrow ``read_table`` +
+  pandas ``pivot`` to the same ``(5, n_symbols, T)`` array.
 
 Memory per connection (target < 10 MB): a :class:`TickIngestor` holds 28 bytes per
 stored tick (10K ticks: ~0.3 MB of columns); ``tests/test_marketdata.py`` checks it.
@@ -295,4 +298,61 @@ def workloads(size: str) -> list[Workload]:
     out += [_bars(1, b, TICKS_PER_BAR, f"market_data.bars_{b}") for b in BAR_COUNTS]
     out.append(_bars(*MANY[size], None))
     out.append(_aggregator_update())
+    out.append(_read_parquet(*PARQUET[size]))
     return out
+
+
+# -- OHLCV panels from Parquet (gpu_trader.data_io) ---------------------------------------
+PARQUET = {"quick": (50, 252), "standard": (500, 2520), "full": (500, 2520)}  # symbols, bars
+
+
+@suite_cache(maxsize=1)
+def parquet_panel(n_symbols: int, n_bars: int) -> tuple[Any, str]:
+    """A long-format OHLCV Parquet file of ``n_symbols`` x ``n_bars`` daily bars in a temporary
+    directory (removed when the cache lets go of it): (the directory object, the file name)."""
+    import os
+    import tempfile
+
+    from ... import data_io
+
+    rng = np.random.default_rng(n_symbols * n_bars)
+    times = np.datetime64("2015-01-02", "D") + np.arange(n_bars)
+    symbols = np.array([f"S{i:04d}" for i in range(n_symbols)])
+    tmp = tempfile.TemporaryDirectory(prefix="gpu-trader-bench-")
+    path = os.path.join(tmp.name, "ohlcv.parquet")
+    data_io.write_results(path, 100 * np.exp(rng.normal(0, 0.01, (5, n_symbols, n_bars)).cumsum(-1)), symbols,
+                          times, data_io.OHLCV_COLUMNS)
+    return tmp, path
+
+
+def _pandas_pivot(path: str) -> np.ndarray:
+    """The peer: pyarrow reads the table, pandas pivots it to (5, n_symbols, T)."""
+    import pyarrow.parquet as pq
+
+    from ... import data_io
+
+    wide = pq.read_table(path).to_pandas().pivot(index="symbol", columns="time", values=list(data_io.OHLCV_COLUMNS))
+    n_sym, n_t = wide.shape[0], wide.shape[1] // 5
+    return wide.to_numpy().reshape(n_sym, 5, n_t).transpose(1, 0, 2)
+
+
+
+def _read_parquet(n_symbols: int, n_bars: int) -> Workload:
+    def setup(be):
+        _host_only(be)
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise SkipCase("pyarrow is not installed (extra data)") from None
+        from ... import data_io
+
+        return functools.partial(data_io.read_ohlcv, parquet_panel(n_symbols, n_bars)[1])
+
+    def ref_setup():
+        return functools.partial(_pandas_pivot, parquet_panel(n_symbols, n_bars)[1])
+
+    return Workload(
+        name=f"read OHLCV Parquet {n_symbols} symbols x {n_bars} bars", sizes={"symbols": n_symbols, "bars": n_bars},
+        setup=setup, run=_call, items=n_symbols * n_bars, unit="bar", target="market_data.read_parquet",
+        references=(Reference("pandas_pivot", ref_setup, _call, requires="pyarrow"),),
+    )

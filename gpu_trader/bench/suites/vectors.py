@@ -288,6 +288,112 @@ def _exact_batched_gpu(n_queries: int, n: int) -> Workload:
                                 Reference("cuml", cuml_setup, _call, requires="cuml")))
 
 
+# -- L1 k-NN and pairwise distances ------------------------------------------------------
+L1_DIM = 128
+
+
+def _exact_l1(n_queries: int, n: int) -> Workload:
+    """Batched exact k-NN under L1 (Manhattan), against FAISS's ``IndexFlat(dim, METRIC_L1)``."""
+    def setup(be):
+        from gpu_trader.vectors import VectorIndex
+
+        _pin_threads()
+        index = VectorIndex(L1_DIM, "l1", backend=be.name)
+        index.add(be.asarray(_mixture(n, L1_DIM)[0]))
+        q = be.asarray(_mixture(n_queries, L1_DIM)[0])
+        return lambda: index.search(q, 10)
+
+    def ref_setup():
+        import faiss
+
+        _pin_threads()
+        index = faiss.IndexFlat(L1_DIM, faiss.METRIC_L1)
+        index.add(_mixture(n, L1_DIM)[0])
+        q = _mixture(n_queries, L1_DIM)[0]
+        return lambda: index.search(q, 10)
+
+    return Workload(name=f"batched exact L1 k-NN k=10 {n_queries} queries x {n} x {L1_DIM}",
+                    sizes={"queries": n_queries, "vectors": n, "dim": L1_DIM, "k": 10}, setup=setup, run=_call,
+                    items=n_queries, unit="query", dtype="float32", target="vectors.l1_exact",
+                    references=_ref(ref_setup))
+
+
+def _pairwise(metric: str, n_queries: int, n: int) -> Workload:
+    """``gpu_trader.distances.pairwise_distances`` (``l1`` or ``sqeuclidean``) against
+    ``faiss.pairwise_distances`` with ``METRIC_L1`` / ``METRIC_L2`` (squared)."""
+    def setup(be):
+        from gpu_trader.distances import pairwise_distances
+
+        _pin_threads()
+        q, db = be.asarray(_mixture(n_queries, L1_DIM)[0]), be.asarray(_mixture(n, L1_DIM)[0])
+        return functools.partial(pairwise_distances, q, db, metric, backend=be.name)
+
+    def ref_setup():
+        import faiss
+
+        _pin_threads()
+        q, db = _mixture(n_queries, L1_DIM)[0], _mixture(n, L1_DIM)[0]
+        return functools.partial(faiss.pairwise_distances, q, db,
+                                 faiss.METRIC_L1 if metric == "l1" else faiss.METRIC_L2)
+
+    return Workload(name=f"pairwise {metric} distances {n_queries} x {n} x {L1_DIM}",
+                    sizes={"queries": n_queries, "vectors": n, "dim": L1_DIM}, setup=setup, run=_call,
+                    items=n_queries * n, unit="distance", dtype="float32", target="vectors.pairwise",
+                    references=_ref(ref_setup))
+
+
+# -- compressed storage ------------------------------------------------------------------
+COMPRESSED_DTYPES = ("int8", "pq16", "binary", "pq32")
+COMPRESSED_STORE = {"quick": 1000, "standard": 10_000, "full": 10_000}  # vectors of the L1 and compressed cases
+
+
+def _compressed(dtype: str, n: int) -> Workload:
+    """Batched exact k-NN (cosine, k = 10, ``N_QUERIES`` queries) over ``dtype`` storage; extra
+    metrics ``recall10`` (against float32 exact search) and ``x_smaller`` (float32 bytes / stored
+    bytes, codebooks and scales included). Reference: FAISS on the same codes' kind
+    (``IndexPQ`` trained on the same vectors; ``IndexScalarQuantizer`` QT_8bit for int8;
+    ``IndexBinaryFlat`` Hamming search on the sign bits for binary)."""
+    def setup(be):
+        from gpu_trader.vectors import VectorIndex
+
+        _pin_threads()
+        db, qs = _mixture(n, L1_DIM)
+        index = VectorIndex(L1_DIM, "cosine", backend=be.name, dtype=dtype)
+        index.add(be.asarray(db))
+        q = be.asarray(qs)
+        truth = np.argsort(-(qs @ db.T), axis=1)[:, :10]
+
+        def run():
+            return index.search(q, 10)
+        run.recall = _recall(be.to_numpy(run()[1]), truth)
+        run.smaller = db.nbytes / index.nbytes
+        return run
+
+    def ref_setup():
+        import faiss
+
+        _pin_threads()
+        db, qs = _mixture(n, L1_DIM)
+        if dtype == "binary":
+            index = faiss.IndexBinaryFlat(L1_DIM)
+            index.add(np.packbits(db > 0, axis=1))
+            bits = np.packbits(qs > 0, axis=1)
+            return lambda: index.search(bits, 10)
+        if dtype == "int8":
+            index = faiss.IndexScalarQuantizer(L1_DIM, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexPQ(L1_DIM, L1_DIM // {"pq16": 4, "pq32": 8}[dtype], 8, faiss.METRIC_INNER_PRODUCT)
+        index.train(db)
+        index.add(db)
+        return lambda: index.search(qs, 10)
+
+    return Workload(name=f"compressed {dtype} exact k-NN k=10 {N_QUERIES} queries x {n} x {L1_DIM}",
+                    sizes={"queries": N_QUERIES, "vectors": n, "dim": L1_DIM, "k": 10}, setup=setup, run=_call,
+                    items=N_QUERIES, unit="query", dtype="float32", target="vectors.compressed",
+                    references=_ref(ref_setup),
+                    extra_metrics=lambda run, be, policy, metrics: {"recall10": run.recall, "x_smaller": run.smaller})
+
+
 # -- approximate k-NN --------------------------------------------------------------------
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
@@ -409,6 +515,25 @@ def _distill(n_patterns: int, n_clusters: int) -> Workload:
                     unit="pattern", dtype="float32", target="vectors.distill", references=_ref(ref_setup))
 
 
+def _embed_cached(bars: int) -> Workload:
+    """A rolling query's embedding of an unchanged window (``PatternMemory.embed`` with an
+    :class:`~gpu_trader.patterns.EmbeddingCache`: a hit skips the indicators) against the same
+    call without a cache, which recomputes them."""
+    def setup_with(cache: bool):
+        from gpu_trader.patterns import EmbeddingCache, PatternMemory
+
+        data = random_walk_ohlcv((1, bars), seed=5)
+        ohlcv = {f: np.ascontiguousarray(data[f][0]) for f in FIELDS}
+        pm = PatternMemory(20, backend="cpu", cache=EmbeddingCache(max_entries=1024) if cache else None)
+        pm.embed(ohlcv, symbol="S0")  # the first call fills the cache
+        return lambda: pm.embed(ohlcv, symbol="S0")
+
+    return Workload(name=f"embed a cached window, {bars} bars history", sizes={"bars": bars, "window": 20},
+                    setup=lambda be: setup_with(True), run=_call, items=1, unit="pattern", dtype="float64",
+                    target="vectors.embed_cache",
+                    references=(Reference("uncached", lambda: setup_with(False), _call),))
+
+
 # size -> batched queries, the GPU case's database, the approximate case's database
 STORES = {"quick": (100, 100_000, 5_000), "standard": (1000, 1_000_000, 10_000), "full": (1000, 1_000_000, 100_000)}
 
@@ -422,7 +547,11 @@ def workloads(size: str) -> list[Workload]:
     out += [_exact_single(10_000, k) for k in EXACT_K]
     out.append(_exact_batched_cpu(n_queries, 10_000))
     out.append(_exact_batched_gpu(n_queries, gpu_db))
+    out.append(_exact_l1(100, COMPRESSED_STORE[size]))
+    out += [_pairwise(metric, 100, COMPRESSED_STORE[size]) for metric in ("l1", "sqeuclidean")]
+    out += [_compressed(dtype, COMPRESSED_STORE[size]) for dtype in COMPRESSED_DTYPES]
     out.append(_approx(approx_db))
     out.append(_filtered(10_000))
     out.append(_distill(100, 8))
+    out.append(_embed_cached(2520))
     return out
