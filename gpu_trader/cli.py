@@ -133,34 +133,23 @@ def _report_writer(path: str):
     return html.write_html if path.lower().endswith((".html", ".htm")) else markdown.write_report
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < 10.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction > 0 such as 0.05, got {text!r}")
-    return value
+def _bounded(convert, ok, expected: str):
+    """An argparse type: ``convert(text)``, refused (with ``expected`` in the message) unless
+    ``ok(value)``; text ``convert`` cannot read is refused the same way."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value < 1e9:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
+_fraction = _bounded(float, lambda v: 0.0 < v < 10.0, "a fraction > 0 such as 0.05")
+_port = _bounded(int, lambda v: 0 <= v <= 65535, "a TCP port in [0, 65535]")
+_seconds = _bounded(float, lambda v: 0.0 <= v < 1e9, "seconds >= 0")
 
 
 def _symbol_list(text: str) -> list[str]:
