@@ -37,12 +37,12 @@ from gpu_trader._internal.areas import AREA_PROTOCOLS
 PACKAGE_ROOT = Path(gpu_trader.__file__).resolve().parent.parent
 
 SUPPORT_MODULES = {
-    "gpu_trader.cpu_fallback": {"__init__", "blas", "scan"},
+    "gpu_trader.cpu_fallback": {"__init__", "blas", "output_pool", "scan"},
     "gpu_trader.kernels": {"__init__", "launch", "scan"},
     "gpu_trader.jax_backend": {"__init__"},
 }
 """Modules of an ops package that are no area: the package itself and the helpers its area
-modules share (cpu: the BLAS thread policy, the CPU twin of the CUDA scan; cuda: the
+modules share (cpu: the BLAS thread policy, the output-buffer pool, the CPU twin of the CUDA scan; cuda: the
 kernel launcher, the chunked scan). A new module must be an area or be listed here."""
 
 OBJECT_PROTOCOLS = {"risk": ("metrics", areas.RiskMetricsOps),

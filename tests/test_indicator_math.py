@@ -109,11 +109,14 @@ def test_stoch_direct_extremes_equal_tracked_bit_for_bit(fastk):
     high[50:55] = high[50]  # a flat stretch: ties everywhere
     low[50:55] = low[50]
     high[200] = np.inf
-    direct = np.full((2, 400), -1.0)
-    tracked = np.full((2, 400), -1.0)
+    direct = np.full(400, -1.0)
+    tracked = np.full(400, -1.0)
+    windows = np.full(400, -1.0)
     indicator_loops.stoch_raw_direct(high, low, close, fastk - 1, fastk, direct)
     indicator_loops.stoch_raw_tracked(high, low, close, 0, fastk - 1, tracked)
+    indicator_loops.stoch_raw_windows(high, low, close, fastk - 1, fastk, np.empty(400), windows)
     np.testing.assert_array_equal(direct.view(np.int64), tracked.view(np.int64))
+    np.testing.assert_array_equal(windows.view(np.int64), tracked.view(np.int64))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -199,12 +202,12 @@ def test_stoch_smooth_equals_two_sma_passes_bit_for_bit(dtype):
 
     @numba.njit
     def fused(out, first_k, slowk, slowd):
-        indicator_loops.stoch_smooth(out, first_k, slowk, slowd)
+        indicator_loops.stoch_smooth(out[0], out[1], first_k, slowk, slowd)
 
     @numba.njit
     def two_passes(out, first_k, slowk, slowd):
-        indicator_loops.ma_into(out[1], first_k, slowk, out, 0)
-        indicator_loops.ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
+        indicator_loops.ma_into(out[1], first_k, slowk, out[0])
+        indicator_loops.ma_into(out[0], first_k + slowk - 1, slowd, out[1])
 
     rng = np.random.default_rng(11)
     for T in (3, 4, 9, 40, 257):
@@ -223,3 +226,72 @@ def test_stoch_smooth_equals_two_sma_passes_bit_for_bit(dtype):
                 two_passes(want, first_k, slowk, slowd)
                 np.testing.assert_array_equal(got[:, start:].view(np.uint8), want[:, start:].view(np.uint8),
                                               err_msg=f"{T=} {slowk=} {slowd=} {first_k=}")
+
+
+ROW_FORM_PARAMS = {
+    "bollinger": [(1, 2.0), (2, 1.0), (5, 2.5), (20, 2.0)],
+    "stoch": [(1, 1, 1), (1, 3, 2), (5, 3, 3), (5, 1, 4), (14, 3, 3), (16, 2, 2), (17, 3, 3), (30, 5, 1)],
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(ROW_FORM_PARAMS))
+def test_row_forms_equal_the_row_body_bit_for_bit(name, dtype):
+    """The CPU's contiguous-row forms (dispatch_rows: BBANDS staged into float64 rows and its
+    bands in a second pass, STOCH's window extremes in elementwise passes) store exactly the
+    row body's bits: zeros of both signs, flat stretches, late listings, NaNs in highs/lows
+    (the tracked path) and in closes, infinities, windows past STOCH_DIRECT_MAX, short series.
+    BBANDS into float32 rows is not handled (returns False)."""
+    code, _, n_out, _ = SPECS[name]
+    float64_rows = dtype == np.float64
+    bbands = SPECS["bollinger"][0]
+
+    @numba.njit
+    def rows(h, lo, c, params, out):
+        handled = True
+        for s in range(h.shape[0]):
+            first = c[s] if code == bbands else h[s]
+            handled &= indicator_loops.dispatch_rows(code, first, lo[s], c[s], params, out, 0, s, float64_rows)
+        return handled
+
+    if name == "bollinger":
+        @numba.njit
+        def body(h, lo, c, params, out):
+            for s in range(h.shape[0]):
+                indicator_loops.bbands_row(c[s], params, out[:, s])
+    else:
+        @numba.njit
+        def body(h, lo, c, params, out):
+            for s in range(h.shape[0]):
+                indicator_loops.stoch_row(h[s], lo[s], c[s], params, out[:, s])
+
+    rng = np.random.default_rng(7)
+    for T in (1, 3, 17, 60, 400):
+        c = np.round(np.cumsum(rng.normal(0, 0.5, (12, T)), -1), 1)
+        c[0] = 0.0  # zeros of both signs: the sign of a zero extreme must agree
+        c[0, ::3] = -0.0
+        h = c + np.round(rng.uniform(0, 0.5, (12, T)), 1)
+        lo = c - np.round(rng.uniform(0, 0.5, (12, T)), 1)
+        h[0], lo[0] = np.where(np.arange(T) % 2, 0.0, -0.0), np.where(np.arange(T) % 3, -0.0, 0.0)
+        h[1, T // 4 : T // 2] = h[1, T // 4]  # a flat stretch
+        lo[1, T // 4 : T // 2] = lo[1, T // 4]
+        c[1, T // 4 : T // 2] = lo[1, T // 4]
+        h[2, : T // 3] = lo[2, : T // 3] = c[2, : T // 3] = np.nan  # a late listing
+        h[3, T // 2] = np.nan  # the tracked path
+        c[4, T // 2] = np.nan
+        # a zero low of either sign, a -0.0 close and positive highs: (close - lowest) keeps the
+        # sign of the window's first zero low, so the scan order of every window must agree
+        lo[7], c[7], h[7] = rng.choice([0.0, -0.0, 0.5], T), -0.0, 1.0
+        h[5, T // 3] = np.inf
+        c[6, T // 3] = 1e300
+        h, lo, c = (a.astype(dtype) for a in (h, lo, c))
+        for values in ROW_FORM_PARAMS[name]:
+            params = np.array(values, dtype=np.float64)
+            got = np.full((n_out,) + c.shape, -1.0, dtype=dtype)
+            want = np.full_like(got, -1.0)
+            if name == "bollinger" and not float64_rows:
+                assert not rows(h, lo, c, params, got)
+                continue
+            assert rows(h, lo, c, params, got)
+            body(h, lo, c, params, want)
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{T=} {values=}")

@@ -84,11 +84,14 @@ def first_valid4(a, b, c, d):
 @register_jitable
 def fill_nan(out, k, stop):
     """out[k, :stop] = NaN, clipped to the series length."""
-    n = out.shape[1]
-    if stop > n:
-        stop = n
-    for t in range(stop):
-        out[k, t] = math.nan
+    fill_nan_row(out[k], stop)
+
+
+@register_jitable
+def fill_nan_row(row, stop):
+    """row[:stop] = NaN, clipped to the row's length."""
+    for t in range(min(stop, row.shape[0])):
+        row[t] = math.nan
 
 
 # ---------------------------------------------------------------------------------
@@ -181,25 +184,34 @@ def shifted_variance(var1, var2, inv_period):
 
 
 @register_jitable
-def bbands_step(ma_total, shift, var1, var2, v, old, period, inv_period):
-    """TA_BBANDS (TA-Lib >= 0.8) step: bar v enters the SMA sum and the shifted moments,
-    the mean and variance are taken, then ``old`` (the oldest bar of the window) leaves.
+def bbands_window_step(ma_total, shift, var1, var2, v, old, inv_period):
+    """TA_BBANDS (TA-Lib >= 0.8) step without the division: bar v enters the SMA sum and the
+    shifted moments, the window's sum and variance are taken, then ``old`` (the oldest bar of
+    the window) leaves.
 
-    Returns (ma_total, var1, var2, mean, variance, drifted); ``drifted`` is TA-Lib's
-    precision test (the variance lost precision or a large value left the window),
-    one of the conditions for a re-seed.
+    Returns (ma_total, var1, var2, window_sum, variance, drifted); the mean is
+    ``window_sum / period``; ``drifted`` is TA-Lib's precision test (the variance lost
+    precision or a large value left the window), one of the conditions for a re-seed.
     """
     ma_total += v
     var1, var2 = shifted_add(var1, var2, v, shift)
     variance = shifted_variance(var1, var2, inv_period)
-    mean = ma_total / period
+    window_sum = ma_total
     ma_total -= old
     d = old - shift
     var1 -= d
     d2 = d * d
     var2 -= d2
     drifted = variance < 0.000001 * (var2 * inv_period) or d2 > 1000000.0 * var2
-    return ma_total, var1, var2, mean, variance, drifted
+    return ma_total, var1, var2, window_sum, variance, drifted
+
+
+@register_jitable
+def bbands_step(ma_total, shift, var1, var2, v, old, period, inv_period):
+    """bbands_window_step with the mean: returns (ma_total, var1, var2, mean, variance, drifted)."""
+    ma_total, var1, var2, window_sum, variance, drifted = bbands_window_step(
+        ma_total, shift, var1, var2, v, old, inv_period)
+    return ma_total, var1, var2, window_sum / period, variance, drifted
 
 
 @register_jitable
@@ -218,8 +230,11 @@ def bbands_reseeded(var1, var2, oldest, shift, inv_period):
 
 @register_jitable
 def bbands_bands(mean, variance, nstd):
-    """TA_BBANDS's outputs (upper, middle, lower) from the mean and the variance."""
-    std = math.sqrt(variance) if variance != 0.0 else 0.0
+    """TA_BBANDS's outputs (upper, middle, lower) from the mean and the variance. TA-Lib takes
+    the square root of a nonzero variance only; ``sqrt(v) + 0.0`` is the same value for every v
+    (a zero of either sign gives +0.0, a negative or NaN variance NaN) without a branch, so a
+    loop of it vectorizes (bbands_bands_into)."""
+    std = math.sqrt(variance) + 0.0
     band = std * nstd
     return mean + band, mean, mean - band
 
@@ -309,10 +324,10 @@ def vwap_value(pv, vol, n_bad):
 # Row bodies
 # ---------------------------------------------------------------------------------
 @register_jitable
-def sma_into(x, begin, period, out, k):
-    """TA_INT_SMA over x[begin:] into out[k]; first value at begin + period - 1.
+def sma_into(x, begin, period, dst):
+    """TA_INT_SMA over x[begin:] into the row ``dst``; first value at begin + period - 1.
 
-    ``x`` must not alias ``out[k]`` (results are stored time-aligned).
+    ``x`` must not alias ``dst`` (results are stored time-aligned).
     """
     n = x.shape[0]
     start = begin + period - 1
@@ -323,19 +338,20 @@ def sma_into(x, begin, period, out, k):
         i += 1
     trailing = begin
     while i < n:
-        total, out[k, i] = sma_step(total, f64(x[i]), f64(x[trailing]), period)
+        total, dst[i] = sma_step(total, f64(x[i]), f64(x[trailing]), period)
         trailing += 1
         i += 1
 
 
 @register_jitable
-def ma_into(x, begin, period, out, k):
-    """TA_MA with SMA type: an exact copy at period 1 (so a NaN does not stick), else TA_INT_SMA."""
+def ma_into(x, begin, period, dst):
+    """TA_MA with SMA type into the row ``dst``: an exact copy at period 1 (so a NaN does not
+    stick), else TA_INT_SMA."""
     if period == 1:
         for t in range(begin, x.shape[0]):
-            out[k, t] = x[t]
+            dst[t] = x[t]
     else:
-        sma_into(x, begin, period, out, k)
+        sma_into(x, begin, period, dst)
 
 
 @register_jitable
@@ -345,7 +361,7 @@ def sma_row(x, params, out):
     fill_nan(out, 0, begin + period - 1)
     if begin + period - 1 >= x.shape[0]:
         return
-    sma_into(x, begin, period, out, 0)
+    sma_into(x, begin, period, out[0])
 
 
 @register_jitable
@@ -688,40 +704,93 @@ def bbands_reseed(x, first, last, inv_period):
 
 @register_jitable
 def bbands_row(x, params, out):
-    """TA_BBANDS (SMA middle band, equal up/down deviations), TA-Lib >= 0.8.
+    """TA_BBANDS (SMA middle band, equal up/down deviations), TA-Lib >= 0.8, into the rows of
+    ``out`` (bbands_into, one pass)."""
+    bbands_into(x, params, out[0], out[1], out[2], False)
+
+
+@register_jitable
+def bbands_bands_into(upper, middle, lower, period, nstd):
+    """bbands_bands of each bar from the window sum staged in ``middle`` and the variance
+    staged in ``lower`` (float64 rows of one length): elementwise, so with contiguous rows the
+    divisions and square roots vectorize."""
+    for t in range(upper.shape[0]):
+        upper[t], middle[t], lower[t] = bbands_bands(middle[t] / period, lower[t], nstd)
+
+
+@register_jitable
+def bbands_into(x, params, upper, middle, lower, staged):
+    """TA_BBANDS (SMA middle band, equal up/down deviations), TA-Lib >= 0.8, into the three
+    rows.
 
     The middle band is TA-Lib's SMA running sum; the deviation is TA-Lib's
     cancellation-free variance: running sums of the data shifted by a reference
     value, re-seeded from the window mean (with a relative floor) whenever the
     shifted variance loses precision, a large value leaves the window, or every
-    32 * window bars.
+    32 * window bars. ``staged`` (float64 rows only: the staged values must keep every bit)
+    runs the recurrence first, storing each bar's window sum and variance, then the bands in
+    a second, elementwise pass (bbands_bands_into) that vectorizes on the CPU; else each bar's
+    bands are stored as the recurrence goes (one pass: the GPU, and float32 rows). Same bits
+    either way.
     """
     period = int(params[0])
     nstd = params[1]
     n = x.shape[0]
     begin = first_valid1(x)
     start = begin + period - 1
-    for k in range(3):
-        fill_nan(out, k, start)
+    fill_nan_row(upper, start)
+    fill_nan_row(middle, start)
+    fill_nan_row(lower, start)
     if start >= n:
         return
     inv_period = 1.0 / period
+    ma_total, shift, var1, var2, countdown = bbands_seed(x, begin, period)
+    for t in range(start, n):
+        ma_total, var1, var2, countdown, window_sum, variance, stale = bbands_bar(
+            x, t, ma_total, shift, var1, var2, countdown, period, inv_period)
+        if stale:
+            countdown, shift, var1, var2, variance = bbands_reseed_at(x, t, period, inv_period)
+        if staged:
+            middle[t] = window_sum
+            lower[t] = variance
+        else:
+            upper[t], middle[t], lower[t] = bbands_bands(window_sum / period, variance, nstd)
+    if staged:
+        bbands_bands_into(upper[start:], middle[start:], lower[start:], f64(period), nstd)
+
+
+@register_jitable
+def bbands_seed(x, begin, period):
+    """TA_BBANDS's state before its first output (bar ``begin + period - 1``): the SMA sum of
+    the window's first ``period - 1`` bars and their moments shifted by x[begin]; returns
+    (ma_total, shift, var1, var2, countdown to the periodic re-seed)."""
     shift = f64(x[begin])
     ma_total = 0.0
-    for t in range(begin, start):
+    for t in range(begin, begin + period - 1):
         ma_total += f64(x[t])
-    var1, var2 = shifted_moments(x, begin, start - 1, shift)
-    trailing = begin
-    countdown = 32 * period
-    for t in range(start, n):
-        ma_total, var1, var2, mean, variance, drifted = bbands_step(
-            ma_total, shift, var1, var2, f64(x[t]), f64(x[trailing]), period, inv_period)
-        trailing += 1
-        countdown -= 1
-        if drifted or countdown <= 0:
-            countdown = 32 * period
-            shift, var1, var2, variance = bbands_reseed(x, t - period + 1, t, inv_period)
-        out[0, t], out[1, t], out[2, t] = bbands_bands(mean, variance, nstd)
+    var1, var2 = shifted_moments(x, begin, begin + period - 2, shift)
+    return ma_total, shift, var1, var2, 32 * period
+
+
+@register_jitable
+def bbands_bar(x, t, ma_total, shift, var1, var2, countdown, period, inv_period):
+    """TA_BBANDS at bar t of x (the window x[t - period + 1 .. t], ``countdown`` bars before
+    the periodic re-seed): bbands_window_step; returns (ma_total, var1, var2, countdown, window
+    sum, variance, stale), where ``stale`` says that the caller must re-seed now
+    (bbands_reseed_at: the variance drifted or the countdown ran out). The re-seed stays in the
+    caller's loop: folded in here it makes this step too large to be inlined (3x slower)."""
+    ma_total, var1, var2, window_sum, variance, drifted = bbands_window_step(
+        ma_total, shift, var1, var2, f64(x[t]), f64(x[t - period + 1]), inv_period)
+    countdown -= 1
+    return ma_total, var1, var2, countdown, window_sum, variance, drifted or countdown <= 0
+
+
+@register_jitable
+def bbands_reseed_at(x, t, period, inv_period):
+    """bbands_reseed of the window ending at bar t, the countdown restarted: returns
+    (countdown, shift, var1, var2, variance)."""
+    shift, var1, var2, variance = bbands_reseed(x, t - period + 1, t, inv_period)
+    return 32 * period, shift, var1, var2, variance
 
 
 @register_jitable
@@ -746,8 +815,9 @@ def atr_row(high, low, close, params, out):
         out[0, t] = prev
 
 
-# Windows up to this length take stoch_raw_direct's branch-free min/max when the highs and
-# lows hold no NaN (same values as TA-Lib's tracking, far fewer unpredictable branches).
+# Windows up to this length take a branch-free min/max (stoch_raw_direct, stoch_raw_windows)
+# when the highs and lows hold no NaN (same values as TA-Lib's tracking, far fewer
+# unpredictable branches).
 STOCH_DIRECT_MAX = 16
 
 
@@ -764,9 +834,10 @@ def has_nan2(a, b, begin):
 
 
 @register_jitable
-def stoch_raw_direct(high, low, close, first_k, fastk, out):
-    """Raw %K into out[1] from each window's min and max taken directly. Without NaNs the
-    window extremes TA-Lib tracks are exactly these values, so every bit of the result agrees."""
+def stoch_raw_direct(high, low, close, first_k, fastk, raw):
+    """Raw %K into the row ``raw`` from each window's min and max taken directly (bar by bar:
+    the GPU's form). Without NaNs the window extremes TA-Lib tracks are exactly these values,
+    so every bit of the result agrees."""
     for today in range(first_k, high.shape[0]):
         lowest = f64(low[today])
         highest = f64(high[today])
@@ -775,12 +846,43 @@ def stoch_raw_direct(high, low, close, first_k, fastk, out):
             lowest = v if v < lowest else lowest
             v = f64(high[i])
             highest = v if v > highest else highest
-        out[1, today] = stoch_k(f64(close[today]), lowest, (highest - lowest) / 100.0)
+        raw[today] = stoch_k(f64(close[today]), lowest, (highest - lowest) / 100.0)
 
 
 @register_jitable
-def stoch_raw_tracked(high, low, close, begin, first_k, out):
-    """Raw %K into out[1] with TA_STOCH's own tracking of the window's extremes (rescanning
+def stoch_raw_windows(high, low, close, first_k, fastk, lowest, raw):
+    """stoch_raw_direct in elementwise passes over the rows (the CPU's form: with contiguous
+    rows of the inputs' dtype every pass vectorizes): the window minima of the lows go to the
+    scratch row ``lowest``, the maxima of the highs to ``raw``, which then becomes raw %K.
+    Extremes of input values are input values, so storing them in the input's dtype loses
+    nothing; each window is scanned in stoch_raw_direct's order (today's bar, then the oldest
+    to the newest), so even the sign of a zero extreme agrees."""
+    n = high.shape[0]
+    m = n - first_k
+    lows = lowest[first_k:]
+    highs = raw[first_k:]
+    low_today = low[first_k:]
+    high_today = high[first_k:]
+    for t in range(m):
+        lows[t] = low_today[t]
+        highs[t] = high_today[t]
+    for lag in range(fastk - 1, 0, -1):
+        low_lag = low[first_k - lag : n - lag]
+        high_lag = high[first_k - lag : n - lag]
+        for t in range(m):
+            v = low_lag[t]
+            lows[t] = v if v < lows[t] else lows[t]
+            v = high_lag[t]
+            highs[t] = v if v > highs[t] else highs[t]
+    close_today = close[first_k:]
+    for t in range(m):
+        low_t = f64(lows[t])
+        highs[t] = stoch_k(f64(close_today[t]), low_t, (f64(highs[t]) - low_t) / 100.0)
+
+
+@register_jitable
+def stoch_raw_tracked(high, low, close, begin, first_k, raw):
+    """Raw %K into the row ``raw`` with TA_STOCH's own tracking of the window's extremes (rescanning
     when one leaves the window), which also fixes how NaNs in highs and lows propagate."""
     lowest_idx = -1
     highest_idx = -1
@@ -817,44 +919,53 @@ def stoch_raw_tracked(high, low, close, begin, first_k, out):
             highest_idx = today
             highest = tmp
             diff = (highest - lowest) / 100.0
-        out[1, today] = stoch_k(f64(close[today]), lowest, diff)
+        raw[today] = stoch_k(f64(close[today]), lowest, diff)
         trailing += 1
 
 
 @register_jitable
-def stoch_smooth(out, first_k, slowk, slowd):
-    """TA_STOCH's two SMA smoothings (periods >= 2) of the raw %K staged in out[1] from bar
-    ``first_k``: slow %K into out[0], %D of it into out[1], both from bar
+def stoch_smooth(slow_k, slow_d, first_k, slowk, slowd):
+    """TA_STOCH's two SMA smoothings (periods >= 2) of the raw %K staged in the row ``slow_d``
+    from bar ``first_k``: slow %K into ``slow_k``, %D of it into ``slow_d``, both from bar
     ``first_k + slowk + slowd - 2`` (earlier bars hold intermediates). The two running sums
     advance in one loop (their latencies overlap), %D ``slowk - 1`` bars behind slow %K, so it
     overwrites only raw %K values already out of slow %K's window. The operations of two
     sma_into passes over the stored (output-dtype) values, so the same bits."""
-    n = out.shape[1]
+    n = slow_k.shape[0]
     begin_d = first_k + slowk - 1
     start = begin_d + slowd - 1
     lag = slowk - 1
     total_k = 0.0
     for t in range(first_k, begin_d):
-        total_k += f64(out[1, t])
+        total_k += f64(slow_d[t])
     total_d = 0.0
     for i in range(begin_d, n):
-        total_k, out[0, i] = sma_step(total_k, f64(out[1, i]), f64(out[1, i - lag]), slowk)
+        total_k, slow_k[i] = sma_step(total_k, f64(slow_d[i]), f64(slow_d[i - lag]), slowk)
         if i < start:
-            total_d += f64(out[0, i])
+            total_d += f64(slow_k[i])
         j = i - lag
         if j >= start:
-            total_d, out[1, j] = sma_step(total_d, f64(out[0, j]), f64(out[0, j - slowd + 1]), slowd)
+            total_d, slow_d[j] = sma_step(total_d, f64(slow_k[j]), f64(slow_k[j - slowd + 1]), slowd)
     for j in range(max(n - lag, start), n):
-        total_d, out[1, j] = sma_step(total_d, f64(out[0, j]), f64(out[0, j - slowd + 1]), slowd)
+        total_d, slow_d[j] = sma_step(total_d, f64(slow_k[j]), f64(slow_k[j - slowd + 1]), slowd)
 
 
 @register_jitable
 def stoch_row(high, low, close, params, out):
-    """TA_STOCH with SMA smoothing for slow %K and %D.
+    """TA_STOCH with SMA smoothing for slow %K and %D into the rows of ``out`` (stoch_into,
+    the raw %K bar by bar)."""
+    stoch_into(high, low, close, params, out[0], out[1], False)
 
-    Raw %K is staged in ``out[1]``, slow %K = SMA(raw %K) goes to ``out[0]``, then
-    %D = SMA(slow %K) overwrites ``out[1]`` (through TA_MA, so period 1 copies; with both
-    periods >= 2 the two SMAs run in one loop, stoch_smooth).
+
+@register_jitable
+def stoch_into(high, low, close, params, slow_k, slow_d, by_windows):
+    """TA_STOCH with SMA smoothing for slow %K and %D into the rows ``slow_k`` and ``slow_d``.
+
+    Raw %K is staged in ``slow_d``, slow %K = SMA(raw %K) goes to ``slow_k``, then
+    %D = SMA(slow %K) overwrites ``slow_d`` (through TA_MA, so period 1 copies; with both
+    periods >= 2 the two SMAs run in one loop, stoch_smooth). ``by_windows`` takes the raw %K
+    of NaN-free windows in elementwise passes (stoch_raw_windows: the CPU's contiguous rows),
+    else bar by bar (stoch_raw_direct); same bits.
     """
     fastk = int(params[0])
     slowk = int(params[1])
@@ -864,20 +975,23 @@ def stoch_row(high, low, close, params, out):
     first_k = begin + fastk - 1
     start = first_k + slowk - 1 + slowd - 1
     if start >= n:
-        fill_nan(out, 0, n)
-        fill_nan(out, 1, n)
+        fill_nan_row(slow_k, n)
+        fill_nan_row(slow_d, n)
         return
     if fastk <= STOCH_DIRECT_MAX and not has_nan2(high, low, begin):
-        stoch_raw_direct(high, low, close, first_k, fastk, out)
+        if by_windows:
+            stoch_raw_windows(high, low, close, first_k, fastk, slow_k, slow_d)
+        else:
+            stoch_raw_direct(high, low, close, first_k, fastk, slow_d)
     else:
-        stoch_raw_tracked(high, low, close, begin, first_k, out)
+        stoch_raw_tracked(high, low, close, begin, first_k, slow_d)
     if slowk > 1 and slowd > 1:
-        stoch_smooth(out, first_k, slowk, slowd)
+        stoch_smooth(slow_k, slow_d, first_k, slowk, slowd)
     else:
-        ma_into(out[1], first_k, slowk, out, 0)
-        ma_into(out[0], first_k + slowk - 1, slowd, out, 1)
-    fill_nan(out, 0, start)
-    fill_nan(out, 1, start)
+        ma_into(slow_d, first_k, slowk, slow_k)
+        ma_into(slow_k, first_k + slowk - 1, slowd, slow_d)
+    fill_nan_row(slow_k, start)
+    fill_nan_row(slow_d, start)
 
 
 @register_jitable
@@ -932,12 +1046,28 @@ def vwap_row(high, low, close, volume, params, out):
 
 
 @register_jitable
+def dispatch_rows(code, a, b, c, params, out, o, s, float64_rows):
+    """Run indicator ``code`` on series ``s`` into rows ``out[o + k, s]`` of the CPU driver's
+    C-contiguous ``(rows, n_series, T)`` buffer if it has a form whose elementwise passes
+    vectorize over contiguous rows (BBANDS when ``float64_rows``: its divisions and square
+    roots, bbands_into; STOCH: its window extremes and divisions, stoch_into); returns whether
+    it had one."""
+    if code == BBANDS and float64_rows:
+        bbands_into(a, params, out[o, s], out[o + 1, s], out[o + 2, s], True)
+    elif code == STOCH:
+        stoch_into(a, b, c, params, out[o, s], out[o + 1, s], True)
+    else:
+        return False
+    return True
+
+
+@register_jitable
 def dispatch4(code, x, i, params, out):
     """Run indicator ``code`` on series i .. i+3 of its one input ``x`` ``(n_series, T)`` into
     ``out`` ``(n_out, n_series, T)`` if it has a four-series body (the CPU driver's work item;
     EMA, RSI and MACD, whose recurrences' latency bounds one series; interleaved ATR (memory
-    bound) and BBANDS (a division and a square root a bar) measured no faster); returns whether
-    it had one."""
+    bound) and BBANDS (throughput bound once its divisions and square roots run apart,
+    bbands_into) measured no faster); returns whether it had one."""
     if code == EMA:
         ema_rows4(x, i, params, out)
     elif code == RSI:

@@ -69,10 +69,13 @@ def suite_cache(maxsize: int) -> Callable[[F], F]:
 
 
 def release_suite_data() -> None:
-    """Empty every :func:`suite_cache`, collect garbage, hand freed memory back to the OS."""
+    """Empty every :func:`suite_cache`, collect garbage, let go of the CPU backend's pooled output
+    buffers and CuPy's pools, hand freed memory back to the OS."""
     for cached in _CACHES:
         cached.cache_clear()
     gc.collect()
+    if "gpu_trader.cpu_fallback.output_pool" in sys.modules:
+        sys.modules["gpu_trader.cpu_fallback.output_pool"].release()
     if "cupy" in sys.modules:
         cupy = sys.modules["cupy"]
         cupy.get_default_memory_pool().free_all_blocks()

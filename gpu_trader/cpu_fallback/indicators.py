@@ -28,12 +28,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import types
-from numba.extending import intrinsic, register_jitable
+from numba.extending import intrinsic, overload, register_jitable
 
 from .._internal import indicator_loops
 from .._internal.indicator_specs import INPUT_FIELDS, SPECS
 from .._internal.jit import njit_cached
-from . import run_on_threads, usable_cpus
+from . import output_pool, run_on_threads, usable_cpus
 
 # Batches with fewer elements (series x bars x rows) than this run on the calling thread.
 SERIAL_MAX_ELEMENTS = 20_000
@@ -58,18 +58,33 @@ def _plan_item(j, rows, params, ins, out, group):
     """Work item j = (group q of ``group`` series, plan row r); a row is [code, 4 input fields,
     out offset, n_out]. A full group of SERIES_PER_ITEM series of an indicator with a
     four-series body runs interleaved (``indicator_loops.dispatch4``), any other series by
-    series."""
+    series, on contiguous output rows where the indicator has a form for them
+    (``indicator_loops.dispatch_rows``)."""
     n_rows = rows.shape[0]
     q = j // n_rows
     r = j - q * n_rows
     code, f0, f1, f2, f3, o, w = rows[r]
     i = q * group
     stop = min(i + group, ins[0].shape[0])
-    if stop - i == SERIES_PER_ITEM and indicator_loops.dispatch4(
-            code, ins[f0], i, params[r], out[o : o + w]):
+    if stop - i == SERIES_PER_ITEM and indicator_loops.dispatch4(code, ins[f0], i, params[r], out[o : o + w]):
         return
+    float64_rows = _holds_float64(out)
     for s in range(i, stop):
-        indicator_loops.dispatch(code, ins[f0][s], ins[f1][s], ins[f2][s], ins[f3][s], params[r], out[o : o + w, s])
+        if not indicator_loops.dispatch_rows(code, ins[f0][s], ins[f1][s], ins[f2][s], params[r], out, o, s,
+                                             float64_rows):
+            indicator_loops.dispatch(code, ins[f0][s], ins[f1][s], ins[f2][s], ins[f3][s], params[r],
+                                     out[o : o + w, s])
+
+
+def _holds_float64(a) -> bool:
+    """Whether array ``a`` holds float64 (a compile-time constant in compiled code)."""
+    return a.dtype == np.float64
+
+
+@overload(_holds_float64)
+def _holds_float64_compiled(a):
+    result = a.dtype == types.float64
+    return lambda a: result
 
 
 @intrinsic
@@ -127,7 +142,9 @@ def _run_plan_serial(rows, params, ins, out):
 @njit_cached(nogil=True, error_model="numpy", _nrt=False)
 def _compute_series(code, params, x0, x1, x2, x3, out):
     T = x0.shape[0]
-    indicator_loops.dispatch(code, x0, x1, x2, x3, params, out.reshape((out.shape[0] // T, T)))
+    n_out = out.shape[0] // T
+    if not indicator_loops.dispatch_rows(code, x0, x1, x2, params, out.reshape((n_out, 1, T)), 0, 0, True):
+        indicator_loops.dispatch(code, x0, x1, x2, x3, params, out.reshape((n_out, T)))
 
 
 def series_kernel():
@@ -197,7 +214,7 @@ def compute_many(names, params_list, fields):
 def _execute(plan, ins):
     (rows, params), blocks, n_rows_out = plan
     n, T = ins[0].shape
-    out = np.empty((n_rows_out, n, T), dtype=ins[0].dtype)
+    out = output_pool.empty((n_rows_out, n, T), ins[0].dtype)
     if n_rows_out * n * T < SERIAL_MAX_ELEMENTS:
         _run_plan_serial(rows, params, ins, out)
     else:
