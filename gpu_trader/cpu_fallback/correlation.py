@@ -16,6 +16,7 @@ from numba.extending import register_jitable
 
 from .._internal.correlation_xp import CorrelationEstimators, rounding_zero
 from .._internal.jit import njit_cached
+from . import output_pool
 from .blas import blas_threads_for
 from .risk import has_nan
 
@@ -140,7 +141,7 @@ class _CpuCorrelationEstimators(CorrelationEstimators):
         n, t = x.shape[-2], x.shape[-1]
         x0, m = self._centered(x, True)
         q_cum = np.cumsum(x0 * x0, axis=-1)
-        out = np.empty(x.shape[:-1] + (n, t))
+        out = output_pool.empty(x.shape[:-1] + (n, t), np.float64)
         rows, cols = np.triu_indices(n)
         steps = out.size // n * (n + 1) // 2  # pairs x periods
         run = _rolling_pairs if steps >= _PARALLEL_MIN_STEPS else _rolling_pairs_serial

@@ -12,6 +12,7 @@ from numba import prange
 
 from .._internal import stop_loops
 from .._internal.jit import njit_cached
+from . import output_pool
 
 __all__ = ["xp", "trailing_stop", "rolling_extreme"]
 
@@ -46,7 +47,7 @@ def _extreme_serial(x, window, lowest, out):
 
 
 def trailing_stop(price, atr, start, fraction, multiple, short):
-    out = np.empty(price.shape, dtype=np.float64)
+    out = output_pool.empty(price.shape, np.float64)
     use_atr = atr is not None
     driver = _trailing_parallel if price.size > SERIAL_MAX_BARS else _trailing_serial
     driver(price, atr if use_atr else price, start, fraction, multiple, int(short), int(use_atr), out)
@@ -54,7 +55,7 @@ def trailing_stop(price, atr, start, fraction, multiple, short):
 
 
 def rolling_extreme(x, window, lowest):
-    out = np.empty(x.shape, dtype=np.float64)
+    out = output_pool.empty(x.shape, np.float64)
     driver = _extreme_parallel if x.size > SERIAL_MAX_BARS else _extreme_serial
     driver(x, window, int(lowest), out)
     return out

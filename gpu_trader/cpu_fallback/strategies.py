@@ -15,6 +15,7 @@ from numba.extending import register_jitable
 
 from .._internal import strategy_loops
 from .._internal.jit import njit_cached
+from . import output_pool
 
 # Batches with fewer elements (rows x bars) than this run on the calling thread.
 SERIAL_MAX_ELEMENTS = 50_000
@@ -85,7 +86,7 @@ def backtest(close, feats, kinds, a_idx, b_idx, ks, cost):
     """
     n, T = close.shape
     P = kinds.shape[0]
-    sig = np.empty((P, n, T), dtype=np.int8)
+    sig = output_pool.empty((P, n, T), np.int8)
     pnl = np.empty((P, n), dtype=np.float64)
     run = _backtest_serial if _serial(P, close) else _backtest_parallel
     run(close, strategy_loops.bar_returns(np, close), feats, kinds, a_idx, b_idx, ks, cost, sig, pnl)
