@@ -139,6 +139,7 @@ def test_has_nan2_sees_a_nan_in_either_input_from_begin_on(dtype):
 # parameter sets of the four-series bodies' test: period 1 (a copy), short and usual windows;
 # MACD with fast > slow (swapped) and signal 1 (a copy of the line)
 FOUR_SERIES_PARAMS = {
+    "sma": [(1,), (2,), (20,)],
     "ema": [(1,), (2,), (14,)],
     "rsi": [(2,), (14,)],
     "macd": [(12, 26, 9), (5, 3, 1), (2, 4, 3), (1, 1, 1)],
@@ -188,8 +189,8 @@ def test_four_series_bodies_equal_the_row_body_bit_for_bit(name, dtype):
             assert four(x, params, got)
             one(x, params, want)
             np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{T=} {values=}")
-    sma_code = SPECS["sma"][0]
-    assert not numba.njit(lambda x, p, o: indicator_loops.dispatch4(sma_code, x, 0, p, o))(
+    wma_code = SPECS["wma"][0]
+    assert not numba.njit(lambda x, p, o: indicator_loops.dispatch4(wma_code, x, 0, p, o))(
         x, np.array([3.0]), np.empty((1,) + x.shape, dtype=dtype))
 
 
@@ -228,6 +229,35 @@ def test_stoch_smooth_equals_two_sma_passes_bit_for_bit(dtype):
                                               err_msg=f"{T=} {slowk=} {slowd=} {first_k=}")
 
 
+@numba.njit
+def _bbands_rows(h, lo, c, params, out, float64_rows):
+    handled = True
+    for s in range(c.shape[0]):
+        handled &= indicator_loops.dispatch_rows(SPECS_BBANDS, c[s], lo[s], c[s], params, out, 0, s, float64_rows)
+    return handled
+
+
+@numba.njit
+def _stoch_rows(h, lo, c, params, out, float64_rows):
+    handled = True
+    for s in range(c.shape[0]):
+        handled &= indicator_loops.dispatch_rows(SPECS_STOCH, h[s], lo[s], c[s], params, out, 0, s, float64_rows)
+    return handled
+
+
+@numba.njit
+def _bbands_body(h, lo, c, params, out):
+    for s in range(c.shape[0]):
+        indicator_loops.bbands_row(c[s], params, out[:, s])
+
+
+@numba.njit
+def _stoch_body(h, lo, c, params, out):
+    for s in range(c.shape[0]):
+        indicator_loops.stoch_row(h[s], lo[s], c[s], params, out[:, s])
+
+
+SPECS_BBANDS, SPECS_STOCH = SPECS["bollinger"][0], SPECS["stoch"][0]
 ROW_FORM_PARAMS = {
     "bollinger": [(1, 2.0), (2, 1.0), (5, 2.5), (20, 2.0)],
     "stoch": [(1, 1, 1), (1, 3, 2), (5, 3, 3), (5, 1, 4), (14, 3, 3), (16, 2, 2), (17, 3, 3), (30, 5, 1)],
@@ -244,27 +274,7 @@ def test_row_forms_equal_the_row_body_bit_for_bit(name, dtype):
     BBANDS into float32 rows is not handled (returns False)."""
     code, _, n_out, _ = SPECS[name]
     float64_rows = dtype == np.float64
-    bbands = SPECS["bollinger"][0]
-
-    @numba.njit
-    def rows(h, lo, c, params, out):
-        handled = True
-        for s in range(h.shape[0]):
-            first = c[s] if code == bbands else h[s]
-            handled &= indicator_loops.dispatch_rows(code, first, lo[s], c[s], params, out, 0, s, float64_rows)
-        return handled
-
-    if name == "bollinger":
-        @numba.njit
-        def body(h, lo, c, params, out):
-            for s in range(h.shape[0]):
-                indicator_loops.bbands_row(c[s], params, out[:, s])
-    else:
-        @numba.njit
-        def body(h, lo, c, params, out):
-            for s in range(h.shape[0]):
-                indicator_loops.stoch_row(h[s], lo[s], c[s], params, out[:, s])
-
+    rows, body = (_bbands_rows, _bbands_body) if name == "bollinger" else (_stoch_rows, _stoch_body)
     rng = np.random.default_rng(7)
     for T in (1, 3, 17, 60, 400):
         c = np.round(np.cumsum(rng.normal(0, 0.5, (12, T)), -1), 1)
@@ -290,8 +300,8 @@ def test_row_forms_equal_the_row_body_bit_for_bit(name, dtype):
             got = np.full((n_out,) + c.shape, -1.0, dtype=dtype)
             want = np.full_like(got, -1.0)
             if name == "bollinger" and not float64_rows:
-                assert not rows(h, lo, c, params, got)
+                assert not rows(h, lo, c, params, got, float64_rows)
                 continue
-            assert rows(h, lo, c, params, got)
+            assert rows(h, lo, c, params, got, float64_rows)
             body(h, lo, c, params, want)
             np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{T=} {values=}")

@@ -7,8 +7,10 @@ time along the view) and writes its outputs into ``out`` (a 2-D view of shape
 CPU backend (``cpu_fallback.indicators``, parallel over series) and by
 ``numba.cuda.jit`` for the GPU backend (``kernels.indicators``, one thread per
 series), and it also runs as ordinary Python (numba's CUDA simulator). The CPU driver
-alone also calls ``dispatch4``: four-series forms (``ema_rows4``, ``rsi_rows4``, ``macd_rows4``) of
-the row bodies whose recurrences' latency bounds them, built from the same seed and bar steps.
+alone also calls ``dispatch4``: four-series forms (``sma_rows4``, ``ema_rows4``, ``rsi_rows4``,
+``macd_rows4``) of the row bodies whose recurrences' latency bounds them, built from the same seed
+and bar steps, and ``dispatch_rows``: forms over contiguous 1-D output rows whose elementwise passes
+vectorize (``bbands_into`` staged, ``stoch_into`` by windows).
 
 Semantics are TA-Lib's Python wrapper, operation for operation, in float64:
 
@@ -329,18 +331,63 @@ def sma_into(x, begin, period, dst):
 
     ``x`` must not alias ``dst`` (results are stored time-aligned).
     """
-    n = x.shape[0]
-    start = begin + period - 1
+    total = sma_seed(x, begin, period)
+    for t in range(begin + period - 1, x.shape[0]):
+        total = sma_bar(x, t, total, period, dst)
+
+
+@register_jitable
+def sma_seed(x, begin, period):
+    """TA_INT_SMA's running total before its first output: the sum of x[begin .. begin + period - 2]."""
     total = 0.0
-    i = begin
-    while i < start:
-        total += f64(x[i])
-        i += 1
-    trailing = begin
-    while i < n:
-        total, dst[i] = sma_step(total, f64(x[i]), f64(x[trailing]), period)
-        trailing += 1
-        i += 1
+    for t in range(begin, begin + period - 1):
+        total += f64(x[t])
+    return total
+
+
+@register_jitable
+def sma_bar(x, t, total, period, dst):
+    """TA_INT_SMA at bar t (the window x[t - period + 1 .. t]) into dst[t]; returns the running
+    total."""
+    total, dst[t] = sma_step(total, f64(x[t]), f64(x[t - period + 1]), period)
+    return total
+
+
+@register_jitable
+def sma_rows4(x, i, params, out):
+    """sma_row over series i .. i+3 of ``x`` (n_series, T) into the rows ``out[0, i .. i+3]``,
+    the CPU driver's work item, as ema_rows4 does it: the four running sums advance in one loop
+    (each addition waits on the previous one of its series). The same operations per series as
+    sma_row, so the same bits. (Staging the window sums to divide them in a vectorized pass, as
+    BBANDS does, measured no faster.)"""
+    period = int(params[0])
+    n = x.shape[1]
+    x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+    r0, r1, r2, r3 = out[0, i], out[0, i + 1], out[0, i + 2], out[0, i + 3]
+    b0, b1, b2, b3 = first_valid1(x0), first_valid1(x1), first_valid1(x2), first_valid1(x3)
+    last = max(max(b0, b1), max(b2, b3)) + period - 1
+    if last >= n:
+        for j in range(4):
+            sma_row(x[i + j], params, out[:, i + j])
+        return
+    t0, t1, t2, t3 = sma_seed(x0, b0, period), sma_seed(x1, b1, period), sma_seed(x2, b2, period), sma_seed(x3, b3, period)
+    for t in range(b0 + period - 1, last):
+        t0 = sma_bar(x0, t, t0, period, r0)
+    for t in range(b1 + period - 1, last):
+        t1 = sma_bar(x1, t, t1, period, r1)
+    for t in range(b2 + period - 1, last):
+        t2 = sma_bar(x2, t, t2, period, r2)
+    for t in range(b3 + period - 1, last):
+        t3 = sma_bar(x3, t, t3, period, r3)
+    for t in range(last, n):
+        t0 = sma_bar(x0, t, t0, period, r0)
+        t1 = sma_bar(x1, t, t1, period, r1)
+        t2 = sma_bar(x2, t, t2, period, r2)
+        t3 = sma_bar(x3, t, t3, period, r3)
+    fill_nan_row(r0, b0 + period - 1)
+    fill_nan_row(r1, b1 + period - 1)
+    fill_nan_row(r2, b2 + period - 1)
+    fill_nan_row(r3, b3 + period - 1)
 
 
 @register_jitable
@@ -1065,10 +1112,12 @@ def dispatch_rows(code, a, b, c, params, out, o, s, float64_rows):
 def dispatch4(code, x, i, params, out):
     """Run indicator ``code`` on series i .. i+3 of its one input ``x`` ``(n_series, T)`` into
     ``out`` ``(n_out, n_series, T)`` if it has a four-series body (the CPU driver's work item;
-    EMA, RSI and MACD, whose recurrences' latency bounds one series; interleaved ATR (memory
+    SMA, EMA, RSI and MACD, whose recurrences' latency bounds one series; interleaved ATR (memory
     bound) and BBANDS (throughput bound once its divisions and square roots run apart,
     bbands_into) measured no faster); returns whether it had one."""
-    if code == EMA:
+    if code == SMA:
+        sma_rows4(x, i, params, out)
+    elif code == EMA:
         ema_rows4(x, i, params, out)
     elif code == RSI:
         rsi_rows4(x, i, params, out)
