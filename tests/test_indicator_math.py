@@ -230,18 +230,11 @@ def test_stoch_smooth_equals_two_sma_passes_bit_for_bit(dtype):
 
 
 @numba.njit
-def _bbands_rows(h, lo, c, params, out, float64_rows):
+def _row_forms(code, first, lo, c, params, out, float64_rows):
+    """dispatch_rows over every series; ``first``: the indicator's first input (BBANDS: closes)."""
     handled = True
     for s in range(c.shape[0]):
-        handled &= indicator_loops.dispatch_rows(SPECS_BBANDS, c[s], lo[s], c[s], params, out, 0, s, float64_rows)
-    return handled
-
-
-@numba.njit
-def _stoch_rows(h, lo, c, params, out, float64_rows):
-    handled = True
-    for s in range(c.shape[0]):
-        handled &= indicator_loops.dispatch_rows(SPECS_STOCH, h[s], lo[s], c[s], params, out, 0, s, float64_rows)
+        handled &= indicator_loops.dispatch_rows(code, first[s], lo[s], c[s], params, out, 0, s, float64_rows)
     return handled
 
 
@@ -257,7 +250,6 @@ def _stoch_body(h, lo, c, params, out):
         indicator_loops.stoch_row(h[s], lo[s], c[s], params, out[:, s])
 
 
-SPECS_BBANDS, SPECS_STOCH = SPECS["bollinger"][0], SPECS["stoch"][0]
 ROW_FORM_PARAMS = {
     "bollinger": [(1, 2.0), (2, 1.0), (5, 2.5), (20, 2.0)],
     "stoch": [(1, 1, 1), (1, 3, 2), (5, 3, 3), (5, 1, 4), (14, 3, 3), (16, 2, 2), (17, 3, 3), (30, 5, 1)],
@@ -274,7 +266,7 @@ def test_row_forms_equal_the_row_body_bit_for_bit(name, dtype):
     BBANDS into float32 rows is not handled (returns False)."""
     code, _, n_out, _ = SPECS[name]
     float64_rows = dtype == np.float64
-    rows, body = (_bbands_rows, _bbands_body) if name == "bollinger" else (_stoch_rows, _stoch_body)
+    body = _bbands_body if name == "bollinger" else _stoch_body
     rng = np.random.default_rng(7)
     for T in (1, 3, 17, 60, 400):
         c = np.round(np.cumsum(rng.normal(0, 0.5, (12, T)), -1), 1)
@@ -300,8 +292,8 @@ def test_row_forms_equal_the_row_body_bit_for_bit(name, dtype):
             got = np.full((n_out,) + c.shape, -1.0, dtype=dtype)
             want = np.full_like(got, -1.0)
             if name == "bollinger" and not float64_rows:
-                assert not rows(h, lo, c, params, got, float64_rows)
+                assert not _row_forms(code, c if name == "bollinger" else h, lo, c, params, got, float64_rows)
                 continue
-            assert rows(h, lo, c, params, got, float64_rows)
+            assert _row_forms(code, c if name == "bollinger" else h, lo, c, params, got, float64_rows)
             body(h, lo, c, params, want)
             np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{T=} {values=}")
