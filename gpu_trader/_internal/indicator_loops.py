@@ -626,6 +626,12 @@ def macd_periods(params):
 
 
 @register_jitable
+def macd_coefficients(fast, slow, signal):
+    """The smoothing factors 2 / (period + 1) of MACD's fast EMA, slow EMA and signal EMA."""
+    return 2.0 / (fast + 1), 2.0 / (slow + 1), 2.0 / (signal + 1)
+
+
+@register_jitable
 def macd_bar(v, ema_fast, ema_slow, sig, k_fast, k_slow, k_sig, signal, out, t):
     """TA_MACD's step at a bar of value v past the signal's seed: both EMAs and the signal
     advance, (line, signal, histogram) stored in out[:, t]; returns (ema_fast, ema_slow, sig)."""
@@ -648,8 +654,7 @@ def macd_seeded(x, begin, fast, slow, signal, out):
     start = first_macd + signal - 1
     for k in range(3):
         fill_nan(out, k, start)
-    k_slow = 2.0 / (slow + 1)
-    k_fast = 2.0 / (fast + 1)
+    k_fast, k_slow, _ = macd_coefficients(fast, slow, signal)
     ema_slow = ema_seed(x, begin, slow)
     ema_fast = ema_seed(x, begin + slow - fast, fast)
     sig_total = 0.0
@@ -677,9 +682,7 @@ def macd_row(x, params, out):
         for k in range(3):
             fill_nan(out, k, n)
         return
-    k_fast = 2.0 / (fast + 1)
-    k_slow = 2.0 / (slow + 1)
-    k_sig = 2.0 / (signal + 1)
+    k_fast, k_slow, k_sig = macd_coefficients(fast, slow, signal)
     ema_fast, ema_slow, sig, start = macd_seeded(x, begin, fast, slow, signal, out)
     for t in range(start + 1, n):
         ema_fast, ema_slow, sig = macd_bar(f64(x[t]), ema_fast, ema_slow, sig, k_fast, k_slow, k_sig, signal, out, t)
@@ -701,9 +704,7 @@ def macd_rows4(x, i, params, out):
         macd_row(x2, params, o2)
         macd_row(x3, params, o3)
         return
-    kf = 2.0 / (fast + 1)
-    ks = 2.0 / (slow + 1)
-    kg = 2.0 / (signal + 1)
+    kf, ks, kg = macd_coefficients(fast, slow, signal)
     f0, s0, g0, t0 = macd_seeded(x0, b0, fast, slow, signal, o0)
     f1, s1, g1, t1 = macd_seeded(x1, b1, fast, slow, signal, o1)
     f2, s2, g2, t2 = macd_seeded(x2, b2, fast, slow, signal, o2)

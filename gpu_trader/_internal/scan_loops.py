@@ -361,8 +361,7 @@ def macd_line_p3(x, row, cc, lo, hi, begin, fast, slow, Ain, Bin, seed, r, out):
     nan_prefix(out, 0, lo, hi, first, r)
     if first >= hi:
         return
-    k_fast = 2.0 / (fast + 1)
-    k_slow = 2.0 / (slow + 1)
+    k_fast, k_slow, _ = indicator_loops.macd_coefficients(fast, slow, 1)
     if lo <= first:
         ema_fast = seed[0, r]
         ema_slow = seed[1, r]

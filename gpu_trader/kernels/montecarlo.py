@@ -227,6 +227,21 @@ def _before(v1, s1, v2, s2):
     return v1 > v2 or (v1 == v2 and s1 < s2)
 
 
+@register_jitable
+def _count_before(keys_v, keys_i, n, v, s):
+    """How many of the first ``n`` keys ``(keys_v, keys_i)``, sorted in tail order, rank before
+    ``(v, s)`` (:func:`_before`): a binary search, the merge position of one entry."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _before(float64(keys_v[mid]), keys_i[mid], v, s):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @functools.lru_cache(maxsize=1)
 def _merge_kernel():
     """The tail merge of one chunk: one block per portfolio ``p`` (block ``p``, any block size up to
@@ -298,28 +313,14 @@ def _merge_kernel():
                 for i in range(t, m, nt):  # tail entries: down by the candidates before them
                     cv = float64(cur_v[p, i])
                     ci = cur_i[p, i]
-                    lo = 0
-                    hi = n
-                    while lo < hi:
-                        mid = (lo + hi) // 2
-                        if _before(buf_v[mid], buf_i[mid], cv, ci):
-                            lo = mid + 1
-                        else:
-                            hi = mid
+                    lo = _count_before(buf_v, buf_i, n, cv, ci)
                     if i + lo < m:
                         nxt_v[p, i + lo] = cv
                         nxt_i[p, i + lo] = ci
                 for k in range(t, n, nt):  # candidates: after the tail entries before them
                     bv = buf_v[k]
                     bi = buf_i[k]
-                    lo = 0
-                    hi = m
-                    while lo < hi:
-                        mid = (lo + hi) // 2
-                        if _before(float64(cur_v[p, mid]), cur_i[p, mid], bv, bi):
-                            lo = mid + 1
-                        else:
-                            hi = mid
+                    lo = _count_before(cur_v[p], cur_i[p], m, bv, bi)
                     if k + lo < m:
                         nxt_v[p, k + lo] = bv
                         nxt_i[p, k + lo] = bi
